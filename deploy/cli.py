@@ -1,0 +1,94 @@
+"""The `hap` command: one entry point that wires the components together.
+
+Each subcommand lives next to what it drives and exposes ``add_parser(subparsers)`` and
+``run(args) -> int``; this module only collects them. Settings come from ``HAP_*``
+environment variables and the endpoints of a stack started with the same data dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from deploy.settings import Settings
+from deploy.stack import Stack, StackError
+
+#: subcommand modules, imported on demand so that `hap stack` never loads torch
+SUBCOMMANDS: dict[str, str] = {
+    "simulate": "streams.simulator.cli",
+    "streams": "streams.cli",
+    "learner": "learner.cli",
+    "router": "router.cli",
+    "models": "feature_store.cli",
+    "demo": "deploy.demo",
+    "eval": "deploy.evaluate",
+    "dashboards": "deploy.dashboards.cli",
+}
+
+
+def _stack_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stack", help="local Kafka (KRaft), Redis and Prometheus")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--json", action="store_true", help="machine-readable status")
+    p.add_argument("--no-prometheus", action="store_true", help="start Kafka and Redis only")
+    p.set_defaults(func=run_stack)
+
+
+def run_stack(args: argparse.Namespace) -> int:
+    settings = Settings.load()
+    stack = Stack(settings, with_prometheus=not args.no_prometheus)
+    if args.action == "up":
+        endpoints = stack.up()
+        print(json.dumps(endpoints) if args.json else "\n".join(f"{k:18} {v}" for k, v in endpoints.items()))
+        return 0
+    if args.action == "down":
+        stopped = stack.down()
+        print("stopped: " + (", ".join(stopped) or "nothing was running"))
+        return 0
+    statuses = stack.status()
+    if args.json:
+        key = {"kafka": "kafka.bootstrap", "redis": "redis.url", "prometheus": "prometheus.url"}
+        print(json.dumps({
+            s.name: {key[s.name]: s.endpoint, "healthy": s.healthy, "managed": s.managed,
+                     "running": s.running} for s in statuses
+        }))
+    else:
+        for s in statuses:
+            state = "healthy" if s.healthy else ("running, not answering" if s.running else "dead")
+            print(f"{s.name:11} {state:24} {s.endpoint}{'' if s.managed else ' (external)'}")
+    return 0 if all(s.healthy for s in statuses) else 1
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``only`` limits component imports to the subcommand being run (None: all)."""
+    parser = argparse.ArgumentParser(prog="hap", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _stack_parser(sub)
+    for name, module in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=f"(see `hap {name} --help`)")
+            continue
+        mod = importlib.import_module(module)
+        mod.add_parser(sub)
+        if sub.choices[name].get_default("func") is None:
+            sub.choices[name].set_defaults(func=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    only = argv[0] if argv and argv[0] in SUBCOMMANDS else "stack"
+    args = build_parser(only).parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except StackError as exc:
+        print(f"hap: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""One settings object for every `hap` command, resolved from `HAP_*` environment variables.
+
+Resolution order for an endpoint: an explicit environment variable (``HAP_KAFKA_BOOTSTRAP``,
+``HAP_REDIS_URL``, ``HAP_PROMETHEUS_URL``), then the endpoints file written by ``hap stack up``
+into the data dir (so no flag is needed after ``up``), then the default local port.
+
+Examples
+--------
+>>> s = Settings.load({"HAP_DATA_DIR": "/tmp/hap-doc", "HAP_KAFKA_PORT": "19092"})
+>>> s.kafka_bootstrap
+'127.0.0.1:19092'
+>>> s.topic("samples")
+'hap.samples'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+ENDPOINTS_FILE = "endpoints.json"
+KAFKA_VERSION = "4.1.1"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Typed settings shared by the CLI, the stack and the test fixtures.
+
+    Components never read this object: the CLI passes its fields to their constructors.
+    """
+
+    data_dir: Path
+    kafka_bootstrap: str
+    redis_url: str
+    prometheus_url: str
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    redis_port: int = 6379
+    prometheus_port: int = 9090
+    topic_prefix: str = "hap."
+    kafka_home: Path | None = None
+    cache_dir: Path = Path.home() / ".cache" / "hap"
+    external_kafka: bool = False
+    external_redis: bool = False
+    streams_metrics_port: int = 9101
+    learner_metrics_port: int = 9102
+    router_port: int = 8080
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Resolve settings from ``env`` (default: ``os.environ``) and the running stack."""
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("HAP_DATA_DIR", ".hap")).absolute()
+        ports = {
+            name: _int(env, f"HAP_{name.upper()}", default)
+            for name, default in (
+                ("kafka_port", 9092),
+                ("kafka_controller_port", 9093),
+                ("redis_port", 6379),
+                ("prometheus_port", 9090),
+                ("streams_metrics_port", 9101),
+                ("learner_metrics_port", 9102),
+                ("router_port", 8080),
+            )
+        }
+        running = read_endpoints(data_dir)
+        kafka_home = env.get("HAP_KAFKA_HOME")
+        return cls(
+            data_dir=data_dir,
+            kafka_bootstrap=env.get("HAP_KAFKA_BOOTSTRAP")
+            or running.get("kafka.bootstrap", f"127.0.0.1:{ports['kafka_port']}"),
+            redis_url=env.get("HAP_REDIS_URL")
+            or running.get("redis.url", f"redis://127.0.0.1:{ports['redis_port']}/0"),
+            prometheus_url=env.get("HAP_PROMETHEUS_URL")
+            or running.get("prometheus.url", f"http://127.0.0.1:{ports['prometheus_port']}"),
+            topic_prefix=env.get("HAP_TOPIC_PREFIX", "hap."),
+            kafka_home=Path(kafka_home) if kafka_home else None,
+            cache_dir=Path(env.get("HAP_CACHE_DIR", Path.home() / ".cache" / "hap")),
+            external_kafka="HAP_KAFKA_BOOTSTRAP" in env,
+            external_redis="HAP_REDIS_URL" in env,
+            **ports,
+        )
+
+    def topic(self, name: str) -> str:
+        """Full topic name for ``name`` (``ranking``, ``exposure``, ``items``, ``samples``, ``dlq``)."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def kafka_libs(self) -> Path:
+        """Directory of the broker jars resolved by ``make setup`` (or ``$HAP_KAFKA_HOME/libs``)."""
+        if self.kafka_home is not None:
+            return self.kafka_home / "libs"
+        return self.cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
+
+
+def read_endpoints(data_dir: Path) -> dict[str, str]:
+    """Endpoints recorded by ``hap stack up`` in ``data_dir``; empty when no stack ran there."""
+    path = data_dir / ENDPOINTS_FILE
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"hap: {key}={raw!r} is not an integer") from None

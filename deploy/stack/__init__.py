@@ -1,0 +1,87 @@
+"""The local stack: Kafka in KRaft mode, Redis and Prometheus under one data dir.
+
+Lifecycle: :meth:`Stack.up` starts what is not running, waits until each service answers,
+and records the endpoints in ``<data_dir>/endpoints.json`` (which every `hap` command
+reads). :meth:`Stack.down` stops exactly the processes whose pid files ``up`` wrote.
+Services given by ``HAP_KAFKA_BOOTSTRAP`` / ``HAP_REDIS_URL`` are used as they are and
+never started or stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from deploy.settings import ENDPOINTS_FILE, Settings
+from deploy.stack.process import StackError
+from deploy.stack.services import (
+    Kafka,
+    Prometheus,
+    Redis,
+    Service,
+    kafka_answers,
+    redis_answers,
+)
+
+__all__ = ["Stack", "StackError", "ServiceStatus"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    name: str
+    endpoint: str
+    managed: bool
+    running: bool
+    healthy: bool
+
+
+class Stack:
+    """The services of one data dir; ``with_prometheus=False`` for test fixtures."""
+
+    def __init__(self, settings: Settings, with_prometheus: bool = True) -> None:
+        self.settings = settings
+        self.services: list[Service] = []
+        if not settings.external_kafka:
+            self.services.append(Kafka(settings))
+        if not settings.external_redis:
+            self.services.append(Redis(settings))
+        if with_prometheus:
+            self.services.append(Prometheus(settings))
+
+    def up(self) -> dict[str, str]:
+        """Start every managed service; return the endpoints once all are healthy."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        for service in self.services:
+            service.start()
+        endpoints = self.endpoints()
+        path = self.settings.data_dir / ENDPOINTS_FILE
+        path.write_text(json.dumps(endpoints, indent=2))
+        return endpoints
+
+    def down(self) -> list[str]:
+        """Stop the services this data dir started; return their names."""
+        stopped = [s.name for s in reversed(self.services) if s.process.stop()]
+        (self.settings.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+        return stopped
+
+    def endpoints(self) -> dict[str, str]:
+        s = self.settings
+        endpoints = {"kafka.bootstrap": s.kafka_bootstrap, "redis.url": s.redis_url}
+        for service in self.services:
+            key = {"kafka": "kafka.bootstrap", "redis": "redis.url", "prometheus": "prometheus.url"}
+            endpoints[key[service.name]] = service.endpoint()
+        return endpoints
+
+    def status(self) -> list[ServiceStatus]:
+        """Health of each service, managed or external."""
+        out = [
+            ServiceStatus(s.name, s.endpoint(), True, s.process.pid() is not None, s.healthy())
+            for s in self.services
+        ]
+        if self.settings.external_kafka:
+            b = self.settings.kafka_bootstrap
+            out.append(ServiceStatus("kafka", b, False, True, kafka_answers(b)))
+        if self.settings.external_redis:
+            u = self.settings.redis_url
+            out.append(ServiceStatus("redis", u, False, True, redis_answers(u)))
+        return out

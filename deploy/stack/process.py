@@ -1,0 +1,117 @@
+"""A background server process tracked by a pid file, so that `down` stops exactly what `up` started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+class StackError(RuntimeError):
+    """A one-line, user-facing reason why a service could not be started or reached."""
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for tests and side-by-side stacks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ManagedProcess:
+    """One server started in its own session, logging to ``<dir>/<name>.log``.
+
+    The pid file ``<dir>/<name>.pid`` is the only record of ownership: :meth:`stop` signals
+    that pid only while its working directory is still ``workdir`` (unique to this stack),
+    so a recycled pid of someone else's process is never touched.
+    """
+
+    def __init__(self, name: str, workdir: Path) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.marker = str(workdir.absolute())
+        self.pid_file = workdir / f"{name}.pid"
+        self.log_file = workdir / f"{name}.log"
+
+    def start(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        """Launch ``argv`` in the background unless this process already runs."""
+        if self.pid() is not None:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
+        self.pid_file.write_text(str(proc.pid))
+
+    def pid(self) -> int | None:
+        """The pid of our running process, or None (a stale pid file is removed)."""
+        try:
+            pid = int(self.pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1][:1]
+        except OSError:
+            cwd, state = "", "Z"
+        if state == "Z" or cwd != self.marker:
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        return pid
+
+    def wait_ready(self, check: Callable[[], bool], timeout_s: float) -> None:
+        """Poll ``check`` until it is true; raise :class:`StackError` naming the log otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.pid() is None:
+                raise StackError(f"{self.name} exited during start-up; see {self.log_file}")
+            if check():
+                return
+            time.sleep(0.25)
+        raise StackError(f"{self.name} not ready after {timeout_s:.0f}s; see {self.log_file}")
+
+    def stop(self, timeout_s: float = 20.0) -> bool:
+        """SIGTERM, then SIGKILL after ``timeout_s``; True when something was stopped."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def _alive(pid: int) -> bool:
+    """True until ``pid`` has exited (a zombie counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1][:1] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,233 @@
+"""The three servers of the local stack: Kafka (KRaft, single node), Redis and Prometheus."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import uuid
+import urllib.request
+from pathlib import Path
+
+from deploy.settings import Settings
+from deploy.stack.process import ManagedProcess, StackError, port_is_free
+
+KAFKA_HEAP = "-Xmx768m"
+SCRAPE_INTERVAL = "2s"
+
+
+class Service:
+    """A server of the stack: its endpoint, how to start it and how to tell it is healthy."""
+
+    name: str = ""
+    port_setting: str = ""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dir = settings.data_dir / self.name
+        self.process = ManagedProcess(self.name, self.dir)
+
+    @property
+    def port(self) -> int:
+        return getattr(self.settings, self.port_setting)
+
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Write configuration and format storage before the first start."""
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start the server unless it runs; return once it is healthy."""
+        if self.process.pid() is None:
+            if not port_is_free(self.port):
+                raise StackError(
+                    f"port {self.port} for {self.name} is taken; "
+                    f"set HAP_{self.port_setting.upper()} to a free port"
+                )
+            self.prepare()
+            self.process.start(self.argv())
+        self.process.wait_ready(self.healthy, timeout_s)
+
+
+class Kafka(Service):
+    name = "kafka"
+    port_setting = "kafka_port"
+
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def healthy(self) -> bool:
+        return kafka_answers(self.endpoint())
+
+    def prepare(self) -> None:
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("Java 17+ is required for Kafka: install a JDK, or set HAP_KAFKA_BOOTSTRAP")
+        libs = self.settings.kafka_libs
+        if not any(libs.glob("kafka_2.13-*.jar")):
+            raise StackError(f"Kafka jars not found in {libs}: run `make setup` or set HAP_KAFKA_HOME")
+        if not port_is_free(self.settings.kafka_controller_port):
+            raise StackError(
+                f"port {self.settings.kafka_controller_port} for the Kafka controller is taken; "
+                "set HAP_KAFKA_CONTROLLER_PORT to a free port"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "server.properties").write_text(self._properties())
+        (self.dir / "log4j2.properties").write_text(
+            "rootLogger.level=WARN\nrootLogger.appenderRef.out.ref=out\n"
+            "appender.out.type=Console\nappender.out.name=out\n"
+            "appender.out.layout.type=PatternLayout\nappender.out.layout.pattern=[%d] %p %m (%c)%n\n"
+            "logger.kafka.name=kafka\nlogger.kafka.level=INFO\n"
+        )
+        if not (self.dir / "data" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            with self.process.log_file.open("ab") as log:
+                done = subprocess.run(
+                    [*self._java(), "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                     "-c", str(self.dir / "server.properties")],
+                    stdout=log, stderr=subprocess.STDOUT, check=False, timeout=120,
+                )
+            if done.returncode != 0:
+                raise StackError(f"formatting Kafka storage failed; see {self.process.log_file}")
+
+    def argv(self) -> list[str]:
+        return [*self._java(), "kafka.Kafka", str(self.dir / "server.properties")]
+
+    def _java(self) -> list[str]:
+        return [
+            "java", KAFKA_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
+            "-cp", f"{self.settings.kafka_libs}/*",
+        ]
+
+    def _properties(self) -> str:
+        port, ctl = self.port, self.settings.kafka_controller_port
+        return "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{ctl}",
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{ctl}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={self.dir / 'data'}",
+            "num.partitions=4",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=4",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "group.initial.rebalance.delay.ms=0",
+            "log.retention.hours=24",
+            "",
+        ])
+
+
+class Redis(Service):
+    name = "redis"
+    port_setting = "redis_port"
+
+    def endpoint(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def healthy(self) -> bool:
+        return redis_answers(self.endpoint())
+
+    def argv(self) -> list[str]:
+        server = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(server).exists():
+            raise StackError("redis-server is not installed: run `make setup` or set HAP_REDIS_URL")
+        return [
+            server, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+            "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+        ]
+
+
+class Prometheus(Service):
+    name = "prometheus"
+    port_setting = "prometheus_port"
+
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def healthy(self) -> bool:
+        return http_ok(f"{self.endpoint()}/-/ready")
+
+    def prepare(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        targets = self.dir / "targets.json"
+        if not targets.exists():
+            s = self.settings
+            write_targets(self.settings.data_dir, [
+                f"127.0.0.1:{p}" for p in (s.streams_metrics_port, s.learner_metrics_port, s.router_port)
+            ])
+        (self.dir / "prometheus.yml").write_text(
+            f"global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\n"
+            "scrape_configs:\n  - job_name: hap\n    file_sd_configs:\n"
+            f"      - files: ['{targets}']\n        refresh_interval: 2s\n"
+        )
+
+    def argv(self) -> list[str]:
+        binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+        if not Path(binary).exists():
+            raise StackError("prometheus is not installed: run `make setup`")
+        return [
+            binary, f"--config.file={self.dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.dir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--storage.tsdb.retention.time=2d",
+        ]
+
+
+def write_targets(data_dir: Path, targets: list[str]) -> None:
+    """Set the metrics endpoints the stack's Prometheus scrapes (picked up within seconds)."""
+    path = data_dir / "prometheus" / "targets.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([{"targets": targets, "labels": {"stack": str(data_dir)}}]))
+    tmp.replace(path)
+
+
+def kafka_answers(bootstrap: str) -> bool:
+    """True when the broker answers a metadata request."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    except (KafkaError, ValueError, OSError):
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except (KafkaError, OSError):
+        return False
+    finally:
+        admin.close()
+
+
+def redis_answers(url: str) -> bool:
+    """True when Redis answers PING."""
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def http_ok(url: str) -> bool:
+    """True when ``url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
