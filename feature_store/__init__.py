@@ -1,0 +1,1 @@
+"""Redis feature store: item/user features, shared featurization and versioned model weights."""

@@ -1,0 +1,1 @@
+"""Online learner: two tiers trained incrementally with GHCL."""

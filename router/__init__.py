@@ -1,0 +1,1 @@
+"""Pre-ranking service: DAMR over hot-swapped model versions."""

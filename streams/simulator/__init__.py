@@ -1,0 +1,1 @@
+"""Cascade simulator with ground truth, and replay of real MIND-layout data."""

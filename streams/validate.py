@@ -1,0 +1,121 @@
+"""Strict field checks whose errors name the field path and the reason.
+
+Every check raises :class:`InvalidEvent` and nothing else, so a consumer can route any
+malformed message to the dead-letter topic with a precise reason.
+
+Examples
+--------
+>>> try:
+...     req_int({"pos": "x"}, "pos", "candidates[3]")
+... except InvalidEvent as e:
+...     print(e.reason)
+candidates[3].pos: expected int, got str
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class InvalidEvent(ValueError):
+    """A message that violates its contract; ``reason`` names the field path."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    @property
+    def kind(self) -> str:
+        """A low-cardinality label for metrics: the reason up to its first colon."""
+        head = self.reason.split(":", 1)[0]
+        return "field" if "." in head or "[" in head or head.isidentifier() else head
+
+
+def _path(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def req_mapping(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidEvent(f"{path or 'message'}: expected object, got {type(value).__name__}")
+    return value
+
+
+def req_str(obj: dict[str, Any], key: str, prefix: str = "", max_len: int = 256) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{_path(prefix, key)}: expected string, got {type(value).__name__}")
+    if not value or len(value) > max_len:
+        raise InvalidEvent(f"{_path(prefix, key)}: expected 1..{max_len} characters, got {len(value)}")
+    return value
+
+
+def req_int(obj: dict[str, Any], key: str, prefix: str = "", minimum: int | None = None) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidEvent(f"{_path(prefix, key)}: expected int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise InvalidEvent(f"{_path(prefix, key)}: expected int >= {minimum}, got {value}")
+    return value
+
+
+def opt_int(obj: dict[str, Any], key: str, prefix: str = "", minimum: int | None = None) -> int | None:
+    return None if obj.get(key) is None else req_int(obj, key, prefix, minimum)
+
+
+def opt_float(obj: dict[str, Any], key: str, prefix: str = "") -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise InvalidEvent(f"{_path(prefix, key)}: expected finite number, got {type(value).__name__}")
+    if abs(value) == float("inf"):
+        raise InvalidEvent(f"{_path(prefix, key)}: expected finite number, got {value}")
+    return float(value)
+
+
+def opt_bool(obj: dict[str, Any], key: str, prefix: str = "") -> bool:
+    value = obj.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidEvent(f"{_path(prefix, key)}: expected bool, got {type(value).__name__}")
+    return value
+
+
+def req_list(obj: dict[str, Any], key: str, prefix: str = "", max_len: int = 5000) -> list[Any]:
+    value = obj.get(key)
+    if not isinstance(value, list):
+        raise InvalidEvent(f"{_path(prefix, key)}: expected list, got {type(value).__name__}")
+    if len(value) > max_len:
+        raise InvalidEvent(f"{_path(prefix, key)}: {len(value)} entries exceed the cap of {max_len}")
+    return value
+
+
+def features(obj: dict[str, Any], key: str, prefix: str = "", max_len: int = 256) -> dict[str, float]:
+    """An optional ``{name: number}`` map."""
+    value = obj.get(key)
+    if value is None:
+        return {}
+    path = _path(prefix, key)
+    mapping = req_mapping(value, path)
+    if len(mapping) > max_len:
+        raise InvalidEvent(f"{path}: {len(mapping)} entries exceed the cap of {max_len}")
+    return {name: opt_float(mapping, name, path) for name in mapping}  # type: ignore[misc]
+
+
+def user_features(obj: dict[str, Any], key: str, max_history: int) -> dict[str, Any]:
+    """Optional user features: numbers plus an optional ``history`` list of item ids."""
+    value = obj.get(key)
+    if value is None:
+        return {}
+    mapping = req_mapping(value, key)
+    out: dict[str, Any] = {}
+    for name, item in mapping.items():
+        if name == "history":
+            history = req_list(mapping, "history", key, max_history)
+            for i, item_id in enumerate(history):
+                if not isinstance(item_id, str) or not item_id or len(item_id) > 256:
+                    raise InvalidEvent(f"{key}.history[{i}]: expected non-empty string")
+            out["history"] = list(history)
+        else:
+            out[name] = opt_float(mapping, name, key)
+    return out
