@@ -1,0 +1,92 @@
+"""The one featurization shared by training (learner) and serving (router).
+
+IDs are hashed with a stable hash into ``ID_BUCKETS`` rows (row 0 is padding); the item's
+real-time statistics become a dense vector (``log1p`` of counts, smoothed rates as they are);
+the content type is hashed into ``CONTENT_TYPE_BUCKETS``.
+
+Examples
+--------
+>>> items = featurize_items(["n1", "n2"], ["video", "news"], [{"exp_1h": 9.0}, {}])
+>>> items.item_idx.shape, items.dense.shape
+((2,), (2, 12))
+>>> round(float(items.dense[0, ITEM_STAT_FEATURES.index("exp_1h")]), 3)
+2.303
+>>> featurize_user("u1", {"history": ["n1"]}).history[:2].tolist() == [hash_id("item", "n1"), 0]
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+WINDOWS = ("10m", "1h", "1d")
+ITEM_STAT_FEATURES: tuple[str, ...] = tuple(
+    f"{kind}_{w}" for w in WINDOWS for kind in ("exp", "clk", "pos", "ctr")
+)
+RATE_FEATURES = frozenset(f for f in ITEM_STAT_FEATURES if f.startswith("ctr_"))
+ID_BUCKETS = 1 << 17
+CONTENT_TYPE_BUCKETS = 16
+HISTORY_LEN = 50
+DENSE_DIM = len(ITEM_STAT_FEATURES)
+
+
+def hash_id(namespace: str, value: str, buckets: int = ID_BUCKETS) -> int:
+    """Stable hash of ``value`` into ``1..buckets-1`` (0 is reserved for padding)."""
+    return 1 + zlib.crc32(f"{namespace}:{value}".encode()) % (buckets - 1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserInput:
+    user_idx: int
+    history: np.ndarray  # (HISTORY_LEN,) int64, most recent first, 0 = padding
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ItemBatch:
+    item_idx: np.ndarray  # (N,) int64
+    ctype_idx: np.ndarray  # (N,) int64
+    dense: np.ndarray  # (N, DENSE_DIM) float32
+
+    def __len__(self) -> int:
+        return len(self.item_idx)
+
+    def take(self, rows: np.ndarray) -> ItemBatch:
+        """The sub-batch of ``rows``."""
+        return ItemBatch(self.item_idx[rows], self.ctype_idx[rows], self.dense[rows])
+
+
+def featurize_user(user_id: str, user_features: Mapping[str, Any] | None = None) -> UserInput:
+    """Hashed user id and the last ``HISTORY_LEN`` history items (most recent first)."""
+    history = list((user_features or {}).get("history") or [])[-HISTORY_LEN:][::-1]
+    ids = np.zeros(HISTORY_LEN, dtype=np.int64)
+    ids[: len(history)] = [hash_id("item", h) for h in history]
+    return UserInput(hash_id("user", user_id), ids)
+
+
+def dense_stats(stats: Mapping[str, float] | None) -> list[float]:
+    """The dense vector of one item's statistics; a missing statistic counts as 0."""
+    stats = stats or {}
+    out = []
+    for name in ITEM_STAT_FEATURES:
+        value = float(stats.get(name, 0.0) or 0.0)
+        out.append(value if name in RATE_FEATURES else math.log1p(max(value, 0.0)))
+    return out
+
+
+def featurize_items(
+    item_ids: Sequence[str], content_types: Sequence[str], stats: Sequence[Mapping[str, float] | None]
+) -> ItemBatch:
+    """Arrays for a list of items; the three sequences are aligned."""
+    return ItemBatch(
+        item_idx=np.fromiter((hash_id("item", i) for i in item_ids), np.int64, len(item_ids)),
+        ctype_idx=np.fromiter(
+            (hash_id("ctype", c, CONTENT_TYPE_BUCKETS) for c in content_types), np.int64, len(content_types)
+        ),
+        dense=np.asarray([dense_stats(s) for s in stats], dtype=np.float32).reshape(len(item_ids), DENSE_DIM),
+    )

@@ -1,0 +1,142 @@
+"""The two tiers: a light two-tower model and an expressive cross model with target attention.
+
+Both read the arrays of :mod:`feature_store.featurize` and export a serving form
+``(tensors, spec)`` that :mod:`router.serving` runs in numpy, without torch.
+
+Examples
+--------
+>>> import numpy as np
+>>> from feature_store.featurize import featurize_items, featurize_user
+>>> light = LightTwoTower(dim=8)
+>>> users = user_tensors([featurize_user("u1", {"history": ["a"]})])
+>>> items = item_tensors(featurize_items(["a", "b"], ["video", "news"], [{}, {}]))
+>>> light(users, items, torch.tensor([0, 0])).shape
+torch.Size([2])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from feature_store.featurize import CONTENT_TYPE_BUCKETS, DENSE_DIM, ID_BUCKETS, ItemBatch, UserInput
+
+Tensors = dict[str, torch.Tensor]
+
+
+def user_tensors(users: list[UserInput]) -> Tensors:
+    """Stack user inputs into ``user_idx (G,)`` and ``history (G, H)``."""
+    return {
+        "user_idx": torch.as_tensor(np.array([u.user_idx for u in users], dtype=np.int64)),
+        "history": torch.as_tensor(np.stack([u.history for u in users])),
+    }
+
+
+def item_tensors(items: ItemBatch) -> Tensors:
+    return {
+        "item_idx": torch.as_tensor(items.item_idx),
+        "ctype_idx": torch.as_tensor(items.ctype_idx),
+        "dense": torch.as_tensor(items.dense),
+    }
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _history_mean(emb: nn.Embedding, history: torch.Tensor) -> torch.Tensor:
+    mask = (history > 0).float().unsqueeze(-1)
+    return (emb(history) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class Tier(nn.Module):
+    """Common export of a tier: tensors as float32 numpy arrays plus a JSON spec."""
+
+    name = ""
+    embeddings: tuple[str, ...] = ()
+
+    def spec(self) -> dict:
+        raise NotImplementedError
+
+    def export(self) -> tuple[dict[str, np.ndarray], dict]:
+        tensors = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in self.state_dict().items()}
+        return tensors, {**self.spec(), "tier": self.name, "embeddings": list(self.embeddings)}
+
+
+class LightTwoTower(Tier):
+    """User tower (id + mean of history items) and item tower (id, content type, statistics).
+
+    ``score = <user_tower(u), item_tower(i)>``; item vectors depend on the item alone, so a
+    router caches them per model version.
+    """
+
+    name = "light"
+    embeddings = ("item_emb.weight", "user_emb.weight")
+
+    def __init__(self, dim: int = 16, hidden: int = 64, buckets: int = ID_BUCKETS) -> None:
+        super().__init__()
+        self.dim, self.hidden = dim, hidden
+        self.item_emb = nn.Embedding(buckets, dim, padding_idx=0)
+        self.user_emb = nn.Embedding(buckets, dim, padding_idx=0)
+        self.ctype_emb = nn.Embedding(CONTENT_TYPE_BUCKETS, dim)
+        self.item_tower = _mlp([2 * dim + DENSE_DIM, hidden, dim])
+        self.user_tower = _mlp([2 * dim, hidden, dim])
+        for emb in (self.item_emb, self.user_emb, self.ctype_emb):
+            nn.init.normal_(emb.weight, std=0.05)
+
+    def spec(self) -> dict:
+        return {"dim": self.dim, "hidden": self.hidden}
+
+    def user_vectors(self, users: Tensors) -> torch.Tensor:
+        x = torch.cat([self.user_emb(users["user_idx"]), _history_mean(self.item_emb, users["history"])], -1)
+        return self.user_tower(x)
+
+    def item_vectors(self, items: Tensors) -> torch.Tensor:
+        x = torch.cat([self.item_emb(items["item_idx"]), self.ctype_emb(items["ctype_idx"]), items["dense"]], -1)
+        return self.item_tower(x)
+
+    def forward(self, users: Tensors, items: Tensors, group: torch.Tensor) -> torch.Tensor:
+        """Scores of ``items``; ``group[i]`` is the row in ``users`` of item ``i``'s request."""
+        return (self.user_vectors(users)[group] * self.item_vectors(items)).sum(-1)
+
+
+class ExpressiveCross(Tier):
+    """A cross model: target attention of the candidate over the user's history, then an MLP
+    over user, item, attention and their interactions."""
+
+    name = "expressive"
+    embeddings = ("item_emb.weight", "user_emb.weight")
+
+    def __init__(self, dim: int = 16, hidden: int = 128, buckets: int = ID_BUCKETS) -> None:
+        super().__init__()
+        self.dim, self.hidden = dim, hidden
+        self.item_emb = nn.Embedding(buckets, dim, padding_idx=0)
+        self.user_emb = nn.Embedding(buckets, dim, padding_idx=0)
+        self.ctype_emb = nn.Embedding(CONTENT_TYPE_BUCKETS, dim)
+        self.mlp = _mlp([6 * dim + DENSE_DIM, hidden, hidden // 2, 1])
+        for emb in (self.item_emb, self.user_emb, self.ctype_emb):
+            nn.init.normal_(emb.weight, std=0.05)
+
+    def spec(self) -> dict:
+        return {"dim": self.dim, "hidden": self.hidden}
+
+    def forward(self, users: Tensors, items: Tensors, group: torch.Tensor) -> torch.Tensor:
+        history = users["history"][group]  # (N, H)
+        keys = self.item_emb(history)  # (N, H, d)
+        target = self.item_emb(items["item_idx"])  # (N, d)
+        logits = (keys * target.unsqueeze(1)).sum(-1) / self.dim**0.5
+        logits = logits.masked_fill(history == 0, -1e9)
+        weights = torch.softmax(logits, -1) * (history > 0).any(-1, keepdim=True).float()
+        attended = (weights.unsqueeze(-1) * keys).sum(1)
+        user = self.user_emb(users["user_idx"])[group]
+        x = torch.cat(
+            [user, attended, target, self.ctype_emb(items["ctype_idx"]), target * attended, target * user,
+             items["dense"]], -1,
+        )
+        return self.mlp(x).squeeze(-1)

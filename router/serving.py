@@ -1,0 +1,87 @@
+"""Numpy forward passes of both tiers from their serving form (no torch at serving time).
+
+The layouts mirror :mod:`learner.models`: a tier is ``tensors`` (state-dict names to float32
+arrays) plus a ``spec``. A test checks both forms give the same scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from feature_store.featurize import ItemBatch, UserInput
+
+Tensors = dict[str, np.ndarray]
+
+
+def _mlp(t: Tensors, prefix: str, x: np.ndarray) -> np.ndarray:
+    layers = sorted({int(k.split(".")[1]) for k in t if k.startswith(prefix + ".")})
+    for n, i in enumerate(layers):
+        x = x @ t[f"{prefix}.{i}.weight"].T + t[f"{prefix}.{i}.bias"]
+        if n < len(layers) - 1:
+            np.maximum(x, 0.0, out=x)
+    return x
+
+
+def _history_mean(emb: np.ndarray, history: np.ndarray) -> np.ndarray:
+    ids = history[history > 0]
+    return emb[ids].mean(0) if len(ids) else np.zeros(emb.shape[1], np.float32)
+
+
+class LightTier:
+    """The two-tower tier: ``score = item_vectors @ user_vector``."""
+
+    def __init__(self, tensors: Tensors, spec: dict) -> None:
+        self.t, self.spec = tensors, spec
+
+    @classmethod
+    def from_form(cls, tensors: Tensors, spec: dict) -> LightTier:
+        return cls(tensors, spec)
+
+    def user_vector(self, user: UserInput) -> np.ndarray:
+        x = np.concatenate([self.t["user_emb.weight"][user.user_idx], _history_mean(self.t["item_emb.weight"],
+                                                                                   user.history)])
+        return _mlp(self.t, "user_tower", x[None, :])[0]
+
+    def item_vectors(self, items: ItemBatch) -> np.ndarray:
+        x = np.concatenate(
+            [self.t["item_emb.weight"][items.item_idx], self.t["ctype_emb.weight"][items.ctype_idx], items.dense],
+            axis=1,
+        )
+        return _mlp(self.t, "item_tower", x)
+
+    @staticmethod
+    def score(user_vec: np.ndarray, item_vecs: np.ndarray) -> np.ndarray:
+        return item_vecs @ user_vec
+
+
+class ExpressiveTier:
+    """The cross tier with target attention over the user's history."""
+
+    def __init__(self, tensors: Tensors, spec: dict) -> None:
+        self.t, self.spec = tensors, spec
+
+    @classmethod
+    def from_form(cls, tensors: Tensors, spec: dict) -> ExpressiveTier:
+        return cls(tensors, spec)
+
+    def score(self, user: UserInput, items: ItemBatch) -> np.ndarray:
+        emb = self.t["item_emb.weight"]
+        dim = emb.shape[1]
+        hist = user.history[user.history > 0]
+        target = emb[items.item_idx]  # (N, d)
+        if len(hist):
+            keys = emb[hist]  # (H, d)
+            logits = target @ keys.T / dim**0.5
+            logits -= logits.max(1, keepdims=True)
+            w = np.exp(logits)
+            w /= w.sum(1, keepdims=True)
+            attended = w @ keys
+        else:
+            attended = np.zeros_like(target)
+        n = len(items)
+        user_vec = np.broadcast_to(self.t["user_emb.weight"][user.user_idx], (n, dim))
+        x = np.concatenate(
+            [user_vec, attended, target, self.t["ctype_emb.weight"][items.ctype_idx], target * attended,
+             target * user_vec, items.dense], axis=1,
+        )
+        return _mlp(self.t, "mlp", x)[:, 0]
