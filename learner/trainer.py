@@ -1,0 +1,172 @@
+"""The online trainer of both tiers: score (progressive validation), then train, one micro-batch at a time.
+
+``method="ghcl"`` trains the light tier on the harmonized easy and hard paths and the
+expressive tier on the hard path; ``method="mixed"`` is the baseline: one pointwise BCE over
+all sources for both tiers. Embedding tables use Adagrad, so a row without gradient never
+moves and the rows touched since the last publish are exactly the delta to send.
+
+Examples
+--------
+>>> from streams.schemas import SampleGroup, SampleItem
+>>> items = [SampleItem("a", "exp_pos", 1, 0, 0, "video"), SampleItem("b", "exp_neg", 0, 1, 1, "video"),
+...          SampleItem("c", "gn", 0, None, None, "news")]
+>>> t = OnlineTrainer(method="ghcl", seed=0)
+>>> report = t.step([SampleGroup("g1", "r1", "u1", 0, 0, items)])
+>>> report.samples, t.steps
+(3, 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from learner.batching import EASY, HARD, SOURCE_CODE, Batch
+from learner.ghcl import ConflictSampler, contrastive_path_loss, harmonize
+from learner.models import ExpressiveCross, LightTwoTower, Tier
+from learner.progressive import ProgressiveMetrics
+from router.damr import budget_count, merge, route
+from streams.schemas import SOURCES, SampleGroup
+
+METHODS = ("ghcl", "mixed")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepReport:
+    samples: int
+    losses: dict[str, float]
+    grad_cosine: float | None
+    grad_norms: dict[str, float]
+    hard_share: float
+
+
+class OnlineTrainer:
+    """Both tiers, their optimizers and the progressive metrics of three scorers."""
+
+    def __init__(self, method: str = "ghcl", *, dim: int = 16, lr: float = 0.01, emb_lr: float = 0.05,
+                 k: int = 10, damr_budget: float = 0.3, temperature: float = 1.0, seed: int = 0,
+                 harmonize_gradients: bool = True) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        torch.manual_seed(seed)
+        self.method = method
+        self.temperature = temperature
+        self.harmonize_gradients = harmonize_gradients
+        self.damr_budget = damr_budget
+        self.light = LightTwoTower(dim=dim)
+        self.expressive = ExpressiveCross(dim=dim)
+        self.optimizers = [opt for m in (self.light, self.expressive) for opt in _optimizers(m, lr, emb_lr)]
+        self.sampler = ConflictSampler(seed=seed)
+        self.metrics = {name: ProgressiveMetrics(k) for name in ("light", "damr", "expressive_all")}
+        self.touched: dict[str, dict[str, set[int]]] = {"light": {}, "expressive": {}}
+        self.steps = 0
+        self.samples_seen = 0
+
+    # -- progressive validation ---------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> None:
+        """Score ``batch`` with the current weights (before training on it) and update metrics."""
+        light = self.light(batch.users, batch.items, batch.group).numpy()
+        expressive = self.expressive(batch.users, batch.items, batch.group).numpy()
+        group, names = batch.group.numpy(), np.array(SOURCES)[batch.source.numpy()]
+        damr = light.astype(np.float64).copy()
+        k = self.metrics["light"].k
+        for g in range(batch.n_groups):
+            rows = np.flatnonzero(group == g)
+            hard = route(light[rows], k, budget_count(len(rows), self.damr_budget))
+            damr[rows] = merge(light[rows], hard, expressive[rows][hard])
+        for name, scores in (("light", light), ("damr", damr), ("expressive_all", expressive)):
+            self.metrics[name].update(scores, group, names)
+
+    # -- training -----------------------------------------------------------------------
+    def step(self, groups: list[SampleGroup]) -> StepReport:
+        """Evaluate, then train one micro-batch of groups."""
+        batch = Batch.from_groups(groups)
+        self.evaluate(batch)
+        report = self._train_ghcl(batch) if self.method == "ghcl" else self._train_mixed(batch)
+        self.steps += 1
+        self.samples_seen += report.samples
+        return report
+
+    def _train_mixed(self, batch: Batch) -> StepReport:
+        losses = {}
+        for name, model in (("mixed", self.light), ("expressive", self.expressive)):
+            loss = F.binary_cross_entropy_with_logits(model(batch.users, batch.items, batch.group), batch.label)
+            model.zero_grad()
+            loss.backward()
+            losses[name] = loss.item()
+        self._apply()
+        return StepReport(len(batch.label), losses, None, {}, 1.0)
+
+    def _train_ghcl(self, batch: Batch) -> StepReport:
+        sub = batch.subset(self.sampler.keep(batch.mask(HARD)))
+        positive = sub.source == SOURCE_CODE["exp_pos"]
+        scores = self.light(sub.users, sub.items, sub.group)
+        args = (sub.group, positive)
+        easy = contrastive_path_loss(scores, *args, sub.mask(EASY), sub.n_groups, self.temperature)
+        hard = contrastive_path_loss(scores, *args, sub.mask(HARD), sub.n_groups, self.temperature)
+        params = [p for p in self.light.parameters() if p.requires_grad]
+        g_easy = _flat_grad(easy, params)
+        g_hard = _flat_grad(hard, params)
+        if self.harmonize_gradients:
+            combined, cosine = harmonize(g_easy, g_hard)
+        else:
+            combined, cosine = g_easy + g_hard, _cosine(g_easy, g_hard)
+        self.sampler.update(cosine)
+        _set_flat_grad(params, combined)
+        x = self.expressive(sub.users, sub.items, sub.group)
+        x_loss = contrastive_path_loss(x, *args, sub.mask(HARD), sub.n_groups)
+        self.expressive.zero_grad()
+        x_loss.backward()
+        self._apply()
+        return StepReport(
+            len(batch.label), {"easy": easy.item(), "hard": hard.item(), "expressive": x_loss.item()},
+            cosine, {"easy": float(g_easy.norm()), "hard": float(g_hard.norm())}, self.sampler.share,
+        )
+
+    def _apply(self) -> None:
+        for tier in (self.light, self.expressive):
+            for name in tier.embeddings:
+                grad = tier.get_parameter(name).grad
+                if grad is not None:
+                    rows = torch.nonzero(grad.abs().sum(1)).squeeze(-1).tolist()
+                    self.touched[tier.name].setdefault(name, set()).update(rows)
+        for opt in self.optimizers:
+            opt.step()
+            opt.zero_grad()
+
+    def take_touched(self) -> dict[str, dict[str, np.ndarray]]:
+        """Embedding rows changed since the previous call, per tier (then forgotten)."""
+        out = {t: {n: np.fromiter(sorted(r), np.int64) for n, r in rows.items()} for t, rows in self.touched.items()}
+        self.touched = {"light": {}, "expressive": {}}
+        return out
+
+    def tiers(self) -> dict[str, Tier]:
+        return {"light": self.light, "expressive": self.expressive}
+
+
+def _optimizers(model: Tier, lr: float, emb_lr: float) -> list[torch.optim.Optimizer]:
+    emb = [p for n, p in model.named_parameters() if n.endswith("emb.weight")]
+    dense = [p for n, p in model.named_parameters() if not n.endswith("emb.weight")]
+    return [torch.optim.Adagrad(emb, lr=emb_lr), torch.optim.Adam(dense, lr=lr)]
+
+
+def _flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params,
+                                                                                                 strict=True)])
+
+
+def _set_flat_grad(params: list[torch.Tensor], flat: torch.Tensor) -> None:
+    offset = 0
+    for p in params:
+        p.grad = flat[offset: offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    denom = a.norm() * b.norm()
+    return float(a @ b / denom) if denom > 0 else 0.0
