@@ -1,0 +1,108 @@
+"""Join a request's events and turn them into one labelled hybrid sample group (pure logic, no I/O).
+
+A request's state (:class:`Pending`, JSON-serializable for the changelog-backed table) gathers
+its ranking event, exposures and positive feedback. :func:`is_due` says when its join window
+has closed; :func:`assemble` labels and samples:
+
+- ``exp_pos`` / ``exp_neg``: exposed items with / without positive feedback;
+- ``rn``: up to ``max_rn`` unexposed candidates with ``rank_pos > rn_min_rank``;
+- ``prn``: up to ``max_prn`` unexposed candidates with ``prerank_pos > prn_min_prerank``;
+- ``gn``: ``gn_per_exposed`` pool items per exposed item, never a candidate of the request.
+
+Sampling is seeded by the request id, so a replay assembles the same ``rn``/``prn`` items and
+the same ``group_id``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from streams.pool import CandidatePool
+from streams.schemas import ExposureEvent, RankingEvent, SampleGroup, SampleItem, is_positive
+
+#: (item ids, as-of event time ms) -> statistics per item
+StatsReader = Callable[[Sequence[str], int], list[dict[str, float]]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AssemblerConfig:
+    window_ms: int = 30_000
+    lateness_ms: int = 5_000
+    dwell_threshold_ms: int = 30_000
+    max_rn: int = 10
+    rn_min_rank: int = 50
+    max_prn: int = 10
+    prn_min_prerank: int = 200
+    gn_per_exposed: int = 2
+
+
+def group_id(request_id: str, revision: int = 0) -> str:
+    """Deterministic id of a request's group (revision > 0: a correction)."""
+    return hashlib.sha1(f"{request_id}:{revision}".encode()).hexdigest()[:20]
+
+
+def new_pending() -> dict[str, Any]:
+    return {"ranking": None, "exposed": {}, "positive": [], "last_ts": 0, "last_wall_ms": 0, "revision": 0}
+
+
+def add_ranking(state: dict[str, Any], raw: dict[str, Any], event: RankingEvent, wall_ms: int) -> None:
+    state["ranking"] = raw
+    _touch(state, event.ts_ms, wall_ms)
+
+
+def add_exposure(state: dict[str, Any], event: ExposureEvent, wall_ms: int, dwell_threshold_ms: int) -> None:
+    if event.type == "exposure":
+        state["exposed"][event.item_id] = event.position
+    elif is_positive(event, dwell_threshold_ms) and event.item_id not in state["positive"]:
+        state["positive"].append(event.item_id)
+    _touch(state, event.ts_ms, wall_ms)
+
+
+def _touch(state: dict[str, Any], ts_ms: int, wall_ms: int) -> None:
+    state["last_ts"] = max(state["last_ts"], ts_ms)
+    state["last_wall_ms"] = wall_ms
+
+
+def is_due(state: dict[str, Any], watermark_ms: int, wall_ms: int, config: AssemblerConfig) -> bool:
+    """Window closed: ``window_ms`` of event time after its last event (minus lateness), or of
+    wall time when the stream has gone quiet."""
+    event_due = watermark_ms - config.lateness_ms >= state["last_ts"] + config.window_ms
+    return event_due or wall_ms >= state["last_wall_ms"] + config.window_ms + config.lateness_ms
+
+
+def assemble(state: dict[str, Any], ranking: RankingEvent, config: AssemblerConfig, pool: CandidatePool,
+             stats: StatsReader, assembled_ms: int) -> SampleGroup:
+    """The labelled group of a request whose window has closed."""
+    rng = np.random.default_rng(zlib.crc32(ranking.request_id.encode()))
+    exposed: dict[str, int] = state["exposed"]
+    positive = set(state["positive"]) & set(exposed)
+    by_id = {c.item_id: c for c in ranking.candidates}
+    chosen: list[tuple[str, str, int | None, int | None, str]] = []  # id, source, prerank, rank, type
+    for item_id in sorted(exposed, key=lambda i: exposed[i]):
+        c = by_id.get(item_id)
+        source = "exp_pos" if item_id in positive else "exp_neg"
+        chosen.append((item_id, source, c.prerank_pos if c else None, c.rank_pos if c else None,
+                       c.content_type if c else "unknown"))
+    unexposed = [c for c in ranking.candidates if c.item_id not in exposed]
+    for source, eligible, cap in (
+        ("rn", [c for c in unexposed if c.rank_pos is not None and c.rank_pos > config.rn_min_rank], config.max_rn),
+        ("prn", [c for c in unexposed if c.prerank_pos > config.prn_min_prerank], config.max_prn),
+    ):
+        picks = rng.choice(len(eligible), min(cap, len(eligible)), replace=False) if eligible else []
+        chosen += [(eligible[i].item_id, source, eligible[i].prerank_pos, eligible[i].rank_pos,
+                    eligible[i].content_type) for i in sorted(picks)]
+    for item_id, ctype in pool.sample(config.gn_per_exposed * len(exposed), by_id.keys() | exposed.keys(), rng):
+        chosen.append((item_id, "gn", None, None, ctype))
+    features = stats([c[0] for c in chosen], ranking.ts_ms)
+    items = [SampleItem(i, s, int(s == "exp_pos"), p, r, t, f)
+             for (i, s, p, r, t), f in zip(chosen, features, strict=True)]
+    return SampleGroup(
+        group_id(ranking.request_id, state["revision"]), ranking.request_id, ranking.user_id, ranking.ts_ms,
+        assembled_ms, items, ranking.user_features, correction=state["revision"] > 0,
+    )

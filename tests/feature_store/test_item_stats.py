@@ -1,0 +1,23 @@
+"""Windowed item statistics in a real Redis, read as of a point in time."""
+
+from feature_store.item_stats import ItemStats
+
+MIN = 60_000
+
+
+def test_windows_count_only_buckets_closed_before_the_read_time(redis_client):
+    stats = ItemStats(redis_client)
+    stats.record([("n1", "exp", 5 * MIN)] * 4 + [("n1", "clk", 5 * MIN), ("n1", "exp", 30 * MIN)])
+    at_10 = stats.read(["n1"], at_ms=10 * MIN)[0]
+    assert at_10["exp_10m"] == 4 and at_10["clk_10m"] == 1
+    assert at_10["exp_1h"] == 4  # the ten-minute bucket [0, 10) closed at minute 10
+    at_31 = stats.read(["n1"], at_ms=31 * MIN)[0]
+    assert at_31["exp_10m"] == 1 and at_31["exp_1h"] == 4  # the bucket of minute 30 is closed; [30, 40) is not
+    assert at_31["ctr_1h"] > stats.read(["never-seen"], at_ms=31 * MIN)[0]["ctr_1h"] * 0.9
+
+
+def test_events_after_the_request_never_leak_into_its_statistics(redis_client):
+    stats = ItemStats(redis_client)
+    stats.record([("n2", "clk", 20 * MIN + 5)])
+    assert stats.read(["n2"], at_ms=20 * MIN + 30_000)[0]["clk_10m"] == 0
+    assert stats.prune("n2", now_ms=3 * 86_400_000) == 3

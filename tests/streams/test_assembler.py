@@ -1,0 +1,55 @@
+"""Labels and sampling of one request's group, against the request's own ground truth."""
+
+import numpy as np
+
+from streams.assembler import AssemblerConfig, add_exposure, add_ranking, assemble, group_id, is_due, new_pending
+from streams.pool import CandidatePool
+from streams.schemas import ExposureEvent
+from streams.simulator.world import World
+
+
+def no_stats(ids, at_ms):
+    return [{} for _ in ids]
+
+
+def build(seed=3):
+    request = World(seed=seed, n_users=50, n_items=3000).request(0, n_candidates=600)
+    state = new_pending()
+    add_ranking(state, {}, request.ranking, 0)
+    for _, event in request.events:
+        add_exposure(state, event, 0, 30_000)
+    pool = CandidatePool()
+    for i in range(2000, 3000):
+        pool.add(f"i{i}", "video")
+    return request, state, pool
+
+
+def test_group_matches_ground_truth_counts_and_labels():
+    request, state, pool = build()
+    group = assemble(state, request.ranking, AssemblerConfig(), pool, no_stats, 1)
+    by_source = {s: [i for i in group.items if i.source == s] for s in ("exp_pos", "exp_neg", "rn", "prn", "gn")}
+    assert {i.item_id for i in by_source["exp_pos"]} == {k for k, v in request.exposed.items() if v}
+    assert {i.item_id for i in by_source["exp_neg"]} == {k for k, v in request.exposed.items() if not v}
+    assert len(by_source["rn"]) == 10 and all(i.rank_pos > 50 for i in by_source["rn"])
+    assert len(by_source["prn"]) == 10 and all(i.prerank_pos > 200 for i in by_source["prn"])
+    candidates = {c.item_id for c in request.ranking.candidates}
+    assert len(by_source["gn"]) == 20 and not candidates & {i.item_id for i in by_source["gn"]}
+    assert not {i.item_id for i in by_source["rn"] + by_source["prn"]} & set(request.exposed)
+
+
+def test_replay_assembles_the_same_group():
+    request, state, pool = build()
+    a = assemble(state, request.ranking, AssemblerConfig(), pool, no_stats, 1)
+    b = assemble(state, request.ranking, AssemblerConfig(), pool, no_stats, 2)
+    assert a.group_id == b.group_id == group_id(request.ranking.request_id)
+    assert [(i.item_id, i.source) for i in a.items] == [(i.item_id, i.source) for i in b.items]
+
+
+def test_window_closes_by_event_time_or_when_the_stream_is_quiet():
+    state = new_pending()
+    add_exposure(state, ExposureEvent("r", "u", "i", 1_000, "exposure", position=0), wall_ms=500, dwell_threshold_ms=1)
+    cfg = AssemblerConfig(window_ms=10_000, lateness_ms=2_000)
+    assert not is_due(state, watermark_ms=12_000, wall_ms=600, config=cfg)
+    assert is_due(state, watermark_ms=13_000, wall_ms=600, config=cfg)
+    assert is_due(state, watermark_ms=0, wall_ms=12_500, config=cfg)
+    assert np.isclose(state["last_ts"], 1_000)
