@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, NoBrokersAvailable
+from kafka.errors import KafkaError
 from prometheus_client import Counter
 
 from streams.schemas import ExposureEvent, ItemUpdate, RankingEvent, encode
@@ -56,7 +56,7 @@ class EventProducer:
                 batch_size=batch_size, compression_type=_compression(), retries=retries,
                 retry_backoff_ms=200, request_timeout_ms=30_000, max_block_ms=10_000, **kafka_config,
             )
-        except NoBrokersAvailable:
+        except KafkaError:
             raise ProducerUnavailable(f"no Kafka broker answers at {bootstrap}") from None
 
     def send_ranking(self, event: RankingEvent) -> None:

@@ -1,0 +1,252 @@
+"""The Faust app: agents that join ranking and exposure events into hybrid sample groups.
+
+Topology (all input topics keyed by ``request_id`` and co-partitioned):
+
+- ``assemble`` consumes ``ranking``, ``exposure`` and the internal ``streams-ticks`` topic
+  (one tick per partition per second, so windows close on quiet streams too). Pending
+  requests live in the changelog-backed table ``pending``; finalized ones in ``finalized``
+  (for late-event detection, kept ``retention_ms``). A restarted or rebalanced worker
+  recovers both from their changelogs.
+- ``catalogue`` consumes ``items`` into the candidate pool.
+
+Delivery: at-least-once. Offsets are committed after an event is processed; a crash between
+emitting a group and committing can emit it again after recovery with the same ``group_id``
+(deterministic), which consumers de-duplicate. Every rejected input goes to ``dlq``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+import redis
+
+from feature_store.item_stats import ItemStats
+from streams import metrics
+from streams.assembler import AssemblerConfig, add_exposure, add_ranking, assemble, is_due, new_pending
+from streams.pool import CandidatePool
+from streams.schemas import (
+    InvalidEvent,
+    Limits,
+    decode_exposure,
+    decode_item,
+    decode_ranking,
+    encode,
+    is_positive,
+)
+
+PARTITIONS = 4
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamsConfig:
+    bootstrap: str
+    redis_url: str
+    topic_prefix: str = "hap."
+    app_id: str = "hap-streams"
+    data_dir: Path = Path(".hap/streams")
+    assembler: AssemblerConfig = AssemblerConfig()
+    limits: Limits = Limits()
+    corrections: bool = True
+    retention_ms: int = 600_000
+    tick_s: float = 0.5
+    partitions: int = PARTITIONS
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def make_app(cfg: StreamsConfig) -> faust.App:
+    """Build the app; run it with ``faust.Worker(app).execute_from_commandline()``."""
+    app = faust.App(
+        f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}", store="memory://",
+        topic_partitions=cfg.partitions, web_enabled=False, datadir=str(cfg.data_dir),
+        consumer_auto_offset_reset="earliest", producer_max_request_size=cfg.limits.max_message_bytes * 2,
+        broker_commit_every=100, broker_commit_interval=1.0, table_cleanup_interval=30.0,
+    )
+    t = cfg.topic_prefix
+    raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": cfg.partitions}
+    inputs = app.topic(f"{t}ranking", f"{t}exposure", f"{t}streams-ticks", **raw)
+    ticks = app.topic(f"{t}streams-ticks", **raw)
+    items_topic = app.topic(f"{t}items", **raw)
+    samples = app.topic(f"{t}samples", **raw)
+    dlq = app.topic(f"{t}dlq", **raw)
+    pending = app.Table("pending", default=None, partitions=cfg.partitions)
+    finalized = app.Table("finalized", default=None, partitions=cfg.partitions)
+    pool = CandidatePool()
+    stats = ItemStats(redis.Redis.from_url(cfg.redis_url), prefix="hap:")
+    users = redis.Redis.from_url(cfg.redis_url)
+    state = _WorkerState()
+
+    async def dead_letter(reason: InvalidEvent | str, message: Any) -> None:
+        inv = reason if isinstance(reason, InvalidEvent) else InvalidEvent(reason)
+        metrics.INVALID.labels(inv.kind).inc()
+        await dlq.send(value=orjson.dumps({
+            "reason": inv.reason, "topic": message.topic, "partition": message.partition,
+            "offset": message.offset, "original": base64.b64encode(message.value or b"").decode(),
+        }))
+
+    async def emit(rid: str, st: dict[str, Any], wall: int) -> None:
+        ranking = decode_ranking(orjson.dumps(st["ranking"]), cfg.limits)
+        group = assemble(st, ranking, cfg.assembler, pool, _stats_reader(stats), wall)
+        await samples.send(key=rid.encode(), value=encode(group))
+        kind = "correction" if group.correction else "group"
+        metrics.GROUPS.labels(kind).inc()
+        for item in group.items:
+            metrics.SAMPLES.labels(item.source).inc()
+        metrics.LAG.observe(max(0.0, (wall - st["last_wall_ms"]) / 1000))
+        history = (list(ranking.user_features.get("history", [])) + st["positive"])[-50:]
+        users.set(f"hap:feat:user:{ranking.user_id}", orjson.dumps({"history": history}), ex=86_400)
+
+    async def finalize_due(partition: int) -> None:
+        wall = _now_ms()
+        stats.record(state.take_stats())
+        for rid in list(state.open[partition]):
+            st = pending.get(rid)
+            if st is None:
+                state.open[partition].discard(rid)
+                continue
+            if not is_due(st, state.watermark[partition], wall, cfg.assembler):
+                continue
+            state.open[partition].discard(rid)
+            if st["ranking"] is None:
+                metrics.INVALID.labels("orphan").inc()
+                await dlq.send(value=orjson.dumps({"reason": "orphan: exposure events without a ranking event "
+                                                   "within the join window", "request_id": rid, "state": st}))
+            else:
+                await emit(rid, st, wall)
+                finalized[rid] = {**st, "finalized_ms": wall, "partition": partition}
+                state.closed[partition].append((wall, rid))
+            del pending[rid]
+        while state.closed[partition] and state.closed[partition][0][0] < wall - cfg.retention_ms:
+            _, rid = state.closed[partition].pop(0)
+            del finalized[rid]
+        metrics.PENDING.set(sum(len(s) for s in state.open.values()))
+
+    async def late(rid: str, done: dict[str, Any], event: Any, message: Any, wall: int) -> None:
+        if cfg.corrections and event.type == "feedback" and is_positive(event, cfg.assembler.dwell_threshold_ms) \
+                and event.item_id in done["exposed"] and event.item_id not in done["positive"]:
+            done = {**done, "positive": [*done["positive"], event.item_id], "revision": done["revision"] + 1}
+            await emit(rid, done, wall)
+            finalized[rid] = done
+            metrics.LATE.labels("correction").inc()
+        elif event.type == "feedback" and event.item_id in done["positive"]:
+            metrics.LATE.labels("duplicate").inc()  # already counted: idempotent
+        else:
+            metrics.LATE.labels("dead_letter").inc()
+            await dead_letter("late: the request was finalized before this event arrived", message)
+
+    async def handle(msg: Any) -> None:
+        if msg.topic.endswith("streams-ticks"):
+            await finalize_due(msg.partition)
+            return
+        metrics.EVENTS.labels(msg.topic.removeprefix(t)).inc()
+        wall = _now_ms()
+        try:
+            if msg.topic.endswith("ranking"):
+                event = decode_ranking(msg.value, cfg.limits)
+                for c in event.candidates:
+                    pool.add(c.item_id, c.content_type)
+            else:
+                event = decode_exposure(msg.value, cfg.limits)
+        except InvalidEvent as exc:
+            await dead_letter(exc, msg)
+            return
+        rid = event.request_id
+        state.watermark[msg.partition] = max(state.watermark[msg.partition], event.ts_ms)
+        if msg.topic.endswith("exposure"):
+            state.count_stats(event, cfg.assembler.dwell_threshold_ms)
+        done = finalized.get(rid)
+        if done is not None:
+            await late(rid, done, event, msg, wall)
+            return
+        st = pending.get(rid) or new_pending()
+        if msg.topic.endswith("ranking"):
+            add_ranking(st, orjson.loads(msg.value), event, wall)
+        else:
+            add_exposure(st, event, wall, cfg.assembler.dwell_threshold_ms)
+        st["partition"] = msg.partition
+        pending[rid] = st
+        state.open[msg.partition].add(rid)
+
+    @app.agent(inputs)
+    async def assemble_agent(stream: faust.StreamT) -> None:
+        async for ev in stream.events():
+            state.rebuild(pending, finalized)
+            try:
+                await handle(ev.message)
+            except Exception as exc:  # a worker never dies of its input: dead-letter it instead
+                app.log.exception("failed to process %s[%s]@%s", ev.message.topic, ev.message.partition,
+                                  ev.message.offset)
+                await dead_letter(f"internal: {exc!r}", ev.message)
+
+    @app.agent(items_topic)
+    async def catalogue(stream: faust.StreamT) -> None:
+        async for ev in stream.events():
+            try:
+                item = decode_item(ev.message.value, cfg.limits)
+            except InvalidEvent as exc:
+                await dead_letter(exc, ev.message)
+                continue
+            pool.add(item.item_id, item.content_type)
+
+    @app.timer(interval=cfg.tick_s)
+    async def tick() -> None:
+        for partition in range(cfg.partitions):
+            await ticks.send(key=b"tick", value=b"", partition=partition)
+
+    app.hap_tables = (pending, finalized)  # type: ignore[attr-defined]
+    return app
+
+
+def _stats_reader(stats: ItemStats):  # noqa: ANN202 - a StatsReader
+    def read(ids: list[str], at_ms: int) -> list[dict[str, float]]:
+        out = stats.read(ids, at_ms)
+        missing = sum(1 for s in out if s.get("exp_1d", 0.0) == 0.0)
+        if missing:
+            metrics.MISSING.labels("item_stats").inc(missing)
+        return out
+
+    return read
+
+
+class _WorkerState:
+    """Per-worker, in-memory indexes over the tables, rebuilt from them after recovery."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, set[str]] = defaultdict(set)
+        self.closed: dict[int, list[tuple[int, str]]] = defaultdict(list)
+        self.watermark: dict[int, int] = defaultdict(int)
+        self.stats: list[tuple[str, str, int]] = []
+        self.built = False
+
+    def rebuild(self, pending: Any, finalized: Any) -> None:
+        if self.built:
+            return
+        self.built = True
+        for rid, st in pending.items():
+            if st is not None:
+                self.open[st["partition"]].add(rid)
+        for rid, done in sorted(finalized.items(), key=lambda kv: kv[1]["finalized_ms"] if kv[1] else 0):
+            if done is not None:
+                self.closed[done["partition"]].append((done["finalized_ms"], rid))
+
+    def count_stats(self, event: Any, dwell_threshold_ms: int) -> None:
+        if event.type == "exposure":
+            self.stats.append((event.item_id, "exp", event.ts_ms))
+            return
+        if event.click:
+            self.stats.append((event.item_id, "clk", event.ts_ms))
+        if is_positive(event, dwell_threshold_ms):
+            self.stats.append((event.item_id, "pos", event.ts_ms))
+
+    def take_stats(self) -> list[tuple[str, str, int]]:
+        out, self.stats = self.stats, []
+        return out

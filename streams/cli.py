@@ -1,0 +1,48 @@
+"""`hap streams`: run one Faust worker (start several with the same topic prefix to scale out)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    env = os.environ.get
+    p = sub.add_parser("streams", help="assemble hybrid sample groups from Kafka events")
+    p.add_argument("--window", type=float, default=float(env("HAP_JOIN_WINDOW_S", 30)),
+                   help="join window: seconds of event time after a request's last event")
+    p.add_argument("--lateness", type=float, default=float(env("HAP_LATENESS_S", 5)))
+    p.add_argument("--dwell-threshold", type=float, default=30.0, help="dwell seconds that count as positive")
+    p.add_argument("--gn-per-exposed", type=int, default=2)
+    p.add_argument("--max-rn", type=int, default=10)
+    p.add_argument("--max-prn", type=int, default=10)
+    p.add_argument("--no-corrections", action="store_true", help="dead-letter late feedback instead")
+    p.add_argument("--metrics-port", type=int, default=None, help="default: HAP_STREAMS_METRICS_PORT or 9101")
+    p.add_argument("--worker-id", default=env("HAP_WORKER_ID", "0"))
+
+
+def run(args: argparse.Namespace) -> int:
+    import faust
+    from prometheus_client import start_http_server
+
+    from deploy.settings import Settings
+    from streams.app import StreamsConfig, make_app
+    from streams.assembler import AssemblerConfig
+
+    s = Settings.load()
+    start_http_server(args.metrics_port or s.streams_metrics_port, addr="127.0.0.1")
+    cfg = StreamsConfig(
+        bootstrap=s.kafka_bootstrap, redis_url=s.redis_url, topic_prefix=s.topic_prefix,
+        data_dir=Path(s.data_dir) / f"streams-{args.worker_id}", corrections=not args.no_corrections,
+        assembler=AssemblerConfig(
+            window_ms=int(args.window * 1000), lateness_ms=int(args.lateness * 1000),
+            dwell_threshold_ms=int(args.dwell_threshold * 1000), max_rn=args.max_rn, max_prn=args.max_prn,
+            gn_per_exposed=args.gn_per_exposed,
+        ),
+    )
+    app = make_app(cfg)
+    sys.argv = [sys.argv[0], "worker"]
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    return 0

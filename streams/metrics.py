@@ -1,0 +1,15 @@
+"""Prometheus metrics of the streams workers."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter("hap_streams_events", "Input events consumed", ["topic"])
+GROUPS = Counter("hap_streams_groups", "Sample groups emitted", ["kind"])
+SAMPLES = Counter("hap_streams_samples", "Samples emitted", ["source"])
+PENDING = Gauge("hap_streams_pending_requests", "Requests waiting for their join window to close")
+LAG = Histogram(
+    "hap_streams_event_to_sample_seconds", "Wall time from a request's last event to its group's emission",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 45, 60, 120),
+)
+LATE = Counter("hap_streams_late", "Events for requests already finalized", ["outcome"])
+INVALID = Counter("hap_streams_invalid", "Events sent to the dead-letter topic", ["reason_kind"])
+MISSING = Counter("hap_feature_store_missing", "Feature lookups that fell back to a default", ["kind"])
