@@ -65,6 +65,7 @@ def _now_ms() -> int:
 
 def make_app(cfg: StreamsConfig) -> faust.App:
     """Build the app; run it with ``faust.Worker(app).execute_from_commandline()``."""
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}", store="memory://",
         topic_partitions=cfg.partitions, web_enabled=False, datadir=str(cfg.data_dir),

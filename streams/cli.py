@@ -24,12 +24,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import faust
     from prometheus_client import start_http_server
 
     from deploy.settings import Settings
     from streams.app import StreamsConfig, make_app
     from streams.assembler import AssemblerConfig
+    from streams.topics import ensure_topics
 
     s = Settings.load()
     start_http_server(args.metrics_port or s.streams_metrics_port, addr="127.0.0.1")
@@ -42,7 +42,29 @@ def run(args: argparse.Namespace) -> int:
             gn_per_exposed=args.gn_per_exposed,
         ),
     )
+    ensure_topics(cfg.bootstrap, cfg.topic_prefix, cfg.partitions)
     app = make_app(cfg)
+    _Worker = _make_worker_class()
     sys.argv = [sys.argv[0], "worker"]
-    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    _Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
     return 0
+
+
+def _exit_now() -> None:
+    # Faust's graceful stop can hang with several agents. Offsets are committed every second,
+    # only after processing, and every step downstream is idempotent (deterministic group ids),
+    # so exiting at once keeps the at-least-once guarantee: SIGTERM behaves like SIGKILL.
+    os._exit(0)
+
+
+def _make_worker_class():  # noqa: ANN202
+    import faust
+
+    class Worker(faust.Worker):
+        def _on_sigterm(self) -> None:
+            _exit_now()
+
+        def _on_sigint(self) -> None:
+            _exit_now()
+
+    return Worker
