@@ -1,0 +1,74 @@
+"""Checkpoints: weights, optimizer state, Kafka offsets and de-duplication state in one file.
+
+One safetensors file holds every tensor; its metadata holds the JSON state (offsets, seen
+group ids, counters). It is written to a temporary file, fsynced and renamed over the old
+one, so a crash at any moment leaves either the previous or the new checkpoint, never a mix.
+It is read only from the learner's own disk (never from Kafka or Redis) and without pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from learner.trainer import OnlineTrainer
+
+STATE_KEY = "hap_state"
+
+
+def save(path: Path, trainer: OnlineTrainer, state: dict[str, Any]) -> None:
+    """Atomically write ``trainer``'s weights and optimizers plus the JSON ``state``."""
+    tensors: dict[str, torch.Tensor] = {}
+    for tier_name, tier in trainer.tiers().items():
+        for name, value in tier.state_dict().items():
+            tensors[f"model.{tier_name}.{name}"] = value.detach().contiguous()
+    groups = []
+    for i, opt in enumerate(trainer.optimizers):
+        sd = opt.state_dict()
+        groups.append(sd["param_groups"])
+        for pid, pstate in sd["state"].items():
+            for key, value in pstate.items():
+                tensors[f"opt.{i}.{pid}.{key}"] = torch.as_tensor(value).contiguous()
+    meta = {
+        "state": state, "optimizer_groups": groups, "steps": trainer.steps, "samples_seen": trainer.samples_seen,
+        "conflict_ema": trainer.sampler.conflict_ema, "sampler_rng": trainer.sampler.rng.bit_generator.state,
+        "metrics": {name: vars(m) for name, m in trainer.metrics.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={STATE_KEY: json.dumps(meta)})
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: Path, trainer: OnlineTrainer) -> dict[str, Any] | None:
+    """Restore ``trainer`` from ``path``; returns the JSON state, or None without a checkpoint."""
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()[STATE_KEY])
+    tensors = load_file(str(path))
+    for tier_name, tier in trainer.tiers().items():
+        prefix = f"model.{tier_name}."
+        tier.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    for i, opt in enumerate(trainer.optimizers):
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            parts = key.split(".")
+            if parts[0] == "opt" and int(parts[1]) == i:
+                state.setdefault(int(parts[2]), {})[parts[3]] = value
+        opt.load_state_dict({"state": state, "param_groups": meta["optimizer_groups"][i]})
+    trainer.steps, trainer.samples_seen = meta["steps"], meta["samples_seen"]
+    trainer.sampler.conflict_ema = meta["conflict_ema"]
+    trainer.sampler.rng.bit_generator.state = meta["sampler_rng"]
+    for name, values in meta["metrics"].items():
+        vars(trainer.metrics[name]).update(values)
+    return meta["state"]

@@ -1,0 +1,49 @@
+"""`hap learner`: the online learner of both tiers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    env = os.environ.get
+    p = sub.add_parser("learner", help="train both tiers online from hap.samples and publish to Redis")
+    p.add_argument("--method", choices=["ghcl", "mixed"], default=env("HAP_LEARNER_METHOD", "ghcl"))
+    p.add_argument("--batch-groups", type=int, default=32)
+    p.add_argument("--publish-interval", type=float, default=float(env("HAP_PUBLISH_INTERVAL_S", 1.0)))
+    p.add_argument("--publish-steps", type=int, default=50)
+    p.add_argument("--checkpoint-interval", type=float, default=10.0)
+    p.add_argument("--keep-versions", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without samples")
+    p.add_argument("--metrics-port", type=int, help="default: HAP_LEARNER_METRICS_PORT or 9102")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from prometheus_client import start_http_server
+
+    from deploy.settings import Settings
+    from learner.service import LearnerConfig, LearnerService
+    from learner.trainer import OnlineTrainer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    s = Settings.load()
+    start_http_server(args.metrics_port or s.learner_metrics_port, addr="127.0.0.1")
+    cfg = LearnerConfig(
+        bootstrap=s.kafka_bootstrap, redis_url=s.redis_url, samples_topic=s.topic("samples"),
+        checkpoint_path=s.data_dir / "learner" / "checkpoint.safetensors", batch_groups=args.batch_groups,
+        publish_s=args.publish_interval, publish_steps=args.publish_steps,
+        checkpoint_s=args.checkpoint_interval, keep_versions=args.keep_versions,
+    )
+    service = LearnerService(cfg, OnlineTrainer(method=args.method, seed=args.seed))
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    service.run(max_idle_s=args.exit_when_idle)
+    logging.getLogger("hap.learner").info("stopped after %d steps, %d versions", service.trainer.steps,
+                                          service.versions)
+    return 0
