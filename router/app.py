@@ -1,0 +1,102 @@
+"""The router's HTTP service (aiohttp): ``POST /v1/prerank``, health, readiness, metrics, OpenAPI.
+
+A client mistake is a 400 with the reason (413 above the body size cap), never a 5xx.
+``/readyz`` answers 200 only once a model version is loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import redis
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from router import metrics
+from router.features import FeatureCache
+from router.holder import ModelHolder
+from router.prerank import BadRequest, parse_request, score
+
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+HOLDER: web.AppKey[ModelHolder] = web.AppKey("holder", ModelHolder)
+FEATURES: web.AppKey[FeatureCache] = web.AppKey("features", FeatureCache)
+LIMITS: web.AppKey[dict] = web.AppKey("limits", dict)
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def prerank(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    limits = request.app[LIMITS]
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        metrics.ERRORS.labels("too_large").inc()
+        return _json({"error": f"body exceeds {limits['max_bytes']} bytes"}, 413)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        metrics.ERRORS.labels("bad_request").inc()
+        return _json({"error": f"body: invalid JSON ({exc})"}, 400)
+    try:
+        req = parse_request(body, max_candidates=limits["max_candidates"], policy=limits["policy"],
+                            budget=limits["budget"])
+    except BadRequest as exc:
+        status = 413 if "exceed the cap" in str(exc) else 400
+        metrics.ERRORS.labels("too_large" if status == 413 else "bad_request").inc()
+        return _json({"error": str(exc)}, status)
+    model = request.app[HOLDER].current
+    if model is None:
+        metrics.ERRORS.labels("not_ready").inc()
+        return _json({"error": "no model version loaded yet"}, 503)
+    result = score(model, request.app[FEATURES], req)
+    metrics.REQUEST_SECONDS.labels(req.policy).observe(time.perf_counter() - started)
+    metrics.CANDIDATES.observe(len(req.candidates))
+    metrics.EXPRESSIVE_FRACTION.observe(result["expressive_evals"] / len(req.candidates))
+    return _json(result)
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return _json({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    holder = request.app[HOLDER]
+    model = holder.current
+    if model is None:
+        return _json({"ready": False, "reason": "no model version loaded yet"}, 503)
+    return _json({"ready": True, "version": model.version, "staleness_s": holder.staleness_s})
+
+
+async def metrics_endpoint(_request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(_request: web.Request) -> web.Response:
+    return web.Response(text=OPENAPI.read_text(), content_type="application/yaml")
+
+
+def make_app(client: redis.Redis, *, policy: str = "damr", budget: float = 0.2, max_candidates: int = 5000,
+             max_bytes: int = 4 << 20, poll_s: float = 2.0, holder: ModelHolder | None = None) -> web.Application:
+    """Build the service; the holder's threads start and stop with the app."""
+    app = web.Application(client_max_size=max_bytes)
+    app[HOLDER] = holder or ModelHolder(client, poll_s=poll_s)
+    app[FEATURES] = FeatureCache(client)
+    app[LIMITS] = {"policy": policy, "budget": budget, "max_candidates": max_candidates, "max_bytes": max_bytes}
+    app.router.add_post("/v1/prerank", prerank)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.yaml", openapi)
+
+    async def lifecycle(app: web.Application):  # noqa: ANN202
+        app[HOLDER].start()
+        yield
+        app[HOLDER].stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,101 @@
+"""Router-side features: item statistics and user history from Redis behind a bounded local cache.
+
+A lookup never fails a request: a missing feature (unknown item, Redis down) becomes the
+default (no statistics, empty history) and is counted. While Redis is failing, lookups skip it
+for ``backoff_s`` instead of waiting on every request.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import redis
+
+from feature_store.featurize import ItemBatch, dense_stats, hash_id
+from feature_store.featurize import CONTENT_TYPE_BUCKETS as CT_BUCKETS
+from feature_store.item_stats import ItemStats
+from router import metrics
+
+import numpy as np
+
+
+class FeatureCache:
+    """LRU + TTL cache of per-item feature rows and user histories."""
+
+    def __init__(self, client: redis.Redis, *, capacity: int = 200_000, ttl_s: float = 5.0,
+                 backoff_s: float = 1.0, prefix: str = "hap:") -> None:
+        self.r = client
+        self.stats = ItemStats(client, prefix)
+        self.prefix = prefix
+        self.capacity, self.ttl_s, self.backoff_s = capacity, ttl_s, backoff_s
+        self.items: collections.OrderedDict[str, tuple[float, np.ndarray]] = collections.OrderedDict()
+        self.down_until = 0.0
+
+    def _redis_ok(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def _failed(self) -> None:
+        self.down_until = time.monotonic() + self.backoff_s
+        metrics.ERRORS.labels("redis").inc()
+
+    def item_batch(self, item_ids: Sequence[str], content_types: Sequence[str],
+                   inline: Sequence[dict[str, float] | None]) -> ItemBatch:
+        """Feature arrays of the candidates: inline features first, then cache, then Redis."""
+        now = time.monotonic()
+        dense = np.zeros((len(item_ids), len(dense_stats({}))), np.float32)
+        misses = []
+        for n, item_id in enumerate(item_ids):
+            if inline[n]:
+                dense[n] = dense_stats(inline[n])
+                continue
+            hit = self.items.get(item_id)
+            if hit is not None and hit[0] > now:
+                dense[n] = hit[1]
+            else:
+                misses.append(n)
+        if misses and self._redis_ok():
+            try:
+                fetched = self.stats.read([item_ids[n] for n in misses], int(time.time() * 1000))
+            except (redis.RedisError, OSError):
+                self._failed()
+                fetched = None
+            if fetched is not None:
+                for n, stats in zip(misses, fetched, strict=True):
+                    row = np.asarray(dense_stats(stats), np.float32)
+                    dense[n] = row
+                    self.items[item_ids[n]] = (now + self.ttl_s, row)
+                    self.items.move_to_end(item_ids[n])
+                while len(self.items) > self.capacity:
+                    self.items.popitem(last=False)
+                misses = []
+        if misses:
+            metrics.MISSING.labels("item").inc(len(misses))
+        return ItemBatch(
+            item_idx=np.fromiter((hash_id("item", i) for i in item_ids), np.int64, len(item_ids)),
+            ctype_idx=np.fromiter((hash_id("ctype", c, CT_BUCKETS) for c in content_types), np.int64,
+                                  len(content_types)),
+            dense=dense,
+        )
+
+    def user_features(self, user_id: str) -> dict[str, Any]:
+        """The history the streams wrote for ``user_id`` (empty when unknown or Redis is down)."""
+        if not self._redis_ok():
+            metrics.MISSING.labels("user").inc()
+            return {}
+        try:
+            raw = self.r.get(f"{self.prefix}feat:user:{user_id}")
+        except (redis.RedisError, OSError):
+            self._failed()
+            return {}
+        if raw is None:
+            metrics.MISSING.labels("user").inc()
+            return {}
+        try:
+            return dict(orjson.loads(raw))
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            metrics.ERRORS.labels("bad_user_features").inc()
+            return {}

@@ -1,0 +1,23 @@
+"""Prometheus metrics of the router."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+FRESH_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 30, 60, 120)
+REQUEST_SECONDS = Histogram("hap_router_request_seconds", "Pre-ranking latency", ["policy"],
+                            buckets=(0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25))
+CANDIDATES = Histogram("hap_router_candidates", "Candidates per request",
+                       buckets=(10, 100, 250, 500, 1000, 2000, 3000, 5000))
+EXPRESSIVE_FRACTION = Histogram("hap_router_expressive_fraction", "Share of candidates scored by the expressive tier",
+                                buckets=(0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0))
+VERSION = Gauge("hap_router_model_version", "Model version being served")
+MODEL_AGE = Gauge("hap_router_model_age_seconds", "Now minus the served version's trained-until event time")
+STALENESS = Gauge("hap_router_staleness_seconds", "Seconds since the router last reached the model store")
+FRESHNESS = Histogram("hap_router_freshness_seconds", "Sample group finalized -> served by a version trained on it",
+                      buckets=FRESH_BUCKETS)
+PUBLISHED_TO_LOADED = Histogram("hap_router_published_to_loaded_seconds", "Version published -> serving",
+                                buckets=FRESH_BUCKETS)
+SWAPS = Counter("hap_router_swaps", "Model versions swapped in")
+SWAP_SECONDS = Histogram("hap_router_swap_seconds", "Time to load and swap a version",
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5))
+ERRORS = Counter("hap_router_errors", "Errors by kind", ["kind"])
+MISSING = Counter("hap_router_missing_features", "Features that fell back to defaults", ["kind"])

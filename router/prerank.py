@@ -1,0 +1,111 @@
+"""One pre-ranking request: validate, featurize, score with the chosen policy, take the top k.
+
+Examples
+--------
+>>> req = parse_request({"request_id": "r", "user_id": "u", "k": 1,
+...                      "candidates": [{"item_id": "a"}, {"item_id": "b"}]}, max_candidates=10)
+>>> req.k, [c["item_id"] for c in req.candidates]
+(1, ['a', 'b'])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from feature_store.featurize import featurize_user
+from router.damr import POLICIES, budget_count, merge, route
+from router.features import FeatureCache
+from router.holder import ServingModel
+
+
+class BadRequest(ValueError):
+    """A client mistake; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PrerankRequest:
+    request_id: str
+    user_id: str
+    user_features: dict[str, Any] | None
+    candidates: list[dict[str, Any]]
+    k: int
+    policy: str
+    budget: float
+
+
+def _str(body: dict, key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise BadRequest(f"{key}: expected a non-empty string of at most 256 characters")
+    return value
+
+
+def parse_request(body: Any, *, max_candidates: int, policy: str = "damr", budget: float = 0.2) -> PrerankRequest:
+    """Validate a decoded JSON body; raises :class:`BadRequest` with the field path."""
+    if not isinstance(body, dict):
+        raise BadRequest("body: expected a JSON object")
+    cands = body.get("candidates")
+    if not isinstance(cands, list) or not cands:
+        raise BadRequest("candidates: expected a non-empty list")
+    if len(cands) > max_candidates:
+        raise BadRequest(f"candidates: {len(cands)} exceed the cap of {max_candidates}")
+    for i, c in enumerate(cands):
+        if not isinstance(c, dict) or not isinstance(c.get("item_id"), str) or not c["item_id"]:
+            raise BadRequest(f"candidates[{i}].item_id: expected a non-empty string")
+        ctype = c.get("content_type", "unknown")
+        if not isinstance(ctype, str):
+            raise BadRequest(f"candidates[{i}].content_type: expected a string")
+        feats = c.get("features")
+        if feats is not None and (not isinstance(feats, dict) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in feats.values())):
+            raise BadRequest(f"candidates[{i}].features: expected an object of finite numbers")
+    k = body.get("k", 100)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise BadRequest("k: expected a positive integer")
+    chosen = body.get("policy", policy)
+    if chosen not in POLICIES:
+        raise BadRequest(f"policy: expected one of {', '.join(POLICIES)}")
+    b = body.get("budget", budget)
+    if not isinstance(b, int | float) or isinstance(b, bool) or not 0 <= b <= max_candidates:
+        raise BadRequest("budget: expected a fraction in [0, 1) or a count")
+    uf = body.get("user_features")
+    if uf is not None:
+        if not isinstance(uf, dict):
+            raise BadRequest("user_features: expected an object")
+        hist = uf.get("history", [])
+        if not isinstance(hist, list) or len(hist) > 1000 or not all(isinstance(h, str) for h in hist):
+            raise BadRequest("user_features.history: expected a list of at most 1000 item ids")
+    return PrerankRequest(_str(body, "request_id"), _str(body, "user_id"), uf, cands, k, chosen, float(b))
+
+
+def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> dict[str, Any]:
+    """Rank the candidates with ``model`` only (one consistent version)."""
+    ids = [c["item_id"] for c in req.candidates]
+    items = features.item_batch(ids, [c.get("content_type", "unknown") for c in req.candidates],
+                                [c.get("features") for c in req.candidates])
+    user = featurize_user(req.user_id, req.user_features if req.user_features is not None
+                          else features.user_features(req.user_id))
+    routed = np.empty(0, dtype=np.int64)
+    if req.policy == "expressive_all":
+        scores = model.expressive.score(user, items).astype(np.float64)
+        routed = np.arange(len(ids))
+    else:
+        scores = model.light.score(model.light.user_vector(user), model.item_vectors(items))
+        if req.policy == "damr":
+            routed = route(scores, req.k, budget_count(len(ids), req.budget))
+            if len(routed):
+                scores = merge(scores, routed, model.expressive.score(user, items.take(routed)))
+    k = min(req.k, len(ids))
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.argsort(-scores[top], kind="stable")]
+    expressive = np.zeros(len(ids), bool)
+    expressive[routed] = True
+    return {
+        "request_id": req.request_id, "version": model.version, "policy": req.policy,
+        "expressive_evals": int(len(routed)),
+        "items": [{"item_id": ids[i], "score": float(scores[i]),
+                   "tier": "expressive" if expressive[i] else "light"} for i in top],
+    }
