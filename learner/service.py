@@ -63,7 +63,7 @@ class LearnerService:
         self.seen: collections.OrderedDict[str, None] = collections.OrderedDict.fromkeys(state.get("seen", []))
         self.trained_until_event = state.get("trained_until_event", 0)
         self.trained_until_finalized = state.get("trained_until_finalized", 0)
-        self.fresh: list[int] = []
+        self.fresh: list[tuple[int, int]] = []  # (finalized, event) ms of groups trained since the last publish
         self.duplicates = 0
         self.running = True
         self.consumer = KafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False,
@@ -142,7 +142,7 @@ class LearnerService:
         now_ms = time.time() * 1000
         self.trained_until_event = max(self.trained_until_event, max(g.event_ts_ms for g in groups))
         self.trained_until_finalized = max(self.trained_until_finalized, max(g.assembled_ts_ms for g in groups))
-        self.fresh += [g.assembled_ts_ms for g in groups]
+        self.fresh += [(g.assembled_ts_ms, g.event_ts_ms) for g in groups]
         for g in groups:
             m.SAMPLE_TO_TRAINED.observe(max(0.0, (now_ms - g.assembled_ts_ms) / 1000))
         _observe(report)
@@ -161,7 +161,8 @@ class LearnerService:
             tiers, trained_until_event_ts_ms=int(self.trained_until_event),
             trained_until_finalized_ts_ms=int(self.trained_until_finalized), samples_seen=self.trainer.samples_seen,
             metrics={"quality": quality, "steps": self.trainer.steps, "method": self.trainer.method,
-                     "finalized_sample_ms": [fresh[i] for i in picks], "duplicates": self.duplicates},
+                     "finalized_sample_ms": [fresh[i][0] for i in picks],
+                     "event_sample_ms": [fresh[i][1] for i in picks], "duplicates": self.duplicates},
         )
         self.fresh = []
         self.versions += 1

@@ -122,6 +122,8 @@ class ModelHolder:
         metrics.PUBLISHED_TO_LOADED.observe(max(0.0, now - manifest["published_ts_ms"] / 1000))
         for ts in manifest.get("metrics", {}).get("finalized_sample_ms", []):
             metrics.FRESHNESS.observe(max(0.0, now - ts / 1000))
+        for ts in manifest.get("metrics", {}).get("event_sample_ms", []):
+            metrics.MODEL_AGE_AT_LOAD.observe(max(0.0, now - ts / 1000))
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -2,7 +2,7 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
-FRESH_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 30, 60, 120)
+FRESH_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
 REQUEST_SECONDS = Histogram("hap_router_request_seconds", "Pre-ranking latency", ["policy"],
                             buckets=(0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25))
 CANDIDATES = Histogram("hap_router_candidates", "Candidates per request",
@@ -14,6 +14,8 @@ MODEL_AGE = Gauge("hap_router_model_age_seconds", "Now minus the served version'
 STALENESS = Gauge("hap_router_staleness_seconds", "Seconds since the router last reached the model store")
 FRESHNESS = Histogram("hap_router_freshness_seconds", "Sample group finalized -> served by a version trained on it",
                       buckets=FRESH_BUCKETS)
+MODEL_AGE_AT_LOAD = Histogram("hap_router_model_age_at_load_seconds",
+                              "Request event time -> served by a version trained on its group", buckets=FRESH_BUCKETS)
 PUBLISHED_TO_LOADED = Histogram("hap_router_published_to_loaded_seconds", "Version published -> serving",
                                 buckets=FRESH_BUCKETS)
 SWAPS = Counter("hap_router_swaps", "Model versions swapped in")
