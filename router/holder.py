@@ -137,11 +137,17 @@ class ModelHolder:
 
     def _listen(self) -> None:
         while not self._stop.is_set():
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self.store.channel)
                 while not self._stop.is_set():
                     if pubsub.get_message(timeout=1.0) is not None:
                         self._wake.set()
-            except (redis.RedisError, OSError):
-                time.sleep(self.poll_s)  # polling in _loop keeps working meanwhile
+            except Exception as exc:  # noqa: BLE001 - any failure: fall back to polling, retry later
+                log.debug("notification channel lost: %r", exc)
+                self._stop.wait(self.poll_s)
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass
