@@ -71,6 +71,8 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         topic_partitions=cfg.partitions, web_enabled=False, datadir=str(cfg.data_dir),
         consumer_auto_offset_reset="earliest", producer_max_request_size=cfg.limits.max_message_bytes * 2,
         broker_commit_every=100, broker_commit_interval=1.0, table_cleanup_interval=30.0,
+        # a crashed worker's partitions move to the others (or its restart) within seconds
+        broker_session_timeout=10.0, broker_heartbeat_interval=2.0,
     )
     t = cfg.topic_prefix
     raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": cfg.partitions}
@@ -180,7 +182,10 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     @app.agent(inputs)
     async def assemble_agent(stream: faust.StreamT) -> None:
         async for ev in stream.events():
-            state.rebuild(pending, finalized)
+            if state.needs_rebuild() and app.tables.recovery.completed.is_set():
+                state.rebuild(pending, finalized)
+                app.log.info("indexed %d pending and %d finalized requests",
+                             sum(len(v) for v in state.open.values()), sum(len(v) for v in state.closed.values()))
             try:
                 await handle(ev.message)
             except Exception as exc:  # a worker never dies of its input: dead-letter it instead
@@ -226,12 +231,17 @@ class _WorkerState:
         self.closed: dict[int, list[tuple[int, str]]] = defaultdict(list)
         self.watermark: dict[int, int] = defaultdict(int)
         self.stats: list[tuple[str, str, int]] = []
-        self.built = False
+        self.rebuilt_at = float("-inf")
+
+    def needs_rebuild(self, every_s: float = 30.0) -> bool:
+        """After recovery, and then periodically (a rebalance can hand this worker new partitions)."""
+        return time.monotonic() - self.rebuilt_at > every_s
 
     def rebuild(self, pending: Any, finalized: Any) -> None:
-        if self.built:
-            return
-        self.built = True
+        """Re-derive the indexes from the tables (the tables are the truth; indexes are caches)."""
+        self.rebuilt_at = time.monotonic()
+        self.open.clear()
+        self.closed.clear()
         for rid, st in pending.items():
             if st is not None:
                 self.open[st["partition"]].add(rid)

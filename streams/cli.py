@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     app = make_app(cfg)
     _Worker = _make_worker_class()
     sys.argv = [sys.argv[0], "worker"]
-    _Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    _Worker(app, loglevel=os.environ.get("HAP_LOG_LEVEL", "WARNING"), quiet=True).execute_from_commandline()
     return 0
 
 
