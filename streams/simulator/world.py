@@ -53,10 +53,10 @@ class World:
         liked_type = self.item_types[self.histories[user][-1]] if self.histories[user] else 0
         same_type = np.flatnonzero(self.item_types == liked_type)
         picks = [
-            self.rng.choice(self._popular, per, replace=False),
+            self.rng.choice(self._popular, min(per, len(self._popular)), replace=False),
             personal,
             self.rng.choice(same_type, min(per, len(same_type)), replace=False),
-            self.rng.choice(len(self.items), n, replace=False),
+            self.rng.choice(len(self.items), min(n, len(self.items)), replace=False),
         ]
         chosen, channels, seen = [], [], set()
         for channel, ids in zip(CHANNELS, picks, strict=True):

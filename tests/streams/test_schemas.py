@@ -1,0 +1,76 @@
+"""Wire format: valid records round-trip; malformed input is rejected with a reason, never a crash."""
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.schemas import (
+    Candidate,
+    ExposureEvent,
+    InvalidEvent,
+    Limits,
+    RankingEvent,
+    SampleGroup,
+    SampleItem,
+    decode_exposure,
+    decode_item,
+    decode_ranking,
+    decode_sample_group,
+    encode,
+)
+
+ids = st.text(min_size=1, max_size=12)
+ints = st.integers(0, 10**12)
+finite = st.floats(allow_nan=False, allow_infinity=False, width=32)
+candidates = st.lists(st.builds(Candidate, ids, st.sampled_from(["hot", "cf"]), ints, finite,
+                                st.none() | ints, st.none() | finite, st.sampled_from(["video", "news"])),
+                      max_size=20, unique_by=lambda c: c.item_id)
+rankings = st.builds(RankingEvent, ids, ids, ints, candidates,
+                     st.fixed_dictionaries({}, optional={"history": st.lists(ids, max_size=5)}))
+exposures = st.builds(ExposureEvent, ids, ids, ids, ints, st.just("exposure"), ints, st.booleans(), st.booleans(),
+                      st.booleans(), st.booleans(), st.none() | ints, st.none() | ids)
+items = st.builds(lambda s, i: SampleItem(i, s, int(s == "exp_pos"), None, 3, "video", {"ctr_1h": 0.1}),
+                  st.sampled_from(["exp_pos", "exp_neg", "rn", "prn", "gn"]), ids)
+groups = st.builds(SampleGroup, ids, ids, ids, ints, ints, st.lists(items, max_size=10), st.just({}), st.booleans())
+
+
+@given(rankings)
+def test_ranking_round_trips(event):
+    assert decode_ranking(encode(event)) == event
+
+
+@given(exposures)
+def test_exposure_round_trips(event):
+    assert decode_exposure(encode(event)) == event
+
+
+@given(groups)
+def test_sample_group_round_trips(group):
+    assert decode_sample_group(encode(group)) == group
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | finite | st.text(max_size=5),
+                           lambda x: st.lists(x, max_size=3) | st.dictionaries(st.text(max_size=5), x, max_size=3),
+                           max_leaves=10)
+
+
+@given(st.binary(max_size=200) | json_values.map(orjson.dumps) | rankings.map(encode).map(lambda b: b[:-7]))
+def test_malformed_input_is_rejected_with_a_reason(raw):
+    for decode in (decode_ranking, decode_exposure, decode_item, decode_sample_group):
+        try:
+            decode(raw)
+        except InvalidEvent as exc:
+            assert exc.reason and ":" in exc.reason
+
+
+def test_reasons_name_the_field_path_and_caps_apply():
+    event = orjson.loads(encode(RankingEvent("r", "u", 1, [Candidate("a", "c", 0, 0.1, None, None, "v")])))
+    event["candidates"][0]["prerank_pos"] = "x"
+    with pytest.raises(InvalidEvent, match=r"^candidates\[0\]\.prerank_pos: expected int, got str$"):
+        decode_ranking(orjson.dumps(event))
+    too_many = RankingEvent("r", "u", 1, [Candidate(f"i{i}", "c", i, 0.0, None, None, "v") for i in range(3)])
+    with pytest.raises(InvalidEvent, match="^candidates: 3 entries exceed the cap of 2$"):
+        decode_ranking(encode(too_many), Limits(max_candidates=2))
+    with pytest.raises(InvalidEvent, match="^oversized: "):
+        decode_ranking(encode(too_many), Limits(max_message_bytes=50))
