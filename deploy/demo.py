@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         _drain(urls, args.window)
         report = _report(urls, out / "simulate.json", router_url, settings)
         report["router_policies"] = probe_policies(router_url, args.candidates)
+        router_metrics = scrape_or_none(urls["router"])
     finally:
         for c in [sim, *components]:
             c.stop()
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     args.report.write_text(json.dumps(report, indent=2))
     from deploy.plots import plot_demo
 
-    plot_demo(out, report, curves, scrape_or_none(urls["router"]))
+    plot_demo(out, report, curves, router_metrics)
     print(json.dumps(report))
     return 0
 

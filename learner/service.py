@@ -49,6 +49,7 @@ class LearnerConfig:
     publish_steps: int = 50
     checkpoint_s: float = 10.0
     keep_versions: int = 5
+    model_prefix: str = "hap:"
 
 
 class LearnerService:
@@ -57,7 +58,8 @@ class LearnerService:
     def __init__(self, cfg: LearnerConfig, trainer: OnlineTrainer) -> None:
         self.cfg = cfg
         self.trainer = trainer
-        self.store = ModelStore(redis.Redis.from_url(cfg.redis_url), keep_versions=cfg.keep_versions)
+        self.store = ModelStore(redis.Redis.from_url(cfg.redis_url), prefix=cfg.model_prefix,
+                                keep_versions=cfg.keep_versions)
         state = checkpoint.load(cfg.checkpoint_path, trainer) or {}
         self.offsets: dict[int, int] = {int(p): o for p, o in state.get("offsets", {}).items()}
         self.seen: collections.OrderedDict[str, None] = collections.OrderedDict.fromkeys(state.get("seen", []))

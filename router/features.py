@@ -12,15 +12,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 import redis
 
-from feature_store.featurize import ItemBatch, dense_stats, hash_id
-from feature_store.featurize import CONTENT_TYPE_BUCKETS as CT_BUCKETS
+from feature_store.featurize import CONTENT_TYPE_BUCKETS, ItemBatch, dense_stats, hash_id
 from feature_store.item_stats import ItemStats
 from router import metrics
-
-import numpy as np
 
 
 class FeatureCache:
@@ -64,6 +62,9 @@ class FeatureCache:
                 self._failed()
                 fetched = None
             if fetched is not None:
+                unknown = sum(1 for stats in fetched if not stats.get("exp_1d"))
+                if unknown:
+                    metrics.MISSING.labels("item_stats").inc(unknown)
                 for n, stats in zip(misses, fetched, strict=True):
                     row = np.asarray(dense_stats(stats), np.float32)
                     dense[n] = row
@@ -76,7 +77,7 @@ class FeatureCache:
             metrics.MISSING.labels("item").inc(len(misses))
         return ItemBatch(
             item_idx=np.fromiter((hash_id("item", i) for i in item_ids), np.int64, len(item_ids)),
-            ctype_idx=np.fromiter((hash_id("ctype", c, CT_BUCKETS) for c in content_types), np.int64,
+            ctype_idx=np.fromiter((hash_id("ctype", c, CONTENT_TYPE_BUCKETS) for c in content_types), np.int64,
                                   len(content_types)),
             dense=dense,
         )

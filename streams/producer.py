@@ -50,10 +50,11 @@ class EventProducer:
                  batch_size: int = 256 * 1024, retries: int = 10, **kafka_config: Any) -> None:
         self.prefix = topic_prefix
         self.failed = 0
+        self.compression = _compression()
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms,
-                batch_size=batch_size, compression_type=_compression(), retries=retries,
+                batch_size=batch_size, compression_type=self.compression, retries=retries,
                 retry_backoff_ms=200, request_timeout_ms=30_000, max_block_ms=10_000, **kafka_config,
             )
         except KafkaError:

@@ -50,7 +50,7 @@ def test_sample_group_round_trips(group):
     assert decode_sample_group(encode(group)) == group
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | finite | st.text(max_size=5),
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | finite | st.text(max_size=5),
                            lambda x: st.lists(x, max_size=3) | st.dictionaries(st.text(max_size=5), x, max_size=3),
                            max_leaves=10)
 
