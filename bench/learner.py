@@ -29,9 +29,10 @@ from kafka import KafkaProducer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "learner"))
 
+from groups import simulated_groups  # noqa: E402
+
 from deploy.settings import Settings  # noqa: E402
 from feature_store.model_store import ModelStore, TierForm  # noqa: E402
-from groups import simulated_groups  # noqa: E402
 from learner.batching import Batch  # noqa: E402
 from learner.service import LearnerConfig, LearnerService  # noqa: E402
 from learner.trainer import OnlineTrainer  # noqa: E402
@@ -96,7 +97,8 @@ def publish_costs(groups, settings: Settings) -> dict[str, float]:
             store.publish(tiers, trained_until_event_ts_ms=0, trained_until_finalized_ts_ms=0, samples_seen=0)
             (delta_ms if delta else full_ms).append((time.perf_counter() - t0) * 1000)
             (delta_bytes if delta else full_bytes).append(store.last_publish_bytes)
-    return {"publish_ms_p50": round(float(np.median(delta_ms)), 2), "publish_full_ms_p50": round(float(np.median(full_ms)), 2),
+    return {"publish_ms_p50": round(float(np.median(delta_ms)), 2),
+            "publish_full_ms_p50": round(float(np.median(full_ms)), 2),
             "delta_bytes": int(np.median(delta_bytes)), "full_bytes": int(np.median(full_bytes))}
 
 

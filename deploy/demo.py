@@ -170,7 +170,8 @@ def probe_policies(router_url: str, n_candidates: int, requests: int = 60) -> li
                 result = json.loads(resp.read())
             latencies.append((time.perf_counter() - t0) * 1000)
             evals.append(result["expressive_evals"])
-        rows.append({"policy": policy, "candidates": n_candidates, "p50_ms": round(float(np.percentile(latencies, 50)), 3),
+        rows.append({"policy": policy, "candidates": n_candidates,
+                     "p50_ms": round(float(np.percentile(latencies, 50)), 3),
                      "p99_ms": round(float(np.percentile(latencies, 99)), 3),
                      "expressive_evals": float(np.mean(evals))})
     return rows

@@ -109,7 +109,7 @@ def user_features(obj: dict[str, Any], key: str, max_history: int) -> dict[str, 
         return {}
     mapping = req_mapping(value, key)
     out: dict[str, Any] = {}
-    for name, item in mapping.items():
+    for name in mapping:
         if name == "history":
             history = req_list(mapping, "history", key, max_history)
             for i, item_id in enumerate(history):

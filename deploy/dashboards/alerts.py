@@ -33,6 +33,7 @@ def all_rules(folder_uid: str) -> list[dict[str, Any]]:
              "The router has not reached Redis for a minute; it keeps serving its last version.", folder_uid),
         rule("hap-dead-letters", "Dead-letter rate", "sum(rate(hap_streams_invalid_total[5m]))", 1.0,
              "More than one event per second goes to the dead-letter topic: check the producers.", folder_uid),
-        rule("hap-router-errors", "Router errors", "sum(rate(hap_router_errors_total{kind!~\"bad_request|too_large\"}[5m]))",
+        rule("hap-router-errors", "Router errors",
+             'sum(rate(hap_router_errors_total{kind!~"bad_request|too_large|not_ready"}[5m]))',
              0.5, "The router reports internal errors (model load, Redis).", folder_uid),
     ]

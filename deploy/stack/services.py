@@ -6,8 +6,8 @@ import base64
 import json
 import shutil
 import subprocess
-import uuid
 import urllib.request
+import uuid
 from pathlib import Path
 
 from deploy.settings import Settings

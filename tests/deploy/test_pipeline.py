@@ -55,9 +55,11 @@ def test_every_panel_has_data(kafka_bootstrap, redis_url, prometheus_url, hap_se
         parts[2].wait_http(f"{router}/readyz", timeout_s=60)
         time.sleep(3)
         with EventProducer(kafka_bootstrap, topic_prefix=topic_prefix) as producer:  # feedback after finalization
-            producer.send_exposure(ExposureEvent("req-1", "u", "i-none", int(time.time() * 1000), "feedback", click=True))
+            late = ExposureEvent("req-1", "u", "i-none", int(time.time() * 1000), "feedback", click=True)
+            producer.send_exposure(late)
         assert post(f"{router}/v1/prerank", b"{}") == 400  # a client error, counted
-        body = {"request_id": "x", "user_id": "nobody", "k": 5, "candidates": [{"item_id": f"new{i}"} for i in range(20)]}
+        body = {"request_id": "x", "user_id": "nobody", "k": 5,
+                "candidates": [{"item_id": f"new{i}"} for i in range(20)]}
         for _ in range(30):
             assert post(f"{router}/v1/prerank", orjson.dumps(body)) == 200
         time.sleep(8)  # a few scrapes

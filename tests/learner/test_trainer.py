@@ -5,9 +5,8 @@ import torch
 
 from learner.batching import Batch
 from learner.progressive import ProgressiveMetrics
-from streams.schemas import SOURCES
-
 from learner.trainer import OnlineTrainer
+from streams.schemas import SOURCES
 
 from .groups import simulated_groups
 
