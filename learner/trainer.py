@@ -48,19 +48,22 @@ class OnlineTrainer:
 
     def __init__(self, method: str = "ghcl", *, dim: int = 16, lr: float = 0.01, emb_lr: float = 0.05,
                  k: int = 10, damr_budget: float = 0.3, temperature: float = 1.0, seed: int = 0,
-                 harmonize_gradients: bool = True) -> None:
+                 harmonize_gradients: bool = True, extra_budgets: tuple[float, ...] = (),
+                 measure_conflict: bool = False) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         torch.manual_seed(seed)
         self.method = method
         self.temperature = temperature
         self.harmonize_gradients = harmonize_gradients
-        self.damr_budget = damr_budget
+        self.budgets = {"damr": damr_budget, **{f"damr@{b:g}": b for b in extra_budgets}}
+        self.measure_conflict = measure_conflict
         self.light = LightTwoTower(dim=dim)
         self.expressive = ExpressiveCross(dim=dim)
         self.optimizers = [opt for m in (self.light, self.expressive) for opt in _optimizers(m, lr, emb_lr)]
         self.sampler = ConflictSampler(seed=seed)
-        self.metrics = {name: ProgressiveMetrics(k) for name in ("light", "damr", "expressive_all")}
+        self.metrics = {name: ProgressiveMetrics(k) for name in ("light", *self.budgets, "expressive_all")}
+        self.expressive_evals = dict.fromkeys(self.budgets, 0)  # expressive scorings, summed over groups
         self.touched: dict[str, dict[str, set[int]]] = {"light": {}, "expressive": {}}
         self.steps = 0
         self.samples_seen = 0
@@ -72,13 +75,15 @@ class OnlineTrainer:
         light = self.light(batch.users, batch.items, batch.group).numpy()
         expressive = self.expressive(batch.users, batch.items, batch.group).numpy()
         group, names = batch.group.numpy(), np.array(SOURCES)[batch.source.numpy()]
-        damr = light.astype(np.float64).copy()
         k = self.metrics["light"].k
+        routed = {name: light.astype(np.float64) for name in self.budgets}
         for g in range(batch.n_groups):
             rows = np.flatnonzero(group == g)
-            hard = route(light[rows], k, budget_count(len(rows), self.damr_budget))
-            damr[rows] = merge(light[rows], hard, expressive[rows][hard])
-        for name, scores in (("light", light), ("damr", damr), ("expressive_all", expressive)):
+            for name, budget in self.budgets.items():
+                hard = route(light[rows], k, budget_count(len(rows), budget))
+                routed[name][rows] = merge(light[rows], hard, expressive[rows][hard])
+                self.expressive_evals[name] += len(hard)
+        for name, scores in (("light", light), *routed.items(), ("expressive_all", expressive)):
             self.metrics[name].update(scores, group, names)
 
     # -- training -----------------------------------------------------------------------
@@ -98,8 +103,17 @@ class OnlineTrainer:
             model.zero_grad()
             loss.backward()
             losses[name] = loss.item()
+        cosine = self._measure_conflict(batch) if self.measure_conflict else None
         self._apply()
-        return StepReport(len(batch.label), losses, None, {}, 1.0)
+        return StepReport(len(batch.label), losses, cosine, {}, 1.0)
+
+    def _measure_conflict(self, batch: Batch) -> float:
+        """Cosine of the GHCL paths' gradients at the current weights (observed, not applied)."""
+        scores = self.light(batch.users, batch.items, batch.group)
+        positive = batch.source == SOURCE_CODE["exp_pos"]
+        params = [p for p in self.light.parameters() if p.requires_grad]
+        paths = [contrastive_path_loss(scores, batch.group, positive, batch.mask(m), batch.n_groups) for m in (EASY, HARD)]
+        return _cosine(*(_flat_grad(loss, params) for loss in paths))
 
     def _train_ghcl(self, batch: Batch) -> StepReport:
         sub = batch.subset(self.sampler.keep(batch.mask(HARD)))

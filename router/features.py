@@ -8,6 +8,7 @@ for ``backoff_s`` instead of waiting on every request.
 from __future__ import annotations
 
 import collections
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 import orjson
 import redis
 
-from feature_store.featurize import CONTENT_TYPE_BUCKETS, ItemBatch, dense_stats, hash_id
+from feature_store.featurize import CONTENT_TYPE_BUCKETS, DENSE_DIM, ItemBatch, dense_stats, hash_id
 from feature_store.item_stats import ItemStats
 from router import metrics
 
@@ -30,7 +31,8 @@ class FeatureCache:
         self.stats = ItemStats(client, prefix)
         self.prefix = prefix
         self.capacity, self.ttl_s, self.backoff_s = capacity, ttl_s, backoff_s
-        self.items: collections.OrderedDict[str, tuple[float, np.ndarray]] = collections.OrderedDict()
+        #: item_id -> (expiry, dense row, hashed id); the expiry doubles as the row's version stamp
+        self.items: collections.OrderedDict[str, tuple[float, np.ndarray, int]] = collections.OrderedDict()
         self.down_until = 0.0
 
     def _redis_ok(self) -> bool:
@@ -41,18 +43,22 @@ class FeatureCache:
         metrics.ERRORS.labels("redis").inc()
 
     def item_batch(self, item_ids: Sequence[str], content_types: Sequence[str],
-                   inline: Sequence[dict[str, float] | None]) -> ItemBatch:
-        """Feature arrays of the candidates: inline features first, then cache, then Redis."""
+                   inline: Sequence[dict[str, float] | None]) -> tuple[ItemBatch, list[float | None]]:
+        """Feature arrays of the candidates (inline features first, then cache, then Redis) and,
+        per candidate, the stamp of its cached features (None for inline or default features)."""
         now = time.monotonic()
-        dense = np.zeros((len(item_ids), len(dense_stats({}))), np.float32)
+        dense = np.zeros((len(item_ids), DENSE_DIM), np.float32)
+        item_idx = np.zeros(len(item_ids), np.int64)
+        stamps: list[float | None] = [None] * len(item_ids)
         misses = []
         for n, item_id in enumerate(item_ids):
             if inline[n]:
                 dense[n] = dense_stats(inline[n])
+                item_idx[n] = hash_id("item", item_id)
                 continue
             hit = self.items.get(item_id)
             if hit is not None and hit[0] > now:
-                dense[n] = hit[1]
+                stamps[n], dense[n], item_idx[n] = hit
             else:
                 misses.append(n)
         if misses and self._redis_ok():
@@ -66,21 +72,19 @@ class FeatureCache:
                 if unknown:
                     metrics.MISSING.labels("item_stats").inc(unknown)
                 for n, stats in zip(misses, fetched, strict=True):
-                    row = np.asarray(dense_stats(stats), np.float32)
-                    dense[n] = row
-                    self.items[item_ids[n]] = (now + self.ttl_s, row)
+                    entry = (now + self.ttl_s, np.asarray(dense_stats(stats), np.float32), hash_id("item", item_ids[n]))
+                    stamps[n], dense[n], item_idx[n] = entry
+                    self.items[item_ids[n]] = entry
                     self.items.move_to_end(item_ids[n])
                 while len(self.items) > self.capacity:
                     self.items.popitem(last=False)
                 misses = []
         if misses:
             metrics.MISSING.labels("item").inc(len(misses))
-        return ItemBatch(
-            item_idx=np.fromiter((hash_id("item", i) for i in item_ids), np.int64, len(item_ids)),
-            ctype_idx=np.fromiter((hash_id("ctype", c, CONTENT_TYPE_BUCKETS) for c in content_types), np.int64,
-                                  len(content_types)),
-            dense=dense,
-        )
+            for n in misses:
+                item_idx[n] = hash_id("item", item_ids[n])
+        ctype_idx = np.fromiter((_ctype(c) for c in content_types), np.int64, len(content_types))
+        return ItemBatch(item_idx, ctype_idx, dense), stamps
 
     def user_features(self, user_id: str) -> dict[str, Any]:
         """The history the streams wrote for ``user_id`` (empty when unknown or Redis is down)."""
@@ -100,3 +104,8 @@ class FeatureCache:
         except (orjson.JSONDecodeError, TypeError, ValueError):
             metrics.ERRORS.labels("bad_user_features").inc()
             return {}
+
+
+@functools.lru_cache(maxsize=4096)
+def _ctype(content_type: str) -> int:
+    return hash_id("ctype", content_type, CONTENT_TYPE_BUCKETS)

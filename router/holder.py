@@ -36,24 +36,33 @@ class ServingModel:
     light: LightTier
     expressive: ExpressiveTier
     loaded_at: float
-    item_cache: dict[tuple[int, int, bytes], np.ndarray] = dataclasses.field(default_factory=dict)
+    item_cache: dict[str, tuple[float, int, np.ndarray]] = dataclasses.field(default_factory=dict)
 
     @property
     def version(self) -> int:
         return self.loaded.version
 
-    def item_vectors(self, items: ItemBatch) -> np.ndarray:
-        """Light item vectors, cached per (item, content type, features) for this version."""
-        keys = [(int(i), int(c), d.tobytes()) for i, c, d in zip(items.item_idx, items.ctype_idx, items.dense,
-                                                                    strict=True)]
-        misses = [n for n, k in enumerate(keys) if k not in self.item_cache]
+    def item_vectors(self, items: ItemBatch, item_ids: list[str], stamps: list[float | None]) -> np.ndarray:
+        """Light item vectors; an item's vector is cached for this version while its features
+        keep the same stamp (a refreshed feature row, or inline features, recompute it)."""
+        out = np.empty((len(item_ids), self.light.spec["dim"]), np.float32)
+        misses = []
+        cache = self.item_cache
+        for n, (item_id, stamp) in enumerate(zip(item_ids, stamps, strict=True)):
+            hit = cache.get(item_id) if stamp is not None else None
+            if hit is not None and hit[0] == stamp and hit[1] == items.ctype_idx[n]:
+                out[n] = hit[2]
+            else:
+                misses.append(n)
         if misses:
-            vectors = self.light.item_vectors(items.take(np.array(misses)))
-            if len(self.item_cache) + len(misses) > ITEM_CACHE:
-                self.item_cache.clear()
-            for n, v in zip(misses, vectors, strict=True):
-                self.item_cache[keys[n]] = v
-        return np.stack([self.item_cache[k] for k in keys])
+            rows = np.array(misses)
+            out[rows] = self.light.item_vectors(items.take(rows))
+            if len(cache) + len(misses) > ITEM_CACHE:
+                cache.clear()
+            for n in misses:
+                if stamps[n] is not None:
+                    cache[item_ids[n]] = (stamps[n], int(items.ctype_idx[n]), out[n])
+        return out
 
 
 def build(loaded: LoadedVersion) -> ServingModel:

@@ -84,8 +84,8 @@ def parse_request(body: Any, *, max_candidates: int, policy: str = "damr", budge
 def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> dict[str, Any]:
     """Rank the candidates with ``model`` only (one consistent version)."""
     ids = [c["item_id"] for c in req.candidates]
-    items = features.item_batch(ids, [c.get("content_type", "unknown") for c in req.candidates],
-                                [c.get("features") for c in req.candidates])
+    items, stamps = features.item_batch(ids, [c.get("content_type", "unknown") for c in req.candidates],
+                                        [c.get("features") for c in req.candidates])
     user = featurize_user(req.user_id, req.user_features if req.user_features is not None
                           else features.user_features(req.user_id))
     routed = np.empty(0, dtype=np.int64)
@@ -93,7 +93,7 @@ def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> d
         scores = model.expressive.score(user, items).astype(np.float64)
         routed = np.arange(len(ids))
     else:
-        scores = model.light.score(model.light.user_vector(user), model.item_vectors(items))
+        scores = model.light.score(model.light.user_vector(user), model.item_vectors(items, ids, stamps))
         if req.policy == "damr":
             routed = route(scores, req.k, budget_count(len(ids), req.budget))
             if len(routed):

@@ -37,7 +37,7 @@ def test_no_request_sees_mixed_versions_while_versions_swap(redis_client):
 
     responses = asyncio.run(go())
     assert len({r["version"] for r in responses}) > 3
-    items = FeatureCache(redis_client).item_batch([f"i{i}" for i in range(40)], ["video"] * 40, [None] * 40)
+    items, _ = FeatureCache(redis_client).item_batch([f"i{i}" for i in range(40)], ["video"] * 40, [None] * 40)
     user = featurize_user("u", {})
     for r in responses[:: max(1, len(responses) // 25)]:
         model = build(store.load(r["version"]))  # recompute offline with the version the response names
