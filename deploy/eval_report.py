@@ -31,8 +31,9 @@ def _table(rows: list[dict[str, Any]], source: str) -> list[str]:
              "expressive evals / request |", "|---" * 10 + "|"]
     for (method, policy, budget), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2])):
         vs = {s: _fmt([r["auc_vs"][s] for r in rs if r["auc_vs"][s] is not None]) for s in ("exp_neg", "rn", "gn")}
+        evals = np.mean([r["expressive_evals_per_request"] for r in rs])
         lines.append(f"| {method} | {policy} | {budget:g} | " + " | ".join(_fmt([r[m] for r in rs]) for m in METRICS)
-                     + f" | {vs['exp_neg']} | {vs['rn']} | {vs['gn']} | {np.mean([r['expressive_evals_per_request'] for r in rs]):.1f} |")
+                     + f" | {vs['exp_neg']} | {vs['rn']} | {vs['gn']} | {evals:.1f} |")
     return lines
 
 

@@ -112,7 +112,8 @@ class OnlineTrainer:
         scores = self.light(batch.users, batch.items, batch.group)
         positive = batch.source == SOURCE_CODE["exp_pos"]
         params = [p for p in self.light.parameters() if p.requires_grad]
-        paths = [contrastive_path_loss(scores, batch.group, positive, batch.mask(m), batch.n_groups) for m in (EASY, HARD)]
+        paths = [contrastive_path_loss(scores, batch.group, positive, batch.mask(m), batch.n_groups)
+                 for m in (EASY, HARD)]
         return _cosine(*(_flat_grad(loss, params) for loss in paths))
 
     def _train_ghcl(self, batch: Batch) -> StepReport:
