@@ -34,23 +34,15 @@ class ProducerUnavailable(RuntimeError):
     """No Kafka broker answered at the given bootstrap address."""
 
 
-def _compression() -> str:
-    try:
-        import lz4.frame  # noqa: F401
-
-        return "lz4"
-    except ImportError:
-        return "gzip"
-
-
 class EventProducer:
     """A batching, idempotent producer of the pipeline's input topics."""
 
     def __init__(self, bootstrap: str, *, topic_prefix: str = "hap.", linger_ms: int = 20,
-                 batch_size: int = 256 * 1024, retries: int = 10, **kafka_config: Any) -> None:
+                 batch_size: int = 256 * 1024, retries: int = 10, compression: str = "gzip",
+                 **kafka_config: Any) -> None:
         self.prefix = topic_prefix
         self.failed = 0
-        self.compression = _compression()
+        self.compression = compression  # gzip: every consumer (kafka-python, aiokafka/Faust) decodes it
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms,

@@ -22,6 +22,8 @@ PreRanker = Callable[[str, str, dict, Sequence[str], Sequence[str]], np.ndarray]
 
 @dataclasses.dataclass(slots=True)
 class Request:
+    """What the cascade produced for one page view; ``exposed`` is the ground truth."""
+
     ranking: RankingEvent
     events: list[tuple[int, ExposureEvent]]  # (offset_ms, event); ts_ms is set by the sink
     exposed: dict[str, int]  # item_id -> ground-truth label (positive feedback)
@@ -29,13 +31,23 @@ class Request:
 
 def run_cascade(request_id: str, user_id: str, user_features: dict, item_ids: Sequence[str],
                 channels: Sequence[str], content_types: Sequence[str], prerank_scores: np.ndarray,
-                rank_scores: np.ndarray, n_exposed: int) -> tuple[RankingEvent, list[str]]:
-    """Positions from scores: the pre-ranker keeps its top 200, the ranker orders those and the
-    top ``n_exposed`` are shown. Returns the ranking event and the exposed ids in order."""
+                rank_scores: np.ndarray, n_exposed: int, keep: int = PRERANK_KEEP) -> tuple[RankingEvent, list[str]]:
+    """Positions from scores: the pre-ranker keeps its top ``keep``, the ranker orders those and the
+    top ``n_exposed`` are shown. Returns the ranking event and the exposed ids in order.
+
+    Examples
+    --------
+    >>> ev, shown = run_cascade("r", "u", {}, ["a", "b", "c"], ["x"] * 3, ["video"] * 3,
+    ...                         np.array([0.1, 0.9, 0.5]), np.array([0.0, 0.2, 0.8]), n_exposed=1, keep=2)
+    >>> shown, [(c.prerank_pos, c.rank_pos) for c in ev.candidates]
+    (['c'], [(2, None), (0, 1), (1, 0)])
+    """
+    if keep < n_exposed:
+        raise ValueError(f"keep ({keep}) must be at least n_exposed ({n_exposed})")
     pre_order = np.argsort(-prerank_scores, kind="stable")
     pre_pos = np.empty(len(item_ids), np.int64)
     pre_pos[pre_order] = np.arange(len(item_ids))
-    kept = pre_order[:PRERANK_KEEP]
+    kept = pre_order[:keep]
     rank_order = kept[np.argsort(-rank_scores[kept], kind="stable")]
     rank_pos = {int(i): p for p, i in enumerate(rank_order)}
     candidates = [

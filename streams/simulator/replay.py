@@ -33,11 +33,21 @@ def _open(directory: Path, name: str) -> io.TextIOBase:
 
 
 class MindReplay:
-    """Requests from a MIND-layout dataset, in time order; deterministic for a seed."""
+    """Requests from a MIND-layout dataset, in time order; deterministic for a seed.
 
-    def __init__(self, directory: Path, seed: int = 0, n_candidates: int = 1000) -> None:
+    Examples
+    --------
+    >>> replay = MindReplay(Path("../shared/data/mind_small_subset"), n_candidates=400)  # doctest: +SKIP
+    >>> request = next(replay.requests())  # doctest: +SKIP
+    >>> len(request.ranking.candidates), request.exposed  # doctest: +SKIP
+    (400, {'N55689': 1, 'N35729': 0})
+    """
+
+    def __init__(self, directory: Path, seed: int = 0, n_candidates: int = 1000,
+                 feedback_delay_ms: float = 2000.0) -> None:
         self.rng = np.random.default_rng(seed)
         self.n_candidates = n_candidates
+        self.feedback_delay_ms = feedback_delay_ms
         with _open(directory, "behaviors.tsv") as f:
             rows = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(r) >= 5]
         rows.sort(key=lambda r: (datetime.strptime(r[2], TIME_FORMAT), r[0]))
@@ -81,9 +91,10 @@ class MindReplay:
         features = {"history": history[-HISTORY_SENT:]}
         request_id = f"mind-{impression_id}"
         ranking, shown = run_cascade(request_id, user_id, features, ids, ["replay"] * n,
-                                     [self.content_type(i) for i in ids], pre, rank, e)
+                                     [self.content_type(i) for i in ids], pre, rank, e, keep)
         labels = {item: int(label == "1") for item, label in exposed}
         events = []
         for pos, item in enumerate(shown):
-            events += feedback_events(request_id, user_id, item, pos, labels[item] == 1, self.rng, 2000.0)
+            events += feedback_events(request_id, user_id, item, pos, labels[item] == 1, self.rng,
+                                      self.feedback_delay_ms)
         return Request(ranking, events, labels)

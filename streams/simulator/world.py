@@ -15,12 +15,15 @@ Examples
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from streams.simulator.cascade import PreRanker, Request, feedback_events, run_cascade
 
 CONTENT_TYPES = ("video", "article", "image", "live")
 CHANNELS = ("popular", "personal", "content", "random")
+log = logging.getLogger(__name__)
 
 
 class World:
@@ -39,6 +42,7 @@ class World:
         self.item_types = self.rng.integers(0, len(CONTENT_TYPES), n_items)
         self.histories: list[list[int]] = [[] for _ in range(n_users)]
         self._popular = np.argsort(-self.popularity)[: n_items // 10]
+        self.prerank_fallbacks = 0  # requests pre-ranked by the heuristic because the router failed
 
     def item_id(self, i: int) -> str:
         return f"i{i}"
@@ -68,7 +72,8 @@ class World:
         return np.array(chosen), channels
 
     def request(self, index: int, n_candidates: int = 1000, preranker: PreRanker | None = None) -> Request:
-        """Simulate request ``index`` (its id is ``req-<index>``)."""
+        """Simulate request ``index`` (its id is ``req-<index>``); ``preranker`` defaults to a
+        noisy popularity heuristic, which also stands in whenever ``preranker`` fails."""
         user = int(self.rng.integers(len(self.users)))
         items, channels = self._retrieve(user, n_candidates)
         truth = self.click_prob(user, items)
@@ -82,7 +87,10 @@ class World:
         if preranker is not None:
             try:
                 pre = preranker(request_id, user_id, features, ids, types)
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError) as exc:
+                if not self.prerank_fallbacks:
+                    log.warning("router pre-ranking failed (%s); falling back to the heuristic", exc)
+                self.prerank_fallbacks += 1
                 pre = heuristic  # router unavailable: the cascade's fallback pre-ranker
         rank = np.log(truth) + self.rng.normal(0, 0.3, len(items))
         ranking, exposed = run_cascade(request_id, user_id, features, ids, channels, types, pre, rank,
