@@ -37,8 +37,8 @@ from learner.trainer import OnlineTrainer  # noqa: E402
 from router.features import FeatureCache  # noqa: E402
 from router.holder import build  # noqa: E402
 from router.prerank import parse_request, score  # noqa: E402
-from streams.assembler import AssemblerConfig, add_exposure, add_ranking, assemble, new_pending  # noqa: E402
 from streams.pool import CandidatePool  # noqa: E402
+from streams.simulator.offline import group_of  # noqa: E402
 from streams.simulator.world import World  # noqa: E402
 
 
@@ -55,12 +55,7 @@ def train(world: World, groups: int) -> OnlineTrainer:
     batch = []
     for index in range(groups):
         request = world.request(index, n_candidates=500)
-        state = new_pending()
-        add_ranking(state, {}, request.ranking, 0)
-        for _, event in request.events:
-            add_exposure(state, event, 0, 30_000)
-        batch.append(assemble(state, request.ranking, AssemblerConfig(), pool,
-                              lambda ids, at: [stats_of(world, int(i[1:])) for i in ids], 0))
+        batch.append(group_of(request, pool, lambda ids, at: [stats_of(world, int(i[1:])) for i in ids]))
         if len(batch) == 16:
             trainer.step(batch)
             batch = []

@@ -60,14 +60,10 @@ class CumulativeStats:
 
 
 def assemble_request(request: Any, stats: CumulativeStats, pool: Any) -> Any:
-    """The group the streams would emit for ``request`` once its window closed."""
-    from streams.assembler import AssemblerConfig, add_exposure, add_ranking, assemble, new_pending
+    """The group the streams would emit for ``request``; its exposures count from then on."""
+    from streams.simulator.offline import group_of
 
-    state = new_pending()
-    add_ranking(state, {}, request.ranking, 0)
-    for _, event in request.events:
-        add_exposure(state, event, 0, 30_000)
-    group = assemble(state, request.ranking, AssemblerConfig(), pool, stats.read, 0)
+    group = group_of(request, pool, stats.read)
     stats.record(request.exposed)
     return group
 

@@ -56,6 +56,19 @@ class Component:
             time.sleep(0.2)
         raise RuntimeError(f"{self.name} did not answer {url} within {timeout_s:.0f}s; see {self.log_file}")
 
+    def wait_metric(self, url: str, name: str, at_least: float, timeout_s: float = 60.0) -> float:
+        """Poll the ``/metrics`` at ``url`` until ``name`` (summed) reaches ``at_least``; returns it."""
+        from deploy.scrape import scrape
+
+        deadline = time.monotonic() + timeout_s
+        value = 0.0
+        while time.monotonic() < deadline:
+            value = scrape(url).total(name)
+            if value >= at_least:
+                break
+            time.sleep(0.1)
+        return value
+
     @property
     def returncode(self) -> int | None:
         return None if self.proc is None else self.proc.poll()

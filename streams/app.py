@@ -82,6 +82,8 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     samples = app.topic(f"{t}samples", **raw)
     dlq = app.topic(f"{t}dlq", **raw)
     pending = app.Table("pending", default=None, partitions=cfg.partitions)
+    # the ranking event's bytes, written once per request (the join state stays small)
+    rankings = app.Table("rankings", default=None, partitions=cfg.partitions)
     finalized = app.Table("finalized", default=None, partitions=cfg.partitions)
     pool = CandidatePool()
     stats = ItemStats(redis.Redis.from_url(cfg.redis_url), prefix="hap:")
@@ -97,7 +99,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         }))
 
     async def emit(rid: str, st: dict[str, Any], wall: int) -> None:
-        ranking = decode_ranking(orjson.dumps(st["ranking"]), cfg.limits)
+        ranking = decode_ranking(rankings[rid].encode(), cfg.limits)
         group = assemble(st, ranking, cfg.assembler, pool, _stats_reader(stats), wall)
         await samples.send(key=rid.encode(), value=encode(group))
         kind = "correction" if group.correction else "group"
@@ -119,7 +121,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
             if not is_due(st, state.watermark[partition], wall, cfg.assembler):
                 continue
             state.open[partition].discard(rid)
-            if st["ranking"] is None:
+            if not st["ranking"]:
                 metrics.INVALID.labels("orphan").inc()
                 await dlq.send(value=orjson.dumps({"reason": "orphan: exposure events without a ranking event "
                                                    "within the join window", "request_id": rid, "state": st}))
@@ -131,6 +133,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         while state.closed[partition] and state.closed[partition][0][0] < wall - cfg.retention_ms:
             _, rid = state.closed[partition].pop(0)
             del finalized[rid]
+            del rankings[rid]
         metrics.PENDING.set(sum(len(s) for s in state.open.values()))
 
     async def late(rid: str, done: dict[str, Any], event: Any, message: Any, wall: int) -> None:
@@ -172,7 +175,9 @@ def make_app(cfg: StreamsConfig) -> faust.App:
             return
         st = pending.get(rid) or new_pending()
         if msg.topic.endswith("ranking"):
-            add_ranking(st, orjson.loads(msg.value), event, wall)
+            if not st["ranking"]:  # a duplicate ranking event changes nothing
+                rankings[rid] = msg.value.decode()
+            add_ranking(st, event, wall)
         else:
             add_exposure(st, event, wall, cfg.assembler.dwell_threshold_ms)
         st["partition"] = msg.partition

@@ -48,11 +48,12 @@ def group_id(request_id: str, revision: int = 0) -> str:
 
 
 def new_pending() -> dict[str, Any]:
-    return {"ranking": None, "exposed": {}, "positive": [], "last_ts": 0, "last_wall_ms": 0, "revision": 0}
+    return {"ranking": False, "exposed": {}, "positive": [], "last_ts": 0, "last_wall_ms": 0, "revision": 0}
 
 
-def add_ranking(state: dict[str, Any], raw: dict[str, Any], event: RankingEvent, wall_ms: int) -> None:
-    state["ranking"] = raw
+def add_ranking(state: dict[str, Any], event: RankingEvent, wall_ms: int) -> None:
+    """Mark the ranking event as in (the event itself is kept once, by the caller)."""
+    state["ranking"] = True
     _touch(state, event.ts_ms, wall_ms)
 
 

@@ -5,6 +5,8 @@ Idempotent: a second push updates what the first created (stable uids, overwrite
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import niquests
 from grafana_client import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaException, GrafanaUnauthorizedError
@@ -23,20 +25,21 @@ class DashboardPushError(RuntimeError):
 def push(url: str, token: str, prometheus_url: str, timeout_s: float = 10.0) -> dict[str, int]:
     """Create or update everything; returns counts of what was provisioned."""
     api = GrafanaApi.from_url(url, credential=token, timeout=timeout_s)
+    ds = {"uid": DATASOURCE["uid"], "name": "HAP Prometheus", "type": "prometheus", "access": "proxy",
+          "url": prometheus_url, "isDefault": False}
+    rules = all_rules(FOLDER_UID)
     try:
-        _folder(api)
-        _datasource(api, prometheus_url)
+        _upsert(lambda: api.folder.get_folder(FOLDER_UID), None,
+                lambda: api.folder.create_folder("HAP", uid=FOLDER_UID))
+        _upsert(lambda: api.datasource.get_datasource_by_uid(ds["uid"]),
+                lambda: api.datasource.update_datasource_by_uid(ds["uid"], ds),
+                lambda: api.datasource.create_datasource(ds))
         for dash in all_dashboards():
             api.dashboard.update_dashboard({"dashboard": dash, "folderUid": FOLDER_UID, "overwrite": True})
-        rules = all_rules(FOLDER_UID)
         for r in rules:
-            try:
-                api.alertingprovisioning.get_alertrule(r["uid"])
-                api.alertingprovisioning.update_alertrule(r["uid"], r)
-            except GrafanaClientError as exc:
-                if exc.status_code != 404:
-                    raise
-                api.alertingprovisioning.create_alertrule(r)
+            _upsert(lambda r=r: api.alertingprovisioning.get_alertrule(r["uid"]),
+                    lambda r=r: api.alertingprovisioning.update_alertrule(r["uid"], r),
+                    lambda r=r: api.alertingprovisioning.create_alertrule(r))
     except GrafanaUnauthorizedError:
         raise DashboardPushError(f"bad credentials for {url}") from None
     except GrafanaClientError as exc:
@@ -50,22 +53,14 @@ def push(url: str, token: str, prometheus_url: str, timeout_s: float = 10.0) -> 
     return {"dashboards": len(all_dashboards()), "alert_rules": len(rules)}
 
 
-def _folder(api: GrafanaApi) -> None:
+def _upsert(get: Callable[[], object], update: Callable[[], object] | None, create: Callable[[], object]) -> None:
+    """Update what exists (``update=None``: leave it), create what Grafana answers 404 for."""
     try:
-        api.folder.get_folder(FOLDER_UID)
+        get()
     except GrafanaClientError as exc:
         if exc.status_code != 404:
             raise
-        api.folder.create_folder("HAP", uid=FOLDER_UID)
-
-
-def _datasource(api: GrafanaApi, prometheus_url: str) -> None:
-    ds = {"uid": DATASOURCE["uid"], "name": "HAP Prometheus", "type": "prometheus", "access": "proxy",
-          "url": prometheus_url, "isDefault": False}
-    try:
-        api.datasource.get_datasource_by_uid(DATASOURCE["uid"])
-        api.datasource.update_datasource_by_uid(DATASOURCE["uid"], ds)
-    except GrafanaClientError as exc:
-        if exc.status_code != 404:
-            raise
-        api.datasource.create_datasource(ds)
+        create()
+        return
+    if update is not None:
+        update()

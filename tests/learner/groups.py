@@ -1,8 +1,8 @@
 """Deterministic sample groups for learner tests, from the simulator's world and the real assembler."""
 
-from streams.assembler import AssemblerConfig, add_exposure, add_ranking, assemble, new_pending
 from streams.pool import CandidatePool
 from streams.schemas import SampleGroup
+from streams.simulator.offline import group_of
 from streams.simulator.world import World
 
 
@@ -11,13 +11,8 @@ def simulated_groups(n: int, seed: int = 0, n_candidates: int = 300) -> list[Sam
     pool = CandidatePool()
     for i in range(3000):
         pool.add(world.item_id(i), "video")
-    groups = []
-    for index in range(n):
-        request = world.request(index, n_candidates=n_candidates)
-        state = new_pending()
-        add_ranking(state, {}, request.ranking, 0)
-        for _, event in request.events:
-            add_exposure(state, event, 0, 30_000)
-        stats = lambda ids, at: [{"exp_1d": float(world.popularity[int(i[1:])] > 0)} for i in ids]  # noqa: E731
-        groups.append(assemble(state, request.ranking, AssemblerConfig(), pool, stats, 0))
-    return groups
+
+    def stats(ids, at_ms):  # a popularity-like statistic, as the streams would attach
+        return [{"exp_1d": float(world.popularity[int(i[1:])] > 0)} for i in ids]
+
+    return [group_of(world.request(index, n_candidates=n_candidates), pool, stats) for index in range(n)]

@@ -15,7 +15,7 @@ def no_stats(ids, at_ms):
 def build(seed=3):
     request = World(seed=seed, n_users=50, n_items=3000).request(0, n_candidates=600)
     state = new_pending()
-    add_ranking(state, {}, request.ranking, 0)
+    add_ranking(state, request.ranking, 0)
     for _, event in request.events:
         add_exposure(state, event, 0, 30_000)
     pool = CandidatePool()

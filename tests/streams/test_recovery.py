@@ -1,10 +1,8 @@
 """A streams worker SIGKILLed mid-stream and restarted loses no request; duplicates keep their group id."""
 
-import time
 from collections import Counter
 
 from deploy.pipeline import Component
-from deploy.scrape import scrape
 from streams.schemas import decode_sample_group
 
 from .conftest import read_topic, simulate, truth
@@ -17,9 +15,7 @@ def test_sigkill_mid_stream_loses_no_request(stack_env, kafka_bootstrap, tmp_pat
     url = f"http://127.0.0.1:{stack_env['HAP_STREAMS_METRICS_PORT']}/metrics"
     first = Component("streams", args, tmp_path, stack_env).start()
     first.wait_http(url)
-    deadline = time.monotonic() + 60
-    while scrape(url).total("hap_streams_groups_total") < 20 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert first.wait_metric(url, "hap_streams_groups_total", 20) < 150  # killed mid-stream
     first.kill()
     second = Component("streams", args, tmp_path, stack_env).start()
     try:
