@@ -93,7 +93,8 @@ def lag(env: dict[str, str], requests: int, rate: float, tmp: Path) -> tuple[flo
         m = scrape(url)
     finally:
         worker.stop()
-    return m.quantile("hap_streams_event_to_sample_seconds", 0.5), m.quantile("hap_streams_event_to_sample_seconds", 0.99)
+    name = "hap_streams_event_to_sample_seconds"
+    return m.quantile(name, 0.5), m.quantile(name, 0.99)
 
 
 def main() -> None:

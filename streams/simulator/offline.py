@@ -11,9 +11,11 @@ from streams.pool import CandidatePool
 from streams.schemas import SampleGroup
 from streams.simulator.cascade import Request
 
+DEFAULT_CONFIG = AssemblerConfig()
+
 
 def group_of(request: Request, pool: CandidatePool, stats: StatsReader,
-             config: AssemblerConfig = AssemblerConfig()) -> SampleGroup:
+             config: AssemblerConfig = DEFAULT_CONFIG) -> SampleGroup:
     """Label and sample ``request`` as the streams app does once its join window has closed."""
     state = new_pending()
     add_ranking(state, request.ranking, 0)
