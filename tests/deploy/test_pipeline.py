@@ -53,7 +53,8 @@ def test_every_panel_has_data(kafka_bootstrap, redis_url, prometheus_url, hap_se
             producer.send_raw("exposure", "bad", b"{broken")  # a dead letter
         assert sim.proc.wait(240) == 0, sim.log_tail()
         parts[2].wait_http(f"{router}/readyz", timeout_s=60)
-        time.sleep(3)
+        streams_metrics = f"http://127.0.0.1:{ports['streams']}/metrics"
+        assert parts[0].wait_metric(streams_metrics, "hap_streams_groups_total", 400, timeout_s=120) >= 400
         with EventProducer(kafka_bootstrap, topic_prefix=topic_prefix) as producer:  # feedback after finalization
             late = ExposureEvent("req-1", "u", "i-none", int(time.time() * 1000), "feedback", click=True)
             producer.send_exposure(late)
