@@ -99,7 +99,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         }))
 
     async def emit(rid: str, st: dict[str, Any], wall: int) -> None:
-        ranking = decode_ranking(rankings[rid].encode(), cfg.limits)
+        ranking = state.decoded.pop(rid, None) or decode_ranking(rankings[rid].encode(), cfg.limits)
         group = assemble(st, ranking, cfg.assembler, pool, _stats_reader(stats), wall)
         await samples.send(key=rid.encode(), value=encode(group))
         kind = "correction" if group.correction else "group"
@@ -177,6 +177,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         if msg.topic.endswith("ranking"):
             if not st["ranking"]:  # a duplicate ranking event changes nothing
                 rankings[rid] = msg.value.decode()
+                state.decoded[rid] = event  # validated already; the table copy serves after a restart
             add_ranking(st, event, wall)
         else:
             add_exposure(st, event, wall, cfg.assembler.dwell_threshold_ms)
@@ -236,6 +237,7 @@ class _WorkerState:
         self.closed: dict[int, list[tuple[int, str]]] = defaultdict(list)
         self.watermark: dict[int, int] = defaultdict(int)
         self.stats: list[tuple[str, str, int]] = []
+        self.decoded: dict[str, Any] = {}  # request_id -> RankingEvent, until its group is emitted
         self.rebuilt_at = float("-inf")
 
     def needs_rebuild(self, every_s: float = 30.0) -> bool:

@@ -140,9 +140,12 @@ def is_positive(event: ExposureEvent, dwell_threshold_ms: int = 30_000) -> bool:
     )
 
 
+_VERSION_PREFIX = b'{"schema_version":%d,' % SCHEMA_VERSION
+
+
 def encode(record: Any) -> bytes:
-    """Compact JSON with ``schema_version``."""
-    return orjson.dumps({"schema_version": SCHEMA_VERSION, **dataclasses.asdict(record)})
+    """Compact JSON with ``schema_version`` first (orjson serializes the dataclass natively)."""
+    return _VERSION_PREFIX + orjson.dumps(record)[1:]
 
 
 def _load(raw: bytes, limits: Limits) -> dict[str, Any]:
