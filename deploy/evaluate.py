@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.5)
+COST_REQUESTS = 40  # the last requests of each run, re-scored on the router's path to time each policy
 T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
 
@@ -68,7 +69,18 @@ def assemble_request(request: Any, stats: CumulativeStats, pool: Any) -> Any:
     return group
 
 
-def offline_groups(source: str, seed: int, n: int, dataset: Path | None, candidates: int) -> list[Any]:
+def serving_body(request: Any, stats: CumulativeStats, k: int = 10) -> dict[str, Any]:
+    """The router request of ``request``'s whole candidate list, its statistics inline as of then."""
+    r = request.ranking
+    feats = stats.read([c.item_id for c in r.candidates], r.ts_ms)
+    return {"request_id": r.request_id, "user_id": r.user_id, "user_features": r.user_features, "k": k,
+            "candidates": [{"item_id": c.item_id, "content_type": c.content_type, "features": f}
+                           for c, f in zip(r.candidates, feats, strict=True)]}
+
+
+def offline_groups(source: str, seed: int, n: int, dataset: Path | None,
+                   candidates: int) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The run's sample groups, in time order, and router requests of its last requests."""
     from streams.pool import CandidatePool
     from streams.simulator.replay import MindReplay
     from streams.simulator.world import CONTENT_TYPES, World
@@ -84,10 +96,39 @@ def offline_groups(source: str, seed: int, n: int, dataset: Path | None, candida
         for i, t in enumerate(world.item_types):
             pool.add(world.item_id(i), CONTENT_TYPES[t])
         requests = (world.request(i, candidates) for i in range(n))
-    return [assemble_request(r, stats, pool) for r in requests]
+    groups, bodies = [], []
+    for i, r in enumerate(requests):
+        if i >= n - COST_REQUESTS:
+            bodies.append(serving_body(r, stats))
+        groups.append(assemble_request(r, stats, pool))
+    return groups, bodies
 
 
-def run_offline(groups: list[Any], method: str, seed: int) -> tuple[list[dict[str, Any]], list[float]]:
+def serving_cost(tiers: dict[str, Any], bodies: list[dict[str, Any]]) -> dict[str, float]:
+    """CPU ms per request of each policy on the router's scoring path (numpy, no HTTP)."""
+    import redis
+
+    from feature_store.model_store import LoadedVersion
+    from router.features import FeatureCache
+    from router.holder import build
+    from router.prerank import parse_request, score
+
+    model = build(LoadedVersion(1, tiers, {"version": 1}))
+    features = FeatureCache(redis.Redis(port=1))  # every feature is inline: Redis is never asked
+    policies = {"light": ("light", 0.0), "expressive_all": ("expressive_all", 0.0),
+                **{f"damr@{b:g}": ("damr", b) for b in BUDGETS}}
+    cost = {}
+    for name, (policy, budget) in policies.items():
+        requests = [parse_request({**b, "policy": policy, "budget": budget}, max_candidates=5000) for b in bodies]
+        started = time.process_time()
+        for request in requests:
+            score(model, features, request)
+        cost[name] = (time.process_time() - started) * 1000 / max(len(requests), 1)
+    return cost
+
+
+def run_offline(groups: list[Any], bodies: list[dict[str, Any]], method: str,
+                seed: int) -> tuple[list[dict[str, Any]], list[float]]:
     from learner.trainer import OnlineTrainer
 
     trainer = OnlineTrainer(method=method, seed=seed, extra_budgets=BUDGETS, measure_conflict=True)
@@ -96,6 +137,7 @@ def run_offline(groups: list[Any], method: str, seed: int) -> tuple[list[dict[st
         report = trainer.step(groups[i:i + 32])
         cosines.append(report.grad_cosine if report.grad_cosine is not None else float("nan"))
     cpu_ms = (time.process_time() - started) * 1000 / len(groups)
+    cost = serving_cost({n: t.export() for n, t in trainer.tiers().items()}, bodies)
     rows = []
     for name, m in trainer.metrics.items():
         if name == "damr":
@@ -106,7 +148,9 @@ def run_offline(groups: list[Any], method: str, seed: int) -> tuple[list[dict[st
             float(np.mean([len(g.items) for g in groups])) if name == "expressive_all" else 0.0)
         rows.append({"method": method, "policy": name.split("@")[0], "budget": budget, "seed": seed,
                      "auc": r["auc"], "gauc": r["gauc"], "recall_at_k": r["recall_at_k"],
-                     "auc_vs": r["auc_vs"], "expressive_evals_per_request": round(evals, 2),
+                     "consistency_at_k": r["consistency_at_k"], "auc_vs": r["auc_vs"],
+                     "expressive_evals_per_request": round(evals, 2),
+                     "serve_cpu_ms_per_request": round(cost[name], 3),
                      "train_cpu_ms_per_request": round(cpu_ms, 3)})
     return rows, cosines
 
@@ -175,12 +219,12 @@ def run(args: argparse.Namespace) -> int:
     jobs = [(s, seed, m) for s in sources for seed in range(args.seeds) for m in ("mixed", "ghcl")]
     arms = ["heuristic/none", "mixed/light", "ghcl/light", "ghcl/damr", "ghcl/expressive_all"]
     with tqdm(total=len(jobs) + len(arms) * args.seeds, desc="eval", unit="run") as bar:
-        cache: dict[tuple[str, int], list[Any]] = {}
+        cache: dict[tuple[str, int], tuple[list[Any], list[dict[str, Any]]]] = {}
         for source, seed, method in jobs:
             if (source, seed) not in cache:
                 n = args.replay_groups if source == "replay" else args.groups
                 cache = {(source, seed): offline_groups(source, seed, n, args.dataset, args.candidates)}
-            out, cosines = run_offline(cache[(source, seed)], method, seed)
+            out, cosines = run_offline(*cache[(source, seed)], method, seed)
             rows += [{"source": source, **r} for r in out]
             conflict[f"{source}/{method}/{seed}"] = cosines
             bar.update()

@@ -33,6 +33,7 @@ class Batch:
     group: torch.Tensor  # (N,) row of each item's request
     source: torch.Tensor  # (N,) index into SOURCES
     label: torch.Tensor  # (N,) float 0/1
+    rank_pos: np.ndarray  # (N,) ranking-stage position, -1 where the item never reached ranking
     n_groups: int
     touched: dict[str, np.ndarray]  # hashed ids seen: {"item": ..., "user": ...}
 
@@ -51,6 +52,7 @@ class Batch:
             group=torch.as_tensor(group, dtype=torch.long),
             source=torch.as_tensor([SOURCE_CODE[i.source] for i in items], dtype=torch.long),
             label=torch.as_tensor([float(i.label) for i in items]),
+            rank_pos=np.array([-1 if i.rank_pos is None else i.rank_pos for i in items], dtype=np.int64),
             n_groups=len(groups),
             touched={"item": np.union1d(feats.item_idx, hist[hist > 0]),
                      "user": np.unique(user_t["user_idx"].numpy())},
@@ -63,5 +65,5 @@ class Batch:
         """The same groups with only the items where ``keep`` is true."""
         return dataclasses.replace(
             self, items={k: v[keep] for k, v in self.items.items()}, group=self.group[keep],
-            source=self.source[keep], label=self.label[keep],
+            source=self.source[keep], label=self.label[keep], rank_pos=self.rank_pos[keep.numpy()],
         )

@@ -7,15 +7,20 @@ metrics accumulate over the stream (River's way of reporting an online learner).
 - ``gauc``: per-request AUC over exposed items (``exp_pos`` vs ``exp_neg``), averaged with
   weights = exposed items, over requests that have both;
 - ``recall_at_k``: positives among the top ``k`` of the request's whole hybrid candidate set,
-  divided by its positives (averaged over requests with a positive).
+  divided by its positives (averaged over requests with a positive);
+- ``consistency_at_k``: the ranking stage's top ``top_n`` items (``rank_pos < top_n``) found in
+  the scorer's top ``k`` of the same set, divided by their number (averaged over requests that
+  carry ranking positions): how well the pre-ranker agrees with the stage it feeds.
 
 Examples
 --------
 >>> import numpy as np
->>> m = ProgressiveMetrics(k=1)
->>> m.update(np.array([0.9, 0.1, 0.5]), np.array([0, 0, 0]), np.array(["exp_pos", "exp_neg", "gn"]))
->>> m.report()["auc"], m.report()["gauc"], m.report()["recall_at_k"]
-(1.0, 1.0, 1.0)
+>>> m = ProgressiveMetrics(k=1, top_n=2)
+>>> m.update(np.array([0.9, 0.1, 0.5]), np.array([0, 0, 0]), np.array(["exp_pos", "exp_neg", "gn"]),
+...          rank_pos=np.array([0, 1, -1]))
+>>> r = m.report()
+>>> r["auc"], r["gauc"], r["recall_at_k"], r["consistency_at_k"]
+(1.0, 1.0, 1.0, 0.5)
 """
 
 from __future__ import annotations
@@ -38,23 +43,33 @@ def pair_auc_counts(pos: np.ndarray, neg: np.ndarray) -> tuple[float, int]:
 class ProgressiveMetrics:
     """Running ranking metrics of one scorer over request groups."""
 
-    def __init__(self, k: int = 10) -> None:
-        self.k = k
+    def __init__(self, k: int = 10, top_n: int = 10) -> None:
+        self.k, self.top_n = k, top_n
         self.pairs = {s: [0.0, 0] for s in NEGATIVE_SOURCES}
         self.gauc_sum = 0.0
         self.gauc_weight = 0
         self.recall_sum = 0.0
         self.recall_groups = 0
+        self.consistency_sum = 0.0
+        self.consistency_groups = 0
 
-    def update(self, scores: np.ndarray, group: np.ndarray, source: np.ndarray) -> None:
-        """Add a batch: ``scores``, request index and source name of each item."""
+    def update(self, scores: np.ndarray, group: np.ndarray, source: np.ndarray,
+               rank_pos: np.ndarray | None = None) -> None:
+        """Add a batch: ``scores``, request index, source name and ranking position (-1 for
+        none) of each item."""
+        rank_pos = np.full(len(scores), -1) if rank_pos is None else rank_pos
         order = np.argsort(group, kind="stable")
-        scores, group, source = scores[order], group[order], source[order]
+        scores, group, source, rank_pos = scores[order], group[order], source[order], rank_pos[order]
         bounds = np.flatnonzero(np.diff(group)) + 1
-        for s, src in zip(np.split(scores, bounds), np.split(source, bounds), strict=True):
-            self._update_group(s, src)
+        for s, src, pos in zip(*(np.split(a, bounds) for a in (scores, source, rank_pos)), strict=True):
+            top = np.argsort(-s, kind="stable")[: self.k]
+            ranked = (pos >= 0) & (pos < self.top_n)
+            if ranked.any():
+                self.consistency_sum += float(ranked[top].sum() / ranked.sum())
+                self.consistency_groups += 1
+            self._update_group(s, src, top)
 
-    def _update_group(self, scores: np.ndarray, source: np.ndarray) -> None:
+    def _update_group(self, scores: np.ndarray, source: np.ndarray, top: np.ndarray) -> None:
         positive = source == "exp_pos"
         pos = scores[positive]
         if len(pos) == 0:
@@ -68,7 +83,6 @@ class ProgressiveMetrics:
             exposed = int(positive.sum() + (source == "exp_neg").sum())
             self.gauc_sum += exposed * good / n
             self.gauc_weight += exposed
-        top = np.argsort(-scores, kind="stable")[: self.k]
         self.recall_sum += float(positive[top].sum() / positive.sum())
         self.recall_groups += 1
 
@@ -82,6 +96,8 @@ class ProgressiveMetrics:
             "auc_vs": auc_vs,
             "gauc": self.gauc_sum / self.gauc_weight if self.gauc_weight else None,
             "recall_at_k": self.recall_sum / self.recall_groups if self.recall_groups else None,
+            "consistency_at_k": self.consistency_sum / self.consistency_groups if self.consistency_groups else None,
             "k": self.k,
+            "top_n": self.top_n,
             "groups": self.recall_groups,
         }

@@ -84,7 +84,7 @@ class OnlineTrainer:
                 routed[name][rows] = merge(light[rows], hard, expressive[rows][hard])
                 self.expressive_evals[name] += len(hard)
         for name, scores in (("light", light), *routed.items(), ("expressive_all", expressive)):
-            self.metrics[name].update(scores, group, names)
+            self.metrics[name].update(scores, group, names, batch.rank_pos)
 
     # -- training -----------------------------------------------------------------------
     def step(self, groups: list[SampleGroup]) -> StepReport:

@@ -22,3 +22,13 @@ def test_metrics_per_source_gauc_and_recall():
     r = m.report()
     assert r["auc_vs"]["prn"] == 0.0 and np.isclose(r["gauc"], (2 * 1 + 3 * 1 + 2 * 0) / 7)
     assert np.isclose(r["recall_at_k"], 2 / 3)
+
+
+def test_consistency_counts_the_ranking_top_n_inside_the_top_k():
+    m = ProgressiveMetrics(k=2, top_n=2)
+    scores = np.array([0.9, 0.8, 0.7, 0.1, 0.5, 0.4])
+    source = np.array(["exp_pos", "gn", "exp_neg", "exp_neg", "exp_pos", "rn"])
+    rank_pos = np.array([1, -1, 0, 3, 0, 60])
+    m.update(scores, np.array([0, 0, 0, 0, 1, 1]), source, rank_pos)
+    # request 0: ranking top 2 = {0.9, 0.7}, top-2 scores = {0.9, 0.8} -> 1/2; request 1: top 1 = {0.5} -> 1
+    assert np.isclose(m.report()["consistency_at_k"], (0.5 + 1.0) / 2)
