@@ -21,7 +21,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import redis
 import torch
 import torch.nn.functional as F
 from kafka import KafkaProducer
@@ -74,7 +73,7 @@ def online(groups, settings: Settings) -> float:
         producer.send(f"{prefix}samples", key=g.request_id.encode(), value=encode(g))
     producer.close()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = LearnerConfig(settings.kafka_bootstrap, settings.redis_url, f"{prefix}samples",
+        cfg = LearnerConfig(settings.kafka_bootstrap, settings.redis, f"{prefix}samples",
                             Path(tmp) / "ckpt.safetensors", batch_groups=BATCH, checkpoint_s=10.0,
                             model_prefix=f"{prefix}:")
         service = LearnerService(cfg, OnlineTrainer(seed=0))
@@ -85,7 +84,7 @@ def online(groups, settings: Settings) -> float:
 
 
 def publish_costs(groups, settings: Settings) -> dict[str, float]:
-    store = ModelStore(redis.Redis.from_url(settings.redis_url), prefix=f"bench{uuid.uuid4().hex[:6]}:")
+    store = ModelStore(settings.redis.client(), prefix=f"bench{uuid.uuid4().hex[:6]}:")
     trainer = OnlineTrainer(seed=0)
     full_ms, delta_ms, full_bytes, delta_bytes = [], [], [], []
     for i in range(0, min(len(groups), 10 * BATCH), BATCH):

@@ -102,9 +102,8 @@ def scrape_or_none(url: str) -> Metrics | None:
 def _watch(sim: Component, components: list[Component], urls: dict[str, str], router_url: str,
            args: argparse.Namespace, curves: list[dict[str, Any]]) -> None:
     """Live progress until the simulator ends; samples learning curves from the manifest."""
-    import redis
 
-    client = redis.Redis.from_url(Settings.load().redis_url)
+    client = Settings.load().redis.client()
     started = time.monotonic()
     bar = tqdm(total=int(args.duration), unit="s", desc="demo", bar_format="{l_bar}{bar}| {n}/{total}s {postfix}")
     while sim.alive:
@@ -186,11 +185,10 @@ def _quantiles(m: Metrics, name: str, scale: float = 1.0, **labels: str) -> dict
 
 
 def _report(urls: dict[str, str], sim_report: Path, router_url: str, settings: Settings) -> dict[str, Any]:
-    import redis
 
     s, learner, router = (scrape(urls[k]) for k in ("streams", "learner", "router"))
     sim = json.loads(sim_report.read_text())
-    manifest = json.loads(redis.Redis.from_url(settings.redis_url).get("hap:model:manifest"))
+    manifest = json.loads(settings.redis.client().get("hap:model:manifest"))
     by_source = {k: int(v) for k, v in s.by_label("hap_streams_samples_total", "source").items()}
     quality = {tier: {k: q[k] for k in ("auc", "gauc", "recall_at_k", "auc_vs", "k")}
                for tier, q in manifest["metrics"]["quality"].items()}

@@ -4,6 +4,9 @@ Resolution order for an endpoint: an explicit environment variable (``HAP_KAFKA_
 ``HAP_REDIS_URL``, ``HAP_PROMETHEUS_URL``), then the endpoints file written by ``hap stack up``
 into the data dir (so no flag is needed after ``up``), then the default local port.
 
+Secrets (``HAP_KAFKA_SASL_PASSWORD``, ``HAP_REDIS_PASSWORD``) are read from the environment
+only, never from flags or files, and never appear in a repr, a log line or ``stack status``.
+
 Examples
 --------
 >>> s = Settings.load({"HAP_DATA_DIR": "/tmp/hap-doc", "HAP_KAFKA_PORT": "19092"})
@@ -20,6 +23,9 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+
+from feature_store.connection import RedisEndpoint
+from streams.kafka_security import KafkaSecurity
 
 ENDPOINTS_FILE = "endpoints.json"
 KAFKA_VERSION = "4.1.1"
@@ -48,6 +54,9 @@ class Settings:
     streams_metrics_port: int = 9101
     learner_metrics_port: int = 9102
     router_port: int = 8080
+    kafka_security: KafkaSecurity = KafkaSecurity()
+    redis_password: str | None = dataclasses.field(default=None, repr=False)
+    redis_ca_file: str | None = None
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -81,8 +90,16 @@ class Settings:
             cache_dir=Path(env.get("HAP_CACHE_DIR", Path.home() / ".cache" / "hap")),
             external_kafka="HAP_KAFKA_BOOTSTRAP" in env,
             external_redis="HAP_REDIS_URL" in env,
+            kafka_security=_security(env),
+            redis_password=env.get("HAP_REDIS_PASSWORD") or None,
+            redis_ca_file=env.get("HAP_REDIS_CA_FILE") or None,
             **ports,
         )
+
+    @property
+    def redis(self) -> RedisEndpoint:
+        """The Redis endpoint with its credentials (see :class:`feature_store.connection.RedisEndpoint`)."""
+        return RedisEndpoint(self.redis_url, self.redis_password, self.redis_ca_file)
 
     def topic(self, name: str) -> str:
         """Full topic name for ``name`` (``ranking``, ``exposure``, ``items``, ``samples``, ``dlq``)."""
@@ -102,6 +119,13 @@ def read_endpoints(data_dir: Path) -> dict[str, str]:
     if not path.exists():
         return {}
     return json.loads(path.read_text())
+
+
+def _security(env: Mapping[str, str]) -> KafkaSecurity:
+    try:
+        return KafkaSecurity.from_env(env)
+    except ValueError as exc:
+        raise SystemExit(f"hap: {exc}") from None
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:

@@ -15,12 +15,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import redis
 
     from deploy.settings import Settings
     from feature_store.model_store import ModelStore, ModelStoreError
 
-    store = ModelStore(redis.Redis.from_url(Settings.load().redis_url))
+    store = ModelStore(Settings.load().redis.client())
     try:
         if args.action == "rollback":
             if args.version is None:

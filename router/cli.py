@@ -20,7 +20,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import redis
     from aiohttp import web
 
     from deploy.settings import Settings
@@ -28,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     s = Settings.load()
-    client = redis.Redis.from_url(s.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    client = s.redis.client(timeout_s=0.5)
     app = make_app(client, policy=args.policy, budget=args.budget, max_candidates=args.max_candidates,
                    poll_s=args.poll)
     web.run_app(app, host=args.host, port=args.port or s.router_port, access_log=None, print=None)

@@ -5,6 +5,9 @@ metrics, flush on close. Records are validated by encoding them through
 :mod:`streams.schemas`; keys are ``request_id`` (ranking, exposure) or ``item_id`` (items),
 so a request's events share a partition.
 
+Authentication: pass ``security`` (:class:`streams.kafka_security.KafkaSecurity`, e.g.
+``Settings.load().kafka_security``) for TLS or SASL brokers.
+
 Lifecycle: construct (connects, raises :class:`ProducerUnavailable` when no broker answers),
 ``send_*`` any number of times, ``close()`` once (flushes); never call ``send_*`` after close.
 
@@ -23,6 +26,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from prometheus_client import Counter
 
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.schemas import ExposureEvent, ItemUpdate, RankingEvent, encode
 
 SENT = Counter("hap_producer_sent", "Events acknowledged by the broker", ["topic"])
@@ -39,7 +43,7 @@ class EventProducer:
 
     def __init__(self, bootstrap: str, *, topic_prefix: str = "hap.", linger_ms: int = 20,
                  batch_size: int = 256 * 1024, retries: int = 10, compression: str = "gzip",
-                 **kafka_config: Any) -> None:
+                 security: KafkaSecurity = PLAINTEXT, **kafka_config: Any) -> None:
         self.prefix = topic_prefix
         self.failed = 0
         self.compression = compression  # gzip: every consumer (kafka-python, aiokafka/Faust) decodes it
@@ -47,7 +51,8 @@ class EventProducer:
             self._producer = KafkaProducer(
                 bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms,
                 batch_size=batch_size, compression_type=self.compression, retries=retries,
-                retry_backoff_ms=200, request_timeout_ms=30_000, max_block_ms=10_000, **kafka_config,
+                retry_backoff_ms=200, request_timeout_ms=30_000, max_block_ms=10_000,
+                **security.client_options(), **kafka_config,
             )
         except KafkaError:
             raise ProducerUnavailable(f"no Kafka broker answers at {bootstrap}") from None

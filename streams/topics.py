@@ -7,12 +7,15 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
+
 TOPICS = ("ranking", "exposure", "items", "samples", "dlq", "streams-ticks")
 
 
-def ensure_topics(bootstrap: str, prefix: str = "hap.", partitions: int = 4) -> list[str]:
+def ensure_topics(bootstrap: str, prefix: str = "hap.", partitions: int = 4,
+                  security: KafkaSecurity = PLAINTEXT) -> list[str]:
     """Create the missing topics; returns the names created. Existing topics are left as they are."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000, **security.client_options())
     try:
         existing = set(admin.list_topics())
         missing = [f"{prefix}{t}" for t in TOPICS if f"{prefix}{t}" not in existing]

@@ -66,7 +66,7 @@ class Stack:
 
     def endpoints(self) -> dict[str, str]:
         s = self.settings
-        endpoints = {"kafka.bootstrap": s.kafka_bootstrap, "redis.url": s.redis_url}
+        endpoints = {"kafka.bootstrap": s.kafka_bootstrap, "redis.url": s.redis.redacted()}
         for service in self.services:
             key = {"kafka": "kafka.bootstrap", "redis": "redis.url", "prometheus": "prometheus.url"}
             endpoints[key[service.name]] = service.endpoint()
@@ -80,8 +80,8 @@ class Stack:
         ]
         if self.settings.external_kafka:
             b = self.settings.kafka_bootstrap
-            out.append(ServiceStatus("kafka", b, False, True, kafka_answers(b)))
+            out.append(ServiceStatus("kafka", b, False, True, kafka_answers(b, self.settings.kafka_security)))
         if self.settings.external_redis:
-            u = self.settings.redis_url
-            out.append(ServiceStatus("redis", u, False, True, redis_answers(u)))
+            r = self.settings.redis
+            out.append(ServiceStatus("redis", r.redacted(), False, True, redis_answers(r)))
         return out

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from deploy.settings import Settings
 from deploy.stack.process import ManagedProcess, StackError, port_is_free
+from feature_store.connection import RedisEndpoint
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
 KAFKA_HEAP = "-Xmx768m"
 SCRAPE_INTERVAL = "2s"
@@ -65,7 +67,7 @@ class Kafka(Service):
         return f"127.0.0.1:{self.port}"
 
     def healthy(self) -> bool:
-        return kafka_answers(self.endpoint())
+        return kafka_answers(self.endpoint(), self.settings.kafka_security)
 
     def prepare(self) -> None:
         java = shutil.which("java")
@@ -79,8 +81,15 @@ class Kafka(Service):
                 f"port {self.settings.kafka_controller_port} for the Kafka controller is taken; "
                 "set HAP_KAFKA_CONTROLLER_PORT to a free port"
             )
+        sec = self.settings.kafka_security
+        if sec.protocol not in ("PLAINTEXT", "SASL_PLAINTEXT") or sec.sasl_mechanism != "PLAIN":
+            raise StackError(f"the local broker speaks PLAINTEXT or SASL_PLAINTEXT with PLAIN, not {sec.protocol} "
+                             f"{sec.sasl_mechanism}: point HAP_KAFKA_BOOTSTRAP at a cluster that does")
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "server.properties").write_text(self._properties())
+        props = self.dir / "server.properties"  # may hold the SASL password: owner-only
+        props.touch(mode=0o600)
+        props.chmod(0o600)
+        props.write_text(self._properties())
         (self.dir / "log4j2.properties").write_text(
             "rootLogger.level=WARN\nrootLogger.appenderRef.out.ref=out\n"
             "appender.out.type=Console\nappender.out.name=out\n"
@@ -109,15 +118,24 @@ class Kafka(Service):
         ]
 
     def _properties(self) -> str:
-        port, ctl = self.port, self.settings.kafka_controller_port
+        port, ctl, sec = self.port, self.settings.kafka_controller_port, self.settings.kafka_security
+        listener = sec.protocol
+        sasl = [
+            f"inter.broker.listener.name={listener}", "sasl.enabled.mechanisms=PLAIN",
+            "sasl.mechanism.inter.broker.protocol=PLAIN",
+            f"listener.name.{listener.lower()}.plain.sasl.jaas.config=org.apache.kafka.common.security.plain."
+            f'PlainLoginModule required username="{sec.username}" password="{sec.password}" '
+            f'user_{sec.username}="{sec.password}";',
+        ] if sec.sasl else []
         return "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{ctl}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{ctl}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            f"listeners={listener}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{ctl}",
+            f"advertised.listeners={listener}://127.0.0.1:{port}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{listener}:{listener}",
+            *sasl,
             f"log.dirs={self.dir / 'data'}",
             "num.partitions=4",
             "offsets.topic.replication.factor=1",
@@ -139,15 +157,26 @@ class Redis(Service):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def healthy(self) -> bool:
-        return redis_answers(self.endpoint())
+        return redis_answers(RedisEndpoint(self.endpoint(), self.settings.redis_password))
+
+    def prepare(self) -> None:
+        # the password goes in a file only its owner reads, never on the command line (ps shows argv)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = self.dir / "redis.conf"
+        conf.touch(mode=0o600)
+        conf.chmod(0o600)
+        password = self.settings.redis_password
+        conf.write_text(f"requirepass {password}\n" if password else "")
 
     def argv(self) -> list[str]:
         server = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(server).exists():
             raise StackError("redis-server is not installed: run `make setup` or set HAP_REDIS_URL")
+        # append-only file, fsync every second: a restarted Redis keeps models and statistics
         return [
-            server, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-            "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+            server, str(self.dir / "redis.conf"), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.dir), "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+            "--protected-mode", "yes",
         ]
 
 
@@ -196,13 +225,13 @@ def write_targets(data_dir: Path, targets: list[str]) -> None:
     tmp.replace(path)
 
 
-def kafka_answers(bootstrap: str) -> bool:
+def kafka_answers(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> bool:
     """True when the broker answers a metadata request."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, **security.client_options())
     except (KafkaError, ValueError, OSError):
         return False
     try:
@@ -214,12 +243,12 @@ def kafka_answers(bootstrap: str) -> bool:
         admin.close()
 
 
-def redis_answers(url: str) -> bool:
-    """True when Redis answers PING."""
+def redis_answers(endpoint: RedisEndpoint) -> bool:
+    """True when Redis answers PING (with the endpoint's credentials)."""
     import redis
 
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+        return bool(endpoint.client(timeout_s=1).ping())
     except (redis.RedisError, OSError):
         return False
 

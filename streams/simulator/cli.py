@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         from streams.producer import EventProducer
 
         settings = Settings.load()
-        writer = EventProducer(settings.kafka_bootstrap, topic_prefix=settings.topic_prefix)
+        writer = EventProducer(settings.kafka_bootstrap, topic_prefix=settings.topic_prefix,
+                               security=settings.kafka_security)
     report = EmitReport()
     emit_items(items, writer, report)
     sent = emit(requests, writer, rate=args.rate or None, n_requests=n, duplicate_rate=args.duplicate_rate,
