@@ -63,7 +63,10 @@ class Component:
         deadline = time.monotonic() + timeout_s
         value = 0.0
         while time.monotonic() < deadline:
-            value = scrape(url).total(name)
+            try:
+                value = scrape(url).total(name)
+            except OSError:  # not listening yet (or restarting)
+                pass
             if value >= at_least:
                 break
             time.sleep(0.1)

@@ -72,14 +72,28 @@ class ModelStore:
         self.channel = f"{prefix}model:updates"
         self.last_publish_bytes = 0
         self._last_version: int | None = None  # deltas are relative to this store's own last publish
+        self._newest = 0  # versions only grow, even when Redis lost the counter
 
     # -- publishing -------------------------------------------------------------------
     def publish(self, tiers: dict[str, TierForm], *, trained_until_event_ts_ms: int,
                 trained_until_finalized_ts_ms: int, samples_seen: int,
                 metrics: dict[str, Any] | None = None) -> int:
         """Write one version holding every tier; returns its number."""
+        try:
+            return self._publish(tiers, trained_until_event_ts_ms, trained_until_finalized_ts_ms, samples_seen,
+                                 metrics)
+        except (redis.RedisError, OSError):
+            self._last_version = None  # Redis may hold part of this version: the next one is full
+            raise
+
+    def _publish(self, tiers: dict[str, TierForm], trained_until_event_ts_ms: int,
+                 trained_until_finalized_ts_ms: int, samples_seen: int, metrics: dict[str, Any] | None) -> int:
         previous = self.manifest()
-        version = int(self.r.incr(f"{self.prefix}model:version_counter"))
+        counter = f"{self.prefix}model:version_counter"
+        version = int(self.r.incr(counter))
+        if version <= self._newest:  # Redis lost its data
+            version = self._newest + 1
+            self.r.set(counter, version)
         entries, written = {}, 0
         ours = previous is not None and previous["version"] == self._last_version
         for name, form in tiers.items():
@@ -102,7 +116,7 @@ class ModelStore:
         self.r.publish(self.channel, str(version))
         self._expire_unreferenced(previous, {**entry, "history": history})
         self.last_publish_bytes = written
-        self._last_version = version
+        self._last_version = self._newest = version
         return version
 
     def rollback(self, version: int) -> dict[str, Any]:

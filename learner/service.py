@@ -11,7 +11,10 @@ Lifecycle and guarantees:
   learner resumes from its checkpoint, so nothing is lost and nothing is trained twice;
 - every ``publish_s`` (or ``publish_steps``) both tiers are published as one version. A
   version published after the last checkpoint may be superseded after a crash by versions
-  retrained from that checkpoint; every version is still self-consistent.
+  retrained from that checkpoint; every version is still self-consistent;
+- while Redis is down, training goes on and publishing is retried every ``publish_s`` (the
+  first version after an outage is full, never a delta against what Redis may have lost);
+  while Kafka is down, polling waits and offset commits are skipped (the checkpoint holds them).
 """
 
 from __future__ import annotations
@@ -26,11 +29,14 @@ from typing import Any
 import numpy as np
 import redis
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
+from feature_store.connection import RedisEndpoint
 from feature_store.model_store import ModelStore, TierForm
 from learner import checkpoint
 from learner import metrics as m
 from learner.trainer import OnlineTrainer, StepReport
+from streams.kafka_security import KafkaSecurity
 from streams.schemas import InvalidEvent, SampleGroup, decode_sample_group
 
 log = logging.getLogger("hap.learner")
@@ -41,7 +47,7 @@ FRESH_SAMPLE = 32
 @dataclasses.dataclass(frozen=True, slots=True)
 class LearnerConfig:
     bootstrap: str
-    redis_url: str
+    redis: RedisEndpoint
     samples_topic: str = "hap.samples"
     checkpoint_path: Path = Path(".hap/learner/checkpoint.safetensors")
     batch_groups: int = 32
@@ -50,6 +56,7 @@ class LearnerConfig:
     checkpoint_s: float = 10.0
     keep_versions: int = 5
     model_prefix: str = "hap:"
+    kafka_security: KafkaSecurity = KafkaSecurity()
 
 
 class LearnerService:
@@ -58,7 +65,7 @@ class LearnerService:
     def __init__(self, cfg: LearnerConfig, trainer: OnlineTrainer) -> None:
         self.cfg = cfg
         self.trainer = trainer
-        self.store = ModelStore(redis.Redis.from_url(cfg.redis_url), prefix=cfg.model_prefix,
+        self.store = ModelStore(cfg.redis.client(), prefix=cfg.model_prefix,
                                 keep_versions=cfg.keep_versions)
         state = checkpoint.load(cfg.checkpoint_path, trainer) or {}
         self.offsets: dict[int, int] = {int(p): o for p, o in state.get("offsets", {}).items()}
@@ -69,7 +76,8 @@ class LearnerService:
         self.duplicates = 0
         self.running = True
         self.consumer = KafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False,
-                                      group_id="hap-learner", max_partition_fetch_bytes=8 << 20)
+                                      group_id="hap-learner", max_partition_fetch_bytes=8 << 20,
+                                      **cfg.kafka_security.client_options())
         partitions = self.consumer.partitions_for_topic(cfg.samples_topic) or set()
         deadline = time.monotonic() + 30
         while not partitions and time.monotonic() < deadline:
@@ -111,15 +119,16 @@ class LearnerService:
             due = now - last_publish >= self.cfg.publish_s or \
                 self.trainer.steps - steps_at_publish >= self.cfg.publish_steps
             if due and self.trainer.steps > steps_at_publish and not pending:
-                self.publish()
-                last_publish, steps_at_publish = now, self.trainer.steps
+                if self.try_publish():
+                    steps_at_publish = self.trainer.steps
+                last_publish = now
             if now - last_checkpoint >= self.cfg.checkpoint_s and not pending:
                 self.checkpoint()
                 last_checkpoint = now
             if max_idle_s is not None and now - last_data > max_idle_s and not pending:
                 break
         if self.trainer.steps > steps_at_publish:
-            self.publish()
+            self.try_publish()
         self.checkpoint()
         self.consumer.close()
 
@@ -148,6 +157,16 @@ class LearnerService:
         for g in groups:
             m.SAMPLE_TO_TRAINED.observe(max(0.0, (now_ms - g.assembled_ts_ms) / 1000))
         _observe(report)
+
+    def try_publish(self) -> bool:
+        """:meth:`publish`, or log and count a failure while Redis is unreachable."""
+        try:
+            self.publish()
+            return True
+        except (redis.RedisError, OSError) as exc:
+            m.PUBLISH_ERRORS.inc()
+            log.warning("publish failed, retrying in %.1fs: %s", self.cfg.publish_s, exc)
+            return False
 
     def publish(self) -> int:
         started = time.perf_counter()
@@ -189,7 +208,10 @@ class LearnerService:
         commit = {TopicPartition(self.cfg.samples_topic, p): OffsetAndMetadata(o, "", -1)
                   for p, o in self.offsets.items()}
         if commit:
-            self.consumer.commit(commit)
+            try:
+                self.consumer.commit(commit)
+            except KafkaError as exc:  # the checkpoint has the offsets; Kafka's copy is for lag monitoring
+                log.warning("offset commit skipped: %s", exc)
 
 
 def _observe(report: StepReport) -> None:

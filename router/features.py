@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 import redis
 
+from feature_store.backoff import Backoff
 from feature_store.featurize import CONTENT_TYPE_BUCKETS, DENSE_DIM, ItemBatch, dense_stats, hash_id
 from feature_store.item_stats import ItemStats
 from router import metrics
@@ -30,16 +31,13 @@ class FeatureCache:
         self.r = client
         self.stats = ItemStats(client, prefix)
         self.prefix = prefix
-        self.capacity, self.ttl_s, self.backoff_s = capacity, ttl_s, backoff_s
+        self.capacity, self.ttl_s = capacity, ttl_s
         #: item_id -> (expiry, dense row, hashed id); the expiry doubles as the row's version stamp
         self.items: collections.OrderedDict[str, tuple[float, np.ndarray, int]] = collections.OrderedDict()
-        self.down_until = 0.0
-
-    def _redis_ok(self) -> bool:
-        return time.monotonic() >= self.down_until
+        self.redis = Backoff(backoff_s)
 
     def _failed(self) -> None:
-        self.down_until = time.monotonic() + self.backoff_s
+        self.redis.failed()
         metrics.ERRORS.labels("redis").inc()
 
     def item_batch(self, item_ids: Sequence[str], content_types: Sequence[str],
@@ -61,7 +59,7 @@ class FeatureCache:
                 stamps[n], dense[n], item_idx[n] = hit
             else:
                 misses.append(n)
-        if misses and self._redis_ok():
+        if misses and self.redis.ready:
             try:
                 fetched = self.stats.read([item_ids[n] for n in misses], int(time.time() * 1000))
             except (redis.RedisError, OSError):
@@ -88,7 +86,7 @@ class FeatureCache:
 
     def user_features(self, user_id: str) -> dict[str, Any]:
         """The history the streams wrote for ``user_id`` (empty when unknown or Redis is down)."""
-        if not self._redis_ok():
+        if not self.redis.ready:
             metrics.MISSING.labels("user").inc()
             return {}
         try:

@@ -25,11 +25,12 @@ from typing import Any
 
 import faust
 import orjson
-import redis
 
-from feature_store.item_stats import ItemStats
+from feature_store.connection import RedisEndpoint
 from streams import metrics
 from streams.assembler import AssemblerConfig, add_exposure, add_ranking, assemble, is_due, new_pending
+from streams.features import StreamFeatures
+from streams.kafka_security import KafkaSecurity
 from streams.pool import CandidatePool
 from streams.schemas import (
     InvalidEvent,
@@ -47,7 +48,7 @@ PARTITIONS = 4
 @dataclasses.dataclass(frozen=True, slots=True)
 class StreamsConfig:
     bootstrap: str
-    redis_url: str
+    redis: RedisEndpoint
     topic_prefix: str = "hap."
     app_id: str = "hap-streams"
     data_dir: Path = Path(".hap/streams")
@@ -57,6 +58,7 @@ class StreamsConfig:
     retention_ms: int = 600_000
     tick_s: float = 0.5
     partitions: int = PARTITIONS
+    kafka_security: KafkaSecurity = KafkaSecurity()
 
 
 def _now_ms() -> int:
@@ -73,6 +75,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         broker_commit_every=100, broker_commit_interval=1.0, table_cleanup_interval=30.0,
         # a crashed worker's partitions move to the others (or its restart) within seconds
         broker_session_timeout=10.0, broker_heartbeat_interval=2.0,
+        broker_credentials=cfg.kafka_security.faust_credentials(),
     )
     t = cfg.topic_prefix
     raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": cfg.partitions}
@@ -86,8 +89,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     rankings = app.Table("rankings", default=None, partitions=cfg.partitions)
     finalized = app.Table("finalized", default=None, partitions=cfg.partitions)
     pool = CandidatePool()
-    stats = ItemStats(redis.Redis.from_url(cfg.redis_url), prefix="hap:")
-    users = redis.Redis.from_url(cfg.redis_url)
+    features = StreamFeatures(cfg.redis.client(), prefix="hap:")
     state = _WorkerState()
 
     async def dead_letter(reason: InvalidEvent | str, message: Any) -> None:
@@ -100,19 +102,18 @@ def make_app(cfg: StreamsConfig) -> faust.App:
 
     async def emit(rid: str, st: dict[str, Any], wall: int) -> None:
         ranking = state.decoded.pop(rid, None) or decode_ranking(rankings[rid].encode(), cfg.limits)
-        group = assemble(st, ranking, cfg.assembler, pool, _stats_reader(stats), wall)
+        group = assemble(st, ranking, cfg.assembler, pool, features.read, wall)
         await samples.send(key=rid.encode(), value=encode(group))
         kind = "correction" if group.correction else "group"
         metrics.GROUPS.labels(kind).inc()
         for item in group.items:
             metrics.SAMPLES.labels(item.source).inc()
         metrics.LAG.observe(max(0.0, (wall - st["last_wall_ms"]) / 1000))
-        history = (list(ranking.user_features.get("history", [])) + st["positive"])[-50:]
-        users.set(f"hap:feat:user:{ranking.user_id}", orjson.dumps({"history": history}), ex=86_400)
+        features.set_history(ranking.user_id, (list(ranking.user_features.get("history", [])) + st["positive"])[-50:])
 
     async def finalize_due(partition: int) -> None:
         wall = _now_ms()
-        stats.record(state.take_stats())
+        features.flush()
         for rid in list(state.open[partition]):
             st = pending.get(rid)
             if st is None:
@@ -168,7 +169,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         rid = event.request_id
         state.watermark[msg.partition] = max(state.watermark[msg.partition], event.ts_ms)
         if msg.topic.endswith("exposure"):
-            state.count_stats(event, cfg.assembler.dwell_threshold_ms)
+            features.count(event, cfg.assembler.dwell_threshold_ms)
         done = finalized.get(rid)
         if done is not None:
             await late(rid, done, event, msg, wall)
@@ -218,17 +219,6 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     return app
 
 
-def _stats_reader(stats: ItemStats):  # noqa: ANN202 - a StatsReader
-    def read(ids: list[str], at_ms: int) -> list[dict[str, float]]:
-        out = stats.read(ids, at_ms)
-        missing = sum(1 for s in out if s.get("exp_1d", 0.0) == 0.0)
-        if missing:
-            metrics.MISSING.labels("item_stats").inc(missing)
-        return out
-
-    return read
-
-
 class _WorkerState:
     """Per-worker, in-memory indexes over the tables, rebuilt from them after recovery."""
 
@@ -236,7 +226,6 @@ class _WorkerState:
         self.open: dict[int, set[str]] = defaultdict(set)
         self.closed: dict[int, list[tuple[int, str]]] = defaultdict(list)
         self.watermark: dict[int, int] = defaultdict(int)
-        self.stats: list[tuple[str, str, int]] = []
         self.decoded: dict[str, Any] = {}  # request_id -> RankingEvent, until its group is emitted
         self.rebuilt_at = float("-inf")
 
@@ -255,16 +244,3 @@ class _WorkerState:
         for rid, done in sorted(finalized.items(), key=lambda kv: kv[1]["finalized_ms"] if kv[1] else 0):
             if done is not None:
                 self.closed[done["partition"]].append((done["finalized_ms"], rid))
-
-    def count_stats(self, event: Any, dwell_threshold_ms: int) -> None:
-        if event.type == "exposure":
-            self.stats.append((event.item_id, "exp", event.ts_ms))
-            return
-        if event.click:
-            self.stats.append((event.item_id, "clk", event.ts_ms))
-        if is_positive(event, dwell_threshold_ms):
-            self.stats.append((event.item_id, "pos", event.ts_ms))
-
-    def take_stats(self) -> list[tuple[str, str, int]]:
-        out, self.stats = self.stats, []
-        return out

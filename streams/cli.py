@@ -29,12 +29,13 @@ def run(args: argparse.Namespace) -> int:
     from deploy.settings import Settings
     from streams.app import StreamsConfig, make_app
     from streams.assembler import AssemblerConfig
+    from streams.log_filter import quiet_repeats
     from streams.topics import ensure_topics
 
     s = Settings.load()
     start_http_server(args.metrics_port or s.streams_metrics_port, addr="127.0.0.1")
     cfg = StreamsConfig(
-        bootstrap=s.kafka_bootstrap, redis_url=s.redis_url, topic_prefix=s.topic_prefix,
+        bootstrap=s.kafka_bootstrap, redis=s.redis, kafka_security=s.kafka_security, topic_prefix=s.topic_prefix,
         data_dir=Path(s.data_dir) / f"streams-{args.worker_id}", corrections=not args.no_corrections,
         assembler=AssemblerConfig(
             window_ms=int(args.window * 1000), lateness_ms=int(args.lateness * 1000),
@@ -42,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
             gn_per_exposed=args.gn_per_exposed,
         ),
     )
-    ensure_topics(cfg.bootstrap, cfg.topic_prefix, cfg.partitions)
+    ensure_topics(cfg.bootstrap, cfg.topic_prefix, cfg.partitions, security=cfg.kafka_security)
     app = make_app(cfg)
+    quiet_repeats()
     _Worker = _make_worker_class()
     sys.argv = [sys.argv[0], "worker"]
     _Worker(app, loglevel=os.environ.get("HAP_LOG_LEVEL", "WARNING"), quiet=True).execute_from_commandline()

@@ -7,6 +7,7 @@ use those services instead and start nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -14,10 +15,15 @@ from pathlib import Path
 
 import pytest
 import redis
+from kafka import KafkaConsumer
 
+from deploy.pipeline import Component
 from deploy.settings import Settings
 from deploy.stack.process import free_port
 from deploy.stack.services import Kafka, Prometheus, Redis, Service
+from streams.topics import ensure_topics
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mind_small_subset"
 
@@ -32,41 +38,48 @@ def hap_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings.load(env)
 
 
-def _serve(service: Service) -> Iterator[None]:
+def _serve(service: Service) -> Iterator[Service]:
     service.start(timeout_s=90)
     try:
-        yield
+        yield service
     finally:
         service.process.stop()
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(hap_settings: Settings) -> Iterator[str]:
-    """``host:port`` of a real Kafka broker."""
+def kafka_service(hap_settings: Settings) -> Iterator[Kafka | None]:
+    """The broker these tests started (fault tests restart it); None when it is external."""
     if hap_settings.external_kafka:
-        yield hap_settings.kafka_bootstrap
+        yield None
         return
-    kafka = Kafka(hap_settings)
-    for _ in _serve(kafka):
-        yield kafka.endpoint()
+    yield from _serve(Kafka(hap_settings))
 
 
 @pytest.fixture(scope="session")
-def redis_url(hap_settings: Settings) -> Iterator[str]:
-    """URL of a real Redis server."""
+def kafka_bootstrap(hap_settings: Settings, kafka_service: Kafka | None) -> str:
+    """``host:port`` of a real Kafka broker."""
+    return kafka_service.endpoint() if kafka_service else hap_settings.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_service(hap_settings: Settings) -> Iterator[Redis | None]:
+    """The Redis server these tests started (fault tests restart it); None when it is external."""
     if hap_settings.external_redis:
-        yield hap_settings.redis_url
+        yield None
         return
-    server = Redis(hap_settings)
-    for _ in _serve(server):
-        yield server.endpoint()
+    yield from _serve(Redis(hap_settings))
+
+
+@pytest.fixture(scope="session")
+def redis_url(hap_settings: Settings, redis_service: Redis | None) -> str:
+    """URL of a real Redis server."""
+    return redis_service.endpoint() if redis_service else hap_settings.redis_url
 
 
 @pytest.fixture(scope="session")
 def prometheus_url(hap_settings: Settings) -> Iterator[str]:
     """URL of a real Prometheus scraping the targets in ``<data_dir>/prometheus/targets.json``."""
-    server = Prometheus(hap_settings)
-    for _ in _serve(server):
+    for server in _serve(Prometheus(hap_settings)):
         yield server.endpoint()
 
 
@@ -91,3 +104,46 @@ def mind_dataset() -> Path:
     if not (DATA_DIR / "behaviors.tsv.gz").exists():
         pytest.skip(f"real dataset not found at {DATA_DIR} (shared/data is not checked out beside the repo)")
     return DATA_DIR
+
+
+# -- the pipeline's processes against the stack -------------------------------------------
+@pytest.fixture
+def stack_env(kafka_bootstrap, redis_url, topic_prefix, tmp_path) -> dict[str, str]:
+    """Environment for `hap` subprocesses: the test stack (Redis flushed), a private topic prefix
+    (its topics created) and data dir."""
+    ensure_topics(kafka_bootstrap, topic_prefix)
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushdb()  # no model or statistics of an earlier test
+    return {
+        "HAP_KAFKA_BOOTSTRAP": kafka_bootstrap, "HAP_REDIS_URL": redis_url, "HAP_TOPIC_PREFIX": topic_prefix,
+        "HAP_DATA_DIR": str(tmp_path / "data"), "HAP_STREAMS_METRICS_PORT": str(free_port()),
+        "HAP_LEARNER_METRICS_PORT": str(free_port()), "HAP_ROUTER_PORT": str(free_port()),
+    }
+
+
+def simulate(env: dict[str, str], tmp_path: Path, *args: str) -> dict:
+    """Run `hap simulate` to Kafka; returns its report."""
+    sim = Component("simulate", ["simulate", "--no-progress", "--report", str(tmp_path / "sim.json"), *args],
+                    tmp_path, env).start()
+    assert sim.proc is not None and sim.proc.wait(180) == 0, sim.log_tail()
+    return json.loads((tmp_path / "sim.json").read_text())
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60, **options) -> list[bytes]:
+    """Values of ``topic`` until ``expected`` arrived or nothing came for ``timeout_s`` (``options``:
+    more keyword arguments of the consumer, e.g. credentials)."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=int(timeout_s * 1000), **options)
+    values = []
+    for message in consumer:
+        values.append(message.value)
+        if len(values) >= expected:
+            break
+    consumer.close()
+    return values
+
+
+def truth(path: Path) -> dict[str, dict[str, int]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {r["request_id"]: r["exposed"] for r in rows}
+

@@ -6,7 +6,7 @@ from deploy.pipeline import Component
 from streams.assembler import group_id
 from streams.schemas import decode_sample_group
 
-from .conftest import read_topic, simulate, truth
+from ..conftest import read_topic, simulate, truth
 
 WORKER = ["streams", "--window", "1", "--lateness", "0.5"]
 

@@ -7,7 +7,7 @@ from deploy.stack.process import free_port
 from streams.producer import EventProducer, ProducerUnavailable
 from streams.schemas import ExposureEvent, decode_exposure
 
-from .conftest import read_topic
+from ..conftest import read_topic
 
 
 def test_events_are_acknowledged_and_counted(kafka_bootstrap, topic_prefix):

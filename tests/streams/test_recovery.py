@@ -5,7 +5,7 @@ from collections import Counter
 from deploy.pipeline import Component
 from streams.schemas import decode_sample_group
 
-from .conftest import read_topic, simulate, truth
+from ..conftest import read_topic, simulate, truth
 
 
 def test_sigkill_mid_stream_loses_no_request(stack_env, kafka_bootstrap, tmp_path):

@@ -4,7 +4,7 @@ import orjson
 
 from streams.schemas import decode_exposure, decode_item, decode_ranking
 
-from ..conftest import read_topic, simulate
+from ...conftest import read_topic, simulate
 
 
 def test_simulated_traffic_round_trips_through_the_broker(stack_env, kafka_bootstrap, tmp_path):
