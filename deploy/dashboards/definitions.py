@@ -20,6 +20,9 @@ def pipeline() -> dict[str, Any]:
         Panel("Missing features (defaults used)", (
             ("sum by (kind) (rate(hap_feature_store_missing_total[5m]))", "streams {{kind}}"),
             ("sum by (kind) (rate(hap_router_missing_features_total[5m]))", "router {{kind}}")), "ops"),
+        Panel("Dependency failures (Redis, Kafka) and what they cost", (
+            ("sum by (kind) (rate(hap_streams_errors_total[5m]))", "streams {{kind}}"),
+            ("sum(rate(hap_learner_publish_errors_total[5m]))", "learner publish failed")), "ops"),
     ])
 
 
