@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -41,6 +42,7 @@ from streams.schemas import (
     encode,
     is_positive,
 )
+from streams.watchdog import RESTARTS_ENV, STALLED_EXIT, Watchdog
 
 PARTITIONS = 4
 
@@ -59,6 +61,7 @@ class StreamsConfig:
     tick_s: float = 0.5
     partitions: int = PARTITIONS
     kafka_security: KafkaSecurity = KafkaSecurity()
+    stall_s: float = 120.0
 
 
 def _now_ms() -> int:
@@ -91,6 +94,8 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     pool = CandidatePool()
     features = StreamFeatures(cfg.redis.client(), prefix="hap:")
     state = _WorkerState()
+    watchdog = Watchdog(cfg.stall_s)
+    metrics.RESTARTS.set(int(os.environ.get(RESTARTS_ENV, "0")))
 
     async def dead_letter(reason: InvalidEvent | str, message: Any) -> None:
         inv = reason if isinstance(reason, InvalidEvent) else InvalidEvent(reason)
@@ -189,6 +194,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     @app.agent(inputs)
     async def assemble_agent(stream: faust.StreamT) -> None:
         async for ev in stream.events():
+            watchdog.beat()
             if state.needs_rebuild() and app.tables.recovery.completed.is_set():
                 state.rebuild(pending, finalized)
                 app.log.info("indexed %d pending and %d finalized requests",
@@ -214,6 +220,13 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     async def tick() -> None:
         for partition in range(cfg.partitions):
             await ticks.send(key=b"tick", value=b"", partition=partition)
+
+    @app.timer(interval=min(5.0, cfg.stall_s / 4))
+    async def check_progress() -> None:
+        if watchdog.stalled():
+            app.log.error("no message handled for %.0fs (not even our own ticks): exiting to be replaced",
+                          cfg.stall_s)
+            os._exit(STALLED_EXIT)  # at once: Faust's stop may hang on the same wedged client
 
     app.hap_tables = (pending, finalized)  # type: ignore[attr-defined]
     return app

@@ -21,9 +21,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-corrections", action="store_true", help="dead-letter late feedback instead")
     p.add_argument("--metrics-port", type=int, default=None, help="default: HAP_STREAMS_METRICS_PORT or 9101")
     p.add_argument("--worker-id", default=env("HAP_WORKER_ID", "0"))
+    p.add_argument("--stall-timeout", type=float, default=float(env("HAP_STREAMS_STALL_S", 120)),
+                   help="seconds without progress after which the worker is replaced by a fresh one")
+    p.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)  # the supervised child
 
 
 def run(args: argparse.Namespace) -> int:
+    """Supervise one worker process (see :mod:`streams.watchdog`); in that process, run the worker."""
+    if not args.worker_process:
+        from streams.watchdog import supervise
+
+        return supervise([sys.executable, "-m", "deploy.cli", *sys.argv[1:], "--worker-process"])
+    return run_worker(args)
+
+
+def run_worker(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from deploy.settings import Settings
@@ -37,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = StreamsConfig(
         bootstrap=s.kafka_bootstrap, redis=s.redis, kafka_security=s.kafka_security, topic_prefix=s.topic_prefix,
         data_dir=Path(s.data_dir) / f"streams-{args.worker_id}", corrections=not args.no_corrections,
+        stall_s=args.stall_timeout,
         assembler=AssemblerConfig(
             window_ms=int(args.window * 1000), lateness_ms=int(args.lateness * 1000),
             dwell_threshold_ms=int(args.dwell_threshold * 1000), max_rn=args.max_rn, max_prn=args.max_prn,

@@ -13,6 +13,7 @@ LAG = Histogram(
 LATE = Counter("hap_streams_late", "Events for requests already finalized", ["outcome"])
 INVALID = Counter("hap_streams_invalid", "Events sent to the dead-letter topic", ["reason_kind"])
 MISSING = Counter("hap_feature_store_missing", "Feature lookups that fell back to a default", ["kind"])
+RESTARTS = Gauge("hap_streams_worker_restarts", "Times this worker was replaced after it stopped making progress")
 ERRORS = Counter("hap_streams_errors", "Failures of a dependency and what they cost", ["kind"])
 for _kind in ("redis", "history_skipped", "stats_dropped"):  # exported at 0 from the start, so rate() works
     ERRORS.labels(_kind)

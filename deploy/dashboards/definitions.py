@@ -23,6 +23,8 @@ def pipeline() -> dict[str, Any]:
         Panel("Dependency failures (Redis, Kafka) and what they cost", (
             ("sum by (kind) (rate(hap_streams_errors_total[5m]))", "streams {{kind}}"),
             ("sum(rate(hap_learner_publish_errors_total[5m]))", "learner publish failed")), "ops"),
+        Panel("Streams workers replaced after a stall", (("sum(hap_streams_worker_restarts)", "restarts"),),
+              "none", "stat"),
     ])
 
 
