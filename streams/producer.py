@@ -10,6 +10,10 @@ Authentication: pass ``security`` (:class:`streams.kafka_security.KafkaSecurity`
 
 Lifecycle: construct (connects, raises :class:`ProducerUnavailable` when no broker answers),
 ``send_*`` any number of times, ``close()`` once (flushes); never call ``send_*`` after close.
+A broker outage is ridden out by retries; a ``send_*`` that cannot get metadata within
+``max_block_ms`` (10 s) and a ``close()`` that cannot deliver everything within ``timeout_s``
+raise :class:`ProducerUnavailable`: an event is never dropped without an error and a count
+(``failed``, ``hap_producer_errors_total``).
 
 Examples
 --------
@@ -20,6 +24,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from kafka import KafkaProducer
@@ -72,7 +77,11 @@ class EventProducer:
 
     def _send(self, topic: str, key: str, value: bytes) -> None:
         full = self.prefix + topic
-        future = self._producer.send(full, key=key.encode(), value=value)
+        try:
+            future = self._producer.send(full, key=key.encode(), value=value)
+        except KafkaError as exc:  # no metadata within max_block_ms: the broker is gone
+            self._failed(full)
+            raise ProducerUnavailable(f"cannot send to {full}: {exc}") from exc
         future.add_callback(lambda _meta: (SENT.labels(full).inc(), BYTES.labels(full).inc(len(value))))
         future.add_errback(lambda _exc: self._failed(full))
 
@@ -87,10 +96,18 @@ class EventProducer:
         except KafkaError as exc:
             raise ProducerUnavailable(f"flush failed: {exc}") from exc
 
-    def close(self) -> None:
-        """Flush and release the connection."""
-        self.flush()
+    def close(self, timeout_s: float = 120.0) -> None:
+        """Flush (at most ``timeout_s``) and release the connection; raises
+        :class:`ProducerUnavailable` when events were not delivered."""
+        try:
+            self.flush(timeout_s)
+        except ProducerUnavailable:
+            with contextlib.suppress(KafkaError):  # kafka-python re-raises the flush timeout here
+                self._producer.close(timeout=0)
+            raise
         self._producer.close()
+        if self.failed:
+            raise ProducerUnavailable(f"{self.failed} events were not acknowledged by the broker")
 
     def __enter__(self) -> EventProducer:
         return self

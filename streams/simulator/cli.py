@@ -6,9 +6,11 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from streams.producer import EventProducer, ProducerUnavailable
 from streams.schemas import ItemUpdate
 from streams.simulator.cascade import Request, router_preranker
 from streams.simulator.replay import MindReplay
@@ -57,17 +59,20 @@ def run(args: argparse.Namespace) -> int:
         writer = FileWriter(args.out)
     else:
         from deploy.settings import Settings
-        from streams.producer import EventProducer
 
         settings = Settings.load()
         writer = EventProducer(settings.kafka_bootstrap, topic_prefix=settings.topic_prefix,
                                security=settings.kafka_security)
     report = EmitReport()
-    emit_items(items, writer, report)
-    sent = emit(requests, writer, rate=args.rate or None, n_requests=n, duplicate_rate=args.duplicate_rate,
-                seed=args.seed, truth_file=args.truth, realtime=args.out is None,
-                progress=not args.no_progress, duration_s=args.duration)
-    writer.close()
+    try:
+        emit_items(items, writer, report)
+        sent = emit(requests, writer, rate=args.rate or None, n_requests=n, duplicate_rate=args.duplicate_rate,
+                    seed=args.seed, truth_file=args.truth, realtime=args.out is None,
+                    progress=not args.no_progress, duration_s=args.duration)
+        writer.close()
+    except ProducerUnavailable as exc:  # the broker went away for good: say so, exit 1
+        print(f"hap simulate: {exc}", file=sys.stderr)
+        return 1
     sent.items = report.items
     summary = dataclasses.asdict(sent)
     print(json.dumps(summary))
