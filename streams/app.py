@@ -4,9 +4,10 @@ Topology (all input topics keyed by ``request_id`` and co-partitioned):
 
 - ``assemble`` consumes ``ranking``, ``exposure`` and the internal ``streams-ticks`` topic
   (one tick per partition per second, so windows close on quiet streams too). Pending
-  requests live in the changelog-backed table ``pending``; finalized ones in ``finalized``
-  (for late-event detection, kept ``retention_ms``). A restarted or rebalanced worker
-  recovers both from their changelogs.
+  requests live in the changelog-backed tables ``pending`` and ``rankings``; finalized ones in
+  ``finalized`` and their last emitted group in ``emitted`` (for late-event detection and
+  corrections, kept ``retention_ms``; the ranking event itself is dropped at finalization).
+  A restarted or rebalanced worker recovers them from their changelogs.
 - ``catalogue`` consumes ``items`` into the candidate pool.
 
 Delivery: at-least-once. Offsets are committed after an event is processed; a crash between
@@ -29,20 +30,22 @@ import orjson
 
 from feature_store.connection import RedisEndpoint
 from streams import metrics
-from streams.assembler import AssemblerConfig, add_exposure, add_ranking, assemble, is_due, new_pending
+from streams.assembler import AssemblerConfig, add_exposure, add_ranking, assemble, is_due, new_pending, relabel
 from streams.features import StreamFeatures
 from streams.kafka_security import KafkaSecurity
 from streams.pool import CandidatePool
 from streams.schemas import (
     InvalidEvent,
     Limits,
+    SampleGroup,
     decode_exposure,
     decode_item,
     decode_ranking,
+    decode_sample_group,
     encode,
     is_positive,
 )
-from streams.watchdog import RESTARTS_ENV, STALLED_EXIT, Watchdog
+from streams.watchdog import RECOVERY_GRACE, RESTARTS_ENV, STALLED_EXIT, Watchdog
 
 PARTITIONS = 4
 
@@ -61,7 +64,7 @@ class StreamsConfig:
     tick_s: float = 0.5
     partitions: int = PARTITIONS
     kafka_security: KafkaSecurity = KafkaSecurity()
-    stall_s: float = 120.0
+    stall_s: float = 30.0
 
 
 def _now_ms() -> int:
@@ -89,7 +92,8 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     dlq = app.topic(f"{t}dlq", **raw)
     pending = app.Table("pending", default=None, partitions=cfg.partitions)
     # the ranking event's bytes, written once per request (the join state stays small)
-    rankings = app.Table("rankings", default=None, partitions=cfg.partitions)
+    rankings = app.Table("rankings", default=None, partitions=cfg.partitions)  # until the request is finalized
+    emitted = app.Table("emitted", default=None, partitions=cfg.partitions)  # its last group, while finalized
     finalized = app.Table("finalized", default=None, partitions=cfg.partitions)
     pool = CandidatePool()
     features = StreamFeatures(cfg.redis.client(), prefix="hap:")
@@ -105,14 +109,17 @@ def make_app(cfg: StreamsConfig) -> faust.App:
             "offset": message.offset, "original": base64.b64encode(message.value or b"").decode(),
         }))
 
-    async def emit(rid: str, st: dict[str, Any], wall: int) -> None:
-        ranking = state.decoded.pop(rid, None) or decode_ranking(rankings[rid].encode(), cfg.limits)
-        group = assemble(st, ranking, cfg.assembler, pool, features.read, wall)
-        await samples.send(key=rid.encode(), value=encode(group))
-        kind = "correction" if group.correction else "group"
-        metrics.GROUPS.labels(kind).inc()
+    async def send(group: SampleGroup) -> None:
+        value = encode(group)
+        await samples.send(key=group.request_id.encode(), value=value)
+        emitted[group.request_id] = value.decode()  # what a correction relabels, kept while finalized is
+        metrics.GROUPS.labels("correction" if group.correction else "group").inc()
         for item in group.items:
             metrics.SAMPLES.labels(item.source).inc()
+
+    async def emit(rid: str, st: dict[str, Any], wall: int) -> None:
+        ranking = state.decoded.pop(rid, None) or decode_ranking(rankings[rid].encode(), cfg.limits)
+        await send(assemble(st, ranking, cfg.assembler, pool, features.read, wall))
         metrics.LAG.observe(max(0.0, (wall - st["last_wall_ms"]) / 1000))
         features.set_history(ranking.user_id, (list(ranking.user_features.get("history", [])) + st["positive"])[-50:])
 
@@ -135,18 +142,20 @@ def make_app(cfg: StreamsConfig) -> faust.App:
                 await emit(rid, st, wall)
                 finalized[rid] = {**st, "finalized_ms": wall, "partition": partition}
                 state.closed[partition].append((wall, rid))
+                del rankings[rid]  # the biggest thing kept: its group (in emitted) is all a correction needs
             del pending[rid]
         while state.closed[partition] and state.closed[partition][0][0] < wall - cfg.retention_ms:
             _, rid = state.closed[partition].pop(0)
             del finalized[rid]
-            del rankings[rid]
+            emitted.pop(rid, None)
         metrics.PENDING.set(sum(len(s) for s in state.open.values()))
 
     async def late(rid: str, done: dict[str, Any], event: Any, message: Any, wall: int) -> None:
         if cfg.corrections and event.type == "feedback" and is_positive(event, cfg.assembler.dwell_threshold_ms) \
                 and event.item_id in done["exposed"] and event.item_id not in done["positive"]:
             done = {**done, "positive": [*done["positive"], event.item_id], "revision": done["revision"] + 1}
-            await emit(rid, done, wall)
+            await send(relabel(decode_sample_group(emitted[rid].encode()), set(done["positive"]), done["revision"],
+                               wall))
             finalized[rid] = done
             metrics.LATE.labels("correction").inc()
         elif event.type == "feedback" and event.item_id in done["positive"]:
@@ -223,9 +232,10 @@ def make_app(cfg: StreamsConfig) -> faust.App:
 
     @app.timer(interval=min(5.0, cfg.stall_s / 4))
     async def check_progress() -> None:
-        if watchdog.stalled():
-            app.log.error("no message handled for %.0fs (not even our own ticks): exiting to be replaced",
-                          cfg.stall_s)
+        recovering = not app.tables.recovery.completed.is_set()  # tables replaying: the agent waits
+        if watchdog.stalled(RECOVERY_GRACE if recovering else 1.0):
+            app.log.error("no message handled for %.0fs (not even our own ticks)%s: exiting to be replaced",
+                          time.monotonic() - watchdog.last, " while recovering" if recovering else "")
             os._exit(STALLED_EXIT)  # at once: Faust's stop may hang on the same wedged client
 
     app.hap_tables = (pending, finalized)  # type: ignore[attr-defined]

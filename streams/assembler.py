@@ -107,3 +107,13 @@ def assemble(state: dict[str, Any], ranking: RankingEvent, config: AssemblerConf
         group_id(ranking.request_id, state["revision"]), ranking.request_id, ranking.user_id, ranking.ts_ms,
         assembled_ms, items, ranking.user_features, correction=state["revision"] > 0,
     )
+
+
+def relabel(group: SampleGroup, positive: set[str], revision: int, assembled_ms: int) -> SampleGroup:
+    """A correction of ``group``: the same sampled items and features, its exposed items
+    labelled by ``positive``, under the id of ``revision``."""
+    items = [dataclasses.replace(i, source="exp_pos" if i.item_id in positive else "exp_neg",
+                                 label=int(i.item_id in positive))
+             if i.source in ("exp_pos", "exp_neg") else i for i in group.items]
+    return dataclasses.replace(group, group_id=group_id(group.request_id, revision), assembled_ts_ms=assembled_ms,
+                               items=items, correction=True)

@@ -1,21 +1,23 @@
-"""The streams worker on a real broker: groups match the simulator's ground truth; bad input to the DLQ."""
+"""The streams worker on a real broker: groups match the simulator's ground truth; bad input to the DLQ;
+a late click corrects its group."""
+
+import time
 
 import orjson
 
 from deploy.pipeline import Component
 from streams.assembler import group_id
-from streams.schemas import decode_sample_group
+from streams.producer import EventProducer
+from streams.schemas import ExposureEvent, decode_sample_group
 
 from ..conftest import read_topic, simulate, truth
 
 WORKER = ["streams", "--window", "1", "--lateness", "0.5"]
 
 
-def test_groups_match_ground_truth_and_invalid_input_goes_to_dlq(stack_env, kafka_bootstrap, tmp_path):
+def test_groups_match_ground_truth_bad_input_goes_to_dlq_late_clicks_correct(stack_env, kafka_bootstrap, tmp_path):
     report = simulate(stack_env, tmp_path, "--requests", "60", "--rate", "0", "--duplicate-rate", "0.05",
                       "--truth", str(tmp_path / "truth.jsonl"), "--feedback-delay", "0.2")
-    from streams.producer import EventProducer
-
     with EventProducer(kafka_bootstrap, topic_prefix=stack_env["HAP_TOPIC_PREFIX"]) as producer:
         producer.send_raw("ranking", "bad-1", b"{not json")
         producer.send_raw("exposure", "bad-2", orjson.dumps({"schema_version": 1, "type": "exposure"}))
@@ -24,8 +26,18 @@ def test_groups_match_ground_truth_and_invalid_input_goes_to_dlq(stack_env, kafk
         groups = [decode_sample_group(v) for v in read_topic(kafka_bootstrap, stack_env["HAP_TOPIC_PREFIX"]
                                                              + "samples", report["requests"])]
         dlq = [orjson.loads(v) for v in read_topic(kafka_bootstrap, stack_env["HAP_TOPIC_PREFIX"] + "dlq", 2)]
+        rid, item = next((r, i) for r, labels in truth(tmp_path / "truth.jsonl").items()
+                         for i, label in labels.items() if not label)
+        with EventProducer(kafka_bootstrap, topic_prefix=stack_env["HAP_TOPIC_PREFIX"]) as producer:
+            producer.send_exposure(ExposureEvent(rid, "u", item, int(time.time() * 1000), "feedback", click=True))
+        fixes = [decode_sample_group(v) for v in read_topic(kafka_bootstrap, stack_env["HAP_TOPIC_PREFIX"]
+                                                            + "samples", len(groups) + 1)][len(groups):]
     finally:
         worker.stop()
+    original = next(g for g in groups if g.request_id == rid)
+    assert [(f.group_id, f.correction) for f in fixes] == [(group_id(rid, 1), True)]  # late click: a correction
+    assert [i.item_id for i in fixes[0].items] == [i.item_id for i in original.items]
+    assert {i.item_id for i in fixes[0].items if i.label} == {i.item_id for i in original.items if i.label} | {item}
     expected = truth(tmp_path / "truth.jsonl")
     assert sorted(g.request_id for g in groups) == sorted(expected)  # one group per request, duplicates joined
     for g in groups:

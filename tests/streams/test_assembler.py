@@ -2,7 +2,16 @@
 
 import numpy as np
 
-from streams.assembler import AssemblerConfig, add_exposure, add_ranking, assemble, group_id, is_due, new_pending
+from streams.assembler import (
+    AssemblerConfig,
+    add_exposure,
+    add_ranking,
+    assemble,
+    group_id,
+    is_due,
+    new_pending,
+    relabel,
+)
 from streams.pool import CandidatePool
 from streams.schemas import ExposureEvent
 from streams.simulator.world import World
@@ -53,3 +62,16 @@ def test_window_closes_by_event_time_or_when_the_stream_is_quiet():
     assert is_due(state, watermark_ms=13_000, wall_ms=600, config=cfg)
     assert is_due(state, watermark_ms=0, wall_ms=12_500, config=cfg)
     assert np.isclose(state["last_ts"], 1_000)
+
+
+def test_a_correction_relabels_the_same_items_under_a_new_id():
+    request, state, pool = build()
+    group = assemble(state, request.ranking, AssemblerConfig(), pool, no_stats, 1)
+    negative = next(i.item_id for i in group.items if i.source == "exp_neg")
+    positive = {i.item_id for i in group.items if i.source == "exp_pos"} | {negative}
+    fixed = relabel(group, positive, revision=1, assembled_ms=2)
+    assert fixed.group_id == group_id(group.request_id, 1) != group.group_id and fixed.correction
+    assert [i.item_id for i in fixed.items] == [i.item_id for i in group.items]  # same samples, same features
+    assert {i.item_id for i in fixed.items if i.label} == positive
+    assert [i.source for i in fixed.items if i.item_id != negative] == \
+        [i.source for i in group.items if i.item_id != negative]
