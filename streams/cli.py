@@ -21,8 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-corrections", action="store_true", help="dead-letter late feedback instead")
     p.add_argument("--metrics-port", type=int, default=None, help="default: HAP_STREAMS_METRICS_PORT or 9101")
     p.add_argument("--worker-id", default=env("HAP_WORKER_ID", "0"))
-    p.add_argument("--stall-timeout", type=float, default=float(env("HAP_STREAMS_STALL_S", 120)),
-                   help="seconds without progress after which the worker is replaced by a fresh one")
+    p.add_argument("--stall-timeout", type=float, default=float(env("HAP_STREAMS_STALL_S", 30)),
+                   help="seconds without progress (x10 while tables recover) before the worker is replaced")
     p.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)  # the supervised child
 
 

@@ -3,8 +3,9 @@
 A worker whose Kafka client gets stuck (seen: aiokafka spinning on metadata requests after
 the topics were created on a fresh broker) consumes nothing while looking alive. Every
 message the worker's agent handles, its own ticks included (one per partition per
-``tick_s``), beats the :class:`Watchdog`; when no beat came for ``stall_s`` the worker exits
-with :data:`STALLED_EXIT`, and :func:`supervise` (what `hap streams` runs) starts a fresh one.
+``tick_s``), beats the :class:`Watchdog`; when no beat came for ``stall_s`` (ten times that
+while the tables recover, when the agent legitimately waits) the worker exits with
+:data:`STALLED_EXIT`, and :func:`supervise` (what `hap streams` runs) starts a fresh one.
 Exiting at once is safe: offsets are committed only after processing and the pending
 requests live in changelog-backed tables, exactly as after a SIGKILL.
 
@@ -24,6 +25,7 @@ import subprocess
 import time
 
 STALLED_EXIT = 3
+RECOVERY_GRACE = 10.0  # while the tables recover from their changelogs, a stall counts after 10 x stall_s
 RESTARTS_ENV = "HAP_STREAMS_RESTARTS"
 log = logging.getLogger("hap.streams")
 
@@ -37,9 +39,9 @@ class Watchdog:
         """Progress was made."""
         self.last = time.monotonic()
 
-    def stalled(self) -> bool:
-        """No progress for longer than ``stall_s``."""
-        return time.monotonic() - self.last > self.stall_s
+    def stalled(self, factor: float = 1.0) -> bool:
+        """No progress for longer than ``factor`` × ``stall_s``."""
+        return time.monotonic() - self.last > factor * self.stall_s
 
 
 def supervise(cmd: list[str], restart_delay_s: float = 1.0) -> int:
