@@ -62,6 +62,12 @@ class Metrics:
         return lower
 
 
+    def since(self, earlier: Metrics) -> Metrics:
+        """What accumulated after ``earlier`` (counters and histogram buckets; gauges become
+        differences too), e.g. a histogram's quantile over one interval."""
+        return Metrics({key: v - earlier.samples.get(key, 0.0) for key, v in self.samples.items()})
+
+
 def parse_metrics(text: str) -> Metrics:
     """Parse Prometheus text exposition format."""
     samples = {}

@@ -1,0 +1,217 @@
+"""Soak: the whole pipeline under sustained ingest for minutes, with the router under load from a
+second process. Is memory flat and is lag bounded?
+
+1. `hap streams`, `hap learner` and `hap router` run as real processes on fresh topics;
+   `hap simulate --duration` produces at ``--rate`` events/s (default: the streams bench's rate).
+2. A second process posts pre-ranking requests to the router at ``--router-rps``.
+3. Every ``--every`` seconds: each component's RSS, the input backlog (the streams consumer
+   group's lag: events produced and not yet committed), the event-to-sample lag p99 over that interval (join window
+   included: ``--window``, short by default) and the served model's age; one progress line each.
+
+    python bench/soak.py [--minutes 5] [--rate 1000]   # needs a stack: `hap stack up`
+
+Memory is reported as a ratio against the same run's own baseline (RSS once warmed up, after
+the first fifth), lag as the backlog and the worst interval p99. Writes ``soak.png`` (RSS, lag
+and backlog over time) under ``--out`` and ends with one JSON line {"rss_growth",
+"backlog_events_max", "lag_p99_s_max", "router_p99_ms", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+from kafka import KafkaConsumer, TopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from deploy.pipeline import Component  # noqa: E402
+from deploy.scrape import Metrics, scrape  # noqa: E402
+from deploy.settings import Settings  # noqa: E402
+from deploy.stack.process import free_port  # noqa: E402
+from streams.topics import ensure_topics  # noqa: E402
+
+PARTS = ("streams", "learner", "router")
+LAG = "hap_streams_event_to_sample_seconds"
+
+
+def router_load(url: str, stop_at: float, candidates: int, rps: float, out: multiprocessing.Queue) -> None:
+    """Runs in a second process: post ``rps`` requests a second until ``stop_at``; send back
+    latencies and failures."""
+    body = orjson.dumps({"request_id": "soak", "user_id": "u1", "k": 50,
+                         "candidates": [{"item_id": f"i{i}"} for i in range(candidates)]})
+    latencies, failures = [], 0
+    next_at = time.time()
+    while time.time() < stop_at:
+        next_at += 1 / rps
+        time.sleep(max(0.0, next_at - time.time()))
+        started = time.perf_counter()
+        try:
+            req = urllib.request.Request(f"{url}/v1/prerank", body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                resp.read()
+            latencies.append(time.perf_counter() - started)
+        except (urllib.error.URLError, OSError):
+            failures += 1
+            time.sleep(0.1)
+    out.put((latencies, failures))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its descendants (`hap streams` supervises a worker process)."""
+    total = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            total += int(line.split()[1]) / 1024
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += rss_mb(int(child))
+    return total
+
+
+def offsets(consumer: KafkaConsumer, topics: list[str]) -> tuple[int, int]:
+    """Events written to ``topics`` so far, and those of them the consumer's group has committed
+    (``consumer`` only reads offsets: it never joins the group)."""
+    parts = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+    ends = consumer.end_offsets(parts)
+    return sum(ends.values()), sum(consumer.committed(tp) or 0 for tp in parts)
+
+
+def sample(parts: dict[str, Component], urls: dict[str, str], previous: Metrics | None,
+           written_committed: tuple[int, int]) -> tuple[dict, Metrics]:
+    streams = scrape(urls["streams"])
+    window = streams.since(previous) if previous is not None else streams
+    router = scrape(urls["router"])
+    row = {f"rss_{name}_mb": rss_mb(part.proc.pid) for name, part in parts.items() if part.proc}
+    row.update(lag_p99_s=window.quantile(LAG, 0.99), events=streams.total("hap_streams_events_total"),
+               restarts=streams.total("hap_streams_worker_restarts"),
+               model_age_s=router.total("hap_router_model_age_seconds"),
+               version=router.total("hap_router_model_version"))
+    row["written"], row["committed"] = written_committed
+    row["backlog"] = row["written"] - row["committed"]
+    return row, streams
+
+
+def plot(rows: list[dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["t_s"] / 60 for r in rows]
+    fig, (mem, lag) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for name in PARTS:
+        mem.plot(t, [r[f"rss_{name}_mb"] for r in rows], label=name)
+    mem.set_ylabel("RSS (MB)")
+    mem.legend()
+    lag.plot(t, [r["lag_p99_s"] or 0 for r in rows], label="event->sample p99 (interval)")
+    lag.plot(t, [r["model_age_s"] for r in rows], label="served model age")
+    lag.set_ylabel("seconds")
+    backlog = lag.twinx()
+    backlog.plot(t, [r["backlog"] for r in rows], color="grey", linestyle=":", label="backlog (events)")
+    backlog.set_ylabel("events not yet consumed")
+    lag.set_xlabel("minutes")
+    lag.legend()
+    fig.tight_layout()
+    path = out / "soak.png"
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--rate", type=float, default=1000.0, help="events/s (bench/streams.py measures one worker)")
+    parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument("--candidates", type=int, default=1000, help="candidates per router request")
+    parser.add_argument("--router-rps", type=float, default=50.0, help="router requests per second")
+    parser.add_argument("--window", type=float, default=2.0,
+                        help="join window, s: short, so that the lag shows processing rather than waiting")
+    parser.add_argument("--out", type=Path, default=Path(".hap/bench"))
+    args = parser.parse_args()
+    s = Settings.load()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        env = {"HAP_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "HAP_REDIS_URL": s.redis_url, "HAP_DATA_DIR": str(tmp),
+               "HAP_TOPIC_PREFIX": f"soak{uuid.uuid4().hex[:6]}.", "HAP_STREAMS_METRICS_PORT": str(free_port()),
+               "HAP_LEARNER_METRICS_PORT": str(free_port()), "HAP_ROUTER_PORT": str(free_port())}
+        ensure_topics(s.kafka_bootstrap, env["HAP_TOPIC_PREFIX"], security=s.kafka_security)
+        urls = {"streams": f"http://127.0.0.1:{env['HAP_STREAMS_METRICS_PORT']}/metrics",
+                "learner": f"http://127.0.0.1:{env['HAP_LEARNER_METRICS_PORT']}/metrics",
+                "router": f"http://127.0.0.1:{env['HAP_ROUTER_PORT']}/metrics"}
+        streams = ["streams", "--window", str(args.window), "--lateness", "1"]
+        parts = {"streams": Component("streams", streams, tmp, env),
+                 "learner": Component("learner", ["learner"], tmp, env),
+                 "router": Component("router", ["router"], tmp, env)}
+        for part in parts.values():
+            part.start()
+        duration = args.minutes * 60
+        # produces from now until the soak ends (stopped then), the wait for the first model included
+        sim = Component("simulate", ["simulate", "--requests", str(10**9), "--rate",
+                        str(args.rate), "--candidates", "500", "--items", "20000", "--no-progress"], tmp, env).start()
+        try:
+            parts["router"].wait_http(urls["router"].replace("/metrics", "/readyz"), timeout_s=120)
+            results: multiprocessing.Queue = multiprocessing.Queue()
+            started = time.time()
+            load = multiprocessing.Process(target=router_load, args=(
+                urls["router"].removesuffix("/metrics"), started + duration, args.candidates, args.router_rps, results))
+            load.start()
+            rows, previous = [], None
+            group = "hap-streams-" + env["HAP_TOPIC_PREFIX"].rstrip(".")  # the workers' consumer group
+            reader = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=group, enable_auto_commit=False,
+                                   **s.kafka_security.client_options())
+            inputs = [env["HAP_TOPIC_PREFIX"] + t for t in ("ranking", "exposure")]
+            while time.time() - started < duration:
+                time.sleep(args.every)
+                row, previous = sample(parts, urls, previous, offsets(reader, inputs))
+                row["t_s"] = round(time.time() - started, 1)
+                rows.append(row)
+                dead = [name for name, part in parts.items() if not part.alive]
+                print(f"[{row['t_s']:6.0f}s] events {row['events']:.0f} backlog {row['backlog']:.0f}  "
+                      f"lag p99 {row['lag_p99_s'] or 0:.2f}s  "
+                      f"version {row['version']:.0f}  age {row['model_age_s']:.1f}s  RSS "
+                      + " ".join(f"{n} {row[f'rss_{n}_mb']:.0f}MB" for n in PARTS), file=sys.stderr, flush=True)
+                if dead:
+                    raise SystemExit(f"soak: {', '.join(dead)} died; see {tmp}")
+            latencies, failures = results.get(timeout=60)
+            load.join()
+        finally:
+            for part in [sim, *parts.values()]:
+                part.stop()
+        chart = plot(rows, args.out)
+    warm = rows[max(1, len(rows) // 5) - 1]
+    growth = {n: round(rows[-1][f"rss_{n}_mb"] / warm[f"rss_{n}_mb"], 3) for n in PARTS}
+    lags = [r["lag_p99_s"] for r in rows if r["lag_p99_s"] is not None]
+    ms = np.array(latencies) * 1000
+    print(json.dumps({
+        "minutes": args.minutes, "rate_events_per_s": args.rate,
+        "produced_events_per_s": round((rows[-1]["written"] - rows[0]["written"]) / (rows[-1]["t_s"] - rows[0]["t_s"]),
+                                       1),
+        "consumed_events_per_s": round(
+            (rows[-1]["committed"] - rows[0]["committed"]) / (rows[-1]["t_s"] - rows[0]["t_s"]), 1),
+        "worker_restarts": rows[-1]["restarts"],
+        "backlog_events_first": rows[0]["backlog"], "backlog_events_max": max(r["backlog"] for r in rows),
+        "backlog_events_last": rows[-1]["backlog"], "join_window_s": args.window,
+        "rss_growth": growth, "rss_end_mb": {n: round(rows[-1][f"rss_{n}_mb"], 1) for n in PARTS},
+        "lag_p99_s_first": lags[0] if lags else None, "lag_p99_s_max": max(lags) if lags else None,
+        "lag_p99_s_last": lags[-1] if lags else None,
+        "model_age_s_max": max(r["model_age_s"] for r in rows), "versions": rows[-1]["version"],
+        "router_rps": args.router_rps, "router_requests": len(latencies), "router_failures": failures,
+        "router_p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
+        "router_p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None, "plot": str(chart),
+    }))
+
+
+if __name__ == "__main__":
+    main()
