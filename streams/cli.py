@@ -42,7 +42,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from streams.app import StreamsConfig, make_app
     from streams.assembler import AssemblerConfig
     from streams.log_filter import quiet_repeats
-    from streams.topics import ensure_topics
+    from streams.topics import ensure_topics, ensure_worker_topics
 
     s = Settings.load()
     start_http_server(args.metrics_port or s.streams_metrics_port, addr="127.0.0.1")
@@ -58,6 +58,7 @@ def run_worker(args: argparse.Namespace) -> int:
     )
     ensure_topics(cfg.bootstrap, cfg.topic_prefix, cfg.partitions, security=cfg.kafka_security)
     app = make_app(cfg)
+    ensure_worker_topics(cfg.bootstrap, app.conf.id, list(app.tables), cfg.partitions, security=cfg.kafka_security)
     quiet_repeats()
     _Worker = _make_worker_class()
     sys.argv = [sys.argv[0], "worker"]

@@ -1,7 +1,7 @@
 """Crash-only recovery for a wedged streams worker: a watchdog inside it, a supervisor around it.
 
-A worker whose Kafka client gets stuck (seen: aiokafka spinning on metadata requests right
-after start-up, with events already arriving) consumes nothing while looking alive. Every
+A worker whose Kafka client gets stuck consumes nothing while looking alive (seen right after
+start-up, before its internal topics were created up front: see :mod:`streams.topics`). Every
 message the worker's agent handles, its own ticks included (one per partition per
 ``tick_s``), beats the :class:`Watchdog`; when no beat came for ``stall_s`` (ten times that
 while the tables recover, when the agent legitimately waits) the worker exits with

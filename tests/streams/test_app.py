@@ -30,12 +30,12 @@ def test_groups_match_ground_truth_bad_input_goes_to_dlq_late_clicks_correct(sta
                          for i, label in labels.items() if not label)
         with EventProducer(kafka_bootstrap, topic_prefix=stack_env["HAP_TOPIC_PREFIX"]) as producer:
             producer.send_exposure(ExposureEvent(rid, "u", item, int(time.time() * 1000), "feedback", click=True))
-        fixes = [decode_sample_group(v) for v in read_topic(kafka_bootstrap, stack_env["HAP_TOPIC_PREFIX"]
-                                                            + "samples", len(groups) + 1)][len(groups):]
+        fixes = [g for g in map(decode_sample_group, read_topic(kafka_bootstrap, stack_env["HAP_TOPIC_PREFIX"]
+                                                                 + "samples", 10**6, timeout_s=15)) if g.correction]
     finally:
         worker.stop()
     original = next(g for g in groups if g.request_id == rid)
-    assert [(f.group_id, f.correction) for f in fixes] == [(group_id(rid, 1), True)]  # late click: a correction
+    assert [f.group_id for f in fixes] == [group_id(rid, 1)]  # the late click: one correction
     assert [i.item_id for i in fixes[0].items] == [i.item_id for i in original.items]
     assert {i.item_id for i in fixes[0].items if i.label} == {i.item_id for i in original.items if i.label} | {item}
     expected = truth(tmp_path / "truth.jsonl")
