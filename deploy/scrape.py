@@ -6,6 +6,8 @@ Examples
 >>> m = parse_metrics(text)
 >>> m.total("hap_x_total"), m.by_label("hap_x_total", "source")["gn"]
 (5.0, 3.0)
+>>> parse_metrics('hap_x_total{source="gn"} 7.0\\nhap_x_total{source="rn"} 1.0\\n').since(m).total("hap_x_total")
+5.0
 """
 
 from __future__ import annotations
@@ -63,9 +65,11 @@ class Metrics:
 
 
     def since(self, earlier: Metrics) -> Metrics:
-        """What accumulated after ``earlier`` (counters and histogram buckets; gauges become
-        differences too), e.g. a histogram's quantile over one interval."""
-        return Metrics({key: v - earlier.samples.get(key, 0.0) for key, v in self.samples.items()})
+        """What counters and histogram buckets accumulated after ``earlier`` (e.g. a histogram's
+        quantile over one interval); a counter that went down was reset by a restart, so all of
+        its value is new. Not meaningful for gauges."""
+        return Metrics({key: v - e if v >= (e := earlier.samples.get(key, 0.0)) else v
+                        for key, v in self.samples.items()})
 
 
 def parse_metrics(text: str) -> Metrics:

@@ -22,7 +22,6 @@ class Backoff:
     def __init__(self, backoff_s: float = 1.0) -> None:
         self.backoff_s = backoff_s
         self.until = 0.0
-        self.failures = 0
 
     @property
     def ready(self) -> bool:
@@ -30,5 +29,4 @@ class Backoff:
         return time.monotonic() >= self.until
 
     def failed(self) -> None:
-        self.failures += 1
         self.until = time.monotonic() + self.backoff_s

@@ -15,7 +15,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from deploy.settings import Settings
     from feature_store.model_store import ModelStore, ModelStoreError
 
