@@ -42,7 +42,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from streams.app import StreamsConfig, make_app
     from streams.assembler import AssemblerConfig
     from streams.log_filter import quiet_repeats
-    from streams.topics import ensure_topics, ensure_worker_topics
+    from streams.topics import create_missing, pipeline_topics, worker_topics
 
     s = Settings.load()
     start_http_server(args.metrics_port or s.streams_metrics_port, addr="127.0.0.1")
@@ -56,9 +56,9 @@ def run_worker(args: argparse.Namespace) -> int:
             gn_per_exposed=args.gn_per_exposed,
         ),
     )
-    ensure_topics(cfg.bootstrap, cfg.topic_prefix, cfg.partitions, security=cfg.kafka_security)
     app = make_app(cfg)
-    ensure_worker_topics(cfg.bootstrap, app.conf.id, list(app.tables), cfg.partitions, security=cfg.kafka_security)
+    create_missing(cfg.bootstrap, {**pipeline_topics(cfg.topic_prefix, cfg.partitions),
+                                   **worker_topics(app.conf.id, list(app.tables), cfg.partitions)}, cfg.kafka_security)
     quiet_repeats()
     _Worker = _make_worker_class()
     sys.argv = [sys.argv[0], "worker"]

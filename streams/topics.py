@@ -21,22 +21,29 @@ TOPICS = ("ranking", "exposure", "items", "samples", "dlq", "streams-ticks")
 COMPACTED = {"cleanup.policy": "compact"}
 
 
-def ensure_topics(bootstrap: str, prefix: str = "hap.", partitions: int = 4,
-                  security: KafkaSecurity = PLAINTEXT) -> list[str]:
-    """Create the missing topics; returns the names created. Existing topics are left as they are."""
-    return create_missing(bootstrap, {f"{prefix}{t}": (partitions, {}) for t in TOPICS}, security)
+Specs = dict[str, tuple[int, dict[str, str]]]  # topic name -> (partitions, topic config)
 
 
-def ensure_worker_topics(bootstrap: str, app_id: str, tables: list[str], partitions: int,
-                         security: KafkaSecurity = PLAINTEXT) -> list[str]:
-    """Create the changelogs of ``tables`` and the leader topic of the Faust app ``app_id``."""
+def pipeline_topics(prefix: str = "hap.", partitions: int = 4) -> Specs:
+    """The input, output and internal topics every component shares."""
+    return {f"{prefix}{t}": (partitions, {}) for t in TOPICS}
+
+
+def worker_topics(app_id: str, tables: list[str], partitions: int) -> Specs:
+    """The changelogs of ``tables`` and the leader topic of the Faust app ``app_id``."""
     topics = {f"{app_id}-{table}-changelog": (partitions, COMPACTED) for table in tables}
     topics[f"{app_id}-__assignor-__leader"] = (1, {})
-    return create_missing(bootstrap, topics, security)
+    return topics
 
 
-def create_missing(bootstrap: str, topics: dict[str, tuple[int, dict[str, str]]],
-                   security: KafkaSecurity = PLAINTEXT, timeout_s: float = 30.0) -> list[str]:
+def ensure_topics(bootstrap: str, prefix: str = "hap.", partitions: int = 4,
+                  security: KafkaSecurity = PLAINTEXT) -> list[str]:
+    """Create the missing pipeline topics; returns the names created. Existing topics are left as they are."""
+    return create_missing(bootstrap, pipeline_topics(prefix, partitions), security)
+
+
+def create_missing(bootstrap: str, topics: Specs, security: KafkaSecurity = PLAINTEXT,
+                   timeout_s: float = 30.0) -> list[str]:
     """Create those of ``topics`` (name -> partitions, config) that are missing and wait until
     every partition of each has a leader; returns the names created."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000, **security.client_options())
@@ -55,7 +62,7 @@ def create_missing(bootstrap: str, topics: dict[str, tuple[int, dict[str, str]]]
         admin.close()
 
 
-def _wait_for_leaders(admin: KafkaAdminClient, topics: dict[str, tuple[int, dict[str, str]]], timeout_s: float) -> None:
+def _wait_for_leaders(admin: KafkaAdminClient, topics: Specs, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         described = {t["name"]: t for t in admin.describe_topics(list(topics))}
