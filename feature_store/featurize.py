@@ -1,8 +1,11 @@
 """The one featurization shared by training (learner) and serving (router).
 
 IDs are hashed with a stable hash into ``ID_BUCKETS`` rows (row 0 is padding); the item's
-real-time statistics become a dense vector (``log1p`` of counts, smoothed rates as they are);
-the content type is hashed into ``CONTENT_TYPE_BUCKETS``.
+real-time statistics become a dense vector conditioned for learning: ``log1p`` of counts, and
+smoothed click rates as their logit centred on the prior's (``0`` = no evidence either way, which
+is also what a missing statistic reads as); the content type is hashed into
+``CONTENT_TYPE_BUCKETS``. ``PRIOR_FEATURE`` (the day's centred CTR logit) is the column both
+tiers add to their score as a residual prior, so a fresh model starts where the counter is.
 
 Examples
 --------
@@ -11,6 +14,10 @@ Examples
 ((2,), (2, 12))
 >>> round(float(items.dense[0, ITEM_STAT_FEATURES.index("exp_1h")]), 3)
 2.303
+>>> round(float(items.dense[1, PRIOR_INDEX]), 3)  # no statistics: the prior itself
+0.0
+>>> round(ctr_logit(0.1), 3)
+0.747
 >>> featurize_user("u1", {"history": ["n1"]}).history[:2].tolist() == [hash_id("item", "n1"), 0]
 True
 """
@@ -34,6 +41,13 @@ ID_BUCKETS = 1 << 17
 CONTENT_TYPE_BUCKETS = 16
 HISTORY_LEN = 50
 DENSE_DIM = len(ITEM_STAT_FEATURES)
+#: the smoothing of every click rate: ``(clicks + PRIOR_EXPOSURES * PRIOR_CTR) / (exposures + PRIOR_EXPOSURES)``
+PRIOR_EXPOSURES, PRIOR_CTR = 20.0, 0.05
+#: the dense column both tiers add to their score (the residual prior)
+PRIOR_FEATURE = "ctr_1d"
+PRIOR_INDEX = ITEM_STAT_FEATURES.index(PRIOR_FEATURE)
+_RATE_CLIP = 1e-4
+_PRIOR_LOGIT = math.log(PRIOR_CTR / (1 - PRIOR_CTR))
 
 
 def hash_id(namespace: str, value: str, buckets: int = ID_BUCKETS) -> int:
@@ -69,13 +83,31 @@ def featurize_user(user_id: str, user_features: Mapping[str, Any] | None = None)
     return UserInput(hash_id("user", user_id), ids)
 
 
+def smoothed_ctr(clicks: float, exposures: float) -> float:
+    """The click rate every component uses: shrunk towards ``PRIOR_CTR`` by ``PRIOR_EXPOSURES``."""
+    return (clicks + PRIOR_EXPOSURES * PRIOR_CTR) / (exposures + PRIOR_EXPOSURES)
+
+
+def ctr_logit(rate: float) -> float:
+    """``logit(rate) - logit(PRIOR_CTR)``, the rate clipped to ``[1e-4, 1 - 1e-4]``."""
+    r = min(max(rate, _RATE_CLIP), 1 - _RATE_CLIP)
+    return math.log(r / (1 - r)) - _PRIOR_LOGIT
+
+
+
 def dense_stats(stats: Mapping[str, float] | None) -> list[float]:
-    """The dense vector of one item's statistics; a missing statistic counts as 0."""
+    """The dense vector of one item's statistics: ``log1p`` counts, centred rate logits.
+
+    A missing count reads as 0 and a missing rate as the prior (centred logit 0).
+    """
     stats = stats or {}
     out = []
     for name in ITEM_STAT_FEATURES:
-        value = float(stats.get(name, 0.0) or 0.0)
-        out.append(value if name in RATE_FEATURES else math.log1p(max(value, 0.0)))
+        value = stats.get(name)
+        if name in RATE_FEATURES:
+            out.append(0.0 if value is None else ctr_logit(float(value)))
+        else:
+            out.append(math.log1p(max(float(value or 0.0), 0.0)))
     return out
 
 

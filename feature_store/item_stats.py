@@ -21,13 +21,12 @@ from collections.abc import Iterable, Sequence
 
 import redis
 
-from feature_store.featurize import ITEM_STAT_FEATURES
+from feature_store.featurize import ITEM_STAT_FEATURES, smoothed_ctr
 
 KINDS = ("exp", "clk", "pos")
 #: window name -> (bucket field prefix, bucket length ms, buckets in the window)
 WINDOWS = {"10m": ("m", 60_000, 10), "1h": ("t", 600_000, 6), "1d": ("h", 3_600_000, 24)}
 TTL_S = 2 * 86_400
-PRIOR_EXPOSURES, PRIOR_CTR = 20.0, 0.05
 
 
 class ItemStats:
@@ -77,7 +76,7 @@ def window_stats(raw: dict[bytes, bytes], at_ms: int) -> dict[str, float]:
             counts[f"{kind}_{window}"] += float(value)
     for window in WINDOWS:
         exp, clk = counts[f"exp_{window}"], counts[f"clk_{window}"]
-        counts[f"ctr_{window}"] = (clk + PRIOR_EXPOSURES * PRIOR_CTR) / (exp + PRIOR_EXPOSURES)
+        counts[f"ctr_{window}"] = smoothed_ctr(clk, exp)
     return counts
 
 

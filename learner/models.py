@@ -3,6 +3,12 @@
 Both read the arrays of :mod:`feature_store.featurize` and export a serving form
 ``(tensors, spec)`` that :mod:`router.serving` runs in numpy, without torch.
 
+Residual prior: with ``prior=True`` (the default) each tier adds ``prior_weight`` times the
+item's centred CTR logit (``feature_store.featurize.PRIOR_FEATURE``) to what it learns, with
+``prior_weight`` starting at 1 and the learned part starting near 0, so a fresh model ranks as
+the smoothed-CTR counter does and training learns the correction. ``prior=False`` is the
+ablation (the statistics are still inputs of the towers).
+
 Examples
 --------
 >>> import numpy as np
@@ -20,7 +26,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from feature_store.featurize import CONTENT_TYPE_BUCKETS, DENSE_DIM, ID_BUCKETS, ItemBatch, UserInput
+from feature_store.featurize import (
+    CONTENT_TYPE_BUCKETS,
+    DENSE_DIM,
+    ID_BUCKETS,
+    PRIOR_FEATURE,
+    PRIOR_INDEX,
+    ItemBatch,
+    UserInput,
+)
 
 Tensors = dict[str, torch.Tensor]
 
@@ -50,6 +64,13 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _shrink_last(mlp: nn.Sequential, factor: float) -> None:
+    """Scale the last layer's initial weights, so the learned part starts small."""
+    with torch.no_grad():
+        mlp[-1].weight.mul_(factor)
+        mlp[-1].bias.zero_()
+
+
 def _history_mean(emb: nn.Embedding, history: torch.Tensor) -> torch.Tensor:
     mask = (history > 0).float().unsqueeze(-1)
     return (emb(history) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -60,9 +81,23 @@ class Tier(nn.Module):
 
     name = ""
     embeddings: tuple[str, ...] = ()
+    dim: int
+    hidden: int
+    prior: bool
 
     def spec(self) -> dict:
-        raise NotImplementedError
+        return {"dim": self.dim, "hidden": self.hidden, "prior_feature": PRIOR_FEATURE if self.prior else None}
+
+    def _init_prior(self, prior: bool) -> None:
+        self.prior = prior
+        if prior:
+            self.prior_weight = nn.Parameter(torch.ones(1))
+
+    def prior_term(self, items: Tensors) -> torch.Tensor:
+        """``prior_weight * centred CTR logit`` per item (zeros without the prior)."""
+        if not self.prior:
+            return torch.zeros(len(items["dense"]))
+        return self.prior_weight * items["dense"][:, PRIOR_INDEX]
 
     def export(self) -> tuple[dict[str, np.ndarray], dict]:
         tensors = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in self.state_dict().items()}
@@ -72,14 +107,15 @@ class Tier(nn.Module):
 class LightTwoTower(Tier):
     """User tower (id + mean of history items) and item tower (id, content type, statistics).
 
-    ``score = <user_tower(u), item_tower(i)>``; item vectors depend on the item alone, so a
-    router caches them per model version.
+    ``score = <user_tower(u), item_tower(i)> + prior_weight * prior(i)``, served as one dot
+    product: the prior is the item vector's last component and ``prior_weight`` the user
+    vector's. Item vectors depend on the item alone, so a router caches them per model version.
     """
 
     name = "light"
     embeddings = ("item_emb.weight", "user_emb.weight")
 
-    def __init__(self, dim: int = 16, hidden: int = 64, buckets: int = ID_BUCKETS) -> None:
+    def __init__(self, dim: int = 16, hidden: int = 64, buckets: int = ID_BUCKETS, prior: bool = True) -> None:
         super().__init__()
         self.dim, self.hidden = dim, hidden
         self.item_emb = nn.Embedding(buckets, dim, padding_idx=0)
@@ -89,17 +125,19 @@ class LightTwoTower(Tier):
         self.user_tower = _mlp([2 * dim, hidden, dim])
         for emb in (self.item_emb, self.user_emb, self.ctype_emb):
             nn.init.normal_(emb.weight, std=0.05)
-
-    def spec(self) -> dict:
-        return {"dim": self.dim, "hidden": self.hidden}
+        self._init_prior(prior)
+        if prior:
+            _shrink_last(self.item_tower, 0.3)
 
     def user_vectors(self, users: Tensors) -> torch.Tensor:
         x = torch.cat([self.user_emb(users["user_idx"]), _history_mean(self.item_emb, users["history"])], -1)
-        return self.user_tower(x)
+        u = self.user_tower(x)
+        return torch.cat([u, self.prior_weight.expand(len(u), 1)], -1) if self.prior else u
 
     def item_vectors(self, items: Tensors) -> torch.Tensor:
         x = torch.cat([self.item_emb(items["item_idx"]), self.ctype_emb(items["ctype_idx"]), items["dense"]], -1)
-        return self.item_tower(x)
+        v = self.item_tower(x)
+        return torch.cat([v, items["dense"][:, PRIOR_INDEX: PRIOR_INDEX + 1]], -1) if self.prior else v
 
     def forward(self, users: Tensors, items: Tensors, group: torch.Tensor) -> torch.Tensor:
         """Scores of ``items``; ``group[i]`` is the row in ``users`` of item ``i``'s request."""
@@ -108,12 +146,12 @@ class LightTwoTower(Tier):
 
 class ExpressiveCross(Tier):
     """A cross model: target attention of the candidate over the user's history, then an MLP
-    over user, item, attention and their interactions."""
+    over user, item, attention and their interactions, plus the residual prior."""
 
     name = "expressive"
     embeddings = ("item_emb.weight", "user_emb.weight")
 
-    def __init__(self, dim: int = 16, hidden: int = 128, buckets: int = ID_BUCKETS) -> None:
+    def __init__(self, dim: int = 16, hidden: int = 128, buckets: int = ID_BUCKETS, prior: bool = True) -> None:
         super().__init__()
         self.dim, self.hidden = dim, hidden
         self.item_emb = nn.Embedding(buckets, dim, padding_idx=0)
@@ -122,9 +160,9 @@ class ExpressiveCross(Tier):
         self.mlp = _mlp([6 * dim + DENSE_DIM, hidden, hidden // 2, 1])
         for emb in (self.item_emb, self.user_emb, self.ctype_emb):
             nn.init.normal_(emb.weight, std=0.05)
-
-    def spec(self) -> dict:
-        return {"dim": self.dim, "hidden": self.hidden}
+        self._init_prior(prior)
+        if prior:
+            _shrink_last(self.mlp, 0.1)
 
     def forward(self, users: Tensors, items: Tensors, group: torch.Tensor) -> torch.Tensor:
         history = users["history"][group]  # (N, H)
@@ -139,4 +177,4 @@ class ExpressiveCross(Tier):
             [user, attended, target, self.ctype_emb(items["ctype_idx"]), target * attended, target * user,
              items["dense"]], -1,
         )
-        return self.mlp(x).squeeze(-1)
+        return self.mlp(x).squeeze(-1) + self.prior_term(items)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from feature_store.featurize import ItemBatch, UserInput
+from feature_store.featurize import ITEM_STAT_FEATURES, ItemBatch, UserInput
 
 Tensors = dict[str, np.ndarray]
 
@@ -22,16 +22,23 @@ def _mlp(t: Tensors, prefix: str, x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _prior_column(spec: dict) -> int | None:
+    """Dense column of the tier's residual prior (``None`` for a tier without one)."""
+    name = spec.get("prior_feature")
+    return None if name is None else ITEM_STAT_FEATURES.index(name)
+
+
 def _history_mean(emb: np.ndarray, history: np.ndarray) -> np.ndarray:
     ids = history[history > 0]
     return emb[ids].mean(0) if len(ids) else np.zeros(emb.shape[1], np.float32)
 
 
 class LightTier:
-    """The two-tower tier: ``score = item_vectors @ user_vector``."""
+    """The two-tower tier: ``score = item_vectors @ user_vector`` (the prior is one more component)."""
 
     def __init__(self, tensors: Tensors, spec: dict) -> None:
         self.t, self.spec = tensors, spec
+        self.prior = _prior_column(spec)
 
     @classmethod
     def from_form(cls, tensors: Tensors, spec: dict) -> LightTier:
@@ -40,14 +47,16 @@ class LightTier:
     def user_vector(self, user: UserInput) -> np.ndarray:
         x = np.concatenate([self.t["user_emb.weight"][user.user_idx], _history_mean(self.t["item_emb.weight"],
                                                                                    user.history)])
-        return _mlp(self.t, "user_tower", x[None, :])[0]
+        u = _mlp(self.t, "user_tower", x[None, :])[0]
+        return u if self.prior is None else np.concatenate([u, self.t["prior_weight"]])
 
     def item_vectors(self, items: ItemBatch) -> np.ndarray:
         x = np.concatenate(
             [self.t["item_emb.weight"][items.item_idx], self.t["ctype_emb.weight"][items.ctype_idx], items.dense],
             axis=1,
         )
-        return _mlp(self.t, "item_tower", x)
+        v = _mlp(self.t, "item_tower", x)
+        return v if self.prior is None else np.concatenate([v, items.dense[:, self.prior, None]], axis=1)
 
     @staticmethod
     def score(user_vec: np.ndarray, item_vecs: np.ndarray) -> np.ndarray:
@@ -55,10 +64,11 @@ class LightTier:
 
 
 class ExpressiveTier:
-    """The cross tier with target attention over the user's history."""
+    """The cross tier with target attention over the user's history, plus the residual prior."""
 
     def __init__(self, tensors: Tensors, spec: dict) -> None:
         self.t, self.spec = tensors, spec
+        self.prior = _prior_column(spec)
 
     @classmethod
     def from_form(cls, tensors: Tensors, spec: dict) -> ExpressiveTier:
@@ -84,4 +94,5 @@ class ExpressiveTier:
             [user_vec, attended, target, self.t["ctype_emb.weight"][items.ctype_idx], target * attended,
              target * user_vec, items.dense], axis=1,
         )
-        return _mlp(self.t, "mlp", x)[:, 0]
+        out = _mlp(self.t, "mlp", x)[:, 0]
+        return out if self.prior is None else out + self.t["prior_weight"][0] * items.dense[:, self.prior]
