@@ -2,10 +2,13 @@
 
 - easy path: each positive against the request's easy negatives (``gn``, ``prn``), InfoNCE;
 - hard path: each positive against the request's hard negatives (``exp_neg``, ``rn``), listwise;
-- :func:`harmonize` balances the two gradients' magnitudes and, when their cosine is
-  negative, projects each onto the normal plane of the other (PCGrad);
-- :class:`ConflictSampler` keeps a share of the hard negatives that falls as the EMA of the
-  measured conflict rises (bounded).
+- :func:`harmonize` protects the hard path: when the two gradients conflict (negative cosine)
+  only the easy gradient is projected onto the normal plane of the hard one, and the easy
+  gradient's norm is capped at a fraction of the hard one's, so the easy path can never
+  dominate or undo the hard path's step;
+- :class:`ConflictSampler` keeps a share of the *constructed* hard negatives (``rn``) that
+  falls as the EMA of the measured conflict rises (bounded); real-label negatives (``exp_neg``)
+  are never dropped.
 
 The equations are in ``docs/method.md``.
 
@@ -14,7 +17,7 @@ Examples
 >>> import torch
 >>> g, c = harmonize(torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0]))
 >>> round(c, 3), [round(x, 3) for x in g.tolist()]
-(-0.707, [0.604, 1.457])
+(-0.707, [-0.5, 1.5])
 """
 
 from __future__ import annotations
@@ -52,25 +55,31 @@ def group_logsumexp(values: torch.Tensor, group: torch.Tensor, n_groups: int) ->
     return torch.where(sums > 0, safe + torch.log(sums.clamp(min=1e-30)), top)
 
 
-def harmonize(g_easy: torch.Tensor, g_hard: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, float]:
-    """Combine two flat gradients: equal magnitudes, conflicting components projected away.
+def harmonize(g_easy: torch.Tensor, g_hard: torch.Tensor, max_ratio: float = 1.0,
+              eps: float = 1e-12) -> tuple[torch.Tensor, float]:
+    """Combine two flat gradients, protecting the hard path.
 
-    Returns the combined gradient and the cosine measured before harmonization.
+    On conflict (negative cosine) the easy gradient loses its component against the hard one;
+    then its norm is capped at ``max_ratio`` times the hard gradient's. The hard gradient is
+    applied as it is. Returns the combined gradient and the cosine measured before.
     """
     n_e, n_h = g_easy.norm(), g_hard.norm()
     if n_e < eps or n_h < eps:
         return g_easy + g_hard, 0.0
     cos = float(g_easy @ g_hard / (n_e * n_h))
-    target = (n_e + n_h) / 2
-    e, h = g_easy * (target / n_e), g_hard * (target / n_h)
+    e = g_easy
     if cos < 0:
-        e, h = e - (e @ h) / (h @ h) * h, h - (h @ e) / (e @ e) * e
-    return e + h, cos
+        e = e - (e @ g_hard) / (n_h * n_h) * g_hard
+    cap = max_ratio * n_h
+    n = e.norm()
+    if n > cap:
+        e = e * (cap / n)
+    return e + g_hard, cos
 
 
 @dataclasses.dataclass
 class ConflictSampler:
-    """Share of hard negatives kept per batch, adapted to the EMA of gradient conflict.
+    """Share of droppable hard negatives (``rn``) kept per batch, adapted to the EMA of gradient conflict.
 
     ``share = max_share - (max_share - min_share) * ema(max(0, -cos))``, always within
     ``[min_share, max_share]``.
@@ -92,7 +101,7 @@ class ConflictSampler:
     def update(self, cosine: float) -> None:
         self.conflict_ema = self.decay * self.conflict_ema + (1 - self.decay) * max(0.0, -cosine)
 
-    def keep(self, hard: torch.Tensor) -> torch.Tensor:
-        """A mask keeping every non-hard item and a ``share`` of the hard ones."""
-        draw = torch.as_tensor(self.rng.random(len(hard)) < self.share)
-        return ~hard | draw
+    def keep(self, droppable: torch.Tensor) -> torch.Tensor:
+        """A mask keeping every item that is not ``droppable`` and a ``share`` of those that are."""
+        draw = torch.as_tensor(self.rng.random(len(droppable)) < self.share)
+        return ~droppable | draw

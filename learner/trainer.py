@@ -1,8 +1,11 @@
 """The online trainer of both tiers: score (progressive validation), then train, one micro-batch at a time.
 
 ``method="ghcl"`` trains the light tier on the harmonized easy and hard paths and the
-expressive tier on the hard path; ``method="mixed"`` is the baseline: one pointwise BCE over
-all sources for both tiers. Embedding tables use Adagrad, so a row without gradient never
+expressive tier on both paths (all sources); the baselines train both tiers with one loss:
+``method="mixed"``, one pointwise BCE over all sources, and ``method="softmax"``, one
+within-request softmax of each positive against every negative pooled (no paths, no
+harmonization). ``harmonize_gradients``, ``conflict_sampling`` and ``prior`` switch GHCL's
+parts off for ablations. Embedding tables use Adagrad, so a row without gradient never
 moves and the rows touched since the last publish are exactly the delta to send.
 
 Examples
@@ -31,7 +34,9 @@ from learner.progressive import ProgressiveMetrics
 from router.damr import budget_count, merge, route
 from streams.schemas import SOURCES, SampleGroup
 
-METHODS = ("ghcl", "mixed")
+METHODS = ("ghcl", "mixed", "softmax")
+NEGATIVE = tuple(code for name, code in SOURCE_CODE.items() if name != "exp_pos")
+DROPPABLE = (SOURCE_CODE["rn"],)  # constructed hard negatives; exp_neg (real labels) is never dropped
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -48,18 +53,19 @@ class OnlineTrainer:
 
     def __init__(self, method: str = "ghcl", *, dim: int = 16, lr: float = 0.01, emb_lr: float = 0.05,
                  k: int = 10, damr_budget: float = 0.3, temperature: float = 1.0, seed: int = 0,
-                 harmonize_gradients: bool = True, extra_budgets: tuple[float, ...] = (),
-                 measure_conflict: bool = False) -> None:
+                 harmonize_gradients: bool = True, conflict_sampling: bool = True, prior: bool = True,
+                 extra_budgets: tuple[float, ...] = (), measure_conflict: bool = False) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         torch.manual_seed(seed)
         self.method = method
         self.temperature = temperature
         self.harmonize_gradients = harmonize_gradients
+        self.conflict_sampling = conflict_sampling
         self.budgets = {"damr": damr_budget, **{f"damr@{b:g}": b for b in extra_budgets}}
         self.measure_conflict = measure_conflict
-        self.light = LightTwoTower(dim=dim)
-        self.expressive = ExpressiveCross(dim=dim)
+        self.light = LightTwoTower(dim=dim, prior=prior)
+        self.expressive = ExpressiveCross(dim=dim, prior=prior)
         self.optimizers = [opt for m in (self.light, self.expressive) for opt in _optimizers(m, lr, emb_lr)]
         self.sampler = ConflictSampler(seed=seed)
         self.metrics = {name: ProgressiveMetrics(k) for name in ("light", *self.budgets, "expressive_all")}
@@ -91,7 +97,8 @@ class OnlineTrainer:
         """Evaluate, then train one micro-batch of groups."""
         batch = Batch.from_groups(groups)
         self.evaluate(batch)
-        report = self._train_ghcl(batch) if self.method == "ghcl" else self._train_mixed(batch)
+        train = {"ghcl": self._train_ghcl, "mixed": self._train_mixed, "softmax": self._train_softmax}[self.method]
+        report = train(batch)
         self.steps += 1
         self.samples_seen += report.samples
         return report
@@ -100,6 +107,19 @@ class OnlineTrainer:
         losses = {}
         for name, model in (("mixed", self.light), ("expressive", self.expressive)):
             loss = F.binary_cross_entropy_with_logits(model(batch.users, batch.items, batch.group), batch.label)
+            model.zero_grad()
+            loss.backward()
+            losses[name] = loss.item()
+        cosine = self._measure_conflict(batch) if self.measure_conflict else None
+        self._apply()
+        return StepReport(len(batch.label), losses, cosine, {}, 1.0)
+
+    def _train_softmax(self, batch: Batch) -> StepReport:
+        positive, negative = batch.source == SOURCE_CODE["exp_pos"], batch.mask(NEGATIVE)
+        losses = {}
+        for name, model in (("softmax", self.light), ("expressive", self.expressive)):
+            loss = contrastive_path_loss(model(batch.users, batch.items, batch.group), batch.group, positive,
+                                         negative, batch.n_groups, self.temperature)
             model.zero_grad()
             loss.backward()
             losses[name] = loss.item()
@@ -117,7 +137,7 @@ class OnlineTrainer:
         return _cosine(*(_flat_grad(loss, params) for loss in paths))
 
     def _train_ghcl(self, batch: Batch) -> StepReport:
-        sub = batch.subset(self.sampler.keep(batch.mask(HARD)))
+        sub = batch.subset(self.sampler.keep(batch.mask(DROPPABLE))) if self.conflict_sampling else batch
         positive = sub.source == SOURCE_CODE["exp_pos"]
         scores = self.light(sub.users, sub.items, sub.group)
         args = (sub.group, positive)
@@ -133,7 +153,7 @@ class OnlineTrainer:
         self.sampler.update(cosine)
         _set_flat_grad(params, combined)
         x = self.expressive(sub.users, sub.items, sub.group)
-        x_loss = contrastive_path_loss(x, *args, sub.mask(HARD), sub.n_groups)
+        x_loss = sum(contrastive_path_loss(x, *args, sub.mask(m), sub.n_groups, self.temperature) for m in (EASY, HARD))
         self.expressive.zero_grad()
         x_loss.backward()
         self._apply()

@@ -16,13 +16,18 @@ def test_path_loss_is_softmax_of_each_positive_against_its_groups_negatives():
     assert torch.isinf(group_logsumexp(scores[neg], group[neg], 2)[1])
 
 
-def test_harmonize_removes_conflict_and_balances_magnitudes():
+def test_harmonize_protects_the_hard_path():
     easy, hard = torch.tensor([10.0, 0.0]), torch.tensor([-1.0, 1.0])
     combined, cosine = harmonize(easy, hard)
     assert cosine < 0
-    assert combined @ easy > 0 and combined @ hard > 0  # improves both paths after projection
+    # the hard gradient is applied whole: the easy part has nothing left against it
+    assert torch.isclose(combined @ hard, hard @ hard)
+    assert (combined - hard) @ easy > 0  # what is kept of the easy gradient still serves the easy path
+    assert (combined - hard).norm() <= hard.norm() + 1e-6  # easy part capped at the hard norm
     aligned, cos2 = harmonize(torch.tensor([4.0, 0.0]), torch.tensor([1.0, 0.0]))
-    assert cos2 == 1.0 and torch.allclose(aligned, torch.tensor([5.0, 0.0]))  # equal halves of the mean norm
+    assert cos2 == 1.0 and torch.allclose(aligned, torch.tensor([2.0, 0.0]))  # no projection, only the cap
+    loose, _ = harmonize(torch.tensor([4.0, 0.0]), torch.tensor([1.0, 0.0]), max_ratio=10.0)
+    assert torch.allclose(loose, torch.tensor([5.0, 0.0]))
 
 
 def test_hard_share_falls_with_conflict_and_stays_in_bounds():

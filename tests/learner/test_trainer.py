@@ -5,7 +5,7 @@ import torch
 
 from learner.batching import Batch
 from learner.progressive import ProgressiveMetrics
-from learner.trainer import OnlineTrainer
+from learner.trainer import METHODS, OnlineTrainer
 from streams.schemas import SOURCES
 
 from .groups import simulated_groups
@@ -20,15 +20,17 @@ def held_out_auc(trainer: OnlineTrainer, groups) -> float:
     return metrics.report()["auc"]
 
 
-def test_both_methods_learn_on_simulated_traffic():
+def test_every_method_learns_on_simulated_traffic():
     groups = simulated_groups(240, seed=2)
     train, test = groups[:200], groups[200:]
-    for method in ("ghcl", "mixed"):
+    for method in METHODS:
         t = OnlineTrainer(method=method, seed=0)
         before = held_out_auc(t, test)
         for i in range(0, 200, 8):
             t.step(train[i:i + 8])
-        assert held_out_auc(t, test) > before + 0.2, method
+        after = held_out_auc(t, test)
+        print(method, before, after)
+        assert after > before + 0.1 and after > 0.75, method
         assert t.samples_seen == sum(len(g.items) for g in train)
 
 
