@@ -12,12 +12,13 @@ Topology (all input topics keyed by ``request_id`` and co-partitioned):
 
 Delivery: at-least-once. Offsets are committed after an event is processed; a crash between
 emitting a group and committing can emit it again after recovery with the same ``group_id``
-(deterministic), which consumers de-duplicate. Every rejected input goes to ``dlq``.
+(deterministic), which consumers de-duplicate. Every rejected input goes to ``dlq`` as a
+:class:`streams.dlq.DeadLetter` keyed by its ``request_id``; a record batch the worker cannot
+decode (see :mod:`streams.decode_guard`) too, and the worker moves on: no input stops it.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import os
 import time
@@ -26,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import faust
-import orjson
 
 from feature_store.connection import RedisEndpoint
-from streams import metrics
+from streams import decode_guard, metrics
 from streams.assembler import AssemblerConfig, add_exposure, add_ranking, assemble, is_due, new_pending, relabel
+from streams.dlq import DeadLetter, request_id_of
 from streams.features import StreamFeatures
 from streams.kafka_security import KafkaSecurity
 from streams.pool import CandidatePool
@@ -45,7 +46,7 @@ from streams.schemas import (
     encode,
     is_positive,
 )
-from streams.watchdog import RECOVERY_GRACE, RESTARTS_ENV, STALLED_EXIT, Watchdog
+from streams.watchdog import EXIT_REASONS, EXITS_ENV, RECOVERY_GRACE, RESTARTS_ENV, STALLED_EXIT, Watchdog, parse_exits
 
 PARTITIONS = 4
 
@@ -74,6 +75,7 @@ def _now_ms() -> int:
 def make_app(cfg: StreamsConfig) -> faust.App:
     """Build the app; run it with ``faust.Worker(app).execute_from_commandline()``."""
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    decode_guard.install()
     app = faust.App(
         f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}", store="memory://",
         topic_partitions=cfg.partitions, web_enabled=False, datadir=str(cfg.data_dir),
@@ -100,14 +102,32 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     state = _WorkerState()
     watchdog = Watchdog(cfg.stall_s)
     metrics.RESTARTS.set(int(os.environ.get(RESTARTS_ENV, "0")))
+    exits = parse_exits(os.environ.get(EXITS_ENV, ""))
+    for reason in EXIT_REASONS:  # 0 from the start, so that increase() sees the first restart
+        metrics.EXITS.labels(reason).inc(exits.get(reason, 0))
 
-    async def dead_letter(reason: InvalidEvent | str, message: Any) -> None:
-        inv = reason if isinstance(reason, InvalidEvent) else InvalidEvent(reason)
-        metrics.INVALID.labels(inv.kind).inc()
-        await dlq.send(value=orjson.dumps({
-            "reason": inv.reason, "topic": message.topic, "partition": message.partition,
-            "offset": message.offset, "original": base64.b64encode(message.value or b"").decode(),
-        }))
+    async def dead_letter(kind: str, reason: str, message: Any, request_id: str | None = None,
+                          **details: Any) -> None:
+        record = DeadLetter(kind, reason, request_id or request_id_of(message.key, message.value), message.topic,
+                            message.partition, message.offset, message.value or b"", details)
+        await send_dead_letter(record)
+
+    async def send_dead_letter(record: DeadLetter) -> None:
+        metrics.INVALID.labels(record.reason_kind).inc()
+        await dlq.send(key=record.key(), value=record.value())
+
+    async def undecodable(message: Any) -> bool:
+        """A marker of a batch this worker cannot decode: dead-letter the batch once, skip the rest."""
+        info = decode_guard.undecodable_of(message.headers)
+        if info is None:
+            return False
+        metrics.UNDECODABLE.inc()
+        if message.offset == info.first_offset:
+            await send_dead_letter(DeadLetter(
+                "undecodable", f"undecodable: {info.reason}", None, message.topic, message.partition,
+                message.offset, message.value or None,
+                {"codec": info.codec, "first_offset": info.first_offset, "last_offset": info.last_offset}))
+        return True
 
     async def send(group: SampleGroup) -> None:
         value = encode(group)
@@ -135,9 +155,9 @@ def make_app(cfg: StreamsConfig) -> faust.App:
                 continue
             state.open[partition].discard(rid)
             if not st["ranking"]:
-                metrics.INVALID.labels("orphan").inc()
-                await dlq.send(value=orjson.dumps({"reason": "orphan: exposure events without a ranking event "
-                                                   "within the join window", "request_id": rid, "state": st}))
+                await send_dead_letter(DeadLetter(
+                    "orphan", "orphan: exposure events without a ranking event within the join window", rid,
+                    None, None, None, None, {"state": st}))
             else:
                 await emit(rid, st, wall)
                 finalized[rid] = {**st, "finalized_ms": wall, "partition": partition}
@@ -162,7 +182,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
             metrics.LATE.labels("duplicate").inc()  # already counted: idempotent
         else:
             metrics.LATE.labels("dead_letter").inc()
-            await dead_letter("late: the request was finalized before this event arrived", message)
+            await dead_letter("late", "late: the request was finalized before this event arrived", message, rid)
 
     async def handle(msg: Any) -> None:
         if msg.topic.endswith("streams-ticks"):
@@ -178,7 +198,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
             else:
                 event = decode_exposure(msg.value, cfg.limits)
         except InvalidEvent as exc:
-            await dead_letter(exc, msg)
+            await dead_letter(exc.kind, exc.reason, msg)
             return
         rid = event.request_id
         state.watermark[msg.partition] = max(state.watermark[msg.partition], event.ts_ms)
@@ -209,19 +229,25 @@ def make_app(cfg: StreamsConfig) -> faust.App:
                 app.log.info("indexed %d pending and %d finalized requests",
                              sum(len(v) for v in state.open.values()), sum(len(v) for v in state.closed.values()))
             try:
-                await handle(ev.message)
+                if not await undecodable(ev.message):
+                    await handle(ev.message)
             except Exception as exc:  # a worker never dies of its input: dead-letter it instead
                 app.log.exception("failed to process %s[%s]@%s", ev.message.topic, ev.message.partition,
                                   ev.message.offset)
-                await dead_letter(f"internal: {exc!r}", ev.message)
+                await dead_letter("internal", f"internal: {exc!r}", ev.message)
 
     @app.agent(items_topic)
     async def catalogue(stream: faust.StreamT) -> None:
         async for ev in stream.events():
             try:
+                if await undecodable(ev.message):
+                    continue
                 item = decode_item(ev.message.value, cfg.limits)
             except InvalidEvent as exc:
-                await dead_letter(exc, ev.message)
+                await dead_letter(exc.kind, exc.reason, ev.message)
+                continue
+            except Exception as exc:  # a worker never dies of its input
+                await dead_letter("internal", f"internal: {exc!r}", ev.message)
                 continue
             pool.add(item.item_id, item.content_type)
 

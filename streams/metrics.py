@@ -2,6 +2,8 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from streams.validate import REASON_KINDS
+
 EVENTS = Counter("hap_streams_events", "Input events consumed", ["topic"])
 GROUPS = Counter("hap_streams_groups", "Sample groups emitted", ["kind"])
 SAMPLES = Counter("hap_streams_samples", "Samples emitted", ["source"])
@@ -11,9 +13,16 @@ LAG = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 45, 60, 120),
 )
 LATE = Counter("hap_streams_late", "Events for requests already finalized", ["outcome"])
-INVALID = Counter("hap_streams_invalid", "Events sent to the dead-letter topic", ["reason_kind"])
+INVALID = Counter("hap_streams_invalid", "Records sent to the dead-letter topic", ["reason_kind"])
+UNDECODABLE = Counter("hap_streams_undecodable_records",
+                      "Kafka records skipped because their batch could not be decoded (the batch is dead-lettered)")
 MISSING = Counter("hap_feature_store_missing", "Feature lookups that fell back to a default", ["kind"])
-RESTARTS = Gauge("hap_streams_worker_restarts", "Times this worker was replaced after it stopped making progress")
+RESTARTS = Gauge("hap_streams_worker_restarts", "Workers the supervisor started before this one (any exit)")
+EXITS = Counter("hap_streams_worker_exits", "Earlier workers' exits that the supervisor restarted, by reason",
+                ["reason"])
 ERRORS = Counter("hap_streams_errors", "Failures of a dependency and what they cost", ["kind"])
-for _kind in ("redis", "history_skipped", "stats_dropped"):  # exported at 0 from the start, so rate() works
+# exported at 0 from the start, so that rate() and increase() see the first one
+for _kind in ("redis", "history_skipped", "stats_dropped"):
     ERRORS.labels(_kind)
+for _kind in REASON_KINDS:
+    INVALID.labels(_kind)

@@ -150,11 +150,11 @@ def encode(record: Any) -> bytes:
 
 def _load(raw: bytes, limits: Limits) -> dict[str, Any]:
     if len(raw) > limits.max_message_bytes:
-        raise InvalidEvent(f"oversized: {len(raw)} bytes exceed the cap of {limits.max_message_bytes}")
+        raise InvalidEvent(f"oversized: {len(raw)} bytes exceed the cap of {limits.max_message_bytes}", "oversized")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"json: {exc}") from None
+        raise InvalidEvent(f"json: {exc}", "json") from None
     obj = req_mapping(obj, "")
     version = obj.get("schema_version")
     if version != SCHEMA_VERSION:
