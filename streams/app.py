@@ -30,7 +30,17 @@ import faust
 
 from feature_store.connection import RedisEndpoint
 from streams import decode_guard, metrics
-from streams.assembler import AssemblerConfig, add_exposure, add_ranking, assemble, is_due, new_pending, relabel
+from streams.assembler import (
+    AssemblerConfig,
+    add_exposure,
+    add_ranking,
+    assemble,
+    implied_exposures,
+    is_due,
+    new_pending,
+    orphan_feedback,
+    relabel,
+)
 from streams.dlq import DeadLetter, request_id_of
 from streams.features import StreamFeatures
 from streams.kafka_security import KafkaSecurity
@@ -140,6 +150,15 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     async def emit(rid: str, st: dict[str, Any], wall: int) -> None:
         ranking = state.decoded.pop(rid, None) or decode_ranking(rankings[rid].encode(), cfg.limits)
         await send(assemble(st, ranking, cfg.assembler, pool, features.read, wall))
+        implied = implied_exposures(st, ranking)
+        st["exposed"].update(dict.fromkeys(implied))  # so that a late click on one corrects the group
+        metrics.IMPLIED.inc(len(implied))
+        for item in orphan_feedback(st, ranking):
+            raw = st.get("unexposed_feedback", {}).get(item)
+            await send_dead_letter(DeadLetter(
+                "orphan", f"orphan: feedback on item {item!r}, which the request neither exposed nor ranked", rid,
+                f"{t}exposure", st.get("partition"), None, raw.encode() if raw else None, {"item_id": item}))
+        st.pop("unexposed_feedback", None)
         metrics.LAG.observe(max(0.0, (wall - st["last_wall_ms"]) / 1000))
         features.set_history(ranking.user_id, (list(ranking.user_features.get("history", [])) + st["positive"])[-50:])
 
@@ -216,6 +235,8 @@ def make_app(cfg: StreamsConfig) -> faust.App:
             add_ranking(st, event, wall)
         else:
             add_exposure(st, event, wall, cfg.assembler.dwell_threshold_ms)
+            if event.type == "feedback" and event.item_id not in st["exposed"]:  # its bytes, should it be an orphan
+                st.setdefault("unexposed_feedback", {}).setdefault(event.item_id, msg.value.decode())
         st["partition"] = msg.partition
         pending[rid] = st
         state.open[msg.partition].add(rid)

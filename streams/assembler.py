@@ -6,8 +6,17 @@ has closed; :func:`assemble` labels and samples:
 
 - ``exp_pos`` / ``exp_neg``: exposed items with / without positive feedback;
 - ``rn``: up to ``max_rn`` unexposed candidates with ``rank_pos > rn_min_rank``;
-- ``prn``: up to ``max_prn`` unexposed candidates with ``prerank_pos > prn_min_prerank``;
+- ``prn``: up to ``max_prn`` unexposed candidates with ``prerank_pos > prn_min_prerank`` that do
+  not qualify as ``rn``;
 - ``gn``: ``gn_per_exposed`` pool items per exposed item, never a candidate of the request.
+
+One source per item, by precedence ``exp_pos`` > ``exp_neg`` > ``rn`` > ``prn`` > ``gn``: each
+item of a group is listed once, under the first source it qualifies for.
+
+Feedback on an item without an exposure event *implies* the exposure when the item is a
+candidate of the request (:func:`implied_exposures`; its position unknown, listed after the
+exposed ones); feedback on an item that is neither exposed nor a candidate is an orphan
+(:func:`orphan_feedback`), which the caller dead-letters. Nothing is dropped silently.
 
 Sampling is seeded by the request id, so a replay assembles the same ``rn``/``prn`` items and
 the same ``group_id``.
@@ -48,7 +57,8 @@ def group_id(request_id: str, revision: int = 0) -> str:
 
 
 def new_pending() -> dict[str, Any]:
-    return {"ranking": False, "exposed": {}, "positive": [], "last_ts": 0, "last_wall_ms": 0, "revision": 0}
+    return {"ranking": False, "exposed": {}, "positive": [], "feedback": [], "last_ts": 0, "last_wall_ms": 0,
+            "revision": 0}
 
 
 def add_ranking(state: dict[str, Any], event: RankingEvent, wall_ms: int) -> None:
@@ -60,9 +70,30 @@ def add_ranking(state: dict[str, Any], event: RankingEvent, wall_ms: int) -> Non
 def add_exposure(state: dict[str, Any], event: ExposureEvent, wall_ms: int, dwell_threshold_ms: int) -> None:
     if event.type == "exposure":
         state["exposed"][event.item_id] = event.position
-    elif is_positive(event, dwell_threshold_ms) and event.item_id not in state["positive"]:
-        state["positive"].append(event.item_id)
+    else:
+        if is_positive(event, dwell_threshold_ms) and event.item_id not in state["positive"]:
+            state["positive"].append(event.item_id)
+        feedback = state.setdefault("feedback", [])  # every item with feedback (states before it lack the key)
+        if event.item_id not in feedback:
+            feedback.append(event.item_id)
     _touch(state, event.ts_ms, wall_ms)
+
+
+def _unexposed_feedback(state: dict[str, Any]) -> list[str]:
+    feedback = state.get("feedback", state["positive"])  # older states tracked positive feedback only
+    return [item for item in feedback if item not in state["exposed"]]
+
+
+def implied_exposures(state: dict[str, Any], ranking: RankingEvent) -> list[str]:
+    """Items with feedback but no exposure event that are candidates of the request: exposed by implication."""
+    candidates = {c.item_id for c in ranking.candidates}
+    return [item for item in _unexposed_feedback(state) if item in candidates]
+
+
+def orphan_feedback(state: dict[str, Any], ranking: RankingEvent) -> list[str]:
+    """Items with feedback that the request neither exposed nor listed as a candidate."""
+    candidates = {c.item_id for c in ranking.candidates}
+    return [item for item in _unexposed_feedback(state) if item not in candidates]
 
 
 def _touch(state: dict[str, Any], ts_ms: int, wall_ms: int) -> None:
@@ -81,19 +112,22 @@ def assemble(state: dict[str, Any], ranking: RankingEvent, config: AssemblerConf
              stats: StatsReader, assembled_ms: int) -> SampleGroup:
     """The labelled group of a request whose window has closed."""
     rng = np.random.default_rng(zlib.crc32(ranking.request_id.encode()))
-    exposed: dict[str, int] = state["exposed"]
+    exposed: dict[str, int | None] = {**state["exposed"], **dict.fromkeys(implied_exposures(state, ranking))}
     positive = set(state["positive"]) & set(exposed)
     by_id = {c.item_id: c for c in ranking.candidates}
     chosen: list[tuple[str, str, int | None, int | None, str]] = []  # id, source, prerank, rank, type
-    for item_id in sorted(exposed, key=lambda i: exposed[i]):
+    for item_id in sorted(exposed, key=lambda i: (exposed[i] is None, exposed[i] or 0)):
         c = by_id.get(item_id)
         source = "exp_pos" if item_id in positive else "exp_neg"
         chosen.append((item_id, source, c.prerank_pos if c else None, c.rank_pos if c else None,
                        c.content_type if c else "unknown"))
     unexposed = [c for c in ranking.candidates if c.item_id not in exposed]
+    ranked = [c for c in unexposed if c.rank_pos is not None and c.rank_pos > config.rn_min_rank]
+    rn_ids = {c.item_id for c in ranked}  # precedence: an item that qualifies as rn is never a prn
     for source, eligible, cap in (
-        ("rn", [c for c in unexposed if c.rank_pos is not None and c.rank_pos > config.rn_min_rank], config.max_rn),
-        ("prn", [c for c in unexposed if c.prerank_pos > config.prn_min_prerank], config.max_prn),
+        ("rn", ranked, config.max_rn),
+        ("prn", [c for c in unexposed if c.prerank_pos > config.prn_min_prerank and c.item_id not in rn_ids],
+         config.max_prn),
     ):
         picks = rng.choice(len(eligible), min(cap, len(eligible)), replace=False) if eligible else []
         chosen += [(eligible[i].item_id, source, eligible[i].prerank_pos, eligible[i].rank_pos,

@@ -16,6 +16,8 @@ LATE = Counter("hap_streams_late", "Events for requests already finalized", ["ou
 INVALID = Counter("hap_streams_invalid", "Records sent to the dead-letter topic", ["reason_kind"])
 UNDECODABLE = Counter("hap_streams_undecodable_records",
                       "Kafka records skipped because their batch could not be decoded (the batch is dead-lettered)")
+IMPLIED = Counter("hap_streams_implied_exposures",
+                  "Items with feedback but no exposure event, taken as exposed (position unknown)")
 MISSING = Counter("hap_feature_store_missing", "Feature lookups that fell back to a default", ["kind"])
 RESTARTS = Gauge("hap_streams_worker_restarts", "Workers the supervisor started before this one (any exit)")
 EXITS = Counter("hap_streams_worker_exits", "Earlier workers' exits that the supervisor restarted, by reason",

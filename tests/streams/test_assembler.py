@@ -8,12 +8,14 @@ from streams.assembler import (
     add_ranking,
     assemble,
     group_id,
+    implied_exposures,
     is_due,
     new_pending,
+    orphan_feedback,
     relabel,
 )
 from streams.pool import CandidatePool
-from streams.schemas import ExposureEvent
+from streams.schemas import Candidate, ExposureEvent, RankingEvent
 from streams.simulator.world import World
 
 
@@ -75,3 +77,54 @@ def test_a_correction_relabels_the_same_items_under_a_new_id():
     assert {i.item_id for i in fixed.items if i.label} == positive
     assert [i.source for i in fixed.items if i.item_id != negative] == \
         [i.source for i in group.items if i.item_id != negative]
+
+
+def _request(n: int = 300) -> RankingEvent:
+    """Candidates ranked at i (i < 260) and pre-ranked at i: 201..259 qualify as both rn and prn."""
+    return RankingEvent("r-both", "u", 0, [Candidate(f"c{i}", "hot", i, 0.5, i if i < 260 else None, 0.5, "video")
+                                           for i in range(n)])
+
+
+def test_one_source_per_item_with_rn_before_prn():
+    ranking = _request()
+    state = new_pending()
+    add_ranking(state, ranking, 0)
+    add_exposure(state, ExposureEvent("r-both", "u", "c0", 1, "exposure", position=0), 0, 30_000)
+    pool = CandidatePool()
+    for i in range(100):
+        pool.add(f"g{i}", "video")
+    cfg = AssemblerConfig(max_rn=1000, max_prn=1000)  # every eligible item is picked: overlaps would show
+    group = assemble(state, ranking, cfg, pool, no_stats, 1)
+    ids = [i.item_id for i in group.items]
+    assert len(ids) == len(set(ids))
+    sources = {i.item_id: i.source for i in group.items}
+    assert sources["c0"] == "exp_neg"
+    assert {i for i, s in sources.items() if s == "rn"} == {f"c{i}" for i in range(51, 260)}
+    assert {i for i, s in sources.items() if s == "prn"} == {f"c{i}" for i in range(260, 300)}  # not ranked: prn
+
+
+def test_feedback_without_an_exposure_implies_it_on_a_candidate_and_is_an_orphan_otherwise():
+    ranking = _request()
+    state = new_pending()
+    add_ranking(state, ranking, 0)
+    add_exposure(state, ExposureEvent("r-both", "u", "c1", 1, "exposure", position=0), 0, 30_000)
+    add_exposure(state, ExposureEvent("r-both", "u", "c2", 2, "feedback", click=True), 0, 30_000)  # no exposure
+    add_exposure(state, ExposureEvent("r-both", "u", "c3", 2, "feedback", dwell_ms=5), 0, 30_000)  # not positive
+    add_exposure(state, ExposureEvent("r-both", "u", "elsewhere", 3, "feedback", click=True), 0, 30_000)
+    assert implied_exposures(state, ranking) == ["c2", "c3"]
+    assert orphan_feedback(state, ranking) == ["elsewhere"]
+    group = assemble(state, ranking, AssemblerConfig(), CandidatePool(), no_stats, 1)
+    exposed = [(i.item_id, i.source, i.label) for i in group.items if i.source.startswith("exp_")]
+    assert exposed == [("c1", "exp_neg", 0), ("c2", "exp_pos", 1), ("c3", "exp_neg", 0)]  # known positions first
+    assert "elsewhere" not in {i.item_id for i in group.items}
+
+
+def test_an_exposure_arriving_after_its_feedback_is_an_exposure_not_an_implication():
+    ranking = _request()
+    state = new_pending()
+    add_exposure(state, ExposureEvent("r-both", "u", "c5", 2, "feedback", like=True), 0, 30_000)
+    add_exposure(state, ExposureEvent("r-both", "u", "c5", 1, "exposure", position=4), 0, 30_000)
+    add_ranking(state, ranking, 0)
+    assert implied_exposures(state, ranking) == [] and orphan_feedback(state, ranking) == []
+    group = assemble(state, ranking, AssemblerConfig(), CandidatePool(), no_stats, 1)
+    assert [(i.item_id, i.source) for i in group.items if i.source.startswith("exp_")] == [("c5", "exp_pos")]

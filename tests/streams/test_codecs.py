@@ -55,8 +55,8 @@ def java_producer(tmp_path_factory: pytest.TempPathFactory) -> Producer:
 
 def request(rid: str, ts_ms: int) -> tuple[RankingEvent, list[ExposureEvent], dict[str, int]]:
     """A request of ``N_CANDIDATES``, three of them exposed: one clicked, one dwelled on long enough, one not."""
-    candidates = [Candidate(f"{rid}-c{i}", "hot", i, 1.0 - i / 1000, i if i < 100 else None,
-                            1.0 - i / 100 if i < 100 else None, "video") for i in range(N_CANDIDATES)]
+    candidates = [Candidate(f"{rid}-c{i}", "hot", i, 1.0 - i / 1000, i if i < 230 else None,  # 201..229: rn or prn
+                            1.0 - i / 1000 if i < 230 else None, "video") for i in range(N_CANDIDATES)]
     shown = [c.item_id for c in candidates[:3]]
     events = [ExposureEvent(rid, "u1", item, ts_ms + 10, "exposure", position=pos) for pos, item in enumerate(shown)]
     events += [ExposureEvent(rid, "u1", shown[0], ts_ms + 500, "feedback", click=True),
