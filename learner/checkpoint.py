@@ -4,10 +4,16 @@ One safetensors file holds every tensor; its metadata holds the JSON state (offs
 group ids, counters). It is written to a temporary file, fsynced and renamed over the old
 one, so a crash at any moment leaves either the previous or the new checkpoint, never a mix.
 It is read only from the learner's own disk (never from Kafka or Redis) and without pickle.
+
+:func:`capture` and :func:`restore` are the same state in memory: the learner keeps one from its
+last checkpoint and, when a step produces non-finite values, restores it and replays the good
+steps since, so the bad step leaves no trace.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -21,27 +27,75 @@ from learner.trainer import OnlineTrainer
 STATE_KEY = "hap_state"
 
 
-def save(path: Path, trainer: OnlineTrainer, state: dict[str, Any]) -> None:
-    """Atomically write ``trainer``'s weights and optimizers plus the JSON ``state``."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything of a trainer that a step changes: tensors (weights, optimizer state) and the rest."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+
+def capture(trainer: OnlineTrainer, *, clone: bool = True) -> Snapshot:
+    """The trainer's state; ``clone=False`` shares the live tensors (only to write them out at once)."""
     tensors: dict[str, torch.Tensor] = {}
     for tier_name, tier in trainer.tiers().items():
         for name, value in tier.state_dict().items():
-            tensors[f"model.{tier_name}.{name}"] = value.detach().contiguous()
+            tensors[f"model.{tier_name}.{name}"] = value.detach()
     groups = []
     for i, opt in enumerate(trainer.optimizers):
         sd = opt.state_dict()
         groups.append(sd["param_groups"])
         for pid, pstate in sd["state"].items():
             for key, value in pstate.items():
-                tensors[f"opt.{i}.{pid}.{key}"] = torch.as_tensor(value).contiguous()
+                tensors[f"opt.{i}.{pid}.{key}"] = torch.as_tensor(value)
+    tensors = {k: (v.clone() if clone else v).contiguous() for k, v in tensors.items()}
     meta = {
-        "state": state, "optimizer_groups": groups, "steps": trainer.steps, "samples_seen": trainer.samples_seen,
+        "optimizer_groups": groups, "steps": trainer.steps, "samples_seen": trainer.samples_seen,
         "conflict_ema": trainer.sampler.conflict_ema, "sampler_rng": trainer.sampler.rng.bit_generator.state,
         "metrics": {name: vars(m) for name, m in trainer.metrics.items()},
     }
+    return Snapshot(tensors, copy.deepcopy(meta) if clone else meta)
+
+
+def restore(trainer: OnlineTrainer, snapshot: Snapshot) -> None:
+    """Put ``trainer`` back in the state ``snapshot`` holds."""
+    tensors, meta = snapshot.tensors, snapshot.meta
+    for tier_name, tier in trainer.tiers().items():
+        prefix = f"model.{tier_name}."
+        tier.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    for i, opt in enumerate(trainer.optimizers):
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            parts = key.split(".")
+            if parts[0] == "opt" and int(parts[1]) == i:
+                state.setdefault(int(parts[2]), {})[parts[3]] = value.clone()
+        opt.load_state_dict({"state": state, "param_groups": copy.deepcopy(meta["optimizer_groups"][i])})
+    trainer.steps, trainer.samples_seen = meta["steps"], meta["samples_seen"]
+    trainer.sampler.conflict_ema = meta["conflict_ema"]
+    trainer.sampler.rng.bit_generator.state = meta["sampler_rng"]
+    for name, values in meta["metrics"].items():
+        vars(trainer.metrics[name]).update(copy.deepcopy(values))
+
+
+def weights_finite(trainer: OnlineTrainer) -> bool:
+    """True when every weight of every tier is finite (no NaN, no inf) and none is absurdly large.
+
+    One float32 sum per tensor (over 10x cheaper than ``isfinite``): a NaN or inf makes it
+    non-finite, and so do weights large enough to overflow it (|w| around 1e32), which no
+    healthy model has either.
+    """
+    with torch.no_grad():
+        sums = [p.sum() for tier in trainer.tiers().values() for p in tier.parameters()]
+    return bool(torch.isfinite(torch.stack(sums)).all())
+
+
+def save(path: Path, trainer: OnlineTrainer, state: dict[str, Any]) -> None:
+    """Atomically write ``trainer``'s weights and optimizers plus the JSON ``state``."""
+    snap = capture(trainer, clone=False)
+    meta = {"state": state, **snap.meta}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={STATE_KEY: json.dumps(meta)})
+    save_file(snap.tensors, str(tmp), metadata={STATE_KEY: json.dumps(meta)})
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -55,20 +109,5 @@ def load(path: Path, trainer: OnlineTrainer) -> dict[str, Any] | None:
 
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()[STATE_KEY])
-    tensors = load_file(str(path))
-    for tier_name, tier in trainer.tiers().items():
-        prefix = f"model.{tier_name}."
-        tier.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    for i, opt in enumerate(trainer.optimizers):
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            parts = key.split(".")
-            if parts[0] == "opt" and int(parts[1]) == i:
-                state.setdefault(int(parts[2]), {})[parts[3]] = value
-        opt.load_state_dict({"state": state, "param_groups": meta["optimizer_groups"][i]})
-    trainer.steps, trainer.samples_seen = meta["steps"], meta["samples_seen"]
-    trainer.sampler.conflict_ema = meta["conflict_ema"]
-    trainer.sampler.rng.bit_generator.state = meta["sampler_rng"]
-    for name, values in meta["metrics"].items():
-        vars(trainer.metrics[name]).update(values)
+    restore(trainer, Snapshot(load_file(str(path)), meta))
     return meta["state"]

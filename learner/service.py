@@ -14,7 +14,16 @@ Lifecycle and guarantees:
   retrained from that checkpoint; every version is still self-consistent;
 - while Redis is down, training goes on and publishing is retried every ``publish_s`` (the
   first version after an outage is full, never a delta against what Redis may have lost);
-  while Kafka is down, polling waits and offset commits are skipped (the checkpoint holds them).
+  while Kafka is down, polling waits and offset commits are skipped (the checkpoint holds them);
+- a graceful stop (SIGTERM) trains the groups already polled before its last checkpoint, so
+  the offsets and ids it records are only those of trained groups;
+- offsets below a partition's log start (retention deleted records the learner never read)
+  resume from the earliest retained record; the records lost are counted
+  (``hap_learner_retention_lost_total``) and logged, never skipped silently;
+- a group with a non-finite or absurd feature value (beyond ``MAX_FEATURE``) is rejected as
+  invalid; a step whose losses, gradient norms or resulting weights are not finite is undone
+  (the state of the last checkpoint is restored and the good steps since are replayed) and
+  counted (``hap_learner_nonfinite_steps_total``); the model store refuses non-finite weights.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -30,9 +40,10 @@ import numpy as np
 import redis
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
+from prometheus_client import Counter
 
 from feature_store.connection import RedisEndpoint
-from feature_store.model_store import ModelStore, TierForm
+from feature_store.model_store import ModelStore, ModelStoreError, TierForm
 from learner import checkpoint
 from learner import metrics as m
 from learner.trainer import OnlineTrainer, StepReport
@@ -42,6 +53,15 @@ from streams.schemas import InvalidEvent, SampleGroup, decode_sample_group
 log = logging.getLogger("hap.learner")
 SEEN_IDS = 200_000
 FRESH_SAMPLE = 32
+#: the largest magnitude a feature value may have (counts, rates); beyond it a group is invalid
+MAX_FEATURE = 1e12
+
+RETENTION_LOST = Counter("hap_learner_retention_lost", "Sample records deleted by retention before the learner read "
+                         "them (its offsets fell below the log start)", ["partition"])
+NONFINITE_STEPS = Counter("hap_learner_nonfinite_steps", "Steps undone because a loss, gradient or weight was not "
+                          "finite")
+NONFINITE_GROUPS = Counter("hap_learner_nonfinite_groups", "Sample groups of the steps undone (not trained on)")
+PUBLISH_REFUSED = Counter("hap_learner_publish_refused", "Versions the model store refused (non-finite weights)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,9 +95,11 @@ class LearnerService:
         self.fresh: list[tuple[int, int]] = []  # (finalized, event) ms of groups trained since the last publish
         self.duplicates = 0
         self.running = True
+        # "earliest": an offset that retention deleted resumes at the oldest retained record (the
+        # default, "latest", would skip every retained record not yet trained on); the gap is counted
         self.consumer = KafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False,
                                       group_id="hap-learner", max_partition_fetch_bytes=8 << 20,
-                                      **cfg.kafka_security.client_options())
+                                      auto_offset_reset="earliest", **cfg.kafka_security.client_options())
         partitions = self.consumer.partitions_for_topic(cfg.samples_topic) or set()
         deadline = time.monotonic() + 30
         while not partitions and time.monotonic() < deadline:
@@ -87,12 +109,30 @@ class LearnerService:
             raise RuntimeError(f"topic {cfg.samples_topic} does not exist at {cfg.bootstrap}")
         self.tps = [TopicPartition(cfg.samples_topic, p) for p in sorted(partitions)]
         self.consumer.assign(self.tps)
-        for tp in self.tps:
-            if tp.partition in self.offsets:
-                self.consumer.seek(tp, self.offsets[tp.partition])
-            else:
-                self.consumer.seek_to_beginning(tp)
+        self._seek_to_checkpoint()
         self.versions = 0
+        self.nonfinite_steps = 0
+        self._base = checkpoint.capture(trainer)  # the state to rewind to after a non-finite step
+        self._since_base: list[list[SampleGroup]] = []  # the batches trained since ``_base``
+
+    def _seek_to_checkpoint(self) -> None:
+        """Seek each partition to the checkpoint's offset, or to its log start where retention
+        already deleted that offset (counting and logging what was lost)."""
+        starts = self.consumer.beginning_offsets(self.tps)
+        for tp in self.tps:
+            stored, start = self.offsets.get(tp.partition), starts[tp]
+            if stored is None:
+                self.consumer.seek(tp, start)
+                continue
+            if stored < start:
+                self._lost_to_retention(tp.partition, stored, start)
+                stored = self.offsets[tp.partition] = start
+            self.consumer.seek(tp, stored)
+
+    def _lost_to_retention(self, partition: int, expected: int, found: int) -> None:
+        RETENTION_LOST.labels(str(partition)).inc(found - expected)
+        log.error("partition %d: %d sample records (offsets %d..%d) were deleted by retention before they were "
+                  "trained on; resuming at offset %d", partition, found - expected, expected, found - 1, found)
 
     def stop(self) -> None:
         self.running = False
@@ -106,6 +146,9 @@ class LearnerService:
             polled = self.consumer.poll(timeout_ms=100, max_records=self.cfg.batch_groups)
             for tp, records in polled.items():
                 for record in records:
+                    expected = self.offsets.get(tp.partition)
+                    if expected is not None and record.offset > expected:  # reset past deleted records
+                        self._lost_to_retention(tp.partition, expected, record.offset)
                     self.offsets[tp.partition] = record.offset + 1
                     group = self._decode(record.value)
                     if group is not None:
@@ -127,6 +170,8 @@ class LearnerService:
                 last_checkpoint = now
             if max_idle_s is not None and now - last_data > max_idle_s and not pending:
                 break
+        if pending:  # polled (offsets and ids recorded) but not yet trained: train before the checkpoint
+            self._train(pending)
         if self.trainer.steps > steps_at_publish:
             self.try_publish()
         self.checkpoint()
@@ -139,6 +184,11 @@ class LearnerService:
             m.INVALID.inc()
             log.warning("rejected sample group: %s", exc.reason)
             return None
+        problem = feature_problem(group)
+        if problem is not None:
+            m.INVALID.inc()
+            log.warning("rejected sample group %s: %s", group.group_id, problem)
+            return None
         if group.group_id in self.seen:
             self.duplicates += 1
             m.DUPLICATES.inc()
@@ -149,20 +199,52 @@ class LearnerService:
         return group
 
     def _train(self, groups: list[SampleGroup]) -> None:
-        report = self.trainer.step(groups)
+        """One step on ``groups``; when it is not finite, each group alone, so that only the
+        groups that cannot be trained on (counted) are left out."""
+        trained = groups if self._step_or_undo(groups) else []
+        if not trained and len(groups) > 1:
+            trained = [g for g in groups if self._step_or_undo([g])]
+        if len(trained) < len(groups):
+            NONFINITE_GROUPS.inc(len(groups) - len(trained))
+            log.error("%d of %d groups not trained on (non-finite step): %s", len(groups) - len(trained),
+                      len(groups), ", ".join(g.group_id for g in groups if g not in trained)[:500])
+        if not trained:
+            return
         now_ms = time.time() * 1000
-        self.trained_until_event = max(self.trained_until_event, max(g.event_ts_ms for g in groups))
-        self.trained_until_finalized = max(self.trained_until_finalized, max(g.assembled_ts_ms for g in groups))
-        self.fresh += [(g.assembled_ts_ms, g.event_ts_ms) for g in groups]
-        for g in groups:
+        self.trained_until_event = max(self.trained_until_event, max(g.event_ts_ms for g in trained))
+        self.trained_until_finalized = max(self.trained_until_finalized, max(g.assembled_ts_ms for g in trained))
+        self.fresh += [(g.assembled_ts_ms, g.event_ts_ms) for g in trained]
+        for g in trained:
             m.SAMPLE_TO_TRAINED.observe(max(0.0, (now_ms - g.assembled_ts_ms) / 1000))
-        _observe(report)
+
+    def _step_or_undo(self, groups: list[SampleGroup]) -> bool:
+        """Train one step; if a loss, gradient norm or weight comes out non-finite, undo it: the
+        state of the last checkpoint is restored and the good steps since are replayed, so the
+        step leaves no trace in weights, optimizers or metrics. True when the step was kept."""
+        report = self.trainer.step(groups)
+        if _report_finite(report) and checkpoint.weights_finite(self.trainer):
+            self._since_base.append(groups)
+            _observe(report)
+            return True
+        checkpoint.restore(self.trainer, self._base)
+        for batch in self._since_base:
+            self.trainer.step(batch)
+        self.nonfinite_steps += 1
+        NONFINITE_STEPS.inc()
+        log.warning("step on %d groups undone (losses %s); replayed the %d steps since the checkpoint",
+                    len(groups), report.losses, len(self._since_base))
+        return False
 
     def try_publish(self) -> bool:
-        """:meth:`publish`, or log and count a failure while Redis is unreachable."""
+        """:meth:`publish`, or log and count a failure while Redis is unreachable or the store
+        refuses the version (non-finite weights: nothing of it is written)."""
         try:
             self.publish()
             return True
+        except ModelStoreError as exc:
+            PUBLISH_REFUSED.inc()
+            log.error("version not published: %s", exc)
+            return False
         except (redis.RedisError, OSError) as exc:
             m.PUBLISH_ERRORS.inc()
             log.warning("publish failed, retrying in %.1fs: %s", self.cfg.publish_s, exc)
@@ -203,6 +285,7 @@ class LearnerService:
             "trained_until_finalized": self.trained_until_finalized,
         }
         checkpoint.save(self.cfg.checkpoint_path, self.trainer, state)
+        self._base, self._since_base = checkpoint.capture(self.trainer), []
         from kafka.structs import OffsetAndMetadata
 
         commit = {TopicPartition(self.cfg.samples_topic, p): OffsetAndMetadata(o, "", -1)
@@ -212,6 +295,22 @@ class LearnerService:
                 self.consumer.commit(commit)
             except KafkaError as exc:  # the checkpoint has the offsets; Kafka's copy is for lag monitoring
                 log.warning("offset commit skipped: %s", exc)
+
+
+def feature_problem(group: SampleGroup) -> str | None:
+    """Why ``group``'s item features cannot be trained on (a non-finite or absurd value), or None."""
+    for n, item in enumerate(group.items):
+        for name, value in (item.features or {}).items():
+            if not isinstance(value, int | float) or not math.isfinite(value) or abs(value) > MAX_FEATURE:
+                return f"items[{n}].features.{name}: {value!r} is not a finite number within +-{MAX_FEATURE:g}"
+    return None
+
+
+def _report_finite(report: StepReport) -> bool:
+    values = [*report.losses.values(), *report.grad_norms.values()]
+    if report.grad_cosine is not None:
+        values.append(report.grad_cosine)
+    return all(math.isfinite(v) for v in values)
 
 
 def _observe(report: StepReport) -> None:
