@@ -6,8 +6,19 @@ switched with one ``SET`` (readers see the old or the new version, both tiers to
 (3) the version number is published on ``{prefix}model:updates``. Embedding tables travel as
 deltas (rows touched since the previous version) with a full snapshot every ``full_every``
 versions, so each tier's manifest entry lists its ``chain``: the blobs from the last full
-snapshot up to this version, applied in order. Blobs that no kept version references get a
-TTL. Nothing here unpickles: blobs are safetensors, the manifest is JSON.
+snapshot up to this version, applied in order. Nothing here unpickles: blobs are safetensors,
+the manifest is JSON.
+
+Integrity: each tier entry records the SHA-256 of every blob of its chain (``sha256``); a blob
+is read only if its bytes have that digest, its tensors are finite, and a delta's rows lie in
+its table. Weights that are not finite are refused at publish time, before anything is written.
+
+Memory is bounded by the count of kept versions (``keep_versions``), not by time: a blob is
+written with a TTL (``pending_ttl_s``) that the manifest's switch removes, so a blob whose
+publish failed expires on its own; a blob that no kept version references any more gets a short
+grace TTL (``superseded_ttl_s``, time for a router to finish loading it) and is gone after it.
+The first publish of a store also gives that grace TTL to any unreferenced blob without one
+(left by a crash of an older learner). See docs/operations.md for the sizing.
 
 Examples
 --------
@@ -23,6 +34,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import struct
 import time
@@ -36,10 +48,30 @@ from safetensors.numpy import save as st_save
 MAX_BLOB_BYTES = 256 << 20
 MAX_MANIFEST_BYTES = 4 << 20
 TIERS = ("light", "expressive")
+PENDING_TTL_S = 600  # a blob not yet adopted by the manifest: long enough for any publish to finish
+SUPERSEDED_TTL_S = 60  # a blob no kept version references: time for a router to finish loading it
 
 
 class ModelStoreError(RuntimeError):
-    """A version that cannot be published or loaded: missing blob, corrupt data, bad manifest."""
+    """A version that cannot be published or loaded: missing blob, corrupt data, bad manifest.
+
+    ``key`` names the blob at fault where there is one."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class BlobCorrupt(ModelStoreError):
+    """A blob whose bytes do not match the manifest's SHA-256, do not parse, or hold bad tensors."""
+
+
+class NonFiniteWeights(ModelStoreError):
+    """Weights with NaN or inf: refused at publish (nothing written) and at load."""
+
+    def __init__(self, message: str, tier: str, tensor: str, key: str | None = None) -> None:
+        super().__init__(message, key)
+        self.tier, self.tensor = tier, tensor
 
 
 @dataclasses.dataclass(slots=True)
@@ -62,12 +94,16 @@ class ModelStore:
     """Publisher and reader of model versions; one publisher (the learner) per key prefix."""
 
     def __init__(self, client: redis.Redis, *, prefix: str = "hap:", keep_versions: int = 5,
-                 superseded_ttl_s: int = 3600, full_every: int = 20) -> None:
+                 superseded_ttl_s: int = SUPERSEDED_TTL_S, pending_ttl_s: int = PENDING_TTL_S,
+                 full_every: int = 20) -> None:
         self.r = client
         self.prefix = prefix
         self.keep_versions = max(1, keep_versions)
         self.superseded_ttl_s = superseded_ttl_s
+        self.pending_ttl_s = pending_ttl_s
         self.full_every = max(1, full_every)
+        self.blob_pattern = f"{prefix}model:blob:*"
+        self._swept = False  # unreferenced blobs without a TTL (an older learner's crash) get one once
         self.manifest_key = f"{prefix}model:manifest"
         self.channel = f"{prefix}model:updates"
         self.last_publish_bytes = 0
@@ -89,22 +125,27 @@ class ModelStore:
     def _publish(self, tiers: dict[str, TierForm], trained_until_event_ts_ms: int,
                  trained_until_finalized_ts_ms: int, samples_seen: int, metrics: dict[str, Any] | None) -> int:
         previous = self.manifest()
+        ours = previous is not None and previous["version"] == self._last_version
+        blobs = {}  # every blob is encoded (and its weights checked) before anything is written
+        for name, form in tiers.items():
+            prev = previous["tiers"].get(name) if ours else None
+            full = prev is None or form.touched_rows is None or len(prev["chain"]) >= self.full_every
+            blobs[name] = (_encode(name, form, full), full, prev)
         counter = f"{self.prefix}model:version_counter"
         version = int(self.r.incr(counter))
         if version <= self._newest:  # Redis lost its data
             version = self._newest + 1
             self.r.set(counter, version)
         entries, written = {}, 0
-        ours = previous is not None and previous["version"] == self._last_version
-        for name, form in tiers.items():
-            prev = previous["tiers"].get(name) if ours else None
-            full = prev is None or form.touched_rows is None or len(prev["chain"]) >= self.full_every
-            blob = _encode(form, full)
+        for name, (blob, full, prev) in blobs.items():
             key = f"{self.prefix}model:blob:{version}:{name}"
-            self.r.set(key, blob)
+            self.r.set(key, blob, ex=self.pending_ttl_s)  # expires unless the manifest adopts it
             written += len(blob)
-            entries[name] = {"key": key, "kind": "full" if full else "delta", "spec": form.spec,
-                             "chain": [key] if full else [*prev["chain"], key]}
+            digests = {key: hashlib.sha256(blob).hexdigest()}
+            if not full:
+                digests = {**{k: prev["sha256"][k] for k in prev["chain"]}, **digests}
+            entries[name] = {"key": key, "kind": "full" if full else "delta", "spec": tiers[name].spec,
+                             "chain": [key] if full else [*prev["chain"], key], "sha256": digests}
         entry = {
             "version": version, "tiers": entries, "published_ts_ms": int(time.time() * 1000),
             "trained_until_event_ts_ms": trained_until_event_ts_ms,
@@ -112,9 +153,12 @@ class ModelStore:
             "samples_seen": samples_seen, "metrics": metrics or {}, "bytes": written,
         }
         history = ([_summary(previous)] + previous.get("history", []) if previous else [])[: self.keep_versions - 1]
-        self.r.set(self.manifest_key, json.dumps({**entry, "history": history}))
+        current = {**entry, "history": history}
+        self.r.set(self.manifest_key, json.dumps(current))
+        for key in {k for tier in entries.values() for k in tier["chain"]}:
+            self.r.persist(key)  # adopted: kept as long as a kept version references it
         self.r.publish(self.channel, str(version))
-        self._expire_unreferenced(previous, {**entry, "history": history})
+        self._expire_unreferenced(previous, current)
         self.last_publish_bytes = written
         self._last_version = self._newest = version
         return version
@@ -140,11 +184,18 @@ class ModelStore:
         return manifest
 
     def _expire_unreferenced(self, previous: dict | None, current: dict) -> None:
-        if previous is None:
-            return
+        """Give the grace TTL to the blobs the new manifest no longer references (and, once per
+        store, to any unreferenced blob that has no TTL at all)."""
         keep = _chain_keys(current)
-        for key in _chain_keys(previous) - keep:
+        stale = _chain_keys(previous) - keep if previous is not None else set()
+        for key in stale:
             self.r.expire(key, self.superseded_ttl_s)
+        if not self._swept:
+            self._swept = True
+            for raw in self.r.scan_iter(match=self.blob_pattern, count=1000):
+                key = raw.decode() if isinstance(raw, bytes) else raw
+                if key not in keep and self.r.ttl(key) == -1:
+                    self.r.expire(key, self.superseded_ttl_s)
 
     # -- reading ----------------------------------------------------------------------
     def manifest(self) -> dict[str, Any] | None:
@@ -187,25 +238,38 @@ class ModelStore:
                 tensors, todo = dict(current.tiers[name][0]), chain[len(have):]
             else:
                 tensors, todo = {}, chain
+            digests = entry.get("sha256") or {}
             for key in todo:
-                tensors = _apply(tensors, self._read(key))
+                tensors = _apply(tensors, self._read(key, digests.get(key), name), key)
             tiers[name] = (tensors, entry["spec"])
         return LoadedVersion(manifest["version"], tiers, manifest)
 
-    def _read(self, key: str) -> dict[str, np.ndarray]:
+    def _read(self, key: str, sha256: str | None, tier: str) -> dict[str, np.ndarray]:
+        """The tensors of blob ``key``, once its bytes match ``sha256`` and its values are finite."""
+        if not isinstance(sha256, str):
+            raise BlobCorrupt(f"blob {key}: the manifest records no SHA-256 for it", key)
         raw = self.r.get(key)
         if raw is None:
-            raise ModelStoreError(f"blob {key} is missing")
+            raise ModelStoreError(f"blob {key} is missing", key)
         if len(raw) > MAX_BLOB_BYTES:
-            raise ModelStoreError(f"blob {key} of {len(raw)} bytes exceeds the cap")
+            raise BlobCorrupt(f"blob {key} of {len(raw)} bytes exceeds the cap", key)
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest != sha256:
+            raise BlobCorrupt(f"blob {key}: SHA-256 {digest} differs from the manifest's {sha256}", key)
         try:
             _header(raw)
-            return st_load(raw)
+            tensors = st_load(raw)
         except Exception as exc:  # safetensors raises its own error types for corrupt bytes
-            raise ModelStoreError(f"blob {key} is not valid safetensors: {exc}") from None
+            raise BlobCorrupt(f"blob {key} is not valid safetensors: {exc}", key) from None
+        for name, array in tensors.items():
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise NonFiniteWeights(f"blob {key}: {name} holds NaN or inf", tier, name, key)
+        return tensors
 
 
-def _encode(form: TierForm, full: bool) -> bytes:
+def _encode(tier: str, form: TierForm, full: bool) -> bytes:
+    """The blob of ``form`` (full, or the touched rows of its embeddings); raises
+    :class:`NonFiniteWeights` when any value written would be NaN or inf."""
     embeddings = set(form.spec.get("embeddings", []))
     out: dict[str, np.ndarray] = {}
     for name, array in form.tensors.items():
@@ -215,19 +279,30 @@ def _encode(form: TierForm, full: bool) -> bytes:
             rows = np.unique(np.asarray(form.touched_rows.get(name, []), dtype=np.int64))  # type: ignore[union-attr]
             out[f"{name}::rows"] = rows
             out[f"{name}::values"] = np.ascontiguousarray(array[rows], dtype=np.float32)
+    for name, array in out.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise NonFiniteWeights(f"tier {tier}: {name} holds NaN or inf; version not published", tier, name)
     return st_save(out, metadata={"kind": "full" if full else "delta"})
 
 
-def _apply(tensors: dict[str, np.ndarray], blob: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _apply(tensors: dict[str, np.ndarray], blob: dict[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
     """Apply a full or delta blob without mutating arrays another version may be serving."""
     out = dict(tensors)
     for name, array in blob.items():
         if name.endswith("::rows"):
             base = name[: -len("::rows")]
+            values = blob.get(f"{base}::values")
             if base not in out:
-                raise ModelStoreError(f"delta for {base} has no base tensor")
-            table = out[base].copy()
-            table[array] = blob[f"{base}::values"]
+                raise BlobCorrupt(f"blob {key}: delta for {base} has no base tensor", key)
+            table = out[base]
+            if array.ndim != 1 or array.dtype.kind not in "iu" or values is None \
+                    or values.shape != (len(array), *table.shape[1:]):
+                raise BlobCorrupt(f"blob {key}: delta for {base} has rows {array.shape} and values "
+                                  f"{None if values is None else values.shape} for a table {table.shape}", key)
+            if len(array) and (array.min() < 0 or array.max() >= len(table)):
+                raise BlobCorrupt(f"blob {key}: delta rows of {base} outside its {len(table)} rows", key)
+            table = table.copy()
+            table[array] = values
             out[base] = table
         elif not name.endswith("::values"):
             out[name] = array
@@ -247,6 +322,8 @@ def _summary(manifest: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in manifest.items() if k not in ("history", "rolled_back_ts_ms")}
 
 
-def _chain_keys(manifest: dict[str, Any]) -> set[str]:
+def _chain_keys(manifest: dict[str, Any] | None) -> set[str]:
+    if manifest is None:
+        return set()
     entries = [manifest, *manifest.get("history", [])]
     return {key for e in entries for tier in e["tiers"].values() for key in tier["chain"]}

@@ -1,9 +1,18 @@
-"""Versions in a real Redis: atomic manifest, deltas, rollback, corrupt data rejected."""
+"""Versions in a real Redis: atomic manifest, deltas, rollback, corrupt data rejected (SHA-256 per
+blob, finite values), memory bounded by the count of kept versions."""
+
+import hashlib
+import json
 
 import numpy as np
 import pytest
+import redis
+from safetensors.numpy import save as st_save
 
-from feature_store.model_store import ModelStore, ModelStoreError, TierForm
+from deploy.settings import Settings
+from deploy.stack.process import free_port
+from deploy.stack.services import Redis
+from feature_store.model_store import BlobCorrupt, ModelStore, ModelStoreError, NonFiniteWeights, TierForm
 
 SPEC = {"embeddings": ["emb"]}
 
@@ -68,7 +77,7 @@ def test_corrupt_blob_and_dangling_manifest_are_errors(redis_client):
     publish(store, form(emb, emb[0]), form(emb, emb[0]))
     key = store.manifest()["tiers"]["light"]["key"]
     redis_client.set(key, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    with pytest.raises(ModelStoreError, match="not valid safetensors"):
+    with pytest.raises(BlobCorrupt, match="SHA-256"):
         store.load()
     redis_client.delete(key)
     with pytest.raises(ModelStoreError, match="missing"):
@@ -85,3 +94,98 @@ def test_superseded_blobs_get_a_ttl_kept_ones_do_not(redis_client):
     ttl = {v: redis_client.ttl(f"hap:model:blob:{v}:light") for v in versions}
     assert ttl[versions[-1]] == -1 and ttl[versions[-2]] == -1
     assert ttl[versions[0]] > 0 and ttl[versions[1]] > 0
+
+
+def test_a_blob_whose_bytes_changed_is_rejected_by_its_sha256(redis_client):
+    """A blob replaced by valid safetensors of the same size (one weight changed) still parses; only
+    the digest the manifest recorded tells it apart."""
+    store = ModelStore(redis_client)
+    emb = np.zeros((4, 2), np.float32)
+    publish(store, form(emb, emb[0]), form(emb, emb[0]))
+    key = store.manifest()["tiers"]["expressive"]["key"]
+    forged = st_save({"emb": emb + 1, "w": emb[0]}, metadata={"kind": "full"})
+    assert len(forged) == len(redis_client.get(key))
+    redis_client.set(key, forged)
+    with pytest.raises(BlobCorrupt, match="SHA-256") as info:
+        store.load()
+    assert info.value.key == key
+
+
+def test_nonfinite_weights_are_refused_at_publish_and_rejected_at_load(redis_client):
+    store = ModelStore(redis_client)
+    emb = np.zeros((4, 2), np.float32)
+    v1 = publish(store, form(emb, emb[0]), form(emb, emb[0]))
+    bad = emb.copy()
+    bad[1, 1] = np.inf
+    with pytest.raises(NonFiniteWeights) as info:
+        publish(store, form(emb, emb[0]), form(bad, emb[0]))
+    assert (info.value.tier, info.value.tensor) == ("expressive", "emb")
+    assert store.manifest()["version"] == v1 and not redis_client.keys("hap:model:blob:2:*")  # nothing written
+    # a NaN blob that reached Redis anyway (another writer), digest and all, is rejected at load
+    blob = st_save({"emb": np.full((4, 2), np.nan, np.float32), "w": emb[0]}, metadata={"kind": "full"})
+    manifest = json.loads(redis_client.get(store.manifest_key))
+    tier = manifest["tiers"]["light"]
+    redis_client.set(tier["key"], blob)
+    tier["sha256"] = {tier["key"]: hashlib.sha256(blob).hexdigest()}
+    redis_client.set(store.manifest_key, json.dumps(manifest))
+    with pytest.raises(NonFiniteWeights, match="NaN or inf"):
+        store.load()
+
+
+def test_delta_rows_outside_the_table_are_rejected(redis_client):
+    store = ModelStore(redis_client)
+    emb = np.zeros((4, 2), np.float32)
+    publish(store, form(emb, emb[0]), form(emb, emb[0]))
+    publish(store, form(emb, emb[0], [1]), form(emb, emb[0], [1]))
+    manifest = json.loads(redis_client.get(store.manifest_key))
+    tier = manifest["tiers"]["light"]
+    assert tier["kind"] == "delta"
+    blob = st_save({"emb::rows": np.array([9]), "emb::values": np.ones((1, 2), np.float32), "w": emb[0]})
+    redis_client.set(tier["key"], blob)
+    tier["sha256"][tier["key"]] = hashlib.sha256(blob).hexdigest()
+    redis_client.set(store.manifest_key, json.dumps(manifest))
+    with pytest.raises(BlobCorrupt, match="outside its 4 rows"):
+        store.load()
+
+
+def blob_ttls(client: redis.Redis) -> dict[str, int]:
+    return {k.decode(): client.ttl(k) for k in client.keys("hap:model:blob:*")}
+
+
+def test_memory_is_bounded_by_the_count_of_kept_versions(redis_client):
+    """With the defaults, a blob no kept version references expires within a minute (it was an hour,
+    ~6 GB at one publish per second), and only the kept versions' blobs have no TTL."""
+    store = ModelStore(redis_client, keep_versions=3, full_every=4)
+    emb = np.zeros((64, 2), np.float32)
+    for step in range(30):
+        publish(store, form(emb, emb[0], [step % 64]), form(emb, emb[0], [step % 64]))
+    kept = {key for v in store.versions() for tier in v["tiers"].values() for key in tier["chain"]}
+    ttls = blob_ttls(redis_client)
+    assert {k for k, ttl in ttls.items() if ttl == -1} == kept
+    assert all(0 < ttl <= 60 for k, ttl in ttls.items() if k not in kept)
+    assert len(kept) <= 2 * (3 + 4)  # both tiers: the kept versions' chains back to their full snapshots
+
+
+def test_blobs_of_a_failed_publish_and_leftover_blobs_expire(tmp_path):
+    """Redis refuses the second blob (out of memory): the first one, written, has a TTL. A blob left
+    without a TTL (an older learner's crash) gets one at the next store's first publish."""
+    server = Redis(Settings.load({"HAP_DATA_DIR": str(tmp_path), "HAP_REDIS_PORT": str(free_port())}))
+    server.start()
+    client = redis.Redis.from_url(server.endpoint())
+    try:
+        client.set("hap:model:blob:0:light", b"left by a crash")  # no TTL
+        ModelStore(client).publish({"light": form(np.zeros((4, 2), np.float32), np.ones(2, np.float32))},
+                                   trained_until_event_ts_ms=1, trained_until_finalized_ts_ms=1, samples_seen=1)
+        assert 0 < client.ttl("hap:model:blob:0:light") <= 60
+        small, big = np.zeros((4, 2), np.float32), np.zeros((1 << 21, 4), np.float32)  # 32 MiB
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", used + (16 << 20))  # room for the light blob, not the expressive one
+        client.config_set("maxmemory-policy", "noeviction")
+        with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):  # Redis OOM
+            ModelStore(client).publish({"light": form(small, small[0]), "expressive": form(big, big[0])},
+                                       trained_until_event_ts_ms=1, trained_until_finalized_ts_ms=1, samples_seen=1)
+        orphan = [k for k in blob_ttls(client) if k not in ("hap:model:blob:0:light", "hap:model:blob:1:light")]
+        assert orphan and all(client.ttl(k) > 0 for k in orphan), blob_ttls(client)
+    finally:
+        client.close()
+        server.process.stop()
