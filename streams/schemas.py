@@ -21,21 +21,18 @@ from typing import Any
 
 import orjson
 
-from streams.validate import (
-    InvalidEvent,
-    features,
-    opt_bool,
-    opt_float,
-    opt_int,
-    req_int,
-    req_list,
-    req_mapping,
-    req_str,
-    user_features,
+from streams.contract import (
+    EXPOSURE,
+    ITEM,
+    RANKING,
+    SAMPLE_GROUP,
+    SCHEMA_VERSION,
+    SOURCES,
+    Limits,
+    check,
 )
+from streams.validate import InvalidEvent, req_mapping
 
-SCHEMA_VERSION = 1
-SOURCES = ("exp_pos", "exp_neg", "rn", "prn", "gn")
 FEEDBACK_KINDS = ("click", "like", "comment", "share")
 
 __all__ = [
@@ -43,16 +40,6 @@ __all__ = [
     "ItemUpdate", "SampleItem", "SampleGroup", "decode_ranking", "decode_exposure", "decode_item",
     "decode_sample_group", "encode", "is_positive",
 ]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Limits:
-    """Size caps applied while decoding."""
-
-    max_candidates: int = 5000
-    max_message_bytes: int = 1 << 20
-    max_history: int = 500
-
 
 DEFAULT_LIMITS = Limits()
 
@@ -157,116 +144,43 @@ def _load(raw: bytes, limits: Limits) -> dict[str, Any]:
         raise InvalidEvent(f"json: {exc}", "json") from None
     obj = req_mapping(obj, "")
     version = obj.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION or isinstance(version, bool):
         raise InvalidEvent(f"schema_version: expected {SCHEMA_VERSION}, got {version!r}")
     return obj
 
 
-def _candidate(obj: Any, path: str) -> Candidate:
-    obj = req_mapping(obj, path)
-    return Candidate(
-        item_id=req_str(obj, "item_id", path),
-        channel=req_str(obj, "channel", path, 64),
-        prerank_pos=req_int(obj, "prerank_pos", path, 0),
-        prerank_score=_req_float(obj, "prerank_score", path),
-        rank_pos=opt_int(obj, "rank_pos", path, 0),
-        rank_score=opt_float(obj, "rank_score", path),
-        content_type=req_str(obj, "content_type", path, 64),
-    )
-
-
-def _req_float(obj: dict[str, Any], key: str, path: str) -> float:
-    value = opt_float(obj, key, path)
-    if value is None:
-        raise InvalidEvent(f"{path}.{key}: expected number, got null")
-    return value
+def _unique(ids: list[str], path: str) -> None:
+    if len(set(ids)) != len(ids):
+        raise InvalidEvent(f"{path}: duplicate item_id")
 
 
 def decode_ranking(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> RankingEvent:
-    obj = _load(raw, limits)
-    request_id, user_id = req_str(obj, "request_id"), req_str(obj, "user_id")
-    ts_ms = req_int(obj, "ts_ms", "", 0)
-    cands = req_list(obj, "candidates", "", limits.max_candidates)
-    candidates = [_candidate(c, f"candidates[{i}]") for i, c in enumerate(cands)]
-    if len({c.item_id for c in candidates}) != len(candidates):
-        raise InvalidEvent("candidates: duplicate item_id")
-    return RankingEvent(request_id, user_id, ts_ms, candidates,
-                        user_features(obj, "user_features", limits.max_history))
+    v = check(_load(raw, limits), RANKING, "", limits)
+    candidates = [Candidate(*c) for c in v["candidates"]]  # CANDIDATE lists the fields in Candidate's order
+    _unique([c.item_id for c in candidates], "candidates")
+    return RankingEvent(v["request_id"], v["user_id"], v["ts_ms"], candidates, v["user_features"])
 
 
 def decode_exposure(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> ExposureEvent:
-    obj = _load(raw, limits)
-    kind = obj.get("type")
-    if kind not in ("exposure", "feedback"):
-        raise InvalidEvent(f"type: expected 'exposure' or 'feedback', got {kind!r}")
-    event = ExposureEvent(
-        request_id=req_str(obj, "request_id"),
-        user_id=req_str(obj, "user_id"),
-        item_id=req_str(obj, "item_id"),
-        ts_ms=req_int(obj, "ts_ms", "", 0),
-        type=kind,
-        position=opt_int(obj, "position", "", 0),
-        click=opt_bool(obj, "click"),
-        like=opt_bool(obj, "like"),
-        comment=opt_bool(obj, "comment"),
-        share=opt_bool(obj, "share"),
-        dwell_ms=opt_int(obj, "dwell_ms", "", 0),
-        event_id=None if obj.get("event_id") is None else req_str(obj, "event_id"),
-    )
-    if kind == "exposure" and event.position is None:
+    event = ExposureEvent(**check(_load(raw, limits), EXPOSURE, "", limits))
+    if event.type == "exposure" and event.position is None:
         raise InvalidEvent("position: required for an exposure")
     return event
 
 
 def decode_item(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> ItemUpdate:
-    obj = _load(raw, limits)
-    return ItemUpdate(
-        item_id=req_str(obj, "item_id"),
-        content_type=req_str(obj, "content_type", "", 64),
-        ts_ms=req_int(obj, "ts_ms", "", 0),
-        features=_numbers(obj, "features", ""),
-    )
+    return ItemUpdate(**check(_load(raw, limits), ITEM, "", limits))
 
 
-def _numbers(obj: dict[str, Any], key: str, path: str) -> dict[str, float]:
-    out = features(obj, key, path)
-    for name, value in out.items():
-        if value is None:
-            raise InvalidEvent(f"{path + '.' if path else ''}{key}.{name}: expected number, got null")
-    return out
-
-
-def _sample_item(obj: Any, path: str) -> SampleItem:
-    obj = req_mapping(obj, path)
-    source = obj.get("source")
-    if source not in SOURCES:
-        raise InvalidEvent(f"{path}.source: expected one of {', '.join(SOURCES)}, got {source!r}")
-    label = obj.get("label")
-    if label not in (0, 1) or isinstance(label, bool):
-        raise InvalidEvent(f"{path}.label: expected 0 or 1, got {label!r}")
+def _sample_item(values: list[Any], path: str) -> SampleItem:
+    source, label, *rest = values  # SAMPLE_ITEM: source and label first (checked first), then SampleItem's order
     if (label == 1) != (source == "exp_pos"):
         raise InvalidEvent(f"{path}.label: {label} contradicts source {source}")
-    return SampleItem(
-        item_id=req_str(obj, "item_id", path),
-        source=source,
-        label=label,
-        prerank_pos=opt_int(obj, "prerank_pos", path, 0),
-        rank_pos=opt_int(obj, "rank_pos", path, 0),
-        content_type=req_str(obj, "content_type", path, 64),
-        features=_numbers(obj, "features", path),
-    )
+    return SampleItem(rest[0], source, label, *rest[1:])
 
 
 def decode_sample_group(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> SampleGroup:
-    obj = _load(raw, limits)
-    items = req_list(obj, "items", "", limits.max_candidates)
-    return SampleGroup(
-        group_id=req_str(obj, "group_id"),
-        request_id=req_str(obj, "request_id"),
-        user_id=req_str(obj, "user_id"),
-        event_ts_ms=req_int(obj, "event_ts_ms", "", 0),
-        assembled_ts_ms=req_int(obj, "assembled_ts_ms", "", 0),
-        items=[_sample_item(it, f"items[{i}]") for i, it in enumerate(items)],
-        user_features=user_features(obj, "user_features", limits.max_history),
-        correction=opt_bool(obj, "correction"),
-    )
+    v = check(_load(raw, limits), SAMPLE_GROUP, "", limits)
+    v["items"] = [_sample_item(it, f"items[{i}]") for i, it in enumerate(v["items"])]
+    _unique([it.item_id for it in v["items"]], "items")
+    return SampleGroup(**v)

@@ -32,7 +32,8 @@ exposures = st.builds(ExposureEvent, ids, ids, ids, ints, st.just("exposure"), i
                       st.booleans(), st.booleans(), st.none() | ints, st.none() | ids)
 items = st.builds(lambda s, i: SampleItem(i, s, int(s == "exp_pos"), None, 3, "video", {"ctr_1h": 0.1}),
                   st.sampled_from(["exp_pos", "exp_neg", "rn", "prn", "gn"]), ids)
-groups = st.builds(SampleGroup, ids, ids, ids, ints, ints, st.lists(items, max_size=10), st.just({}), st.booleans())
+groups = st.builds(SampleGroup, ids, ids, ids, ints, ints, st.lists(items, max_size=10, unique_by=lambda i: i.item_id),
+                   st.just({}), st.booleans())
 
 
 @given(rankings)
