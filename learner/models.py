@@ -9,6 +9,14 @@ item's centred CTR logit (``feature_store.featurize.PRIOR_FEATURE``) to what it 
 the smoothed-CTR counter does and training learns the correction. ``prior=False`` is the
 ablation (the statistics are still inputs of the towers).
 
+Plausibility gate: with ``gate=True`` (the default) each tier also has a second head ``g``
+and scores ``s = preference + prior + log σ(g)``. ``log σ`` saturates at 0: among plausible
+items (``g`` large, e.g. everything the ranking stage would show) the order is the preference
+head's alone, while implausible candidates (random and pre-ranking negatives) are pushed down
+by as much as the gate learns. Separating "could this be shown" from "which of the shown will
+be clicked" keeps the constructed negatives from re-ordering the real-label ranking.
+``gate=False`` is the ablation.
+
 Examples
 --------
 >>> import numpy as np
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from feature_store.featurize import (
@@ -84,9 +93,11 @@ class Tier(nn.Module):
     dim: int
     hidden: int
     prior: bool
+    gate: bool
 
     def spec(self) -> dict:
-        return {"dim": self.dim, "hidden": self.hidden, "prior_feature": PRIOR_FEATURE if self.prior else None}
+        return {"dim": self.dim, "hidden": self.hidden, "prior_feature": PRIOR_FEATURE if self.prior else None,
+                "gate": self.gate}
 
     def _init_prior(self, prior: bool) -> None:
         self.prior = prior
@@ -107,22 +118,25 @@ class Tier(nn.Module):
 class LightTwoTower(Tier):
     """User tower (id + mean of history items) and item tower (id, content type, statistics).
 
-    ``score = <user_tower(u), item_tower(i)> + prior_weight * prior(i)``, served as one dot
-    product: the prior is the item vector's last component and ``prior_weight`` the user
-    vector's. Item vectors depend on the item alone, so a router caches them per model version.
+    ``score = <u_p, v_p> + prior_weight * prior(i) + log σ(<u_g, v_g>)`` with ``(u_p, u_g)`` the
+    user tower's output and ``(v_p, v_g)`` the item tower's. Served as two dot products of one
+    user vector ``[u_p, prior_weight, u_g]`` and cached item vectors ``[v_p, prior(i), v_g]``:
+    item vectors depend on the item alone, so a router caches them per model version.
     """
 
     name = "light"
     embeddings = ("item_emb.weight", "user_emb.weight")
 
-    def __init__(self, dim: int = 16, hidden: int = 64, buckets: int = ID_BUCKETS, prior: bool = True) -> None:
+    def __init__(self, dim: int = 16, hidden: int = 64, buckets: int = ID_BUCKETS, prior: bool = True,
+                 gate: bool = True) -> None:
         super().__init__()
-        self.dim, self.hidden = dim, hidden
+        self.dim, self.hidden, self.gate = dim, hidden, gate
+        out = 2 * dim if gate else dim
         self.item_emb = nn.Embedding(buckets, dim, padding_idx=0)
         self.user_emb = nn.Embedding(buckets, dim, padding_idx=0)
         self.ctype_emb = nn.Embedding(CONTENT_TYPE_BUCKETS, dim)
-        self.item_tower = _mlp([2 * dim + DENSE_DIM, hidden, dim])
-        self.user_tower = _mlp([2 * dim, hidden, dim])
+        self.item_tower = _mlp([2 * dim + DENSE_DIM, hidden, out])
+        self.user_tower = _mlp([2 * dim, hidden, out])
         for emb in (self.item_emb, self.user_emb, self.ctype_emb):
             nn.init.normal_(emb.weight, std=0.05)
         self._init_prior(prior)
@@ -132,16 +146,23 @@ class LightTwoTower(Tier):
     def user_vectors(self, users: Tensors) -> torch.Tensor:
         x = torch.cat([self.user_emb(users["user_idx"]), _history_mean(self.item_emb, users["history"])], -1)
         u = self.user_tower(x)
-        return torch.cat([u, self.prior_weight.expand(len(u), 1)], -1) if self.prior else u
+        if not self.prior:
+            return u
+        return torch.cat([u[:, :self.dim], self.prior_weight.expand(len(u), 1), u[:, self.dim:]], -1)
 
     def item_vectors(self, items: Tensors) -> torch.Tensor:
         x = torch.cat([self.item_emb(items["item_idx"]), self.ctype_emb(items["ctype_idx"]), items["dense"]], -1)
         v = self.item_tower(x)
-        return torch.cat([v, items["dense"][:, PRIOR_INDEX: PRIOR_INDEX + 1]], -1) if self.prior else v
+        if not self.prior:
+            return v
+        return torch.cat([v[:, :self.dim], items["dense"][:, PRIOR_INDEX: PRIOR_INDEX + 1], v[:, self.dim:]], -1)
 
     def forward(self, users: Tensors, items: Tensors, group: torch.Tensor) -> torch.Tensor:
         """Scores of ``items``; ``group[i]`` is the row in ``users`` of item ``i``'s request."""
-        return (self.user_vectors(users)[group] * self.item_vectors(items)).sum(-1)
+        products = self.user_vectors(users)[group] * self.item_vectors(items)
+        head = self.dim + int(self.prior)
+        score = products[:, :head].sum(-1)
+        return score + F.logsigmoid(products[:, head:].sum(-1)) if self.gate else score
 
 
 class ExpressiveCross(Tier):
@@ -151,13 +172,14 @@ class ExpressiveCross(Tier):
     name = "expressive"
     embeddings = ("item_emb.weight", "user_emb.weight")
 
-    def __init__(self, dim: int = 16, hidden: int = 128, buckets: int = ID_BUCKETS, prior: bool = True) -> None:
+    def __init__(self, dim: int = 16, hidden: int = 128, buckets: int = ID_BUCKETS, prior: bool = True,
+                 gate: bool = True) -> None:
         super().__init__()
-        self.dim, self.hidden = dim, hidden
+        self.dim, self.hidden, self.gate = dim, hidden, gate
         self.item_emb = nn.Embedding(buckets, dim, padding_idx=0)
         self.user_emb = nn.Embedding(buckets, dim, padding_idx=0)
         self.ctype_emb = nn.Embedding(CONTENT_TYPE_BUCKETS, dim)
-        self.mlp = _mlp([6 * dim + DENSE_DIM, hidden, hidden // 2, 1])
+        self.mlp = _mlp([6 * dim + DENSE_DIM, hidden, hidden // 2, 2 if gate else 1])
         for emb in (self.item_emb, self.user_emb, self.ctype_emb):
             nn.init.normal_(emb.weight, std=0.05)
         self._init_prior(prior)
@@ -177,4 +199,6 @@ class ExpressiveCross(Tier):
             [user, attended, target, self.ctype_emb(items["ctype_idx"]), target * attended, target * user,
              items["dense"]], -1,
         )
-        return self.mlp(x).squeeze(-1) + self.prior_term(items)
+        out = self.mlp(x)
+        score = out[:, 0] + self.prior_term(items)
+        return score + F.logsigmoid(out[:, 1]) if self.gate else score

@@ -86,6 +86,23 @@ class ProgressiveMetrics:
         self.recall_sum += float(positive[top].sum() / positive.sum())
         self.recall_groups += 1
 
+    def merge(self, other: ProgressiveMetrics) -> ProgressiveMetrics:
+        """Add ``other``'s counts (the metrics of disjoint groups) to these; returns ``self``.
+
+        >>> a, b = ProgressiveMetrics(k=1), ProgressiveMetrics(k=1)
+        >>> a.update(np.array([0.9, 0.1]), np.array([0, 0]), np.array(["exp_pos", "exp_neg"]))
+        >>> b.update(np.array([0.1, 0.9]), np.array([0, 0]), np.array(["exp_pos", "exp_neg"]))
+        >>> a.merge(b).report()["gauc"]
+        0.5
+        """
+        for name, (good, n) in other.pairs.items():
+            self.pairs[name][0] += good
+            self.pairs[name][1] += n
+        for field in ("gauc_sum", "gauc_weight", "recall_sum", "recall_groups", "consistency_sum",
+                      "consistency_groups"):
+            setattr(self, field, getattr(self, field) + getattr(other, field))
+        return self
+
     def report(self) -> dict[str, float | dict[str, float] | None]:
         """Current values (None where nothing was measured yet)."""
         auc_vs = {s: (g / n if n else None) for s, (g, n) in self.pairs.items()}

@@ -5,7 +5,7 @@ expressive tier on both paths (all sources); the baselines train both tiers with
 ``method="mixed"``, one pointwise BCE over all sources, and ``method="softmax"``, one
 within-request softmax of each positive against every negative pooled (no paths, no
 harmonization). ``harmonize_gradients``, ``conflict_sampling`` and ``prior`` switch GHCL's
-parts off for ablations. Embedding tables use Adagrad, so a row without gradient never
+parts off for ablations, and ``gate`` the tiers' plausibility gate. Embedding tables use Adagrad, so a row without gradient never
 moves and the rows touched since the last publish are exactly the delta to send.
 
 Examples
@@ -54,6 +54,7 @@ class OnlineTrainer:
     def __init__(self, method: str = "ghcl", *, dim: int = 16, lr: float = 0.01, emb_lr: float = 0.05,
                  k: int = 10, damr_budget: float = 0.3, temperature: float = 1.0, seed: int = 0,
                  harmonize_gradients: bool = True, conflict_sampling: bool = True, prior: bool = True,
+                 gate: bool = True,
                  extra_budgets: tuple[float, ...] = (), measure_conflict: bool = False) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -64,15 +65,26 @@ class OnlineTrainer:
         self.conflict_sampling = conflict_sampling
         self.budgets = {"damr": damr_budget, **{f"damr@{b:g}": b for b in extra_budgets}}
         self.measure_conflict = measure_conflict
-        self.light = LightTwoTower(dim=dim, prior=prior)
-        self.expressive = ExpressiveCross(dim=dim, prior=prior)
+        self.light = LightTwoTower(dim=dim, prior=prior, gate=gate)
+        self.expressive = ExpressiveCross(dim=dim, prior=prior, gate=gate)
         self.optimizers = [opt for m in (self.light, self.expressive) for opt in _optimizers(m, lr, emb_lr)]
         self.sampler = ConflictSampler(seed=seed)
-        self.metrics = {name: ProgressiveMetrics(k) for name in ("light", *self.budgets, "expressive_all")}
-        self.expressive_evals = dict.fromkeys(self.budgets, 0)  # expressive scorings, summed over groups
+        self.k = k
+        self.metrics, self.expressive_evals = self._new_metrics()
         self.touched: dict[str, dict[str, set[int]]] = {"light": {}, "expressive": {}}
         self.steps = 0
         self.samples_seen = 0
+
+    def _new_metrics(self) -> tuple[dict[str, ProgressiveMetrics], dict[str, int]]:
+        metrics = {name: ProgressiveMetrics(self.k) for name in ("light", *self.budgets, "expressive_all")}
+        return metrics, dict.fromkeys(self.budgets, 0)  # expressive scorings, summed over groups
+
+    def take_metrics(self) -> tuple[dict[str, ProgressiveMetrics], dict[str, int]]:
+        """The progressive metrics and expressive-eval counts since the previous call (or the
+        start), then restarted: how an evaluation reports disjoint blocks of the stream."""
+        taken = self.metrics, self.expressive_evals
+        self.metrics, self.expressive_evals = self._new_metrics()
+        return taken
 
     # -- progressive validation ---------------------------------------------------------
     @torch.no_grad()

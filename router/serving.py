@@ -39,6 +39,8 @@ class LightTier:
     def __init__(self, tensors: Tensors, spec: dict) -> None:
         self.t, self.spec = tensors, spec
         self.prior = _prior_column(spec)
+        self.gate = bool(spec.get("gate"))
+        self.head = int(spec["dim"]) + (self.prior is not None)  # the preference part of a vector
 
     @classmethod
     def from_form(cls, tensors: Tensors, spec: dict) -> LightTier:
@@ -48,7 +50,8 @@ class LightTier:
         x = np.concatenate([self.t["user_emb.weight"][user.user_idx], _history_mean(self.t["item_emb.weight"],
                                                                                    user.history)])
         u = _mlp(self.t, "user_tower", x[None, :])[0]
-        return u if self.prior is None else np.concatenate([u, self.t["prior_weight"]])
+        d = int(self.spec["dim"])
+        return u if self.prior is None else np.concatenate([u[:d], self.t["prior_weight"], u[d:]])
 
     def item_vectors(self, items: ItemBatch) -> np.ndarray:
         x = np.concatenate(
@@ -56,11 +59,13 @@ class LightTier:
             axis=1,
         )
         v = _mlp(self.t, "item_tower", x)
-        return v if self.prior is None else np.concatenate([v, items.dense[:, self.prior, None]], axis=1)
+        d = int(self.spec["dim"])
+        return v if self.prior is None else np.concatenate([v[:, :d], items.dense[:, self.prior, None], v[:, d:]], axis=1)
 
-    @staticmethod
-    def score(user_vec: np.ndarray, item_vecs: np.ndarray) -> np.ndarray:
-        return item_vecs @ user_vec
+    def score(self, user_vec: np.ndarray, item_vecs: np.ndarray) -> np.ndarray:
+        """Preference dot product, plus ``log σ`` of the gate's dot product for a gated tier."""
+        score = item_vecs[:, :self.head] @ user_vec[:self.head]
+        return score - np.logaddexp(0.0, -(item_vecs[:, self.head:] @ user_vec[self.head:])) if self.gate else score
 
 
 class ExpressiveTier:
@@ -94,5 +99,6 @@ class ExpressiveTier:
             [user_vec, attended, target, self.t["ctype_emb.weight"][items.ctype_idx], target * attended,
              target * user_vec, items.dense], axis=1,
         )
-        out = _mlp(self.t, "mlp", x)[:, 0]
-        return out if self.prior is None else out + self.t["prior_weight"][0] * items.dense[:, self.prior]
+        out = _mlp(self.t, "mlp", x)
+        score = out[:, 0] if self.prior is None else out[:, 0] + self.t["prior_weight"][0] * items.dense[:, self.prior]
+        return score - np.logaddexp(0.0, -out[:, 1]) if self.spec.get("gate") else score

@@ -5,6 +5,12 @@ The true click probability of user ``u`` on item ``i`` is
 beats random" learns, and a personal part that only separates plausible items. Retrieval
 mixes channels (popular, personal, content type, random) into about ``n_candidates``.
 
+Common random numbers: request ``index`` draws its user, retrieval and stage noise from a
+generator seeded by ``(seed, index)``, and each exposed item's click and feedback from one
+seeded by ``(seed, index, item)``; two pre-rankers run on worlds of the same seed therefore
+face the same users, the same requests and the same click draw per (request, item), and
+their engagement can be compared request by request.
+
 Examples
 --------
 >>> w = World(seed=1, n_users=50, n_items=400)
@@ -31,7 +37,8 @@ class World:
 
     def __init__(self, seed: int = 0, n_users: int = 2000, n_items: int = 20000, dim: int = 8,
                  affinity: float = 1.5, feedback_delay_ms: float = 2000.0, n_exposed: int = 10) -> None:
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)  # the world itself; requests draw from their own
         self.n_exposed = n_exposed
         self.feedback_delay_ms = feedback_delay_ms
         self.users = self.rng.normal(size=(n_users, dim)) / np.sqrt(dim)
@@ -51,16 +58,16 @@ class World:
         logit = self.affinity * self.items[items] @ self.users[user] * np.sqrt(self.users.shape[1])
         return 1 / (1 + np.exp(-(logit + self.popularity[items] + self.bias)))
 
-    def _retrieve(self, user: int, n: int) -> tuple[np.ndarray, list[str]]:
+    def _retrieve(self, user: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
         per = n // len(CHANNELS)
-        personal = np.argsort(-(self.items @ self.users[user] + 0.5 * self.rng.normal(size=len(self.items))))[:per]
+        personal = np.argsort(-(self.items @ self.users[user] + 0.5 * rng.normal(size=len(self.items))))[:per]
         liked_type = self.item_types[self.histories[user][-1]] if self.histories[user] else 0
         same_type = np.flatnonzero(self.item_types == liked_type)
         picks = [
-            self.rng.choice(self._popular, min(per, len(self._popular)), replace=False),
+            rng.choice(self._popular, min(per, len(self._popular)), replace=False),
             personal,
-            self.rng.choice(same_type, min(per, len(same_type)), replace=False),
-            self.rng.choice(len(self.items), min(n, len(self.items)), replace=False),
+            rng.choice(same_type, min(per, len(same_type)), replace=False),
+            rng.choice(len(self.items), min(n, len(self.items)), replace=False),
         ]
         chosen, channels, seen = [], [], set()
         for channel, ids in zip(CHANNELS, picks, strict=True):
@@ -74,15 +81,16 @@ class World:
     def request(self, index: int, n_candidates: int = 1000, preranker: PreRanker | None = None) -> Request:
         """Simulate request ``index`` (its id is ``req-<index>``); ``preranker`` defaults to a
         noisy popularity heuristic, which also stands in whenever ``preranker`` fails."""
-        user = int(self.rng.integers(len(self.users)))
-        items, channels = self._retrieve(user, n_candidates)
+        rng = np.random.default_rng((self.seed, index))
+        user = int(rng.integers(len(self.users)))
+        items, channels = self._retrieve(user, n_candidates, rng)
         truth = self.click_prob(user, items)
         ids = [self.item_id(i) for i in items]
         types = [CONTENT_TYPES[t] for t in self.item_types[items]]
         user_id = f"u{user}"
         features = {"history": [self.item_id(i) for i in self.histories[user][-50:]]}
         request_id = f"req-{index}"
-        heuristic = self.popularity[items] + self.rng.normal(0, 1.0, len(items))
+        heuristic = self.popularity[items] + rng.normal(0, 1.0, len(items))
         pre = heuristic
         if preranker is not None:
             try:
@@ -92,17 +100,19 @@ class World:
                     log.warning("router pre-ranking failed (%s); falling back to the heuristic", exc)
                 self.prerank_fallbacks += 1
                 pre = heuristic  # router unavailable: the cascade's fallback pre-ranker
-        rank = np.log(truth) + self.rng.normal(0, 0.3, len(items))
+        rank = np.log(truth) + rng.normal(0, 0.3, len(items))
         ranking, exposed = run_cascade(request_id, user_id, features, ids, channels, types, pre, rank,
                                        self.n_exposed)
         index_of = {item_id: n for n, item_id in enumerate(ids)}
         events, labels = [], {}
         for pos, item_id in enumerate(exposed):
-            clicked = bool(self.rng.random() < truth[index_of[item_id]])
+            item = int(items[index_of[item_id]])
+            item_rng = np.random.default_rng((self.seed, index, item))
+            clicked = bool(item_rng.random() < truth[index_of[item_id]])
             labels[item_id] = int(clicked)
             if clicked:
-                self.histories[user].append(int(items[index_of[item_id]]))
-            events += feedback_events(request_id, user_id, item_id, pos, clicked, self.rng, self.feedback_delay_ms)
+                self.histories[user].append(item)
+            events += feedback_events(request_id, user_id, item_id, pos, clicked, item_rng, self.feedback_delay_ms)
         return Request(ranking, events, labels)
 
     def reward(self, request: Request) -> float:

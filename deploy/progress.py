@@ -1,0 +1,53 @@
+"""Progress of a long job: a bar on a terminal, plain periodic lines otherwise (logs, CI).
+
+Examples
+--------
+>>> import io
+>>> out = io.StringIO()
+>>> with Progress(2, "eval", "run", stream=out, every_s=0) as p:
+...     p.update("first")
+...     p.update("second")
+>>> out.getvalue().splitlines()[-1].startswith("eval: 2/2 run")
+True
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from tqdm import tqdm
+
+
+class Progress:
+    """``update()`` after each unit of work; a tqdm bar when ``stream`` is a terminal, else one plain
+    line at most every ``every_s`` seconds (and always for the last unit)."""
+
+    def __init__(self, total: int, desc: str, unit: str, *, stream: TextIO | None = None,
+                 every_s: float = 10.0) -> None:
+        self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
+        self.stream = stream or sys.stderr
+        self.done = 0
+        self.started = self.last = time.monotonic()
+        self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream) if self.stream.isatty() else None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, what: str = "") -> None:
+        """One unit done; ``what`` names it."""
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(what, refresh=False)
+            self.bar.update()
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every_s or self.done == self.total:
+            self.last = now
+            print(f"{self.desc}: {self.done}/{self.total} {self.unit} ({what}), {now - self.started:.0f} s",
+                  file=self.stream, flush=True)
