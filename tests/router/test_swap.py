@@ -1,4 +1,5 @@
-"""Hot swap under load, and a Redis outage: one consistent version per request, last good one kept."""
+"""Hot swap under load, and a Redis outage: one consistent version per request (both tiers), last good
+one kept."""
 
 import asyncio
 import threading
@@ -11,6 +12,7 @@ from deploy.stack.process import free_port
 from deploy.stack.services import Redis
 from feature_store.featurize import featurize_user
 from feature_store.model_store import ModelStore
+from router.damr import budget_count, merge, route
 from router.features import FeatureCache
 from router.holder import build
 
@@ -32,18 +34,26 @@ def test_no_request_sees_mixed_versions_while_versions_swap(redis_client):
             threading.Thread(target=publisher).start()
             out = []
             while not done.is_set() or len(out) < 20:
-                out.append(await (await http.post("/v1/prerank", json=body(40, k=40))).json())
+                # k below the candidate count, so DAMR routes the boundary to the expressive tier
+                out.append(await (await http.post("/v1/prerank", json=body(40, k=10))).json())
             return out
 
     responses = asyncio.run(go())
     assert len({r["version"] for r in responses}) > 3
     items, _ = FeatureCache(redis_client).item_batch([f"i{i}" for i in range(40)], ["video"] * 40, [None] * 40)
     user = featurize_user("u", {})
-    for r in responses[:: max(1, len(responses) // 25)]:
+    checked = responses[:: max(1, len(responses) // 25)]
+    for r in checked:
         model = build(store.load(r["version"]))  # recompute offline with the version the response names
         light = model.light.score(model.light.user_vector(user), model.light.item_vectors(items))
-        served = {i["item_id"]: i["score"] for i in r["items"] if i["tier"] == "light"}
-        assert served and all(np.isclose(s, light[int(k[1:])], atol=1e-5) for k, s in served.items()), r["version"]
+        routed = route(light, 10, budget_count(40, 0.3))
+        final = merge(light, routed, model.expressive.score(user, items.take(routed)))
+        assert len(r["items"]) == 10, r
+        for item in r["items"]:
+            n = int(item["item_id"][1:])
+            assert np.isclose(item["score"], final[n], atol=1e-5), (r["version"], item)
+            assert item["tier"] == ("expressive" if n in routed else "light"), (r["version"], item)
+    assert all(any(i["tier"] == "expressive" for i in r["items"]) for r in checked)  # both tiers were checked
 
 
 def test_redis_outage_keeps_the_last_good_version_serving(tmp_path):
