@@ -6,14 +6,15 @@ second process. Is memory flat and is lag bounded?
 2. A second process posts pre-ranking requests to the router at ``--router-rps``.
 3. Every ``--every`` seconds: each component's RSS, the input backlog (the streams consumer
    group's lag: events produced and not yet committed), the event-to-sample lag p99 over that interval (join window
-   included: ``--window``, short by default) and the served model's age; one progress line each.
+   included: ``--window``, short by default), the served model's age, and Redis' memory (``used_memory``) with
+   the count of model blobs in it; one progress line each.
 
     python bench/soak.py [--minutes 5] [--rate 1000]   # needs a stack: `hap stack up`
 
 Memory is reported as a ratio against the same run's own baseline (RSS once warmed up, after
 the first fifth), lag as the backlog and the worst interval p99. Writes ``soak.png`` (RSS, lag
 and backlog over time) under ``--out`` and ends with one JSON line {"rss_growth",
-"backlog_events_max", "lag_p99_s_max", "router_p99_ms", ...}.
+"backlog_events_max", "lag_p99_s_max", "router_p99_ms", "redis_used_mb_max", ...}.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import redis
 from kafka import KafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -87,6 +89,12 @@ def offsets(consumer: KafkaConsumer, topics: list[str]) -> tuple[int, int]:
     return sum(ends.values()), sum(consumer.committed(tp) or 0 for tp in parts)
 
 
+def redis_memory(client: redis.Redis, blob_pattern: str = "hap:model:blob:*") -> tuple[float, int]:
+    """Redis' ``used_memory`` in MB and the number of model blobs it holds."""
+    used = int(client.info("memory")["used_memory"]) / 1e6
+    return used, sum(1 for _ in client.scan_iter(match=blob_pattern, count=1000))
+
+
 def sample(parts: dict[str, Component], urls: dict[str, str], previous: Metrics | None,
            written_committed: tuple[int, int]) -> tuple[dict, Metrics]:
     streams = scrape(urls["streams"])
@@ -112,6 +120,7 @@ def plot(rows: list[dict], out: Path) -> Path:
     fig, (mem, lag) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for name in PARTS:
         mem.plot(t, [r[f"rss_{name}_mb"] for r in rows], label=name)
+    mem.plot(t, [r["redis_used_mb"] for r in rows], label="redis used_memory", linestyle="--")
     mem.set_ylabel("RSS (MB)")
     mem.legend()
     lag.plot(t, [r["lag_p99_s"] or 0 for r in rows], label="event->sample p99 (interval)")
@@ -172,15 +181,18 @@ def main() -> None:
             reader = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=group, enable_auto_commit=False,
                                    **s.kafka_security.client_options())
             inputs = [env["HAP_TOPIC_PREFIX"] + t for t in ("ranking", "exposure")]
+            store = s.redis.client()
             while time.time() - started < duration:
                 time.sleep(args.every)
                 row, previous = sample(parts, urls, previous, offsets(reader, inputs))
+                row["redis_used_mb"], row["model_blobs"] = redis_memory(store)
                 row["t_s"] = round(time.time() - started, 1)
                 rows.append(row)
                 dead = [name for name, part in parts.items() if not part.alive]
                 print(f"[{row['t_s']:6.0f}s] events {row['events']:.0f} backlog {row['backlog']:.0f}  "
                       f"lag p99 {row['lag_p99_s'] or 0:.2f}s  "
-                      f"version {row['version']:.0f}  age {row['model_age_s']:.1f}s  RSS "
+                      f"version {row['version']:.0f}  age {row['model_age_s']:.1f}s  "
+                      f"redis {row['redis_used_mb']:.0f}MB ({row['model_blobs']} blobs)  RSS "
                       + " ".join(f"{n} {row[f'rss_{n}_mb']:.0f}MB" for n in PARTS), file=sys.stderr, flush=True)
                 if dead:
                     raise SystemExit(f"soak: {', '.join(dead)} died; see {tmp}")
@@ -207,6 +219,10 @@ def main() -> None:
         "lag_p99_s_first": lags[0] if lags else None, "lag_p99_s_max": max(lags) if lags else None,
         "lag_p99_s_last": lags[-1] if lags else None,
         "model_age_s_max": max(r["model_age_s"] for r in rows), "versions": rows[-1]["version"],
+        "redis_used_mb_first": round(rows[0]["redis_used_mb"], 1),
+        "redis_used_mb_max": round(max(r["redis_used_mb"] for r in rows), 1),
+        "redis_used_mb_last": round(rows[-1]["redis_used_mb"], 1),
+        "model_blobs_max": max(r["model_blobs"] for r in rows),
         "router_rps": args.router_rps, "router_requests": len(latencies), "router_failures": failures,
         "router_p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
         "router_p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None, "plot": str(chart),
