@@ -4,6 +4,8 @@ non-finite values are each counted and skipped while the last good version serve
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -133,3 +135,18 @@ def test_the_first_version_is_verified_too(redis_client):
             return (await http.get("/readyz")).status, (await http.post("/v1/prerank", json=body())).status
 
     assert asyncio.run(go()) == (503, 503)  # nothing loaded rather than a model that fails every request
+
+
+def test_reference_shapes_come_from_a_child_process_in_a_router_without_torch():
+    """A router process never imports torch: the child it asks derives the same shapes as the
+    learner's export."""
+    spec = tiers(dim=4, light_hidden=32)["light"].spec
+    code = ("import json, sys; from router.holder import reference_shapes; "
+            "shapes = reference_shapes(json.loads(sys.argv[1])); "
+            "print(json.dumps({'torch_loaded': 'torch' in sys.modules, 'shapes': shapes}))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    out = json.loads(done.stdout)
+    assert out["torch_loaded"] is False
+    expected = {name: list(array.shape) for name, array in tiers(dim=4, light_hidden=32)["light"].tensors.items()}
+    assert out["shapes"] == expected
