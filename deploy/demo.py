@@ -46,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = {"HAP_TOPIC_PREFIX": prefix, "HAP_DATA_DIR": str(settings.data_dir / prefix.rstrip(".")),
            "HAP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "HAP_REDIS_URL": settings.redis_url}
-    write_targets(settings.data_dir, [f"127.0.0.1:{p}" for p in (
-        settings.streams_metrics_port, settings.learner_metrics_port, settings.router_port)])
+    write_targets(settings.data_dir, {"streams": f"127.0.0.1:{settings.streams_metrics_port}",
+                                      "learner": f"127.0.0.1:{settings.learner_metrics_port}",
+                                      "router": f"127.0.0.1:{settings.router_port}"})
     from streams.topics import ensure_topics
 
     ensure_topics(settings.kafka_bootstrap, prefix)

@@ -1,12 +1,17 @@
 """The router's HTTP service (aiohttp): ``POST /v1/prerank``, health, readiness, metrics, OpenAPI.
 
 A client mistake is a 400 with the reason (413 above the body size cap), never a 5xx.
-``/readyz`` answers 200 only once a model version is loaded.
+``/readyz`` answers 200 only once a model version is loaded. Every 5xx is counted in
+``hap_router_errors_total``: a 503 (no version loaded yet, on ``/v1/prerank`` or ``/readyz``) as
+``not_ready``, a failure inside a handler as ``internal`` (answered 500 with a JSON error body),
+any other 5xx as ``http_5xx``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
@@ -23,6 +28,8 @@ OPENAPI = Path(__file__).with_name("openapi.yaml")
 HOLDER: web.AppKey[ModelHolder] = web.AppKey("holder", ModelHolder)
 FEATURES: web.AppKey[FeatureCache] = web.AppKey("features", FeatureCache)
 LIMITS: web.AppKey[dict] = web.AppKey("limits", dict)
+log = logging.getLogger("hap.router")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -50,14 +57,31 @@ async def prerank(request: web.Request) -> web.Response:
         metrics.ERRORS.labels("too_large" if status == 413 else "bad_request").inc()
         return _json({"error": str(exc)}, status)
     model = request.app[HOLDER].current
-    if model is None:
-        metrics.ERRORS.labels("not_ready").inc()
+    if model is None:  # counted by count_server_errors, as every 5xx
         return _json({"error": "no model version loaded yet"}, 503)
     result = score(model, request.app[FEATURES], req)
     metrics.REQUEST_SECONDS.labels(req.policy).observe(time.perf_counter() - started)
     metrics.CANDIDATES.observe(len(req.candidates))
     metrics.EXPRESSIVE_FRACTION.observe(result["expressive_evals"] / len(req.candidates))
     return _json(result)
+
+
+@web.middleware
+async def count_server_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every 5xx; a handler's exception becomes a counted 500 with a JSON error body."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 500:
+            metrics.ERRORS.labels("http_5xx").inc()
+        raise
+    except Exception:  # noqa: BLE001 - whatever failed, the client gets a 500 and the operator a count
+        log.exception("%s %s failed", request.method, request.path)
+        metrics.ERRORS.labels("internal").inc()
+        return _json({"error": "internal error"}, 500)
+    if response.status >= 500:
+        metrics.ERRORS.labels("not_ready" if response.status == 503 else "http_5xx").inc()
+    return response
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -83,7 +107,7 @@ async def openapi(_request: web.Request) -> web.Response:
 def make_app(client: redis.Redis, *, policy: str = "damr", budget: float = 0.2, max_candidates: int = 5000,
              max_bytes: int = 4 << 20, poll_s: float = 2.0, holder: ModelHolder | None = None) -> web.Application:
     """Build the service; the holder's threads start and stop with the app."""
-    app = web.Application(client_max_size=max_bytes)
+    app = web.Application(client_max_size=max_bytes, middlewares=[count_server_errors])
     app[HOLDER] = holder or ModelHolder(client, poll_s=poll_s)
     app[FEATURES] = FeatureCache(client)
     app[LIMITS] = {"policy": policy, "budget": budget, "max_candidates": max_candidates, "max_bytes": max_bytes}

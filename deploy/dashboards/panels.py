@@ -1,16 +1,28 @@
-"""Small typed builders of Grafana dashboard JSON (schema of Grafana 10/11)."""
+"""Small typed builders of Grafana dashboard JSON (schema of Grafana 10/11).
+
+Panels query the data source chosen in the dashboard's ``datasource`` variable (any Prometheus
+data source; imported by hand, Grafana asks for it) and rate over ``$__rate_interval``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-DATASOURCE = {"type": "prometheus", "uid": "hap-prometheus"}
+DATASOURCE = {"type": "prometheus", "uid": "hap-prometheus"}  # provisioned by `hap dashboards push`; alerts use it
+PANEL_DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+RATE = "$__rate_interval"
+TEMPLATING = {"list": [{
+    "name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus", "refresh": 1,
+    "current": {"text": "HAP Prometheus", "value": DATASOURCE["uid"]}, "hide": 0, "includeAll": False,
+    "multi": False, "options": [], "regex": "",
+}]}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Panel:
-    """A panel: title, its PromQL queries ``(expr, legend)``, unit and kind."""
+    """A panel: title, its PromQL queries ``(expr, legend)`` (``[rate]`` stands for the dashboard's
+    rate interval), one unit for its axis, and kind."""
 
     title: str
     queries: tuple[tuple[str, str], ...]
@@ -21,10 +33,11 @@ class Panel:
     def to_json(self, panel_id: int, x: int, y: int, w: int = 12, h: int = 8) -> dict[str, Any]:
         return {
             "id": panel_id, "type": self.kind, "title": self.title, "description": self.description,
-            "datasource": DATASOURCE, "gridPos": {"x": x, "y": y, "w": w, "h": h},
+            "datasource": PANEL_DATASOURCE, "gridPos": {"x": x, "y": y, "w": w, "h": h},
             "fieldConfig": {"defaults": {"unit": self.unit}, "overrides": []},
             "options": {"legend": {"displayMode": "list", "placement": "bottom"}} if self.kind == "timeseries" else {},
-            "targets": [{"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
+            "targets": [{"refId": chr(ord("A") + i), "datasource": PANEL_DATASOURCE,
+                         "expr": expr.replace("[rate]", f"[{RATE}]"), "legendFormat": legend}
                         for i, (expr, legend) in enumerate(self.queries)],
         }
 
@@ -33,12 +46,12 @@ def dashboard(uid: str, title: str, panels: list[Panel], description: str = "") 
     """A dashboard with its panels laid out two per row."""
     return {
         "uid": uid, "title": title, "description": description, "tags": ["hap"], "timezone": "browser",
-        "schemaVersion": 39, "refresh": "5s", "time": {"from": "now-30m", "to": "now"},
+        "schemaVersion": 39, "refresh": "5s", "time": {"from": "now-30m", "to": "now"}, "templating": TEMPLATING,
         "panels": [p.to_json(i + 1, 12 * (i % 2), 8 * (i // 2)) for i, p in enumerate(panels)],
     }
 
 
 def quantile(q: float, histogram: str, by: str = "") -> str:
-    """PromQL for the ``q`` quantile of a histogram over the last minute."""
+    """PromQL for the ``q`` quantile of a histogram over the dashboard's rate interval."""
     group = f"le{', ' + by if by else ''}"
-    return f"histogram_quantile({q}, sum by ({group}) (rate({histogram}_bucket[1m])))"
+    return f"histogram_quantile({q}, sum by ({group}) (rate({histogram}_bucket[rate])))"

@@ -13,9 +13,8 @@ from grafana_client.client import GrafanaClientError, GrafanaException, GrafanaU
 
 from deploy.dashboards.alerts import all_rules
 from deploy.dashboards.definitions import all_dashboards
+from deploy.dashboards.export import FOLDER_UID
 from deploy.dashboards.panels import DATASOURCE
-
-FOLDER_UID = "hap"
 
 
 class DashboardPushError(RuntimeError):

@@ -195,12 +195,18 @@ class Prometheus(Service):
         targets = self.dir / "targets.json"
         if not targets.exists():
             s = self.settings
-            write_targets(self.settings.data_dir, [
-                f"127.0.0.1:{p}" for p in (s.streams_metrics_port, s.learner_metrics_port, s.router_port)
-            ])
+            write_targets(self.settings.data_dir, {
+                "streams": f"127.0.0.1:{s.streams_metrics_port}", "learner": f"127.0.0.1:{s.learner_metrics_port}",
+                "router": f"127.0.0.1:{s.router_port}"})
+        from deploy.dashboards.alerts import JOB, prometheus_rules
+        from deploy.dashboards.export import to_yaml
+
+        rules = self.dir / "hap.rules.yml"  # the alerts of deploy/prometheus/hap.rules.yml
+        rules.write_text(to_yaml(prometheus_rules()))
         (self.dir / "prometheus.yml").write_text(
             f"global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\n"
-            "scrape_configs:\n  - job_name: hap\n    file_sd_configs:\n"
+            f"rule_files: ['{rules}']\n"
+            f"scrape_configs:\n  - job_name: {JOB}\n    file_sd_configs:\n"
             f"      - files: ['{targets}']\n        refresh_interval: 2s\n"
         )
 
@@ -216,12 +222,14 @@ class Prometheus(Service):
         ]
 
 
-def write_targets(data_dir: Path, targets: list[str]) -> None:
-    """Set the metrics endpoints the stack's Prometheus scrapes (picked up within seconds)."""
+def write_targets(data_dir: Path, targets: dict[str, str]) -> None:
+    """Set the metrics endpoints (component -> ``host:port``) the stack's Prometheus scrapes, each
+    labelled with its ``component`` (picked up within seconds)."""
     path = data_dir / "prometheus" / "targets.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([{"targets": targets, "labels": {"stack": str(data_dir)}}]))
+    tmp.write_text(json.dumps([{"targets": [target], "labels": {"stack": str(data_dir), "component": component}}
+                               for component, target in targets.items()]))
     tmp.replace(path)
 
 

@@ -38,7 +38,7 @@ def test_every_panel_has_data(kafka_bootstrap, redis_url, prometheus_url, hap_se
            "HAP_DATA_DIR": str(tmp_path), "HAP_STREAMS_METRICS_PORT": str(ports["streams"]),
            "HAP_LEARNER_METRICS_PORT": str(ports["learner"]), "HAP_ROUTER_PORT": str(ports["router"])}
     ensure_topics(kafka_bootstrap, topic_prefix)
-    write_targets(hap_settings.data_dir, [f"127.0.0.1:{p}" for p in ports.values()])
+    write_targets(hap_settings.data_dir, {name: f"127.0.0.1:{p}" for name, p in ports.items()})
     router = f"http://127.0.0.1:{ports['router']}"
     parts = [Component("streams", ["streams", "--window", "1", "--lateness", "0.5"], tmp_path, env),
              Component("learner", ["learner", "--publish-interval", "0.5"], tmp_path, env),
@@ -64,7 +64,7 @@ def test_every_panel_has_data(kafka_bootstrap, redis_url, prometheus_url, hap_se
         for _ in range(30):
             assert post(f"{router}/v1/prerank", orjson.dumps(body)) == 200
         deadline = time.monotonic() + 45  # a few scrapes (every 2 s); slower on a loaded machine
-        empty = all_queries()
+        empty = all_queries("1m")
         while empty and time.monotonic() < deadline:
             time.sleep(2)
             empty = [(d, p, e) for d, p, e in empty if not query(prometheus_url, e)]

@@ -45,3 +45,32 @@ def test_not_ready_before_the_first_version(redis_client):
             return (await http.get("/readyz")).status, (await http.post("/v1/prerank", json=body())).status
 
     assert asyncio.run(go()) == (503, 503)
+
+
+def test_every_5xx_is_counted_and_a_failure_is_a_json_500(redis_client, monkeypatch):
+    from router import metrics
+
+    def errors(kind: str) -> float:
+        return metrics.ERRORS.labels(kind)._value.get()
+
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("scoring failed")
+
+    async def not_ready():
+        async with serve(redis_client) as http:
+            return [(await http.post("/v1/prerank", json=body())).status, (await http.get("/readyz")).status]
+
+    before = errors("not_ready")
+    assert asyncio.run(not_ready()) == [503, 503]
+    assert errors("not_ready") - before >= 2  # the serve() helper polls /readyz too
+    publish(redis_client, 1)
+    monkeypatch.setattr("router.app.score", boom)
+
+    async def failing():
+        async with serve(redis_client) as http:
+            resp = await http.post("/v1/prerank", json=body())
+            return resp.status, await resp.json()
+
+    before = errors("internal")
+    assert asyncio.run(failing()) == (500, {"error": "internal error"})
+    assert errors("internal") - before == 1

@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from deploy.dashboards.alerts import ALERTS
 from deploy.dashboards.push import DashboardPushError, push
 from deploy.stack.process import free_port
 
@@ -54,11 +55,11 @@ def grafana():
 
 
 def test_push_is_idempotent(grafana):
-    assert push(grafana, "good", "http://prom:9090") == {"dashboards": 4, "alert_rules": 5}
+    assert push(grafana, "good", "http://prom:9090") == {"dashboards": 4, "alert_rules": len(ALERTS)}
     creates = [c for c in FakeGrafana.calls if c[0] == "POST" and "dashboards" not in c[1]]
     FakeGrafana.calls.clear()
     push(grafana, "good", "http://prom:9090")
-    assert len(creates) == 7  # folder, data source, 5 alert rules
+    assert len(creates) == 2 + len(ALERTS)  # folder, data source, the alert rules
     assert not [c for c in FakeGrafana.calls if c[0] == "POST" and "dashboards" not in c[1]]  # second: updates only
     assert sum(c == ("POST", "/api/dashboards/db") for c in FakeGrafana.calls) == 4
 
