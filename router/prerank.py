@@ -1,5 +1,11 @@
 """One pre-ranking request: validate, featurize, score with the chosen policy, take the top k.
 
+The expressive budget of a request is unambiguous: ``budget_fraction`` (a share of the
+candidates, 0..1, rounded up) or ``budget_count`` (a number of candidates, at most the
+candidate cap), at most one of them; ``budget`` is a deprecated alias of ``budget_fraction``
+(so ``1.0`` means every candidate, never a count of one). Without either, the server's default
+applies. Candidate item ids must be unique within a request (400 otherwise).
+
 Examples
 --------
 >>> req = parse_request({"request_id": "r", "user_id": "u", "k": 1,
@@ -11,6 +17,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -33,7 +40,17 @@ class PrerankRequest:
     candidates: list[dict[str, Any]]
     k: int
     policy: str
-    budget: float
+    budget: float  # the server default's rule (router.damr.budget_count): a fraction below 1, else a count
+    budget_fraction: float | None = None
+    budget_count: int | None = None
+
+    def expressive_budget(self, n: int) -> int:
+        """How many of the ``n`` candidates the expressive tier may score."""
+        if self.budget_count is not None:
+            return min(n, self.budget_count)
+        if self.budget_fraction is not None:
+            return min(n, math.ceil(self.budget_fraction * n))
+        return budget_count(n, self.budget)
 
 
 def _str(body: dict, key: str) -> str:
@@ -52,9 +69,13 @@ def parse_request(body: Any, *, max_candidates: int, policy: str = "damr", budge
         raise BadRequest("candidates: expected a non-empty list")
     if len(cands) > max_candidates:
         raise BadRequest(f"candidates: {len(cands)} exceed the cap of {max_candidates}")
+    seen: dict[str, int] = {}
     for i, c in enumerate(cands):
         if not isinstance(c, dict) or not isinstance(c.get("item_id"), str) or not c["item_id"]:
             raise BadRequest(f"candidates[{i}].item_id: expected a non-empty string")
+        first = seen.setdefault(c["item_id"], i)
+        if first != i:
+            raise BadRequest(f"candidates[{i}].item_id: duplicate of candidates[{first}]")
         ctype = c.get("content_type", "unknown")
         if not isinstance(ctype, str):
             raise BadRequest(f"candidates[{i}].content_type: expected a string")
@@ -68,9 +89,7 @@ def parse_request(body: Any, *, max_candidates: int, policy: str = "damr", budge
     chosen = body.get("policy", policy)
     if chosen not in POLICIES:
         raise BadRequest(f"policy: expected one of {', '.join(POLICIES)}")
-    b = body.get("budget", budget)
-    if not isinstance(b, int | float) or isinstance(b, bool) or not 0 <= b <= max_candidates:
-        raise BadRequest("budget: expected a fraction in [0, 1) or a count")
+    fraction, count = _budget(body, max_candidates)
     uf = body.get("user_features")
     if uf is not None:
         if not isinstance(uf, dict):
@@ -78,7 +97,25 @@ def parse_request(body: Any, *, max_candidates: int, policy: str = "damr", budge
         hist = uf.get("history", [])
         if not isinstance(hist, list) or len(hist) > 1000 or not all(isinstance(h, str) for h in hist):
             raise BadRequest("user_features.history: expected a list of at most 1000 item ids")
-    return PrerankRequest(_str(body, "request_id"), _str(body, "user_id"), uf, cands, k, chosen, float(b))
+    return PrerankRequest(_str(body, "request_id"), _str(body, "user_id"), uf, cands, k, chosen, float(budget),
+                          fraction, count)
+
+
+def _budget(body: dict[str, Any], max_candidates: int) -> tuple[float | None, int | None]:
+    """The request's ``(budget_fraction, budget_count)``, at most one set; both None: the server default."""
+    given = [key for key in ("budget_fraction", "budget_count", "budget") if key in body]
+    if len(given) > 1:
+        raise BadRequest(f"{given[1]}: give one of budget_fraction, budget_count (budget is budget_fraction)")
+    if not given:
+        return None, None
+    key, value = given[0], body[given[0]]
+    if key == "budget_count":
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= max_candidates:
+            raise BadRequest(f"budget_count: expected an integer in [0, {max_candidates}]")
+        return None, value
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise BadRequest(f"{key}: expected a fraction in [0, 1] (for a number of candidates: budget_count)")
+    return float(value), None
 
 
 def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> dict[str, Any]:
@@ -95,7 +132,7 @@ def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> d
     else:
         scores = model.light.score(model.light.user_vector(user), model.item_vectors(items, ids, stamps))
         if req.policy == "damr":
-            routed = route(scores, req.k, budget_count(len(ids), req.budget))
+            routed = route(scores, req.k, req.expressive_budget(len(ids)))
             if len(routed):
                 scores = merge(scores, routed, model.expressive.score(user, items.take(routed)))
     k = min(req.k, len(ids))

@@ -1,6 +1,15 @@
-"""The router over a real Redis: answers, client mistakes, readiness."""
+"""The router over a real Redis: answers, client mistakes, readiness, every 5xx counted; its OpenAPI
+document is valid, every answer matches it, and it agrees with the request validation."""
 
 import asyncio
+from pathlib import Path
+
+import pytest
+import yaml
+from openapi_schema_validator import OAS30Validator
+from openapi_spec_validator import validate as validate_spec
+
+from router.prerank import BadRequest, parse_request
 
 from .conftest import body, publish, serve
 
@@ -74,3 +83,93 @@ def test_every_5xx_is_counted_and_a_failure_is_a_json_500(redis_client, monkeypa
     before = errors("internal")
     assert asyncio.run(failing()) == (500, {"error": "internal error"})
     assert errors("internal") - before == 1
+
+
+# -- the contract: the OpenAPI document is valid, answers match it, and it agrees with the validation ------
+SPEC_PATH = Path(__file__).resolve().parents[2] / "router" / "openapi.yaml"
+
+
+def spec() -> dict:
+    return yaml.safe_load(SPEC_PATH.read_text())
+
+
+def schema_of(ref_or_schema: dict) -> OAS30Validator:
+    """A validator of one schema of the spec, its ``$ref``s resolved against the whole document."""
+    doc = spec()
+    return OAS30Validator({**ref_or_schema, "components": doc["components"]})
+
+
+def response_schema(path: str, method: str, status: int) -> OAS30Validator:
+    resp = spec()["paths"][path][method]["responses"][str(status)]
+    return schema_of(resp["content"]["application/json"]["schema"])
+
+
+def test_the_spec_is_valid_openapi():
+    validate_spec(spec())
+
+
+def test_every_answer_matches_the_spec(redis_client, monkeypatch):
+    async def before_a_model():
+        async with serve(redis_client) as http:
+            out = [("/v1/prerank", "post", await http.post("/v1/prerank", json=body())),
+                   ("/readyz", "get", await http.get("/readyz")), ("/healthz", "get", await http.get("/healthz"))]
+            return [(p, m, r.status, await r.json()) for p, m, r in out]
+
+    async def with_a_model():
+        async with serve(redis_client, max_candidates=100) as http:
+            out = [("/v1/prerank", "post", await http.post("/v1/prerank", json=body(60, budget_count=7))),
+                   ("/v1/prerank", "post", await http.post("/v1/prerank", json=body(60, budget_fraction=1.0))),
+                   ("/readyz", "get", await http.get("/readyz"))]
+            for bad in (b"{nope", b'{"request_id": "r"}', b'{"request_id": "r", "user_id": "u", "candidates": '
+                        b'[{"item_id": "a"}, {"item_id": "a"}]}'):
+                out.append(("/v1/prerank", "post", await http.post("/v1/prerank", data=bad)))
+            out.append(("/v1/prerank", "post", await http.post("/v1/prerank", json=body(101))))
+            monkeypatch.setattr("router.app.score", lambda *a: 1 / 0)
+            out.append(("/v1/prerank", "post", await http.post("/v1/prerank", json=body())))
+            return [(p, m, r.status, await r.json()) for p, m, r in out]
+
+    seen = asyncio.run(before_a_model())
+    publish(redis_client, 1)
+    seen += asyncio.run(with_a_model())
+    assert sorted({s for _, _, s, _ in seen}) == [200, 400, 413, 500, 503]
+    for path, method, status, doc in seen:
+        errors = list(response_schema(path, method, status).iter_errors(doc))
+        assert not errors, (path, status, doc, errors)
+    by_status = [(s, d) for p, _, s, d in seen if p == "/v1/prerank"]
+    assert by_status[1][1]["expressive_evals"] == 7 and by_status[2][1]["expressive_evals"] == 60  # count; all
+    assert by_status[5][1]["error"] == "candidates[1].item_id: duplicate of candidates[0]"
+
+
+REQUESTS = [  # (body, accepted by the router): the spec must say the same
+    (body(3), True), (body(3, budget_fraction=1.0), True), (body(3, budget_count=5000), True),
+    (body(3, budget=0.5), True), (body(3, budget_count=0, k=1), True), (body(3, user_features=None), True),
+    (body(3, budget=1.5), False), (body(3, budget_fraction=1.01), False), (body(3, budget_count=5001), False),
+    (body(3, budget_count=2.5), False), (body(3, budget_fraction=0.1, budget_count=2), False),
+    (body(3, budget=0.1, budget_fraction=0.1), False), (body(3, budget_count=None), False),
+    (body(3, k=0), False), (body(3, k=True), False), (body(3, policy="fast"), False), (body(3, policy=None), False),
+    (body(3, request_id=""), False), (body(3, user_id="u" * 257), False), (body(0), False), (body(5001), False),
+    (body(3, budget_fraction=True), False),
+    ({**body(1), "candidates": [{"item_id": ""}]}, False), ({**body(1), "candidates": [{"item_id": 1}]}, False),
+    ({**body(1), "candidates": [{"item_id": "a", "content_type": None}]}, False),
+    ({**body(1), "candidates": [{"item_id": "a", "features": {"x": "1"}}]}, False),
+    ({**body(1), "candidates": [{"item_id": "a", "features": None}]}, True),
+    (body(3, user_features={"history": ["a", 1]}), False), (body(3, user_features={"history": ["a"] * 1001}), False),
+]
+
+
+@pytest.mark.parametrize(("request_body", "ok"), REQUESTS)
+def test_the_spec_and_the_validation_agree(request_body, ok):
+    try:
+        parse_request(request_body, max_candidates=5000)
+        accepted = True
+    except BadRequest:
+        accepted = False
+    assert accepted == ok
+    assert schema_of({"$ref": "#/components/schemas/PrerankRequest"}).is_valid(request_body) == ok
+
+
+def test_duplicate_candidates_are_rejected_a_rule_the_spec_states_in_words():
+    dup = {**body(1), "candidates": [{"item_id": "a"}, {"item_id": "a"}]}
+    with pytest.raises(BadRequest, match=r"^candidates\[1\]\.item_id: duplicate of candidates\[0\]$"):
+        parse_request(dup, max_candidates=10)
+    assert "unique" in spec()["components"]["schemas"]["Candidate"]["properties"]["item_id"]["description"].lower()
