@@ -13,7 +13,8 @@ Arms (the ``method`` of a row):
   (non-learned counters, ``policy="counter"``);
 - ``mixed`` (pointwise BCE) and ``softmax`` (one within-request softmax over every negative):
   learned baselines with the same tiers, features and residual CTR prior as GHCL;
-- ``ghcl`` and its ablations (``-no-harmonization``, ``-no-conflict-sampling``, ``-no-prior``),
+- ``ghcl`` and its ablations (``-no-harmonization``, ``-no-conflict-sampling``, ``-no-prior``,
+  ``-no-gate``),
   each with the light tier, DAMR at several budgets and the expressive tier on everything.
 
 Real labels come first: exposed GAUC and exposed AUC (``exp_pos`` against ``exp_neg``) are the
@@ -52,6 +53,7 @@ LEARNED: dict[str, dict[str, Any]] = {
     "ghcl-no-harmonization": {"method": "ghcl", "harmonize_gradients": False},
     "ghcl-no-conflict-sampling": {"method": "ghcl", "conflict_sampling": False},
     "ghcl-no-prior": {"method": "ghcl", "prior": False},
+    "ghcl-no-gate": {"method": "ghcl", "gate": False},
     "mixed": {"method": "mixed"},
     "softmax": {"method": "softmax"},
 }
@@ -244,7 +246,8 @@ def run_learned(groups: list[Any], bodies: list[dict[str, Any]], method: str, se
                      mean_items if name == "expressive_all" else 0.0)
             extra = {"expressive_evals_per_request": round(evals, 2)}
             if block is None:
-                extra |= {"serve_cpu_ms_per_request": round(cost[name], 3), "train_cpu_ms_per_request": round(cpu_ms, 3)}
+                extra |= {"serve_cpu_ms_per_request": round(cost[name], 3),
+                          "train_cpu_ms_per_request": round(cpu_ms, 3)}
             else:
                 extra["block"] = block
             rows.append(_row(method, name.split("@")[0], budget, seed, metrics.report(), **extra))

@@ -1,12 +1,13 @@
 """The online trainer of both tiers: score (progressive validation), then train, one micro-batch at a time.
 
 ``method="ghcl"`` trains the light tier on the harmonized easy and hard paths and the
-expressive tier on both paths (all sources); the baselines train both tiers with one loss:
-``method="mixed"``, one pointwise BCE over all sources, and ``method="softmax"``, one
+expressive tier on the hard path (the plausible items DAMR routes to it); the baselines train
+both tiers with one loss: ``method="mixed"``, one pointwise BCE over all sources, and ``method="softmax"``, one
 within-request softmax of each positive against every negative pooled (no paths, no
 harmonization). ``harmonize_gradients``, ``conflict_sampling`` and ``prior`` switch GHCL's
-parts off for ablations, and ``gate`` the tiers' plausibility gate. Embedding tables use Adagrad, so a row without gradient never
-moves and the rows touched since the last publish are exactly the delta to send.
+parts off for ablations, and ``gate`` the tiers' plausibility gate. Embedding tables use
+Adagrad, so a row without gradient never moves and the rows touched since the last publish are
+exactly the delta to send.
 
 Examples
 --------
@@ -165,7 +166,7 @@ class OnlineTrainer:
         self.sampler.update(cosine)
         _set_flat_grad(params, combined)
         x = self.expressive(sub.users, sub.items, sub.group)
-        x_loss = sum(contrastive_path_loss(x, *args, sub.mask(m), sub.n_groups, self.temperature) for m in (EASY, HARD))
+        x_loss = contrastive_path_loss(x, *args, sub.mask(HARD), sub.n_groups, self.temperature)
         self.expressive.zero_grad()
         x_loss.backward()
         self._apply()

@@ -60,7 +60,9 @@ class LightTier:
         )
         v = _mlp(self.t, "item_tower", x)
         d = int(self.spec["dim"])
-        return v if self.prior is None else np.concatenate([v[:, :d], items.dense[:, self.prior, None], v[:, d:]], axis=1)
+        if self.prior is None:
+            return v
+        return np.concatenate([v[:, :d], items.dense[:, self.prior, None], v[:, d:]], axis=1)
 
     def score(self, user_vec: np.ndarray, item_vecs: np.ndarray) -> np.ndarray:
         """Preference dot product, plus ``log σ`` of the gate's dot product for a gated tier."""
