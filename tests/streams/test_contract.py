@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from streams.assembler import group_id
 from streams.contract import DOC, SCHEMA_DIR, TOPICS, json_schema, render_tables
 from streams.dlq import DeadLetter
 from streams.schemas import (
@@ -75,6 +76,8 @@ def test_document_examples_are_what_validator_and_schema_say(verdict, topic, rea
     if verdict == "example":
         assert ok, why
         assert not errors, errors
+        if topic == "samples":
+            assert doc["group_id"] == group_id(doc["request_id"])
     else:
         assert not ok and why == reason
         if "duplicate item_id" not in reason:  # the one rule JSON Schema cannot state
