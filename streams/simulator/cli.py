@@ -29,6 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--candidates", type=int, default=1000)
     p.add_argument("--users", type=int, default=2000)
     p.add_argument("--items", type=int, default=20000)
+    p.add_argument("--legacy-world", action="store_true",
+                   help="the first synthetic world: two factors, no drift, no position bias")
     p.add_argument("--duplicate-rate", type=float, default=0.01)
     p.add_argument("--feedback-delay", type=float, default=2.0, help="mean feedback delay, seconds")
     p.add_argument("--router-url", help="pre-rank through the live router (closes the loop)")
@@ -45,7 +47,7 @@ def build_source(args: argparse.Namespace) -> tuple[Iterator[Request], list[Item
         items = [ItemUpdate(str(i), replay.content_type(str(i)), 0) for i in replay.pool]
         return replay.requests(), items, min(args.requests, len(replay)), None
     world = World(seed=args.seed, n_users=args.users, n_items=args.items,
-                  feedback_delay_ms=1000 * args.feedback_delay)
+                  feedback_delay_ms=1000 * args.feedback_delay, legacy=args.legacy_world)
     preranker = router_preranker(args.router_url) if args.router_url else None
     requests = (world.request(i, args.candidates, preranker) for i in range(args.requests))
     items = [ItemUpdate(world.item_id(i), CONTENT_TYPES[t], 0) for i, t in enumerate(world.item_types)]

@@ -1,9 +1,15 @@
 """A synthetic world with ground truth: users and items with latent preferences.
 
-The true click probability of user ``u`` on item ``i`` is
-``sigmoid(affinity * <p_u, q_i> + popularity_i + bias)``: a popularity part that "popular
-beats random" learns, and a personal part that only separates plausible items. Retrieval
-mixes channels (popular, personal, content type, random) into about ``n_candidates``.
+The true click probability of user ``u`` on item ``i`` at request ``t`` is
+``sigmoid(affinity * <p_u, q_i> + popularity_i(t) + taste_u[type_i] + bias)``, times
+``(1 + position)^-position_bias`` for the slot the item is shown in: personal affinity over
+``dim`` latent factors, an item popularity that drifts (``drift`` * a sinusoid of period
+``drift_period`` requests, each item in its own phase), a per-user taste for each content type,
+and position bias. The cascade's stages are not the truth: the pre-ranker is a noisy static
+popularity heuristic, and the ranker a noisy mixture of the factors with weights of its own
+(``RANKER_WEIGHTS``) and the popularity it learned before any drift. ``legacy=True`` gives the
+first world (two factors, the ranker the truth plus noise, no drift, no position bias).
+Retrieval mixes channels (popular, personal, content type, random) into about ``n_candidates``.
 
 Common random numbers: request ``index`` draws its user, retrieval and stage noise from a
 generator seeded by ``(seed, index)``, and each exposed item's click and feedback from one
@@ -29,6 +35,8 @@ from streams.simulator.cascade import PreRanker, Request, feedback_events, run_c
 
 CONTENT_TYPES = ("video", "article", "image", "live")
 CHANNELS = ("popular", "personal", "content", "random")
+#: the ranker's weights on (personal affinity, static popularity, content-type taste); noise sd
+RANKER_WEIGHTS, RANKER_NOISE = (0.6, 1.0, 0.4), 0.5
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +44,9 @@ class World:
     """Users, items and the cascade around each request; deterministic for a seed."""
 
     def __init__(self, seed: int = 0, n_users: int = 2000, n_items: int = 20000, dim: int = 8,
-                 affinity: float = 1.5, feedback_delay_ms: float = 2000.0, n_exposed: int = 10) -> None:
+                 affinity: float = 1.5, feedback_delay_ms: float = 2000.0, n_exposed: int = 10,
+                 drift: float = 1.0, drift_period: int = 2000, taste: float = 1.0, position_bias: float = 0.5,
+                 legacy: bool = False) -> None:
         self.seed = seed
         self.rng = np.random.default_rng(seed)  # the world itself; requests draw from their own
         self.n_exposed = n_exposed
@@ -47,6 +57,11 @@ class World:
         self.affinity = affinity
         self.bias = -7.0
         self.item_types = self.rng.integers(0, len(CONTENT_TYPES), n_items)
+        self.legacy = legacy
+        self.drift, self.drift_period = (0.0, drift_period) if legacy else (drift, drift_period)
+        self.phase = self.rng.uniform(0, 2 * np.pi, n_items)
+        self.taste = self.rng.normal(0.0, 0.0 if legacy else taste, (n_users, len(CONTENT_TYPES)))
+        self.position_bias = 0.0 if legacy else position_bias
         self.histories: list[list[int]] = [[] for _ in range(n_users)]
         self._popular = np.argsort(-self.popularity)[: n_items // 10]
         self.prerank_fallbacks = 0  # requests pre-ranked by the heuristic because the router failed
@@ -54,9 +69,29 @@ class World:
     def item_id(self, i: int) -> str:
         return f"i{i}"
 
-    def click_prob(self, user: int, items: np.ndarray) -> np.ndarray:
-        logit = self.affinity * self.items[items] @ self.users[user] * np.sqrt(self.users.shape[1])
-        return 1 / (1 + np.exp(-(logit + self.popularity[items] + self.bias)))
+    def _personal(self, user: int, items: np.ndarray) -> np.ndarray:
+        return self.affinity * self.items[items] @ self.users[user] * np.sqrt(self.users.shape[1])
+
+    def popularity_at(self, items: np.ndarray, index: int) -> np.ndarray:
+        """Item popularity at request ``index`` (drifting around ``popularity``)."""
+        return self.popularity[items] + self.drift * np.sin(2 * np.pi * index / self.drift_period + self.phase[items])
+
+    def click_prob(self, user: int, items: np.ndarray, index: int = 0) -> np.ndarray:
+        """True click probability at request ``index`` of an item shown in the top slot."""
+        taste = self.taste[user, self.item_types[items]]
+        logit = self._personal(user, items) + self.popularity_at(items, index) + taste + self.bias
+        return 1 / (1 + np.exp(-logit))
+
+    def examination(self, positions: np.ndarray) -> np.ndarray:
+        """Probability that a user looks at the item in each slot (1 for all in the legacy world)."""
+        return (1.0 + np.asarray(positions, dtype=np.float64)) ** -self.position_bias
+
+    def _rank_scores(self, user: int, items: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.legacy:
+            return np.log(truth) + rng.normal(0, 0.3, len(items))
+        w_personal, w_popularity, w_taste = RANKER_WEIGHTS
+        return (w_personal * self._personal(user, items) + w_popularity * self.popularity[items]
+                + w_taste * self.taste[user, self.item_types[items]] + rng.normal(0, RANKER_NOISE, len(items)))
 
     def _retrieve(self, user: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
         per = n // len(CHANNELS)
@@ -84,7 +119,7 @@ class World:
         rng = np.random.default_rng((self.seed, index))
         user = int(rng.integers(len(self.users)))
         items, channels = self._retrieve(user, n_candidates, rng)
-        truth = self.click_prob(user, items)
+        truth = self.click_prob(user, items, index)
         ids = [self.item_id(i) for i in items]
         types = [CONTENT_TYPES[t] for t in self.item_types[items]]
         user_id = f"u{user}"
@@ -100,7 +135,7 @@ class World:
                     log.warning("router pre-ranking failed (%s); falling back to the heuristic", exc)
                 self.prerank_fallbacks += 1
                 pre = heuristic  # router unavailable: the cascade's fallback pre-ranker
-        rank = np.log(truth) + rng.normal(0, 0.3, len(items))
+        rank = self._rank_scores(user, items, truth, rng)
         ranking, exposed = run_cascade(request_id, user_id, features, ids, channels, types, pre, rank,
                                        self.n_exposed)
         index_of = {item_id: n for n, item_id in enumerate(ids)}
@@ -108,7 +143,7 @@ class World:
         for pos, item_id in enumerate(exposed):
             item = int(items[index_of[item_id]])
             item_rng = np.random.default_rng((self.seed, index, item))
-            clicked = bool(item_rng.random() < truth[index_of[item_id]])
+            clicked = bool(item_rng.random() < truth[index_of[item_id]] * self.examination(pos))
             labels[item_id] = int(clicked)
             if clicked:
                 self.histories[user].append(item)
@@ -116,7 +151,11 @@ class World:
         return Request(ranking, events, labels)
 
     def reward(self, request: Request) -> float:
-        """Ground-truth engagement of the exposed items: the sum of their true click probabilities."""
+        """Ground-truth engagement of the exposed items: their true click probabilities in the slots
+        they were shown in, summed."""
         user = int(request.ranking.user_id[1:])
-        items = np.array([int(i[1:]) for i in request.exposed])
-        return float(self.click_prob(user, items).sum()) if len(items) else 0.0
+        index = int(request.ranking.request_id.rsplit("-", 1)[1])
+        items = np.array([int(i[1:]) for i in request.exposed])  # in slot order
+        if not len(items):
+            return 0.0
+        return float((self.click_prob(user, items, index) * self.examination(np.arange(len(items)))).sum())
