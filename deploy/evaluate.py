@@ -73,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", type=Path, help="a MIND-layout dataset to replay (default: synthetic only)")
     p.add_argument("--out", type=Path, default=Path("out/eval"))
     p.add_argument("--markdown", type=Path, help="also write the results page here (e.g. docs/results.md)")
-    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per arm (intervals come from the blocks)")
     p.add_argument("--blocks", type=int, default=10, help="disjoint time blocks of each offline stream")
     p.add_argument("--groups", type=int, default=1600, help="synthetic groups per run")
     p.add_argument("--replay-groups", type=int, default=5000, help="replayed requests per run")
