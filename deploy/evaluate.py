@@ -342,8 +342,12 @@ def paired_loop(rows: list[dict[str, Any]], arm: tuple[str, str], reference: tup
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from deploy.eval_report import write_report
     from deploy.progress import Progress
+
+    torch.set_num_threads(1)  # micro-batches of a few thousand rows: a second thread only adds contention
 
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in LEARNED and m not in COUNTERS]
