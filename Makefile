@@ -10,7 +10,7 @@ KAFKA_LIBS := $(HAP_CACHE_DIR)/kafka-$(KAFKA_VERSION)/libs
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HAP_CACHE_DIR
 
-.PHONY: setup demo test lint clean stack-down
+.PHONY: setup demo test lint clean stack-down generate
 
 setup: $(VENV)/.installed kafka-jars system-packages
 
@@ -53,6 +53,13 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Regenerate the files made from code: the topics' JSON Schemas and the field tables of
+# docs/contracts.md (streams/contract.py), dashboards, alert rules and provisioning (deploy/dashboards).
+# The tests fail while a checked-in copy is stale.
+generate: setup
+	$(PY) -m streams.contract
+	$(VENV)/bin/hap dashboards build
 
 lint: setup
 	$(VENV)/bin/ruff check streams learner feature_store router deploy tests bench
