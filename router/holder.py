@@ -49,6 +49,7 @@ ITEM_CACHE = 100_000
 SERVED_TIERS = ("light", "expressive")
 MANIFEST_NUMBERS = ("published_ts_ms", "trained_until_event_ts_ms")
 REFERENCE_TIMEOUT_S = 120.0
+REFERENCE_RETRY_S = 300.0
 
 
 class VersionRejected(Exception):
@@ -168,8 +169,22 @@ class ReferenceUnavailable(RuntimeError):
 
 
 def reference_shapes(spec: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape of the serving form the learner exports for ``spec`` (cached per spec)."""
-    return {name: tuple(shape) for name, shape in _reference_cached(json.dumps(spec, sort_keys=True)).items()}
+    """Tensor name -> shape of the serving form the learner exports for ``spec`` (cached per spec;
+    a failure is remembered for ``REFERENCE_RETRY_S``, so a new version a second does not start a
+    child process each)."""
+    key = json.dumps(spec, sort_keys=True)
+    failed = _REFERENCE_FAILED.get(key)
+    if failed is not None and time.monotonic() - failed[0] < REFERENCE_RETRY_S:
+        raise ReferenceUnavailable(failed[1])
+    try:
+        shapes = _reference_cached(key)
+    except ReferenceUnavailable as exc:
+        _REFERENCE_FAILED[key] = (time.monotonic(), str(exc))
+        raise
+    return {name: tuple(shape) for name, shape in shapes.items()}
+
+
+_REFERENCE_FAILED: dict[str, tuple[float, str]] = {}
 
 
 @functools.lru_cache(maxsize=32)
@@ -182,7 +197,8 @@ def _reference_cached(spec_json: str) -> dict[str, list[int]]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ReferenceUnavailable(f"reference process failed: {exc}") from None
     if done.returncode != 0:
-        raise ReferenceUnavailable(done.stderr.decode(errors="replace").strip().splitlines()[-1:] or "failed")
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        raise ReferenceUnavailable(lines[-1] if lines else f"reference process exited {done.returncode}")
     return json.loads(done.stdout)
 
 
@@ -212,12 +228,17 @@ def reference_form_shapes(spec: dict[str, Any]) -> dict[str, list[int]]:
     if cls is None:
         raise ReferenceUnavailable(f"no tier architecture named {spec.get('tier')!r} (known: {sorted(tiers)})")
     want = json.loads(json.dumps(spec))
+    failure = ""
     for build_one in _candidates(cls, spec):
-        with torch.random.fork_rng():
-            tensors, exported = build_one().export()
+        try:
+            with torch.random.fork_rng():
+                tensors, exported = build_one().export()
+        except Exception as exc:  # noqa: BLE001 - a spec whose values the architecture does not take
+            failure = f" ({exc!r})"
+            continue
         if json.loads(json.dumps(exported)) == want:
             return {name: list(array.shape) for name, array in tensors.items()}
-    raise ReferenceUnavailable(f"no {cls.__name__} exports the spec {spec}")
+    raise ReferenceUnavailable(f"no {cls.__name__} exports the spec {spec}{failure}")
 
 
 def _candidates(cls: type, spec: dict[str, Any]) -> list:
