@@ -261,9 +261,9 @@ def run_closed_loop(arm: tuple[str, str], seed: int, requests: int, candidates: 
     import torch
 
     from feature_store.featurize import ITEM_STAT_FEATURES, featurize_items, featurize_user
+    from feature_store.policies import budget_count, score_policy
     from learner.models import item_tensors, user_tensors
     from learner.trainer import OnlineTrainer
-    from router.damr import budget_count, merge, route
     from streams.pool import CandidatePool
     from streams.simulator.world import CONTENT_TYPES, World
 
@@ -281,14 +281,13 @@ def run_closed_loop(arm: tuple[str, str], seed: int, requests: int, candidates: 
             return items.dense[:, ctr_column].astype(np.float64)
         users, it = user_tensors([featurize_user(user_id, user_features)]), item_tensors(items)
         group = torch.zeros(len(ids), dtype=torch.long)
-        if policy == "expressive_all":
-            return trainer.expressive(users, it, group).numpy()
-        light = trainer.light(users, it, group).numpy()
-        if policy == "damr":
-            hard = route(light, LOOP_KEEP, budget_count(len(ids), LOOP_BUDGET))
-            routed = {k: v[torch.as_tensor(hard)] for k, v in it.items()}
-            return merge(light, hard, trainer.expressive(users, routed, group[: len(hard)]).numpy())
-        return light
+
+        def expressive(rows: np.ndarray | None) -> np.ndarray:
+            chosen = it if rows is None else {k: v[torch.as_tensor(rows)] for k, v in it.items()}
+            return trainer.expressive(users, chosen, group[: len(chosen["item_idx"])]).numpy()
+
+        return score_policy(policy, LOOP_KEEP, budget_count(len(ids), LOOP_BUDGET),
+                            lambda: trainer.light(users, it, group).numpy(), expressive)[0]
 
     rewards, batch = [], []
     for i in range(requests):

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from feature_store.policies import budget_count, score_policy
 from learner.batching import EASY, HARD, SOURCE_CODE, Batch
 from learner.ghcl import ConflictSampler, contrastive_path_loss, harmonize
 from learner.models import ExpressiveCross, LightTwoTower, Tier
 from learner.progressive import ProgressiveMetrics
-from router.damr import budget_count, merge, route
 from streams.schemas import SOURCES, SampleGroup
 
 METHODS = ("ghcl", "mixed", "softmax")
@@ -98,9 +98,10 @@ class OnlineTrainer:
         routed = {name: light.astype(np.float64) for name in self.budgets}
         for g in range(batch.n_groups):
             rows = np.flatnonzero(group == g)
+            light_g, expressive_g = light[rows], expressive[rows]
             for name, budget in self.budgets.items():
-                hard = route(light[rows], k, budget_count(len(rows), budget))
-                routed[name][rows] = merge(light[rows], hard, expressive[rows][hard])
+                routed[name][rows], hard = score_policy("damr", k, budget_count(len(rows), budget),
+                                                        light_g.copy, expressive_g.__getitem__)
                 self.expressive_evals[name] += len(hard)
         for name, scores in (("light", light), *routed.items(), ("expressive_all", expressive)):
             self.metrics[name].update(scores, group, names, batch.rank_pos)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from feature_store.featurize import featurize_user
-from router.damr import POLICIES, budget_count, merge, route
+from feature_store.policies import POLICIES, budget_count, score_policy
 from router.features import FeatureCache
 from router.holder import ServingModel
 
@@ -40,7 +40,7 @@ class PrerankRequest:
     candidates: list[dict[str, Any]]
     k: int
     policy: str
-    budget: float  # the server default's rule (router.damr.budget_count): a fraction below 1, else a count
+    budget: float  # the server default's rule (feature_store.policies.budget_count): a fraction below 1, else a count
     budget_fraction: float | None = None
     budget_count: int | None = None
 
@@ -125,16 +125,11 @@ def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> d
                                         [c.get("features") for c in req.candidates])
     user = featurize_user(req.user_id, req.user_features if req.user_features is not None
                           else features.user_features(req.user_id))
-    routed = np.empty(0, dtype=np.int64)
-    if req.policy == "expressive_all":
-        scores = model.expressive.score(user, items).astype(np.float64)
-        routed = np.arange(len(ids))
-    else:
-        scores = model.light.score(model.light.user_vector(user), model.item_vectors(items, ids, stamps))
-        if req.policy == "damr":
-            routed = route(scores, req.k, req.expressive_budget(len(ids)))
-            if len(routed):
-                scores = merge(scores, routed, model.expressive.score(user, items.take(routed)))
+    scores, routed = score_policy(
+        req.policy, req.k, req.expressive_budget(len(ids)),
+        light=lambda: model.light.score(model.light.user_vector(user), model.item_vectors(items, ids, stamps)),
+        expressive=lambda rows: model.expressive.score(user, items if rows is None else items.take(rows)),
+    )
     k = min(req.k, len(ids))
     top = np.argpartition(-scores, k - 1)[:k]
     top = top[np.argsort(-scores[top], kind="stable")]

@@ -12,7 +12,7 @@ from deploy.stack.process import free_port
 from deploy.stack.services import Redis
 from feature_store.featurize import featurize_user
 from feature_store.model_store import ModelStore
-from router.damr import budget_count, merge, route
+from feature_store.policies import budget_count, merge, route
 from router.features import FeatureCache
 from router.holder import build
 

@@ -1,4 +1,10 @@
-"""Difficulty-Aware Model Routing: spend the expressive tier only near the top-k boundary.
+"""The routing policies and the one scoring function every component uses.
+
+:func:`score_policy` scores a request's candidates under ``light``, ``damr`` or
+``expressive_all``; the router serves with it, the learner's progressive validation and
+``hap eval`` measure with it, so what is measured is what is served.
+
+Difficulty-Aware Model Routing: spend the expressive tier only near the top-k boundary.
 
 The light tier ranks all ``N`` candidates. The ``budget`` candidates whose light rank is
 closest to the boundary ``k`` (ranks ``k - budget/2 .. k + budget/2``, shifted to stay in
@@ -7,7 +13,7 @@ The expressive tier re-orders them *within the same score slots*: the routed can
 the light scores they had as a set, reassigned in the expressive tier's order. Clear winners
 stay above and clear losers below, so the two score scales never have to be calibrated.
 
-Pure numpy and free of I/O: the learner's progressive validation uses it too.
+Pure numpy and free of I/O.
 
 Examples
 --------
@@ -18,11 +24,16 @@ Examples
 [1, 2]
 >>> merge(light, hard, np.array([0.1, 0.9])).tolist()
 [5.0, 3.0, 4.0, 2.0, 1.0]
+>>> scores, routed = score_policy("damr", k=2, budget=2, light=lambda: light,
+...                               expressive=lambda rows: np.array([0.1, 0.9]))
+>>> scores.tolist(), sorted(routed.tolist())
+([5.0, 3.0, 4.0, 2.0, 1.0], [1, 2])
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -57,3 +68,21 @@ def merge(light_scores: np.ndarray, routed: np.ndarray, expressive_scores: np.nd
     slots = np.sort(light_scores[routed])[::-1]
     final[routed[np.argsort(-expressive_scores, kind="stable")]] = slots
     return final
+
+
+def score_policy(policy: str, k: int, budget: int, light: Callable[[], np.ndarray],
+                 expressive: Callable[[np.ndarray | None], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Final scores of a request's candidates under ``policy``, and the rows the expressive tier scored.
+
+    ``light()`` gives every candidate's light score; ``expressive(rows)`` the expressive scores of
+    ``rows`` (``None``: every candidate). ``budget`` is the number of candidates DAMR routes; the
+    tiers are only asked for what the policy needs.
+    """
+    if policy == "expressive_all":
+        scores = np.asarray(expressive(None), dtype=np.float64)
+        return scores, np.arange(len(scores))
+    scores = np.asarray(light(), dtype=np.float64)
+    routed = route(scores, k, budget) if policy == "damr" else np.empty(0, dtype=np.int64)
+    if len(routed):
+        scores = merge(scores, routed, expressive(routed))
+    return scores, routed
