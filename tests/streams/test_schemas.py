@@ -75,3 +75,16 @@ def test_reasons_name_the_field_path_and_caps_apply():
         decode_ranking(encode(too_many), Limits(max_candidates=2))
     with pytest.raises(InvalidEvent, match="^oversized: "):
         decode_ranking(encode(too_many), Limits(max_message_bytes=50))
+
+
+def test_each_rejection_names_its_kind_from_the_fixed_set():
+    from streams.validate import REASON_KINDS
+
+    cases = {b"{not json": "json", b"[1]": "schema", b'{"schema_version": 2}': "schema",
+             b'{"schema_version": 1, "request_id": "r"}': "schema", b"x" * 100: "oversized"}
+    for raw, kind in cases.items():
+        with pytest.raises(InvalidEvent) as info:
+            decode_ranking(raw, Limits(max_message_bytes=99))
+        assert info.value.kind == kind and kind in REASON_KINDS, (raw, info.value.reason)
+    with pytest.raises(ValueError):
+        InvalidEvent("anything", "field")  # not a kind: the set is closed
