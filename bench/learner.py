@@ -1,13 +1,17 @@
-"""Online learner throughput against a tight in-memory loop, and publish cost with and without deltas.
+"""Online learner throughput against a tight in-memory loop and the tiers' own compute; publish cost.
 
 The same simulated groups are trained (a) by the online service, consuming them from Kafka
-with de-duplication and checkpointing, and (b) by the trainer alone in a tight loop; both in
+with de-duplication and checkpointing, (b) by the trainer alone in a tight loop, from groups
+already decoded and from their encoded bytes (decode + featurize + train), and (c) by each
+tier's forward, backward and optimizer step alone on pre-built batches (the ceiling); all in
 this process. Publishing is timed into Redis for full versions and for deltas.
 
-    python bench/learner.py [--groups 400]     # needs a stack: `hap stack up` (or HAP_* endpoints)
+    python bench/learner.py [--groups 400] [--device auto|cpu|cuda] [--batch-groups 32]
+    python bench/learner.py --no-stack --device cuda    # (b) and (c) only: no Kafka or Redis needed
 
-Ends with one JSON line {"online_samples_per_s", "tight_samples_per_s", "ratio", "publish_ms_p50",
-"delta_bytes", "full_bytes", ...}.
+Ends with one JSON line {"online_samples_per_s", "tight_samples_per_s",
+"tight_from_bytes_samples_per_s", "tier_compute_samples_per_s", the ratios between them,
+"publish_ms_p50", "delta_bytes", "full_bytes", ...}.
 """
 
 from __future__ import annotations
@@ -23,38 +27,53 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from kafka import KafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "learner"))
 
 from groups import simulated_groups  # noqa: E402
 
-from deploy.settings import Settings  # noqa: E402
-from feature_store.model_store import ModelStore, TierForm  # noqa: E402
 from learner.batching import Batch  # noqa: E402
-from learner.service import LearnerConfig, LearnerService  # noqa: E402
-from learner.trainer import OnlineTrainer  # noqa: E402
-from streams.schemas import encode  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
-
-BATCH = 32
+from learner.trainer import OnlineTrainer, resolve_device  # noqa: E402
+from streams.schemas import decode_sample_group, encode  # noqa: E402
 
 
-def tight(groups, method: str) -> float:
-    trainer = OnlineTrainer(method=method, seed=0)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def tight(groups, method: str, device: str, batch: int) -> float:
+    trainer = OnlineTrainer(method=method, seed=0, device=device)
+    trainer.step(groups[:batch])  # warm-up (kernels, allocator)
+    seen = trainer.samples_seen
     t0 = time.perf_counter()
-    for i in range(0, len(groups), BATCH):
-        trainer.step(groups[i:i + BATCH])
-    return trainer.samples_seen / (time.perf_counter() - t0)
+    for i in range(0, len(groups), batch):
+        trainer.step(groups[i:i + batch])
+    _sync(trainer.device)
+    return (trainer.samples_seen - seen) / (time.perf_counter() - t0)
 
 
-def tier_only(groups, tier: str) -> float:
-    trainer = OnlineTrainer(method="mixed", seed=0)
+def tight_from_bytes(encoded: list[bytes], device: str, batch: int) -> float:
+    """Encoded groups in memory -> decoded, featurized, trained (GHCL)."""
+    trainer = OnlineTrainer(method="ghcl", seed=0, device=device)
+    trainer.step([decode_sample_group(r) for r in encoded[:batch]])
+    seen = trainer.samples_seen
+    t0 = time.perf_counter()
+    for i in range(0, len(encoded), batch):
+        trainer.step([decode_sample_group(r) for r in encoded[i:i + batch]])
+    _sync(trainer.device)
+    return (trainer.samples_seen - seen) / (time.perf_counter() - t0)
+
+
+def tier_compute(groups, tier: str, device: str, batch: int) -> float:
+    """Forward, backward and optimizer step of one tier alone, on batches already on the device."""
+    trainer = OnlineTrainer(method="mixed", seed=0, device=device)
     model = trainer.tiers()[tier]
     opts = [o for o in trainer.optimizers if any(p is q for g in o.param_groups for p in g["params"]
                                                   for q in model.parameters())]
-    batches = [Batch.from_groups(groups[i:i + BATCH]) for i in range(0, len(groups), BATCH)]
+    batches = [Batch.from_groups(groups[i:i + batch]).to(trainer.device) for i in range(0, len(groups), batch)]
+    _sync(trainer.device)
     t0 = time.perf_counter()
     for b in batches:
         loss = F.binary_cross_entropy_with_logits(model(b.users, b.items, b.group), b.label)
@@ -62,10 +81,16 @@ def tier_only(groups, tier: str) -> float:
         for o in opts:
             o.step()
             o.zero_grad()
+    _sync(trainer.device)
     return sum(len(b.label) for b in batches) / (time.perf_counter() - t0)
 
 
-def online(groups, settings: Settings) -> float:
+def online(groups, settings, batch: int, device: str) -> float:
+    from kafka import KafkaProducer
+
+    from learner.service import LearnerConfig, LearnerService
+    from streams.topics import ensure_topics
+
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     ensure_topics(settings.kafka_bootstrap, prefix)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20)
@@ -74,21 +99,23 @@ def online(groups, settings: Settings) -> float:
     producer.close()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = LearnerConfig(settings.kafka_bootstrap, settings.redis, f"{prefix}samples",
-                            Path(tmp) / "ckpt.safetensors", batch_groups=BATCH, checkpoint_s=10.0,
+                            Path(tmp) / "ckpt.safetensors", batch_groups=batch, checkpoint_s=10.0,
                             model_prefix=f"{prefix}:")
-        service = LearnerService(cfg, OnlineTrainer(seed=0))
+        service = LearnerService(cfg, OnlineTrainer(seed=0, device=device))
         t0 = time.perf_counter()
         service.run(max_idle_s=1.0)
         elapsed = time.perf_counter() - t0 - 1.0  # less the idle second that ends the run
     return service.trainer.samples_seen / elapsed
 
 
-def publish_costs(groups, settings: Settings) -> dict[str, float]:
+def publish_costs(groups, settings, batch: int) -> dict[str, float]:
+    from feature_store.model_store import ModelStore, TierForm
+
     store = ModelStore(settings.redis.client(), prefix=f"bench{uuid.uuid4().hex[:6]}:")
     trainer = OnlineTrainer(seed=0)
     full_ms, delta_ms, full_bytes, delta_bytes = [], [], [], []
-    for i in range(0, min(len(groups), 10 * BATCH), BATCH):
-        trainer.step(groups[i:i + BATCH])
+    for i in range(0, min(len(groups), 10 * batch), batch):
+        trainer.step(groups[i:i + batch])
         touched = trainer.take_touched()
         for delta in (False, True):
             tiers = {n: TierForm(*t.export(), touched[n] if delta else None) for n, t in trainer.tiers().items()}
@@ -104,18 +131,36 @@ def publish_costs(groups, settings: Settings) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", type=int, default=400)
+    parser.add_argument("--batch-groups", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on the CPU")
+    parser.add_argument("--no-stack", action="store_true", help="skip the figures that need Kafka and Redis")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    settings = Settings.load()
+    torch.set_num_threads(args.threads)
+    device, batch = str(resolve_device(args.device)), args.batch_groups
     groups = simulated_groups(args.groups, seed=11)
-    figures = {f"tight_{m}_samples_per_s": round(tight(groups, m), 1) for m in ("ghcl", "mixed")}
-    figures.update({f"tight_{t}_only_samples_per_s": round(tier_only(groups, t), 1) for t in ("light", "expressive")})
-    online_rate = online(groups, settings)
-    figures.update({"online_samples_per_s": round(online_rate, 1),
-                    "tight_samples_per_s": figures["tight_ghcl_samples_per_s"],
-                    "ratio": round(online_rate / figures["tight_ghcl_samples_per_s"], 3)})
-    figures.update(publish_costs(groups, settings))
-    figures["delta_over_full_bytes"] = round(figures["delta_bytes"] / figures["full_bytes"], 4)
+    figures: dict[str, object] = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+                                  "batch_groups": batch, "threads": args.threads}
+    figures.update({f"tight_{m}_samples_per_s": round(tight(groups, m, device, batch), 1)
+                    for m in ("ghcl", "mixed")})
+    figures["tight_samples_per_s"] = figures["tight_ghcl_samples_per_s"]
+    figures["tight_from_bytes_samples_per_s"] = round(tight_from_bytes([encode(g) for g in groups], device, batch), 1)
+    light, expressive = (tier_compute(groups, t, device, batch) for t in ("light", "expressive"))
+    both = 1 / (1 / light + 1 / expressive)  # a GHCL step trains both tiers on every sample
+    figures.update({"tier_compute_light_samples_per_s": round(light, 1),
+                    "tier_compute_expressive_samples_per_s": round(expressive, 1),
+                    "tier_compute_samples_per_s": round(both, 1),
+                    "tight_over_tier_compute": round(figures["tight_samples_per_s"] / both, 3),
+                    "tight_from_bytes_over_tier_compute": round(figures["tight_from_bytes_samples_per_s"] / both, 3)})
+    if not args.no_stack:
+        from deploy.settings import Settings
+
+        settings = Settings.load()
+        online_rate = online(groups, settings, batch, device)
+        figures.update({"online_samples_per_s": round(online_rate, 1),
+                        "ratio": round(online_rate / figures["tight_ghcl_samples_per_s"], 3)})
+        figures.update(publish_costs(groups, settings, batch))
+        figures["delta_over_full_bytes"] = round(figures["delta_bytes"] / figures["full_bytes"], 4)
     print(json.dumps(figures))
 
 

@@ -59,11 +59,26 @@ class Batch:
         )
 
     def mask(self, codes: tuple[int, ...]) -> torch.Tensor:
-        return torch.isin(self.source, torch.as_tensor(codes))
+        return torch.isin(self.source, torch.as_tensor(codes, device=self.source.device))
+
+    def to(self, device: torch.device) -> Batch:
+        """The batch with its tensors on ``device`` (copied asynchronously from pinned memory on CUDA)."""
+        if self.group.device == device:
+            return self
+        cuda = device.type == "cuda"
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return (t.pin_memory() if cuda else t).to(device, non_blocking=cuda)
+
+        return dataclasses.replace(
+            self, users={k: move(v) for k, v in self.users.items()}, items={k: move(v) for k, v in self.items.items()},
+            group=move(self.group), source=move(self.source), label=move(self.label),
+        )
 
     def subset(self, keep: torch.Tensor) -> Batch:
-        """The same groups with only the items where ``keep`` is true."""
+        """The same groups with only the items where ``keep`` (a CPU mask) is true."""
+        on = keep.to(self.group.device)
         return dataclasses.replace(
-            self, items={k: v[keep] for k, v in self.items.items()}, group=self.group[keep],
-            source=self.source[keep], label=self.label[keep], rank_pos=self.rank_pos[keep.numpy()],
+            self, items={k: v[on] for k, v in self.items.items()}, group=self.group[on],
+            source=self.source[on], label=self.label[on], rank_pos=self.rank_pos[keep.cpu().numpy()],
         )

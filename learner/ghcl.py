@@ -48,10 +48,11 @@ def contrastive_path_loss(scores: torch.Tensor, group: torch.Tensor, positive: t
 
 def group_logsumexp(values: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
     """``logsumexp`` of ``values`` per group; ``-inf`` for a group without values."""
-    top = torch.full((n_groups,), float("-inf"), dtype=values.dtype)
+    top = torch.full((n_groups,), float("-inf"), dtype=values.dtype, device=values.device)
     top = top.scatter_reduce(0, group, values.detach(), "amax")
     safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    sums = torch.zeros(n_groups, dtype=values.dtype).index_add(0, group, torch.exp(values - safe[group]))
+    sums = torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add(
+        0, group, torch.exp(values - safe[group]))
     return torch.where(sums > 0, safe + torch.log(sums.clamp(min=1e-30)), top)
 
 

@@ -107,7 +107,7 @@ class Tier(nn.Module):
     def prior_term(self, items: Tensors) -> torch.Tensor:
         """``prior_weight * centred CTR logit`` per item (zeros without the prior)."""
         if not self.prior:
-            return torch.zeros(len(items["dense"]))
+            return torch.zeros(len(items["dense"]), device=items["dense"].device)
         return self.prior_weight * items["dense"][:, PRIOR_INDEX]
 
     def export(self) -> tuple[dict[str, np.ndarray], dict]:

@@ -55,19 +55,20 @@ class OnlineTrainer:
     def __init__(self, method: str = "ghcl", *, dim: int = 16, lr: float = 0.01, emb_lr: float = 0.05,
                  k: int = 10, damr_budget: float = 0.3, temperature: float = 1.0, seed: int = 0,
                  harmonize_gradients: bool = True, conflict_sampling: bool = True, prior: bool = True,
-                 gate: bool = True,
+                 gate: bool = True, device: str = "cpu",
                  extra_budgets: tuple[float, ...] = (), measure_conflict: bool = False) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         torch.manual_seed(seed)
+        self.device = resolve_device(device)
         self.method = method
         self.temperature = temperature
         self.harmonize_gradients = harmonize_gradients
         self.conflict_sampling = conflict_sampling
         self.budgets = {"damr": damr_budget, **{f"damr@{b:g}": b for b in extra_budgets}}
         self.measure_conflict = measure_conflict
-        self.light = LightTwoTower(dim=dim, prior=prior, gate=gate)
-        self.expressive = ExpressiveCross(dim=dim, prior=prior, gate=gate)
+        self.light = LightTwoTower(dim=dim, prior=prior, gate=gate).to(self.device)
+        self.expressive = ExpressiveCross(dim=dim, prior=prior, gate=gate).to(self.device)
         self.optimizers = [opt for m in (self.light, self.expressive) for opt in _optimizers(m, lr, emb_lr)]
         self.sampler = ConflictSampler(seed=seed)
         self.k = k
@@ -91,9 +92,9 @@ class OnlineTrainer:
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> None:
         """Score ``batch`` with the current weights (before training on it) and update metrics."""
-        light = self.light(batch.users, batch.items, batch.group).numpy()
-        expressive = self.expressive(batch.users, batch.items, batch.group).numpy()
-        group, names = batch.group.numpy(), np.array(SOURCES)[batch.source.numpy()]
+        light = self.light(batch.users, batch.items, batch.group).cpu().numpy()
+        expressive = self.expressive(batch.users, batch.items, batch.group).cpu().numpy()
+        group, names = batch.group.cpu().numpy(), np.array(SOURCES)[batch.source.cpu().numpy()]
         k = self.metrics["light"].k
         routed = {name: light.astype(np.float64) for name in self.budgets}
         for g in range(batch.n_groups):
@@ -109,7 +110,7 @@ class OnlineTrainer:
     # -- training -----------------------------------------------------------------------
     def step(self, groups: list[SampleGroup]) -> StepReport:
         """Evaluate, then train one micro-batch of groups."""
-        batch = Batch.from_groups(groups)
+        batch = Batch.from_groups(groups).to(self.device)
         self.evaluate(batch)
         train = {"ghcl": self._train_ghcl, "mixed": self._train_mixed, "softmax": self._train_softmax}[self.method]
         report = train(batch)
@@ -195,6 +196,20 @@ class OnlineTrainer:
 
     def tiers(self) -> dict[str, Tier]:
         return {"light": self.light, "expressive": self.expressive}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` is CUDA when a GPU is visible, else the CPU; ``"cpu"`` and ``"cuda[:n]"`` as given.
+
+    >>> resolve_device("cpu").type
+    'cpu'
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA device is visible (use 'cpu' or 'auto')")
+    return resolved
 
 
 def _optimizers(model: Tier, lr: float, emb_lr: float) -> list[torch.optim.Optimizer]:
