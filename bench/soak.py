@@ -11,6 +11,10 @@ second process. Is memory flat and is lag bounded?
 
     python bench/soak.py [--minutes 5] [--rate 1000]   # needs a stack: `hap stack up`
 
+``--store-only`` soaks the model store alone: versions of the learner's real tier sizes
+(``--touched`` embedding rows changed per table) published once a second into the stack's Redis,
+sampling ``used_memory`` and the blob count; ``--superseded-ttl 3600`` replays the old retention.
+
 Memory is reported as a ratio against the same run's own baseline (RSS once warmed up, after
 the first fifth), lag as the backlog and the worst interval p99. Writes ``soak.png`` (RSS, lag
 and backlog over time) under ``--out`` and ends with one JSON line {"rss_growth",
@@ -137,6 +141,45 @@ def plot(rows: list[dict], out: Path) -> Path:
     return path
 
 
+def store_soak(args: argparse.Namespace, settings: Settings) -> dict:
+    """Publish a version a second for ``--minutes`` (the learner's cadence and tier sizes) under a
+    private key prefix; Redis' memory and the blob count over time."""
+    from feature_store.model_store import ModelStore, TierForm
+    from learner.trainer import OnlineTrainer
+
+    client = settings.redis.client()
+    prefix = f"soak{uuid.uuid4().hex[:6]}:"
+    store = ModelStore(client, prefix=prefix, superseded_ttl_s=args.superseded_ttl)
+    forms = {name: tier.export() for name, tier in OnlineTrainer().tiers().items()}
+    rng = np.random.default_rng(0)
+    rows, started = [], time.time()
+    seconds = int(args.minutes * 60)
+    try:
+        for n in range(seconds):
+            tiers = {name: TierForm(tensors, spec, {e: rng.choice(len(tensors[e]), args.touched, replace=False)
+                                                    for e in spec["embeddings"]})
+                     for name, (tensors, spec) in forms.items()}
+            store.publish(tiers, trained_until_event_ts_ms=0, trained_until_finalized_ts_ms=0, samples_seen=n)
+            if n % int(args.every) == 0 or n == seconds - 1:
+                used, blobs = redis_memory(client, f"{prefix}model:blob:*")
+                rows.append({"t_s": round(time.time() - started, 1), "versions": n + 1, "redis_used_mb": used,
+                             "model_blobs": blobs})
+                print(f"[{rows[-1]['t_s']:6.0f}s] versions {n + 1}  redis {used:.0f}MB ({blobs} blobs)",
+                      file=sys.stderr, flush=True)
+            time.sleep(max(0.0, started + n + 1 - time.time()))
+    finally:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+    warm = [r for r in rows if r["t_s"] >= 90]  # after the 60 s grace of the first superseded blobs
+    return {"mode": "store-only", "minutes": args.minutes, "superseded_ttl_s": args.superseded_ttl,
+            "touched_rows": args.touched, "versions": rows[-1]["versions"],
+            "redis_used_mb_first": round(rows[0]["redis_used_mb"], 1),
+            "redis_used_mb_max": round(max(r["redis_used_mb"] for r in rows), 1),
+            "redis_used_mb_max_after_90s": round(max(r["redis_used_mb"] for r in warm), 1) if warm else None,
+            "redis_used_mb_last": round(rows[-1]["redis_used_mb"], 1),
+            "model_blobs_max": max(r["model_blobs"] for r in rows)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0)
@@ -147,8 +190,15 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=2.0,
                         help="join window, s: short, so that the lag shows processing rather than waiting")
     parser.add_argument("--out", type=Path, default=Path(".hap/bench"))
+    parser.add_argument("--store-only", action="store_true", help="soak the model store alone (Redis memory)")
+    parser.add_argument("--touched", type=int, default=3000, help="--store-only: rows changed per table a version")
+    parser.add_argument("--superseded-ttl", type=int, default=60,
+                        help="--store-only: TTL of superseded blobs (3600: the retention before issue 14)")
     args = parser.parse_args()
     s = Settings.load()
+    if args.store_only:
+        print(json.dumps(store_soak(args, s)))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
