@@ -193,7 +193,7 @@ class Prometheus(Service):
     def prepare(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         targets = self.dir / "targets.json"
-        if not targets.exists():
+        if not targets.exists() or '"component"' not in targets.read_text():  # none yet, or unlabelled (older)
             s = self.settings
             write_targets(self.settings.data_dir, {
                 "streams": f"127.0.0.1:{s.streams_metrics_port}", "learner": f"127.0.0.1:{s.learner_metrics_port}",
