@@ -17,6 +17,8 @@ import yaml
 from deploy.dashboards.alerts import ALERTS, all_rules, prometheus_rules, provisioning_rules
 from deploy.dashboards.definitions import all_dashboards, all_queries
 from deploy.dashboards.export import DEPLOY, files
+from deploy.stack.process import free_port
+from deploy.stack.services import write_targets
 
 PROMTOOL_TESTS = Path(__file__).parent / "hap-alerts.test.yml"
 
@@ -84,11 +86,12 @@ def test_every_query_parses_in_prometheus(prometheus_url):
         assert _get(url)["status"] == "success", (dashboard, panel, expr)
 
 
-def test_the_local_stack_prometheus_loads_the_rules_and_fires_on_a_component_down(prometheus_url):
+def test_the_local_stack_prometheus_loads_the_rules_and_fires_on_a_component_down(prometheus_url, hap_settings):
     groups = _get(f"{prometheus_url}/api/v1/rules")["data"]["groups"]
     loaded = {r["name"] for g in groups for r in g["rules"]}
     assert loaded == {a.name for a in ALERTS}
-    # the stack's targets: nothing listens on the test stack's component ports unless a test runs them
+    # components on ports where nothing listens: down (the alert is pending at once, firing after its 1m)
+    write_targets(hap_settings.data_dir, {c: f"127.0.0.1:{free_port()}" for c in ("streams", "learner", "router")})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         alerts = _get(f"{prometheus_url}/api/v1/alerts")["data"]["alerts"]
