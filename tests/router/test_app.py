@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
 
@@ -173,3 +175,30 @@ def test_duplicate_candidates_are_rejected_a_rule_the_spec_states_in_words():
     with pytest.raises(BadRequest, match=r"^candidates\[1\]\.item_id: duplicate of candidates\[0\]$"):
         parse_request(dup, max_candidates=10)
     assert "unique" in spec()["components"]["schemas"]["Candidate"]["properties"]["item_id"]["description"].lower()
+
+
+_values = (st.none() | st.booleans() | st.integers(-3, 6000)
+           | st.floats(allow_nan=False, allow_infinity=False).filter(lambda x: x != int(x))
+           | st.text(max_size=3) | st.lists(st.text(min_size=1, max_size=2), max_size=2)
+           | st.dictionaries(st.text(min_size=1, max_size=2), st.integers(-2, 2), max_size=2))
+_FIELDS = ["request_id", "user_id", "user_features", "candidates", "k", "policy", "budget_fraction", "budget_count",
+           "budget"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(_FIELDS), _values, st.booleans(), st.sampled_from(["item_id", "content_type", "features"]))
+def test_the_spec_and_the_validation_agree_on_mutated_bodies(field, value, in_candidate, candidate_field):
+    request_body = body(3, budget_fraction=0.5)
+    if in_candidate:
+        request_body["candidates"][1][candidate_field] = value
+    elif field in ("budget_fraction", "budget_count", "budget"):
+        request_body.pop("budget_fraction")
+        request_body[field] = value
+    else:
+        request_body[field] = value
+    try:
+        parse_request(request_body, max_candidates=5000)
+        accepted = True
+    except BadRequest:
+        accepted = False
+    assert schema_of({"$ref": "#/components/schemas/PrerankRequest"}).is_valid(request_body) == accepted, request_body
