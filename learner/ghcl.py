@@ -103,6 +103,6 @@ class ConflictSampler:
         self.conflict_ema = self.decay * self.conflict_ema + (1 - self.decay) * max(0.0, -cosine)
 
     def keep(self, droppable: torch.Tensor) -> torch.Tensor:
-        """A mask keeping every item that is not ``droppable`` and a ``share`` of those that are."""
+        """A CPU mask keeping every item that is not ``droppable`` and a ``share`` of those that are."""
         draw = torch.as_tensor(self.rng.random(len(droppable)) < self.share)
-        return ~droppable | draw
+        return ~droppable.cpu() | draw
