@@ -23,6 +23,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -119,25 +120,22 @@ class OnlineTrainer:
         return report
 
     def _train_mixed(self, batch: Batch) -> StepReport:
-        losses = {}
-        for name, model in (("mixed", self.light), ("expressive", self.expressive)):
-            loss = F.binary_cross_entropy_with_logits(model(batch.users, batch.items, batch.group), batch.label)
-            model.zero_grad()
-            loss.backward()
-            losses[name] = loss.item()
-        cosine = self._measure_conflict(batch) if self.measure_conflict else None
-        self._apply()
-        return StepReport(len(batch.label), losses, cosine, {}, 1.0)
+        return self._train_single(batch, "mixed",
+                                  lambda scores: F.binary_cross_entropy_with_logits(scores, batch.label))
 
     def _train_softmax(self, batch: Batch) -> StepReport:
         positive, negative = batch.source == SOURCE_CODE["exp_pos"], batch.mask(NEGATIVE)
+        return self._train_single(batch, "softmax", lambda scores: contrastive_path_loss(
+            scores, batch.group, positive, negative, batch.n_groups, self.temperature))
+
+    def _train_single(self, batch: Batch, name: str, loss_of: Callable[[torch.Tensor], torch.Tensor]) -> StepReport:
+        """Both tiers on one loss of their scores (the baselines)."""
         losses = {}
-        for name, model in (("softmax", self.light), ("expressive", self.expressive)):
-            loss = contrastive_path_loss(model(batch.users, batch.items, batch.group), batch.group, positive,
-                                         negative, batch.n_groups, self.temperature)
+        for key, model in ((name, self.light), ("expressive", self.expressive)):
+            loss = loss_of(model(batch.users, batch.items, batch.group))
             model.zero_grad()
             loss.backward()
-            losses[name] = loss.item()
+            losses[key] = loss.item()
         cosine = self._measure_conflict(batch) if self.measure_conflict else None
         self._apply()
         return StepReport(len(batch.label), losses, cosine, {}, 1.0)
