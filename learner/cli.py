@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_s=args.checkpoint_interval, keep_versions=args.keep_versions,
     )
     service = LearnerService(cfg, OnlineTrainer(method=args.method, seed=args.seed))
-    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    for sig in (signal.SIGTERM, signal.SIGINT):  # graceful: train what was polled, publish, checkpoint
+        signal.signal(sig, lambda *_: service.stop())
     service.run(max_idle_s=args.exit_when_idle)
     logging.getLogger("hap.learner").info("stopped after %d steps, %d versions", service.trainer.steps,
                                           service.versions)

@@ -19,7 +19,9 @@ Lifecycle and guarantees:
   the offsets and ids it records are only those of trained groups;
 - offsets below a partition's log start (retention deleted records the learner never read)
   resume from the earliest retained record; the records lost are counted
-  (``hap_learner_retention_lost_total``) and logged, never skipped silently;
+  (``hap_learner_retention_lost_total``) and logged, never skipped silently (at start-up from
+  the log start, while running from the gap in offsets: the samples topic is neither compacted
+  nor written in transactions, so any gap is deleted records);
 - a group with a non-finite or absurd feature value (beyond ``MAX_FEATURE``) is rejected as
   invalid; a step whose losses, gradient norms or resulting weights are not finite is undone
   (the state of the last checkpoint is restored and the good steps since are replayed) and
