@@ -21,15 +21,14 @@ from ..conftest import read_topic, truth
 
 STREAMS = ["streams", "--window", "1", "--lateness", "0.5", "--stall-timeout", "4"]
 LEARNER = ["learner", "--batch-groups", "8", "--publish-interval", "0.5", "--checkpoint-interval", "1"]
-SIMULATE = ["simulate", "--rate", "200", "--candidates", "200", "--items", "3000",
-            "--feedback-delay", "0.3", "--no-progress"]
+SIMULATE = ["simulate", "--candidates", "200", "--items", "3000", "--feedback-delay", "0.3", "--no-progress"]
 
 
 class Pipeline:
     """The pipeline's processes for one test, and a load thread against the router."""
 
-    def __init__(self, env: dict[str, str], tmp_path, requests: int = 300) -> None:
-        self.env, self.tmp, self.requests = env, tmp_path, requests
+    def __init__(self, env: dict[str, str], tmp_path, requests: int = 300, rate: float = 200) -> None:
+        self.env, self.tmp, self.requests, self.rate = env, tmp_path, requests, rate
         self.url = {"streams": f"http://127.0.0.1:{env['HAP_STREAMS_METRICS_PORT']}/metrics",
                     "learner": f"http://127.0.0.1:{env['HAP_LEARNER_METRICS_PORT']}/metrics",
                     "router": f"http://127.0.0.1:{env['HAP_ROUTER_PORT']}"}
@@ -42,9 +41,8 @@ class Pipeline:
     def __enter__(self) -> "Pipeline":
         for part in self.parts.values():
             part.start()
-        self.sim = Component("simulate", [*SIMULATE, "--requests", str(self.requests), "--truth",
-                                          str(self.tmp / "truth.jsonl")], self.tmp,
-                             self.env).start()
+        self.sim = Component("simulate", [*SIMULATE, "--rate", str(self.rate), "--requests", str(self.requests),
+                                          "--truth", str(self.tmp / "truth.jsonl")], self.tmp, self.env).start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -113,7 +111,8 @@ def test_broker_restart_mid_stream_loses_nothing(stack_env, kafka_service, tmp_p
 def test_redis_restart_mid_stream_keeps_serving_and_loses_nothing(stack_env, redis_service, tmp_path):
     if redis_service is None:
         pytest.skip("Redis is external (HAP_REDIS_URL): not the tests' to restart")
-    with Pipeline(stack_env, tmp_path) as p:
+    # 20 s of traffic: the first model is published and served well before it ends
+    with Pipeline(stack_env, tmp_path, rate=15) as p:
         p.parts["router"].wait_http(f"{p.url['router']}/readyz", timeout_s=90)
         p.load.start()
         redis_service.process.stop()  # Redis goes away while every component uses it
