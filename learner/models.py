@@ -99,6 +99,12 @@ class Tier(nn.Module):
         return {"dim": self.dim, "hidden": self.hidden, "prior_feature": PRIOR_FEATURE if self.prior else None,
                 "gate": self.gate}
 
+    @classmethod
+    def from_spec(cls, spec: dict) -> Tier:
+        """The (untrained) tier whose exported spec is ``spec``: what a reader checks shapes against."""
+        return cls(dim=int(spec["dim"]), hidden=int(spec["hidden"]), prior=spec.get("prior_feature") is not None,
+                   gate=bool(spec.get("gate")))
+
     def _init_prior(self, prior: bool) -> None:
         self.prior = prior
         if prior:

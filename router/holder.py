@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
-import itertools
 import json
 import logging
 import numbers
@@ -215,9 +213,7 @@ def reference_form_shapes(spec: dict[str, Any]) -> dict[str, list[int]]:
     """Build the learner's tier for ``spec`` and export its serving form: the shapes of its tensors.
 
     The tier is the :class:`learner.models.Tier` whose ``name`` is ``spec["tier"]``, built with
-    ``from_spec(spec)`` where it has one, otherwise with the constructor arguments the spec names
-    (each boolean argument the spec does not name tried both ways); the architecture is the one
-    whose exported spec equals ``spec``.
+    ``from_spec(spec)``; its exported spec must equal ``spec``.
     """
     import torch
 
@@ -228,29 +224,14 @@ def reference_form_shapes(spec: dict[str, Any]) -> dict[str, list[int]]:
     if cls is None:
         raise ReferenceUnavailable(f"no tier architecture named {spec.get('tier')!r} (known: {sorted(tiers)})")
     want = json.loads(json.dumps(spec))
-    failure = ""
-    for build_one in _candidates(cls, spec):
-        try:
-            with torch.random.fork_rng():
-                tensors, exported = build_one().export()
-        except Exception as exc:  # noqa: BLE001 - a spec whose values the architecture does not take
-            failure = f" ({exc!r})"
-            continue
-        if json.loads(json.dumps(exported)) == want:
-            return {name: list(array.shape) for name, array in tensors.items()}
-    raise ReferenceUnavailable(f"no {cls.__name__} exports the spec {spec}{failure}")
-
-
-def _candidates(cls: type, spec: dict[str, Any]) -> list:
-    if hasattr(cls, "from_spec"):
-        return [lambda: cls.from_spec(spec)]
-    params = inspect.signature(cls.__init__).parameters
-    named = {k: spec[k] for k in params if k in spec}
-    flags = [k for k, p in params.items() if k not in spec and isinstance(p.default, bool)][:4]
-    out = []
-    for values in itertools.product(*[(params[f].default, not params[f].default) for f in flags]):
-        out.append(functools.partial(cls, **named, **dict(zip(flags, values, strict=True))))
-    return out
+    try:
+        with torch.random.fork_rng():
+            tensors, exported = cls.from_spec(spec).export()
+    except Exception as exc:  # noqa: BLE001 - a spec whose values the architecture does not take
+        raise ReferenceUnavailable(f"{cls.__name__} cannot be built from the spec {spec} ({exc!r})") from exc
+    if json.loads(json.dumps(exported)) != want:
+        raise ReferenceUnavailable(f"{cls.__name__} built from the spec {spec} exports {exported}")
+    return {name: list(array.shape) for name, array in tensors.items()}
 
 
 def _subclasses(cls: type) -> list[type]:
