@@ -48,7 +48,9 @@ def capture(trainer: OnlineTrainer, *, clone: bool = True) -> Snapshot:
         for pid, pstate in sd["state"].items():
             for key, value in pstate.items():
                 tensors[f"opt.{i}.{pid}.{key}"] = torch.as_tensor(value)
-    tensors = {k: (v.clone() if clone else v).contiguous() for k, v in tensors.items()}
+    # on the host whatever the training device: a checkpoint has one format (and .cpu() of a host
+    # tensor is the tensor itself, so clone=False still shares)
+    tensors = {k: (v.clone() if clone else v).contiguous().cpu() for k, v in tensors.items()}
     meta = {
         "optimizer_groups": groups, "steps": trainer.steps, "samples_seen": trainer.samples_seen,
         "conflict_ema": trainer.sampler.conflict_ema, "sampler_rng": trainer.sampler.rng.bit_generator.state,

@@ -11,7 +11,10 @@ import signal
 def add_parser(sub: argparse._SubParsersAction) -> None:
     env = os.environ.get
     p = sub.add_parser("learner", help="train both tiers online from hap.samples and publish to Redis")
-    p.add_argument("--method", choices=["ghcl", "mixed"], default=env("HAP_LEARNER_METHOD", "ghcl"))
+    p.add_argument("--method", choices=["ghcl", "mixed", "softmax"], default=env("HAP_LEARNER_METHOD", "ghcl"))
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when a GPU is visible, else the CPU), cpu or cuda[:n]; weights and "
+                        "checkpoints are the same whatever the device")
     p.add_argument("--batch-groups", type=int, default=32)
     p.add_argument("--publish-interval", type=float, default=float(env("HAP_PUBLISH_INTERVAL_S", 1.0)))
     p.add_argument("--publish-steps", type=int, default=50)
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         publish_s=args.publish_interval, publish_steps=args.publish_steps,
         checkpoint_s=args.checkpoint_interval, keep_versions=args.keep_versions,
     )
-    service = LearnerService(cfg, OnlineTrainer(method=args.method, seed=args.seed))
+    service = LearnerService(cfg, OnlineTrainer(method=args.method, seed=args.seed, device=args.device))
     for sig in (signal.SIGTERM, signal.SIGINT):  # graceful: train what was polled, publish, checkpoint
         signal.signal(sig, lambda *_: service.stop())
     service.run(max_idle_s=args.exit_when_idle)

@@ -177,6 +177,9 @@ class Redis(Service):
             server, str(self.dir / "redis.conf"), "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.dir), "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
             "--protected-mode", "yes",
+            # bounded: a full Redis fails writes (counted and retried by every writer) rather than
+            # evicting, which could drop a blob of the version being served
+            "--maxmemory", "1gb", "--maxmemory-policy", "noeviction",
         ]
 
 
