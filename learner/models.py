@@ -89,6 +89,7 @@ class Tier(nn.Module):
     """Common export of a tier: tensors as float32 numpy arrays plus a JSON spec."""
 
     name = ""
+    #: the large id tables: sparse gradients (only the rows a batch touches), sent as deltas
     embeddings: tuple[str, ...] = ()
     dim: int
     hidden: int
@@ -138,8 +139,8 @@ class LightTwoTower(Tier):
         super().__init__()
         self.dim, self.hidden, self.gate = dim, hidden, gate
         out = 2 * dim if gate else dim
-        self.item_emb = nn.Embedding(buckets, dim, padding_idx=0)
-        self.user_emb = nn.Embedding(buckets, dim, padding_idx=0)
+        self.item_emb = nn.Embedding(buckets, dim, padding_idx=0, sparse=True)
+        self.user_emb = nn.Embedding(buckets, dim, padding_idx=0, sparse=True)
         self.ctype_emb = nn.Embedding(CONTENT_TYPE_BUCKETS, dim)
         self.item_tower = _mlp([2 * dim + DENSE_DIM, hidden, out])
         self.user_tower = _mlp([2 * dim, hidden, out])
@@ -182,8 +183,8 @@ class ExpressiveCross(Tier):
                  gate: bool = True) -> None:
         super().__init__()
         self.dim, self.hidden, self.gate = dim, hidden, gate
-        self.item_emb = nn.Embedding(buckets, dim, padding_idx=0)
-        self.user_emb = nn.Embedding(buckets, dim, padding_idx=0)
+        self.item_emb = nn.Embedding(buckets, dim, padding_idx=0, sparse=True)
+        self.user_emb = nn.Embedding(buckets, dim, padding_idx=0, sparse=True)
         self.ctype_emb = nn.Embedding(CONTENT_TYPE_BUCKETS, dim)
         self.mlp = _mlp([6 * dim + DENSE_DIM, hidden, hidden // 2, 2 if gate else 1])
         for emb in (self.item_emb, self.user_emb, self.ctype_emb):

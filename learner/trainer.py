@@ -36,6 +36,10 @@ from learner.models import ExpressiveCross, LightTwoTower, Tier
 from learner.progressive import ProgressiveMetrics
 from streams.schemas import SOURCES, SampleGroup
 
+# The id tables' gradients are sparse tensors built from unique sorted rows; torch's invariant
+# checks stay off (its default), said explicitly so that it does not warn on every step.
+torch.sparse.check_sparse_tensor_invariants.disable()
+
 METHODS = ("ghcl", "mixed", "softmax")
 NEGATIVE = tuple(code for name, code in SOURCE_CODE.items() if name != "exp_pos")
 DROPPABLE = (SOURCE_CODE["rn"],)  # constructed hard negatives; exp_neg (real labels) is never dropped
@@ -144,10 +148,10 @@ class OnlineTrainer:
         """Cosine of the GHCL paths' gradients at the current weights (observed, not applied)."""
         scores = self.light(batch.users, batch.items, batch.group)
         positive = batch.source == SOURCE_CODE["exp_pos"]
-        params = [p for p in self.light.parameters() if p.requires_grad]
         paths = [contrastive_path_loss(scores, batch.group, positive, batch.mask(m), batch.n_groups)
                  for m in (EASY, HARD)]
-        return _cosine(*(_flat_grad(loss, params) for loss in paths))
+        g_easy, g_hard, _ = path_gradients(self.light, *paths)
+        return _cosine(g_easy, g_hard)
 
     def _train_ghcl(self, batch: Batch) -> StepReport:
         sub = batch.subset(self.sampler.keep(batch.mask(DROPPABLE))) if self.conflict_sampling else batch
@@ -156,15 +160,13 @@ class OnlineTrainer:
         args = (sub.group, positive)
         easy = contrastive_path_loss(scores, *args, sub.mask(EASY), sub.n_groups, self.temperature)
         hard = contrastive_path_loss(scores, *args, sub.mask(HARD), sub.n_groups, self.temperature)
-        params = [p for p in self.light.parameters() if p.requires_grad]
-        g_easy = _flat_grad(easy, params)
-        g_hard = _flat_grad(hard, params)
+        g_easy, g_hard, rows = path_gradients(self.light, easy, hard)
         if self.harmonize_gradients:
             combined, cosine = harmonize(g_easy, g_hard)
         else:
             combined, cosine = g_easy + g_hard, _cosine(g_easy, g_hard)
         self.sampler.update(cosine)
-        _set_flat_grad(params, combined)
+        set_gradients(self.light, combined, rows)
         x = self.expressive(sub.users, sub.items, sub.group)
         x_loss = contrastive_path_loss(x, *args, sub.mask(HARD), sub.n_groups, self.temperature)
         self.expressive.zero_grad()
@@ -180,8 +182,8 @@ class OnlineTrainer:
             for name in tier.embeddings:
                 grad = tier.get_parameter(name).grad
                 if grad is not None:
-                    rows = torch.nonzero(grad.abs().sum(1)).squeeze(-1).tolist()
-                    self.touched[tier.name].setdefault(name, set()).update(rows)
+                    rows = grad.coalesce().indices()[0] if grad.is_sparse else torch.nonzero(grad.abs().sum(1))[:, 0]
+                    self.touched[tier.name].setdefault(name, set()).update(rows.tolist())
         for opt in self.optimizers:
             opt.step()
             opt.zero_grad()
@@ -216,17 +218,52 @@ def _optimizers(model: Tier, lr: float, emb_lr: float) -> list[torch.optim.Optim
     return [torch.optim.Adagrad(emb, lr=emb_lr), torch.optim.Adam(dense, lr=lr)]
 
 
-def _flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params,
-                                                                                                 strict=True)])
+def path_gradients(tier: Tier, *losses: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each loss's gradient over ``tier``'s parameters, flattened over the same coordinates, and
+    the rows those coordinates cover (last; ``None`` for a dense parameter).
+
+    A dense parameter is taken whole; an id table (``tier.embeddings``, sparse gradients) only
+    at the rows some loss touches. Every other row has a zero gradient in every loss, so norms,
+    dot products and combinations are those of the full flat gradients, at a cost that grows
+    with the batch rather than with the tables.
+    """
+    names, params = zip(*tier.named_parameters(), strict=True)
+    grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in losses]
+    rows: list[torch.Tensor | None] = []
+    for i, name in enumerate(names):
+        if name not in tier.embeddings:
+            rows.append(None)
+            continue
+        touched = [g[i].coalesce().indices()[0] for g in grads if g[i] is not None]
+        rows.append(torch.cat(touched).unique() if touched else torch.empty(0, dtype=torch.long,
+                                                                            device=params[i].device))
+    flats = [torch.cat([_flat_part(g, p, r) for g, p, r in zip(gs, params, rows, strict=True)]) for gs in grads]
+    return (*flats, rows)
 
 
-def _set_flat_grad(params: list[torch.Tensor], flat: torch.Tensor) -> None:
+def _flat_part(grad: torch.Tensor | None, param: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    if rows is None:
+        return (grad if grad is not None else torch.zeros_like(param)).reshape(-1)
+    block = torch.zeros(len(rows), param.shape[1], dtype=param.dtype, device=param.device)
+    if grad is not None:
+        grad = grad.coalesce()
+        block[torch.searchsorted(rows, grad.indices()[0])] = grad.values()
+    return block.reshape(-1)
+
+
+def set_gradients(tier: Tier, flat: torch.Tensor, rows: list[torch.Tensor | None]) -> None:
+    """Set ``tier``'s gradients from a vector laid out as :func:`path_gradients` lays them."""
     offset = 0
-    for p in params:
-        p.grad = flat[offset: offset + p.numel()].view_as(p).clone()
-        offset += p.numel()
+    for p, r in zip(tier.parameters(), rows, strict=True):
+        if r is None:
+            p.grad = flat[offset: offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        else:
+            size = len(r) * p.shape[1]
+            values = flat[offset: offset + size].view(len(r), p.shape[1])
+            p.grad = torch.sparse_coo_tensor(r[None], values, p.shape, check_invariants=False,
+                                             is_coalesced=True) if len(r) else None  # r: unique, sorted
+            offset += size
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
