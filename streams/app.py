@@ -48,6 +48,7 @@ from streams.pool import CandidatePool
 from streams.schemas import (
     InvalidEvent,
     Limits,
+    RankingEvent,
     SampleGroup,
     decode_exposure,
     decode_item,
@@ -56,6 +57,8 @@ from streams.schemas import (
     encode,
     is_positive,
 )
+from streams.topics import record_limits
+from streams.validate import check_not_future
 from streams.watchdog import EXIT_REASONS, EXITS_ENV, RECOVERY_GRACE, RESTARTS_ENV, STALLED_EXIT, Watchdog, parse_exits
 
 PARTITIONS = 4
@@ -76,6 +79,8 @@ class StreamsConfig:
     partitions: int = PARTITIONS
     kafka_security: KafkaSecurity = KafkaSecurity()
     stall_s: float = 30.0
+    #: an event time further ahead of its arrival than this is dead-lettered (``future``)
+    max_future_ms: int = 10_000
 
 
 def _now_ms() -> int:
@@ -89,7 +94,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     app = faust.App(
         f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}", store="memory://",
         topic_partitions=cfg.partitions, web_enabled=False, datadir=str(cfg.data_dir),
-        consumer_auto_offset_reset="earliest", producer_max_request_size=cfg.limits.max_message_bytes * 2,
+        consumer_auto_offset_reset="earliest", producer_max_request_size=record_limits(cfg.limits)[1],
         broker_commit_every=100, broker_commit_interval=1.0, table_cleanup_interval=30.0,
         # a crashed worker's partitions move to the others (or its restart) within seconds
         broker_session_timeout=10.0, broker_heartbeat_interval=2.0,
@@ -210,17 +215,18 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         metrics.EVENTS.labels(msg.topic.removeprefix(t)).inc()
         wall = _now_ms()
         try:
-            if msg.topic.endswith("ranking"):
-                event = decode_ranking(msg.value, cfg.limits)
-                for c in event.candidates:
-                    pool.add(c.item_id, c.content_type)
-            else:
-                event = decode_exposure(msg.value, cfg.limits)
+            decode = decode_ranking if msg.topic.endswith("ranking") else decode_exposure
+            event = decode(msg.value, cfg.limits)
+            check_not_future(event.ts_ms, wall, cfg.max_future_ms)
         except InvalidEvent as exc:
             await dead_letter(exc.kind, exc.reason, msg)
             return
+        if isinstance(event, RankingEvent):
+            for c in event.candidates:
+                pool.add(c.item_id, c.content_type)
         rid = event.request_id
-        state.watermark[msg.partition] = max(state.watermark[msg.partition], event.ts_ms)
+        # never past the worker's clock: an event a little ahead (within the bound) closes no window early
+        state.watermark[msg.partition] = max(state.watermark[msg.partition], min(event.ts_ms, wall))
         if msg.topic.endswith("exposure"):
             features.count(event, cfg.assembler.dwell_threshold_ms)
         done = finalized.get(rid)

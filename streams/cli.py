@@ -14,6 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=float, default=float(env("HAP_JOIN_WINDOW_S", 30)),
                    help="join window: seconds of event time after a request's last event")
     p.add_argument("--lateness", type=float, default=float(env("HAP_LATENESS_S", 5)))
+    p.add_argument("--max-future", type=float, default=10.0,
+                   help="seconds an event time may run ahead of its arrival; beyond, the event is dead-lettered "
+                        "(reason_kind future)")
     p.add_argument("--dwell-threshold", type=float, default=30.0, help="dwell seconds that count as positive")
     p.add_argument("--gn-per-exposed", type=int, default=2)
     p.add_argument("--max-rn", type=int, default=10)
@@ -49,7 +52,7 @@ def run_worker(args: argparse.Namespace) -> int:
     cfg = StreamsConfig(
         bootstrap=s.kafka_bootstrap, redis=s.redis, kafka_security=s.kafka_security, topic_prefix=s.topic_prefix,
         data_dir=Path(s.data_dir) / f"streams-{args.worker_id}", corrections=not args.no_corrections,
-        stall_s=args.stall_timeout,
+        stall_s=args.stall_timeout, max_future_ms=int(args.max_future * 1000),
         assembler=AssemblerConfig(
             window_ms=int(args.window * 1000), lateness_ms=int(args.lateness * 1000),
             dwell_threshold_ms=int(args.dwell_threshold * 1000), max_rn=args.max_rn, max_prn=args.max_prn,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.validate import (
+    REASON_KINDS,
     InvalidEvent,
     features,
     opt_bool,
@@ -42,6 +43,11 @@ SCHEMA_VERSION = 1
 SOURCES = ("exp_pos", "exp_neg", "rn", "prn", "gn")
 ID_CHARS = 256
 NAME_CHARS = 64
+#: a dead letter copies at most this many bytes of its input (with the input's size and SHA-256), so that
+#: the DLQ record of any input up to the 1 MiB cap stays far below it (base64: 4/3 of the copy)
+DLQ_ORIGINAL_BYTES = 256 * 1024
+DLQ_REASON_CHARS = 4096
+DLQ_DETAILS_BYTES = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -264,19 +270,28 @@ SAMPLE_GROUP = [
     Field("correction", "bool", "True for a correction of an emitted group (a late positive).", required=False),
 ]
 DEAD_LETTER = [
-    Field("reason_kind", "enum", "Why, in one word.",
-          values=("json", "schema", "oversized", "late", "orphan", "undecodable", "internal")),
-    Field("reason", "str", "Why, precisely: the field path and what was wrong.", max_chars=1 << 20),
+    Field("reason_kind", "enum", "Why, in one word.", values=REASON_KINDS),
+    Field("reason", "str", "Why, precisely: the field path and what was wrong (a longer reason is cut, ending "
+          "in `...`).", max_chars=DLQ_REASON_CHARS),
     Field("request_id", "str", "The request of the rejected input when it names one (also the Kafka key).",
           required=False, nullable=True),
     Field("topic", "str", "Topic of the rejected input; null for an orphan request.", required=False, nullable=True),
     Field("partition", "int", "Its partition.", required=False, nullable=True, minimum=0),
     Field("offset", "int", "Its offset (an undecodable batch: its first offset).", required=False, nullable=True,
           minimum=0),
-    Field("original", "str", "The original bytes, base64; null when there are none (an orphan request) or the "
-          "undecodable batch exceeds 512 KiB.", required=False, nullable=True, max_chars=1 << 21),
+    Field("original", "str", f"The original bytes, base64: all of them up to {DLQ_ORIGINAL_BYTES // 1024} KiB, "
+          "else the first that many (`original_truncated`); null when there are none (an orphan request) or the "
+          "undecodable batch exceeds 512 KiB.", required=False, nullable=True,
+          max_chars=4 * -(-DLQ_ORIGINAL_BYTES // 3)),
+    Field("original_size", "int", "Size of the original bytes, whole.", required=False, nullable=True,
+          minimum=0, unit="bytes"),
+    Field("original_sha256", "str", "SHA-256 of the original bytes, whole, hex (check a replayed copy against it).",
+          required=False, nullable=True, max_chars=64),
+    Field("original_truncated", "bool", "True when `original` holds only the first bytes of the input.",
+          required=False),
     Field("details", "object", "What the kind adds: undecodable: codec, first_offset, last_offset; orphan: "
-          "item_id or the request's joined state.", required=False),
+          f"item_id or the request's joined state (above {DLQ_DETAILS_BYTES // 1024} KiB of JSON: `omitted_bytes` "
+          "and `sha256` of it instead).", required=False),
 ]
 RECORDS: dict[str, list[Field]] = {"Candidate": CANDIDATE, "SampleItem": SAMPLE_ITEM}
 

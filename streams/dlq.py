@@ -6,6 +6,11 @@ one of :data:`streams.validate.REASON_KINDS`, and a precise ``reason``), where i
 and replayed. ``details`` holds what a kind adds (an undecodable batch's codec and offset range,
 an orphan request's joined state).
 
+A record is bounded whatever its input, so that it always fits the broker's size limit (a dead
+letter the broker refuses would be lost): the copy holds at most
+:data:`~streams.contract.DLQ_ORIGINAL_BYTES` of the original, with the original's size and SHA-256;
+the reason and the details are bounded too.
+
 Examples
 --------
 >>> rec = DeadLetter("json", "json: unexpected character", "r1", "hap.ranking", 0, 7, b"{x")
@@ -19,10 +24,12 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 from typing import Any
 
 import orjson
 
+from streams.contract import DLQ_DETAILS_BYTES, DLQ_ORIGINAL_BYTES, DLQ_REASON_CHARS
 from streams.validate import REASON_KINDS
 
 DLQ_SCHEMA_VERSION = 1
@@ -49,13 +56,29 @@ class DeadLetter:
         return self.request_id.encode() if self.request_id else None
 
     def value(self) -> bytes:
-        """The record's JSON value."""
+        """The record's JSON value, bounded (see the module's docstring)."""
+        original = self.original
         return orjson.dumps({
-            "schema_version": DLQ_SCHEMA_VERSION, "reason_kind": self.reason_kind, "reason": self.reason,
+            "schema_version": DLQ_SCHEMA_VERSION, "reason_kind": self.reason_kind, "reason": _cut(self.reason),
             "request_id": self.request_id, "topic": self.topic, "partition": self.partition, "offset": self.offset,
-            "original": None if self.original is None else base64.b64encode(self.original).decode(),
-            "details": self.details,
+            "original": None if original is None else base64.b64encode(original[:DLQ_ORIGINAL_BYTES]).decode(),
+            "original_size": None if original is None else len(original),
+            "original_sha256": None if original is None else hashlib.sha256(original).hexdigest(),
+            "original_truncated": original is not None and len(original) > DLQ_ORIGINAL_BYTES,
+            "details": _bounded(self.details),
         })
+
+
+def _cut(reason: str) -> str:
+    return reason if len(reason) <= DLQ_REASON_CHARS else reason[:DLQ_REASON_CHARS - 3] + "..."
+
+
+def _bounded(details: dict[str, Any]) -> dict[str, Any]:
+    """``details``, or its size and digest when its JSON exceeds :data:`DLQ_DETAILS_BYTES`."""
+    raw = orjson.dumps(details, option=orjson.OPT_NON_STR_KEYS)
+    if len(raw) <= DLQ_DETAILS_BYTES:
+        return details
+    return {"omitted_bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
 
 
 def request_id_of(key: bytes | None, value: bytes | None) -> str | None:

@@ -33,6 +33,7 @@ from prometheus_client import Counter
 
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.schemas import ExposureEvent, ItemUpdate, RankingEvent, encode
+from streams.topics import record_limits
 
 SENT = Counter("hap_producer_sent", "Events acknowledged by the broker", ["topic"])
 ERRORS = Counter("hap_producer_errors", "Events the broker did not acknowledge", ["topic"])
@@ -57,7 +58,7 @@ class EventProducer:
                 bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms,
                 batch_size=batch_size, compression_type=self.compression, retries=retries,
                 retry_backoff_ms=200, request_timeout_ms=30_000, max_block_ms=10_000,
-                **security.client_options(), **kafka_config,
+                max_request_size=record_limits()[0], **security.client_options(), **kafka_config,
             )
         except KafkaError:
             raise ProducerUnavailable(f"no Kafka broker answers at {bootstrap}") from None

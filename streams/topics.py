@@ -1,6 +1,13 @@
 """Create the pipeline's topics up front, with one partition count, so that the co-partitioned
 join sees every topic from its first poll (a topic created later is ignored until a rebalance).
 
+Size limits are set here, consistently with the producers (:func:`record_limits`): an input
+topic takes a record of the contract's cap (1 MiB) plus its key and framing; the topics the
+worker writes (samples, dead letters, its tables' changelogs) take twice the cap plus that, since
+a table keeps a valid input's bytes as a JSON string (every byte escaped at worst). A record the
+broker refused would be lost (Faust only logs a failed send), so nothing the worker writes may
+exceed what its topic takes.
+
 The streams worker's internal topics (its tables' changelogs and Faust's leader topic) are
 created the same way before the worker starts: left to Faust, they are created while its
 consumer already runs, and a changelog seen before its partitions have leaders reads as having
@@ -15,23 +22,41 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from streams.contract import Limits
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
 TOPICS = ("ranking", "exposure", "items", "samples", "dlq", "streams-ticks")
+INPUTS = ("ranking", "exposure", "items")
 COMPACTED = {"cleanup.policy": "compact"}
+#: a record's key, headers and batch framing on top of its value
+RECORD_OVERHEAD_BYTES = 64 * 1024
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def record_limits(limits: Limits = DEFAULT_LIMITS) -> tuple[int, int]:
+    """(bytes an input topic and its producers take, bytes the worker's output topics and producer take)."""
+    return (limits.max_message_bytes + RECORD_OVERHEAD_BYTES,
+            2 * limits.max_message_bytes + RECORD_OVERHEAD_BYTES)
+
+
+def _sized(max_bytes: int, config: dict[str, str] | None = None) -> dict[str, str]:
+    return {**(config or {}), "max.message.bytes": str(max_bytes)}
 
 
 Specs = dict[str, tuple[int, dict[str, str]]]  # topic name -> (partitions, topic config)
 
 
 def pipeline_topics(prefix: str = "hap.", partitions: int = 4) -> Specs:
-    """The input, output and internal topics every component shares."""
-    return {f"{prefix}{t}": (partitions, {}) for t in TOPICS}
+    """The input, output and internal topics every component shares, with their size limits."""
+    inputs, outputs = record_limits()
+    return {f"{prefix}{t}": (partitions, _sized(inputs if t in INPUTS else outputs)) for t in TOPICS}
 
 
 def worker_topics(app_id: str, tables: list[str], partitions: int) -> Specs:
-    """The changelogs of ``tables`` and the leader topic of the Faust app ``app_id``."""
-    topics = {f"{app_id}-{table}-changelog": (partitions, COMPACTED) for table in tables}
+    """The changelogs of ``tables`` (sized for the worker's records), the leader topic of the Faust app ``app_id``."""
+    topics = {f"{app_id}-{table}-changelog": (partitions, _sized(record_limits()[1], COMPACTED)) for table in tables}
     topics[f"{app_id}-__assignor-__leader"] = (1, {})
     return topics
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 #: the fixed set of dead-letter kinds (``reason_kind`` of a DLQ record and of ``hap_streams_invalid_total``)
-REASON_KINDS = ("json", "schema", "oversized", "late", "orphan", "undecodable", "internal")
+REASON_KINDS = ("json", "schema", "oversized", "future", "late", "orphan", "undecodable", "internal")
 
 
 class InvalidEvent(ValueError):
@@ -30,6 +30,24 @@ class InvalidEvent(ValueError):
         super().__init__(reason)
         self.reason = reason
         self.kind = kind
+
+
+def check_not_future(ts_ms: int, arrival_ms: int, max_future_ms: int) -> None:
+    """Reject an event time more than ``max_future_ms`` ahead of its arrival (kind ``future``).
+
+    A clock running ahead, or microseconds sent as milliseconds, would otherwise raise its
+    partition's watermark and close every other request's window early.
+
+    >>> check_not_future(1_000, 0, 1_000)
+    >>> try:
+    ...     check_not_future(36_000, 1_000, 10_000)
+    ... except InvalidEvent as e:
+    ...     print(e.kind, e.reason)
+    future ts_ms: 36000 is 35000 ms ahead of its arrival at 1000 (bound 10000 ms)
+    """
+    if ts_ms - arrival_ms > max_future_ms:
+        raise InvalidEvent(f"ts_ms: {ts_ms} is {ts_ms - arrival_ms} ms ahead of its arrival at {arrival_ms} "
+                           f"(bound {max_future_ms} ms)", "future")
 
 
 def _path(prefix: str, key: str) -> str:

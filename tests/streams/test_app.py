@@ -55,10 +55,11 @@ def test_groups_match_ground_truth_bad_input_goes_to_dlq_late_clicks_correct(sta
     assert all(d["request_id"] == key.decode() and d["original"] for key, d in dlq)
 
 
-def dead_letters(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes, dict]]:
-    """(key, decoded value) of the first ``expected`` dead letters."""
+def dead_letters(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) -> list[tuple[bytes, dict]]:
+    """(key, decoded value) of the first ``expected`` dead letters (fewer when none came for ``timeout_s``)."""
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=60_000)
+                             consumer_timeout_ms=int(timeout_s * 1000), fetch_max_bytes=8 << 20,
+                             max_partition_fetch_bytes=8 << 20)
     out = []
     for message in consumer:
         out.append((message.key, orjson.loads(message.value)))
