@@ -15,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from deploy.settings import command_env
+
 
 class Component:
     """One `hap <command> ...` process; never restarted behind the caller's back."""
@@ -23,7 +25,7 @@ class Component:
         self.name = name
         self.args = args
         self.log_file = log_dir / f"{name}.log"
-        self.env = {**os.environ, **(env or {})}
+        self.env = command_env(args[0] if args else name, {**os.environ, **(env or {})})  # only its secrets
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Component:

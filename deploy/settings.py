@@ -4,8 +4,11 @@ Resolution order for an endpoint: an explicit environment variable (``HAP_KAFKA_
 ``HAP_REDIS_URL``, ``HAP_PROMETHEUS_URL``), then the endpoints file written by ``hap stack up``
 into the data dir (so no flag is needed after ``up``), then the default local port.
 
-Secrets (``HAP_KAFKA_SASL_PASSWORD``, ``HAP_REDIS_PASSWORD``) are read from the environment
-only, never from flags or files, and never appear in a repr, a log line or ``stack status``.
+Secrets (:data:`SECRETS`: the Kafka SASL password, the Redis password, the Grafana API token) are
+read from the environment only, never from flags or files, and never appear in a repr, a log line
+or ``stack status``. A child process gets only the secrets it needs (:func:`child_env`): the
+stack's servers none (their credentials are in files only their owner reads), a component those
+of the services it talks to.
 
 Examples
 --------
@@ -21,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from feature_store.connection import RedisEndpoint
@@ -29,6 +32,37 @@ from streams.kafka_security import KafkaSecurity
 
 ENDPOINTS_FILE = "endpoints.json"
 KAFKA_VERSION = "4.1.1"
+
+KAFKA_PASSWORD_ENV = "HAP_KAFKA_SASL_PASSWORD"
+REDIS_PASSWORD_ENV = "HAP_REDIS_PASSWORD"
+GRAFANA_TOKEN_ENV = "HAP_GRAFANA_TOKEN"
+GRAFANA_URL_ENV = "HAP_GRAFANA_URL"
+#: every environment variable that holds a secret
+SECRETS = (KAFKA_PASSWORD_ENV, REDIS_PASSWORD_ENV, GRAFANA_TOKEN_ENV)
+#: the secrets each `hap` command run as a child process needs (a command not listed: Kafka's and Redis')
+COMMAND_SECRETS: dict[str, tuple[str, ...]] = {
+    "streams": (KAFKA_PASSWORD_ENV, REDIS_PASSWORD_ENV),
+    "learner": (KAFKA_PASSWORD_ENV, REDIS_PASSWORD_ENV),
+    "router": (REDIS_PASSWORD_ENV,),
+    "simulate": (KAFKA_PASSWORD_ENV,),
+    "models": (REDIS_PASSWORD_ENV,),
+    "dashboards": (GRAFANA_TOKEN_ENV,),
+}
+
+
+def child_env(needs: Iterable[str] = (), base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: ``os.environ``) without the secrets not in ``needs``: the environment of a child.
+
+    >>> child_env(["HAP_REDIS_PASSWORD"], {"PATH": "/bin", "HAP_REDIS_PASSWORD": "r", "HAP_GRAFANA_TOKEN": "g"})
+    {'PATH': '/bin', 'HAP_REDIS_PASSWORD': 'r'}
+    """
+    keep = set(needs)
+    return {k: v for k, v in (os.environ if base is None else base).items() if k not in SECRETS or k in keep}
+
+
+def command_env(command: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of the child process `hap <command>`: only the secrets that command needs."""
+    return child_env(COMMAND_SECRETS.get(command, (KAFKA_PASSWORD_ENV, REDIS_PASSWORD_ENV)), base)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,6 +91,8 @@ class Settings:
     kafka_security: KafkaSecurity = KafkaSecurity()
     redis_password: str | None = dataclasses.field(default=None, repr=False)
     redis_ca_file: str | None = None
+    grafana_url: str | None = None
+    grafana_token: str | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -91,8 +127,10 @@ class Settings:
             external_kafka="HAP_KAFKA_BOOTSTRAP" in env,
             external_redis="HAP_REDIS_URL" in env,
             kafka_security=_security(env),
-            redis_password=env.get("HAP_REDIS_PASSWORD") or None,
+            redis_password=env.get(REDIS_PASSWORD_ENV) or None,
             redis_ca_file=env.get("HAP_REDIS_CA_FILE") or None,
+            grafana_url=env.get(GRAFANA_URL_ENV) or None,
+            grafana_token=env.get(GRAFANA_TOKEN_ENV) or None,
             **ports,
         )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 from pathlib import Path
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1]
@@ -14,8 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["build", "push"])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help="build: writes grafana/ (dashboards, alert rules, provisioning/) and prometheus/ under it")
-    p.add_argument("--url", default=os.environ.get("HAP_GRAFANA_URL"))
-    p.add_argument("--token", default=None, help="API token (default: HAP_GRAFANA_TOKEN; never printed)")
+    p.add_argument("--url", default=None, help="Grafana's URL (default: HAP_GRAFANA_URL); the API token is read "
+                   "from HAP_GRAFANA_TOKEN only, never from a flag (argv is visible to every user of the machine)")
+    p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # removed: refused with a pointer to the env
     p.add_argument("--prometheus-url", default=None, help="URL Grafana uses to reach Prometheus")
 
 
@@ -27,16 +28,22 @@ def run(args: argparse.Namespace) -> int:
         for path in write(args.out):
             print(path)
         return 0
-    token = args.token or os.environ.get("HAP_GRAFANA_TOKEN")
-    if not args.url or not token:
-        print("hap dashboards push: --url (or HAP_GRAFANA_URL) and HAP_GRAFANA_TOKEN are required")
-        return 2
-    from deploy.settings import Settings
+    from deploy.settings import GRAFANA_TOKEN_ENV, GRAFANA_URL_ENV, Settings
 
+    if args.token is not None:
+        print(f"hap dashboards push: --token is not accepted (a secret in argv is visible to every user of the "
+              f"machine): set {GRAFANA_TOKEN_ENV} instead", file=sys.stderr)
+        return 2
+    settings = Settings.load()
+    url = args.url or settings.grafana_url
+    if not url or not settings.grafana_token:
+        print(f"hap dashboards push: --url (or {GRAFANA_URL_ENV}) and {GRAFANA_TOKEN_ENV} are required",
+              file=sys.stderr)
+        return 2
     try:
-        counts = push(args.url, token, args.prometheus_url or Settings.load().prometheus_url)
+        counts = push(url, settings.grafana_token, args.prometheus_url or settings.prometheus_url)
     except DashboardPushError as exc:
         print(f"hap dashboards push: {exc}")
         return 1
-    print(f"provisioned {counts['dashboards']} dashboards and {counts['alert_rules']} alert rules at {args.url}")
+    print(f"provisioned {counts['dashboards']} dashboards and {counts['alert_rules']} alert rules at {url}")
     return 0

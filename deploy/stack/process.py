@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from deploy.settings import child_env
+
 
 class StackError(RuntimeError):
     """A one-line, user-facing reason why a service could not be started or reached."""
@@ -60,7 +62,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
-                env={**os.environ, **(env or {})},
+                env={**child_env(), **(env or {})},  # no secret: a server's credentials are in its config file
                 start_new_session=True,
             )
         self.pid_file.write_text(str(proc.pid))
@@ -105,6 +107,18 @@ class ManagedProcess:
             os.killpg(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+    def kill(self) -> bool:
+        """SIGKILL at once (the crash the fault tests inject: no shutdown, no flush); True when something was killed."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.killpg(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.05)
         self.pid_file.unlink(missing_ok=True)
         return True
 
