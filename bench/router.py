@@ -30,7 +30,6 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from feature_store.featurize import dense_stats, hash_id  # noqa: E402
 from feature_store.model_store import LoadedVersion  # noqa: E402
 from learner.models import item_tensors, user_tensors  # noqa: E402
 from learner.trainer import OnlineTrainer  # noqa: E402
@@ -77,10 +76,8 @@ def main() -> None:
     model = build(LoadedVersion(1, tiers, {"version": 1}))
     # steady state: the router's local feature cache is warm (no Redis round trip on the hot path)
     features = FeatureCache(redis.Redis(port=1), ttl_s=3600)
-    for i in range(len(world.items)):
-        item_id = world.item_id(i)
-        features.items[item_id] = (time.monotonic() + 3600, np.asarray(dense_stats(stats_of(world, i)), np.float32),
-                                   hash_id("item", item_id))
+    features.put([world.item_id(i) for i in range(len(world.items))],
+                 [stats_of(world, i) for i in range(len(world.items))])
     results = []
     for n in (1000, 2000, 5000):
         rng = np.random.default_rng(n)

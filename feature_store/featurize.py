@@ -122,3 +122,19 @@ def featurize_items(
         ),
         dense=np.asarray([dense_stats(s) for s in stats], dtype=np.float32).reshape(len(item_ids), DENSE_DIM),
     )
+
+
+def dense_stats_matrix(values: np.ndarray) -> np.ndarray:
+    """:func:`dense_stats` of many items at once: ``values`` is ``(N, DENSE_DIM)`` float64 in
+    ``ITEM_STAT_FEATURES`` order with NaN for a missing statistic; the result is the float32 dense
+    matrix, row by row what :func:`dense_stats` gives (one array operation per kind of column)."""
+    values = np.asarray(values, np.float64).reshape(-1, DENSE_DIM)
+    out = np.empty(values.shape, np.float64)
+    rate = np.array([name in RATE_FEATURES for name in ITEM_STAT_FEATURES])
+    counts = values[:, ~rate]
+    out[:, ~rate] = np.log1p(np.maximum(np.where(np.isnan(counts), 0.0, counts), 0.0))
+    rates = values[:, rate]
+    clipped = np.clip(np.where(np.isnan(rates), PRIOR_CTR, rates), _RATE_CLIP, 1 - _RATE_CLIP)
+    logits = np.log(clipped / (1 - clipped)) - _PRIOR_LOGIT
+    out[:, rate] = np.where(np.isnan(rates), 0.0, logits)
+    return out.astype(np.float32)

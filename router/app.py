@@ -37,13 +37,15 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 
 async def prerank(request: web.Request) -> web.Response:
-    started = time.perf_counter()
+    entered = time.perf_counter()
     limits = request.app[LIMITS]
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         metrics.ERRORS.labels("too_large").inc()
         return _json({"error": f"body exceeds {limits['max_bytes']} bytes"}, 413)
+    started = time.perf_counter()  # service time starts once the body is in
+    metrics.READ_SECONDS.observe(started - entered)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -60,10 +62,11 @@ async def prerank(request: web.Request) -> web.Response:
     if model is None:  # counted by count_server_errors, as every 5xx
         return _json({"error": "no model version loaded yet"}, 503)
     result = score(model, request.app[FEATURES], req)
+    response = _json(result)
     metrics.REQUEST_SECONDS.labels(req.policy).observe(time.perf_counter() - started)
     metrics.CANDIDATES.observe(len(req.candidates))
     metrics.EXPRESSIVE_FRACTION.observe(result["expressive_evals"] / len(req.candidates))
-    return _json(result)
+    return response
 
 
 @web.middleware
@@ -105,11 +108,14 @@ async def openapi(_request: web.Request) -> web.Response:
 
 
 def make_app(client: redis.Redis, *, policy: str = "damr", budget: float = 0.2, max_candidates: int = 5000,
-             max_bytes: int = 4 << 20, poll_s: float = 2.0, holder: ModelHolder | None = None) -> web.Application:
-    """Build the service; the holder's threads start and stop with the app."""
+             max_bytes: int = 4 << 20, poll_s: float = 2.0, holder: ModelHolder | None = None,
+             features: FeatureCache | None = None) -> web.Application:
+    """Build the service; the holder's and the feature cache's threads start and stop with the app.
+    Each new version computes the item vectors of the rows the feature cache holds before it serves."""
     app = web.Application(client_max_size=max_bytes, middlewares=[count_server_errors])
     app[HOLDER] = holder or ModelHolder(client, poll_s=poll_s)
-    app[FEATURES] = FeatureCache(client)
+    app[FEATURES] = features or FeatureCache(client)
+    app[HOLDER].prepare = lambda model: model.warm(app[FEATURES])
     app[LIMITS] = {"policy": policy, "budget": budget, "max_candidates": max_candidates, "max_bytes": max_bytes}
     app.router.add_post("/v1/prerank", prerank)
     app.router.add_get("/healthz", healthz)
@@ -119,8 +125,10 @@ def make_app(client: redis.Redis, *, policy: str = "damr", budget: float = 0.2, 
 
     async def lifecycle(app: web.Application):  # noqa: ANN202
         app[HOLDER].start()
+        app[FEATURES].start()
         yield
         app[HOLDER].stop()
+        app[FEATURES].stop()
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -1,10 +1,19 @@
-"""`hap router`: the DAMR pre-ranking service."""
+"""`hap router`: the DAMR pre-ranking service.
+
+A router process uses one core on purpose: the math libraries' thread pools are pinned to one
+thread before numpy loads (a second OpenBLAS thread only competes with the request thread).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+
+#: set before numpy is first imported (``hap`` imports this module before any component)
+PINNED_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+for _name in PINNED_THREADS:
+    os.environ.setdefault(_name, "1")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,16 +1,36 @@
-"""Router-side features: item statistics and user history from Redis behind a bounded local cache.
+"""Router-side features as arrays: item statistics in a slot table, user history from Redis.
 
-A lookup never fails a request: a missing feature (unknown item, Redis down) becomes the
-default (no statistics, empty history) and is counted. While Redis is failing, lookups skip it
-for ``backoff_s`` instead of waiting on every request.
+:class:`FeatureCache` keeps every item it has seen in one row (a *slot*) of fixed arrays: the
+dense statistics, the hashed id, the time the row was read and a *stamp* (a number that changes
+whenever the row's contents do, so a cached item vector knows whether it is still valid). A
+request maps its ids to slots with one C-level pass (``map(dict.get)``) and gathers its rows
+with one fancy index: no Python loop per candidate.
+
+Refresh without a tail (stale-while-revalidate): a row older than ``ttl_s`` is still served,
+and its id is queued for a background thread that reads it again from Redis; the thread never
+touches the arrays: the request thread applies finished reads at the start of its next lookup
+(one vectorised write), so a request always sees whole rows. Only items never seen before are
+read synchronously (in one round trip for all of them). A lookup never fails a request: when
+Redis is down, unseen items get the defaults (counted as ``missing_features{kind="item"}``)
+and stale rows keep serving; while Redis is failing, lookups skip it for ``backoff_s``.
+``missing_features{kind="item_stats"}`` counts items with no statistics at all (not items whose
+windows are merely empty); a malformed statistics hash or user history gives the defaults,
+counted as ``errors{kind="bad_item_stats"|"bad_user_features"}``.
+
+The table is bounded in bytes (``max_bytes``, ids at their longest): when it is full, the least
+recently used eighth of the rows is evicted.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
+import logging
+import threading
 import time
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -18,90 +38,261 @@ import orjson
 import redis
 
 from feature_store.backoff import Backoff
-from feature_store.featurize import CONTENT_TYPE_BUCKETS, DENSE_DIM, ItemBatch, dense_stats, hash_id
-from feature_store.item_stats import ItemStats
+from feature_store.featurize import (
+    CONTENT_TYPE_BUCKETS,
+    DENSE_DIM,
+    ITEM_STAT_FEATURES,
+    ItemBatch,
+    dense_stats_matrix,
+    hash_id,
+)
 from router import metrics
+from router.limits import ID_CHARS
+from router.stats_reader import ABSENT, MALFORMED, StatsReader
+
+log = logging.getLogger("hap.router")
+#: bytes a row may hold at most: its arrays, the id (at its longest) and the id's dict entry
+ROW_BYTES = DENSE_DIM * 4 + 8 * 5 + 1 + ID_CHARS + 120
+NEVER = -np.inf
+#: at least four requests of the largest size fit, whatever ``max_bytes`` says
+MIN_ROWS = 20_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lookup:
+    """A request's candidates as arrays: features, their slots, and each row's stamp (-1: inline
+    features, never cached)."""
+
+    items: ItemBatch
+    slots: np.ndarray
+    stamps: np.ndarray
 
 
 class FeatureCache:
-    """LRU + TTL cache of per-item feature rows and user histories."""
+    """Slot table of item features (stale-while-revalidate) plus user histories from Redis."""
 
-    def __init__(self, client: redis.Redis, *, capacity: int = 200_000, ttl_s: float = 5.0,
-                 backoff_s: float = 1.0, prefix: str = "hap:") -> None:
+    def __init__(self, client: redis.Redis, *, max_bytes: int = 64 << 20, ttl_s: float = 5.0,
+                 backoff_s: float = 1.0, prefix: str = "hap:", capacity: int | None = None) -> None:
         self.r = client
-        self.stats = ItemStats(client, prefix)
         self.prefix = prefix
-        self.capacity, self.ttl_s = capacity, ttl_s
-        #: item_id -> (expiry, dense row, hashed id); the expiry doubles as the row's version stamp
-        self.items: collections.OrderedDict[str, tuple[float, np.ndarray, int]] = collections.OrderedDict()
+        self.ttl_s = ttl_s
+        self.capacity = capacity or max(MIN_ROWS, max_bytes // ROW_BYTES)
+        cap = self.capacity
+        self.dense = np.zeros((cap, DENSE_DIM), np.float32)
+        self.item_idx = np.zeros(cap, np.int64)
+        self.ctype_idx = np.zeros(cap, np.int64)  # the content type the slot was last asked with
+        self.stamp = np.zeros(cap, np.int64)
+        self.fetched_at = np.full(cap, NEVER)  # monotonic time of the last read from Redis; NEVER: not read
+        self.last_used = np.zeros(cap, np.float64)
+        self.pending = np.zeros(cap, bool)  # queued for a background refresh
+        self.occupied = np.zeros(cap, bool)
+        self.slot_of: dict[str, int] = {}
+        self.id_of: list[str | None] = [None] * cap
+        self.free = list(range(cap - 1, -1, -1))
+        self._next_stamp = 1
+        self.reader = StatsReader(client, prefix)
         self.redis = Backoff(backoff_s)
+        self._queue: collections.deque[tuple[np.ndarray, np.ndarray, list[str]]] = collections.deque()
+        self._done: collections.deque[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = \
+            collections.deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def _failed(self) -> None:
-        self.redis.failed()
-        metrics.ERRORS.labels("redis").inc()
+    # -- the request path --------------------------------------------------------------------
+    def lookup(self, item_ids: Sequence[str], content_types: Sequence[str],
+               inline: np.ndarray | None = None, inline_rows: np.ndarray | None = None) -> Lookup:
+        """The candidates' features: ``inline`` (dense rows of ``inline_rows``) first, then the
+        table, then (for items never seen) Redis."""
+        self._apply_done()
+        now = time.monotonic()
+        n = len(item_ids)
+        slots = np.fromiter(map(self.slot_of.get, item_ids, repeat(-1)), np.int64, n)
+        new = np.flatnonzero(slots < 0)
+        if len(new):
+            slots[new] = self._allocate([item_ids[i] for i in new.tolist()], protect=slots[slots >= 0])
+        self.last_used[slots] = now
+        ctypes = np.fromiter(map(_ctype, content_types), np.int64, n)
+        self.ctype_idx[slots] = ctypes
+        from_store = np.ones(n, bool)
+        if inline_rows is not None and len(inline_rows):
+            from_store[inline_rows] = False
+        fetched = self.fetched_at[slots]
+        cold = np.flatnonzero(from_store & (fetched == NEVER))
+        if len(cold):
+            self._read_now(slots[cold], [item_ids[i] for i in cold.tolist()], now)
+        stale = from_store & (fetched != NEVER) & (fetched < now - self.ttl_s) & ~self.pending[slots]
+        if stale.any():
+            self._enqueue(slots[stale], [item_ids[i] for i in np.flatnonzero(stale).tolist()])
+        dense = self.dense[slots]
+        stamps = self.stamp[slots]
+        if inline_rows is not None and len(inline_rows):
+            dense[inline_rows] = inline
+            stamps[inline_rows] = -1
+        return Lookup(ItemBatch(self.item_idx[slots], ctypes, dense), slots, stamps)
 
     def item_batch(self, item_ids: Sequence[str], content_types: Sequence[str],
-                   inline: Sequence[dict[str, float] | None]) -> tuple[ItemBatch, list[float | None]]:
-        """Feature arrays of the candidates (inline features first, then cache, then Redis) and,
-        per candidate, the stamp of its cached features (None for inline or default features)."""
-        now = time.monotonic()
-        dense = np.zeros((len(item_ids), DENSE_DIM), np.float32)
-        item_idx = np.zeros(len(item_ids), np.int64)
-        stamps: list[float | None] = [None] * len(item_ids)
-        misses = []
-        for n, item_id in enumerate(item_ids):
-            if inline[n]:
-                dense[n] = dense_stats(inline[n])
-                item_idx[n] = hash_id("item", item_id)
-                continue
-            hit = self.items.get(item_id)
-            if hit is not None and hit[0] > now:
-                stamps[n], dense[n], item_idx[n] = hit
-            else:
-                misses.append(n)
-        if misses and self.redis.ready:
-            try:
-                fetched = self.stats.read([item_ids[n] for n in misses], int(time.time() * 1000))
-            except (redis.RedisError, OSError):
-                self._failed()
-                fetched = None
-            if fetched is not None:
-                unknown = sum(1 for stats in fetched if not stats.get("exp_1d"))
-                if unknown:
-                    metrics.MISSING.labels("item_stats").inc(unknown)
-                for n, stats in zip(misses, fetched, strict=True):
-                    entry = (now + self.ttl_s, np.asarray(dense_stats(stats), np.float32), hash_id("item", item_ids[n]))
-                    stamps[n], dense[n], item_idx[n] = entry
-                    self.items[item_ids[n]] = entry
-                    self.items.move_to_end(item_ids[n])
-                while len(self.items) > self.capacity:
-                    self.items.popitem(last=False)
-                misses = []
-        if misses:
-            metrics.MISSING.labels("item").inc(len(misses))
-            for n in misses:
-                item_idx[n] = hash_id("item", item_ids[n])
-        ctype_idx = np.fromiter((_ctype(c) for c in content_types), np.int64, len(content_types))
-        return ItemBatch(item_idx, ctype_idx, dense), stamps
+                   inline: Sequence[dict[str, float] | None]) -> tuple[ItemBatch, np.ndarray]:
+        """Feature arrays of the candidates (``inline`` statistics per candidate, or None) and their stamps."""
+        rows = np.array([i for i, stats in enumerate(inline) if stats], np.int64)
+        dense = inline_matrix([inline[i] for i in rows.tolist()]) if len(rows) else None
+        found = self.lookup(item_ids, content_types, dense, rows)
+        return found.items, found.stamps
 
+    def put(self, item_ids: Sequence[str], stats: Sequence[dict[str, float]]) -> None:
+        """Rows for ``item_ids`` as if just read from Redis with these statistics (a warm cache
+        without Redis: benches, evaluation)."""
+        slots = np.fromiter(map(self.slot_of.get, item_ids, repeat(-1)), np.int64, len(item_ids))
+        new = np.flatnonzero(slots < 0)
+        if len(new):
+            slots[new] = self._allocate([item_ids[i] for i in new.tolist()], protect=slots[slots >= 0])
+        self._write(slots, _raw_of(stats), np.ones(len(slots), np.int8), time.monotonic())
+
+    def _allocate(self, ids: list[str], protect: np.ndarray) -> np.ndarray:
+        if len(ids) > len(self.free):
+            self._evict(len(ids) - len(self.free) + self.capacity // 8, protect)
+        slots = np.array([self.free.pop() for _ in range(len(ids))], np.int64)
+        self.slot_of.update(zip(ids, slots.tolist(), strict=True))
+        for slot, item_id in zip(slots.tolist(), ids, strict=True):
+            self.id_of[slot] = item_id
+        self.occupied[slots] = True
+        self.item_idx[slots] = np.fromiter((hash_id("item", i) for i in ids), np.int64, len(ids))
+        self.fetched_at[slots] = NEVER
+        self.pending[slots] = False
+        self._restamp(slots)
+        return slots
+
+    def _evict(self, count: int, protect: np.ndarray) -> None:
+        """Free the ``count`` least recently used slots (never those of the request in hand)."""
+        used = np.flatnonzero(self.occupied)
+        age = self.last_used[used].copy()
+        keep = np.isin(used, protect)
+        age[keep] = np.inf
+        count = min(count, int((~keep).sum()))
+        victims = used[np.argpartition(age, count - 1)[:count]] if count else used[:0]
+        for slot in victims.tolist():
+            del self.slot_of[self.id_of[slot]]
+            self.id_of[slot] = None
+            self.free.append(slot)
+        self.occupied[victims] = False
+        self._restamp(victims)
+        metrics.FEATURE_EVICTIONS.inc(len(victims))
+
+    def _restamp(self, slots: np.ndarray) -> None:
+        self.stamp[slots] = np.arange(self._next_stamp, self._next_stamp + len(slots))
+        self._next_stamp += len(slots)
+
+    def _write(self, slots: np.ndarray, raw: np.ndarray, state: np.ndarray, at: float) -> None:
+        """Rows read from Redis into the table (data first, then the stamp)."""
+        self.dense[slots] = dense_stats_matrix(raw)
+        self.fetched_at[slots] = at
+        self.pending[slots] = False
+        self._restamp(slots)
+        absent = int((state == ABSENT).sum())
+        if absent:
+            metrics.MISSING.labels("item_stats").inc(absent)
+        malformed = int((state == MALFORMED).sum())
+        if malformed:
+            metrics.ERRORS.labels("bad_item_stats").inc(malformed)
+
+    def _read_now(self, slots: np.ndarray, ids: list[str], now: float) -> None:
+        if self.redis.ready:
+            try:
+                raw, state = self.reader.read(ids, int(time.time() * 1000))
+            except (redis.RedisError, OSError) as exc:
+                self._failed(exc)
+            else:
+                self._write(slots, raw, state, now)
+                return
+        metrics.MISSING.labels("item").inc(len(ids))
+
+    def _failed(self, exc: Exception) -> None:
+        self.redis.failed()
+        metrics.ERRORS.labels("redis").inc()
+        log.debug("feature store unreachable: %r", exc)
+
+    # -- background refresh --------------------------------------------------------------------
+    def _enqueue(self, slots: np.ndarray, ids: list[str]) -> None:
+        self.pending[slots] = True
+        self._queue.append((slots, self.stamp[slots].copy(), ids))
+        if self._thread is None:
+            self.start()
+        self._wake.set()
+
+    def _apply_done(self) -> None:
+        """Apply the background reads that finished (rows evicted or rewritten since are skipped)."""
+        while self._done:
+            slots, stamps, raw, state = self._done.popleft()
+            same = self.stamp[slots] == stamps
+            if raw is None or state is None:  # the read failed: the rows stay as they are, and stale
+                self.pending[slots[same]] = False
+                continue
+            self._write(slots[same], raw[same], state[same], time.monotonic())
+
+    def start(self) -> None:
+        """Start the refresh thread (done on the first stale row; idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._refresh_loop, daemon=True, name="hap-features")
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            while self._queue and not self._stop.is_set():
+                slots, stamps, ids = self._queue.popleft()
+                raw = state = None
+                if self.redis.ready:
+                    try:
+                        raw, state = self.reader.read(ids, int(time.time() * 1000))
+                    except (redis.RedisError, OSError) as exc:
+                        self._failed(exc)
+                    except Exception:  # noqa: BLE001 - the refresh must outlive anything it reads
+                        metrics.ERRORS.labels("feature_refresh").inc()
+                        log.exception("feature refresh")
+                self._done.append((slots, stamps, raw, state))
+
+    # -- users ----------------------------------------------------------------------------------
     def user_features(self, user_id: str) -> dict[str, Any]:
-        """The history the streams wrote for ``user_id`` (empty when unknown or Redis is down)."""
+        """The history the streams wrote for ``user_id``: ``{"history": [item ids]}``, empty when
+        unknown, malformed (counted) or Redis is down."""
         if not self.redis.ready:
             metrics.MISSING.labels("user").inc()
             return {}
         try:
             raw = self.r.get(f"{self.prefix}feat:user:{user_id}")
-        except (redis.RedisError, OSError):
-            self._failed()
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc)
             return {}
         if raw is None:
             metrics.MISSING.labels("user").inc()
             return {}
         try:
-            return dict(orjson.loads(raw))
-        except (orjson.JSONDecodeError, TypeError, ValueError):
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = None
+        history = value.get("history", []) if isinstance(value, dict) else None
+        if not isinstance(history, list) or not all(isinstance(h, str) and 0 < len(h) <= ID_CHARS for h in history):
             metrics.ERRORS.labels("bad_user_features").inc()
             return {}
+        return {"history": history}
+
+
+def inline_matrix(stats: Sequence[dict[str, float]]) -> np.ndarray:
+    """Dense rows of already validated inline statistics (one C-level pass per statistic)."""
+    return dense_stats_matrix(_raw_of(stats))
+
+
+def _raw_of(stats: Sequence[dict[str, float]]) -> np.ndarray:
+    """``(N, DENSE_DIM)`` float64 of statistics dicts in ``ITEM_STAT_FEATURES`` order, NaN where absent."""
+    raw = np.empty((len(stats), DENSE_DIM), np.float64)
+    for j, name in enumerate(ITEM_STAT_FEATURES):
+        raw[:, j] = np.fromiter(map(dict.get, stats, repeat(name), repeat(np.nan)), np.float64, len(stats))
+    return raw
 
 
 @functools.lru_cache(maxsize=4096)

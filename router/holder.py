@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,10 +41,10 @@ import redis
 from feature_store.featurize import CONTENT_TYPE_BUCKETS, DENSE_DIM, HISTORY_LEN, ID_BUCKETS, ItemBatch, UserInput
 from feature_store.model_store import LoadedVersion, ModelStore, ModelStoreError
 from router import metrics
+from router.features import NEVER, FeatureCache, Lookup
 from router.serving import ExpressiveTier, LightTier
 
 log = logging.getLogger("hap.router")
-ITEM_CACHE = 100_000
 SERVED_TIERS = ("light", "expressive")
 MANIFEST_NUMBERS = ("published_ts_ms", "trained_until_event_ts_ms")
 REFERENCE_TIMEOUT_S = 120.0
@@ -59,6 +60,37 @@ class VersionRejected(Exception):
         self.version, self.reason, self.tier, self.tensor = version, reason, tier, tensor
 
 
+class ItemVectors:
+    """Light item vectors of one version, in rows aligned with the feature table's slots: a row
+    is valid while its stamp and content type are the ones it was computed from."""
+
+    def __init__(self) -> None:
+        self.vec = np.zeros((0, 0), np.float32)
+        self.stamp = np.zeros(0, np.int64)  # 0: nothing cached (feature stamps start at 1)
+        self.ctype = np.zeros(0, np.int64)
+
+    def ensure(self, rows: int, width: int) -> None:
+        """Room for ``rows`` slots of vectors ``width`` wide (grows by doubling; lazily paged)."""
+        if rows <= len(self.stamp) and width == self.vec.shape[1]:
+            return
+        size = max(rows, 2 * len(self.stamp), 1024)
+        vec, stamp, ctype = np.zeros((size, width), np.float32), np.zeros(size, np.int64), np.zeros(size, np.int64)
+        if width == self.vec.shape[1]:
+            vec[:len(self.stamp)], stamp[:len(self.stamp)], ctype[:len(self.stamp)] = self.vec, self.stamp, self.ctype
+        self.vec, self.stamp, self.ctype = vec, stamp, ctype
+
+    def store(self, slots: np.ndarray, stamps: np.ndarray, ctypes: np.ndarray, vectors: np.ndarray) -> None:
+        """Cache ``vectors`` of ``slots`` (rows with a negative stamp, inline features, are not cached)."""
+        keep = stamps > 0
+        if not keep.any():
+            return
+        slots = slots[keep]
+        self.ensure(int(slots.max()) + 1, vectors.shape[1])
+        self.vec[slots] = vectors[keep]
+        self.ctype[slots] = ctypes[keep]
+        self.stamp[slots] = stamps[keep]
+
+
 @dataclasses.dataclass(eq=False)
 class ServingModel:
     """One version of both tiers plus its item-vector cache (never shared across versions)."""
@@ -67,38 +99,47 @@ class ServingModel:
     light: LightTier
     expressive: ExpressiveTier
     loaded_at: float
-    item_cache: dict[str, tuple[float, int, np.ndarray]] = dataclasses.field(default_factory=dict)
+    vectors: ItemVectors = dataclasses.field(default_factory=ItemVectors)
 
     @property
     def version(self) -> int:
         return self.loaded.version
 
-    def item_vectors(self, items: ItemBatch, item_ids: list[str], stamps: list[float | None]) -> np.ndarray:
-        """Light item vectors; an item's vector is cached for this version while its features
-        keep the same stamp (a refreshed feature row, or inline features, recompute it)."""
-        hits: dict[int, np.ndarray] = {}
-        misses = []
-        cache = self.item_cache
-        for n, (item_id, stamp) in enumerate(zip(item_ids, stamps, strict=True)):
-            hit = cache.get(item_id) if stamp is not None else None
-            if hit is not None and hit[0] == stamp and hit[1] == items.ctype_idx[n]:
-                hits[n] = hit[2]
-            else:
-                misses.append(n)
-        fresh = self.light.item_vectors(items.take(np.array(misses, dtype=np.int64))) if misses else None
-        width = fresh.shape[1] if fresh is not None else next(iter(hits.values())).shape[0] if hits else 0
-        out = np.empty((len(item_ids), width), np.float32)  # the tier's vector width, whatever its layout
-        for n, vector in hits.items():
-            out[n] = vector
-        if misses:
-            rows = np.array(misses)
-            out[rows] = fresh
-            if len(cache) + len(misses) > ITEM_CACHE:
-                cache.clear()
-            for n in misses:
-                if stamps[n] is not None:
-                    cache[item_ids[n]] = (stamps[n], int(items.ctype_idx[n]), out[n])
+    def item_vectors(self, found: Lookup) -> np.ndarray:
+        """Light item vectors of a lookup's candidates: cached rows where the features' stamp and
+        content type are unchanged, the rest computed in one batch and cached."""
+        cache, slots, stamps, ctypes = self.vectors, found.slots, found.stamps, found.items.ctype_idx
+        if not len(cache.stamp):
+            fresh = self.light.item_vectors(found.items)
+            cache.store(slots, stamps, ctypes, fresh)
+            return fresh
+        inside = slots < len(cache.stamp)
+        safe = np.where(inside, slots, 0)
+        valid = inside & (cache.stamp[safe] == stamps) & (cache.ctype[safe] == ctypes) & (stamps > 0)
+        if valid.all():
+            return cache.vec[slots]
+        misses = np.flatnonzero(~valid)
+        fresh = self.light.item_vectors(found.items.take(misses))
+        out = cache.vec[safe] if cache.vec.shape[1] == fresh.shape[1] else np.empty((len(slots), fresh.shape[1]),
+                                                                                     np.float32)
+        out[misses] = fresh
+        cache.store(slots[misses], stamps[misses], ctypes[misses], fresh)
         return out
+
+    def warm(self, table: FeatureCache, chunk: int = 8192) -> int:
+        """Compute the item vectors of every row ``table`` holds (before this version serves, so
+        the first requests after a swap find them cached); returns how many. Safe beside the
+        request thread: stamps are read before the rows, so a row rewritten meanwhile is stale."""
+        slots = np.flatnonzero(table.occupied & (table.fetched_at != NEVER))
+        if not len(slots):
+            return 0
+        stamps = table.stamp[slots].copy()
+        for start in range(0, len(slots), chunk):
+            part = slice(start, start + chunk)
+            rows = slots[part]
+            items = ItemBatch(table.item_idx[rows], table.ctype_idx[rows], table.dense[rows])
+            self.vectors.store(rows, stamps[part], items.ctype_idx, self.light.item_vectors(items))
+        return len(slots)
 
 
 def build(loaded: LoadedVersion) -> ServingModel:
@@ -248,6 +289,8 @@ class ModelHolder:
         self.current: ServingModel | None = None
         self.last_contact = time.monotonic()
         self.rejected: int | None = None  # the last version rejected (not retried)
+        #: called with a verified version before it is swapped in (the app warms its item vectors)
+        self.prepare: Callable[[ServingModel], Any] | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -289,9 +332,20 @@ class ModelHolder:
         except Exception as exc:  # noqa: BLE001 - malformed data of any shape: reject it, keep serving
             self._reject("model_rejected", exc)
             return False
+        self._prepare(model)
         self.current = model  # the swap: one reference assignment, atomic between requests
         self._observe(model, time.perf_counter() - started)
         return True
+
+    def _prepare(self, model: ServingModel) -> None:
+        """Run the prepare hook; a failure there is counted and the version serves anyway (cold)."""
+        if self.prepare is None:
+            return
+        try:
+            self.prepare(model)
+        except Exception:  # noqa: BLE001 - warming is an optimisation, never a reason to keep an old version
+            metrics.ERRORS.labels("warm").inc()
+            log.exception("warming version %s", model.version)
 
     def _reject(self, kind: str, exc: Exception) -> None:
         """Count and log a version that cannot be served, once; it is not retried."""

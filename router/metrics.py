@@ -3,8 +3,13 @@
 from prometheus_client import Counter, Gauge, Histogram
 
 FRESH_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
-REQUEST_SECONDS = Histogram("hap_router_request_seconds", "Pre-ranking latency", ["policy"],
-                            buckets=(0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25))
+#: from the moment the request's body has been read to the answer (queueing and upload are not in it)
+REQUEST_SECONDS = Histogram("hap_router_request_seconds", "Pre-ranking service time, from the body read to the answer",
+                            ["policy"], buckets=(0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+                                                 0.1, 0.25, 0.5, 1, 2.5, 5))
+READ_SECONDS = Histogram("hap_router_body_read_seconds", "From the handler's start to the body read (upload)",
+                         buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+FEATURE_EVICTIONS = Counter("hap_router_feature_evictions", "Item rows evicted from the feature table (full)")
 CANDIDATES = Histogram("hap_router_candidates", "Candidates per request",
                        buckets=(10, 100, 250, 500, 1000, 2000, 3000, 5000))
 EXPRESSIVE_FRACTION = Histogram("hap_router_expressive_fraction", "Share of candidates scored by the expressive tier",

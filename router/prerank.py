@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
 
 from feature_store.featurize import featurize_user
 from feature_store.policies import POLICIES, budget_count, score_policy
-from router.features import FeatureCache
+from router import metrics
+from router.features import FeatureCache, inline_matrix
 from router.holder import ServingModel
+from router.limits import ID_CHARS, MAX_HISTORY, MAX_STATS, MAX_VALUE, NAME_CHARS
 
 
 class BadRequest(ValueError):
@@ -43,6 +46,11 @@ class PrerankRequest:
     budget: float  # the server default's rule (feature_store.policies.budget_count): a fraction below 1, else a count
     budget_fraction: float | None = None
     budget_count: int | None = None
+    item_ids: list[str] = dataclasses.field(default_factory=list)
+    content_types: list[str] = dataclasses.field(default_factory=list)
+    #: rows whose candidates carry inline statistics, and those statistics' dense rows
+    inline_rows: np.ndarray | None = None
+    inline_dense: np.ndarray | None = None
 
     def expressive_budget(self, n: int) -> int:
         """How many of the ``n`` candidates the expressive tier may score."""
@@ -55,8 +63,8 @@ class PrerankRequest:
 
 def _str(body: dict, key: str) -> str:
     value = body.get(key)
-    if not isinstance(value, str) or not value or len(value) > 256:
-        raise BadRequest(f"{key}: expected a non-empty string of at most 256 characters")
+    if not isinstance(value, str) or not value or len(value) > ID_CHARS:
+        raise BadRequest(f"{key}: expected a non-empty string of at most {ID_CHARS} characters")
     return value
 
 
@@ -69,20 +77,11 @@ def parse_request(body: Any, *, max_candidates: int, policy: str = "damr", budge
         raise BadRequest("candidates: expected a non-empty list")
     if len(cands) > max_candidates:
         raise BadRequest(f"candidates: {len(cands)} exceed the cap of {max_candidates}")
-    seen: dict[str, int] = {}
-    for i, c in enumerate(cands):
-        if not isinstance(c, dict) or not isinstance(c.get("item_id"), str) or not c["item_id"]:
-            raise BadRequest(f"candidates[{i}].item_id: expected a non-empty string")
-        first = seen.setdefault(c["item_id"], i)
-        if first != i:
-            raise BadRequest(f"candidates[{i}].item_id: duplicate of candidates[{first}]")
-        ctype = c.get("content_type", "unknown")
-        if not isinstance(ctype, str):
-            raise BadRequest(f"candidates[{i}].content_type: expected a string")
-        feats = c.get("features")
-        if feats is not None and (not isinstance(feats, dict) or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in feats.values())):
-            raise BadRequest(f"candidates[{i}].features: expected an object of finite numbers")
+    checked = _candidates_fast(cands)
+    if checked is None:
+        _candidates_slow(cands)  # raises the first mistake, with its field path
+        checked = _candidates_fast(cands, strict=False)
+    ids, ctypes, inline_rows, inline_dense = checked
     k = body.get("k", 100)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise BadRequest("k: expected a positive integer")
@@ -95,10 +94,85 @@ def parse_request(body: Any, *, max_candidates: int, policy: str = "damr", budge
         if not isinstance(uf, dict):
             raise BadRequest("user_features: expected an object")
         hist = uf.get("history", [])
-        if not isinstance(hist, list) or len(hist) > 1000 or not all(isinstance(h, str) for h in hist):
-            raise BadRequest("user_features.history: expected a list of at most 1000 item ids")
+        if not isinstance(hist, list) or len(hist) > MAX_HISTORY or not all(
+                isinstance(h, str) and len(h) <= ID_CHARS for h in hist):
+            raise BadRequest(f"user_features.history: expected a list of at most {MAX_HISTORY} item ids of at most "
+                             f"{ID_CHARS} characters")
     return PrerankRequest(_str(body, "request_id"), _str(body, "user_id"), uf, cands, k, chosen, float(budget),
-                          fraction, count)
+                          fraction, count, ids, ctypes, inline_rows, inline_dense)
+
+
+_NUMBER_TYPES = frozenset({int, float})
+_FEATURE_TYPES = frozenset({dict, type(None)})
+
+
+def _candidates_fast(cands: list[Any], strict: bool = True) -> tuple[list[str], list[str], np.ndarray | None,
+                                                                    np.ndarray | None] | None:
+    """Ids, content types and inline statistics of valid candidates, checked with C-level passes
+    and one array operation for every inline value; None when anything is off (the slow check
+    then names it). ``strict=False``: the slow check passed, build without checking again."""
+    n = len(cands)
+    if strict and set(map(type, cands)) != {dict}:
+        return None
+    ids = list(map(dict.get, cands, repeat("item_id")))
+    ctypes = list(map(dict.get, cands, repeat("content_type"), repeat("unknown")))
+    feats = list(map(dict.get, cands, repeat("features")))
+    if strict:
+        if not set(map(type, feats)) <= _FEATURE_TYPES:
+            return None
+        if set(map(type, ids)) != {str} or set(map(type, ctypes)) != {str} or len(set(ids)) != n:
+            return None
+        id_len = np.fromiter(map(len, ids), np.int64, n)
+        if id_len.min() < 1 or id_len.max() > ID_CHARS or max(map(len, ctypes)) > NAME_CHARS:
+            return None
+    rows = np.flatnonzero(np.fromiter(map(bool, feats), bool, n))
+    if not len(rows):
+        return ids, ctypes, None, None
+    present = [feats[i] for i in rows.tolist()]
+    if strict:
+        if set(map(type, present)) != {dict} or max(map(len, present)) > MAX_STATS:
+            return None
+        names = set(chain.from_iterable(present))
+        values = list(chain.from_iterable(map(dict.values, present)))
+        if not set(map(type, values)) <= _NUMBER_TYPES or max(map(len, names)) > NAME_CHARS:
+            return None
+        try:
+            array = np.array(values, np.float64)
+        except OverflowError:  # an integer beyond float64
+            return None
+        if not (np.abs(array) <= MAX_VALUE).all():  # also false for inf and NaN
+            return None
+    return ids, ctypes, rows, inline_matrix(present)
+
+
+def _candidates_slow(cands: list[Any]) -> None:
+    """Check candidate by candidate; raises :class:`BadRequest` naming the first mistake."""
+    seen: dict[str, int] = {}
+    for i, c in enumerate(cands):
+        if not isinstance(c, dict) or not isinstance(c.get("item_id"), str) or not c["item_id"] \
+                or len(c["item_id"]) > ID_CHARS:
+            raise BadRequest(f"candidates[{i}].item_id: expected a non-empty string of at most {ID_CHARS} characters")
+        first = seen.setdefault(c["item_id"], i)
+        if first != i:
+            raise BadRequest(f"candidates[{i}].item_id: duplicate of candidates[{first}]")
+        ctype = c.get("content_type", "unknown")
+        if not isinstance(ctype, str) or len(ctype) > NAME_CHARS:
+            raise BadRequest(f"candidates[{i}].content_type: expected a string of at most {NAME_CHARS} characters")
+        feats = c.get("features")
+        if feats is not None and (not isinstance(feats, dict) or len(feats) > MAX_STATS or not all(
+                len(name) <= NAME_CHARS and _number(v) for name, v in feats.items())):
+            raise BadRequest(f"candidates[{i}].features: expected an object of at most {MAX_STATS} finite numbers "
+                             f"of magnitude at most {MAX_VALUE:.4g}, named in at most {NAME_CHARS} characters")
+
+
+def _number(value: Any) -> bool:
+    """A JSON number a float32 holds (finite, magnitude at most ``MAX_VALUE``)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return abs(float(value)) <= MAX_VALUE
+    except OverflowError:
+        return False
 
 
 def _budget(body: dict[str, Any], max_candidates: int) -> tuple[float | None, int | None]:
@@ -120,24 +194,29 @@ def _budget(body: dict[str, Any], max_candidates: int) -> tuple[float | None, in
 
 def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> dict[str, Any]:
     """Rank the candidates with ``model`` only (one consistent version)."""
-    ids = [c["item_id"] for c in req.candidates]
-    items, stamps = features.item_batch(ids, [c.get("content_type", "unknown") for c in req.candidates],
-                                        [c.get("features") for c in req.candidates])
+    ids = req.item_ids or [c["item_id"] for c in req.candidates]
+    ctypes = req.content_types or [c.get("content_type", "unknown") for c in req.candidates]
+    found = features.lookup(ids, ctypes, req.inline_dense, req.inline_rows)
+    items = found.items
     user = featurize_user(req.user_id, req.user_features if req.user_features is not None
                           else features.user_features(req.user_id))
     scores, routed = score_policy(
         req.policy, req.k, req.expressive_budget(len(ids)),
-        light=lambda: model.light.score(model.light.user_vector(user), model.item_vectors(items, ids, stamps)),
+        light=lambda: model.light.score(model.light.user_vector(user), model.item_vectors(found)),
         expressive=lambda rows: model.expressive.score(user, items if rows is None else items.take(rows)),
     )
+    if not np.isfinite(scores).all():  # never a null score: a non-finite one ranks last, counted
+        metrics.ERRORS.labels("nonfinite_score").inc()
+        scores = np.where(np.isfinite(scores), scores, np.finfo(np.float64).min)
     k = min(req.k, len(ids))
     top = np.argpartition(-scores, k - 1)[:k]
-    top = top[np.argsort(-scores[top], kind="stable")]
+    top = top[np.argsort(-scores[top], kind="stable")].tolist()
     expressive = np.zeros(len(ids), bool)
     expressive[routed] = True
+    tiers = np.where(expressive[top], "expressive", "light").tolist()
     return {
         "request_id": req.request_id, "version": model.version, "policy": req.policy,
         "expressive_evals": int(len(routed)),
-        "items": [{"item_id": ids[i], "score": float(scores[i]),
-                   "tier": "expressive" if expressive[i] else "light"} for i in top],
+        "items": [{"item_id": ids[i], "score": s, "tier": t}
+                  for i, s, t in zip(top, scores[top].tolist(), tiers, strict=True)],
     }

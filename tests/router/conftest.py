@@ -22,6 +22,12 @@ def publish(client: redis.Redis, seed: int, store: ModelStore | None = None) -> 
         tiers, trained_until_event_ts_ms=1, trained_until_finalized_ts_ms=1, samples_seen=seed)
 
 
+def tiers_of(seed: int) -> dict[str, tuple[dict, dict]]:
+    """Both tiers' serving forms, randomly initialised (distinct per seed), as a LoadedVersion holds them."""
+    torch.manual_seed(seed)
+    return {m.name: m.export() for m in (LightTwoTower(dim=8), ExpressiveCross(dim=8))}
+
+
 def body(n: int = 50, **extra) -> dict:
     return {"request_id": "r", "user_id": "u", "k": 10,
             "candidates": [{"item_id": f"i{i}", "content_type": "video"} for i in range(n)], **extra}

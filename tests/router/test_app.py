@@ -46,7 +46,7 @@ def test_client_mistakes_are_4xx_with_reasons(redis_client):
     out, big = asyncio.run(go())
     assert [s for s, _ in out] == [400, 400, 400]
     assert out[0][1].startswith("body: invalid JSON") and out[1][1].startswith("candidates:")
-    assert out[2][1] == "candidates[0].item_id: expected a non-empty string"
+    assert out[2][1] == "candidates[0].item_id: expected a non-empty string of at most 256 characters"
     assert big == 413
 
 
@@ -156,6 +156,12 @@ REQUESTS = [  # (body, accepted by the router): the spec must say the same
     ({**body(1), "candidates": [{"item_id": "a", "features": {"x": "1"}}]}, False),
     ({**body(1), "candidates": [{"item_id": "a", "features": None}]}, True),
     (body(3, user_features={"history": ["a", 1]}), False), (body(3, user_features={"history": ["a"] * 1001}), False),
+    ({**body(1), "candidates": [{"item_id": "i" * 256, "content_type": "c" * 64}]}, True),
+    ({**body(1), "candidates": [{"item_id": "i" * 257}]}, False),
+    ({**body(1), "candidates": [{"item_id": "a", "content_type": "c" * 65}]}, False),
+    ({**body(1), "candidates": [{"item_id": "a", "features": {"x": 3.4e38}}]}, True),
+    ({**body(1), "candidates": [{"item_id": "a", "features": {"x": -3.5e38}}]}, False),
+    (body(3, user_features={"history": ["h" * 257]}), False),
 ]
 
 

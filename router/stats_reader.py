@@ -1,0 +1,131 @@
+"""Item statistics read from Redis as arrays: window sums computed next to the data.
+
+:class:`StatsReader` reads the windowed counters :mod:`feature_store.item_stats` writes, as of a
+time, for many items in one round trip: a Lua script sums each item's buckets into the windows'
+counts (the rule of :func:`feature_store.item_stats.window_stats`: the buckets closed before
+``at_ms``) and returns them as one string, so the router parses one reply instead of every
+field. Each item gets a state: ``ABSENT`` (no statistics at all), ``OK``, or ``MALFORMED`` (a
+field or value the layout does not allow; the item gets the defaults and is counted, it never
+fails a request). Where scripts cannot run (a Redis Cluster, scripting disabled) the reader falls
+back to ``HGETALL`` and ``window_stats`` per item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import redis
+
+from feature_store.featurize import DENSE_DIM, ITEM_STAT_FEATURES, smoothed_ctr
+from feature_store.item_stats import KINDS, WINDOWS, ItemStats, window_stats
+
+ABSENT, OK, MALFORMED = 0, 1, 2
+#: per item: state, then the count of each (window, kind) in WINDOWS x KINDS order
+_WIDTH = 1 + len(WINDOWS) * len(KINDS)
+_SCRIPT = """
+local at = tonumber(ARGV[1])
+local windows = {}
+for w = 0, (#ARGV - 1) / 3 - 1 do
+  local length = tonumber(ARGV[3 + 3 * w])
+  local hi = math.floor(at / length)
+  windows[ARGV[2 + 3 * w]] = {w, hi - tonumber(ARGV[4 + 3 * w]), hi}
+end
+local kinds = {}
+for k, name in ipairs(KINDS_LIST) do kinds[name] = k - 1 end
+local out = {}
+for i, key in ipairs(KEYS) do
+  local flat = redis.call('HGETALL', key)
+  local sums = {}
+  for j = 1, NCOUNTS do sums[j] = 0 end
+  local state = 1
+  if #flat == 0 then state = 0 end
+  for j = 1, #flat, 2 do
+    local prefix, kind, bucket = string.match(flat[j], '^(%w+):(%w+):(%-?%d+)$')
+    local value = tonumber(flat[j + 1])
+    local window = prefix and windows[prefix]
+    if window == nil or kinds[kind] == nil or value == nil then
+      state = 2
+    else
+      local b = tonumber(bucket)
+      if b >= window[2] and b < window[3] then
+        local slot = window[1] * NKINDS + kinds[kind] + 1
+        sums[slot] = sums[slot] + value
+      end
+    end
+  end
+  if state == 2 then for j = 1, NCOUNTS do sums[j] = 0 end end
+  out[#out + 1] = tostring(state)
+  for j = 1, NCOUNTS do out[#out + 1] = string.format('%.17g', sums[j]) end
+end
+return table.concat(out, ' ')
+"""
+
+
+def _script_source() -> str:
+    kinds = "{" + ", ".join(f"'{k}'" for k in KINDS) + "}"
+    return (_SCRIPT.replace("KINDS_LIST", kinds).replace("NCOUNTS", str(len(WINDOWS) * len(KINDS)))
+            .replace("NKINDS", str(len(KINDS))))
+
+
+class StatsReader:
+    """Point-in-time item statistics of many items as a raw ``(N, DENSE_DIM)`` matrix."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "hap:", batch: int = 2000) -> None:
+        self.stats = ItemStats(client, prefix)
+        self.batch = batch
+        self.script = client.register_script(_script_source())
+        self.scripts_work = True
+        self.window_args = [x for prefix, length, n in WINDOWS.values() for x in (prefix, length, n)]
+
+    def read(self, item_ids: Sequence[str], at_ms: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(raw, state)``: statistics in ``ITEM_STAT_FEATURES`` order (float64; the defaults'
+        zeros for an absent or malformed item) and each item's state. Raises ``redis.RedisError``
+        or ``OSError`` when Redis cannot be reached."""
+        counts = np.zeros((len(item_ids), len(WINDOWS) * len(KINDS)), np.float64)
+        state = np.zeros(len(item_ids), np.int8)
+        for start in range(0, len(item_ids), self.batch):
+            part = slice(start, start + self.batch)
+            counts[part], state[part] = self._read(item_ids[part], at_ms)
+        return _raw(counts), state
+
+    def _read(self, item_ids: Sequence[str], at_ms: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.scripts_work:
+            try:
+                reply = self.script(keys=list(map(self.stats.key, item_ids)), args=[at_ms, *self.window_args])
+            except redis.ResponseError:
+                self.scripts_work = False  # a cluster, or scripting disabled: read the hashes instead
+            else:
+                table = np.array(reply.split(), np.float64).reshape(len(item_ids), _WIDTH)
+                return table[:, 1:], table[:, 0].astype(np.int8)
+        return self._read_hashes(item_ids, at_ms)
+
+    def _read_hashes(self, item_ids: Sequence[str], at_ms: int) -> tuple[np.ndarray, np.ndarray]:
+        pipe = self.stats.r.pipeline(transaction=False)
+        for key in map(self.stats.key, item_ids):
+            pipe.hgetall(key)
+        counts = np.zeros((len(item_ids), len(WINDOWS) * len(KINDS)), np.float64)
+        state = np.zeros(len(item_ids), np.int8)
+        names = [f"{kind}_{window}" for window in WINDOWS for kind in KINDS]
+        for n, raw in enumerate(pipe.execute()):
+            if not raw:
+                continue
+            try:
+                stats = window_stats(raw, at_ms)
+            except (ValueError, KeyError, UnicodeDecodeError):
+                state[n] = MALFORMED
+                continue
+            counts[n] = [stats[name] for name in names]
+            state[n] = OK
+        return counts, state
+
+
+def _raw(counts: np.ndarray) -> np.ndarray:
+    """Window counts (WINDOWS x KINDS) -> the ``ITEM_STAT_FEATURES`` matrix with smoothed click rates."""
+    raw = np.empty((len(counts), DENSE_DIM), np.float64)
+    for w, window in enumerate(WINDOWS):
+        for k, kind in enumerate(KINDS):
+            raw[:, ITEM_STAT_FEATURES.index(f"{kind}_{window}")] = counts[:, w * len(KINDS) + k]
+        exp, clk = (counts[:, w * len(KINDS) + KINDS.index(kind)] for kind in ("exp", "clk"))
+        raw[:, ITEM_STAT_FEATURES.index(f"ctr_{window}")] = smoothed_ctr(clk, exp)
+    return raw

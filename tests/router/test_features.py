@@ -1,0 +1,172 @@
+"""The router's feature table over a real Redis: array reads equal the per-item featurization,
+refreshes happen in the background (stale rows keep serving), Redis outages and malformed data
+give counted defaults, the table stays within its byte bound, and cached item vectors follow the
+features they were computed from."""
+
+import time
+
+import numpy as np
+import redis
+from prometheus_client import REGISTRY
+
+from deploy.settings import Settings
+from deploy.stack.process import free_port
+from deploy.stack.services import Redis
+from feature_store.featurize import dense_stats, featurize_items
+from feature_store.item_stats import ItemStats
+from feature_store.model_store import LoadedVersion
+from router.features import ROW_BYTES, FeatureCache, inline_matrix
+from router.holder import build
+from router.stats_reader import ABSENT, MALFORMED, OK, StatsReader
+
+from .conftest import tiers_of
+
+MIN = 60_000
+
+
+def count(name: str, kind: str) -> float:
+    return REGISTRY.get_sample_value(f"hap_router_{name}_total", {"kind": kind}) or 0.0
+
+
+def fill(client: redis.Redis, now_ms: int) -> list[str]:
+    """Items with buckets inside and outside every window, one with only the open minute."""
+    stats = ItemStats(client)
+    rng = np.random.default_rng(0)
+    events = []
+    for n in range(30):
+        for _ in range(int(rng.integers(1, 40))):
+            ago = int(rng.integers(0, 30 * 3_600_000))
+            events.append((f"i{n}", ["exp", "clk", "pos"][int(rng.integers(3))], now_ms - ago))
+    events.append(("open-minute-only", "exp", now_ms))
+    stats.record(events)
+    return [f"i{n}" for n in range(30)] + ["open-minute-only"]
+
+
+def test_array_read_equals_window_stats_in_both_read_paths(redis_client):
+    now_ms = 1_000 * 3_600_000 + 123_456
+    ids = fill(redis_client, now_ms) + ["absent"]
+    expected = np.array([dense_stats(s) for s in ItemStats(redis_client).read(ids, now_ms)], np.float32)
+    reader = StatsReader(redis_client, batch=7)
+    for scripts in (True, False):
+        reader.scripts_work = scripts
+        raw, state = reader.read(ids, now_ms)
+        np.testing.assert_array_equal(dense_stats_matrix_of(raw), expected)
+        assert state.tolist() == [OK] * 31 + [ABSENT]
+
+
+def test_malformed_statistics_hash_is_a_counted_default_in_both_read_paths(redis_client):
+    now_ms = 500 * 3_600_000
+    ItemStats(redis_client).record([("good", "exp", now_ms - 2 * MIN)])
+    redis_client.hset("hap:stats:item:bad-field", mapping={"nonsense": 3, f"m:exp:{now_ms // MIN - 2}": 1})
+    redis_client.hset("hap:stats:item:bad-value", f"m:exp:{now_ms // MIN - 2}", "many")
+    reader = StatsReader(redis_client)
+    for scripts in (True, False):
+        reader.scripts_work = scripts
+        raw, state = reader.read(["good", "bad-field", "bad-value"], now_ms)
+        assert state.tolist() == [OK, MALFORMED, MALFORMED]
+        assert raw[0].any() and np.isfinite(raw).all()
+        np.testing.assert_array_equal(dense_stats_matrix_of(raw[1:]), [dense_stats({})] * 2)
+
+
+def dense_stats_matrix_of(raw: np.ndarray) -> np.ndarray:
+    from feature_store.featurize import dense_stats_matrix
+
+    return dense_stats_matrix(raw)
+
+
+def test_lookup_matches_featurize_items_and_counts_only_items_without_statistics(redis_client):
+    now_ms = int(time.time() * 1000)
+    ids = fill(redis_client, now_ms) + ["absent-1", "absent-2"]
+    cache = FeatureCache(redis_client)
+    before = count("missing_features", "item_stats")
+    found = cache.lookup(ids, ["video", "news"] * (len(ids) // 2) + ["video"] * (len(ids) % 2))
+    expected = featurize_items(ids, ["video", "news"] * (len(ids) // 2) + ["video"] * (len(ids) % 2),
+                               ItemStats(redis_client).read(ids, int(time.time() * 1000)))
+    np.testing.assert_array_equal(found.items.item_idx, expected.item_idx)
+    np.testing.assert_array_equal(found.items.ctype_idx, expected.ctype_idx)
+    np.testing.assert_allclose(found.items.dense, expected.dense, atol=1e-6)
+    # the open-minute-only item has statistics (its windows are empty): only the two absent ones count
+    assert count("missing_features", "item_stats") - before == 2
+
+
+def test_inline_statistics_become_the_same_dense_rows():
+    stats = [{"exp_1h": 9.0, "ctr_1d": 0.2}, {}, {"clk_10m": 3, "pos_1d": 1e30, "other": 1.0}]
+    np.testing.assert_array_equal(inline_matrix(stats), np.array([dense_stats(s) for s in stats], np.float32))
+
+
+def test_a_stale_row_serves_while_it_is_refreshed_in_the_background(redis_client):
+    now_ms = int(time.time() * 1000)
+    stats = ItemStats(redis_client)
+    stats.record([("s1", "exp", now_ms - 5 * MIN)])
+    cache = FeatureCache(redis_client, ttl_s=0.05)
+    first = cache.lookup(["s1"], ["video"]).items.dense.copy()
+    stats.record([("s1", "exp", now_ms - 5 * MIN)] * 50)
+    time.sleep(0.1)
+    served = cache.lookup(["s1"], ["video"])  # stale: served as it was, the read is queued
+    np.testing.assert_array_equal(served.items.dense, first)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = cache.lookup(["s1"], ["video"])
+        if not np.array_equal(now.items.dense, first):
+            break
+    cache.stop()
+    assert now.items.dense[0].max() > first[0].max()  # the background read landed
+    assert now.stamps[0] != served.stamps[0]  # and the row's stamp moved with it
+
+
+def test_a_redis_outage_gives_counted_defaults_and_keeps_stale_rows(tmp_path):
+    env = {"HAP_DATA_DIR": str(tmp_path), "HAP_REDIS_PORT": str(free_port())}
+    server = Redis(Settings.load(env))
+    server.start()
+    client = redis.Redis.from_url(server.endpoint(), socket_timeout=0.2, socket_connect_timeout=0.2)
+    try:
+        ItemStats(client).record([("k1", "exp", int(time.time() * 1000) - 5 * MIN)] * 3)
+        cache = FeatureCache(client, ttl_s=0.01)
+        known = cache.lookup(["k1"], ["video"]).items.dense.copy()
+        server.process.stop()
+        time.sleep(0.05)
+        before = count("missing_features", "item")
+        during = cache.lookup(["k1", "never-seen"], ["video", "video"])
+        time.sleep(0.5)
+        again = cache.lookup(["k1", "never-seen-2"], ["video", "video"])
+        cache.stop()
+    finally:
+        server.process.stop()
+    np.testing.assert_array_equal(during.items.dense[0], known[0])
+    np.testing.assert_array_equal(again.items.dense[0], known[0])
+    np.testing.assert_array_equal(during.items.dense[1], dense_stats({}))
+    assert count("missing_features", "item") - before == 2
+
+
+def test_the_table_is_bounded_in_bytes_and_evicts_the_least_recently_used(redis_client):
+    cache = FeatureCache(redis_client, max_bytes=1, capacity=None)
+    assert cache.capacity * ROW_BYTES >= 1  # the floor of rows
+    small = FeatureCache(redis_client, capacity=1000)
+    for start in range(0, 5000, 500):
+        ids = [f"e{n}" for n in range(start, start + 500)]
+        found = small.lookup(ids, ["video"] * 500)
+        assert len(found.slots) == 500 and len(set(found.slots.tolist())) == 500
+        assert len(small.slot_of) <= small.capacity
+    assert "e4999" in small.slot_of and "e0" not in small.slot_of
+    assert all(small.id_of[slot] == item_id for item_id, slot in small.slot_of.items())
+
+
+def test_cached_item_vectors_follow_their_features(redis_client):
+    model = build(LoadedVersion(1, tiers_of(seed=3), {"version": 1}))
+    cache = FeatureCache(redis_client)
+    ids = [f"v{n}" for n in range(20)]
+    cache.put(ids, [{"exp_1h": float(n)} for n in range(20)])
+    found = cache.lookup(ids, ["video"] * 20)
+    first = model.item_vectors(found)
+    np.testing.assert_allclose(first, model.light.item_vectors(found.items), atol=1e-6)
+    assert np.array_equal(model.item_vectors(cache.lookup(ids, ["video"] * 20)), first)  # from the cache
+    cache.put(ids[:5], [{"exp_1h": 1000.0}] * 5)  # new features: new stamps
+    changed = cache.lookup(ids, ["news"] * 10 + ["video"] * 10)  # and half change content type
+    vectors = model.item_vectors(changed)
+    np.testing.assert_allclose(vectors, model.light.item_vectors(changed.items), atol=1e-6)
+    assert not np.allclose(vectors[:10], first[:10]) and np.array_equal(vectors[10:], first[10:])
+    warmed = build(LoadedVersion(2, tiers_of(seed=4), {"version": 2}))
+    assert warmed.warm(cache) == 20
+    np.testing.assert_allclose(warmed.vectors.vec[changed.slots], warmed.light.item_vectors(changed.items),
+                               atol=1e-6)
