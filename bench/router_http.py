@@ -1,0 +1,278 @@
+"""`hap router` over real HTTP, driven by wrk, next to the same requests scored in-process.
+
+Starts a private Redis, trains both tiers briefly (learner.trainer.OnlineTrainer on simulated
+traffic) and publishes them with feature_store.model_store.ModelStore, writes item statistics and
+user histories in the feature store's layout, starts `hap router --policy damr` and drives it
+with wrk (Debian's package; installed with apt-get when missing, as root) with 8 rotating bodies
+per case: 1000/2000/5000 candidates, concurrency 1 and 4, ids only and with inline statistics.
+The router's feature TTL (5 s) expires several times within each run, so refreshes are inside
+the figures. The same bodies are then scored in-process (parse + score, no HTTP) for comparison.
+With ``--compare DIR`` (a checkout of another revision, e.g. ``git archive HEAD~1``), that
+revision's router is measured the same way in the same run and ratios are printed.
+
+    python bench/router_http.py [--duration 10] [--sizes 1000,2000,5000] [--compare /tmp/old]
+
+Ends with one JSON line: {"http": [{"router", "candidates", "concurrency", "bodies", "rps", "p50_ms",
+"p90_ms", "p99_ms", "p99_over_p50", "errors"}], "in_process": [...], "ratios": [...], "machine": {...}}.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+import redis  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deploy.settings import Settings  # noqa: E402
+from deploy.stack.process import free_port  # noqa: E402
+from deploy.stack.services import Redis  # noqa: E402
+from feature_store.item_stats import WINDOWS, ItemStats  # noqa: E402
+from feature_store.model_store import ModelStore, TierForm  # noqa: E402
+
+WRK_SCRIPT = """
+local bodies, i = {}, 0
+init = function(args)
+  for _, path in ipairs(args) do local f = io.open(path, "rb"); bodies[#bodies + 1] = f:read("*a"); f:close() end
+  wrk.method = "POST"; wrk.headers["Content-Type"] = "application/json"
+end
+request = function() i = i % #bodies + 1; return wrk.format(nil, "/v1/prerank", nil, bodies[i]) end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {"requests": %d, "seconds": %f, "p50_us": %d, "p90_us": %d, "p99_us": %d, '
+    .. '"errors": %d}\\n', summary.requests, summary.duration / 1e6, latency:percentile(50),
+    latency:percentile(90), latency:percentile(99), e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+
+
+def bench_router_module():  # noqa: ANN201 - bench/router.py, whose name the router package shadows
+    spec = importlib.util.spec_from_file_location("bench_router", ROOT / "bench" / "router.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ensure_wrk() -> str:
+    """Path of wrk, installed from Debian's packages when missing (needs root)."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        sys.exit("wrk is missing: run `apt-get install -y wrk` as root (or this bench as root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, check=True, capture_output=True)
+    return shutil.which("wrk") or sys.exit("wrk did not install")
+
+
+def write_features(client: redis.Redis, world, stats_of, n_items: int, n_users: int) -> None:  # noqa: ANN001
+    """Item statistics (one closed bucket per window, the layout of feature_store.item_stats) and histories."""
+    stats, now_ms = ItemStats(client), int(time.time() * 1000)
+    pipe = client.pipeline(transaction=False)
+    for i in range(n_items):
+        s = stats_of(world, i)
+        fields = {f"{prefix}:{kind}:{now_ms // length - 1}": int(s[f"{kind}_1d"])
+                  for prefix, length, _ in WINDOWS.values() for kind in ("exp", "clk")}
+        pipe.hset(stats.key(world.item_id(i)), mapping=fields)
+        if i % 2000 == 1999:
+            pipe.execute()
+    rng = np.random.default_rng(7)
+    for u in range(n_users):
+        history = [world.item_id(int(i)) for i in rng.choice(n_items, 30, replace=False)]
+        pipe.set(f"hap:feat:user:u{u}", orjson.dumps({"history": history}))
+    pipe.execute()
+
+
+def make_bodies(world, stats_of, n: int, inline: bool, count: int = 8) -> list[dict]:  # noqa: ANN001
+    rng = np.random.default_rng(n + inline)
+    out = []
+    for r in range(count):
+        items = rng.choice(len(world.items), n, replace=False)
+        cands = [{"item_id": world.item_id(int(i)), "content_type": "video"} for i in items]
+        if inline:
+            for c, i in zip(cands, items, strict=True):
+                s = stats_of(world, int(i))
+                c["features"] = {"exp_1d": s["exp_1d"], "clk_1d": s["clk_1d"], "ctr_1d": s["clk_1d"] / s["exp_1d"]}
+        out.append({"request_id": f"b{n}-{r}", "user_id": f"u{int(rng.integers(500))}", "k": 100,
+                    "candidates": cands})
+    return out
+
+
+def start_router(tree: Path, env: dict[str, str], port: int) -> subprocess.Popen:
+    code = "import sys; from deploy.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "router", "--policy", "damr", "--port", str(port)],
+                            cwd=tree, env={**env, "PYTHONPATH": str(tree)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    sys.exit(f"router from {tree} not ready in 120 s")
+
+
+def run_wrk(wrk: str, script: Path, port: int, files: list[Path], concurrency: int, seconds: float) -> dict:
+    command = [wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(script),
+               f"http://127.0.0.1:{port}", "--", *map(str, files)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("WRK "))
+    return json.loads(line[4:])
+
+
+def top_frames(raw: Path, count: int = 15) -> list[tuple[str, float, float]]:
+    """``(frame, self %, inclusive %)`` of the busiest frames in a py-spy raw (collapsed) profile."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames, n = stack.split(";"), int(n)
+        samples += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + n
+    best = sorted(own, key=own.get, reverse=True)[:count]
+    return [(f, round(100 * own[f] / samples, 1), round(100 * total[f] / samples, 1)) for f in best]
+
+
+def measure_http(name: str, tree: Path, env: dict, wrk: str, script: Path, cases: dict, args) -> list[dict]:  # noqa: ANN001
+    port = free_port()
+    proc = start_router(tree, env, port)
+    rows = []
+    spy = None
+    if args.py_spy:
+        out = args.py_spy.with_suffix(f".{name}.txt")
+        spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid),
+                                "--rate", "250", "--format", "raw", "--nonblocking", "-o", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+    try:
+        for (n, kind), files in cases.items():
+            run_wrk(wrk, script, port, files, 1, 2)  # warm: every body seen, features read, vectors cached
+            for concurrency in args.concurrency:
+                out = run_wrk(wrk, script, port, files, concurrency, args.duration)
+                row = {"router": name, "candidates": n, "bodies": kind, "concurrency": concurrency,
+                       "rps": round(out["requests"] / out["seconds"], 1), "p50_ms": out["p50_us"] / 1000,
+                       "p90_ms": out["p90_us"] / 1000, "p99_ms": out["p99_us"] / 1000,
+                       "p99_over_p50": round(out["p99_us"] / max(out["p50_us"], 1), 2), "errors": out["errors"]}
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr)
+    finally:
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(60)
+            for frame, own, inclusive in top_frames(args.py_spy.with_suffix(f".{name}.txt")):
+                print(f"py-spy {name}: self {own:5.1f}%  total {inclusive:5.1f}%  {frame}", file=sys.stderr)
+        proc.terminate()
+        proc.wait(30)
+    return rows
+
+
+def measure_in_process(client: redis.Redis, bodies: dict, reps: int) -> list[dict]:
+    from router.features import FeatureCache
+    from router.holder import build
+    from router.prerank import parse_request, score
+
+    model = build(ModelStore(client).load())
+    features = FeatureCache(client)
+    rows = []
+    for (n, kind), group in bodies.items():
+        for body in group:  # warm, as the HTTP runs are
+            score(model, features, parse_request(body, max_candidates=5000))
+        latencies = []
+        for r in range(reps):
+            t0 = time.perf_counter()
+            raw = orjson.dumps(group[r % len(group)])
+            orjson.dumps(score(model, features, parse_request(orjson.loads(raw), max_candidates=5000)))
+            latencies.append((time.perf_counter() - t0) * 1000)
+        p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
+        rows.append({"candidates": n, "bodies": kind, "p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3),
+                     "p99_ms": round(float(p99), 3), "rps": round(1000 / float(np.mean(latencies)), 1)})
+        print(json.dumps({"in_process": rows[-1]}), file=sys.stderr)
+    features.stop()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--sizes", default="1000,2000,5000")
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4])
+    parser.add_argument("--train-groups", type=int, default=200)
+    parser.add_argument("--compare", type=Path, help="another checkout whose router is measured the same way")
+    parser.add_argument("--in-process-reps", type=int, default=200)
+    parser.add_argument("--py-spy", type=Path, help="profile each router with py-spy into this path (.NAME.txt)")
+    args = parser.parse_args()
+    wrk = ensure_wrk()
+    import torch
+
+    torch.set_num_threads(1)
+    bench = bench_router_module()
+    world = bench.World(seed=3, n_users=500, n_items=20000)
+    with tempfile.TemporaryDirectory(prefix="hap-router-http-") as tmp:
+        env = {**os.environ, "HAP_DATA_DIR": tmp, "HAP_REDIS_PORT": str(free_port())}
+        server = Redis(Settings.load(env))
+        server.start()
+        try:
+            client = redis.Redis.from_url(server.endpoint())
+            print(f"training both tiers on {args.train_groups} simulated groups ...", file=sys.stderr)
+            trainer = bench.train(world, args.train_groups)
+            version = ModelStore(client).publish(
+                {name: TierForm(*tier.export()) for name, tier in trainer.tiers().items()},
+                trained_until_event_ts_ms=int(time.time() * 1000), trained_until_finalized_ts_ms=1, samples_seen=1)
+            write_features(client, world, bench.stats_of, len(world.items), len(world.users))
+            bodies, cases = {}, {}
+            for n in (int(x) for x in args.sizes.split(",")):
+                for kind in ("ids", "inline"):
+                    bodies[n, kind] = make_bodies(world, bench.stats_of, n, kind == "inline")
+                    cases[n, kind] = []
+                    for r, body in enumerate(bodies[n, kind]):
+                        path = Path(tmp) / f"body-{n}-{kind}-{r}.json"
+                        path.write_bytes(orjson.dumps(body))
+                        cases[n, kind].append(path)
+            script = Path(tmp) / "bodies.lua"
+            script.write_text(WRK_SCRIPT)
+            router_env = {k: v for k, v in env.items() if not k.endswith("_NUM_THREADS")}
+            router_env |= {"HAP_REDIS_URL": server.endpoint()}
+            http = measure_http("this", ROOT, router_env, wrk, script, cases, args)
+            if args.compare:
+                http += measure_http("compare", args.compare.resolve(), router_env, wrk, script, cases, args)
+            in_process = measure_in_process(client, bodies, args.in_process_reps)
+        finally:
+            server.process.stop()
+    ratios = []
+    for row in (r for r in http if r["router"] == "compare"):
+        mine = next(r for r in http if r["router"] == "this" and all(
+            r[k] == row[k] for k in ("candidates", "bodies", "concurrency")))
+        ratios.append({k: row[k] for k in ("candidates", "bodies", "concurrency")} | {
+            "rps_ratio": round(mine["rps"] / max(row["rps"], 1e-9), 2),
+            "p99_ratio": round(mine["p99_ms"] / max(row["p99_ms"], 1e-9), 3)})
+    machine = {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "version": version}
+    print(json.dumps({"http": http, "in_process": in_process, "ratios": ratios, "machine": machine}))
+
+
+if __name__ == "__main__":
+    main()
