@@ -26,7 +26,7 @@ import numpy as np
 from feature_store.featurize import featurize_user
 from feature_store.policies import POLICIES, budget_count, score_policy
 from router import metrics
-from router.features import FeatureCache, inline_matrix
+from router.features import FeatureCache, inline_dense
 from router.holder import ServingModel
 from router.limits import ID_CHARS, MAX_HISTORY, MAX_STATS, MAX_VALUE, NAME_CHARS
 
@@ -129,20 +129,20 @@ def _candidates_fast(cands: list[Any], strict: bool = True) -> tuple[list[str], 
     if not len(rows):
         return ids, ctypes, None, None
     present = [feats[i] for i in rows.tolist()]
-    if strict:
-        if set(map(type, present)) != {dict} or max(map(len, present)) > MAX_STATS:
-            return None
-        names = set(chain.from_iterable(present))
-        values = list(chain.from_iterable(map(dict.values, present)))
-        if not set(map(type, values)) <= _NUMBER_TYPES or max(map(len, names)) > NAME_CHARS:
-            return None
-        try:
-            array = np.array(values, np.float64)
-        except OverflowError:  # an integer beyond float64
-            return None
-        if not (np.abs(array) <= MAX_VALUE).all():  # also false for inf and NaN
-            return None
-    return ids, ctypes, rows, inline_matrix(present)
+    if strict and (set(map(type, present)) != {dict} or max(map(len, present)) > MAX_STATS):
+        return None
+    names = list(chain.from_iterable(present))
+    values = list(chain.from_iterable(map(dict.values, present)))
+    if strict and (not set(map(type, values)) <= _NUMBER_TYPES or max(map(len, names)) > NAME_CHARS):
+        return None
+    try:
+        array = np.array(values, np.float64)
+    except OverflowError:  # an integer beyond float64
+        return None
+    if strict and not (np.abs(array) <= MAX_VALUE).all():  # one array operation; also false for inf and NaN
+        return None
+    counts = np.fromiter(map(len, present), np.int64, len(present))
+    return ids, ctypes, rows, inline_dense(names, array, counts)
 
 
 def _candidates_slow(cands: list[Any]) -> None:

@@ -170,3 +170,29 @@ def test_cached_item_vectors_follow_their_features(redis_client):
     assert warmed.warm(cache) == 20
     np.testing.assert_allclose(warmed.vectors.vec[changed.slots], warmed.light.item_vectors(changed.items),
                                atol=1e-6)
+
+
+def test_a_request_with_inline_statistics_scores_as_the_per_item_featurization(redis_client):
+    from feature_store.featurize import featurize_user
+    from feature_store.policies import score_policy
+    from router.prerank import parse_request, score
+
+    rng = np.random.default_rng(1)
+    stats = [{"exp_1h": float(rng.integers(0, 500)), "ctr_1d": float(rng.random()), "unused": 1.0} if n % 3 else {}
+             for n in range(60)]
+    cands = [{"item_id": f"q{n}", "content_type": ["video", "news"][n % 2], **({"features": s} if s else {})}
+             for n, s in enumerate(stats)]
+    req = parse_request({"request_id": "r", "user_id": "u", "k": 10, "budget_fraction": 0.3, "candidates": cands,
+                         "user_features": {"history": ["q1", "q2"]}}, max_candidates=100)
+    model = build(LoadedVersion(1, tiers_of(seed=5), {"version": 1}))
+    cache = FeatureCache(redis_client)
+    out = score(model, cache, req)
+    items = featurize_items([c["item_id"] for c in cands], [c["content_type"] for c in cands], stats)
+    user = featurize_user("u", {"history": ["q1", "q2"]})
+    expected, routed = score_policy(
+        "damr", 10, 18, light=lambda: model.light.score(model.light.user_vector(user), model.light.item_vectors(items)),
+        expressive=lambda rows: model.expressive.score(user, items.take(rows)))
+    top = np.argsort(-expected, kind="stable")[:10]
+    assert [i["item_id"] for i in out["items"]] == [f"q{n}" for n in top]
+    np.testing.assert_allclose([i["score"] for i in out["items"]], expected[top], rtol=1e-6)
+    assert out["expressive_evals"] == len(routed) == 18
