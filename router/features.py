@@ -18,7 +18,9 @@ windows are merely empty); a malformed statistics hash or user history gives the
 counted as ``errors{kind="bad_item_stats"|"bad_user_features"}``.
 
 The table is bounded in bytes (``max_bytes``, ids at their longest): when it is full, the least
-recently used eighth of the rows is evicted.
+recently used eighth of the rows is evicted. User histories are kept the same way (read once,
+re-read in the background once older than ``ttl_s``) in an LRU bounded by ``user_max_bytes``,
+so a request in the steady state makes no Redis round trip at all.
 """
 
 from __future__ import annotations
@@ -47,13 +49,15 @@ from feature_store.featurize import (
     hash_id,
 )
 from router import metrics
-from router.limits import ID_CHARS
+from router.limits import ID_CHARS, MAX_HISTORY
 from router.stats_reader import ABSENT, MALFORMED, StatsReader
 
 log = logging.getLogger("hap.router")
 #: bytes a row may hold at most: its arrays, the id (at its longest) and the id's dict entry
 ROW_BYTES = DENSE_DIM * 4 + 8 * 5 + 1 + ID_CHARS + 120
 NEVER = -np.inf
+#: a cached user's bytes beyond its history's characters, and per history entry
+USER_BYTES, HISTORY_ENTRY_BYTES = 400, 60
 #: at least four requests of the largest size fit, whatever ``max_bytes`` says
 MIN_ROWS = 20_000
 
@@ -72,7 +76,8 @@ class FeatureCache:
     """Slot table of item features (stale-while-revalidate) plus user histories from Redis."""
 
     def __init__(self, client: redis.Redis, *, max_bytes: int = 64 << 20, ttl_s: float = 5.0,
-                 backoff_s: float = 1.0, prefix: str = "hap:", capacity: int | None = None) -> None:
+                 backoff_s: float = 1.0, prefix: str = "hap:", capacity: int | None = None,
+                 user_max_bytes: int = 16 << 20) -> None:
         self.r = client
         self.prefix = prefix
         self.ttl_s = ttl_s
@@ -95,6 +100,12 @@ class FeatureCache:
         self._queue: collections.deque[tuple[np.ndarray, np.ndarray, list[str]]] = collections.deque()
         self._done: collections.deque[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = \
             collections.deque()
+        #: user id -> (monotonic time read, features); LRU, at most ``user_max_bytes`` (estimated)
+        self.users: collections.OrderedDict[str, tuple[float, dict[str, Any], int]] = collections.OrderedDict()
+        self.user_bytes, self.user_max_bytes = 0, user_max_bytes
+        self._user_queue: collections.deque[str] = collections.deque()
+        self._user_done: collections.deque[tuple[str, dict[str, Any] | None]] = collections.deque()
+        self._user_pending: set[str] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -255,19 +266,42 @@ class FeatureCache:
                         metrics.ERRORS.labels("feature_refresh").inc()
                         log.exception("feature refresh")
                 self._done.append((slots, stamps, raw, state))
+            while self._user_queue and not self._stop.is_set():
+                user_id = self._user_queue.popleft()
+                self._user_done.append((user_id, self._read_user(user_id) if self.redis.ready else None))
 
     # -- users ----------------------------------------------------------------------------------
     def user_features(self, user_id: str) -> dict[str, Any]:
         """The history the streams wrote for ``user_id``: ``{"history": [item ids]}``, empty when
-        unknown, malformed (counted) or Redis is down."""
+        unknown, malformed (counted) or Redis is down. Served from a local LRU once read; a stale
+        entry is re-read in the background (as item rows are)."""
+        self._apply_users()
+        hit = self.users.get(user_id)
+        if hit is not None:
+            self.users.move_to_end(user_id)
+            if hit[0] < time.monotonic() - self.ttl_s and user_id not in self._user_pending:
+                self._user_pending.add(user_id)
+                self._user_queue.append(user_id)
+                if self._thread is None:
+                    self.start()
+                self._wake.set()
+            return hit[1]
         if not self.redis.ready:
             metrics.MISSING.labels("user").inc()
             return {}
+        features = self._read_user(user_id)
+        if features is None:
+            return {}
+        self._put_user(user_id, features)
+        return features
+
+    def _read_user(self, user_id: str) -> dict[str, Any] | None:
+        """Read and check one user's features; None when Redis failed (counted)."""
         try:
             raw = self.r.get(f"{self.prefix}feat:user:{user_id}")
         except (redis.RedisError, OSError) as exc:
             self._failed(exc)
-            return {}
+            return None
         if raw is None:
             metrics.MISSING.labels("user").inc()
             return {}
@@ -279,7 +313,25 @@ class FeatureCache:
         if not isinstance(history, list) or not all(isinstance(h, str) and 0 < len(h) <= ID_CHARS for h in history):
             metrics.ERRORS.labels("bad_user_features").inc()
             return {}
-        return {"history": history}
+        return {"history": history[-MAX_HISTORY:]}
+
+    def _put_user(self, user_id: str, features: dict[str, Any]) -> None:
+        old = self.users.pop(user_id, None)
+        if old is not None:
+            self.user_bytes -= old[2]
+        history = features.get("history", [])
+        size = USER_BYTES + len(user_id) + sum(map(len, history)) + HISTORY_ENTRY_BYTES * len(history)
+        self.users[user_id] = (time.monotonic(), features, size)
+        self.user_bytes += size
+        while self.user_bytes > self.user_max_bytes and len(self.users) > 1:
+            self.user_bytes -= self.users.popitem(last=False)[1][2]
+
+    def _apply_users(self) -> None:
+        while self._user_done:
+            user_id, features = self._user_done.popleft()
+            self._user_pending.discard(user_id)
+            if features is not None and user_id in self.users:
+                self._put_user(user_id, features)
 
 
 def inline_matrix(stats: Sequence[dict[str, float]]) -> np.ndarray:

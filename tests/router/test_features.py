@@ -196,3 +196,21 @@ def test_a_request_with_inline_statistics_scores_as_the_per_item_featurization(r
     assert [i["item_id"] for i in out["items"]] == [f"q{n}" for n in top]
     np.testing.assert_allclose([i["score"] for i in out["items"]], expected[top], rtol=1e-6)
     assert out["expressive_evals"] == len(routed) == 18
+
+
+def test_user_histories_are_cached_refreshed_in_the_background_and_bounded(redis_client):
+    redis_client.set("hap:feat:user:w", b'{"history": ["a", "b"]}')
+    cache = FeatureCache(redis_client, ttl_s=0.05, user_max_bytes=5_000)
+    assert cache.user_features("w") == {"history": ["a", "b"]}
+    redis_client.set("hap:feat:user:w", b'{"history": ["c"]}')
+    time.sleep(0.1)
+    assert cache.user_features("w") == {"history": ["a", "b"]}  # stale: served, re-read queued
+    deadline = time.monotonic() + 10
+    while cache.user_features("w") != {"history": ["c"]} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cache.user_features("w") == {"history": ["c"]}
+    for n in range(50):
+        redis_client.set(f"hap:feat:user:x{n}", b'{"history": ["' + b"h" * 200 + b'"]}')
+        cache.user_features(f"x{n}")
+    cache.stop()
+    assert cache.user_bytes <= 5_000 and "x49" in cache.users and "x0" not in cache.users
