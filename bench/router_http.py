@@ -158,36 +158,41 @@ def top_frames(raw: Path, count: int = 15) -> list[tuple[str, float, float]]:
     return [(f, round(100 * own[f] / samples, 1), round(100 * total[f] / samples, 1)) for f in best]
 
 
-def measure_http(name: str, tree: Path, env: dict, wrk: str, script: Path, cases: dict, args) -> list[dict]:  # noqa: ANN001
-    port = free_port()
-    proc = start_router(tree, env, port)
-    rows = []
-    spy = None
+def measure_http(routers: dict[str, Path], env: dict, wrk: str, script: Path, cases: dict, args) -> list[dict]:  # noqa: ANN001
+    """Every router started at once; each case run on each in turn, so a noisy minute hits both."""
+    ports = {name: free_port() for name in routers}
+    procs = {name: start_router(tree, env, ports[name]) for name, tree in routers.items()}
+    spies = {}
     if args.py_spy:
-        out = args.py_spy.with_suffix(f".{name}.txt")
-        spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid),
-                                "--rate", "250", "--format", "raw", "--nonblocking", "-o", str(out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for name, proc in procs.items():
+            out = args.py_spy.with_suffix(f".{name}.txt")
+            spies[name] = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                                            str(proc.pid), "--rate", "250", "--format", "raw", "--nonblocking",
+                                            "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
+    rows = []
     try:
         for (n, kind), files in cases.items():
-            run_wrk(wrk, script, port, files, 1, 2)  # warm: every body seen, features read, vectors cached
+            for name in routers:
+                run_wrk(wrk, script, ports[name], files, 1, 2)  # warm: every body seen, features read, vectors cached
             for concurrency in args.concurrency:
-                out = run_wrk(wrk, script, port, files, concurrency, args.duration)
-                row = {"router": name, "candidates": n, "bodies": kind, "concurrency": concurrency,
-                       "rps": round(out["requests"] / out["seconds"], 1), "p50_ms": out["p50_us"] / 1000,
-                       "p90_ms": out["p90_us"] / 1000, "p99_ms": out["p99_us"] / 1000,
-                       "p99_over_p50": round(out["p99_us"] / max(out["p50_us"], 1), 2), "errors": out["errors"]}
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr)
+                for name in routers:
+                    out = run_wrk(wrk, script, ports[name], files, concurrency, args.duration)
+                    row = {"router": name, "candidates": n, "bodies": kind, "concurrency": concurrency,
+                           "rps": round(out["requests"] / out["seconds"], 1), "p50_ms": out["p50_us"] / 1000,
+                           "p90_ms": out["p90_us"] / 1000, "p99_ms": out["p99_us"] / 1000,
+                           "p99_over_p50": round(out["p99_us"] / max(out["p50_us"], 1), 2), "errors": out["errors"]}
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr)
     finally:
-        if spy is not None:
+        for name, spy in spies.items():
             spy.send_signal(2)
             spy.wait(60)
             for frame, own, inclusive in top_frames(args.py_spy.with_suffix(f".{name}.txt")):
                 print(f"py-spy {name}: self {own:5.1f}%  total {inclusive:5.1f}%  {frame}", file=sys.stderr)
-        proc.terminate()
-        proc.wait(30)
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(30)
     return rows
 
 
@@ -257,9 +262,8 @@ def main() -> None:
             script.write_text(WRK_SCRIPT)
             router_env = {k: v for k, v in env.items() if not k.endswith("_NUM_THREADS")}
             router_env |= {"HAP_REDIS_URL": server.endpoint()}
-            http = measure_http("this", ROOT, router_env, wrk, script, cases, args)
-            if args.compare:
-                http += measure_http("compare", args.compare.resolve(), router_env, wrk, script, cases, args)
+            routers = {"this": ROOT} | ({"compare": args.compare.resolve()} if args.compare else {})
+            http = measure_http(routers, router_env, wrk, script, cases, args)
             in_process = measure_in_process(client, bodies, args.in_process_reps)
         finally:
             server.process.stop()
