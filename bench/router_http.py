@@ -13,7 +13,9 @@ revision's router is measured the same way in the same run and ratios are printe
     python bench/router_http.py [--duration 10] [--sizes 1000,2000,5000] [--compare /tmp/old]
 
 Ends with one JSON line: {"http": [{"router", "candidates", "concurrency", "bodies", "rps", "p50_ms",
-"p90_ms", "p99_ms", "p99_over_p50", "errors"}], "in_process": [...], "ratios": [...], "machine": {...}}.
+"p90_ms", "p99_ms", "p99_over_p50", "errors"}], "in_process": [...], "ratios": [{"other", ...,
+"rps_other_over_this", "p99_other_over_this"}], "machine": {...}}. ``--workers 1,2`` adds `hap router
+--workers 2` ("this-w2") to the routers measured side by side.
 """
 
 from __future__ import annotations
@@ -117,9 +119,9 @@ def make_bodies(world, stats_of, n: int, inline: bool, count: int = 8) -> list[d
     return out
 
 
-def start_router(tree: Path, env: dict[str, str], port: int) -> subprocess.Popen:
+def start_router(tree: Path, env: dict[str, str], port: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     code = "import sys; from deploy.cli import main; sys.exit(main())"
-    proc = subprocess.Popen([sys.executable, "-c", code, "router", "--policy", "damr", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-c", code, "router", "--policy", "damr", "--port", str(port), *extra],
                             cwd=tree, env={**env, "PYTHONPATH": str(tree)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -158,10 +160,14 @@ def top_frames(raw: Path, count: int = 15) -> list[tuple[str, float, float]]:
     return [(f, round(100 * own[f] / samples, 1), round(100 * total[f] / samples, 1)) for f in best]
 
 
-def measure_http(routers: dict[str, Path], env: dict, wrk: str, script: Path, cases: dict, args) -> list[dict]:  # noqa: ANN001
+Routers = dict[str, tuple[Path, tuple[str, ...]]]
+
+
+def measure_http(routers: Routers, env: dict, wrk: str, script: Path, cases: dict, args) -> list[dict]:  # noqa: ANN001
     """Every router started at once; each case run on each in turn, so a noisy minute hits both."""
     ports = {name: free_port() for name in routers}
-    procs = {name: start_router(tree, env, ports[name]) for name, tree in routers.items()}
+    procs = {name: start_router(tree, env, ports[name], extra) for name, (tree, extra) in routers.items()}
+    time.sleep(3)  # every worker of a multi-worker router up, not only the first to answer
     spies = {}
     if args.py_spy:
         for name, proc in procs.items():
@@ -229,6 +235,8 @@ def main() -> None:
     parser.add_argument("--train-groups", type=int, default=200)
     parser.add_argument("--compare", type=Path, help="another checkout whose router is measured the same way")
     parser.add_argument("--in-process-reps", type=int, default=200)
+    parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1],
+                        help="also measure `hap router --workers N` for each N > 1 here (e.g. 1,2)")
     parser.add_argument("--py-spy", type=Path, help="profile each router with py-spy into this path (.NAME.txt)")
     args = parser.parse_args()
     wrk = ensure_wrk()
@@ -262,18 +270,20 @@ def main() -> None:
             script.write_text(WRK_SCRIPT)
             router_env = {k: v for k, v in env.items() if not k.endswith("_NUM_THREADS")}
             router_env |= {"HAP_REDIS_URL": server.endpoint()}
-            routers = {"this": ROOT} | ({"compare": args.compare.resolve()} if args.compare else {})
+            routers = {"this": (ROOT, ())}
+            routers |= {f"this-w{w}": (ROOT, ("--workers", str(w))) for w in args.workers if w > 1}
+            routers |= {"compare": (args.compare.resolve(), ())} if args.compare else {}
             http = measure_http(routers, router_env, wrk, script, cases, args)
             in_process = measure_in_process(client, bodies, args.in_process_reps)
         finally:
             server.process.stop()
     ratios = []
-    for row in (r for r in http if r["router"] == "compare"):
+    for row in (r for r in http if r["router"] != "this"):
         mine = next(r for r in http if r["router"] == "this" and all(
             r[k] == row[k] for k in ("candidates", "bodies", "concurrency")))
-        ratios.append({k: row[k] for k in ("candidates", "bodies", "concurrency")} | {
-            "rps_ratio": round(mine["rps"] / max(row["rps"], 1e-9), 2),
-            "p99_ratio": round(mine["p99_ms"] / max(row["p99_ms"], 1e-9), 3)})
+        ratios.append({"other": row["router"]} | {k: row[k] for k in ("candidates", "bodies", "concurrency")} | {
+            "rps_other_over_this": round(row["rps"] / max(mine["rps"], 1e-9), 2),
+            "p99_other_over_this": round(row["p99_ms"] / max(mine["p99_ms"], 1e-9), 3)})
     machine = {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "version": version}
     print(json.dumps({"http": http, "in_process": in_process, "ratios": ratios, "machine": machine}))
 

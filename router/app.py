@@ -10,6 +10,7 @@ any other 5xx as ``http_5xx``.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import orjson
 import redis
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from router import metrics
 from router.features import FeatureCache
@@ -100,6 +101,11 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(_request: web.Request) -> web.Response:
+    """This process's metrics; with ``PROMETHEUS_MULTIPROC_DIR`` set (``hap router --workers N``), every worker's."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -2,6 +2,10 @@
 
 A router process uses one core on purpose: the math libraries' thread pools are pinned to one
 thread before numpy loads (a second OpenBLAS thread only competes with the request thread).
+``--workers N`` uses N cores: N processes serve one port (``SO_REUSEPORT``, the kernel spreads
+connections), each loading and hot-swapping versions on its own; the parent supervises them
+(a worker that exits is restarted; SIGTERM/SIGINT stop them all) and ``/metrics`` on any worker
+answers for all of them (prometheus_client's multiprocess mode over a private directory).
 """
 
 from __future__ import annotations
@@ -27,9 +31,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="expressive budget: fraction of candidates (< 1) or count")
     p.add_argument("--max-candidates", type=int, default=5000)
     p.add_argument("--poll", type=float, default=2.0, help="manifest polling interval (fallback to pub/sub)")
+    p.add_argument("--workers", type=int, default=int(env("HAP_ROUTER_WORKERS", 1)),
+                   help="processes serving the port (SO_REUSEPORT), one core each")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for the workers
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        return supervise(args)
     from aiohttp import web
 
     from deploy.settings import Settings
@@ -43,5 +52,63 @@ def run(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()  # what start-up built is never traversed again; a request's objects die by reference count
     gc.set_threshold(50_000, 20, 100)  # fewer young collections under thousands of candidates per request
-    web.run_app(app, host=args.host, port=args.port or s.router_port, access_log=None, print=None)
+    web.run_app(app, host=args.host, port=args.port or s.router_port, access_log=None, print=None,
+                reuse_port=args.reuse_port or None)
     return 0
+
+
+def supervise(args: argparse.Namespace) -> int:
+    """Run ``args.workers`` router processes on one port; restart one that exits (at most once a
+    second), stop them all on SIGTERM or SIGINT."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from deploy.settings import Settings
+
+    port = args.port or Settings.load().router_port
+    command = [sys.executable, "-c", "import sys; from deploy.cli import main; sys.exit(main())", "router",
+               "--host", args.host, "--port", str(port), "--policy", args.policy, "--budget", str(args.budget),
+               "--max-candidates", str(args.max_candidates), "--poll", str(args.poll), "--workers", "1",
+               "--reuse-port"]
+    metrics_dir = tempfile.mkdtemp(prefix="hap-router-metrics-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    workers = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
+    log = logging.getLogger("hap.router")
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for n, worker in enumerate(workers):
+                if worker.poll() is not None and not stopping:
+                    log.warning("router worker %d exited with %s; restarting", worker.pid, worker.returncode)
+                    _mark_dead(worker.pid, metrics_dir)
+                    time.sleep(1.0)
+                    workers[n] = subprocess.Popen(command, env=env)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _mark_dead(pid: int, metrics_dir: str) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, metrics_dir)

@@ -14,9 +14,12 @@ CANDIDATES = Histogram("hap_router_candidates", "Candidates per request",
                        buckets=(10, 100, 250, 500, 1000, 2000, 3000, 5000))
 EXPRESSIVE_FRACTION = Histogram("hap_router_expressive_fraction", "Share of candidates scored by the expressive tier",
                                 buckets=(0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0))
-VERSION = Gauge("hap_router_model_version", "Model version being served")
-MODEL_AGE = Gauge("hap_router_model_age_seconds", "Now minus the served version's trained-until event time")
-STALENESS = Gauge("hap_router_staleness_seconds", "Seconds since the router last reached the model store")
+# with several workers (multiprocess mode) a gauge reports its worst live worker: the oldest version
+VERSION = Gauge("hap_router_model_version", "Model version being served", multiprocess_mode="livemin")
+MODEL_AGE = Gauge("hap_router_model_age_seconds", "Now minus the served version's trained-until event time",
+                  multiprocess_mode="livemax")
+STALENESS = Gauge("hap_router_staleness_seconds", "Seconds since the router last reached the model store",
+                  multiprocess_mode="livemax")
 FRESHNESS = Histogram("hap_router_freshness_seconds", "Sample group finalized -> served by a version trained on it",
                       buckets=FRESH_BUCKETS)
 MODEL_AGE_AT_LOAD = Histogram("hap_router_model_age_at_load_seconds",
