@@ -117,10 +117,22 @@ class ManagedProcess:
         if pid is None:
             return False
         os.killpg(pid, signal.SIGKILL)
-        while _alive(pid):
+        while _group_alive(pid):  # its children too (Redis' rewrite child holds the listening socket)
             time.sleep(0.05)
         self.pid_file.unlink(missing_ok=True)
         return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a process of group ``pgid`` has not exited (zombies count as exited)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, group = stat.read_text().rsplit(") ", 1)[-1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
 
 
 def _alive(pid: int) -> bool:

@@ -6,6 +6,7 @@ import base64
 import json
 import shutil
 import subprocess
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -49,7 +50,7 @@ class Service:
     def start(self, timeout_s: float = 60.0) -> None:
         """Start the server unless it runs; return once it is healthy."""
         if self.process.pid() is None:
-            if not port_is_free(self.port):
+            if not _port_freed(self.port, grace_s=5.0):
                 raise StackError(
                     f"port {self.port} for {self.name} is taken; "
                     f"set HAP_{self.port_setting.upper()} to a free port"
@@ -57,6 +58,17 @@ class Service:
             self.prepare()
             self.process.start(self.argv())
         self.process.wait_ready(self.healthy, timeout_s)
+
+
+def _port_freed(port: int, grace_s: float) -> bool:
+    """True once ``port`` is free, waiting up to ``grace_s`` (right after a crash the kernel may
+    still hold the dead server's sockets for a moment)."""
+    deadline = time.monotonic() + grace_s
+    while not port_is_free(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 class Kafka(Service):

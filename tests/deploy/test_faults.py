@@ -1,6 +1,8 @@
 """Faults with the whole pipeline running (simulate -> streams -> learner -> router): the Kafka
-broker and Redis restart mid-stream, the router is killed; afterwards every request has its sample group, every group
-was trained on exactly once, and the router answered every request with one consistent version."""
+broker and Redis are stopped (SIGTERM) and, later in the same stream, killed (SIGKILL: no shutdown,
+Redis with its append-only file) and restarted; the router is killed; afterwards every request has
+its sample group, every group was trained on exactly once, the router answered every request with
+one consistent version and its versions never went backwards."""
 
 import threading
 import time
@@ -8,9 +10,11 @@ import urllib.request
 
 import orjson
 import pytest
+import redis
 
 from deploy.pipeline import Component
 from deploy.scrape import scrape
+from feature_store.model_store import ModelStore
 from learner import checkpoint
 from learner.trainer import OnlineTrainer
 from streams.producer import EventProducer, ProducerUnavailable
@@ -27,8 +31,10 @@ SIMULATE = ["simulate", "--candidates", "200", "--items", "3000", "--feedback-de
 class Pipeline:
     """The pipeline's processes for one test, and a load thread against the router."""
 
-    def __init__(self, env: dict[str, str], tmp_path, requests: int = 300, rate: float = 200) -> None:
+    def __init__(self, env: dict[str, str], tmp_path, requests: int = 300, rate: float = 200,
+                 duration_s: float | None = None) -> None:
         self.env, self.tmp, self.requests, self.rate = env, tmp_path, requests, rate
+        self.duration = ["--duration", str(duration_s)] if duration_s else []
         self.url = {"streams": f"http://127.0.0.1:{env['HAP_STREAMS_METRICS_PORT']}/metrics",
                     "learner": f"http://127.0.0.1:{env['HAP_LEARNER_METRICS_PORT']}/metrics",
                     "router": f"http://127.0.0.1:{env['HAP_ROUTER_PORT']}"}
@@ -42,7 +48,8 @@ class Pipeline:
         for part in self.parts.values():
             part.start()
         self.sim = Component("simulate", [*SIMULATE, "--rate", str(self.rate), "--requests", str(self.requests),
-                                          "--truth", str(self.tmp / "truth.jsonl")], self.tmp, self.env).start()
+                                          *self.duration, "--truth", str(self.tmp / "truth.jsonl")], self.tmp,
+                             self.env).start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -64,6 +71,11 @@ class Pipeline:
             except OSError:  # not listening (a restarting router): no answer, not a wrong one
                 self.answers.append((0, None))
             time.sleep(0.02)
+
+    def versions_never_go_backwards(self) -> None:
+        """The versions the router answered with, in order, never decrease."""
+        served = [v for s, v in self.answers if s == 200]
+        assert served and all(a <= b for a, b in zip(served, served[1:], strict=False)), served
 
     def groups(self, expected: int) -> list:
         """Every sample group emitted, once all ``expected`` requests have one (or a timeout)."""
@@ -89,16 +101,25 @@ class Pipeline:
         assert set(state["seen"]) == set(unique) and trainer.samples_seen == samples
 
 
-def test_broker_restart_mid_stream_loses_nothing(stack_env, kafka_service, tmp_path):
+def test_broker_stop_and_sigkill_mid_stream_lose_nothing(stack_env, kafka_service, tmp_path):
     if kafka_service is None:
         pytest.skip("the broker is external (HAP_KAFKA_BOOTSTRAP): not the tests' to restart")
-    with Pipeline(stack_env, tmp_path) as p:
+    with Pipeline(stack_env, tmp_path, requests=600) as p:
+        # the learner connected and training (one that starts while the broker is away gives up after 30 s)
+        assert p.parts["learner"].wait_metric(p.url["learner"], "hap_learner_samples_total", 1, timeout_s=180)
         emitted = p.parts["streams"].wait_metric(p.url["streams"], "hap_streams_groups_total", 30, timeout_s=180)
-        assert 30 <= emitted < 300  # the worker is in its stride, and the stream is not over
+        assert 30 <= emitted < 600  # the worker is in its stride, and the stream is not over
         kafka_service.process.stop()  # the broker goes away mid-stream, longer than the streams' stall timeout
         time.sleep(6)
         kafka_service.start(timeout_s=90)
-        assert p.sim.proc.wait(240) == 0, p.sim.log_tail()  # the producer rode out the outage
+        p.load.start()
+        again = p.parts["streams"].wait_metric(p.url["streams"], "hap_streams_groups_total", emitted + 30,
+                                               timeout_s=180)
+        assert again < 600, again  # the second fault lands mid-stream too (groups still to come)
+        kafka_service.process.kill()  # a crash: no controlled shutdown, the log recovered at the next start
+        time.sleep(2)
+        kafka_service.start(timeout_s=120)
+        assert p.sim.proc.wait(240) == 0, p.sim.log_tail()  # the producer rode out both outages
         expected = truth(tmp_path / "truth.jsonl")
         groups = p.groups(len(expected))
         assert {g.request_id for g in groups} == set(expected)  # nothing lost
@@ -106,13 +127,15 @@ def test_broker_restart_mid_stream_loses_nothing(stack_env, kafka_service, tmp_p
         p.trained_exactly_once(groups)
         assert p.parts["streams"].alive and p.parts["router"].alive
     assert restarts >= 1  # the stalled worker was replaced by a fresh one, and that lost nothing either
+    p.versions_never_go_backwards()
 
 
-def test_redis_restart_mid_stream_keeps_serving_and_loses_nothing(stack_env, redis_service, tmp_path):
+def test_redis_stop_and_sigkill_mid_stream_keep_serving_and_lose_nothing(stack_env, redis_service, tmp_path):
     if redis_service is None:
         pytest.skip("Redis is external (HAP_REDIS_URL): not the tests' to restart")
-    # 20 s of traffic: the first model is published and served well before it ends
-    with Pipeline(stack_env, tmp_path, rate=15) as p:
+    # 75 s of traffic (5 requests/s, rate in events): the first model is served, and both outages are over, before
+    # it ends
+    with Pipeline(stack_env, tmp_path, requests=10**6, rate=60, duration_s=75) as p:
         p.parts["router"].wait_http(f"{p.url['router']}/readyz", timeout_s=90)
         p.load.start()
         redis_service.process.stop()  # Redis goes away while every component uses it
@@ -122,6 +145,13 @@ def test_redis_restart_mid_stream_keeps_serving_and_loses_nothing(stack_env, red
         served_while_down = p.answers[during:]
         redis_service.start(timeout_s=60)
         assert p.sim.alive  # the outage hit mid-stream
+        time.sleep(4)  # fresh versions published and served after the restart ...
+        served_before_kill = max(v for s, v in p.answers if s == 200)
+        redis_service.process.kill()  # ... then a crash: what Redis acknowledged is in its append-only file
+        redis_service.start(timeout_s=60)
+        assert p.sim.alive  # the crash hit mid-stream too
+        manifest = ModelStore(redis.Redis.from_url(redis_service.endpoint())).manifest()
+        assert manifest["version"] >= served_before_kill  # the AOF kept every version the router had seen
         assert p.sim.proc.wait(240) == 0, p.sim.log_tail()
         expected = truth(tmp_path / "truth.jsonl")
         groups = p.groups(len(expected))
@@ -138,6 +168,7 @@ def test_redis_restart_mid_stream_keeps_serving_and_loses_nothing(stack_env, red
     assert served_while_down and all(status == 200 for status, _ in served_while_down)
     assert all(status == 200 for status, _ in p.answers)  # never a 5xx, before, during or after
     assert max(v for _, v in p.answers) > version_before  # fresh versions again after the outage
+    p.versions_never_go_backwards()
 
 
 def test_router_sigkill_mid_load_comes_back_with_a_version_no_older(stack_env, tmp_path):
