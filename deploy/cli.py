@@ -49,16 +49,31 @@ def run_stack(args: argparse.Namespace) -> int:
         return 0
     statuses = stack.status()
     if args.json:
-        key = {"kafka": "kafka.bootstrap", "redis": "redis.url", "prometheus": "prometheus.url"}
-        print(json.dumps({
-            s.name: {key[s.name]: s.endpoint, "healthy": s.healthy, "managed": s.managed,
-                     "running": s.running} for s in statuses
-        }))
+        print(json.dumps({s.name: status_json(s.name, s.endpoint, s.healthy, s.managed, s.running)
+                          for s in statuses}))
     else:
         for s in statuses:
             state = "healthy" if s.healthy else ("running, not answering" if s.running else "dead")
             print(f"{s.name:11} {state:24} {s.endpoint}{'' if s.managed else ' (external)'}")
     return 0 if all(s.healthy for s in statuses) else 1
+
+
+#: the endpoint's key in `hap stack status --json` for each service (`.kafka.bootstrap`, `.redis.url`, ...)
+ENDPOINT_KEYS = {"kafka": "bootstrap", "redis": "url", "prometheus": "url"}
+
+
+def status_json(name: str, endpoint: str, healthy: bool, managed: bool, running: bool) -> dict[str, object]:
+    """One service in `hap stack status --json`.
+
+    The dotted key of earlier releases (``"kafka.bootstrap"`` inside ``kafka``) is kept for one
+    release, deprecated; read ``.kafka.bootstrap``, ``.redis.url``, ``.prometheus.url``.
+
+    >>> status_json("redis", "redis://127.0.0.1:6379/0", True, True, True)["url"]
+    'redis://127.0.0.1:6379/0'
+    """
+    key = ENDPOINT_KEYS[name]
+    return {key: endpoint, "healthy": healthy, "managed": managed, "running": running,
+            f"{name}.{key}": endpoint}  # deprecated: removed in the next release
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

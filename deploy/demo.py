@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from deploy.pipeline import Component
+from deploy.progress import Progress
 from deploy.scrape import Metrics, scrape
 from deploy.settings import Settings
 from deploy.stack import Stack
@@ -106,7 +105,7 @@ def _watch(sim: Component, components: list[Component], urls: dict[str, str], ro
 
     client = Settings.load().redis.client()
     started = time.monotonic()
-    bar = tqdm(total=int(args.duration), unit="s", desc="demo", bar_format="{l_bar}{bar}| {n}/{total}s {postfix}")
+    progress = Progress(int(args.duration), "demo", "s")  # plain lines every 10 s when not a terminal
     while sim.alive:
         time.sleep(2)
         for c in components:
@@ -119,15 +118,14 @@ def _watch(sim: Component, components: list[Component], urls: dict[str, str], ro
             curves.append({"t": time.monotonic() - started, "version": doc["version"],
                            **{f"{tier}": q for tier, q in doc["metrics"].get("quality", {}).items()}})
         fresh = m["router"].quantile("hap_router_freshness_seconds", 0.5) if m["router"] else None
-        bar.set_postfix_str(
+        status = (
             f"events {m['streams'].total('hap_streams_events_total') if m['streams'] else 0:.0f} "
             f"groups {m['streams'].total('hap_streams_groups_total') if m['streams'] else 0:.0f} "
             f"steps {m['learner'].total('hap_learner_steps_total') if m['learner'] else 0:.0f} "
             f"version {m['router'].total('hap_router_model_version') if m['router'] else 0:.0f} "
             f"freshness p50 {fresh or 0:.2f}s")
-        bar.n = min(int(args.duration), int(time.monotonic() - started))
-        bar.refresh()
-    bar.close()
+        progress.advance_to(min(int(args.duration), int(time.monotonic() - started)), status)
+    progress.close()
     if sim.returncode != 0:
         raise RuntimeError(f"simulate failed; last log lines:\n{sim.log_tail()}")
 

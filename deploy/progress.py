@@ -28,7 +28,8 @@ class Progress:
                  every_s: float = 10.0) -> None:
         self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
         self.stream = stream or sys.stderr
-        self.done = 0
+        self.done = self.printed = 0
+        self.last_what = ""
         self.started = self.last = time.monotonic()
         self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream) if self.stream.isatty() else None
 
@@ -36,18 +37,34 @@ class Progress:
         return self
 
     def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the bar (a terminal) or say where the job ended (plain lines), once."""
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+        elif self.done != self.total and self.done != self.printed:
+            self._line(time.monotonic(), self.last_what)
+        self.printed = self.done
 
     def update(self, what: str = "") -> None:
         """One unit done; ``what`` names it."""
-        self.done += 1
+        self.advance_to(self.done + 1, what)
+
+    def advance_to(self, done: int, what: str = "") -> None:
+        """``done`` units done so far (a job measured in seconds, say); ``what`` tells where it stands."""
+        self.done, self.last_what = done, what
         if self.bar is not None:
             self.bar.set_postfix_str(what, refresh=False)
-            self.bar.update()
+            self.bar.update(done - self.bar.n)  # tqdm redraws at most every 0.1 s
             return
         now = time.monotonic()
-        if now - self.last >= self.every_s or self.done == self.total:
-            self.last = now
-            print(f"{self.desc}: {self.done}/{self.total} {self.unit} ({what}), {now - self.started:.0f} s",
-                  file=self.stream, flush=True)
+        if now - self.last >= self.every_s or (self.done == self.total and self.printed != self.done):
+            self._line(now, what)
+
+    def _line(self, now: float, what: str) -> None:
+        self.last, self.printed = now, self.done
+        detail = f" ({what})" if what else ""
+        print(f"{self.desc}: {self.done}/{self.total} {self.unit}{detail}, {now - self.started:.0f} s",
+              file=self.stream, flush=True)

@@ -66,11 +66,16 @@ def run(args: argparse.Namespace) -> int:
         writer = EventProducer(settings.kafka_bootstrap, topic_prefix=settings.topic_prefix,
                                security=settings.kafka_security)
     report = EmitReport()
+    from deploy.progress import Progress
+
     try:
         emit_items(items, writer, report)
+        progress = None if args.no_progress else Progress(n, "simulate", "requests")  # plain lines when not a tty
         sent = emit(requests, writer, rate=args.rate or None, n_requests=n, duplicate_rate=args.duplicate_rate,
                     seed=args.seed, truth_file=args.truth, realtime=args.out is None,
-                    progress=not args.no_progress, duration_s=args.duration)
+                    progress=progress.update if progress else None, duration_s=args.duration)
+        if progress is not None:
+            progress.close()
         writer.close()
     except ProducerUnavailable as exc:  # the broker went away for good: say so, exit 1
         print(f"hap simulate: {exc}", file=sys.stderr)

@@ -13,12 +13,11 @@ import dataclasses
 import heapq
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Protocol
 
 import numpy as np
-from tqdm import tqdm
 
 from streams.schemas import ExposureEvent, ItemUpdate, RankingEvent, encode
 from streams.simulator.cascade import Request
@@ -67,12 +66,12 @@ class EmitReport:
 
 def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_requests: int,
          events_per_request: float = 12.0, duplicate_rate: float = 0.0, seed: int = 0,
-         truth_file: Path | None = None, realtime: bool = True, progress: bool = True,
+         truth_file: Path | None = None, realtime: bool = True, progress: Callable[[str], None] | None = None,
          duration_s: float | None = None) -> EmitReport:
     """Emit ``requests`` (at most ``n_requests``) through ``writer``; returns the counts sent.
 
     ``rate`` is events per second (None: as fast as possible). ``duration_s`` stops starting
-    new requests after that many seconds.
+    new requests after that many seconds. ``progress`` is called once per request emitted.
     """
     rng = np.random.default_rng(seed + 7)
     report = EmitReport()
@@ -82,7 +81,6 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
     spacing_ms = 1000.0 * events_per_request / rate if rate else 0.0
     truth = truth_file.open("w") if truth_file else None
     clock = time.monotonic()
-    bar = tqdm(total=n_requests, unit="req", disable=not progress, desc="simulate")
 
     def flush_until(now_ms: float) -> None:
         while heap and heap[0][0] <= now_ms:
@@ -112,14 +110,14 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
             truth.write(json.dumps({"request_id": request.ranking.request_id, "exposed": request.exposed}) + "\n")
         report.requests += 1
         flush_until(t_ms if (realtime and rate) else float("-inf"))
-        bar.update()
+        if progress is not None:
+            progress(f"{report.ranking + report.exposure + report.feedback} events")
     while heap:
         if realtime and rate:
             wait = (heap[0][0] - (start_ms + (time.monotonic() - clock) * 1000)) / 1000
             if wait > 0:
                 time.sleep(wait)
         flush_until(heap[0][0])
-    bar.close()
     if truth:
         truth.close()
     report.seconds = time.monotonic() - clock

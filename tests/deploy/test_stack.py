@@ -10,7 +10,11 @@ def test_up_status_down_leaves_nothing(cli_env):
     assert hap(cli_env, "stack", "up").returncode == 0
     status = json.loads(hap(cli_env, "stack", "status", "--json").stdout)
     assert status["kafka"]["healthy"] and status["redis"]["healthy"] and status["prometheus"]["healthy"]
-    assert status["kafka"]["kafka.bootstrap"] == f"127.0.0.1:{cli_env['HAP_KAFKA_PORT']}"
+    assert status["kafka"]["bootstrap"] == f"127.0.0.1:{cli_env['HAP_KAFKA_PORT']}"
+    assert status["redis"]["url"] == f"redis://127.0.0.1:{cli_env['HAP_REDIS_PORT']}/0"
+    assert status["prometheus"]["url"] == f"http://127.0.0.1:{cli_env['HAP_PROMETHEUS_PORT']}"
+    assert all(status[name][f"{name}.{key}"] == status[name][key]  # the dotted keys, kept one release
+               for name, key in (("kafka", "bootstrap"), ("redis", "url"), ("prometheus", "url")))
     assert len(pids(cli_env["HAP_DATA_DIR"])) == 3
     down = hap(cli_env, "stack", "down")
     assert "prometheus, redis, kafka" in down.stdout
