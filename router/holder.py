@@ -49,6 +49,7 @@ SERVED_TIERS = ("light", "expressive")
 MANIFEST_NUMBERS = ("published_ts_ms", "trained_until_event_ts_ms")
 REFERENCE_TIMEOUT_S = 120.0
 REFERENCE_RETRY_S = 300.0
+REFERENCE_FAILED_KEPT = 32
 
 
 class VersionRejected(Exception):
@@ -218,7 +219,9 @@ def reference_shapes(spec: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     try:
         shapes = _reference_cached(key)
     except ReferenceUnavailable as exc:
-        _REFERENCE_FAILED[key] = (time.monotonic(), str(exc))
+        if len(_REFERENCE_FAILED) >= REFERENCE_FAILED_KEPT:  # bounded: forget the oldest failure
+            del _REFERENCE_FAILED[next(iter(_REFERENCE_FAILED))]
+        _REFERENCE_FAILED[key] = (time.monotonic(), str(exc)[:1000])
         raise
     return {name: tuple(shape) for name, shape in shapes.items()}
 
