@@ -9,6 +9,7 @@ any other 5xx as ``http_5xx``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -113,6 +114,15 @@ async def openapi(_request: web.Request) -> web.Response:
     return web.Response(text=OPENAPI.read_text(), content_type="application/yaml")
 
 
+async def watch_loop_lag(interval_s: float = 0.05) -> None:
+    """Observe how late a timer fires: the queueing a request meets behind the one being served."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(interval_s)
+        metrics.LOOP_LAG.observe(max(0.0, loop.time() - started - interval_s))
+
+
 def make_app(client: redis.Redis, *, policy: str = "damr", budget: float = 0.2, max_candidates: int = 5000,
              max_bytes: int = 4 << 20, poll_s: float = 2.0, holder: ModelHolder | None = None,
              features: FeatureCache | None = None) -> web.Application:
@@ -132,7 +142,9 @@ def make_app(client: redis.Redis, *, policy: str = "damr", budget: float = 0.2, 
     async def lifecycle(app: web.Application):  # noqa: ANN202
         app[HOLDER].start()
         app[FEATURES].start()
+        watcher = asyncio.create_task(watch_loop_lag())
         yield
+        watcher.cancel()
         app[HOLDER].stop()
         app[FEATURES].stop()
 

@@ -9,6 +9,9 @@ REQUEST_SECONDS = Histogram("hap_router_request_seconds", "Pre-ranking service t
                                                  0.1, 0.25, 0.5, 1, 2.5, 5))
 READ_SECONDS = Histogram("hap_router_body_read_seconds", "From the handler's start to the body read (upload)",
                          buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+LOOP_LAG = Histogram("hap_router_event_loop_lag_seconds",
+                     "How late the event loop runs a 50 ms timer: what a request arriving now would queue",
+                     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 FEATURE_EVICTIONS = Counter("hap_router_feature_evictions", "Item rows evicted from the feature table (full)")
 CANDIDATES = Histogram("hap_router_candidates", "Candidates per request",
                        buckets=(10, 100, 250, 500, 1000, 2000, 3000, 5000))

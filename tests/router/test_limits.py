@@ -128,3 +128,29 @@ def test_a_router_process_pins_the_math_libraries_to_one_thread():
                           env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1", "1"]
+
+
+def test_queueing_behind_a_busy_request_is_exported_apart(redis_client, monkeypatch):
+    import time
+
+    import router.app
+
+    publish(redis_client, 1)
+    real = router.app.score
+
+    def slow(*args):
+        time.sleep(0.4)  # holds the event loop, as a long request does
+        return real(*args)
+
+    def lag_sum() -> float:
+        return REGISTRY.get_sample_value("hap_router_event_loop_lag_seconds_sum") or 0.0
+
+    async def go():
+        async with serve(redis_client) as http:
+            monkeypatch.setattr("router.app.score", slow)
+            before = lag_sum()
+            assert (await http.post("/v1/prerank", json=body(5))).status == 200
+            await asyncio.sleep(0.2)
+            return lag_sum() - before
+
+    assert asyncio.run(go()) >= 0.3
