@@ -18,18 +18,16 @@ Arm = tuple[str, str, float]
 LOOP_REFERENCES = (("heuristic", "none"), ("ctr", "counter"), ("mixed", "light"))
 
 
+def _level(values: list[float], sign: str = "") -> str:
+    """``mean ± half-width`` of the 95% interval (``sign="+"`` for differences)."""
+    mean, half = ci95(values)
+    if mean != mean:
+        return "–"
+    return f"{mean:{sign}.4f} ± {half:.4f}" if half == half else f"{mean:{sign}.4f}"
+
+
 def _fmt(values: list[float]) -> str:
-    mean, half = ci95(values)
-    if mean != mean:
-        return "–"
-    return f"{mean:+.4f} ± {half:.4f}" if half == half else f"{mean:.4f}"
-
-
-def _level(values: list[float]) -> str:
-    mean, half = ci95(values)
-    if mean != mean:
-        return "–"
-    return f"{mean:.4f} ± {half:.4f}" if half == half else f"{mean:.4f}"
+    return _level(values, "+")
 
 
 def _overall(rows: list[dict[str, Any]], source: str) -> dict[Arm, list[dict[str, Any]]]:

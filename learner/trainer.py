@@ -106,6 +106,7 @@ class OnlineTrainer:
             rows = np.flatnonzero(group == g)
             light_g, expressive_g = light[rows], expressive[rows]
             for name, budget in self.budgets.items():
+                # the group's scores are computed already: the tiers are "asked" by slicing them
                 routed[name][rows], hard = score_policy("damr", k, budget_count(len(rows), budget),
                                                         light_g.copy, expressive_g.__getitem__)
                 self.expressive_evals[name] += len(hard)
