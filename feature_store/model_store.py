@@ -1,9 +1,18 @@
 """Versioned model weights in Redis: safetensors blobs, one atomic manifest, a notification.
 
 Publishing a version: (1) each tier's blob is written under an immutable key
-``{prefix}model:blob:{version}:{tier}``; (2) the manifest ``{prefix}model:manifest`` is
-switched with one ``SET`` (readers see the old or the new version, both tiers together);
-(3) the version number is published on ``{prefix}model:updates``. Embedding tables travel as
+``{hap:model}:blob:{version}:{tier}``; (2) the manifest ``{hap:model}:manifest`` is switched by
+one compare-and-set (a Lua script: readers see the old or the new version, both tiers together);
+(3) the version number is published on ``hap:model:updates``. Every key is spelled once, in
+:class:`ModelKeys`; all share the hash tag ``{<prefix>model}``, so on Redis Cluster they live
+in one slot and the switch can read and write them in one script.
+
+One writer: the switch succeeds only for the holder of the writer lease (see
+:mod:`feature_store.lease`; or, for a writer without one, while nobody holds it), only while
+its term is the newest, and only if the manifest still holds the version read when the
+publish began; the new version must be higher. Otherwise it raises :class:`FencedError`
+and nothing changes. Versions go down only by :meth:`ModelStore.rollback`, which records
+``rollback`` (the version it replaced, when, why) in the manifest. Embedding tables travel as
 deltas (rows touched since the previous version) with a full snapshot every ``full_every``
 versions, so each tier's manifest entry lists its ``chain``: the blobs from the last full
 snapshot up to this version, applied in order. Nothing here unpickles: blobs are safetensors,
@@ -38,7 +47,7 @@ import hashlib
 import json
 import struct
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import redis
@@ -62,6 +71,37 @@ class ModelStoreError(RuntimeError):
         self.key = key
 
 
+class FencedError(ModelStoreError):
+    """The fence refused a manifest switch (or a lease); nothing was changed.
+
+    ``kind`` is what callers branch on; ``retriable`` says whether the same writer may try again:
+
+    - ``lease_held`` (retriable): another writer holds the lease; wait until it is released or expires;
+    - ``version_moved`` (retriable): the manifest changed between the read and the switch (a rollback,
+      another writer without a lease); the next publish re-reads it;
+    - ``lease_lost`` (final): another writer acquired the lease since this one did; stop writing;
+    - ``stale_term`` (final): the manifest was written under a later term than this writer's.
+
+    ``detail`` names what was found (the holder, the term or the version).
+
+    Examples
+    --------
+    >>> exc = FencedError("held by b", "lease_held", "7:b")
+    >>> exc.retriable, FencedError("taken", "lease_lost").retriable
+    (True, False)
+    """
+
+    RETRIABLE = frozenset({"lease_held", "version_moved"})
+
+    def __init__(self, message: str, kind: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.kind, self.detail = kind, detail
+
+    @property
+    def retriable(self) -> bool:
+        return self.kind in self.RETRIABLE
+
+
 class BlobCorrupt(ModelStoreError):
     """A blob whose bytes do not match the manifest's SHA-256, do not parse, or hold bad tensors."""
 
@@ -72,6 +112,111 @@ class NonFiniteWeights(ModelStoreError):
     def __init__(self, message: str, tier: str, tensor: str, key: str | None = None) -> None:
         super().__init__(message, key)
         self.tier, self.tensor = tier, tensor
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelKeys:
+    """Every Redis key of the model store, spelled once; all share the hash tag ``{<prefix>model}``.
+
+    Examples
+    --------
+    >>> keys = ModelKeys("hap:")
+    >>> keys.manifest, keys.blob(3, "light"), keys.channel
+    ('{hap:model}:manifest', '{hap:model}:blob:3:light', 'hap:model:updates')
+    """
+
+    prefix: str = "hap:"
+
+    @property
+    def tag(self) -> str:
+        return f"{{{self.prefix}model}}"
+
+    @property
+    def manifest(self) -> str:
+        return f"{self.tag}:manifest"
+
+    @property
+    def version_counter(self) -> str:
+        return f"{self.tag}:version_counter"
+
+    @property
+    def lease(self) -> str:
+        """The writer lease: ``"<term>:<holder>"`` with a TTL, renewed by its holder."""
+        return f"{self.tag}:lease"
+
+    @property
+    def term(self) -> str:
+        """The writer term (fencing token): incremented by every acquisition of the lease."""
+        return f"{self.tag}:term"
+
+    @property
+    def blob_pattern(self) -> str:
+        return f"{self.tag}:blob:*"
+
+    def blob(self, version: int, tier: str) -> str:
+        return f"{self.tag}:blob:{version}:{tier}"
+
+    @property
+    def channel(self) -> str:
+        """The notification channel (pub/sub: not a key, no slot)."""
+        return f"{self.prefix}model:updates"
+
+
+class Writer(Protocol):
+    """What the switch needs of a writer lease (:class:`feature_store.lease.WriterLease`)."""
+
+    @property
+    def token(self) -> str | None:
+        """The lease's value while held, else None."""
+
+    @property
+    def term(self) -> int:
+        """The term the lease was acquired with."""
+
+
+# KEYS: manifest, lease, term, then the blobs the new manifest references (checked, then PERSISTed).
+# ARGV: mode (publish | rollback), token ("" without a lease), term, expected version, new version, manifest.
+_SWITCH = """
+local mode, token, term = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if mode == 'publish' then
+  local holder = redis.call('GET', KEYS[2])
+  local newest = redis.call('GET', KEYS[3])
+  local current_term = not newest or tonumber(newest) == term
+  if token ~= '' then
+    if holder and holder ~= token then return {'lease_lost', holder} end
+    if not current_term then return {'lease_lost', 'term ' .. newest} end
+  elseif holder or not current_term then
+    return {'lease_held', holder or ('term ' .. newest)}
+  end
+  if not newest and term > 0 then redis.call('SET', KEYS[3], term) end
+end
+local version, written_term = 0, 0
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local ok, doc = pcall(cjson.decode, raw)
+  if ok and type(doc) == 'table' then
+    version, written_term = tonumber(doc['version']) or 0, tonumber(doc['term']) or 0
+  end
+end
+if mode == 'publish' and written_term > term then return {'stale_term', tostring(written_term)} end
+if version ~= tonumber(ARGV[4]) or (mode == 'publish' and tonumber(ARGV[5]) <= version) then
+  return {'version_moved', tostring(version)}
+end
+for i = 4, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then return {'missing', KEYS[i]} end
+end
+redis.call('SET', KEYS[1], ARGV[6])
+for i = 4, #KEYS do redis.call('PERSIST', KEYS[i]) end
+return {'ok', tostring(version)}
+"""
+
+# KEYS: version counter. ARGV: the lowest version allowed. A version above the floor, unique.
+_NEXT_VERSION = """
+local v = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if v <= floor then v = floor + 1; redis.call('SET', KEYS[1], v) end
+return v
+"""
 
 
 @dataclasses.dataclass(slots=True)
@@ -91,24 +236,32 @@ class LoadedVersion:
 
 
 class ModelStore:
-    """Publisher and reader of model versions; one publisher (the learner) per key prefix."""
+    """Publisher and reader of model versions; one publisher at a time per key prefix.
+
+    ``lease``: the writer lease the learner holds (its token and term go into every switch);
+    without one, a publish succeeds only while nobody holds the lease (tools, tests).
+    ``version_floor``: versions published are above it (the learner passes its checkpoint's last
+    version, so a restart after Redis lost its data does not reuse numbers routers have served).
+    """
 
     def __init__(self, client: redis.Redis, *, prefix: str = "hap:", keep_versions: int = 5,
                  superseded_ttl_s: int = SUPERSEDED_TTL_S, pending_ttl_s: int = PENDING_TTL_S,
-                 full_every: int = 20) -> None:
+                 full_every: int = 20, lease: Writer | None = None, version_floor: int = 0) -> None:
         self.r = client
-        self.prefix = prefix
+        self.keys = ModelKeys(prefix)
         self.keep_versions = max(1, keep_versions)
         self.superseded_ttl_s = superseded_ttl_s
         self.pending_ttl_s = pending_ttl_s
         self.full_every = max(1, full_every)
-        self.blob_pattern = f"{prefix}model:blob:*"
+        self.lease = lease
         self._swept = False  # unreferenced blobs without a TTL (an older learner's crash) get one once
-        self.manifest_key = f"{prefix}model:manifest"
-        self.channel = f"{prefix}model:updates"
+        self.manifest_key = self.keys.manifest
+        self.channel = self.keys.channel
         self.last_publish_bytes = 0
         self._last_version: int | None = None  # deltas are relative to this store's own last publish
-        self._newest = 0  # versions only grow, even when Redis lost the counter
+        self.newest = version_floor  # versions only grow, even when Redis lost the counter
+        self._switch_script = client.register_script(_SWITCH)
+        self._next_version = client.register_script(_NEXT_VERSION)
 
     # -- publishing -------------------------------------------------------------------
     def publish(self, tiers: dict[str, TierForm], *, trained_until_event_ts_ms: int,
@@ -118,12 +271,14 @@ class ModelStore:
         try:
             return self._publish(tiers, trained_until_event_ts_ms, trained_until_finalized_ts_ms, samples_seen,
                                  metrics)
-        except (redis.RedisError, OSError):
-            self._last_version = None  # Redis may hold part of this version: the next one is full
+        except (redis.RedisError, OSError, FencedError):
+            self._last_version = None  # Redis may hold part of this version, or another's: the next one is full
             raise
 
     def _publish(self, tiers: dict[str, TierForm], trained_until_event_ts_ms: int,
                  trained_until_finalized_ts_ms: int, samples_seen: int, metrics: dict[str, Any] | None) -> int:
+        if self.lease is not None and self.lease.token is None:
+            raise FencedError("this writer does not hold the lease", "lease_lost")
         previous = self.manifest()
         ours = previous is not None and previous["version"] == self._last_version
         blobs = {}  # every blob is encoded (and its weights checked) before anything is written
@@ -131,14 +286,16 @@ class ModelStore:
             prev = previous["tiers"].get(name) if ours else None
             full = prev is None or form.touched_rows is None or len(prev["chain"]) >= self.full_every
             blobs[name] = (_encode(name, form, full), full, prev)
-        counter = f"{self.prefix}model:version_counter"
-        version = int(self.r.incr(counter))
-        if version <= self._newest:  # Redis lost its data
-            version = self._newest + 1
-            self.r.set(counter, version)
+        expected = previous["version"] if previous is not None else 0
+        if self.lease is not None:
+            term, token = self.lease.term, self.lease.token or ""
+        else:
+            term, token = int(self.r.get(self.keys.term) or 0), ""
+        # above every version this store published and the manifest's, even when Redis lost the counter
+        version = int(self._next_version([self.keys.version_counter], [max(self.newest, expected)]))
         entries, written = {}, 0
         for name, (blob, full, prev) in blobs.items():
-            key = f"{self.prefix}model:blob:{version}:{name}"
+            key = self.keys.blob(version, name)
             self.r.set(key, blob, ex=self.pending_ttl_s)  # expires unless the manifest adopts it
             written += len(blob)
             digests = {key: hashlib.sha256(blob).hexdigest()}
@@ -150,36 +307,55 @@ class ModelStore:
             "version": version, "tiers": entries, "published_ts_ms": int(time.time() * 1000),
             "trained_until_event_ts_ms": trained_until_event_ts_ms,
             "trained_until_finalized_ts_ms": trained_until_finalized_ts_ms,
-            "samples_seen": samples_seen, "metrics": metrics or {}, "bytes": written,
+            "samples_seen": samples_seen, "metrics": metrics or {}, "bytes": written, "term": term,
         }
         history = ([_summary(previous)] + previous.get("history", []) if previous else [])[: self.keep_versions - 1]
         current = {**entry, "history": history}
-        self.r.set(self.manifest_key, json.dumps(current))
-        for key in {k for tier in entries.values() for k in tier["chain"]}:
-            self.r.persist(key)  # adopted: kept as long as a kept version references it
+        # adopted blobs lose their TTL in the same step: kept as long as a kept version references them
+        self._switch("publish", current, expected, token, term)
         self.r.publish(self.channel, str(version))
         self._expire_unreferenced(previous, current)
         self.last_publish_bytes = written
-        self._last_version = self._newest = version
+        self._last_version = self.newest = version
         return version
 
-    def rollback(self, version: int) -> dict[str, Any]:
-        """Serve a kept older ``version`` again (as the newest manifest); returns the manifest."""
+    def _switch(self, mode: str, manifest: dict[str, Any], expected: int, token: str = "", term: int = 0) -> None:
+        """Replace the manifest by ``manifest`` if the fence allows it (see the module's docstring)."""
+        blobs = sorted({key for tier in manifest["tiers"].values() for key in tier["chain"]})
+        keys = [self.keys.manifest, self.keys.lease, self.keys.term, *blobs]
+        outcome, found = (x.decode() if isinstance(x, bytes) else str(x) for x in self._switch_script(
+            keys, [mode, token, term, expected, manifest["version"], json.dumps(manifest)]))
+        version = manifest["version"]
+        if outcome == "ok":
+            return
+        if outcome == "missing":
+            raise ModelStoreError(f"version {version}: blob {found} has expired or is missing", found)
+        reasons = {"lease_held": f"the writer lease is held by {found}",
+                   "lease_lost": f"this writer's lease (term {term}) was taken over: now {found}",
+                   "stale_term": f"the manifest was written under term {found}, later than this writer's {term}",
+                   "version_moved": f"the manifest moved to version {found} (expected {expected})"}
+        raise FencedError(f"{mode} of version {version} refused: {reasons[outcome]}", outcome, found)
+
+    def rollback(self, version: int, reason: str = "hap models rollback") -> dict[str, Any]:
+        """Serve a kept older ``version`` again (as the newest manifest); returns the manifest.
+
+        The manifest records ``rollback``: ``{"of_version"`` (the version it replaced), ``"ts_ms"``,
+        ``"reason"}``, which routers require before they take a lower version. It needs no lease
+        (an operator's act) and keeps the manifest's term; a learner's next publish supersedes it.
+        Raises :class:`FencedError` (``version_moved``) if the manifest changed meanwhile.
+        """
         current = self.manifest()
         if current is None:
             raise ModelStoreError("no model published yet")
+        if version == current["version"]:
+            raise ModelStoreError(f"version {version} is already the current one")
         kept = {e["version"]: e for e in [_summary(current), *current.get("history", [])]}
         if version not in kept:
             raise ModelStoreError(f"version {version} is not kept; kept: {sorted(kept)}")
-        target = kept[version]
-        for tier in target["tiers"].values():
-            for key in tier["chain"]:
-                if not self.r.exists(key):
-                    raise ModelStoreError(f"version {version}: blob {key} has expired")
-                self.r.persist(key)
         history = [e for v, e in kept.items() if v != version]
-        manifest = {**target, "rolled_back_ts_ms": int(time.time() * 1000), "history": history}
-        self.r.set(self.manifest_key, json.dumps(manifest))
+        rollback = {"of_version": current["version"], "ts_ms": int(time.time() * 1000), "reason": reason}
+        manifest = {**kept[version], "term": current.get("term", 0), "rollback": rollback, "history": history}
+        self._switch("rollback", manifest, current["version"])
         self.r.publish(self.channel, str(version))
         return manifest
 
@@ -192,7 +368,7 @@ class ModelStore:
             self.r.expire(key, self.superseded_ttl_s)
         if not self._swept:
             self._swept = True
-            for raw in self.r.scan_iter(match=self.blob_pattern, count=1000):
+            for raw in self.r.scan_iter(match=self.keys.blob_pattern, count=1000):
                 key = raw.decode() if isinstance(raw, bytes) else raw
                 if key not in keep and self.r.ttl(key) == -1:
                     self.r.expire(key, self.superseded_ttl_s)
@@ -319,7 +495,7 @@ def _header(raw: bytes) -> dict[str, Any]:
 
 
 def _summary(manifest: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in manifest.items() if k not in ("history", "rolled_back_ts_ms")}
+    return {k: v for k, v in manifest.items() if k not in ("history", "rollback")}
 
 
 def _chain_keys(manifest: dict[str, Any] | None) -> set[str]:

@@ -1,8 +1,10 @@
 """Versions in a real Redis: atomic manifest, deltas, rollback, corrupt data rejected (SHA-256 per
-blob, finite values), memory bounded by the count of kept versions."""
+blob, finite values), memory bounded by the count of kept versions; the fence: one writer (a
+lease and its term), a compare-and-set switch, versions lower only by a recorded rollback."""
 
 import hashlib
 import json
+import time
 
 import numpy as np
 import pytest
@@ -12,9 +14,12 @@ from safetensors.numpy import save as st_save
 from deploy.settings import Settings
 from deploy.stack.process import free_port
 from deploy.stack.services import Redis
-from feature_store.model_store import BlobCorrupt, ModelStore, ModelStoreError, NonFiniteWeights, TierForm
+from feature_store.lease import WriterLease
+from feature_store.model_store import (BlobCorrupt, FencedError, ModelKeys, ModelStore, ModelStoreError,
+                                       NonFiniteWeights, TierForm)
 
 SPEC = {"embeddings": ["emb"]}
+KEYS = ModelKeys()
 
 
 def form(emb, w, touched=None):
@@ -71,6 +76,110 @@ def test_rollback_serves_an_older_version_and_next_publish_is_full(redis_client)
         store.rollback(999)
 
 
+def test_a_rollback_is_recorded_and_a_leased_writer_supersedes_it(redis_client, monkeypatch):
+    lease = WriterLease(redis_client)
+    assert lease.acquire()
+    learner = ModelStore(redis_client, lease=lease)
+    emb = np.zeros((4, 2), np.float32)
+    v1 = publish(learner, form(emb, emb[0]), form(emb, emb[0]))
+    v2 = publish(learner, form(emb + 1, emb[0], [0]), form(emb, emb[0], [0]))
+    operator = ModelStore(redis_client)
+    stale_view = operator.manifest()
+    manifest = operator.rollback(v1, reason="bad model")  # no lease needed: an operator's act
+    assert manifest["version"] == v1 and manifest["term"] == lease.term
+    assert manifest["rollback"] == {"of_version": v2, "ts_ms": manifest["rollback"]["ts_ms"], "reason": "bad model"}
+    assert "rollback" not in json.dumps(manifest["history"])
+    with pytest.raises(ModelStoreError, match="already the current"):
+        operator.rollback(v1)
+    monkeypatch.setattr(operator, "manifest", lambda: stale_view)  # a rollback decided on a manifest since replaced
+    with pytest.raises(FencedError) as info:
+        operator.rollback(v1)
+    assert info.value.kind == "version_moved" and info.value.retriable
+    v3 = publish(learner, form(emb + 3, emb[0], [1]), form(emb, emb[0], [1]))
+    assert v3 > v2 and learner.manifest()["tiers"]["light"]["kind"] == "full"
+    assert "rollback" not in learner.manifest()
+
+
+def test_a_second_writer_is_refused_while_the_lease_is_held(redis_client):
+    first, second = WriterLease(redis_client, holder="a"), WriterLease(redis_client, holder="b")
+    assert first.acquire() and not second.acquire()
+    assert second.current() == (first.token, pytest.approx(10, abs=0.5))
+    emb = np.zeros((4, 2), np.float32)
+    v1 = publish(ModelStore(redis_client, lease=first), form(emb, emb[0]), form(emb, emb[0]))
+    for writer in (ModelStore(redis_client), ModelStore(redis_client, lease=second)):  # a tool; one still waiting
+        with pytest.raises(FencedError) as info:
+            publish(writer, form(emb, emb[0]), form(emb, emb[0]))
+        assert info.value.kind in ("lease_held", "lease_lost")
+        if writer.lease is None:
+            assert info.value.kind == "lease_held" and info.value.retriable and info.value.detail == first.token
+    manifest = ModelStore(redis_client).manifest()
+    assert (manifest["version"], manifest["term"]) == (v1, first.term)
+    assert all(redis_client.ttl(k) > 0 for k in blob_ttls(redis_client) if k not in manifest["tiers"]["light"]["chain"]
+               and k not in manifest["tiers"]["expressive"]["chain"])  # the refused versions' blobs expire
+
+
+def test_a_writer_whose_lease_was_taken_over_is_fenced_by_the_switch(redis_client):
+    """The old holder does not know yet (no renewal ran): the switch itself refuses it."""
+    old = WriterLease(redis_client, ttl_s=0.2, holder="old")
+    assert old.acquire()
+    emb = np.zeros((4, 2), np.float32)
+    stale = ModelStore(redis_client, lease=old)
+    publish(stale, form(emb, emb[0]), form(emb, emb[0]))
+    time.sleep(0.3)
+    new = WriterLease(redis_client, holder="new")
+    assert new.acquire() and new.term == old.term + 1
+    v2 = publish(ModelStore(redis_client, lease=new), form(emb, emb[0]), form(emb, emb[0]))
+    with pytest.raises(FencedError) as info:
+        publish(stale, form(emb + 1, emb[0], [0]), form(emb, emb[0], [0]))
+    assert (info.value.kind, info.value.retriable, info.value.detail) == ("lease_lost", False, new.token)
+    with pytest.raises(FencedError, match="lost"):
+        old.renew()
+    assert old.token is None and old.lost is not None
+    assert ModelStore(redis_client).manifest()["version"] == v2
+    old.release()  # not its lease any more: left alone
+    assert redis_client.get(KEYS.lease) == new.token.encode()
+
+
+def test_an_expired_lease_nobody_took_is_taken_back_with_its_term(redis_client):
+    lease = WriterLease(redis_client, ttl_s=0.2)
+    assert lease.acquire()
+    time.sleep(0.3)
+    emb = np.zeros((4, 2), np.float32)
+    publish(ModelStore(redis_client, lease=lease), form(emb, emb[0]), form(emb, emb[0]))  # nobody wrote since
+    lease.renew()
+    assert redis_client.get(KEYS.lease) == lease.token.encode() and redis_client.pttl(KEYS.lease) > 0
+    assert not WriterLease(redis_client).acquire()
+    lease.release()
+    assert redis_client.get(KEYS.lease) is None
+    successor = WriterLease(redis_client)
+    assert successor.acquire() and successor.term == lease.term + 1
+
+
+def test_interleaved_writers_cannot_move_the_version_backwards(redis_client, monkeypatch):
+    """Two stores without a lease (as two learners were before the fence): the second switches while
+    the first is between its read and its switch; the first is refused, not written over it."""
+    first, second = ModelStore(redis_client), ModelStore(redis_client)
+    emb = np.zeros((4, 2), np.float32)
+    v1 = publish(first, form(emb, emb[0]), form(emb, emb[0]))
+    switch = first._switch
+
+    def interleaved(*args, **kwargs):
+        publish(second, form(emb + 2, emb[0]), form(emb, emb[0]))
+        return switch(*args, **kwargs)
+
+    monkeypatch.setattr(first, "_switch", interleaved)
+    with pytest.raises(FencedError) as info:
+        publish(first, form(emb + 1, emb[0], [0]), form(emb, emb[0], [0]))
+    monkeypatch.undo()
+    v3 = second.manifest()["version"]
+    assert info.value.kind == "version_moved" and info.value.retriable and v3 > v1
+    refused = v3 - 1  # allocated by the first store before the second's
+    assert redis_client.ttl(KEYS.blob(refused, "light")) > 0  # never adopted: it expires
+    v4 = publish(first, form(emb + 1, emb[0], [0]), form(emb, emb[0], [0]))
+    assert v4 > v3 and first.manifest()["tiers"]["light"]["kind"] == "full"
+    assert [e["version"] for e in first.versions()] == [v4, v3, v1]
+
+
 def test_corrupt_blob_and_dangling_manifest_are_errors(redis_client):
     store = ModelStore(redis_client)
     emb = np.zeros((4, 2), np.float32)
@@ -91,7 +200,7 @@ def test_superseded_blobs_get_a_ttl_kept_ones_do_not(redis_client):
     store = ModelStore(redis_client, keep_versions=2, full_every=1)
     emb = np.zeros((4, 2), np.float32)
     versions = [publish(store, form(emb, emb[0]), form(emb, emb[0])) for _ in range(4)]
-    ttl = {v: redis_client.ttl(f"hap:model:blob:{v}:light") for v in versions}
+    ttl = {v: redis_client.ttl(store.keys.blob(v, "light")) for v in versions}
     assert ttl[versions[-1]] == -1 and ttl[versions[-2]] == -1
     assert ttl[versions[0]] > 0 and ttl[versions[1]] > 0
 
@@ -120,7 +229,7 @@ def test_nonfinite_weights_are_refused_at_publish_and_rejected_at_load(redis_cli
     with pytest.raises(NonFiniteWeights) as info:
         publish(store, form(emb, emb[0]), form(bad, emb[0]))
     assert (info.value.tier, info.value.tensor) == ("expressive", "emb")
-    assert store.manifest()["version"] == v1 and not redis_client.keys("hap:model:blob:2:*")  # nothing written
+    assert store.manifest()["version"] == v1 and not redis_client.keys(store.keys.blob(2, "*"))  # nothing written
     # a NaN blob that reached Redis anyway (another writer), digest and all, is rejected at load
     blob = st_save({"emb": np.full((4, 2), np.nan, np.float32), "w": emb[0]}, metadata={"kind": "full"})
     manifest = json.loads(redis_client.get(store.manifest_key))
@@ -149,7 +258,7 @@ def test_delta_rows_outside_the_table_are_rejected(redis_client):
 
 
 def blob_ttls(client: redis.Redis) -> dict[str, int]:
-    return {k.decode(): client.ttl(k) for k in client.keys("hap:model:blob:*")}
+    return {k.decode(): client.ttl(k) for k in client.keys(KEYS.blob_pattern)}
 
 
 def test_memory_is_bounded_by_the_count_of_kept_versions(redis_client):
@@ -173,10 +282,10 @@ def test_blobs_of_a_failed_publish_and_leftover_blobs_expire(tmp_path):
     server.start()
     client = redis.Redis.from_url(server.endpoint())
     try:
-        client.set("hap:model:blob:0:light", b"left by a crash")  # no TTL
+        client.set(KEYS.blob(0, "light"), b"left by a crash")  # no TTL
         ModelStore(client).publish({"light": form(np.zeros((4, 2), np.float32), np.ones(2, np.float32))},
                                    trained_until_event_ts_ms=1, trained_until_finalized_ts_ms=1, samples_seen=1)
-        assert 0 < client.ttl("hap:model:blob:0:light") <= 60
+        assert 0 < client.ttl(KEYS.blob(0, "light")) <= 60
         small, big = np.zeros((4, 2), np.float32), np.zeros((1 << 21, 4), np.float32)  # 32 MiB
         used = int(client.info("memory")["used_memory"])
         client.config_set("maxmemory", used + (16 << 20))  # room for the light blob, not the expressive one
@@ -184,7 +293,7 @@ def test_blobs_of_a_failed_publish_and_leftover_blobs_expire(tmp_path):
         with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):  # Redis OOM
             ModelStore(client).publish({"light": form(small, small[0]), "expressive": form(big, big[0])},
                                        trained_until_event_ts_ms=1, trained_until_finalized_ts_ms=1, samples_seen=1)
-        orphan = [k for k in blob_ttls(client) if k not in ("hap:model:blob:0:light", "hap:model:blob:1:light")]
+        orphan = [k for k in blob_ttls(client) if k not in (KEYS.blob(0, "light"), KEYS.blob(1, "light"))]
         assert orphan and all(client.ttl(k) > 0 for k in orphan), blob_ttls(client)
     finally:
         client.close()

@@ -74,7 +74,7 @@ def test_bad_versions_are_skipped_and_the_swap_loop_survives(redis_client):
     def manifest_missing_a_field():
         manifest = json.loads(redis_client.get(store.manifest_key))
         del manifest["published_ts_ms"]
-        manifest["version"] = int(redis_client.incr("hap:model:version_counter"))
+        manifest["version"] = int(redis_client.incr(store.keys.version_counter))
         redis_client.set(store.manifest_key, json.dumps(manifest))
 
     async def go():
