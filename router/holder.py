@@ -5,7 +5,13 @@ channel (and polls every ``poll_s`` as a fallback), loads a new version (applyin
 delta blobs it lacks), builds an immutable :class:`ServingModel` and swaps one reference.
 A request reads ``holder.current`` once and scores with that object only, so it never sees
 two versions. When Redis is down or a version is corrupt, the last good version keeps
-serving and ``staleness_s`` grows. A rollback (a lower version in the manifest) is honoured.
+serving and ``staleness_s`` grows.
+
+Versions only go up, except by a recorded rollback: a manifest with a lower version than the
+served one is taken only when it records ``rollback`` of the served version or a later one
+(``hap models rollback``); otherwise it comes from a stale writer (or a Redis replica behind),
+and is refused, logged once and counted (``hap_router_errors_total{kind="stale_version"}``)
+while the served version goes on (:func:`backwards`).
 
 Every version is verified before it is swapped in (:func:`verify`): the manifest's fields the
 router reads, each tier's tensor names and shapes against the architecture its spec describes
@@ -143,6 +149,27 @@ class ServingModel:
         return len(slots)
 
 
+def backwards(manifest: dict[str, Any], served: int | None) -> str | None:
+    """Why ``manifest`` must not replace the ``served`` version: a lower version that no recorded
+    rollback explains; None when it may be loaded (a rollback of ``served`` or of a later version).
+
+    Examples
+    --------
+    >>> backwards({"version": 2, "rollback": {"of_version": 3}}, 3) is None
+    True
+    >>> backwards({"version": 2}, 3)
+    'version 2 is lower than the served 3 and records no rollback of it'
+    """
+    version = manifest.get("version")
+    if served is None or not isinstance(version, int) or version >= served:
+        return None
+    rollback = manifest.get("rollback")
+    replaced = rollback.get("of_version") if isinstance(rollback, dict) else None
+    if isinstance(replaced, int) and replaced >= served:
+        return None
+    return f"version {version} is lower than the served {served} and records no rollback of it"
+
+
 def build(loaded: LoadedVersion) -> ServingModel:
     light_t, light_spec = loaded.tiers["light"]
     expr_t, expr_spec = loaded.tiers["expressive"]
@@ -278,6 +305,11 @@ def reference_form_shapes(spec: dict[str, Any]) -> dict[str, list[int]]:
     return {name: list(array.shape) for name, array in tensors.items()}
 
 
+def _identity(manifest: dict[str, Any]) -> tuple[Any, str]:
+    """What tells manifests apart: the version, and the rollback that brought it back if any."""
+    return manifest["version"], json.dumps(manifest.get("rollback"), sort_keys=True)
+
+
 def _subclasses(cls: type) -> list[type]:
     return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]
 
@@ -291,7 +323,7 @@ class ModelHolder:
         self.poll_s = poll_s
         self.current: ServingModel | None = None
         self.last_contact = time.monotonic()
-        self.rejected: int | None = None  # the last version rejected (not retried)
+        self.rejected: tuple[Any, str] | None = None  # the last manifest rejected (not retried): _identity
         #: called with a verified version before it is swapped in (the app warms its item vectors)
         self.prepare: Callable[[ServingModel], Any] | None = None
         self._stop = threading.Event()
@@ -318,8 +350,14 @@ class ModelHolder:
         try:
             manifest = self.store.manifest()
             self.last_contact = time.monotonic()
-            if manifest is None or (self.current is not None and manifest["version"] == self.current.version) \
-                    or manifest["version"] == self.rejected:
+            served = self.current.version if self.current is not None else None
+            if manifest is None or manifest["version"] == served or _identity(manifest) == self.rejected:
+                return False
+            stale = backwards(manifest, served)
+            if stale is not None:
+                self.rejected = _identity(manifest)
+                metrics.ERRORS.labels("stale_version").inc()
+                log.error("keeping version %s: %s (a stale writer?)", served, stale)
                 return False
             started = time.perf_counter()
             current = self.current.loaded if self.current is not None else None
@@ -338,6 +376,8 @@ class ModelHolder:
         self._prepare(model)
         self.current = model  # the swap: one reference assignment, atomic between requests
         self._observe(model, time.perf_counter() - started)
+        if served is not None and model.version < served:
+            log.warning("rolled back from version %s to %s: %s", served, model.version, manifest["rollback"])
         return True
 
     def _prepare(self, model: ServingModel) -> None:
@@ -353,7 +393,7 @@ class ModelHolder:
     def _reject(self, kind: str, exc: Exception) -> None:
         """Count and log a version that cannot be served, once; it is not retried."""
         try:
-            self.rejected = self.store.manifest()["version"]  # type: ignore[index]
+            self.rejected = _identity(self.store.manifest())  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - the manifest itself is what failed
             self.rejected = None
         metrics.ERRORS.labels(kind).inc()

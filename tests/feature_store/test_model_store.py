@@ -15,8 +15,15 @@ from deploy.settings import Settings
 from deploy.stack.process import free_port
 from deploy.stack.services import Redis
 from feature_store.lease import WriterLease
-from feature_store.model_store import (BlobCorrupt, FencedError, ModelKeys, ModelStore, ModelStoreError,
-                                       NonFiniteWeights, TierForm)
+from feature_store.model_store import (
+    BlobCorrupt,
+    FencedError,
+    ModelKeys,
+    ModelStore,
+    ModelStoreError,
+    NonFiniteWeights,
+    TierForm,
+)
 
 SPEC = {"embeddings": ["emb"]}
 KEYS = ModelKeys()
