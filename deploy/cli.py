@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
-from deploy.settings import Settings
+from deploy.settings import BROKERS_ENV, Settings
 from deploy.stack import Stack, StackError
 
 #: subcommand modules, imported on demand so that `hap stack` never loads torch
@@ -33,11 +34,15 @@ def _stack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--json", action="store_true", help="machine-readable status")
     p.add_argument("--no-prometheus", action="store_true", help="start Kafka and Redis only")
+    p.add_argument("--brokers", type=int, help="up: start a KRaft cluster of this many brokers (default: "
+                   "HAP_KAFKA_BROKERS or 1); topics are then replicated min(3, N) times, min ISR one fewer")
     p.set_defaults(func=run_stack)
 
 
 def run_stack(args: argparse.Namespace) -> int:
-    settings = Settings.load()
+    if args.brokers is not None and (args.action != "up" or args.brokers < 1):
+        raise StackError("--brokers N (N >= 1) goes with `up`; `status` and `down` read it from the stack")
+    settings = Settings.load(os.environ if args.brokers is None else {**os.environ, BROKERS_ENV: str(args.brokers)})
     stack = Stack(settings, with_prometheus=not args.no_prometheus)
     if args.action == "up":
         endpoints = stack.up()
@@ -71,7 +76,7 @@ def status_json(name: str, endpoint: str, healthy: bool, managed: bool, running:
     >>> status_json("redis", "redis://127.0.0.1:6379/0", True, True, True)["url"]
     'redis://127.0.0.1:6379/0'
     """
-    key = ENDPOINT_KEYS[name]
+    key = ENDPOINT_KEYS[name.split("-")[0]]  # kafka-1, kafka-2: the other nodes of a local cluster
     return {key: endpoint, "healthy": healthy, "managed": managed, "running": running,
             f"{name}.{key}": endpoint}  # deprecated: removed in the next release
 

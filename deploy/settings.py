@@ -10,6 +10,13 @@ or ``stack status``. A child process gets only the secrets it needs (:func:`chil
 stack's servers none (their credentials are in files only their owner reads), a component those
 of the services it talks to.
 
+Kafka durability: ``HAP_KAFKA_BROKERS`` is the size of the cluster (the local stack starts that
+many, ``hap stack up --brokers N``); the replication factor and ``min.insync.replicas`` of every
+topic default to what it holds (1/1 on one broker, 2/1 on two, 3/2 on three or more) and are set
+with ``HAP_KAFKA_REPLICATION_FACTOR`` and ``HAP_KAFKA_MIN_INSYNC_REPLICAS``; ``HAP_KAFKA_PARTITIONS``
+is the partition count of every pipeline topic and changelog, chosen once (see
+:mod:`streams.topics`).
+
 Examples
 --------
 >>> s = Settings.load({"HAP_DATA_DIR": "/tmp/hap-doc", "HAP_KAFKA_PORT": "19092"})
@@ -17,6 +24,9 @@ Examples
 '127.0.0.1:19092'
 >>> s.topic("samples")
 'hap.samples'
+>>> three = Settings.load({"HAP_DATA_DIR": "/tmp/hap-doc", "HAP_KAFKA_BROKERS": "3"})
+>>> three.kafka_bootstrap, three.kafka_replication
+('127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096', Replication(factor=3, min_insync=2))
 """
 
 from __future__ import annotations
@@ -29,8 +39,13 @@ from pathlib import Path
 
 from feature_store.connection import RedisEndpoint
 from streams.kafka_security import KafkaSecurity
+from streams.topics import DEFAULT_PARTITIONS, Replication
 
 ENDPOINTS_FILE = "endpoints.json"
+#: the key of endpoints.json that records how many brokers the local stack started
+BROKERS_KEY = "kafka.brokers"
+BROKERS_ENV = "HAP_KAFKA_BROKERS"
+LOOPBACK = "127.0.0.1"
 KAFKA_VERSION = "4.1.1"
 
 KAFKA_PASSWORD_ENV = "HAP_KAFKA_SASL_PASSWORD"
@@ -93,6 +108,13 @@ class Settings:
     redis_ca_file: str | None = None
     grafana_url: str | None = None
     grafana_token: str | None = dataclasses.field(default=None, repr=False)
+    kafka_brokers: int = 1
+    kafka_partitions: int = DEFAULT_PARTITIONS
+    kafka_replication: Replication = Replication()
+    #: the address the components' metrics servers bind (``0.0.0.0`` where Prometheus runs elsewhere)
+    metrics_host: str = LOOPBACK
+    #: the address the router's HTTP server (API and metrics) binds; default: ``metrics_host``
+    router_host: str = LOOPBACK
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -113,10 +135,15 @@ class Settings:
         }
         running = read_endpoints(data_dir)
         kafka_home = env.get("HAP_KAFKA_HOME")
+        brokers = _int(env, BROKERS_ENV, int(running.get(BROKERS_KEY, 1)))
+        replication = Replication.for_brokers(brokers)
+        factor = _int(env, "HAP_KAFKA_REPLICATION_FACTOR", replication.factor)
+        metrics_host = env.get("HAP_METRICS_HOST", LOOPBACK)
+        local_bootstrap = ",".join(f"{LOOPBACK}:{port}" for port, _ in broker_ports(
+            ports["kafka_port"], ports["kafka_controller_port"], brokers))
         return cls(
             data_dir=data_dir,
-            kafka_bootstrap=env.get("HAP_KAFKA_BOOTSTRAP")
-            or running.get("kafka.bootstrap", f"127.0.0.1:{ports['kafka_port']}"),
+            kafka_bootstrap=env.get("HAP_KAFKA_BOOTSTRAP") or running.get("kafka.bootstrap", local_bootstrap),
             redis_url=env.get("HAP_REDIS_URL")
             or running.get("redis.url", f"redis://127.0.0.1:{ports['redis_port']}/0"),
             prometheus_url=env.get("HAP_PROMETHEUS_URL")
@@ -131,6 +158,12 @@ class Settings:
             redis_ca_file=env.get("HAP_REDIS_CA_FILE") or None,
             grafana_url=env.get(GRAFANA_URL_ENV) or None,
             grafana_token=env.get(GRAFANA_TOKEN_ENV) or None,
+            kafka_brokers=brokers,
+            kafka_partitions=_int(env, "HAP_KAFKA_PARTITIONS", DEFAULT_PARTITIONS),
+            kafka_replication=_replication(factor, _int(
+                env, "HAP_KAFKA_MIN_INSYNC_REPLICAS", Replication.for_brokers(factor).min_insync)),
+            metrics_host=metrics_host,
+            router_host=env.get("HAP_ROUTER_HOST", metrics_host),
             **ports,
         )
 
@@ -151,6 +184,16 @@ class Settings:
         return self.cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
 
 
+def broker_ports(kafka_port: int, controller_port: int, brokers: int) -> list[tuple[int, int]]:
+    """(client port, controller port) of each broker of the local stack: broker ``i`` listens on
+    ``kafka_port + 2i`` and ``controller_port + 2i``.
+
+    >>> broker_ports(9092, 9093, 3)
+    [(9092, 9093), (9094, 9095), (9096, 9097)]
+    """
+    return [(kafka_port + 2 * i, controller_port + 2 * i) for i in range(brokers)]
+
+
 def read_endpoints(data_dir: Path) -> dict[str, str]:
     """Endpoints recorded by ``hap stack up`` in ``data_dir``; empty when no stack ran there."""
     path = data_dir / ENDPOINTS_FILE
@@ -164,6 +207,13 @@ def _security(env: Mapping[str, str]) -> KafkaSecurity:
         return KafkaSecurity.from_env(env)
     except ValueError as exc:
         raise SystemExit(f"hap: {exc}") from None
+
+
+def _replication(factor: int, min_insync: int) -> Replication:
+    try:
+        return Replication(factor, min_insync)
+    except ValueError as exc:
+        raise SystemExit(f"hap: HAP_KAFKA_MIN_INSYNC_REPLICAS: {exc}") from None
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:

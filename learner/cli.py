@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     s = Settings.load()
-    start_http_server(args.metrics_port or s.learner_metrics_port, addr="127.0.0.1")
+    start_http_server(args.metrics_port or s.learner_metrics_port, addr=s.metrics_host)
     cfg = LearnerConfig(
         bootstrap=s.kafka_bootstrap, redis=s.redis, kafka_security=s.kafka_security, samples_topic=s.topic("samples"),
         checkpoint_path=s.data_dir / "learner" / "checkpoint.safetensors", batch_groups=args.batch_groups,

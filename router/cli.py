@@ -24,7 +24,7 @@ for _name in PINNED_THREADS:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     env = os.environ.get
     p = sub.add_parser("router", help="serve pre-ranking with DAMR over hot-swapped versions")
-    p.add_argument("--host", default=env("HAP_ROUTER_HOST", "127.0.0.1"))
+    p.add_argument("--host", help="default: HAP_ROUTER_HOST, else HAP_METRICS_HOST, else 127.0.0.1")
     p.add_argument("--port", type=int, help="default: HAP_ROUTER_PORT or 8080")
     p.add_argument("--policy", choices=["light", "damr", "expressive_all"], default=env("HAP_ROUTER_POLICY", "damr"))
     p.add_argument("--budget", type=float, default=float(env("HAP_ROUTER_BUDGET", 0.2)),
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()  # what start-up built is never traversed again; a request's objects die by reference count
     gc.set_threshold(50_000, 20, 100)  # fewer young collections under thousands of candidates per request
-    web.run_app(app, host=args.host, port=args.port or s.router_port, access_log=None, print=None,
+    web.run_app(app, host=args.host or s.router_host, port=args.port or s.router_port, access_log=None, print=None,
                 reuse_port=args.reuse_port or None)
     return 0
 
@@ -69,9 +69,10 @@ def supervise(args: argparse.Namespace) -> int:
 
     from deploy.settings import Settings
 
-    port = args.port or Settings.load().router_port
+    s = Settings.load()
     command = [sys.executable, "-c", "import sys; from deploy.cli import main; sys.exit(main())", "router",
-               "--host", args.host, "--port", str(port), "--policy", args.policy, "--budget", str(args.budget),
+               "--host", args.host or s.router_host, "--port", str(args.port or s.router_port),
+               "--policy", args.policy, "--budget", str(args.budget),
                "--max-candidates", str(args.max_candidates), "--poll", str(args.poll), "--workers", "1",
                "--reuse-port"]
     metrics_dir = tempfile.mkdtemp(prefix="hap-router-metrics-")

@@ -48,9 +48,10 @@ def run_worker(args: argparse.Namespace) -> int:
     from streams.topics import create_missing, pipeline_topics, worker_topics
 
     s = Settings.load()
-    start_http_server(args.metrics_port or s.streams_metrics_port, addr="127.0.0.1")
+    start_http_server(args.metrics_port or s.streams_metrics_port, addr=s.metrics_host)
     cfg = StreamsConfig(
         bootstrap=s.kafka_bootstrap, redis=s.redis, kafka_security=s.kafka_security, topic_prefix=s.topic_prefix,
+        partitions=s.kafka_partitions,
         data_dir=Path(s.data_dir) / f"streams-{args.worker_id}", corrections=not args.no_corrections,
         stall_s=args.stall_timeout, max_future_ms=int(args.max_future * 1000),
         assembler=AssemblerConfig(
@@ -60,8 +61,10 @@ def run_worker(args: argparse.Namespace) -> int:
         ),
     )
     app = make_app(cfg)
-    create_missing(cfg.bootstrap, {**pipeline_topics(cfg.topic_prefix, cfg.partitions),
-                                   **worker_topics(app.conf.id, list(app.tables), cfg.partitions)}, cfg.kafka_security)
+    # every topic the worker uses, changelogs included, replicated as the settings say (Faust creates none)
+    create_missing(cfg.bootstrap, {**pipeline_topics(cfg.topic_prefix, cfg.partitions, s.kafka_replication),
+                                   **worker_topics(app.conf.id, list(app.tables), cfg.partitions,
+                                                   s.kafka_replication)}, cfg.kafka_security)
     quiet_repeats()
     _Worker = _make_worker_class()
     sys.argv = [sys.argv[0], "worker"]

@@ -1,8 +1,9 @@
-"""The local stack: Kafka in KRaft mode, Redis and Prometheus under one data dir.
+"""The local stack: Kafka in KRaft mode (``settings.kafka_brokers`` nodes), Redis and Prometheus
+under one data dir.
 
 Lifecycle: :meth:`Stack.up` starts what is not running, waits until each service answers,
-and records the endpoints in ``<data_dir>/endpoints.json`` (which every `hap` command
-reads). :meth:`Stack.down` stops exactly the processes whose pid files ``up`` wrote.
+and records the endpoints (and the count of brokers) in ``<data_dir>/endpoints.json`` (which
+every `hap` command reads). :meth:`Stack.down` stops exactly the processes whose pid files ``up`` wrote.
 Services given by ``HAP_KAFKA_BOOTSTRAP`` / ``HAP_REDIS_URL`` are used as they are and
 never started or stopped.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from deploy.settings import ENDPOINTS_FILE, Settings
+from deploy.settings import BROKERS_KEY, ENDPOINTS_FILE, Settings
 from deploy.stack.process import StackError
 from deploy.stack.services import (
     Kafka,
@@ -42,7 +43,7 @@ class Stack:
         self.settings = settings
         self.services: list[Service] = []
         if not settings.external_kafka:
-            self.services.append(Kafka(settings))
+            self.services.extend(Kafka(settings, node) for node in range(settings.kafka_brokers))
         if not settings.external_redis:
             self.services.append(Redis(settings))
         if with_prometheus:
@@ -51,12 +52,19 @@ class Stack:
     def up(self) -> dict[str, str]:
         """Start every managed service; return the endpoints once all are healthy."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        for service in self.services:  # together: a Kafka node answers once a quorum of its voters runs
+            service.launch()
         for service in self.services:
-            service.start()
+            service.wait_healthy(timeout_s=60.0 * (2 if isinstance(service, Kafka) else 1))
         endpoints = self.endpoints()
-        path = self.settings.data_dir / ENDPOINTS_FILE
-        path.write_text(json.dumps(endpoints, indent=2))
+        recorded = {**endpoints, BROKERS_KEY: str(self.settings.kafka_brokers)} if self.brokers else endpoints
+        (self.settings.data_dir / ENDPOINTS_FILE).write_text(json.dumps(recorded, indent=2))
         return endpoints
+
+    @property
+    def brokers(self) -> list[Kafka]:
+        """The Kafka nodes this stack manages (none with an external cluster)."""
+        return [s for s in self.services if isinstance(s, Kafka)]
 
     def down(self) -> list[str]:
         """Stop the services this data dir started; return their names."""
@@ -67,9 +75,11 @@ class Stack:
     def endpoints(self) -> dict[str, str]:
         s = self.settings
         endpoints = {"kafka.bootstrap": s.kafka_bootstrap, "redis.url": s.redis.redacted()}
+        if self.brokers:
+            endpoints["kafka.bootstrap"] = ",".join(b.endpoint() for b in self.brokers)
         for service in self.services:
-            key = {"kafka": "kafka.bootstrap", "redis": "redis.url", "prometheus": "prometheus.url"}
-            endpoints[key[service.name]] = service.endpoint()
+            if service.name in ("redis", "prometheus"):
+                endpoints[f"{service.name}.url"] = service.endpoint()
         return endpoints
 
     def status(self) -> list[ServiceStatus]:

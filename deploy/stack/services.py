@@ -1,4 +1,5 @@
-"""The three servers of the local stack: Kafka (KRaft, single node), Redis and Prometheus."""
+"""The servers of the local stack: Kafka (KRaft: one node, or a cluster of N from the same jars), Redis and
+Prometheus."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from deploy.settings import Settings
+from deploy.settings import Settings, broker_ports
 from deploy.stack.process import ManagedProcess, StackError, port_is_free
 from feature_store.connection import RedisEndpoint
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
+from streams.topics import Replication
 
 KAFKA_HEAP = "-Xmx768m"
 SCRAPE_INTERVAL = "2s"
@@ -49,15 +51,23 @@ class Service:
 
     def start(self, timeout_s: float = 60.0) -> None:
         """Start the server unless it runs; return once it is healthy."""
+        self.launch()
+        self.wait_healthy(timeout_s)
+
+    def launch(self) -> None:
+        """Start the server unless it runs, without waiting (the nodes of a cluster start together)."""
         if self.process.pid() is None:
             if not _port_freed(self.port, grace_s=5.0):
-                raise StackError(
-                    f"port {self.port} for {self.name} is taken; "
-                    f"set HAP_{self.port_setting.upper()} to a free port"
-                )
+                raise StackError(f"port {self.port} for {self.name} is taken; {self.port_hint()}")
             self.prepare()
             self.process.start(self.argv())
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        """Return once the server answers; :class:`StackError` naming its log otherwise."""
         self.process.wait_ready(self.healthy, timeout_s)
+
+    def port_hint(self) -> str:
+        return f"set HAP_{self.port_setting.upper()} to a free port"
 
 
 def _port_freed(port: int, grace_s: float) -> bool:
@@ -72,14 +82,43 @@ def _port_freed(port: int, grace_s: float) -> bool:
 
 
 class Kafka(Service):
-    name = "kafka"
+    """Node ``node`` (0-based) of the local KRaft cluster of ``settings.kafka_brokers`` nodes, each a
+    broker and a controller (the voters are all of them), in ``<data_dir>/kafka`` for node 0 and
+    ``<data_dir>/kafka-<node>`` for the others. One node is the single-broker stack of earlier releases."""
+
     port_setting = "kafka_port"
+
+    def __init__(self, settings: Settings, node: int = 0) -> None:
+        self.node = node
+        self.name = "kafka" if node == 0 else f"kafka-{node}"
+        super().__init__(settings)
+        self.nodes = broker_ports(settings.kafka_port, settings.kafka_controller_port, settings.kafka_brokers)
+        if node >= len(self.nodes):
+            raise ValueError(f"node {node} of a {len(self.nodes)}-broker stack")
+
+    @property
+    def port(self) -> int:
+        return self.nodes[self.node][0]
+
+    @property
+    def controller_port(self) -> int:
+        return self.nodes[self.node][1]
+
+    @property
+    def node_id(self) -> int:
+        return self.node + 1
+
+    def port_hint(self) -> str:
+        if len(self.nodes) == 1:
+            return super().port_hint()
+        return "set HAP_KAFKA_PORT and HAP_KAFKA_CONTROLLER_PORT so that broker i's ports (each + 2i) are free"
 
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def healthy(self) -> bool:
-        return kafka_answers(self.endpoint(), self.settings.kafka_security)
+        """True once this node answers and lists itself among the cluster's live brokers."""
+        return self.node_id in kafka_brokers(self.endpoint(), self.settings.kafka_security)
 
     def prepare(self) -> None:
         java = shutil.which("java")
@@ -88,10 +127,10 @@ class Kafka(Service):
         libs = self.settings.kafka_libs
         if not any(libs.glob("kafka_2.13-*.jar")):
             raise StackError(f"Kafka jars not found in {libs}: run `make setup` or set HAP_KAFKA_HOME")
-        if not port_is_free(self.settings.kafka_controller_port):
+        if not port_is_free(self.controller_port):
             raise StackError(
-                f"port {self.settings.kafka_controller_port} for the Kafka controller is taken; "
-                "set HAP_KAFKA_CONTROLLER_PORT to a free port"
+                f"port {self.controller_port} for the Kafka controller is taken; "
+                + ("set HAP_KAFKA_CONTROLLER_PORT to a free port" if len(self.nodes) == 1 else self.port_hint())
             )
         sec = self.settings.kafka_security
         if sec.protocol not in ("PLAINTEXT", "SASL_PLAINTEXT") or sec.sasl_mechanism != "PLAIN":
@@ -109,10 +148,9 @@ class Kafka(Service):
             "logger.kafka.name=kafka\nlogger.kafka.level=INFO\n"
         )
         if not (self.dir / "data" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             with self.process.log_file.open("ab") as log:
                 done = subprocess.run(
-                    [*self._java(), "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                    [*self._java(), "kafka.tools.StorageTool", "format", "-t", self._cluster_id(),
                      "-c", str(self.dir / "server.properties")],
                     stdout=log, stderr=subprocess.STDOUT, check=False, timeout=120,
                 )
@@ -122,6 +160,14 @@ class Kafka(Service):
     def argv(self) -> list[str]:
         return [*self._java(), "kafka.Kafka", str(self.dir / "server.properties")]
 
+    def _cluster_id(self) -> str:
+        """The id every node's storage is formatted with: one per data dir, kept in ``kafka/cluster.id``."""
+        path = self.settings.data_dir / "kafka" / "cluster.id"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        return path.read_text().strip()
+
     def _java(self) -> list[str]:
         return [
             "java", KAFKA_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
@@ -130,7 +176,11 @@ class Kafka(Service):
         ]
 
     def _properties(self) -> str:
-        port, ctl, sec = self.port, self.settings.kafka_controller_port, self.settings.kafka_security
+        port, ctl, sec = self.port, self.controller_port, self.settings.kafka_security
+        voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(self.nodes))
+        # internal topics and topics created by other clients: replicated like the pipeline's
+        internal = Replication.for_brokers(len(self.nodes))
+        replication = self.settings.kafka_replication
         listener = sec.protocol
         sasl = [
             f"inter.broker.listener.name={listener}", "sasl.enabled.mechanisms=PLAIN",
@@ -141,20 +191,23 @@ class Kafka(Service):
         ] if sec.sasl else []
         return "\n".join([
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{ctl}",
+            f"node.id={self.node_id}",
+            f"controller.quorum.voters={voters}",
             f"listeners={listener}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{ctl}",
             f"advertised.listeners={listener}://127.0.0.1:{port}",
             "controller.listener.names=CONTROLLER",
             f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{listener}:{listener}",
             *sasl,
             f"log.dirs={self.dir / 'data'}",
-            "num.partitions=4",
-            "offsets.topic.replication.factor=1",
+            f"num.partitions={self.settings.kafka_partitions}",
+            f"default.replication.factor={replication.factor}",
+            f"min.insync.replicas={replication.min_insync}",
+            f"offsets.topic.replication.factor={internal.factor}",
             "offsets.topic.num.partitions=4",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
+            f"transaction.state.log.replication.factor={internal.factor}",
+            f"transaction.state.log.min.isr={internal.min_insync}",
+            f"share.coordinator.state.topic.replication.factor={internal.factor}",
+            f"share.coordinator.state.topic.min.isr={internal.min_insync}",
             "group.initial.rebalance.delay.ms=0",
             "log.retention.hours=24",
             "",
@@ -250,18 +303,22 @@ def write_targets(data_dir: Path, targets: dict[str, str]) -> None:
 
 def kafka_answers(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> bool:
     """True when the broker answers a metadata request."""
+    return bool(kafka_brokers(bootstrap, security))
+
+
+def kafka_brokers(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> set[int]:
+    """The node ids of the live brokers the cluster at ``bootstrap`` reports; empty when it does not answer."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, **security.client_options())
     except (KafkaError, ValueError, OSError):
-        return False
+        return set()
     try:
-        admin.list_topics()
-        return True
+        return {b["broker_id"] for b in admin.describe_cluster()["brokers"] if not b.get("is_fenced")}
     except (KafkaError, OSError):
-        return False
+        return set()
     finally:
         admin.close()
 
