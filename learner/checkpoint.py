@@ -105,11 +105,30 @@ def save(path: Path, trainer: OnlineTrainer, state: dict[str, Any]) -> None:
 
 def load(path: Path, trainer: OnlineTrainer) -> dict[str, Any] | None:
     """Restore ``trainer`` from ``path``; returns the JSON state, or None without a checkpoint."""
+    meta = _meta(path)
+    if meta is None:
+        return None
+    restore(trainer, Snapshot(load_file(str(path)), meta))
+    return meta["state"]
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """The JSON state of the checkpoint at ``path`` (offsets, seen ids, last version published)
+    without reading its tensors; None without a checkpoint.
+
+    Examples
+    --------
+    >>> read_state(Path("/nonexistent/checkpoint.safetensors")) is None
+    True
+    """
+    meta = _meta(path)
+    return None if meta is None else meta["state"]
+
+
+def _meta(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()[STATE_KEY])
-    restore(trainer, Snapshot(load_file(str(path)), meta))
-    return meta["state"]
+        return json.loads(f.metadata()[STATE_KEY])

@@ -2,6 +2,13 @@
 
 Lifecycle and guarantees:
 
+- one writer: the learner first takes the model store's writer lease
+  (:class:`feature_store.lease.WriterLease`), waiting while another learner holds it (logged,
+  ``hap_learner_lease_waiting`` is 1), and only then reads its checkpoint; the lease is renewed
+  in the background and released on a graceful stop. Every publish is fenced by the lease's
+  term; when another learner has taken the lease over, the learner stops at once, publishing
+  and checkpointing nothing more, and :meth:`LearnerService.run` raises :class:`FencedError`
+  (``hap learner`` exits 1);
 - the consumer is assigned every partition of the samples topic and seeks to the offsets
   stored in the checkpoint (the checkpoint, not Kafka, is the source of truth);
 - each micro-batch is de-duplicated by ``group_id`` (ids seen are kept in the checkpoint),
@@ -31,6 +38,7 @@ Lifecycle and guarantees:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import math
@@ -42,10 +50,11 @@ import numpy as np
 import redis
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from feature_store.connection import RedisEndpoint
-from feature_store.model_store import ModelStore, ModelStoreError, TierForm
+from feature_store.lease import LEASE_TTL_S, WriterLease
+from feature_store.model_store import FencedError, ModelStore, ModelStoreError, TierForm
 from learner import checkpoint
 from learner import metrics as m
 from learner.trainer import OnlineTrainer, StepReport
@@ -64,6 +73,10 @@ NONFINITE_STEPS = Counter("hap_learner_nonfinite_steps", "Steps undone because a
                           "finite")
 NONFINITE_GROUPS = Counter("hap_learner_nonfinite_groups", "Sample groups of the steps undone (not trained on)")
 PUBLISH_REFUSED = Counter("hap_learner_publish_refused", "Versions the model store refused (non-finite weights)")
+LEASE_WAITING = Gauge("hap_learner_lease_waiting", "1 while the learner waits for the writer lease another one holds")
+LEASE_TERM = Gauge("hap_learner_lease_term", "The writer term (fencing token) of the lease held; 0 when none")
+FENCED = Counter("hap_learner_fenced", "Publishes the fence refused, by kind (lease_lost and stale_term stop the "
+                 "learner)", ["kind"])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,6 +92,10 @@ class LearnerConfig:
     keep_versions: int = 5
     model_prefix: str = "hap:"
     kafka_security: KafkaSecurity = KafkaSecurity()
+    #: the writer lease's TTL: how long a killed learner blocks its successor
+    lease_ttl_s: float = LEASE_TTL_S
+    #: how long to wait for a lease another learner holds (None: as long as it takes)
+    lease_wait_s: float | None = None
 
 
 class LearnerService:
@@ -87,9 +104,70 @@ class LearnerService:
     def __init__(self, cfg: LearnerConfig, trainer: OnlineTrainer) -> None:
         self.cfg = cfg
         self.trainer = trainer
-        self.store = ModelStore(cfg.redis.client(), prefix=cfg.model_prefix,
-                                keep_versions=cfg.keep_versions)
+        client = cfg.redis.client()
+        self.lease = WriterLease(client, prefix=cfg.model_prefix, ttl_s=cfg.lease_ttl_s)
+        self._acquire_lease()
+        try:
+            self._open(client)
+        except BaseException:
+            self._release_lease()
+            raise
+
+    def _acquire_lease(self) -> None:
+        """Hold the writer lease (renewed from now on), waiting while another learner holds it or
+        Redis is unreachable; raises :class:`FencedError` (``lease_held``) after ``lease_wait_s``."""
+        deadline = None if self.cfg.lease_wait_s is None else time.monotonic() + self.cfg.lease_wait_s
+        told = None
+        while True:
+            try:
+                if self.lease.acquire():
+                    break
+                holder, left = self.lease.current()
+                problem = f"the model-store writer lease is held by {holder} (expires in {left:.1f}s unless renewed)"
+            except (redis.RedisError, OSError) as exc:
+                holder, problem = "redis", f"Redis is unreachable ({exc})"
+            LEASE_WAITING.set(1)
+            if deadline is not None and time.monotonic() >= deadline:
+                LEASE_WAITING.set(0)
+                raise FencedError(f"gave up waiting after {self.cfg.lease_wait_s}s: {problem}", "lease_held", holder)
+            if holder != told:
+                log.warning("waiting to start: %s; this learner starts once it is released or expires", problem)
+                told = holder
+            time.sleep(min(1.0, self.cfg.lease_ttl_s / 4))
+        LEASE_WAITING.set(0)
+        LEASE_TERM.set(self.lease.term)
+        log.info("holding the model-store writer lease as %s, term %d", self.lease.holder, self.lease.term)
+        self.lease.keep()
+
+    def _release_lease(self) -> None:
+        LEASE_TERM.set(0)
+        try:
+            self.lease.release()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("writer lease not released (it expires in %.0fs): %s", self.cfg.lease_ttl_s, exc)
+
+    def _check_lease(self, confirm: bool = False) -> None:
+        """Raise (see :meth:`_fenced`) when the lease was lost, as its renewal thread found or, with
+        ``confirm``, as a renewal now finds (Redis unreachable: not known to be lost)."""
+        if confirm:
+            with contextlib.suppress(redis.RedisError, OSError, FencedError):
+                self.lease.renew()
+        if self.lease.lost is not None:
+            raise self._fenced(self.lease.lost)
+
+    def _fenced(self, exc: FencedError) -> FencedError:
+        FENCED.labels(exc.kind).inc()
+        log.error("stopping: %s. Another learner is the model store's writer now; this one publishes and "
+                  "checkpoints nothing more", exc)
+        self.running = False
+        return exc
+
+    def _open(self, client: redis.Redis) -> None:
+        """Read the checkpoint (under the lease), open the store and the consumer."""
+        cfg, trainer = self.cfg, self.trainer
         state = checkpoint.load(cfg.checkpoint_path, trainer) or {}
+        self.store = ModelStore(client, prefix=cfg.model_prefix, keep_versions=cfg.keep_versions, lease=self.lease,
+                                version_floor=int(state.get("version", 0)))
         self.offsets: dict[int, int] = {int(p): o for p, o in state.get("offsets", {}).items()}
         self.seen: collections.OrderedDict[str, None] = collections.OrderedDict.fromkeys(state.get("seen", []))
         self.trained_until_event = state.get("trained_until_event", 0)
@@ -140,11 +218,20 @@ class LearnerService:
         self.running = False
 
     def run(self, max_idle_s: float | None = None) -> None:
-        """Train until stopped (or until no sample arrived for ``max_idle_s``)."""
+        """Train until stopped (or until no sample arrived for ``max_idle_s``); raises
+        :class:`FencedError` when another learner took the writer lease over."""
+        try:
+            self._run(max_idle_s)
+        finally:
+            self.consumer.close()
+            self._release_lease()
+
+    def _run(self, max_idle_s: float | None) -> None:
         last_publish = last_checkpoint = last_data = time.monotonic()
         steps_at_publish = self.trainer.steps
         pending: list[SampleGroup] = []
         while self.running:
+            self._check_lease()
             polled = self.consumer.poll(timeout_ms=100, max_records=self.cfg.batch_groups)
             for tp, records in polled.items():
                 for record in records:
@@ -177,7 +264,6 @@ class LearnerService:
         if self.trainer.steps > steps_at_publish:
             self.try_publish()
         self.checkpoint()
-        self.consumer.close()
 
     def _decode(self, raw: bytes) -> SampleGroup | None:
         try:
@@ -239,10 +325,17 @@ class LearnerService:
 
     def try_publish(self) -> bool:
         """:meth:`publish`, or log and count a failure while Redis is unreachable or the store
-        refuses the version (non-finite weights: nothing of it is written)."""
+        refuses the version (non-finite weights: nothing of it is written; the fence: retried when
+        it may be, raised when another learner took the lease over)."""
         try:
             self.publish()
             return True
+        except FencedError as exc:
+            if not exc.retriable:
+                raise self._fenced(exc) from None
+            FENCED.labels(exc.kind).inc()
+            log.warning("version not published, retrying in %.1fs: %s", self.cfg.publish_s, exc)
+            return False
         except ModelStoreError as exc:
             PUBLISH_REFUSED.inc()
             log.error("version not published: %s", exc)
@@ -280,11 +373,14 @@ class LearnerService:
         return version
 
     def checkpoint(self) -> None:
-        """Write the checkpoint, then commit the same offsets to Kafka."""
+        """Write the checkpoint, then commit the same offsets to Kafka. Never after the lease was lost
+        (the checkpoint may be the new writer's too): the lease is renewed first. It records the last
+        version published, the floor of the versions after a restart."""
+        self._check_lease(confirm=True)
         state: dict[str, Any] = {
             "offsets": {str(p): o for p, o in self.offsets.items()}, "seen": list(self.seen),
             "trained_until_event": self.trained_until_event,
-            "trained_until_finalized": self.trained_until_finalized,
+            "trained_until_finalized": self.trained_until_finalized, "version": self.store.newest,
         }
         checkpoint.save(self.cfg.checkpoint_path, self.trainer, state)
         self._base, self._since_base = checkpoint.capture(self.trainer), []

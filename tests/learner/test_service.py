@@ -1,6 +1,7 @@
 """The learner process on a real broker and Redis: SIGKILL or SIGTERM mid-stream loses nothing and
 trains nothing twice; offsets below retention resume at the log start and count what was lost;
-non-finite values never reach the weights."""
+non-finite values never reach the weights; one learner at a time holds the writer lease, and one whose
+lease was taken over stops without publishing or checkpointing again."""
 
 import dataclasses
 import math
@@ -8,6 +9,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.structs import TopicPartition
@@ -17,7 +19,8 @@ from deploy.pipeline import Component
 from deploy.stack.process import free_port
 from feature_store.connection import RedisEndpoint
 from feature_store.featurize import hash_id
-from feature_store.model_store import ModelStore
+from feature_store.lease import WriterLease
+from feature_store.model_store import FencedError, ModelStore
 from learner import checkpoint
 from learner.service import LearnerConfig, LearnerService
 from learner.trainer import OnlineTrainer
@@ -183,3 +186,60 @@ def torch_no_grad():
     import torch
 
     return torch.no_grad()
+
+
+def test_a_second_learner_cannot_start_while_the_first_holds_the_lease(kafka_bootstrap, redis_url, redis_client,
+                                                                       topic_prefix, tmp_path):
+    topic = f"{topic_prefix}samples"
+    KafkaAdminClient(bootstrap_servers=kafka_bootstrap).create_topics([NewTopic(topic, 1, 1)])
+    produce(kafka_bootstrap, topic, simulated_groups(8, seed=9, n_candidates=30))
+    first = service(kafka_bootstrap, redis_url, topic, tmp_path / "a", batch_groups=4)
+    with pytest.raises(FencedError) as info:
+        service(kafka_bootstrap, redis_url, topic, tmp_path / "b", lease_wait_s=1.0)
+    assert (info.value.kind, info.value.detail) == ("lease_held", first.lease.token)
+    assert counter("hap_learner_lease_waiting") == 0 and not (tmp_path / "b").exists()  # no checkpoint read
+    first.run(max_idle_s=1.5)  # a graceful stop releases the lease
+    assert redis_client.get(first.store.keys.lease) is None
+    successor = service(kafka_bootstrap, redis_url, topic, tmp_path / "a", batch_groups=4, lease_wait_s=1.0)
+    assert successor.lease.term == first.lease.term + 1 and counter("hap_learner_lease_term") == successor.lease.term
+    successor.run(max_idle_s=0.5)
+
+
+def test_a_learner_whose_lease_was_taken_over_stops_without_publishing_or_checkpointing(
+        kafka_bootstrap, redis_url, redis_client, topic_prefix, tmp_path):
+    topic = f"{topic_prefix}samples"
+    KafkaAdminClient(bootstrap_servers=kafka_bootstrap).create_topics([NewTopic(topic, 1, 1)])
+    groups = simulated_groups(24, seed=10, n_candidates=30)
+    produce(kafka_bootstrap, topic, groups[:8])
+    svc = service(kafka_bootstrap, redis_url, topic, tmp_path, batch_groups=4)
+    failure: list[BaseException] = []
+    learner = threading.Thread(target=lambda: failure.extend(_raised(svc.run, max_idle_s=5)))
+    learner.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (svc.store.manifest() is None or len(trained_seen(svc)) < 8):
+        time.sleep(0.1)
+    before = svc.store.manifest()
+    redis_client.delete(svc.store.keys.lease)  # as if it had expired: another learner takes over
+    other = WriterLease(redis_client, holder="other")
+    assert other.acquire() and other.term == svc.lease.term + 1
+    fenced_before = counter("hap_learner_fenced_total", kind="lease_lost")
+    produce(kafka_bootstrap, topic, groups[8:])
+    learner.join(60)
+    assert len(failure) == 1 and isinstance(failure[0], FencedError), failure
+    assert (failure[0].kind, failure[0].retriable) == ("lease_lost", False)
+    assert counter("hap_learner_fenced_total", kind="lease_lost") - fenced_before == 1
+    assert svc.store.manifest()["version"] == before["version"]  # nothing published after the takeover
+    assert not set(trained_seen(svc)) & {g.group_id for g in groups[8:]}  # nor checkpointed
+    assert redis_client.get(svc.store.keys.lease) == other.token.encode()  # the other's lease left alone
+
+
+def trained_seen(svc: LearnerService) -> list[str]:
+    return (checkpoint.read_state(svc.cfg.checkpoint_path) or {}).get("seen", [])
+
+
+def _raised(fn, **kwargs) -> list[BaseException]:
+    try:
+        fn(**kwargs)
+    except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+        return [exc]
+    return []
