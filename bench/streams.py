@@ -1,13 +1,21 @@
-"""Streams throughput of one worker against a plain aiokafka consumer of the same topics, and lag.
+"""Streams throughput of one worker against plain consumers of the same topics; memory and lag.
 
-1. Simulated traffic is written to fresh topics; one `hap streams` worker (a real process,
-   window 0.5 s) assembles it: events/s and candidate-samples/s from its first to its last event.
-2. A plain aiokafka consumer reads the same topics in this process: the Python ceiling.
-3. Fresh traffic at half the worker's rate: p50/p99 of event-to-sample lag (its histogram).
+1. Simulated traffic (500 candidates per request) is written to fresh topics; one `hap streams`
+   worker (a real process, window 0.5 s) assembles it: events/s, requests/s (ranking events)
+   from its first to its last event, and candidate samples/s up to its last group.
+2. Two plain aiokafka consumers read the same topics in this process: one only counts records
+   (the raw ceiling), one also decodes every record with the worker's JSON codec (orjson).
+3. Memory: a fresh worker with a join window longer than the run (nothing closes) is fed fresh
+   traffic; its RSS growth divided by its pending requests.
+4. Lag: fresh traffic at half the worker's rate (or the simulator's own top speed, if lower):
+   p50/p99 of event-to-sample lag (the worker's histogram), to hold within the window + 1 s.
 
-    python bench/streams.py [--requests 1500]     # needs a stack: `hap stack up` (or HAP_* endpoints)
+    python bench/streams.py [--requests 2000] [--py-spy prof.txt]   # needs `hap stack up` (or HAP_* endpoints)
 
-Ends with one JSON line {"events_per_s", "raw_events_per_s", "ratio", "lag_p50_s", "lag_p99_s", ...}.
+``--py-spy`` profiles the worker of step 1 (py-spy raw format, 100 Hz) and prints its top frames
+to stderr. Ends with one JSON line {"events_per_s", "requests_per_s", "candidate_samples_per_s",
+"raw_events_per_s", "decode_events_per_s", "ratio", "ratio_vs_decode", "rss_per_pending_kb",
+"lag_p50_s", "lag_p99_s", ...}.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,56 +32,107 @@ import time
 import uuid
 from pathlib import Path
 
+import orjson
 from aiokafka import AIOKafkaConsumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy.pipeline import Component  # noqa: E402
-from deploy.scrape import scrape  # noqa: E402
+from deploy.scrape import Metrics, scrape  # noqa: E402
 from deploy.settings import Settings  # noqa: E402
 from deploy.stack.process import free_port  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
 
+WINDOW = ["--window", "0.5", "--lateness", "0"]
+POLL_S = 0.2
 
-def simulate(env: dict[str, str], requests: int, rate: float) -> dict:
+
+def simulate(env: dict[str, str], requests: int, rate: float) -> tuple[dict, float]:
+    """Run `hap simulate`; its report and how long it took."""
+    started = time.monotonic()
     with tempfile.NamedTemporaryFile(suffix=".json") as report:
         subprocess.run([sys.executable, "-m", "deploy.cli", "simulate", "--requests", str(requests), "--rate",
                         str(rate), "--candidates", "500", "--items", "5000", "--no-progress", "--report", report.name],
                        env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
-        return json.loads(Path(report.name).read_text())
+        return json.loads(Path(report.name).read_text()), time.monotonic() - started
 
 
-def worker_rate(env: dict[str, str], total_events: int, tmp: Path) -> tuple[float, float]:
-    url = f"http://127.0.0.1:{env['HAP_STREAMS_METRICS_PORT']}/metrics"
-    worker = Component("streams", ["streams", "--window", "0.5", "--lateness", "0"], tmp, env).start()
+def fresh_topics(env: dict[str, str], bootstrap: str, name: str) -> None:
+    env["HAP_TOPIC_PREFIX"] = f"bench{name}{uuid.uuid4().hex[:6]}."
+    ensure_topics(bootstrap, env["HAP_TOPIC_PREFIX"])
+
+
+def metrics_url(env: dict[str, str]) -> str:
+    return f"http://127.0.0.1:{env['HAP_STREAMS_METRICS_PORT']}/metrics"
+
+
+def worker_pid(component: Component) -> int:
+    """The pid of the worker process that `hap streams` (a supervisor) started."""
+    for _ in range(100):
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == component.proc.pid:
+                return int(stat.parent.name)
+        time.sleep(0.1)
+    raise RuntimeError("the streams worker process did not start")
+
+
+def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path | None) -> dict[str, float]:
+    """Events/s and requests/s from the first to the last event; candidate samples/s up to the last group."""
+    url = metrics_url(env)
+    worker = Component("streams", ["streams", *WINDOW], tmp, env).start()
+    spy = None
     try:
         worker.wait_http(url)
+        if py_spy:
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                                    str(worker_pid(worker)), "--rate", "100", "--format", "raw", "--nonblocking",
+                                    "-o", str(py_spy)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         first = last = None
-        done = 0.0
-        deadline = time.monotonic() + 600
-        while done < total_events and time.monotonic() < deadline:
+        m = Metrics({})
+        deadline = time.monotonic() + 900
+        while m.total("hap_streams_events_total") < total_events and time.monotonic() < deadline:
             m = scrape(url)
-            done = m.total("hap_streams_events_total")
-            if done and first is None:
+            if first is None and m.total("hap_streams_events_total"):
                 first = time.monotonic()
             last = time.monotonic()
-            time.sleep(0.1)
-        time.sleep(2)
-        samples = scrape(url).total("hap_streams_samples_total")
+            time.sleep(POLL_S)
+        done = m
+        samples, last_sample = m.total("hap_streams_samples_total"), last
+        while time.monotonic() < last_sample + 2:  # groups still closing after the last event
+            time.sleep(POLL_S)
+            now = scrape(url).total("hap_streams_samples_total")
+            if now > samples:
+                samples, last_sample = now, time.monotonic()
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            spy.wait(60)
         worker.stop()
     elapsed = max(last - first, 1e-3)
-    return done / elapsed, samples / elapsed
+    return {"events_per_s": done.total("hap_streams_events_total") / elapsed,
+            "requests_per_s": done.total("hap_streams_events_total", topic="ranking") / elapsed,
+            "candidate_samples_per_s": samples / max(last_sample - first, 1e-3),
+            "worker_seconds": elapsed}
 
 
-async def raw_rate(bootstrap: str, topics: list[str], total: int) -> float:
+async def consumer_rate(bootstrap: str, topics: list[str], total: int, decode: bool) -> float:
+    """Records/s of a plain aiokafka consumer from its first record on (``decode``: each parsed with orjson)."""
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                group_id=f"bench-raw-{uuid.uuid4().hex[:6]}")
+                                group_id=f"bench-{uuid.uuid4().hex[:6]}", max_partition_fetch_bytes=8 << 20,
+                                fetch_max_bytes=32 << 20)
     await consumer.start()
     count, started = 0, None
     try:
         while count < total:
             batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            if decode:
+                for records in batch.values():
+                    for record in records:
+                        orjson.loads(record.value)
             n = sum(len(v) for v in batch.values())
             if n and started is None:
                 started = time.monotonic()
@@ -82,45 +142,78 @@ async def raw_rate(bootstrap: str, topics: list[str], total: int) -> float:
     return count / (time.monotonic() - started)
 
 
-def lag(env: dict[str, str], requests: int, rate: float, tmp: Path) -> tuple[float | None, float | None]:
-    url = f"http://127.0.0.1:{env['HAP_STREAMS_METRICS_PORT']}/metrics"
-    worker = Component("streams-lag", ["streams", "--window", "0.5", "--lateness", "0"], tmp, env).start()
+def rss_per_pending(env: dict[str, str], requests: int, tmp: Path) -> dict[str, float]:
+    """RSS growth of a worker that closes no window, per pending request."""
+    url = metrics_url(env)
+    worker = Component("streams-rss", ["streams", "--window", "3600", "--lateness", "0"], tmp, env).start()
     try:
         worker.wait_http(url)
         time.sleep(3)
-        simulate(env, requests, rate)
+        before = scrape(url).total("process_resident_memory_bytes")
+        report, _ = simulate(env, requests, 0)
+        total = report["ranking"] + report["exposure"] + report["feedback"]
+        worker.wait_metric(url, "hap_streams_events_total", total, timeout_s=600)
+        time.sleep(2)
+        m = scrape(url)
+    finally:
+        worker.stop()
+    pending = m.total("hap_streams_pending_requests")
+    grown = m.total("process_resident_memory_bytes") - before
+    return {"rss_per_pending_kb": round(grown / max(pending, 1) / 1024, 1), "rss_pending_requests": pending,
+            "rss_before_mb": round(before / 2**20, 1), "rss_after_mb": round((before + grown) / 2**20, 1)}
+
+
+def lag(env: dict[str, str], requests: int, rate: float, tmp: Path) -> dict[str, float | None]:
+    url = metrics_url(env)
+    worker = Component("streams-lag", ["streams", *WINDOW], tmp, env).start()
+    try:
+        worker.wait_http(url)
+        time.sleep(3)
+        report, took = simulate(env, requests, rate)
         time.sleep(5)
         m = scrape(url)
     finally:
         worker.stop()
     name = "hap_streams_event_to_sample_seconds"
-    return m.quantile(name, 0.5), m.quantile(name, 0.99)
+    events = report["ranking"] + report["exposure"] + report["feedback"]
+    return {"lag_p50_s": m.quantile(name, 0.5), "lag_p99_s": m.quantile(name, 0.99),
+            "lag_rate_events_per_s": round(rate, 1), "lag_achieved_events_per_s": round(events / took, 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1500)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--py-spy", type=Path, help="profile the worker of the throughput run into this file")
     args = parser.parse_args()
     s = Settings.load()
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        env = {"HAP_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "HAP_REDIS_URL": s.redis_url,
-               "HAP_TOPIC_PREFIX": f"benchs{uuid.uuid4().hex[:6]}.", "HAP_DATA_DIR": str(tmp),
+        env = {"HAP_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "HAP_REDIS_URL": s.redis_url, "HAP_DATA_DIR": str(tmp),
                "HAP_STREAMS_METRICS_PORT": str(free_port())}
-        ensure_topics(s.kafka_bootstrap, env["HAP_TOPIC_PREFIX"])
-        report = simulate(env, args.requests, 0)
+        fresh_topics(env, s.kafka_bootstrap, "s")
+        report, _ = simulate(env, args.requests, 0)
         total = report["ranking"] + report["exposure"] + report["feedback"]
-        events_per_s, samples_per_s = worker_rate(env, total, tmp)
-        prefix = env["HAP_TOPIC_PREFIX"]
-        raw = asyncio.run(raw_rate(s.kafka_bootstrap, [f"{prefix}ranking", f"{prefix}exposure"], total))
-        env["HAP_TOPIC_PREFIX"] = f"benchl{uuid.uuid4().hex[:6]}."
-        ensure_topics(s.kafka_bootstrap, env["HAP_TOPIC_PREFIX"])
-        p50, p99 = lag(env, max(200, args.requests // 3), events_per_s / 2, tmp)
+        rates = worker_rate(env, total, tmp, args.py_spy)
+        topics = [f"{env['HAP_TOPIC_PREFIX']}{t}" for t in ("ranking", "exposure")]
+        raw = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=False))
+        decoded = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=True))
+        fresh_topics(env, s.kafka_bootstrap, "m")
+        memory = rss_per_pending(env, max(200, args.requests // 2), tmp)
+        fresh_topics(env, s.kafka_bootstrap, "l")
+        lags = lag(env, max(200, args.requests // 3), rates["events_per_s"] / 2, tmp)
+    if args.py_spy:
+        from router_http import top_frames
+
+        for frame, own, inclusive in top_frames(args.py_spy, 25):
+            print(f"py-spy streams worker: self {own:5.1f}%  total {inclusive:5.1f}%  {frame}", file=sys.stderr)
+    window_s = 0.5
     print(json.dumps({
-        "events_per_s": round(events_per_s, 1), "candidate_samples_per_s": round(samples_per_s, 1),
-        "raw_events_per_s": round(raw, 1), "ratio": round(events_per_s / raw, 3), "events": total,
-        "lag_p50_s": p50, "lag_p99_s": p99, "lag_rate_events_per_s": round(events_per_s / 2, 1),
-        "join_window_s": 0.5,
+        **{k: round(v, 1) for k, v in rates.items()}, "raw_events_per_s": round(raw, 1),
+        "decode_events_per_s": round(decoded, 1), "ratio": round(rates["events_per_s"] / raw, 3),
+        "ratio_vs_decode": round(rates["events_per_s"] / decoded, 3), "events": total, "requests": report["ranking"],
+        **memory, **lags, "join_window_s": window_s,
+        "lag_within_bound": lags["lag_p99_s"] is not None and lags["lag_p99_s"] <= window_s + 1.0,
+        "load_average": os.getloadavg(),
     }))
 
 

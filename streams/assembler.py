@@ -27,13 +27,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import numpy as np
 
 from streams.pool import CandidatePool
-from streams.schemas import ExposureEvent, RankingEvent, SampleGroup, SampleItem, is_positive
+from streams.schemas import ExposureEvent, RankingColumns, RankingEvent, SampleGroup, SampleItem, is_positive
 
 #: (item ids, as-of event time ms) -> statistics per item
 StatsReader = Callable[[Sequence[str], int], list[dict[str, float]]]
@@ -61,7 +61,7 @@ def new_pending() -> dict[str, Any]:
             "revision": 0}
 
 
-def add_ranking(state: dict[str, Any], event: RankingEvent, wall_ms: int) -> None:
+def add_ranking(state: dict[str, Any], event: RankingEvent | RankingColumns, wall_ms: int) -> None:
     """Mark the ranking event as in (the event itself is kept once, by the caller)."""
     state["ranking"] = True
     _touch(state, event.ts_ms, wall_ms)
@@ -84,15 +84,13 @@ def _unexposed_feedback(state: dict[str, Any]) -> list[str]:
     return [item for item in feedback if item not in state["exposed"]]
 
 
-def implied_exposures(state: dict[str, Any], ranking: RankingEvent) -> list[str]:
+def implied_exposures(state: dict[str, Any], candidates: Container[str]) -> list[str]:
     """Items with feedback but no exposure event that are candidates of the request: exposed by implication."""
-    candidates = {c.item_id for c in ranking.candidates}
     return [item for item in _unexposed_feedback(state) if item in candidates]
 
 
-def orphan_feedback(state: dict[str, Any], ranking: RankingEvent) -> list[str]:
+def orphan_feedback(state: dict[str, Any], candidates: Container[str]) -> list[str]:
     """Items with feedback that the request neither exposed nor listed as a candidate."""
-    candidates = {c.item_id for c in ranking.candidates}
     return [item for item in _unexposed_feedback(state) if item not in candidates]
 
 
@@ -108,39 +106,61 @@ def is_due(state: dict[str, Any], watermark_ms: int, wall_ms: int, config: Assem
     return event_due or wall_ms >= state["last_wall_ms"] + config.window_ms + config.lateness_ms
 
 
-def assemble(state: dict[str, Any], ranking: RankingEvent, config: AssemblerConfig, pool: CandidatePool,
-             stats: StatsReader, assembled_ms: int) -> SampleGroup:
-    """The labelled group of a request whose window has closed."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Choice:
+    """The items of a request's group, chosen and labelled, before their statistics are read."""
+
+    ranking: RankingColumns
+    items: list[tuple[str, str, int | None, int | None, str]]  # id, source, prerank, rank, content type
+    revision: int
+    implied: list[str]  #: items with feedback but no exposure event, exposed by implication
+    orphans: list[str]  #: items with feedback that are neither exposed nor candidates
+
+
+def choose(state: dict[str, Any], ranking: RankingColumns, config: AssemblerConfig,
+           pool: CandidatePool) -> Choice:
+    """Label the exposed items and sample ``rn``, ``prn`` and ``gn`` of a request whose window has closed."""
     rng = np.random.default_rng(zlib.crc32(ranking.request_id.encode()))
-    exposed: dict[str, int | None] = {**state["exposed"], **dict.fromkeys(implied_exposures(state, ranking))}
+    ids = ranking.item_ids
+    index = dict(zip(ids, range(len(ids)), strict=True))
+    implied = implied_exposures(state, index)
+    exposed: dict[str, int | None] = {**state["exposed"], **dict.fromkeys(implied)}
     positive = set(state["positive"]) & set(exposed)
-    by_id = {c.item_id: c for c in ranking.candidates}
-    chosen: list[tuple[str, str, int | None, int | None, str]] = []  # id, source, prerank, rank, type
+    prerank, rank, types = ranking.prerank_pos, ranking.rank_pos, ranking.content_types
+    chosen: list[tuple[str, str, int | None, int | None, str]] = []
     for item_id in sorted(exposed, key=lambda i: (exposed[i] is None, exposed[i] or 0)):
-        c = by_id.get(item_id)
+        k = index.get(item_id)
         source = "exp_pos" if item_id in positive else "exp_neg"
-        chosen.append((item_id, source, c.prerank_pos if c else None, c.rank_pos if c else None,
-                       c.content_type if c else "unknown"))
-    unexposed = [c for c in ranking.candidates if c.item_id not in exposed]
-    ranked = [c for c in unexposed if c.rank_pos is not None and c.rank_pos > config.rn_min_rank]
-    rn_ids = {c.item_id for c in ranked}  # precedence: an item that qualifies as rn is never a prn
+        chosen.append((item_id, source, None, None, "unknown") if k is None else
+                      (item_id, source, prerank[k], rank[k], types[k]))
+    unexposed = [k for k, i in enumerate(ids) if i not in exposed]
+    ranked = [k for k in unexposed if rank[k] is not None and rank[k] > config.rn_min_rank]
+    rn = set(ranked)  # precedence: an item that qualifies as rn is never a prn
     for source, eligible, cap in (
         ("rn", ranked, config.max_rn),
-        ("prn", [c for c in unexposed if c.prerank_pos > config.prn_min_prerank and c.item_id not in rn_ids],
-         config.max_prn),
+        ("prn", [k for k in unexposed if prerank[k] > config.prn_min_prerank and k not in rn], config.max_prn),
     ):
         picks = rng.choice(len(eligible), min(cap, len(eligible)), replace=False) if eligible else []
-        chosen += [(eligible[i].item_id, source, eligible[i].prerank_pos, eligible[i].rank_pos,
-                    eligible[i].content_type) for i in sorted(picks)]
-    for item_id, ctype in pool.sample(config.gn_per_exposed * len(exposed), by_id.keys() | exposed.keys(), rng):
+        chosen += [(ids[k], source, prerank[k], rank[k], types[k]) for k in (eligible[i] for i in sorted(picks))]
+    for item_id, ctype in pool.sample(config.gn_per_exposed * len(exposed), index.keys() | exposed.keys(), rng):
         chosen.append((item_id, "gn", None, None, ctype))
-    features = stats([c[0] for c in chosen], ranking.ts_ms)
-    items = [SampleItem(i, s, int(s == "exp_pos"), p, r, t, f)
-             for (i, s, p, r, t), f in zip(chosen, features, strict=True)]
-    return SampleGroup(
-        group_id(ranking.request_id, state["revision"]), ranking.request_id, ranking.user_id, ranking.ts_ms,
-        assembled_ms, items, ranking.user_features, correction=state["revision"] > 0,
-    )
+    return Choice(ranking, chosen, state["revision"], implied, orphan_feedback(state, index))
+
+
+def build(choice: Choice, features: Sequence[dict[str, float]], assembled_ms: int) -> SampleGroup:
+    """The group of ``choice``, its items carrying ``features`` (one per item, in order)."""
+    r = choice.ranking
+    items = [SampleItem(i, s, int(s == "exp_pos"), p, k, t, f)
+             for (i, s, p, k, t), f in zip(choice.items, features, strict=True)]
+    return SampleGroup(group_id(r.request_id, choice.revision), r.request_id, r.user_id, r.ts_ms, assembled_ms,
+                       items, r.user_features, correction=choice.revision > 0)
+
+
+def assemble(state: dict[str, Any], ranking: RankingEvent | RankingColumns, config: AssemblerConfig,
+             pool: CandidatePool, stats: StatsReader, assembled_ms: int) -> SampleGroup:
+    """The labelled group of a request whose window has closed (:func:`choose`, read, :func:`build`)."""
+    choice = choose(state, RankingColumns.of(ranking), config, pool)
+    return build(choice, stats([c[0] for c in choice.items], choice.ranking.ts_ms), assembled_ms)
 
 
 def relabel(group: SampleGroup, positive: set[str], revision: int, assembled_ms: int) -> SampleGroup:

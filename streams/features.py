@@ -1,27 +1,46 @@
-"""The streams' side of the feature store, fail-soft: item statistics and user histories in Redis.
+"""The streams' side of the feature store, fail-soft and off the event loop: item statistics and
+user histories in Redis.
 
-Counts are buffered as events arrive and written once per tick (:meth:`StreamFeatures.flush`).
-While Redis is down nothing blocks and nothing is lost silently: unwritten counts stay buffered
-(up to ``max_backlog``; beyond it the oldest are dropped and counted), reads fall back to the
-no-statistics default (counted), and a request's statistics are still read as of its own time.
+Every Redis call runs on one thread of its own, so the worker's event loop never waits on a
+round trip: counts and user histories are buffered as groups are joined and handed to that
+thread once per tick (:meth:`StreamFeatures.flush`, one pipeline each); the statistics of a
+batch of groups are read in one pipeline (:meth:`StreamFeatures.read_groups`) that the caller
+awaits. While Redis is down nothing blocks and nothing is lost silently: unwritten counts stay
+buffered (up to ``max_backlog``; beyond it the oldest are dropped and counted), histories are
+skipped (counted), reads fall back to the no-statistics default (counted), and a request's
+statistics are still read as of its own time.
+
+Examples
+--------
+>>> import asyncio                                                          # doctest: +SKIP
+>>> features = StreamFeatures(redis.Redis())                               # doctest: +SKIP
+>>> asyncio.run(features.read_groups([(["i1"], 60_000)]))[0][0]["exp_1d"]  # doctest: +SKIP
+0.0
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
 import redis
 
 from feature_store.backoff import Backoff
-from feature_store.item_stats import ItemStats, window_stats
+from feature_store.item_stats import WINDOWS, ItemStats, window_stats
 from streams import metrics
 from streams.schemas import is_positive
 
 log = logging.getLogger("hap.streams")
 MAX_BACKLOG = 1_000_000
 HISTORY_TTL_S = 86_400
+#: every window's bucket length is a multiple of this, so statistics as of two times in the same such span are equal
+_SPAN_MS = min(length for _, length, _ in WINDOWS.values())
+
+Count = tuple[str, str, int]  # item id, kind, event time ms
 
 
 class StreamFeatures:
@@ -32,7 +51,10 @@ class StreamFeatures:
         self.prefix = prefix
         self.max_backlog = max_backlog
         self.redis = Backoff(backoff_s)
-        self.buffer: list[tuple[str, str, int]] = []
+        self.buffer: list[Count] = []
+        self.histories: dict[str, list[str]] = {}
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="hap-redis")
+        self._writing: Future[list[Count]] | None = None
 
     def count(self, event: Any, dwell_threshold_ms: int) -> None:
         """Buffer the counters an exposure or feedback event adds."""
@@ -44,44 +66,86 @@ class StreamFeatures:
         if is_positive(event, dwell_threshold_ms):
             self.buffer.append((event.item_id, "pos", event.ts_ms))
 
+    def set_history(self, user_id: str, history: list[str]) -> None:
+        """Buffer the user's recent positives, for the router (written at the next :meth:`flush`)."""
+        self.histories[user_id] = history
+
     def flush(self) -> None:
-        """Write the buffered counts; on failure keep them for the next flush."""
-        if not self.buffer or not self.redis.ready:
+        """Hand the buffered counts and histories to the Redis thread, unless a write is in flight
+        (then they wait for the next flush). Counts a failed write could not store come back to
+        the buffer, oldest first."""
+        if self._writing is not None:
+            if not self._writing.done():
+                self._trim()
+                return
+            self.buffer[:0] = self._writing.result()
+            self._writing = None
+        if not self.redis.ready and self.histories:
+            metrics.ERRORS.labels("history_skipped").inc(len(self.histories))
+            self.histories = {}
+        if not (self.buffer or self.histories) or not self.redis.ready:
             self._trim()
             return
-        try:
-            self.stats.record(self.buffer)
-            self.buffer = []
-        except (redis.RedisError, OSError) as exc:
-            self._failed(exc)
-            self._trim()
+        counts, self.buffer = self.buffer, []
+        histories, self.histories = self.histories, {}
+        self._writing = self._io.submit(self._write, counts, histories)
 
-    def read(self, item_ids: list[str], at_ms: int) -> list[dict[str, float]]:
-        """Statistics as of ``at_ms`` (a :class:`streams.assembler.StatsReader`)."""
-        out = None
+    async def read_groups(self, requests: Sequence[tuple[Sequence[str], int]]) -> list[list[dict[str, float]]]:
+        """The statistics of each request's items as of its time (``(item ids, at ms)`` each), read
+        on the Redis thread in one pipeline."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, self._read, requests)
+
+    def _read(self, requests: Sequence[tuple[Sequence[str], int]]) -> list[list[dict[str, float]]]:
+        unique = list(dict.fromkeys(i for ids, _ in requests for i in ids))
+        raw: dict[str, dict[bytes, bytes]] | None = None
         if self.redis.ready:
             try:
-                out = self.stats.read(item_ids, at_ms)
+                pipe = self.r.pipeline(transaction=False)
+                for item_id in unique:
+                    pipe.hgetall(self.stats.key(item_id))
+                raw = dict(zip(unique, pipe.execute(), strict=True))
             except (redis.RedisError, OSError) as exc:
                 self._failed(exc)
-        if out is None:
-            metrics.MISSING.labels("redis_down").inc(len(item_ids))
-            return [window_stats({}, at_ms) for _ in item_ids]
-        missing = sum(1 for s in out if s.get("exp_1d", 0.0) == 0.0)
-        if missing:
-            metrics.MISSING.labels("item_stats").inc(missing)
+        if raw is None:
+            metrics.MISSING.labels("redis_down").inc(sum(len(ids) for ids, _ in requests))
+            raw = {}
+        memo: dict[tuple[str, int], dict[str, float]] = {}
+        out = []
+        for ids, at_ms in requests:
+            span = at_ms // _SPAN_MS
+            row = []
+            for item_id in ids:
+                stats = memo.get((item_id, span))
+                if stats is None:
+                    stats = memo[item_id, span] = window_stats(raw.get(item_id, {}), at_ms)
+                row.append(stats)
+            out.append(row)
+        if raw:
+            missing = sum(1 for row in out for s in row if s.get("exp_1d", 0.0) == 0.0)
+            if missing:
+                metrics.MISSING.labels("item_stats").inc(missing)
         return out
 
-    def set_history(self, user_id: str, history: list[str]) -> None:
-        """The user's recent positives, for the router (skipped and counted while Redis is down)."""
-        if not self.redis.ready:
-            metrics.ERRORS.labels("history_skipped").inc()
-            return
+    def _write(self, counts: list[Count], histories: dict[str, list[str]]) -> list[Count]:
+        """On the Redis thread: store counts and histories; returns the counts it could not store."""
         try:
-            self.r.set(f"{self.prefix}feat:user:{user_id}", orjson.dumps({"history": history}), ex=HISTORY_TTL_S)
+            if counts:
+                self.stats.record(counts)
         except (redis.RedisError, OSError) as exc:
             self._failed(exc)
-            metrics.ERRORS.labels("history_skipped").inc()
+            if histories:
+                metrics.ERRORS.labels("history_skipped").inc(len(histories))
+            return counts
+        try:
+            if histories:
+                pipe = self.r.pipeline(transaction=False)
+                for user_id, history in histories.items():
+                    pipe.set(f"{self.prefix}feat:user:{user_id}", orjson.dumps({"history": history}), ex=HISTORY_TTL_S)
+                pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc)
+            metrics.ERRORS.labels("history_skipped").inc(len(histories))
+        return []
 
     def _failed(self, exc: Exception) -> None:
         self.redis.failed()

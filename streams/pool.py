@@ -13,11 +13,14 @@ Examples
 ['b', 'c', 'd']
 >>> pool.sample(2, exclude={"b"}, rng=np.random.default_rng(0))
 [('c', 'video'), ('d', 'video')]
+>>> pool.add_many(["c", "e"], ["news", "video"])
+>>> sorted(pool.items()), pool.types["c"]
+(['c', 'd', 'e'], 'news')
 """
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Sequence
 
 import numpy as np
 
@@ -45,6 +48,14 @@ class CandidatePool:
             self.slots[self.next] = item_id
             self.next = (self.next + 1) % self.capacity
         self.types[item_id] = content_type
+
+    def add_many(self, item_ids: Sequence[str], content_types: Sequence[str]) -> None:
+        """:meth:`add` each pair in order; when every item is known already, in one C-level pass."""
+        if self.types.keys() >= set(item_ids):
+            self.types.update(zip(item_ids, content_types, strict=True))
+            return
+        for item_id, content_type in zip(item_ids, content_types, strict=True):
+            self.add(item_id, content_type)
 
     def items(self) -> list[str]:
         return list(self.slots)

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from streams.contract import (
+    CANDIDATE,
     EXPOSURE,
     ITEM,
     RANKING,
@@ -30,6 +31,7 @@ from streams.contract import (
     SOURCES,
     Limits,
     check,
+    check_columns,
 )
 from streams.validate import InvalidEvent, req_mapping
 
@@ -37,8 +39,8 @@ FEEDBACK_KINDS = ("click", "like", "comment", "share")
 
 __all__ = [
     "SCHEMA_VERSION", "SOURCES", "Limits", "InvalidEvent", "Candidate", "RankingEvent", "ExposureEvent",
-    "ItemUpdate", "SampleItem", "SampleGroup", "decode_ranking", "decode_exposure", "decode_item",
-    "decode_sample_group", "encode", "is_positive",
+    "ItemUpdate", "SampleItem", "SampleGroup", "RankingColumns", "decode_ranking", "decode_ranking_columns",
+    "decode_exposure", "decode_item", "decode_sample_group", "encode", "is_positive",
 ]
 
 DEFAULT_LIMITS = Limits()
@@ -64,6 +66,40 @@ class RankingEvent:
     ts_ms: int
     candidates: list[Candidate]
     user_features: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RankingColumns:
+    """A validated ranking event as the join keeps it: the candidates as one list per field it
+    uses (no object per candidate; channels and scores were validated, then dropped).
+
+    It serializes as a JSON object of its fields (orjson writes dataclasses natively), and
+    :meth:`of` takes that object back.
+
+    >>> cols = RankingColumns.of(RankingEvent("r1", "u1", 5, [Candidate("i1", "hot", 0, 0.9, None, None, "video")]))
+    >>> cols.item_ids, cols.rank_pos, RankingColumns.of(orjson.loads(orjson.dumps(cols))) == cols
+    (['i1'], [None], True)
+    """
+
+    request_id: str
+    user_id: str
+    ts_ms: int
+    user_features: dict[str, Any]
+    item_ids: list[str]
+    prerank_pos: list[int]
+    rank_pos: list[int | None]
+    content_types: list[str]
+
+    @classmethod
+    def of(cls, source: RankingEvent | RankingColumns | dict[str, Any]) -> RankingColumns:
+        """The columns of a decoded event, or of the JSON object a table recovered (itself if already columns)."""
+        if isinstance(source, RankingColumns):
+            return source
+        if isinstance(source, dict):
+            return cls(**source)
+        c = source.candidates
+        return cls(source.request_id, source.user_id, source.ts_ms, source.user_features, [x.item_id for x in c],
+                   [x.prerank_pos for x in c], [x.rank_pos for x in c], [x.content_type for x in c])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -155,10 +191,43 @@ def _unique(ids: list[str], path: str) -> None:
 
 
 def decode_ranking(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> RankingEvent:
-    v = check(_load(raw, limits), RANKING, "", limits)
+    return _ranking(_load(raw, limits), limits)
+
+
+def _ranking(obj: dict[str, Any], limits: Limits) -> RankingEvent:
+    v = check(obj, RANKING, "", limits)
     candidates = [Candidate(*c) for c in v["candidates"]]  # CANDIDATE lists the fields in Candidate's order
     _unique([c.item_id for c in candidates], "candidates")
     return RankingEvent(v["request_id"], v["user_id"], v["ts_ms"], candidates, v["user_features"])
+
+
+_RANKING_SCALARS = [f for f in RANKING if f.name != "candidates"]
+
+
+def decode_ranking_columns(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> RankingColumns:
+    """As :func:`decode_ranking` (the same checks, the same reasons), into :class:`RankingColumns`.
+
+    The candidates are checked a column at a time (:func:`streams.contract.check_columns`);
+    only an event that this fast path does not pass is checked candidate by candidate, which
+    either finds its error or accepts it.
+
+    >>> raw = encode(RankingEvent("r1", "u1", 5, [Candidate("i1", "hot", 0, 0.9, 3, 0.5, "video")]))
+    >>> decode_ranking_columns(raw) == RankingColumns.of(decode_ranking(raw))
+    True
+    """
+    obj = _load(raw, limits)
+    columns = check_columns(obj.get("candidates"), CANDIDATE, limits.max_candidates)
+    if columns is not None:
+        try:
+            v = check(obj, _RANKING_SCALARS, "", limits)
+        except InvalidEvent:
+            columns = None
+    if columns is None:
+        return RankingColumns.of(_ranking(obj, limits))  # raises the first error, with its reason
+    ids = list(columns["item_id"])
+    _unique(ids, "candidates")
+    return RankingColumns(v["request_id"], v["user_id"], v["ts_ms"], v["user_features"], ids,
+                          list(columns["prerank_pos"]), list(columns["rank_pos"]), list(columns["content_type"]))
 
 
 def decode_exposure(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> ExposureEvent:

@@ -111,8 +111,9 @@ def test_feedback_without_an_exposure_implies_it_on_a_candidate_and_is_an_orphan
     add_exposure(state, ExposureEvent("r-both", "u", "c2", 2, "feedback", click=True), 0, 30_000)  # no exposure
     add_exposure(state, ExposureEvent("r-both", "u", "c3", 2, "feedback", dwell_ms=5), 0, 30_000)  # not positive
     add_exposure(state, ExposureEvent("r-both", "u", "elsewhere", 3, "feedback", click=True), 0, 30_000)
-    assert implied_exposures(state, ranking) == ["c2", "c3"]
-    assert orphan_feedback(state, ranking) == ["elsewhere"]
+    candidates = {c.item_id for c in ranking.candidates}
+    assert implied_exposures(state, candidates) == ["c2", "c3"]
+    assert orphan_feedback(state, candidates) == ["elsewhere"]
     group = assemble(state, ranking, AssemblerConfig(), CandidatePool(), no_stats, 1)
     exposed = [(i.item_id, i.source, i.label) for i in group.items if i.source.startswith("exp_")]
     assert exposed == [("c1", "exp_neg", 0), ("c2", "exp_pos", 1), ("c3", "exp_neg", 0)]  # known positions first
@@ -125,6 +126,7 @@ def test_an_exposure_arriving_after_its_feedback_is_an_exposure_not_an_implicati
     add_exposure(state, ExposureEvent("r-both", "u", "c5", 2, "feedback", like=True), 0, 30_000)
     add_exposure(state, ExposureEvent("r-both", "u", "c5", 1, "exposure", position=4), 0, 30_000)
     add_ranking(state, ranking, 0)
-    assert implied_exposures(state, ranking) == [] and orphan_feedback(state, ranking) == []
+    candidates = {c.item_id for c in ranking.candidates}
+    assert implied_exposures(state, candidates) == [] and orphan_feedback(state, candidates) == []
     group = assemble(state, ranking, AssemblerConfig(), CandidatePool(), no_stats, 1)
     assert [(i.item_id, i.source) for i in group.items if i.source.startswith("exp_")] == [("c5", "exp_pos")]

@@ -10,12 +10,14 @@ from streams.schemas import (
     ExposureEvent,
     InvalidEvent,
     Limits,
+    RankingColumns,
     RankingEvent,
     SampleGroup,
     SampleItem,
     decode_exposure,
     decode_item,
     decode_ranking,
+    decode_ranking_columns,
     decode_sample_group,
     encode,
 )
@@ -49,6 +51,36 @@ def test_exposure_round_trips(event):
 @given(groups)
 def test_sample_group_round_trips(group):
     assert decode_sample_group(encode(group)) == group
+
+
+@given(rankings)
+def test_ranking_columns_hold_the_decoded_event(event):
+    assert decode_ranking_columns(encode(event)) == RankingColumns.of(decode_ranking(encode(event)))
+
+
+def _outcome(decode, raw):
+    try:
+        return decode(raw)
+    except InvalidEvent as exc:
+        return exc.kind, exc.reason
+
+
+candidate_values = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False, allow_infinity=False) \
+    | st.sampled_from(["", "x", "y" * 300]) | st.just([1]) | st.just({"a": 1})
+
+
+@given(rankings.filter(lambda e: e.candidates), st.data())
+def test_ranking_columns_reject_what_decode_ranking_rejects_with_the_same_reason(event, data):
+    obj = orjson.loads(encode(event))
+    candidate = data.draw(st.sampled_from(obj["candidates"]))
+    field = data.draw(st.sampled_from([*candidate, "extra"]))
+    if data.draw(st.booleans()):
+        candidate.pop(field, None)  # a field left out: the fast path declines, the slow one decides
+    else:
+        candidate[field] = data.draw(candidate_values)
+    raw = orjson.dumps(obj)
+    columns, event = _outcome(decode_ranking_columns, raw), _outcome(decode_ranking, raw)
+    assert columns == (event if isinstance(event, tuple) else RankingColumns.of(event))
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | finite | st.text(max_size=5),
