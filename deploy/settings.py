@@ -136,8 +136,7 @@ class Settings:
         running = read_endpoints(data_dir)
         kafka_home = env.get("HAP_KAFKA_HOME")
         brokers = _int(env, BROKERS_ENV, int(running.get(BROKERS_KEY, 1)))
-        replication = Replication.for_brokers(brokers)
-        factor = _int(env, "HAP_KAFKA_REPLICATION_FACTOR", replication.factor)
+        factor = _int(env, "HAP_KAFKA_REPLICATION_FACTOR", Replication.for_brokers(brokers).factor)
         metrics_host = env.get("HAP_METRICS_HOST", LOOPBACK)
         local_bootstrap = ",".join(f"{LOOPBACK}:{port}" for port, _ in broker_ports(
             ports["kafka_port"], ports["kafka_controller_port"], brokers))
@@ -213,7 +212,7 @@ def _replication(factor: int, min_insync: int) -> Replication:
     try:
         return Replication(factor, min_insync)
     except ValueError as exc:
-        raise SystemExit(f"hap: HAP_KAFKA_MIN_INSYNC_REPLICAS: {exc}") from None
+        raise SystemExit(f"hap: Kafka replication: {exc}") from None
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:

@@ -65,6 +65,8 @@ class Replication:
     min_insync: int = 1
 
     def __post_init__(self) -> None:
+        if self.factor < 1:
+            raise ValueError(f"the replication factor must be at least 1, got {self.factor}")
         if not 1 <= self.min_insync <= self.factor:
             raise ValueError(f"min.insync.replicas must be between 1 and the replication factor ({self.factor}), "
                              f"got {self.min_insync}")

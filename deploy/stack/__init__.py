@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from deploy.settings import BROKERS_KEY, ENDPOINTS_FILE, Settings
-from deploy.stack.process import StackError
+from deploy.settings import BROKERS_KEY, ENDPOINTS_FILE, Settings, read_endpoints
+from deploy.stack.process import ManagedProcess, StackError
 from deploy.stack.services import (
     Kafka,
     Prometheus,
@@ -51,6 +51,10 @@ class Stack:
 
     def up(self) -> dict[str, str]:
         """Start every managed service; return the endpoints once all are healthy."""
+        running = read_endpoints(self.settings.data_dir)
+        if self.brokers and running and int(running.get(BROKERS_KEY, 1)) != len(self.brokers):
+            raise StackError(f"a stack of {running.get(BROKERS_KEY, 1)} broker(s) runs in {self.settings.data_dir}: "
+                             "`hap stack down` it first")
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         for service in self.services:  # together: a Kafka node answers once a quorum of its voters runs
             service.launch()
@@ -67,8 +71,14 @@ class Stack:
         return [s for s in self.services if isinstance(s, Kafka)]
 
     def down(self) -> list[str]:
-        """Stop the services this data dir started; return their names."""
-        stopped = [s.name for s in reversed(self.services) if s.process.stop()]
+        """Stop the services this data dir started; return their names. Every Kafka node the data dir
+        holds is stopped, whatever count the settings give (an `up` that failed recorded none)."""
+        processes = [s.process for s in reversed(self.services)]
+        if self.brokers:
+            known = {b.name for b in self.brokers}
+            processes[:0] = [ManagedProcess(d.name, d) for d in sorted(self.settings.data_dir.glob("kafka-*"))
+                             if d.is_dir() and d.name not in known]
+        stopped = [p.name for p in processes if p.stop()]
         (self.settings.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
         return stopped
 

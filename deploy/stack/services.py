@@ -70,6 +70,18 @@ class Service:
         return f"set HAP_{self.port_setting.upper()} to a free port"
 
 
+def _voter_count(properties: str) -> int | None:
+    """How many controllers a Kafka server.properties names (None: no such line).
+
+    >>> _voter_count("node.id=1\\ncontroller.quorum.voters=1@127.0.0.1:9093,2@127.0.0.1:9095\\n")
+    2
+    """
+    for line in properties.splitlines():
+        if line.startswith("controller.quorum.voters="):
+            return len(line.split("=", 1)[1].split(","))
+    return None
+
+
 def _port_freed(port: int, grace_s: float) -> bool:
     """True once ``port`` is free, waiting up to ``grace_s`` (right after a crash the kernel may
     still hold the dead server's sockets for a moment)."""
@@ -138,6 +150,10 @@ class Kafka(Service):
                              f"{sec.sasl_mechanism}: point HAP_KAFKA_BOOTSTRAP at a cluster that does")
         self.dir.mkdir(parents=True, exist_ok=True)
         props = self.dir / "server.properties"  # may hold the SASL password: owner-only
+        if (self.dir / "data" / "meta.properties").exists() and props.exists() \
+                and _voter_count(props.read_text()) not in (None, len(self.nodes)):
+            raise StackError(f"the Kafka data in {self.dir} belongs to a cluster of another size than "
+                             f"{len(self.nodes)} broker(s): use another HAP_DATA_DIR, or the same --brokers as before")
         props.touch(mode=0o600)
         props.chmod(0o600)
         props.write_text(self._properties())
@@ -160,6 +176,10 @@ class Kafka(Service):
     def argv(self) -> list[str]:
         return [*self._java(), "kafka.Kafka", str(self.dir / "server.properties")]
 
+    def _voters(self) -> str:
+        """The line of server.properties naming every controller of the cluster."""
+        return "controller.quorum.voters=" + ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(self.nodes))
+
     def _cluster_id(self) -> str:
         """The id every node's storage is formatted with: one per data dir, kept in ``kafka/cluster.id``."""
         path = self.settings.data_dir / "kafka" / "cluster.id"
@@ -177,7 +197,6 @@ class Kafka(Service):
 
     def _properties(self) -> str:
         port, ctl, sec = self.port, self.controller_port, self.settings.kafka_security
-        voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(self.nodes))
         # internal topics and topics created by other clients: replicated like the pipeline's
         internal = Replication.for_brokers(len(self.nodes))
         replication = self.settings.kafka_replication
@@ -192,7 +211,7 @@ class Kafka(Service):
         return "\n".join([
             "process.roles=broker,controller",
             f"node.id={self.node_id}",
-            f"controller.quorum.voters={voters}",
+            self._voters(),
             f"listeners={listener}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{ctl}",
             f"advertised.listeners={listener}://127.0.0.1:{port}",
             "controller.listener.names=CONTROLLER",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from deploy.settings import Settings
-from deploy.stack.process import free_port, port_is_free
+from deploy.stack.process import port_is_free
 from deploy.stack.services import Kafka
 from streams.topics import Replication, create_missing, pipeline_topics, worker_topics
 
@@ -35,10 +36,13 @@ def hap(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _free_base() -> int:
-    """A port p such that p .. p + 2 * BROKERS - 1 are free (broker i: p + 2i, its controller: p + 2i + 1)."""
-    for _ in range(50):
-        base = free_port()
-        if base + 2 * BROKERS < 65536 and all(port_is_free(base + i) for i in range(2 * BROKERS)):
+    """A port p such that p .. p + 2 * BROKERS are free: broker i on p + 2i, its controller on p + 2i + 1,
+    Redis on p + 2 * BROKERS. Below the kernel's ephemeral range (32768 up), so that no outgoing
+    connection takes one of them between this check and the servers' start."""
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20000, 32000)
+        if all(port_is_free(base + i) for i in range(2 * BROKERS + 1)):
             return base
     raise RuntimeError("no run of free ports found")
 
@@ -51,7 +55,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAP_") or k == "HAP_CACHE_DIR"}
     base = _free_base()
     env.update(HAP_DATA_DIR=str(tmp_path_factory.mktemp("brokers")), HAP_KAFKA_PORT=str(base),
-               HAP_KAFKA_CONTROLLER_PORT=str(base + 1), HAP_REDIS_PORT=str(free_port()))
+               HAP_KAFKA_CONTROLLER_PORT=str(base + 1), HAP_REDIS_PORT=str(base + 2 * BROKERS))
     up = hap(env, "stack", "up", "--brokers", str(BROKERS), "--no-prometheus")
     try:
         assert up.returncode == 0, up.stderr
@@ -59,6 +63,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str
     finally:
         down = hap(env, "stack", "down", "--no-prometheus")
         assert down.returncode == 0, down.stderr
+    # the data dir holds a three-node cluster: a single-broker `up` on it is refused, nothing started
+    single = hap(env, "stack", "up", "--no-prometheus")
+    assert single.returncode == 2 and "another size than 1 broker" in single.stderr, single.stderr
 
 
 def test_stack_records_three_brokers(cluster):
@@ -178,3 +185,24 @@ def test_replication_default_follows_the_brokers(tmp_path: Path):
     assert explicit.kafka_replication == Replication(3, 3)
     with pytest.raises(SystemExit, match="min.insync.replicas"):
         Settings.load({**base, "HAP_KAFKA_MIN_INSYNC_REPLICAS": "2"})
+
+
+def test_down_stops_every_node_after_a_failed_up(tmp_path: Path):
+    """`up --brokers 3` that fails on its third node leaves two running and records no count; a plain
+    `down` still stops every node of the data dir."""
+    import socket
+
+    base = _free_base()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAP_") or k == "HAP_CACHE_DIR"}
+    env.update(HAP_DATA_DIR=str(tmp_path / "stack"), HAP_KAFKA_PORT=str(base),
+               HAP_KAFKA_CONTROLLER_PORT=str(base + 1), HAP_REDIS_PORT=str(base + 2 * BROKERS))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + 4))  # the third broker's port
+        taken.listen()
+        up = hap(env, "stack", "up", "--brokers", str(BROKERS), "--no-prometheus")
+    assert up.returncode == 2 and f"port {base + 4} for kafka-2 is taken" in up.stderr, up.stderr
+    nodes = [Kafka(Settings.load({**env, "HAP_KAFKA_BROKERS": str(BROKERS)}), n) for n in range(BROKERS)]
+    assert [n.process.pid() is not None for n in nodes] == [True, True, False]
+    down = hap(env, "stack", "down", "--no-prometheus")
+    assert down.returncode == 0 and "kafka-1" in down.stdout, down.stdout
+    assert [n.process.pid() for n in nodes] == [None] * BROKERS
