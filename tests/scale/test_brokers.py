@@ -99,6 +99,32 @@ def test_topics_and_changelogs_are_created_with_rf3_min_isr2(cluster):
         == settings.kafka_partitions
 
 
+def test_hap_streams_creates_its_topics_and_changelogs_replicated(cluster, tmp_path):
+    """The worker itself, on the stack's settings alone: every topic it uses, its tables' changelogs
+    included, has 3 replicas and min ISR 2."""
+    env, settings = cluster
+    env = {**env, "HAP_TOPIC_PREFIX": "wk.", "HAP_STREAMS_METRICS_PORT": str(_free_base())}
+    worker = subprocess.Popen([sys.executable, "-m", "deploy.cli", "streams"], env=env, start_new_session=True,
+                              stdout=open(tmp_path / "streams.log", "wb"), stderr=subprocess.STDOUT)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        def created() -> list[str]:
+            return [t for t in admin.list_topics() if t.startswith("wk.") or t.startswith("hap-streams-wk-")]
+
+        _wait(lambda: sum(t.endswith("-changelog") for t in created()) >= 4 and len(created()) >= 10, 120,
+              "the worker's topics: " + (tmp_path / "streams.log").read_text()[-2000:])
+        topics = created()
+        described = {t["name"]: t["partitions"] for t in admin.describe_topics(topics)}
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])["topic"]
+    finally:
+        os.killpg(worker.pid, 9)
+        worker.wait(30)
+        admin.close()
+    for name in topics:
+        assert {len(p["replica_nodes"]) for p in described[name]} == {BROKERS}, name
+        assert configs[name]["min.insync.replicas"]["value"] == "2", name
+
+
 def test_sigkill_of_a_broker_mid_produce_loses_nothing_acknowledged(cluster):
     env, settings = cluster
     topic = "kill.samples"
