@@ -115,6 +115,17 @@ class Settings:
     metrics_host: str = LOOPBACK
     #: the address the router's HTTP server (API and metrics) binds; default: ``metrics_host``
     router_host: str = LOOPBACK
+    #: defaults of the components' flags (a flag given on the command line wins)
+    join_window_s: float = 30.0
+    lateness_s: float = 5.0
+    worker_id: str = "0"
+    streams_stall_s: float = 30.0
+    log_level: str = "WARNING"
+    learner_method: str = "ghcl"
+    publish_interval_s: float = 1.0
+    router_policy: str = "damr"
+    router_budget: float = 0.2
+    router_workers: int = 1
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -163,6 +174,16 @@ class Settings:
                 env, "HAP_KAFKA_MIN_INSYNC_REPLICAS", Replication.for_brokers(factor).min_insync)),
             metrics_host=metrics_host,
             router_host=env.get("HAP_ROUTER_HOST", metrics_host),
+            join_window_s=_float(env, "HAP_JOIN_WINDOW_S", 30.0),
+            lateness_s=_float(env, "HAP_LATENESS_S", 5.0),
+            worker_id=env.get("HAP_WORKER_ID", "0"),
+            streams_stall_s=_float(env, "HAP_STREAMS_STALL_S", 30.0),
+            log_level=env.get("HAP_LOG_LEVEL", "WARNING"),
+            learner_method=env.get("HAP_LEARNER_METHOD", "ghcl"),
+            publish_interval_s=_float(env, "HAP_PUBLISH_INTERVAL_S", 1.0),
+            router_policy=env.get("HAP_ROUTER_POLICY", "damr"),
+            router_budget=_float(env, "HAP_ROUTER_BUDGET", 0.2),
+            router_workers=_int(env, "HAP_ROUTER_WORKERS", 1),
             **ports,
         )
 
@@ -223,3 +244,13 @@ def _int(env: Mapping[str, str], key: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"hap: {key}={raw!r} is not an integer") from None
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"hap: {key}={raw!r} is not a number") from None

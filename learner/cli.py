@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    env = os.environ.get
+    from deploy.settings import Settings
+
+    s = Settings.load()
     p = sub.add_parser("learner", help="train both tiers online from hap.samples and publish to Redis")
-    p.add_argument("--method", choices=["ghcl", "mixed", "softmax"], default=env("HAP_LEARNER_METHOD", "ghcl"))
+    p.add_argument("--method", choices=["ghcl", "mixed", "softmax"], default=s.learner_method)
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when a GPU is visible, else the CPU), cpu or cuda[:n]; weights and "
                         "checkpoints are the same whatever the device")
     p.add_argument("--batch-groups", type=int, default=32)
-    p.add_argument("--publish-interval", type=float, default=float(env("HAP_PUBLISH_INTERVAL_S", 1.0)))
+    p.add_argument("--publish-interval", type=float, default=s.publish_interval_s)
     p.add_argument("--publish-steps", type=int, default=50)
     p.add_argument("--checkpoint-interval", type=float, default=10.0)
     p.add_argument("--keep-versions", type=int, default=5)

@@ -22,16 +22,18 @@ for _name in PINNED_THREADS:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    env = os.environ.get
+    from deploy.settings import Settings
+
+    s = Settings.load()
     p = sub.add_parser("router", help="serve pre-ranking with DAMR over hot-swapped versions")
     p.add_argument("--host", help="default: HAP_ROUTER_HOST, else HAP_METRICS_HOST, else 127.0.0.1")
     p.add_argument("--port", type=int, help="default: HAP_ROUTER_PORT or 8080")
-    p.add_argument("--policy", choices=["light", "damr", "expressive_all"], default=env("HAP_ROUTER_POLICY", "damr"))
-    p.add_argument("--budget", type=float, default=float(env("HAP_ROUTER_BUDGET", 0.2)),
+    p.add_argument("--policy", choices=["light", "damr", "expressive_all"], default=s.router_policy)
+    p.add_argument("--budget", type=float, default=s.router_budget,
                    help="expressive budget: fraction of candidates (< 1) or count")
     p.add_argument("--max-candidates", type=int, default=5000)
     p.add_argument("--poll", type=float, default=2.0, help="manifest polling interval (fallback to pub/sub)")
-    p.add_argument("--workers", type=int, default=int(env("HAP_ROUTER_WORKERS", 1)),
+    p.add_argument("--workers", type=int, default=s.router_workers,
                    help="processes serving the port (SO_REUSEPORT), one core each")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for the workers
 

@@ -9,11 +9,13 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    env = os.environ.get
+    from deploy.settings import Settings
+
+    s = Settings.load()
     p = sub.add_parser("streams", help="assemble hybrid sample groups from Kafka events")
-    p.add_argument("--window", type=float, default=float(env("HAP_JOIN_WINDOW_S", 30)),
+    p.add_argument("--window", type=float, default=s.join_window_s,
                    help="join window: seconds of event time after a request's last event")
-    p.add_argument("--lateness", type=float, default=float(env("HAP_LATENESS_S", 5)))
+    p.add_argument("--lateness", type=float, default=s.lateness_s)
     p.add_argument("--max-future", type=float, default=10.0,
                    help="seconds an event time may run ahead of its arrival; beyond, the event is dead-lettered "
                         "(reason_kind future)")
@@ -23,8 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-prn", type=int, default=10)
     p.add_argument("--no-corrections", action="store_true", help="dead-letter late feedback instead")
     p.add_argument("--metrics-port", type=int, default=None, help="default: HAP_STREAMS_METRICS_PORT or 9101")
-    p.add_argument("--worker-id", default=env("HAP_WORKER_ID", "0"))
-    p.add_argument("--stall-timeout", type=float, default=float(env("HAP_STREAMS_STALL_S", 30)),
+    p.add_argument("--worker-id", default=s.worker_id)
+    p.add_argument("--stall-timeout", type=float, default=s.streams_stall_s,
                    help="seconds without progress (x10 while tables recover) before the worker is replaced")
     p.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)  # the supervised child
 
@@ -68,7 +70,7 @@ def run_worker(args: argparse.Namespace) -> int:
     quiet_repeats()
     _Worker = _make_worker_class()
     sys.argv = [sys.argv[0], "worker"]
-    _Worker(app, loglevel=os.environ.get("HAP_LOG_LEVEL", "WARNING"), quiet=True).execute_from_commandline()
+    _Worker(app, loglevel=s.log_level, quiet=True).execute_from_commandline()
     return 0
 
 
