@@ -1,11 +1,12 @@
 """Versioned model weights in Redis: safetensors blobs, one atomic manifest, a notification.
 
 Publishing a version: (1) each tier's blob is written under an immutable key
-``{hap:model}:blob:{version}:{tier}``; (2) the manifest ``{hap:model}:manifest`` is switched by
-one compare-and-set (a Lua script: readers see the old or the new version, both tiers together);
-(3) the version number is published on ``hap:model:updates``. Every key is spelled once, in
-:class:`ModelKeys`; all share the hash tag ``{<prefix>model}``, so on Redis Cluster they live
-in one slot and the switch can read and write them in one script.
+``{hap:model:manifest}:blob:{version}:{tier}``; (2) the manifest ``hap:model:manifest`` is
+switched by one compare-and-set (a Lua script: readers see the old or the new version, both
+tiers together); (3) the version number is published on ``hap:model:updates``. Every key is
+spelled once, in :class:`ModelKeys`; the others' hash tag is the manifest's name, so on Redis
+Cluster all of them live in the manifest's slot and the switch reads and writes them in one
+script.
 
 One writer: the switch succeeds only for the holder of the writer lease (see
 :mod:`feature_store.lease`; or, for a writer without one, while nobody holds it), only while
@@ -116,24 +117,30 @@ class NonFiniteWeights(ModelStoreError):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ModelKeys:
-    """Every Redis key of the model store, spelled once; all share the hash tag ``{<prefix>model}``.
+    """Every Redis key of the model store, spelled once; all in the manifest's Redis Cluster slot.
+
+    The manifest keeps its name (``hap:model:manifest``: a key without braces hashes whole); the
+    others carry it as their hash tag, so they hash to the same slot.
 
     Examples
     --------
+    >>> from redis.crc import key_slot
     >>> keys = ModelKeys("hap:")
     >>> keys.manifest, keys.blob(3, "light"), keys.channel
-    ('{hap:model}:manifest', '{hap:model}:blob:3:light', 'hap:model:updates')
+    ('hap:model:manifest', '{hap:model:manifest}:blob:3:light', 'hap:model:updates')
+    >>> len({key_slot(k.encode()) for k in (keys.manifest, keys.lease, keys.term, keys.blob(3, "light"))})
+    1
     """
 
     prefix: str = "hap:"
 
     @property
-    def tag(self) -> str:
-        return f"{{{self.prefix}model}}"
+    def manifest(self) -> str:
+        return f"{self.prefix}model:manifest"
 
     @property
-    def manifest(self) -> str:
-        return f"{self.tag}:manifest"
+    def tag(self) -> str:
+        return f"{{{self.manifest}}}"
 
     @property
     def version_counter(self) -> str:
@@ -271,7 +278,7 @@ class ModelStore:
         try:
             return self._publish(tiers, trained_until_event_ts_ms, trained_until_finalized_ts_ms, samples_seen,
                                  metrics)
-        except (redis.RedisError, OSError, FencedError):
+        except Exception:
             self._last_version = None  # Redis may hold part of this version, or another's: the next one is full
             raise
 

@@ -115,7 +115,8 @@ class LearnerService:
 
     def _acquire_lease(self) -> None:
         """Hold the writer lease (renewed from now on), waiting while another learner holds it or
-        Redis is unreachable; raises :class:`FencedError` (``lease_held``) after ``lease_wait_s``."""
+        Redis is unreachable; after ``lease_wait_s`` raises :class:`FencedError` (``lease_held``) or
+        Redis' error."""
         deadline = None if self.cfg.lease_wait_s is None else time.monotonic() + self.cfg.lease_wait_s
         told = None
         while True:
@@ -123,15 +124,17 @@ class LearnerService:
                 if self.lease.acquire():
                     break
                 holder, left = self.lease.current()
-                problem = f"the model-store writer lease is held by {holder} (expires in {left:.1f}s unless renewed)"
+                problem: Exception = FencedError(f"the model-store writer lease is held by {holder} (expires in "
+                                                 f"{left:.1f}s unless renewed)", "lease_held", holder)
             except (redis.RedisError, OSError) as exc:
-                holder, problem = "redis", f"Redis is unreachable ({exc})"
+                holder, problem = "redis", exc
             LEASE_WAITING.set(1)
             if deadline is not None and time.monotonic() >= deadline:
                 LEASE_WAITING.set(0)
-                raise FencedError(f"gave up waiting after {self.cfg.lease_wait_s}s: {problem}", "lease_held", holder)
+                raise problem
             if holder != told:
-                log.warning("waiting to start: %s; this learner starts once it is released or expires", problem)
+                log.warning("waiting to start: %s; this learner starts once it is released or expires",
+                            problem if holder != "redis" else f"Redis is unreachable ({problem})")
                 told = holder
             time.sleep(min(1.0, self.cfg.lease_ttl_s / 4))
         LEASE_WAITING.set(0)
