@@ -13,9 +13,11 @@
     python bench/streams.py [--requests 2000] [--py-spy prof.txt]   # needs `hap stack up` (or HAP_* endpoints)
 
 ``--py-spy`` profiles the worker of step 1 (py-spy raw format, 100 Hz) and prints its top frames
-to stderr. Ends with one JSON line {"events_per_s", "requests_per_s", "candidate_samples_per_s",
-"raw_events_per_s", "decode_events_per_s", "ratio", "ratio_vs_decode", "rss_per_pending_kb",
-"lag_p50_s", "lag_p99_s", ...}.
+to stderr. On a shared machine the rates move with the other load; the CPU time per event of the
+worker and of the decoding consumer (``cpu_ratio_vs_decode``, theirs over the worker's) much less.
+Ends with one JSON line {"events_per_s", "requests_per_s", "candidate_samples_per_s",
+"raw_events_per_s", "decode_events_per_s", "ratio", "ratio_vs_decode", "worker_cpu_us_per_event",
+"decode_cpu_us_per_event", "cpu_ratio_vs_decode", "rss_per_pending_kb", "lag_p50_s", "lag_p99_s", ...}.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from streams.topics import ensure_topics  # noqa: E402
 
 WINDOW = ["--window", "0.5", "--lateness", "0"]
 POLL_S = 0.2
+LAG_S = 30  # seconds of traffic in the lag run, at most
 
 
 def simulate(env: dict[str, str], requests: int, rate: float) -> tuple[dict, float]:
@@ -80,25 +83,33 @@ def worker_pid(component: Component) -> int:
     raise RuntimeError("the streams worker process did not start")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path | None) -> dict[str, float]:
-    """Events/s and requests/s from the first to the last event; candidate samples/s up to the last group."""
+    """Events/s and requests/s from the first to the last event, and the worker's CPU time per
+    event over the same span; candidate samples/s up to the last group."""
     url = metrics_url(env)
     worker = Component("streams", ["streams", *WINDOW], tmp, env).start()
     spy = None
     try:
         worker.wait_http(url)
+        pid = worker_pid(worker)
         if py_spy:
-            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
-                                    str(worker_pid(worker)), "--rate", "100", "--format", "raw", "--nonblocking",
-                                    "-o", str(py_spy)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+                                    "--rate", "100", "--format", "raw", "--nonblocking", "-o", str(py_spy)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         first = last = None
         m = Metrics({})
         deadline = time.monotonic() + 900
         while m.total("hap_streams_events_total") < total_events and time.monotonic() < deadline:
             m = scrape(url)
             if first is None and m.total("hap_streams_events_total"):
-                first = time.monotonic()
-            last = time.monotonic()
+                first, first_events, cpu_first = time.monotonic(), m.total("hap_streams_events_total"), cpu_seconds(pid)
+            last, cpu_last = time.monotonic(), cpu_seconds(pid)
             time.sleep(POLL_S)
         done = m
         samples, last_sample = m.total("hap_streams_samples_total"), last
@@ -116,11 +127,14 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
     return {"events_per_s": done.total("hap_streams_events_total") / elapsed,
             "requests_per_s": done.total("hap_streams_events_total", topic="ranking") / elapsed,
             "candidate_samples_per_s": samples / max(last_sample - first, 1e-3),
+            "worker_cpu_us_per_event": 1e6 * (cpu_last - cpu_first) / (done.total("hap_streams_events_total")
+                                                                        - first_events),
             "worker_seconds": elapsed}
 
 
-async def consumer_rate(bootstrap: str, topics: list[str], total: int, decode: bool) -> float:
-    """Records/s of a plain aiokafka consumer from its first record on (``decode``: each parsed with orjson)."""
+async def consumer_rate(bootstrap: str, topics: list[str], total: int, decode: bool) -> tuple[float, float]:
+    """Records/s of a plain aiokafka consumer from its first record on (``decode``: each parsed with
+    orjson), and its CPU time per record (this process's, over the same span)."""
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 group_id=f"bench-{uuid.uuid4().hex[:6]}", max_partition_fetch_bytes=8 << 20,
                                 fetch_max_bytes=32 << 20)
@@ -135,11 +149,12 @@ async def consumer_rate(bootstrap: str, topics: list[str], total: int, decode: b
                         orjson.loads(record.value)
             n = sum(len(v) for v in batch.values())
             if n and started is None:
-                started = time.monotonic()
+                started, cpu, first = time.monotonic(), time.process_time(), n
             count += n
+        elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
     finally:
         await consumer.stop()
-    return count / (time.monotonic() - started)
+    return count / elapsed, 1e6 * cpu / (count - first)
 
 
 def rss_per_pending(env: dict[str, str], requests: int, tmp: Path) -> dict[str, float]:
@@ -195,12 +210,14 @@ def main() -> None:
         total = report["ranking"] + report["exposure"] + report["feedback"]
         rates = worker_rate(env, total, tmp, args.py_spy)
         topics = [f"{env['HAP_TOPIC_PREFIX']}{t}" for t in ("ranking", "exposure")]
-        raw = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=False))
-        decoded = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=True))
+        raw, raw_cpu = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=False))
+        decoded, decode_cpu = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=True))
         fresh_topics(env, s.kafka_bootstrap, "m")
         memory = rss_per_pending(env, max(200, args.requests // 2), tmp)
         fresh_topics(env, s.kafka_bootstrap, "l")
-        lags = lag(env, max(200, args.requests // 3), rates["events_per_s"] / 2, tmp)
+        rate = rates["events_per_s"] / 2
+        per_request = total / report["ranking"]
+        lags = lag(env, max(100, min(args.requests // 3, int(rate * LAG_S / per_request))), rate, tmp)
     if args.py_spy:
         from router_http import top_frames
 
@@ -211,6 +228,8 @@ def main() -> None:
         **{k: round(v, 1) for k, v in rates.items()}, "raw_events_per_s": round(raw, 1),
         "decode_events_per_s": round(decoded, 1), "ratio": round(rates["events_per_s"] / raw, 3),
         "ratio_vs_decode": round(rates["events_per_s"] / decoded, 3), "events": total, "requests": report["ranking"],
+        "raw_cpu_us_per_event": round(raw_cpu, 1), "decode_cpu_us_per_event": round(decode_cpu, 1),
+        "cpu_ratio_vs_decode": round(decode_cpu / rates["worker_cpu_us_per_event"], 3),
         **memory, **lags, "join_window_s": window_s,
         "lag_within_bound": lags["lag_p99_s"] is not None and lags["lag_p99_s"] <= window_s + 1.0,
         "load_average": os.getloadavg(),

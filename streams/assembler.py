@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+import math
+import operator
 import zlib
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -106,6 +109,14 @@ def is_due(state: dict[str, Any], watermark_ms: int, wall_ms: int, config: Assem
     return event_due or wall_ms >= state["last_wall_ms"] + config.window_ms + config.lateness_ms
 
 
+_UNRANKED = {None: -math.inf}  # rank_pos -> a number (None: below every rank)
+
+
+def _above(values: Iterable[float], bound: int) -> Iterator[int]:
+    """Indexes of the values above ``bound``, in order."""
+    return itertools.compress(itertools.count(), map(operator.gt, values, itertools.repeat(bound)))
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Choice:
     """The items of a request's group, chosen and labelled, before their statistics are read."""
@@ -133,16 +144,18 @@ def choose(state: dict[str, Any], ranking: RankingColumns, config: AssemblerConf
         source = "exp_pos" if item_id in positive else "exp_neg"
         chosen.append((item_id, source, None, None, "unknown") if k is None else
                       (item_id, source, prerank[k], rank[k], types[k]))
-    unexposed = [k for k, i in enumerate(ids) if i not in exposed]
-    ranked = [k for k in unexposed if rank[k] is not None and rank[k] > config.rn_min_rank]
-    rn = set(ranked)  # precedence: an item that qualifies as rn is never a prn
+    # eligibility in C-level passes over the columns, in candidate order; exposed candidates skipped
+    skip = {index[i] for i in exposed if i in index}
+    ranked = [k for k in _above(map(_UNRANKED.get, rank, rank), config.rn_min_rank) if k not in skip]
+    skip.update(ranked)  # precedence: an item that qualifies as rn is never a prn
     for source, eligible, cap in (
         ("rn", ranked, config.max_rn),
-        ("prn", [k for k in unexposed if prerank[k] > config.prn_min_prerank and k not in rn], config.max_prn),
+        ("prn", [k for k in _above(prerank, config.prn_min_prerank) if k not in skip], config.max_prn),
     ):
         picks = rng.choice(len(eligible), min(cap, len(eligible)), replace=False) if eligible else []
         chosen += [(ids[k], source, prerank[k], rank[k], types[k]) for k in (eligible[i] for i in sorted(picks))]
-    for item_id, ctype in pool.sample(config.gn_per_exposed * len(exposed), index.keys() | exposed.keys(), rng):
+    exclude = index if exposed.keys() <= index.keys() else index.keys() | exposed.keys()
+    for item_id, ctype in pool.sample(config.gn_per_exposed * len(exposed), exclude, rng):
         chosen.append((item_id, "gn", None, None, ctype))
     return Choice(ranking, chosen, state["revision"], implied, orphan_feedback(state, index))
 

@@ -219,8 +219,9 @@ class Joiner:
         rid, partition = event.request_id, record.partition
         # never past the worker's clock: an event a little ahead (within the bound) closes no window early
         self.watermark[partition] = max(self.watermark[partition], min(event.ts_ms, wall))
-        if isinstance(event, RankingColumns):
-            self.pool.add_many(event.item_ids, event.content_types)
+        if isinstance(event, RankingColumns):  # kept until finalized: with the pool's strings, not its own
+            ids, types = self.pool.add_many(event.item_ids, event.content_types)
+            event = dataclasses.replace(event, item_ids=ids, content_types=types)
         else:
             self.features.count(event, self.cfg.assembler.dwell_threshold_ms)
         done = self.tables.finalized.get(rid)

@@ -13,9 +13,9 @@ Examples
 ['b', 'c', 'd']
 >>> pool.sample(2, exclude={"b"}, rng=np.random.default_rng(0))
 [('c', 'video'), ('d', 'video')]
->>> pool.add_many(["c", "e"], ["news", "video"])
->>> sorted(pool.items()), pool.types["c"]
-(['c', 'd', 'e'], 'news')
+>>> ids, types = pool.add_many(["c", "e"], ["news", "video"])
+>>> sorted(pool.items()), pool.types["c"], ids[0] is pool.slots[pool.slots.index("c")]
+(['c', 'd', 'e'], 'news', True)
 """
 
 from __future__ import annotations
@@ -26,12 +26,16 @@ import numpy as np
 
 
 class CandidatePool:
-    """Recency-bounded set of ``item_id -> content_type``."""
+    """Recency-bounded set of ``item_id -> content_type``; it also lends its own copy of each id
+    and content type (:meth:`add_many`), so that many requests naming an item share one string."""
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, capacity: int = 100_000, max_names: int = 1024) -> None:
         self.capacity = capacity
+        self.max_names = max_names
         self.slots: list[str] = []
         self.types: dict[str, str] = {}
+        self.ids: dict[str, str] = {}  # item id -> the pool's copy of it
+        self.names: dict[str, str] = {}  # content type -> the pool's copy of it (the first max_names seen)
         self.next = 0
 
     def __len__(self) -> int:
@@ -44,18 +48,25 @@ class CandidatePool:
         if len(self.slots) < self.capacity:
             self.slots.append(item_id)
         else:
-            del self.types[self.slots[self.next]]
+            evicted = self.slots[self.next]
+            del self.types[evicted], self.ids[evicted]
             self.slots[self.next] = item_id
             self.next = (self.next + 1) % self.capacity
         self.types[item_id] = content_type
+        self.ids[item_id] = item_id
 
-    def add_many(self, item_ids: Sequence[str], content_types: Sequence[str]) -> None:
-        """:meth:`add` each pair in order; when every item is known already, in one C-level pass."""
-        if self.types.keys() >= set(item_ids):
+    def add_many(self, item_ids: Sequence[str], content_types: Sequence[str]) -> tuple[list[str], list[str]]:
+        """:meth:`add` each pair in order (in C-level passes when every item is known already);
+        returns the ids and content types as the pool's own copies."""
+        names = self.names
+        content_types = list(map(names.setdefault if len(names) < self.max_names else names.get, content_types,
+                                 content_types))
+        if all(map(self.types.__contains__, item_ids)):
             self.types.update(zip(item_ids, content_types, strict=True))
-            return
-        for item_id, content_type in zip(item_ids, content_types, strict=True):
-            self.add(item_id, content_type)
+        else:
+            for item_id, content_type in zip(item_ids, content_types, strict=True):
+                self.add(item_id, content_type)
+        return list(map(self.ids.get, item_ids, item_ids)), content_types
 
     def items(self) -> list[str]:
         return list(self.slots)

@@ -32,6 +32,7 @@ from streams.contract import (
     Limits,
     check,
     check_columns,
+    check_record,
 )
 from streams.validate import InvalidEvent, req_mapping
 
@@ -230,8 +231,14 @@ def decode_ranking_columns(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Ranki
                           list(columns["prerank_pos"]), list(columns["rank_pos"]), list(columns["content_type"]))
 
 
+_EXPOSURE_ORDER = [[f.name for f in EXPOSURE].index(f.name) for f in dataclasses.fields(ExposureEvent)]
+
+
 def decode_exposure(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> ExposureEvent:
-    event = ExposureEvent(**check(_load(raw, limits), EXPOSURE, "", limits))
+    obj = _load(raw, limits)
+    values = check_record(obj, EXPOSURE)  # the fast path; the checks field by field find the reason
+    event = ExposureEvent(**check(obj, EXPOSURE, "", limits)) if values is None else \
+        ExposureEvent(*map(values.__getitem__, _EXPOSURE_ORDER))
     if event.type == "exposure" and event.position is None:
         raise InvalidEvent("position: required for an exposure")
     return event

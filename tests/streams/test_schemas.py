@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streams.contract import EXPOSURE, check
 from streams.schemas import (
     Candidate,
     ExposureEvent,
@@ -81,6 +82,22 @@ def test_ranking_columns_reject_what_decode_ranking_rejects_with_the_same_reason
     raw = orjson.dumps(obj)
     columns, event = _outcome(decode_ranking_columns, raw), _outcome(decode_ranking, raw)
     assert columns == (event if isinstance(event, tuple) else RankingColumns.of(event))
+
+
+@given(exposures, st.data())
+def test_the_exposure_fast_path_accepts_and_rejects_as_the_field_checks(event, data):
+    obj = orjson.loads(encode(event))
+    field = data.draw(st.sampled_from([*sorted(obj.keys() - {"schema_version"}), "extra"]))
+    if data.draw(st.booleans()):
+        obj.pop(field, None)
+    else:
+        obj[field] = data.draw(candidate_values | st.sampled_from(["exposure", "feedback"]))
+    raw = orjson.dumps(obj)
+    slow = _outcome(lambda r: ExposureEvent(**check(orjson.loads(r), EXPOSURE, "", Limits())), raw)
+    fast = _outcome(decode_exposure, raw)
+    if isinstance(slow, ExposureEvent) and slow.type == "exposure" and slow.position is None:
+        slow = ("schema", "position: required for an exposure")
+    assert fast == slow
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | finite | st.text(max_size=5),
