@@ -117,7 +117,7 @@ class WriterLease:
         elif found != 1:
             holder = found.decode() if isinstance(found, bytes) else str(found)
             self.token = None
-            self.lost = FencedError(f"writer lease of term {self.term} lost: now held by {holder}", "lease_lost",
+            self.lost = FencedError(f"writer lease of term {self.term} was taken over: now {holder}", "lease_lost",
                                     holder)
             raise self.lost
 

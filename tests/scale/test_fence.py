@@ -1,7 +1,8 @@
 """Two learners on one model store, as in a rolling update (same data dir, same Redis): the second
 waits while the first holds the writer lease and publishes nothing; the first SIGKILLed, the second
-takes over once the lease's TTL ran out, with a higher term; the manifest's version and term never
-go down throughout."""
+takes over once the lease's TTL ran out, with a higher term; its lease taken from under it (as if it
+had been paused past the TTL), it exits 1 without publishing again; the manifest's version and term
+never go down throughout."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from kafka import KafkaProducer
 from deploy.pipeline import Component
 from deploy.scrape import scrape
 from deploy.stack.process import free_port
-from feature_store.lease import LEASE_TTL_S
+from feature_store.lease import LEASE_TTL_S, WriterLease
 from feature_store.model_store import ModelStore
 from streams.schemas import encode
 from streams.topics import ensure_topics
@@ -94,8 +95,13 @@ def test_one_writer_at_a_time_and_a_killed_one_is_replaced_with_a_higher_term(ka
         assert metric(urls[1], "hap_learner_lease_waiting") == 0
         assert wait_for(lambda: bool(seen) and seen[-1][1] == term + 1, 60), second.log_tail()
         assert takeover_s <= LEASE_TTL_S + 5, takeover_s  # the TTL, one retry interval, scrape delays
-        assert second.stop() == 0, second.log_tail()  # a graceful stop releases the lease
-        assert redis_client.get(store.keys.lease) is None
+
+        redis_client.delete(store.keys.lease)  # the second's lease expires under it; another writer takes it
+        thief = WriterLease(redis_client, holder="thief")
+        assert thief.acquire() and thief.term == term + 2
+        assert second.proc.wait(60) == 1, second.log_tail()
+        assert "stopping: " in second.log_tail(50) and "taken over" in second.log_tail(50)
+        assert redis_client.get(store.keys.lease) == thief.token.encode()  # not released by the fenced learner
     finally:
         stop.set()
         for t in threads:
@@ -104,5 +110,5 @@ def test_one_writer_at_a_time_and_a_killed_one_is_replaced_with_a_higher_term(ka
         second.kill()
     versions, terms = [v for v, _ in seen], [t for _, t in seen]
     assert versions == sorted(versions) and len(set(versions)) == len(versions), seen  # never backwards
-    assert terms == sorted(terms) and set(terms) == {term, term + 1}, seen
+    assert terms == sorted(terms) and set(terms) == {term, term + 1}, seen  # nothing after the theft
     print(f"takeover after SIGKILL: {takeover_s:.1f}s (lease TTL {LEASE_TTL_S:.0f}s); {len(seen)} versions seen")
