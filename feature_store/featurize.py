@@ -25,6 +25,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import zlib
 from collections.abc import Mapping, Sequence
@@ -50,8 +51,10 @@ _RATE_CLIP = 1e-4
 _PRIOR_LOGIT = math.log(PRIOR_CTR / (1 - PRIOR_CTR))
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def hash_id(namespace: str, value: str, buckets: int = ID_BUCKETS) -> int:
-    """Stable hash of ``value`` into ``1..buckets-1`` (0 is reserved for padding)."""
+    """Stable hash of ``value`` into ``1..buckets-1`` (0 is reserved for padding); the most recent
+    ids are cached (a few MB), as the same items recur across a stream's requests."""
     return 1 + zlib.crc32(f"{namespace}:{value}".encode()) % (buckets - 1)
 
 
@@ -120,8 +123,29 @@ def featurize_items(
         ctype_idx=np.fromiter(
             (hash_id("ctype", c, CONTENT_TYPE_BUCKETS) for c in content_types), np.int64, len(content_types)
         ),
-        dense=np.asarray([dense_stats(s) for s in stats], dtype=np.float32).reshape(len(item_ids), DENSE_DIM),
+        dense=dense_stats_matrix(stats_matrix(stats)),
     )
+
+
+_COLUMN = {name: i for i, name in enumerate(ITEM_STAT_FEATURES)}
+
+
+def stats_matrix(stats: Sequence[Mapping[str, float] | None]) -> np.ndarray:
+    """The raw statistics of many items as a ``(N, DENSE_DIM)`` float64 matrix in
+    ``ITEM_STAT_FEATURES`` order, NaN where a statistic is missing (names not in the list are
+    ignored): the input of :func:`dense_stats_matrix`.
+
+    >>> stats_matrix([{"exp_1h": 3.0, "other": 1.0}, None])[:, ITEM_STAT_FEATURES.index("exp_1h")].tolist()
+    [3.0, nan]
+    """
+    values = np.full((len(stats), DENSE_DIM), np.nan)
+    column = _COLUMN.get
+    for row, item in enumerate(stats):
+        for name, value in (item or {}).items():
+            j = column(name)
+            if j is not None and value is not None:
+                values[row, j] = value
+    return values
 
 
 def dense_stats_matrix(values: np.ndarray) -> np.ndarray:

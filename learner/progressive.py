@@ -30,14 +30,30 @@ import numpy as np
 NEGATIVE_SOURCES = ("exp_neg", "rn", "prn", "gn")
 
 
-def pair_auc_counts(pos: np.ndarray, neg: np.ndarray) -> tuple[float, int]:
-    """(correctly ordered pairs + half the ties, number of pairs)."""
-    if len(pos) == 0 or len(neg) == 0:
-        return 0.0, 0
-    neg_sorted = np.sort(neg)
-    below = np.searchsorted(neg_sorted, pos, side="left")
-    ties = np.searchsorted(neg_sorted, pos, side="right") - below
-    return float(below.sum() + 0.5 * ties.sum()), len(pos) * len(neg)
+def group_pair_counts(scores: np.ndarray, group: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Per item: the positives of its group scored above it, plus half those tied with it.
+
+    Summed over a group's negatives of one source, this is the numerator of that source's
+    pairwise AUC (correctly ordered pairs, ties as half). One sort for the whole batch.
+
+    >>> group_pair_counts(np.array([1.0, 3.0, 1.0, 2.0]), np.zeros(4, int), np.array([1, 1, 0, 0], bool)).tolist()
+    [1.0, 0.0, 1.5, 1.0]
+    """
+    order = np.lexsort((scores, group))
+    s, g, p = scores[order], group[order], positive[order].astype(np.float64)
+    # runs of equal (group, score): every item of a run has the same positives below, tied and above
+    new_run = np.r_[True, (s[1:] != s[:-1]) | (g[1:] != g[:-1])]
+    run = np.cumsum(new_run) - 1
+    tied = np.bincount(run, weights=p)
+    upto = np.cumsum(p)  # positives up to and including each position, over the whole batch
+    run_end = np.r_[np.flatnonzero(new_run)[1:], len(s)] - 1
+    group_start = np.r_[True, g[1:] != g[:-1]]
+    before_group = (upto - p)[np.maximum.accumulate(np.where(group_start, np.arange(len(s)), 0))]
+    group_total = np.bincount(g, weights=p, minlength=int(g.max(initial=-1)) + 1)[g] if len(g) else p
+    above = group_total - (upto[run_end[run]] - before_group)
+    out = np.empty(len(s))
+    out[order] = above + 0.5 * (tied[run] - p)  # an item is not tied with itself
+    return out
 
 
 class ProgressiveMetrics:
@@ -56,35 +72,43 @@ class ProgressiveMetrics:
     def update(self, scores: np.ndarray, group: np.ndarray, source: np.ndarray,
                rank_pos: np.ndarray | None = None) -> None:
         """Add a batch: ``scores``, request index, source name and ranking position (-1 for
-        none) of each item."""
-        rank_pos = np.full(len(scores), -1) if rank_pos is None else rank_pos
-        order = np.argsort(group, kind="stable")
-        scores, group, source, rank_pos = scores[order], group[order], source[order], rank_pos[order]
-        bounds = np.flatnonzero(np.diff(group)) + 1
-        for s, src, pos in zip(*(np.split(a, bounds) for a in (scores, source, rank_pos)), strict=True):
-            top = np.argsort(-s, kind="stable")[: self.k]
-            ranked = (pos >= 0) & (pos < self.top_n)
-            if ranked.any():
-                self.consistency_sum += float(ranked[top].sum() / ranked.sum())
-                self.consistency_groups += 1
-            self._update_group(s, src, top)
-
-    def _update_group(self, scores: np.ndarray, source: np.ndarray, top: np.ndarray) -> None:
-        positive = source == "exp_pos"
-        pos = scores[positive]
-        if len(pos) == 0:
+        none) of each item. Array operations over the whole batch (no loop per request)."""
+        if len(scores) == 0:
             return
+        scores = np.asarray(scores, np.float64)
+        _, group = np.unique(group, return_inverse=True)
+        n_groups = int(group.max()) + 1
+        rank_pos = np.full(len(scores), -1) if rank_pos is None else np.asarray(rank_pos)
+        positive = source == "exp_pos"
+        per_group = np.bincount(group, weights=positive, minlength=n_groups)
+        has_pos = per_group > 0
+        above = group_pair_counts(scores, group, positive)  # each negative's correctly ordered pairs
         for name in NEGATIVE_SOURCES:
-            good, n = pair_auc_counts(pos, scores[source == name])
-            self.pairs[name][0] += good
-            self.pairs[name][1] += n
-        good, n = pair_auc_counts(pos, scores[source == "exp_neg"])
-        if n:
-            exposed = int(positive.sum() + (source == "exp_neg").sum())
-            self.gauc_sum += exposed * good / n
-            self.gauc_weight += exposed
-        self.recall_sum += float(positive[top].sum() / positive.sum())
-        self.recall_groups += 1
+            neg = source == name
+            counted = neg & has_pos[group]
+            self.pairs[name][0] += float(above[counted].sum())
+            self.pairs[name][1] += int((per_group * np.bincount(group, weights=neg, minlength=n_groups)).sum())
+        neg = source == "exp_neg"
+        negatives = np.bincount(group, weights=neg, minlength=n_groups)
+        good = np.bincount(group, weights=np.where(neg, above, 0.0), minlength=n_groups)
+        both = has_pos & (negatives > 0)
+        exposed = per_group + negatives
+        self.gauc_sum += float((exposed[both] * good[both] / (per_group[both] * negatives[both])).sum())
+        self.gauc_weight += int(exposed[both].sum())
+        # rank within the request: by score, descending, ties in arrival order
+        order = np.lexsort((np.arange(len(scores)), -scores, group))
+        first = np.r_[0, np.flatnonzero(np.diff(group[order])) + 1]
+        rank = np.empty(len(scores), np.int64)
+        rank[order] = np.arange(len(scores)) - np.repeat(first, np.diff(np.r_[first, len(scores)]))
+        top = rank < self.k
+        found = np.bincount(group, weights=positive & top, minlength=n_groups)
+        self.recall_sum += float((found[has_pos] / per_group[has_pos]).sum())
+        self.recall_groups += int(has_pos.sum())
+        ranked = (rank_pos >= 0) & (rank_pos < self.top_n)
+        ranked_n = np.bincount(group, weights=ranked, minlength=n_groups)
+        kept = np.bincount(group, weights=ranked & top, minlength=n_groups)
+        self.consistency_sum += float((kept[ranked_n > 0] / ranked_n[ranked_n > 0]).sum())
+        self.consistency_groups += int((ranked_n > 0).sum())
 
     def merge(self, other: ProgressiveMetrics) -> ProgressiveMetrics:
         """Add ``other``'s counts (the metrics of disjoint groups) to these; returns ``self``.

@@ -2,11 +2,30 @@
 
 import numpy as np
 
-from learner.progressive import ProgressiveMetrics, pair_auc_counts
+from learner.progressive import NEGATIVE_SOURCES, ProgressiveMetrics, group_pair_counts
 
 
-def test_pair_auc_counts_ties_as_half():
-    assert pair_auc_counts(np.array([1.0, 3.0]), np.array([1.0, 2.0])) == (2.5, 4)
+def test_pair_counts_take_ties_as_half_and_stay_within_the_group():
+    scores = np.array([1.0, 3.0, 1.0, 2.0, 5.0])
+    positive = np.array([1, 1, 0, 0, 1], bool)
+    counts = group_pair_counts(scores, np.array([0, 0, 0, 0, 1]), positive)
+    assert counts[[2, 3]].tolist() == [1.5, 1.0]  # 2.5 of the 4 pairs; the other request's 5.0 is not compared
+
+
+def test_batch_metrics_equal_pair_by_pair_counting():
+    rng = np.random.default_rng(0)
+    n = 300
+    group, scores = rng.integers(0, 12, n), rng.integers(0, 6, n).astype(float)  # many ties
+    source = np.array(["exp_pos", *NEGATIVE_SOURCES])[rng.integers(0, 5, n)]
+    m = ProgressiveMetrics()
+    m.update(scores, group, source)
+    for name in NEGATIVE_SOURCES:
+        good = total = 0.0
+        for g in range(12):
+            pos, neg = scores[(group == g) & (source == "exp_pos")], scores[(group == g) & (source == name)]
+            good += sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+            total += len(pos) * len(neg)
+        assert np.isclose(m.report()["auc_vs"][name], good / total)
 
 
 def test_metrics_per_source_gauc_and_recall():
