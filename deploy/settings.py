@@ -17,6 +17,10 @@ with ``HAP_KAFKA_REPLICATION_FACTOR`` and ``HAP_KAFKA_MIN_INSYNC_REPLICAS``; ``H
 is the partition count of every pipeline topic and changelog, chosen once (see
 :mod:`streams.topics`).
 
+Redis: ``HAP_REDIS_URL`` names one node (``redis://``, ``rediss://``) or a Redis Cluster
+(``redis+cluster://host:port[,host:port...]``, ``rediss+cluster://``; see
+:mod:`feature_store.connection`); a URL the client cannot take stops every command with the reason.
+
 Examples
 --------
 >>> s = Settings.load({"HAP_DATA_DIR": "/tmp/hap-doc", "HAP_KAFKA_PORT": "19092"})
@@ -154,8 +158,8 @@ class Settings:
         return cls(
             data_dir=data_dir,
             kafka_bootstrap=env.get("HAP_KAFKA_BOOTSTRAP") or running.get("kafka.bootstrap", local_bootstrap),
-            redis_url=env.get("HAP_REDIS_URL")
-            or running.get("redis.url", f"redis://127.0.0.1:{ports['redis_port']}/0"),
+            redis_url=_redis_url(env.get("HAP_REDIS_URL")
+                                 or running.get("redis.url", f"redis://127.0.0.1:{ports['redis_port']}/0")),
             prometheus_url=env.get("HAP_PROMETHEUS_URL")
             or running.get("prometheus.url", f"http://127.0.0.1:{ports['prometheus_port']}"),
             topic_prefix=env.get("HAP_TOPIC_PREFIX", "hap."),
@@ -220,6 +224,23 @@ def read_endpoints(data_dir: Path) -> dict[str, str]:
     if not path.exists():
         return {}
     return json.loads(path.read_text())
+
+
+def _redis_url(url: str) -> str:
+    """``url`` once it is a URL the Redis client takes (a cluster's: seeds, database 0); exits otherwise.
+
+    >>> _redis_url("redis+cluster://127.0.0.1:7000/2")
+    Traceback (most recent call last):
+    ...
+    SystemExit: hap: HAP_REDIS_URL: redis+cluster://127.0.0.1:7000/2: a Redis Cluster has only database 0
+    """
+    endpoint = RedisEndpoint(url)
+    try:
+        if endpoint.cluster:
+            endpoint.seeds()
+    except ValueError as exc:
+        raise SystemExit(f"hap: HAP_REDIS_URL: {exc}") from None
+    return url
 
 
 def _security(env: Mapping[str, str]) -> KafkaSecurity:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import redis
+from redis.cluster import RedisCluster
 
 from feature_store.featurize import DENSE_DIM, ITEM_STAT_FEATURES, smoothed_ctr
 from feature_store.item_stats import KINDS, WINDOWS, ItemStats, window_stats
@@ -75,7 +76,8 @@ class StatsReader:
         self.stats = ItemStats(client, prefix)
         self.batch = batch
         self.script = client.register_script(_script_source())
-        self.scripts_work = True
+        # on a Redis Cluster one script cannot read items of many slots: the hashes are read instead
+        self.scripts_work = not isinstance(client, RedisCluster)
         self.window_args = [x for prefix, length, n in WINDOWS.values() for x in (prefix, length, n)]
 
     def read(self, item_ids: Sequence[str], at_ms: int) -> tuple[np.ndarray, np.ndarray]:

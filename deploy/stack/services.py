@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import shutil
 import subprocess
 import time
@@ -12,7 +13,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from deploy.settings import Settings, broker_ports
+import redis
+
+from deploy.settings import Settings, broker_ports, child_env
 from deploy.stack.process import ManagedProcess, StackError, port_is_free
 from feature_store.connection import RedisEndpoint
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
@@ -20,6 +23,8 @@ from streams.topics import Replication
 
 KAFKA_HEAP = "-Xmx768m"
 SCRAPE_INTERVAL = "2s"
+#: a Redis Cluster node talks to the others on its port + this
+CLUSTER_BUS_OFFSET = 10000
 
 
 class Service:
@@ -265,6 +270,125 @@ class Redis(Service):
             # evicting, which could drop a blob of the version being served
             "--maxmemory", "1gb", "--maxmemory-policy", "noeviction",
         ]
+
+
+class RedisClusterNode(Redis):
+    """Node ``node`` of a local Redis Cluster (see :class:`LocalRedisCluster`): ``redis-server`` in
+    cluster mode on ``port`` (its cluster bus on ``port + 10000``), append-only like the stack's
+    Redis, in ``<data_dir>/redis-cluster-<node>``; ``node_timeout_ms`` is how long the others wait
+    before they take it for failed and promote its replica."""
+
+    def __init__(self, settings: Settings, node: int, port: int, node_timeout_ms: int = 2000) -> None:
+        self.node, self.name, self._port, self.node_timeout_ms = node, f"redis-cluster-{node}", port, node_timeout_ms
+        super().__init__(settings)
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def port_hint(self) -> str:
+        return f"choose cluster ports whose bus ports (+{CLUSTER_BUS_OFFSET}) are free too"
+
+    def prepare(self) -> None:
+        super().prepare()
+        password = self.settings.redis_password
+        if password:  # a replica authenticates to its master with the same password
+            conf = self.dir / "redis.conf"
+            conf.write_text(conf.read_text() + f"masterauth {password}\n")
+
+    def argv(self) -> list[str]:
+        return [*super().argv(), "--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf"),
+                "--cluster-node-timeout", str(self.node_timeout_ms)]
+
+
+class LocalRedisCluster:
+    """A Redis Cluster on this machine: one :class:`RedisClusterNode` per port of ``ports``, formed by
+    ``redis-cli --cluster create`` with ``replicas`` replicas per master (six ports, one replica: three
+    masters, three replicas). For tests and trying failovers; ``url`` is its ``HAP_REDIS_URL``.
+
+    Examples
+    --------
+    >>> cluster = LocalRedisCluster(Settings.load(), [7000, 7001, 7002, 7003, 7004, 7005])  # doctest: +SKIP
+    >>> cluster.start(); cluster.url                                   # doctest: +SKIP
+    'redis+cluster://127.0.0.1:7000,127.0.0.1:7001,...'
+    >>> cluster.stop()                                                 # doctest: +SKIP
+    """
+
+    def __init__(self, settings: Settings, ports: list[int], replicas: int = 1, node_timeout_ms: int = 2000) -> None:
+        self.settings, self.replicas = settings, replicas
+        self.nodes = [RedisClusterNode(settings, i, port, node_timeout_ms) for i, port in enumerate(ports)]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start every node, form the cluster unless it is formed, and return once every node reports
+        ``cluster_state:ok`` and knows all the others; :class:`StackError` otherwise."""
+        for node in self.nodes:
+            node.launch()
+        for node in self.nodes:
+            node.wait_healthy(timeout_s)
+        if not self.formed():
+            self._create(timeout_s)
+        self.nodes[0].process.wait_ready(self.formed, timeout_s)
+
+    def formed(self) -> bool:
+        """True when every live node says ``cluster_state:ok`` and sees every node, each a master with
+        slots or a replica (``redis-cli`` makes the replicas after the slots are assigned)."""
+        try:
+            views = [(cluster_info(node), node_client(node).execute_command("CLUSTER NODES"))
+                     for node in self.nodes if node.process.pid() is not None]
+        except (redis.RedisError, OSError):
+            return False
+        return bool(views) and all(
+            info["cluster_state"] == "ok" and len(nodes) == len(self.nodes)
+            and all(n["slots"] or "slave" in n["flags"] for n in nodes.values()) for info, nodes in views)
+
+    def stop(self) -> list[str]:
+        """Stop every node this cluster started; return their names."""
+        return [node.name for node in self.nodes if node.process.stop()]
+
+    def _create(self, timeout_s: float) -> None:
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        if not Path(cli).exists():
+            raise StackError("redis-cli is not installed: run `make setup`")
+        env = child_env()
+        if self.settings.redis_password:
+            env["REDISCLI_AUTH"] = self.settings.redis_password  # never on the command line
+        log = self.settings.data_dir / "redis-cluster-create.log"
+        with log.open("ab") as out:
+            done = subprocess.run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, check=False,
+                timeout=timeout_s)
+        if done.returncode != 0:
+            raise StackError(f"forming the Redis Cluster failed; see {log}")
+
+
+def node_client(node: Redis) -> redis.Redis:
+    """A plain client of one node (``CLUSTER`` commands, fault injection), with the stack's password."""
+    return redis.Redis(host="127.0.0.1", port=node.port, password=node.settings.redis_password,
+                       socket_timeout=1, socket_connect_timeout=1)
+
+
+def cluster_info(node: Redis) -> dict[str, str]:
+    """``CLUSTER INFO`` of one node as a dict (``cluster_state``, ``cluster_known_nodes``, ...)."""
+    return dict(node_client(node).execute_command("CLUSTER INFO"))  # redis-py parses the reply into a dict
+
+
+def cluster_ports(count: int, low: int = 12000, high: int = 22000) -> list[int]:
+    """``count`` ports in ``[low, high)`` that are free with their cluster bus ports (+10000), all below
+    the ephemeral range (so no client socket takes one meanwhile); starting at a random place."""
+    start, ports = random.randrange(low, high), []
+    for offset in range(high - low):
+        port = low + (start - low + offset) % (high - low)
+        if port_is_free(port) and port_is_free(port + CLUSTER_BUS_OFFSET):
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise StackError(f"not {count} free ports with free bus ports in {low}-{high}")
 
 
 class Prometheus(Service):
