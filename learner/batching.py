@@ -74,11 +74,3 @@ class Batch:
             self, users={k: move(v) for k, v in self.users.items()}, items={k: move(v) for k, v in self.items.items()},
             group=move(self.group), source=move(self.source), label=move(self.label),
         )
-
-    def subset(self, keep: torch.Tensor) -> Batch:
-        """The same groups with only the items where ``keep`` (a CPU mask) is true."""
-        on = keep.to(self.group.device)
-        return dataclasses.replace(
-            self, items={k: v[on] for k, v in self.items.items()}, group=self.group[on],
-            source=self.source[on], label=self.label[on], rank_pos=self.rank_pos[keep.cpu().numpy()],
-        )

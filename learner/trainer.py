@@ -94,11 +94,16 @@ class OnlineTrainer:
         return taken
 
     # -- progressive validation ---------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, batch: Batch) -> None:
-        """Score ``batch`` with the current weights (before training on it) and update metrics."""
-        light = self.light(batch.users, batch.items, batch.group).cpu().numpy()
-        expressive = self.expressive(batch.users, batch.items, batch.group).cpu().numpy()
+    def _scored(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both tiers' scores of ``batch`` (with gradients, for training) after the progressive
+        metrics recorded them: the weights are still those from before this batch, and one
+        forward pass serves both."""
+        light = self.light(batch.users, batch.items, batch.group)
+        expressive = self.expressive(batch.users, batch.items, batch.group)
+        self._record(batch, light.detach().cpu().numpy(), expressive.detach().cpu().numpy())
+        return light, expressive
+
+    def _record(self, batch: Batch, light: np.ndarray, expressive: np.ndarray) -> None:
         group, names = batch.group.cpu().numpy(), np.array(SOURCES)[batch.source.cpu().numpy()]
         k = self.metrics["light"].k
         routed = {name: light.astype(np.float64) for name in self.budgets}
@@ -115,9 +120,8 @@ class OnlineTrainer:
 
     # -- training -----------------------------------------------------------------------
     def step(self, groups: list[SampleGroup]) -> StepReport:
-        """Evaluate, then train one micro-batch of groups."""
+        """Evaluate (progressive validation), then train one micro-batch of groups."""
         batch = Batch.from_groups(groups).to(self.device)
-        self.evaluate(batch)
         train = {"ghcl": self._train_ghcl, "mixed": self._train_mixed, "softmax": self._train_softmax}[self.method]
         report = train(batch)
         self.steps += 1
@@ -136,8 +140,9 @@ class OnlineTrainer:
     def _train_single(self, batch: Batch, name: str, loss_of: Callable[[torch.Tensor], torch.Tensor]) -> StepReport:
         """Both tiers on one loss of their scores (the baselines)."""
         losses = {}
-        for key, model in ((name, self.light), ("expressive", self.expressive)):
-            loss = loss_of(model(batch.users, batch.items, batch.group))
+        for key, model, scores in zip((name, "expressive"), (self.light, self.expressive), self._scored(batch),
+                                      strict=True):
+            loss = loss_of(scores)
             model.zero_grad()
             loss.backward()
             losses[key] = loss.item()
@@ -155,12 +160,15 @@ class OnlineTrainer:
         return _cosine(g_easy, g_hard)
 
     def _train_ghcl(self, batch: Batch) -> StepReport:
-        sub = batch.subset(self.sampler.keep(batch.mask(DROPPABLE))) if self.conflict_sampling else batch
-        positive = sub.source == SOURCE_CODE["exp_pos"]
-        scores = self.light(sub.users, sub.items, sub.group)
-        args = (sub.group, positive)
-        easy = contrastive_path_loss(scores, *args, sub.mask(EASY), sub.n_groups, self.temperature)
-        hard = contrastive_path_loss(scores, *args, sub.mask(HARD), sub.n_groups, self.temperature)
+        scores, x = self._scored(batch)
+        keep = self.sampler.keep(batch.mask(DROPPABLE)).to(batch.source.device) if self.conflict_sampling else None
+
+        def mask(codes: tuple[int, ...]) -> torch.Tensor:
+            return batch.mask(codes) if keep is None else batch.mask(codes) & keep
+
+        args = (batch.group, batch.source == SOURCE_CODE["exp_pos"])
+        easy = contrastive_path_loss(scores, *args, mask(EASY), batch.n_groups, self.temperature)
+        hard = contrastive_path_loss(scores, *args, mask(HARD), batch.n_groups, self.temperature)
         g_easy, g_hard, rows = path_gradients(self.light, easy, hard)
         if self.harmonize_gradients:
             combined, cosine = harmonize(g_easy, g_hard)
@@ -168,8 +176,7 @@ class OnlineTrainer:
             combined, cosine = g_easy + g_hard, _cosine(g_easy, g_hard)
         self.sampler.update(cosine)
         set_gradients(self.light, combined, rows)
-        x = self.expressive(sub.users, sub.items, sub.group)
-        x_loss = contrastive_path_loss(x, *args, sub.mask(HARD), sub.n_groups, self.temperature)
+        x_loss = contrastive_path_loss(x, *args, mask(HARD), batch.n_groups, self.temperature)
         self.expressive.zero_grad()
         x_loss.backward()
         self._apply()
@@ -183,7 +190,10 @@ class OnlineTrainer:
             for name in tier.embeddings:
                 grad = tier.get_parameter(name).grad
                 if grad is not None:
-                    rows = grad.coalesce().indices()[0] if grad.is_sparse else torch.nonzero(grad.abs().sum(1))[:, 0]
+                    # rows looked up but outside every loss (dropped by sampling) carry zeros: they do not move
+                    grad = grad.coalesce() if grad.is_sparse else grad
+                    rows = (grad.indices()[0][grad.values().abs().sum(1) > 0] if grad.is_sparse
+                            else torch.nonzero(grad.abs().sum(1))[:, 0])
                     self.touched[tier.name].setdefault(name, set()).update(rows.tolist())
         for opt in self.optimizers:
             opt.step()
