@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any, TypeAlias
@@ -33,6 +34,7 @@ from typing import Any, TypeAlias
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.connection import Encoder
 from redis.exceptions import RedisClusterException, SlotNotCoveredError
 from redis.retry import Retry
 
@@ -47,11 +49,47 @@ CLUSTER_RETRIES = 2
 
 
 class ClusterClient(RedisCluster):
-    """redis-py's cluster client that fails like a single node's when the cluster cannot serve a
-    command: no node answers, or no node serves the key's slot (a master lost with no replica to
-    promote) raise ``redis.ConnectionError``, which every component takes for "Redis is down" (it
-    serves defaults, buffers, retries) instead of redis-py's ``RedisClusterException``. A command
-    whose keys span slots still raises ``RedisClusterException``: a bug, not an outage."""
+    """redis-py's cluster client, made to fail like a single node's.
+
+    It contacts the cluster at its first command, not when it is created (a single node's client
+    connects lazily too), so a component started while the cluster is unreachable meets the outage
+    where it expects one; and when the cluster cannot serve a command (no node answers, or no node
+    serves the key's slot: a master lost with no replica to promote) it raises
+    ``redis.ConnectionError``, which every component takes for "Redis is down" (defaults, buffered
+    counts, retries), instead of redis-py's ``RedisClusterException``. A command whose keys span
+    slots still raises ``RedisClusterException``: a bug, not an outage.
+
+    Laziness: until the slot map was read, the instance holds only its options; the first lookup
+    of an attribute :class:`RedisCluster` sets in its constructor runs that constructor (once, under
+    a lock; again at the next use if it failed).
+    """
+
+    def __init__(self, **options: Any) -> None:
+        state = self.__dict__
+        state["_hap_options"], state["_hap_lock"], state["_hap_ready"], state["_hap_builder"] = \
+            options, threading.Lock(), False, None
+        # what register_script needs before any command (RedisCluster sets the same from the options)
+        state["encoder"] = Encoder(options.get("encoding", "utf-8"), options.get("encoding_errors", "strict"),
+                                   options.get("decode_responses", False))
+
+    def __getattr__(self, name: str) -> Any:
+        state = self.__dict__
+        if name.startswith("__") or state["_hap_ready"] or state["_hap_builder"] == threading.get_ident():
+            raise AttributeError(name)  # really missing, or looked up by the constructor itself
+        with state["_hap_lock"]:
+            if not state["_hap_ready"]:
+                state["_hap_builder"] = threading.get_ident()
+                try:
+                    with _outage_as_connection_error():
+                        RedisCluster.__init__(self, **state["_hap_options"])
+                    state["_hap_ready"] = True
+                finally:
+                    state["_hap_builder"] = None
+        return object.__getattribute__(self, name)
+
+    def close(self) -> None:
+        if self.__dict__["_hap_ready"]:  # never connect just to close
+            super().close()
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         with _outage_as_connection_error():
@@ -104,9 +142,8 @@ class RedisEndpoint:
         return [_node(seed, where) for seed in hosts.split(",")]
 
     def client(self, timeout_s: float = TIMEOUT_S) -> RedisClient:
-        """A new client; a dead server fails a call within ``timeout_s`` (a cluster: within a few
-        of them, the retries) instead of hanging it. A cluster client reads the slot map when it
-        is made: ``redis.ConnectionError`` when no seed answers (a single node's connects lazily)."""
+        """A new client (it connects at its first command); a dead server fails a call within
+        ``timeout_s`` (a cluster: within a few of them, the retries) instead of hanging it."""
         options: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
         if self.password:
             options["password"] = self.password
@@ -122,10 +159,9 @@ class RedisEndpoint:
         if password and "password" not in options:
             options["password"] = password
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), CLUSTER_RETRIES)
-        with _outage_as_connection_error():
-            # without full coverage the slots of the masters left keep working while one has no master
-            return ClusterClient(startup_nodes=self.seeds(), ssl=tls, retry=retry, require_full_coverage=False,
-                                 **options)
+        # without full coverage the slots of the masters left keep working while one has no master
+        return ClusterClient(startup_nodes=self.seeds(), ssl=tls, retry=retry, require_full_coverage=False,
+                             **options)
 
     def redacted(self) -> str:
         """The URL with any password in it masked, for logs and status output."""

@@ -323,14 +323,14 @@ class LocalRedisCluster:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
 
     def start(self, timeout_s: float = 60.0) -> None:
-        """Start every node, form the cluster unless it is formed, and return once every node reports
-        ``cluster_state:ok`` and knows all the others; :class:`StackError` otherwise."""
+        """Start every node, form the cluster unless it was formed before (a restart), and return once
+        every node reports ``cluster_state:ok`` and knows all the others; :class:`StackError` otherwise."""
         for node in self.nodes:
             node.launch()
         for node in self.nodes:
             node.wait_healthy(timeout_s)
-        if not self.formed():
-            self._create(timeout_s)
+        if not any(int(cluster_info(node)["cluster_slots_assigned"]) for node in self.nodes):
+            self._create(timeout_s)  # a restart finds its slots in nodes.conf and re-forms by itself
         self.nodes[0].process.wait_ready(self.formed, timeout_s)
 
     def formed(self) -> bool:

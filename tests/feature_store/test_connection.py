@@ -7,10 +7,14 @@ import time
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from deploy.settings import Settings
 from deploy.stack.process import free_port
 from feature_store.connection import RedisEndpoint
+from feature_store.item_stats import ItemStats
+from feature_store.lease import WriterLease
+from feature_store.model_store import ModelStore
 
 
 def seeds(url: str) -> list[tuple[str, int]]:
@@ -44,10 +48,15 @@ def test_the_password_of_a_cluster_url_is_masked():
     assert "s3cret" not in repr(endpoint) and "env-secret" not in repr(endpoint)
 
 
-def test_a_single_node_client_is_lazy_and_an_unreachable_cluster_is_redis_down():
+def test_a_cluster_client_is_lazy_and_an_unreachable_cluster_is_redis_down():
     port = free_port()  # nothing listens there
     assert isinstance(RedisEndpoint(f"redis://127.0.0.1:{port}/0").client(), redis.Redis)
-    started = time.monotonic()
-    with pytest.raises(redis.ConnectionError, match="Redis Cluster"):
-        RedisEndpoint(f"redis+cluster://127.0.0.1:{port}").client(timeout_s=0.5)
-    assert time.monotonic() - started < 5
+    client = RedisEndpoint(f"redis+cluster://127.0.0.1:{port}").client(timeout_s=0.5)
+    assert isinstance(client, RedisCluster)
+    store, lease = ModelStore(client), WriterLease(client)  # built at start-up, before any command
+    for attempt in (lambda: store.manifest(), lambda: lease.acquire(), lambda: ItemStats(client).read(["i"], 0)):
+        started = time.monotonic()
+        with pytest.raises(redis.ConnectionError, match="Redis Cluster"):
+            attempt()
+        assert time.monotonic() - started < 5
+    client.close()

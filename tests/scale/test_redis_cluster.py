@@ -5,7 +5,7 @@ version published under the writer lease and loaded; then the master holding the
 the router's holder serves the last good version throughout, reads work again once its replica is
 promoted, and publishing resumes with a higher version that the holder swaps in; then every node stopped:
 each component sees Redis down (a ``redis.ConnectionError``: defaults, buffered counts, the last good
-version), not an error it does not expect."""
+version), not an error it does not expect; a client made meanwhile connects once the cluster is back."""
 
 from __future__ import annotations
 
@@ -194,6 +194,13 @@ def test_every_component_on_a_redis_cluster_and_a_failover_of_the_model_keys_mas
         assert asyncio.run(features.read_groups([(ITEMS[:1], 5 * MINUTE_MS)]))[0][0]["exp_10m"] == 0.0
         features.flush()
         assert len(features.buffer) == 1, "the count written while the cluster was down is not kept for later"
+
+        # a client made while no node answers connects once the cluster is back (restarted from its AOF)
+        late = settings.redis.client()
+        with pytest.raises(redis.ConnectionError):
+            late.get(keys.manifest)
+        cluster.start(timeout_s=45)
+        assert ModelStore(late).manifest()["version"] == v3, "the restarted cluster lost the manifest"
     finally:
         holder.stop()
         with contextlib.suppress(redis.RedisError):
