@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.codec import has_lz4
 
 from feature_store.connection import RedisEndpoint
 from streams import decode_guard, metrics
@@ -61,7 +62,7 @@ class StreamsConfig:
     limits: Limits = Limits()
     corrections: bool = True
     retention_ms: int = 600_000
-    tick_s: float = 0.5
+    tick_s: float = 0.25
     partitions: int = PARTITIONS
     kafka_security: KafkaSecurity = KafkaSecurity()
     stall_s: float = 30.0
@@ -104,9 +105,10 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}", store="memory://",
         topic_partitions=cfg.partitions, web_enabled=False, datadir=str(cfg.data_dir),
         consumer_auto_offset_reset="earliest", producer_max_request_size=record_limits(cfg.limits)[1],
-        # a group and a table record are kilobytes each: batch them (10 ms at most) and compress them,
-        # instead of one produce request per record (Faust's default batch is 16 KiB)
-        producer_max_batch_size=1 << 20, producer_linger=0.01, producer_compression_type="lz4",
+        # a group and a table record are kilobytes each: batch them (10 ms at most) and compress them
+        # (lz4, when its library is installed), instead of one produce request per record (Faust's
+        # default batch is 16 KiB)
+        producer_max_batch_size=1 << 20, producer_linger=0.01, producer_compression_type="lz4" if has_lz4() else None,
         broker_commit_every=100, broker_commit_interval=1.0, table_cleanup_interval=30.0,
         # a crashed worker's partitions move to the others (or its restart) within seconds
         broker_session_timeout=10.0, broker_heartbeat_interval=2.0,

@@ -5,10 +5,15 @@ Every Redis call runs on one thread of its own, so the worker's event loop never
 round trip: counts and user histories are buffered as groups are joined and handed to that
 thread once per tick (:meth:`StreamFeatures.flush`, one pipeline each); the statistics of a
 batch of groups are read in one pipeline (:meth:`StreamFeatures.read_groups`) that the caller
-awaits. While Redis is down nothing blocks and nothing is lost silently: unwritten counts stay
+awaits. Statistics as of a time sum the buckets closed before its minute (its *span*), so each
+item's are read once per span and kept for the requests of that span (up to ``max_cached``
+items per span, the current span and the one before): a count that arrives later for an
+already closed bucket shows from the next span on.
+
+While Redis is down nothing blocks and nothing is lost silently: unwritten counts stay
 buffered (up to ``max_backlog``; beyond it the oldest are dropped and counted), histories are
-skipped (counted), reads fall back to the no-statistics default (counted), and a request's
-statistics are still read as of its own time.
+skipped (counted), reads fall back to the no-statistics default (counted, never kept), and a
+request's statistics are still read as of its own time.
 
 Examples
 --------
@@ -36,6 +41,7 @@ from streams.schemas import is_positive
 
 log = logging.getLogger("hap.streams")
 MAX_BACKLOG = 1_000_000
+MAX_CACHED = 100_000  # items whose statistics are kept per span
 HISTORY_TTL_S = 86_400
 #: every window's bucket length is a multiple of this, so statistics as of two times in the same such span are equal
 _SPAN_MS = min(length for _, length, _ in WINDOWS.values())
@@ -45,7 +51,7 @@ Count = tuple[str, str, int]  # item id, kind, event time ms
 
 class StreamFeatures:
     def __init__(self, client: redis.Redis, *, prefix: str = "hap:", max_backlog: int = MAX_BACKLOG,
-                 backoff_s: float = 1.0) -> None:
+                 backoff_s: float = 1.0, max_cached: int = MAX_CACHED) -> None:
         self.r = client
         self.stats = ItemStats(client, prefix)
         self.prefix = prefix
@@ -53,6 +59,8 @@ class StreamFeatures:
         self.redis = Backoff(backoff_s)
         self.buffer: list[Count] = []
         self.histories: dict[str, list[str]] = {}
+        self.max_cached = max_cached
+        self._spans: dict[int, dict[str, dict[str, float]]] = {}  # span -> item id -> statistics read in it
         self._io = ThreadPoolExecutor(1, thread_name_prefix="hap-redis")
         self._writing: Future[list[Count]] | None = None
 
@@ -96,9 +104,14 @@ class StreamFeatures:
         return await asyncio.get_running_loop().run_in_executor(self._io, self._read, requests)
 
     def _read(self, requests: Sequence[tuple[Sequence[str], int]]) -> list[list[dict[str, float]]]:
-        unique = list(dict.fromkeys(i for ids, _ in requests for i in ids))
-        raw: dict[str, dict[bytes, bytes]] | None = None
-        if self.redis.ready:
+        newest = max((at_ms // _SPAN_MS for _, at_ms in requests), default=0)
+        for old in [span for span in self._spans if span < newest - 1]:
+            del self._spans[old]
+        wanted = list(dict.fromkeys((item_id, at_ms // _SPAN_MS) for ids, at_ms in requests for item_id in ids
+                                    if item_id not in self._spans.get(at_ms // _SPAN_MS, ())))
+        read: dict[tuple[str, int], dict[str, float]] = {}
+        if wanted and self.redis.ready:
+            unique = list(dict.fromkeys(item_id for item_id, _ in wanted))
             try:
                 pipe = self.r.pipeline(transaction=False)
                 for item_id in unique:
@@ -106,24 +119,29 @@ class StreamFeatures:
                 raw = dict(zip(unique, pipe.execute(), strict=True))
             except (redis.RedisError, OSError) as exc:
                 self._failed(exc)
-        if raw is None:
-            metrics.MISSING.labels("redis_down").inc(sum(len(ids) for ids, _ in requests))
-            raw = {}
-        memo: dict[tuple[str, int], dict[str, float]] = {}
-        out = []
+            else:
+                for item_id, span in wanted:
+                    stats = read[item_id, span] = window_stats(raw[item_id], span * _SPAN_MS)
+                    cached = self._spans.setdefault(span, {})
+                    if len(cached) < self.max_cached:
+                        cached[item_id] = stats
+        out, down = [], 0
         for ids, at_ms in requests:
             span = at_ms // _SPAN_MS
+            cached = self._spans.get(span, {})
             row = []
             for item_id in ids:
-                stats = memo.get((item_id, span))
+                stats = cached.get(item_id) or read.get((item_id, span))
                 if stats is None:
-                    stats = memo[item_id, span] = window_stats(raw.get(item_id, {}), at_ms)
+                    down += 1
+                    stats = window_stats({}, at_ms)
                 row.append(stats)
             out.append(row)
-        if raw:
-            missing = sum(1 for row in out for s in row if s.get("exp_1d", 0.0) == 0.0)
-            if missing:
-                metrics.MISSING.labels("item_stats").inc(missing)
+        if down:
+            metrics.MISSING.labels("redis_down").inc(down)
+        missing = sum(1 for row in out for stats in row if stats["exp_1d"] == 0.0) - down
+        if missing:
+            metrics.MISSING.labels("item_stats").inc(missing)
         return out
 
     def _write(self, counts: list[Count], histories: dict[str, list[str]]) -> list[Count]:

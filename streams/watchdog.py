@@ -2,7 +2,7 @@
 
 A worker whose Kafka client gets stuck consumes nothing while looking alive (seen right after
 start-up, before its internal topics were created up front: see :mod:`streams.topics`). Every
-message the worker's agent handles, its own ticks included (one per partition per
+batch of messages the worker's agent handles, its own ticks included (one per partition per
 ``tick_s``), beats the :class:`Watchdog`; when no beat came for ``stall_s`` (ten times that
 while the tables recover, when the agent legitimately waits) the worker exits with
 :data:`STALLED_EXIT`, and :func:`supervise` (what `hap streams` runs) starts a fresh one, as it
