@@ -45,6 +45,7 @@ from deploy.pipeline import Component  # noqa: E402
 from deploy.scrape import Metrics, scrape  # noqa: E402
 from deploy.settings import Settings  # noqa: E402
 from deploy.stack.process import free_port  # noqa: E402
+from feature_store.model_store import ModelKeys  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
 
 PARTS = ("streams", "learner", "router")
@@ -93,10 +94,10 @@ def offsets(consumer: KafkaConsumer, topics: list[str]) -> tuple[int, int]:
     return sum(ends.values()), sum(consumer.committed(tp) or 0 for tp in parts)
 
 
-def redis_memory(client: redis.Redis, blob_pattern: str = "hap:model:blob:*") -> tuple[float, int]:
-    """Redis' ``used_memory`` in MB and the number of model blobs it holds."""
+def redis_memory(client: redis.Redis, prefix: str = "hap:") -> tuple[float, int]:
+    """Redis' ``used_memory`` in MB and the number of model blobs of the store at ``prefix``."""
     used = int(client.info("memory")["used_memory"]) / 1e6
-    return used, sum(1 for _ in client.scan_iter(match=blob_pattern, count=1000))
+    return used, sum(1 for _ in client.scan_iter(match=ModelKeys(prefix).blob_pattern, count=1000))
 
 
 def sample(parts: dict[str, Component], urls: dict[str, str], previous: Metrics | None,
@@ -161,7 +162,7 @@ def store_soak(args: argparse.Namespace, settings: Settings) -> dict:
                      for name, (tensors, spec) in forms.items()}
             store.publish(tiers, trained_until_event_ts_ms=0, trained_until_finalized_ts_ms=0, samples_seen=n)
             if n % int(args.every) == 0 or n == seconds - 1:
-                used, blobs = redis_memory(client, f"{prefix}model:blob:*")
+                used, blobs = redis_memory(client, prefix)
                 rows.append({"t_s": round(time.time() - started, 1), "versions": n + 1, "redis_used_mb": used,
                              "model_blobs": blobs})
                 print(f"[{rows[-1]['t_s']:6.0f}s] versions {n + 1}  redis {used:.0f}MB ({blobs} blobs)",

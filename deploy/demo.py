@@ -20,6 +20,7 @@ from deploy.scrape import Metrics, scrape
 from deploy.settings import Settings
 from deploy.stack import Stack
 from deploy.stack.services import write_targets
+from feature_store.model_store import ModelStore
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
                                       "router": f"127.0.0.1:{settings.router_port}"})
     from streams.topics import ensure_topics
 
-    ensure_topics(settings.kafka_bootstrap, prefix)
+    ensure_topics(settings.kafka_bootstrap, prefix, settings.kafka_partitions, settings.kafka_security,
+                  settings.kafka_replication)
     urls = {
         "streams": f"http://127.0.0.1:{settings.streams_metrics_port}/metrics",
         "learner": f"http://127.0.0.1:{settings.learner_metrics_port}/metrics",
@@ -103,7 +105,7 @@ def _watch(sim: Component, components: list[Component], urls: dict[str, str], ro
            args: argparse.Namespace, curves: list[dict[str, Any]]) -> None:
     """Live progress until the simulator ends; samples learning curves from the manifest."""
 
-    client = Settings.load().redis.client()
+    store = ModelStore(Settings.load().redis.client())
     started = time.monotonic()
     progress = Progress(int(args.duration), "demo", "s")  # plain lines every 10 s when not a terminal
     while sim.alive:
@@ -112,9 +114,8 @@ def _watch(sim: Component, components: list[Component], urls: dict[str, str], ro
             if not c.alive:
                 raise RuntimeError(f"{c.name} died; last log lines:\n{c.log_tail()}")
         m = {k: scrape_or_none(u) for k, u in urls.items()}
-        manifest = client.get("hap:model:manifest")
-        if manifest:
-            doc = json.loads(manifest)
+        doc = store.manifest()
+        if doc:
             curves.append({"t": time.monotonic() - started, "version": doc["version"],
                            **{f"{tier}": q for tier, q in doc["metrics"].get("quality", {}).items()}})
         fresh = m["router"].quantile("hap_router_freshness_seconds", 0.5) if m["router"] else None
@@ -187,7 +188,7 @@ def _report(urls: dict[str, str], sim_report: Path, router_url: str, settings: S
 
     s, learner, router = (scrape(urls[k]) for k in ("streams", "learner", "router"))
     sim = json.loads(sim_report.read_text())
-    manifest = json.loads(settings.redis.client().get("hap:model:manifest"))
+    manifest = ModelStore(settings.redis.client()).manifest() or {}
     by_source = {k: int(v) for k, v in s.by_label("hap_streams_samples_total", "source").items()}
     quality = {tier: {k: q[k] for k in ("auc", "gauc", "recall_at_k", "auc_vs", "k")}
                for tier, q in manifest["metrics"]["quality"].items()}
