@@ -40,12 +40,11 @@ from redis.retry import Retry
 
 TIMEOUT_S = 2.0
 DEFAULT_PORT = 6379
-#: URL scheme of a Redis Cluster -> the scheme of one of its nodes
-CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+#: the URL schemes of a Redis Cluster
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 #: how often a cluster command is sent again after a node failed (each time with the slot map
 #: re-read from the nodes left): enough to reach a promoted replica, bounded like a timeout
 CLUSTER_RETRIES = 2
-
 
 
 class ClusterClient(RedisCluster):

@@ -12,6 +12,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -337,7 +338,7 @@ class LocalRedisCluster:
         """True when every live node says ``cluster_state:ok`` and sees every node, each a master with
         slots or a replica (``redis-cli`` makes the replicas after the slots are assigned)."""
         try:
-            views = [(cluster_info(node), node_client(node).execute_command("CLUSTER NODES"))
+            views = [(cluster_info(node), node_command(node, "CLUSTER NODES"))
                      for node in self.nodes if node.process.pid() is not None]
         except (redis.RedisError, OSError):
             return False
@@ -367,15 +368,17 @@ class LocalRedisCluster:
             raise StackError(f"forming the Redis Cluster failed; see {log}")
 
 
-def node_client(node: Redis) -> redis.Redis:
-    """A plain client of one node (``CLUSTER`` commands, fault injection), with the stack's password."""
-    return redis.Redis(host="127.0.0.1", port=node.port, password=node.settings.redis_password,
-                       socket_timeout=1, socket_connect_timeout=1)
+def node_command(node: Redis, *args: str) -> Any:
+    """The reply of one node to one command (``CLUSTER INFO``, ``CLUSTER NODES``, ``INFO replication``,
+    parsed by redis-py), on a connection of its own with the stack's password."""
+    with redis.Redis(host="127.0.0.1", port=node.port, password=node.settings.redis_password,
+                     socket_timeout=1, socket_connect_timeout=1) as client:
+        return client.execute_command(*args)
 
 
 def cluster_info(node: Redis) -> dict[str, str]:
-    """``CLUSTER INFO`` of one node as a dict (``cluster_state``, ``cluster_known_nodes``, ...)."""
-    return dict(node_client(node).execute_command("CLUSTER INFO"))  # redis-py parses the reply into a dict
+    """``CLUSTER INFO`` of one node (``cluster_state``, ``cluster_slots_assigned``, ...)."""
+    return dict(node_command(node, "CLUSTER INFO"))
 
 
 def cluster_ports(count: int, low: int = 12000, high: int = 22000) -> list[int]:

@@ -24,7 +24,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from deploy.settings import Settings
-from deploy.stack.services import LocalRedisCluster, RedisClusterNode, cluster_ports, node_client
+from deploy.stack.services import LocalRedisCluster, RedisClusterNode, cluster_ports, node_command
 from feature_store.featurize import ITEM_STAT_FEATURES
 from feature_store.item_stats import ItemStats
 from feature_store.lease import WriterLease
@@ -79,7 +79,7 @@ def cluster_nodes(cluster: LocalRedisCluster) -> dict[str, dict]:
     live = next(node for node in cluster.nodes if node.process.pid() is not None)
     by_port = {node.port: node for node in cluster.nodes}
     return {i["node_id"]: {**i, "node": by_port[int(addr.split("@")[0].rsplit(":", 1)[1])]}
-            for addr, i in node_client(live).execute_command("CLUSTER NODES").items()}
+            for addr, i in node_command(live, "CLUSTER NODES").items()}
 
 
 def master_of(cluster: LocalRedisCluster, key: str) -> RedisClusterNode:
@@ -97,8 +97,8 @@ def replica_of(cluster: LocalRedisCluster, master: RedisClusterNode) -> RedisClu
 
 def replicated(master: RedisClusterNode, replica: RedisClusterNode) -> bool:
     """True once the replica has every write its master acknowledged (offsets of INFO replication)."""
-    return int(node_client(replica).info("replication")["slave_repl_offset"]) >= \
-        int(node_client(master).info("replication")["master_repl_offset"])
+    return int(node_command(replica, "INFO", "replication")["slave_repl_offset"]) >= \
+        int(node_command(master, "INFO", "replication")["master_repl_offset"])
 
 
 def test_every_component_on_a_redis_cluster_and_a_failover_of_the_model_keys_master(cluster):
