@@ -1,5 +1,5 @@
 """Every component on a real Redis Cluster (three masters, three replicas of ``redis-server`` in cluster
-mode, append-only), through ``HAP_REDIS_URL=redis+cluster://...``: the streams' item statistics and user
+mode, append-only, a password), through ``HAP_REDIS_URL=redis+cluster://...``: the streams' item statistics and user
 histories written and read back, the router's feature reads (items spread over every master), a model
 version published under the writer lease and loaded; then the master holding the model keys SIGKILLed:
 the router's holder serves the last good version throughout, reads work again once its replica is
@@ -25,6 +25,7 @@ from redis.crc import key_slot
 
 from deploy.settings import Settings
 from deploy.stack.services import LocalRedisCluster, RedisClusterNode, cluster_ports, node_command
+from feature_store.connection import RedisEndpoint
 from feature_store.featurize import ITEM_STAT_FEATURES
 from feature_store.item_stats import ItemStats
 from feature_store.lease import WriterLease
@@ -43,6 +44,7 @@ pytestmark = [
 ]
 
 NODE_TIMEOUT_MS = 2000
+PASSWORD = "cluster-secret"  # every node requires it (requirepass; masterauth for the replicas)
 FAILOVER_WAIT_S = 30.0
 MINUTE_MS = 60_000
 ITEMS = [f"item-{n}" for n in range(60)]
@@ -53,7 +55,7 @@ EXP_10M = ITEM_STAT_FEATURES.index("exp_10m")
 def cluster(tmp_path: Path) -> Iterator[LocalRedisCluster]:
     """A formed cluster of six nodes on free ports (and their bus ports); every node stopped afterwards,
     also when the start or the test fails."""
-    settings = Settings.load({"HAP_DATA_DIR": str(tmp_path / "stack")})
+    settings = Settings.load({"HAP_DATA_DIR": str(tmp_path / "stack"), "HAP_REDIS_PASSWORD": PASSWORD})
     local = LocalRedisCluster(settings, cluster_ports(6), replicas=1, node_timeout_ms=NODE_TIMEOUT_MS)
     try:
         local.start(timeout_s=45)
@@ -102,9 +104,12 @@ def replicated(master: RedisClusterNode, replica: RedisClusterNode) -> bool:
 
 
 def test_every_component_on_a_redis_cluster_and_a_failover_of_the_model_keys_master(cluster):
-    settings = Settings.load({"HAP_DATA_DIR": str(cluster.settings.data_dir), "HAP_REDIS_URL": cluster.url})
+    settings = Settings.load({"HAP_DATA_DIR": str(cluster.settings.data_dir), "HAP_REDIS_URL": cluster.url,
+                              "HAP_REDIS_PASSWORD": PASSWORD})
     client = settings.redis.client()
     assert isinstance(client, RedisCluster), f"{cluster.url} did not give a cluster client"
+    with pytest.raises(redis.ConnectionError, match="(?i)auth"):
+        RedisEndpoint(cluster.url).client().get("hap:anything")  # no password, no access
     stat_keys = [ItemStats(client).key(i) for i in ITEMS]
     masters = {master_of(cluster, key).name for key in stat_keys}
     assert len(masters) == 3, f"the items' statistics should span every master, not only {masters}"
