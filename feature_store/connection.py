@@ -73,7 +73,7 @@ class ClusterClient(RedisCluster):
 
     def __getattr__(self, name: str) -> Any:
         state = self.__dict__
-        if name.startswith("__") or state["_hap_ready"] or state["_hap_builder"] == threading.get_ident():
+        if name.startswith("__") or state.get("_hap_ready", True) or state["_hap_builder"] == threading.get_ident():
             raise AttributeError(name)  # really missing, or looked up by the constructor itself
         with state["_hap_lock"]:
             if not state["_hap_ready"]:
