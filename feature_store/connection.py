@@ -87,7 +87,7 @@ class ClusterClient(RedisCluster):
         return object.__getattribute__(self, name)
 
     def close(self) -> None:
-        if self.__dict__["_hap_ready"]:  # never connect just to close
+        if self.__dict__.get("_hap_ready", True):  # never connect just to close
             super().close()
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
