@@ -94,13 +94,23 @@ class OnlineTrainer:
         return taken
 
     # -- progressive validation ---------------------------------------------------------
-    def _scored(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both tiers' scores of ``batch`` (with gradients, for training) after the progressive
-        metrics recorded them: the weights are still those from before this batch, and one
-        forward pass serves both."""
+    def _scored(self, batch: Batch, expressive_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both tiers' scores of ``batch`` for training, after the progressive metrics recorded
+        them (the weights are still those from before this batch; one forward pass serves both).
+
+        With ``expressive_rows`` (a mask) the expressive tier is trained on those rows only: it
+        scores the whole batch for the metrics without gradients, and returns the scores of the
+        rows, with gradients."""
         light = self.light(batch.users, batch.items, batch.group)
-        expressive = self.expressive(batch.users, batch.items, batch.group)
-        self._record(batch, light.detach().cpu().numpy(), expressive.detach().cpu().numpy())
+        if expressive_rows is None:
+            expressive = self.expressive(batch.users, batch.items, batch.group)
+            scored = expressive.detach()
+        else:
+            with torch.no_grad():
+                scored = self.expressive(batch.users, batch.items, batch.group)
+            items = {k: v[expressive_rows] for k, v in batch.items.items()}
+            expressive = self.expressive(batch.users, items, batch.group[expressive_rows])
+        self._record(batch, light.detach().cpu().numpy(), scored.cpu().numpy())
         return light, expressive
 
     def _record(self, batch: Batch, light: np.ndarray, expressive: np.ndarray) -> None:
@@ -160,13 +170,15 @@ class OnlineTrainer:
         return _cosine(g_easy, g_hard)
 
     def _train_ghcl(self, batch: Batch) -> StepReport:
-        scores, x = self._scored(batch)
         keep = self.sampler.keep(batch.mask(DROPPABLE)).to(batch.source.device) if self.conflict_sampling else None
 
         def mask(codes: tuple[int, ...]) -> torch.Tensor:
             return batch.mask(codes) if keep is None else batch.mask(codes) & keep
 
-        args = (batch.group, batch.source == SOURCE_CODE["exp_pos"])
+        positive = batch.source == SOURCE_CODE["exp_pos"]
+        hard_rows = mask(HARD) | positive  # the expressive tier's training set: the hard path
+        scores, x = self._scored(batch, hard_rows)
+        args = (batch.group, positive)
         easy = contrastive_path_loss(scores, *args, mask(EASY), batch.n_groups, self.temperature)
         hard = contrastive_path_loss(scores, *args, mask(HARD), batch.n_groups, self.temperature)
         g_easy, g_hard, rows = path_gradients(self.light, easy, hard)
@@ -176,7 +188,8 @@ class OnlineTrainer:
             combined, cosine = g_easy + g_hard, _cosine(g_easy, g_hard)
         self.sampler.update(cosine)
         set_gradients(self.light, combined, rows)
-        x_loss = contrastive_path_loss(x, *args, mask(HARD), batch.n_groups, self.temperature)
+        x_loss = contrastive_path_loss(x, batch.group[hard_rows], positive[hard_rows], mask(HARD)[hard_rows],
+                                       batch.n_groups, self.temperature)
         self.expressive.zero_grad()
         x_loss.backward()
         self._apply()
