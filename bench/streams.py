@@ -4,7 +4,9 @@
    worker (a real process, window 0.5 s) assembles it: events/s, requests/s (ranking events)
    from its first to its last event, and candidate samples/s up to its last group.
 2. Two plain aiokafka consumers read the same topics in this process: one only counts records
-   (the raw ceiling), one also decodes every record with the worker's JSON codec (orjson).
+   (the raw ceiling), one also decodes every record with the worker's JSON codec (orjson). The
+   join alone (the worker's ``Joiner``, in memory, no Kafka, no Redis) over the same records:
+   its CPU time per record next to orjson's parse of them.
 3. Memory: a fresh worker with a join window longer than the run (nothing closes) is fed fresh
    traffic; its RSS growth divided by its pending requests.
 4. Lag: fresh traffic at half the worker's rate (or the simulator's own top speed, if lower):
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -135,10 +138,11 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
             "worker_seconds": elapsed}
 
 
-async def consumer_rate(bootstrap: str, topics: list[str], total: int, decode: bool) -> tuple[float, float]:
+async def consumer_rate(bootstrap: str, topics: list[str], total: int, decode: bool,
+                        keep: list | None = None) -> tuple[float, float]:
     """Records/s of a plain aiokafka consumer reading ``topics`` from the beginning (its partitions
     assigned, no group to join) until ``total`` records (``decode``: each parsed with orjson), and
-    its CPU time per record (this process's, over the same span)."""
+    its CPU time per record (this process's, over the same span). ``keep`` receives the records."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20)
     await consumer.start()
@@ -154,10 +158,59 @@ async def consumer_rate(bootstrap: str, topics: list[str], total: int, decode: b
                     for record in records:
                         orjson.loads(record.value)
                 count += len(records)
+                if keep is not None:
+                    keep += records
         elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
     finally:
         await consumer.stop()
     return count / elapsed, 1e6 * cpu / count
+
+
+class _NoStatistics:
+    """The feature store's side of the join, without Redis (every item without statistics)."""
+
+    def count(self, event: object, dwell_threshold_ms: int) -> None:
+        pass
+
+    def set_history(self, user_id: str, history: list[str]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    async def read_groups(self, requests: list) -> list[list[dict]]:
+        return [[{} for _ in ids] for ids, _ in requests]
+
+
+def join_in_process(records: list, prefix: str) -> dict[str, float]:
+    """CPU time per record of the join alone (:class:`streams.joiner.Joiner`, in-memory tables, no
+    Kafka, no Redis) over ``records`` in batches of 1000 in the order they were produced, every
+    window closed after the last; and of orjson's parse of the same records."""
+    from streams.assembler import AssemblerConfig
+    from streams.joiner import JoinConfig, Joiner, JoinTables
+    from streams.pool import CandidatePool
+
+    records = sorted(records, key=lambda r: (r.timestamp, r.topic != f"{prefix}ranking"))
+    tick = type(records[0])(f"{prefix}streams-ticks", 0, 0, 0, 0, b"", b"", None, 0, 0, [])
+    joiner = Joiner(JoinConfig(prefix, AssemblerConfig(window_ms=0, lateness_ms=0)), JoinTables.in_memory(),
+                    lambda kind, key, value: None, _NoStatistics(), CandidatePool(), clock=lambda: 2**62)
+
+    ticks = [dataclasses.replace(tick, partition=p) for p in range(PARTITIONS)]
+
+    async def run() -> None:
+        for i in range(0, len(records), 1000):
+            await joiner.process(records[i:i + 1000])
+        await joiner.process(ticks)
+
+    cpu = time.process_time()
+    asyncio.run(run())
+    join_cpu = time.process_time() - cpu
+    cpu = time.process_time()
+    for record in records:
+        orjson.loads(record.value)
+    parse_cpu = time.process_time() - cpu
+    return {"join_cpu_us_per_event": round(1e6 * join_cpu / len(records), 1),
+            "orjson_cpu_us_per_event": round(1e6 * parse_cpu / len(records), 1)}
 
 
 def rss_per_pending(env: dict[str, str], requests: int, tmp: Path) -> dict[str, float]:
@@ -214,7 +267,9 @@ def main() -> None:
         rates = worker_rate(env, total, tmp, args.py_spy)
         topics = [f"{env['HAP_TOPIC_PREFIX']}{t}" for t in ("ranking", "exposure")]
         raw, raw_cpu = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=False))
-        decoded, decode_cpu = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=True))
+        kept: list = []
+        decoded, decode_cpu = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=True, keep=kept))
+        in_process = join_in_process(kept, env["HAP_TOPIC_PREFIX"])
         fresh_topics(env, s.kafka_bootstrap, "m")
         memory = rss_per_pending(env, max(200, args.requests // 2), tmp)
         fresh_topics(env, s.kafka_bootstrap, "l")
@@ -233,7 +288,7 @@ def main() -> None:
         "ratio_vs_decode": round(rates["events_per_s"] / decoded, 3), "events": total, "requests": report["ranking"],
         "raw_cpu_us_per_event": round(raw_cpu, 1), "decode_cpu_us_per_event": round(decode_cpu, 1),
         "cpu_ratio_vs_decode": round(decode_cpu / rates["worker_cpu_us_per_event"], 3),
-        **memory, **lags, "join_window_s": window_s,
+        **in_process, **memory, **lags, "join_window_s": window_s,
         "lag_within_bound": lags["lag_p99_s"] is not None and lags["lag_p99_s"] <= window_s + 1.0,
         "load_average": os.getloadavg(),
     }))
