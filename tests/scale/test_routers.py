@@ -47,7 +47,7 @@ WATCH_EVERY_S = 0.01  # how often the observer asks each router's /readyz
 
 
 class Router:
-    """One `hap router` process on its own port; ``get``/``post`` over one kept-alive connection."""
+    """One `hap router` process on its own port; its requests go over connections the caller keeps alive."""
 
     def __init__(self, n: int, redis_url: str, tmp_path: Path) -> None:
         self.n, self.port = n, free_port()
