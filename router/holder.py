@@ -30,9 +30,9 @@ already loaded, as in the tests).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
+import math
 import numbers
 import subprocess
 import sys
@@ -55,7 +55,7 @@ SERVED_TIERS = ("light", "expressive")
 MANIFEST_NUMBERS = ("published_ts_ms", "trained_until_event_ts_ms")
 REFERENCE_TIMEOUT_S = 120.0
 REFERENCE_RETRY_S = 300.0
-REFERENCE_FAILED_KEPT = 32
+REFERENCE_KEPT = 32
 
 
 class VersionRejected(Exception):
@@ -191,6 +191,7 @@ def verify(loaded: LoadedVersion, served: ServingModel | None = None) -> Serving
         if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value):
             raise VersionRejected(version, f"manifest field {field} is missing or not a number ({value!r})")
     old = served.loaded.tiers if served is not None else {}
+    prepare_references([loaded.tiers[t][1] for t in SERVED_TIERS if t in loaded.tiers])
     for tier in SERVED_TIERS:
         if tier not in loaded.tiers:
             raise VersionRejected(version, "tier missing from the manifest", tier)
@@ -240,44 +241,64 @@ def reference_shapes(spec: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     a failure is remembered for ``REFERENCE_RETRY_S``, so a new version a second does not start a
     child process each)."""
     key = json.dumps(spec, sort_keys=True)
-    failed = _REFERENCE_FAILED.get(key)
-    if failed is not None and time.monotonic() - failed[0] < REFERENCE_RETRY_S:
-        raise ReferenceUnavailable(failed[1])
-    try:
-        shapes = _reference_cached(key)
-    except ReferenceUnavailable as exc:
-        if len(_REFERENCE_FAILED) >= REFERENCE_FAILED_KEPT:  # bounded: forget the oldest failure
-            del _REFERENCE_FAILED[next(iter(_REFERENCE_FAILED))]
-        _REFERENCE_FAILED[key] = (time.monotonic(), str(exc)[:1000])
-        raise
-    return {name: tuple(shape) for name, shape in shapes.items()}
+    prepare_references([spec])
+    if key in _REFERENCE:
+        return {name: tuple(shape) for name, shape in _REFERENCE[key].items()}
+    raise ReferenceUnavailable(_REFERENCE_FAILED[key][1])
 
 
+def prepare_references(specs: list[dict[str, Any]]) -> None:
+    """Derive the reference shapes of every spec not known yet (nor failed within
+    ``REFERENCE_RETRY_S``) in one child process: a router's first version pays for one torch
+    import, not one per tier. The outcomes go to the caches :func:`reference_shapes` reads."""
+    now = time.monotonic()
+    wanted = list(dict.fromkeys(
+        key for key in (json.dumps(spec, sort_keys=True) for spec in specs)
+        if key not in _REFERENCE and now - _REFERENCE_FAILED.get(key, (-math.inf, ""))[0] >= REFERENCE_RETRY_S))
+    if not wanted:
+        return
+    for key, outcome in zip(wanted, _derive(wanted), strict=True):
+        cache, value = ((_REFERENCE, outcome["shapes"]) if "shapes" in outcome
+                        else (_REFERENCE_FAILED, (time.monotonic(), str(outcome["error"])[:1000])))
+        if len(cache) >= REFERENCE_KEPT:  # bounded: forget the oldest
+            del cache[next(iter(cache))]
+        cache[key] = value  # type: ignore[assignment]
+
+
+_REFERENCE: dict[str, dict[str, list[int]]] = {}
 _REFERENCE_FAILED: dict[str, tuple[float, str]] = {}
 
 
-@functools.lru_cache(maxsize=32)
-def _reference_cached(spec_json: str) -> dict[str, list[int]]:
+def _derive(spec_jsons: list[str]) -> list[dict[str, Any]]:
+    """``{"shapes": ...}`` or ``{"error": ...}`` per spec, in this process when torch is already
+    loaded, else in one child process."""
     if "torch" in sys.modules:  # already paid for in this process
-        return reference_form_shapes(json.loads(spec_json))
+        return _outcomes([json.loads(k) for k in spec_jsons])
     try:
         done = subprocess.run([sys.executable, "-c", "from router.holder import _reference_main; _reference_main()"],
-                              input=spec_json.encode(), capture_output=True, timeout=REFERENCE_TIMEOUT_S)
+                              input=json.dumps([json.loads(k) for k in spec_jsons]).encode(), capture_output=True,
+                              timeout=REFERENCE_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ReferenceUnavailable(f"reference process failed: {exc}") from None
+        return [{"error": f"reference process failed: {exc}"}] * len(spec_jsons)
     if done.returncode != 0:
         lines = done.stderr.decode(errors="replace").strip().splitlines()
-        raise ReferenceUnavailable(lines[-1] if lines else f"reference process exited {done.returncode}")
+        return [{"error": lines[-1] if lines else f"reference process exited {done.returncode}"}] * len(spec_jsons)
     return json.loads(done.stdout)
 
 
+def _outcomes(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for spec in specs:
+        try:
+            out.append({"shapes": reference_form_shapes(spec)})
+        except ReferenceUnavailable as exc:
+            out.append({"error": str(exc)})
+    return out
+
+
 def _reference_main() -> None:
-    """Child process: read a spec (JSON) on stdin, write the reference shapes (JSON) on stdout."""
-    try:
-        shapes = reference_form_shapes(json.loads(sys.stdin.read()))
-    except ReferenceUnavailable as exc:
-        sys.exit(f"ReferenceUnavailable: {exc}")
-    sys.stdout.write(json.dumps(shapes))
+    """Child process: read a JSON list of specs on stdin, write their outcomes (JSON) on stdout."""
+    sys.stdout.write(json.dumps(_outcomes(json.loads(sys.stdin.read()))))
 
 
 def reference_form_shapes(spec: dict[str, Any]) -> dict[str, list[int]]:

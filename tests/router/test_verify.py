@@ -150,3 +150,19 @@ def test_reference_shapes_come_from_a_child_process_in_a_router_without_torch():
     assert out["torch_loaded"] is False
     expected = {name: list(array.shape) for name, array in tiers(dim=4, light_hidden=32)["light"].tensors.items()}
     assert out["shapes"] == expected
+
+
+def test_a_first_version_derives_both_tiers_references_in_one_child_process():
+    """A router's cold start pays for one torch import, not one per tier."""
+    forms = tiers(dim=6, light_hidden=24, expressive_hidden=40)  # specs no other test derived
+    specs = {name: form.spec for name, form in forms.items()}
+    code = ("import json, subprocess, sys; from router import holder; calls = []; run = subprocess.run; "
+            "subprocess.run = lambda *a, **k: calls.append(1) or run(*a, **k); "
+            "specs = json.loads(sys.argv[1]); holder.prepare_references(list(specs.values())); "
+            "shapes = {t: holder.reference_shapes(s) for t, s in specs.items()}; "
+            "print(json.dumps({'children': len(calls), 'shapes': shapes}))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(specs)], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    out = json.loads(done.stdout)
+    assert out["children"] == 1
+    assert out["shapes"] == {t: {n: list(a.shape) for n, a in f.tensors.items()} for t, f in forms.items()}
