@@ -93,14 +93,25 @@ def weights_finite(trainer: OnlineTrainer) -> bool:
 
 def save(path: Path, trainer: OnlineTrainer, state: dict[str, Any]) -> None:
     """Atomically write ``trainer``'s weights and optimizers plus the JSON ``state``."""
-    snap = capture(trainer, clone=False)
-    meta = {"state": state, **snap.meta}
+    write(path, capture(trainer, clone=False), state)
+
+
+def write(path: Path, snapshot: Snapshot, state: dict[str, Any]) -> None:
+    """Atomically write ``snapshot`` plus the JSON ``state``; durable (fsynced, renamed, the
+    directory fsynced) when it returns. Touches no trainer: a background thread writes a snapshot
+    captured (cloned) on the training loop while training goes on."""
+    meta = {"state": state, **snapshot.meta}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file(snap.tensors, str(tmp), metadata={STATE_KEY: json.dumps(meta)})
+    save_file(snapshot.tensors, str(tmp), metadata={STATE_KEY: json.dumps(meta)})
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:  # the rename itself survives a machine crash once its directory is on disk
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def load(path: Path, trainer: OnlineTrainer) -> dict[str, Any] | None:

@@ -16,7 +16,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when a GPU is visible, else the CPU), cpu or cuda[:n]; weights and "
                         "checkpoints are the same whatever the device")
-    p.add_argument("--batch-groups", type=int, default=32)
+    p.add_argument("--batch-groups", type=int,
+                   help="the most groups one step trains on (default 256): each step takes every group already "
+                        "polled, up to this (big batches while behind, small ones when caught up)")
     p.add_argument("--publish-interval", type=float, default=s.publish_interval_s)
     p.add_argument("--publish-steps", type=int, default=50)
     p.add_argument("--checkpoint-interval", type=float, default=10.0)
@@ -41,9 +43,10 @@ def run(args: argparse.Namespace) -> int:
     start_http_server(args.metrics_port or s.learner_metrics_port, addr=s.metrics_host)
     cfg = LearnerConfig(
         bootstrap=s.kafka_bootstrap, redis=s.redis, kafka_security=s.kafka_security, samples_topic=s.topic("samples"),
-        checkpoint_path=s.data_dir / "learner" / "checkpoint.safetensors", batch_groups=args.batch_groups,
+        checkpoint_path=s.data_dir / "learner" / "checkpoint.safetensors",
         publish_s=args.publish_interval, publish_steps=args.publish_steps,
         checkpoint_s=args.checkpoint_interval, keep_versions=args.keep_versions,
+        **({} if args.batch_groups is None else {"batch_groups": args.batch_groups}),
     )
     service = LearnerService(cfg, OnlineTrainer(method=args.method, seed=args.seed, device=args.device))
     for sig in (signal.SIGTERM, signal.SIGINT):  # graceful: train what was polled, publish, checkpoint

@@ -11,19 +11,27 @@ Lifecycle and guarantees:
   (``hap learner`` exits 1);
 - the consumer is assigned every partition of the samples topic and seeks to the offsets
   stored in the checkpoint (the checkpoint, not Kafka, is the source of truth);
-- each micro-batch is de-duplicated by ``group_id`` (ids seen are kept in the checkpoint),
-  scored (progressive validation), then trained on;
-- every ``checkpoint_s`` the weights, optimizers, offsets and seen ids are written together,
-  and only then are the offsets committed to Kafka (for lag monitoring): after SIGKILL the
+- adaptive batching: each step takes every group already polled, up to ``batch_groups`` (big
+  batches while the learner is behind, one group at a time when it is caught up, so freshness
+  stays low under light load; ``hap_learner_batch_groups``); each micro-batch is de-duplicated by
+  ``group_id`` (ids seen are kept in the checkpoint), scored (progressive validation), then
+  trained on, in the iteration that polled it;
+- every ``checkpoint_s`` the weights, optimizers, offsets and seen ids are captured together on
+  the training loop (a copy) and written durably by a background thread while training goes on;
+  only once written are those offsets committed to Kafka (for lag monitoring): after SIGKILL the
   learner resumes from its checkpoint, so nothing is lost and nothing is trained twice;
-- every ``publish_s`` (or ``publish_steps``) both tiers are published as one version. A
-  version published after the last checkpoint may be superseded after a crash by versions
-  retrained from that checkpoint; every version is still self-consistent;
+- every ``publish_s`` (or ``publish_steps``) both tiers are exported on the loop and published as
+  one version by another background thread (encoding, the finite check, the Redis writes); one
+  publish and one checkpoint are in flight at most, and a due one waits until its predecessor
+  finished (nothing queues). A version published after the last checkpoint may be superseded
+  after a crash by versions retrained from that checkpoint; every version is still
+  self-consistent;
 - while Redis is down, training goes on and publishing is retried every ``publish_s`` (the
   first version after an outage is full, never a delta against what Redis may have lost);
   while Kafka is down, polling waits and offset commits are skipped (the checkpoint holds them);
-- a graceful stop (SIGTERM) trains the groups already polled before its last checkpoint, so
-  the offsets and ids it records are only those of trained groups;
+- a graceful stop (SIGTERM) ends the iteration (the groups polled are trained), waits for the
+  writes in flight, publishes and checkpoints, so the offsets and ids it records are only those
+  of trained groups;
 - offsets below a partition's log start (retention deleted records the learner never read)
   resume from the earliest retained record; the records lost are counted
   (``hap_learner_retention_lost_total``) and logged, never skipped silently (at start-up from
@@ -43,6 +51,7 @@ import dataclasses
 import logging
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +94,9 @@ class LearnerConfig:
     redis: RedisEndpoint
     samples_topic: str = "hap.samples"
     checkpoint_path: Path = Path(".hap/learner/checkpoint.safetensors")
-    batch_groups: int = 32
+    #: the most groups one step trains on: each step takes every group already polled, up to this
+    #: (adaptive batching: big batches while behind, small ones when caught up)
+    batch_groups: int = 256
     publish_s: float = 1.0
     publish_steps: int = 50
     checkpoint_s: float = 10.0
@@ -96,6 +107,15 @@ class LearnerConfig:
     lease_ttl_s: float = LEASE_TTL_S
     #: how long to wait for a lease another learner holds (None: as long as it takes)
     lease_wait_s: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Job:
+    """A publish in flight: its outcome, the trainer's steps it holds, its groups' freshness samples."""
+
+    future: Future[int]
+    steps: int
+    fresh: list[tuple[int, int]]
 
 
 class LearnerService:
@@ -149,12 +169,8 @@ class LearnerService:
         except (redis.RedisError, OSError) as exc:
             log.warning("writer lease not released (it expires in %.0fs): %s", self.cfg.lease_ttl_s, exc)
 
-    def _check_lease(self, confirm: bool = False) -> None:
-        """Raise (see :meth:`_fenced`) when the lease was lost, as its renewal thread found or, with
-        ``confirm``, as a renewal now finds (Redis unreachable: not known to be lost)."""
-        if confirm:
-            with contextlib.suppress(redis.RedisError, OSError, FencedError):
-                self.lease.renew()
+    def _check_lease(self) -> None:
+        """Raise (see :meth:`_fenced`) when the renewal thread found the lease lost."""
         if self.lease.lost is not None:
             raise self._fenced(self.lease.lost)
 
@@ -197,6 +213,13 @@ class LearnerService:
         self.nonfinite_steps = 0
         self._base = checkpoint.capture(trainer)  # the state to rewind to after a non-finite step
         self._since_base: list[list[SampleGroup]] = []  # the batches trained since ``_base``
+        # publishing and checkpointing run off the training loop, one of each at a time: while one
+        # is in flight the next waits in the trainer (touched rows, weights), not in a queue
+        self._publisher = ThreadPoolExecutor(1, thread_name_prefix="hap-publish")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="hap-checkpoint")
+        self._publishing: _Job | None = None
+        self._checkpointing: Future[dict[str, Any]] | None = None
+        self._published_steps = trainer.steps
 
     def _seek_to_checkpoint(self) -> None:
         """Seek each partition to the checkpoint's offset, or to its log start where retention
@@ -225,18 +248,54 @@ class LearnerService:
         :class:`FencedError` when another learner took the writer lease over."""
         try:
             self._run(max_idle_s)
-        finally:
+        finally:  # a write in flight completes before the lease goes (its outcome is no longer wanted)
+            self._publisher.shutdown()
+            self._writer.shutdown()
             self.consumer.close()
             self._release_lease()
 
     def _run(self, max_idle_s: float | None) -> None:
         last_publish = last_checkpoint = last_data = time.monotonic()
         steps_at_publish = self.trainer.steps
-        pending: list[SampleGroup] = []
         while self.running:
             self._check_lease()
-            polled = self.consumer.poll(timeout_ms=100, max_records=self.cfg.batch_groups)
+            self._collect()
+            groups, polled = self._poll()
+            now = time.monotonic()
+            if polled:
+                last_data = now
+            if groups:
+                self._train(groups)
+            due = now - last_publish >= self.cfg.publish_s or \
+                self.trainer.steps - steps_at_publish >= self.cfg.publish_steps
+            if due and self.trainer.steps > self._published_steps and self._publishing is None:
+                self._start_publish()
+                steps_at_publish, last_publish = self.trainer.steps, now
+            if now - last_checkpoint >= self.cfg.checkpoint_s and self._checkpointing is None:
+                self._start_checkpoint()
+                last_checkpoint = now
+            if max_idle_s is not None and now - last_data > max_idle_s:
+                break
+        # a graceful stop: every group polled is trained already (each poll is trained at once)
+        self._collect(wait=True)
+        if self.trainer.steps > self._published_steps:
+            self._start_publish()
+        self._start_checkpoint()
+        self._collect(wait=True)
+
+    def _poll(self) -> tuple[list[SampleGroup], bool]:
+        """Every group already available, up to ``batch_groups``: adaptive batching (big batches
+        while behind, one group at a time when caught up). Waits (100 ms at most) only for the
+        first record; the second value is True when any record was read."""
+        groups: list[SampleGroup] = []
+        taken, timeout_ms = 0, 100
+        while taken < self.cfg.batch_groups:
+            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.batch_groups - taken)
+            if not polled:
+                break
+            timeout_ms = 0
             for tp, records in polled.items():
+                taken += len(records)
                 for record in records:
                     expected = self.offsets.get(tp.partition)
                     if expected is not None and record.offset > expected:  # reset past deleted records
@@ -244,29 +303,8 @@ class LearnerService:
                     self.offsets[tp.partition] = record.offset + 1
                     group = self._decode(record.value)
                     if group is not None:
-                        pending.append(group)
-            now = time.monotonic()
-            if polled:
-                last_data = now
-            if pending and (len(pending) >= self.cfg.batch_groups or not polled):
-                self._train(pending)
-                pending = []
-            due = now - last_publish >= self.cfg.publish_s or \
-                self.trainer.steps - steps_at_publish >= self.cfg.publish_steps
-            if due and self.trainer.steps > steps_at_publish and not pending:
-                if self.try_publish():
-                    steps_at_publish = self.trainer.steps
-                last_publish = now
-            if now - last_checkpoint >= self.cfg.checkpoint_s and not pending:
-                self.checkpoint()
-                last_checkpoint = now
-            if max_idle_s is not None and now - last_data > max_idle_s and not pending:
-                break
-        if pending:  # polled (offsets and ids recorded) but not yet trained: train before the checkpoint
-            self._train(pending)
-        if self.trainer.steps > steps_at_publish:
-            self.try_publish()
-        self.checkpoint()
+                        groups.append(group)
+        return groups, taken > 0
 
     def _decode(self, raw: bytes) -> SampleGroup | None:
         try:
@@ -292,6 +330,7 @@ class LearnerService:
     def _train(self, groups: list[SampleGroup]) -> None:
         """One step on ``groups``; when it is not finite, each group alone, so that only the
         groups that cannot be trained on (counted) are left out."""
+        m.BATCH_GROUPS.observe(len(groups))
         trained = groups if self._step_or_undo(groups) else []
         if not trained and len(groups) > 1:
             trained = [g for g in groups if self._step_or_undo([g])]
@@ -326,75 +365,115 @@ class LearnerService:
                     len(groups), report.losses, len(self._since_base))
         return False
 
-    def try_publish(self) -> bool:
-        """:meth:`publish`, or log and count a failure while Redis is unreachable or the store
-        refuses the version (non-finite weights: nothing of it is written; the fence: retried when
-        it may be, raised when another learner took the lease over)."""
+    def _start_publish(self) -> None:
+        """Export both tiers and what the manifest records on the loop (the next step changes the
+        weights), then hand the version to the publisher thread: encoding, the finite check, the
+        blobs, the fenced manifest switch and the notification run while training goes on."""
+        touched = self.trainer.take_touched()
+        tiers = {name: TierForm(*tier.export(), touched[name]) for name, tier in self.trainer.tiers().items()}
+        fresh, self.fresh = sorted(self.fresh), []
+        picks = np.linspace(0, len(fresh) - 1, min(FRESH_SAMPLE, len(fresh))).astype(int) if fresh else []
+        quality = {n: q.report() for n, q in self.trainer.metrics.items()}
+        fields = {
+            "trained_until_event_ts_ms": int(self.trained_until_event),
+            "trained_until_finalized_ts_ms": int(self.trained_until_finalized),
+            "samples_seen": self.trainer.samples_seen,
+            "metrics": {"quality": quality, "steps": self.trainer.steps, "method": self.trainer.method,
+                        "finalized_sample_ms": [fresh[i][0] for i in picks],
+                        "event_sample_ms": [fresh[i][1] for i in picks], "duplicates": self.duplicates},
+        }
+        self._publishing = _Job(self._publisher.submit(self._publish, tiers, fields), self.trainer.steps, fresh)
+
+    def _publish(self, tiers: dict[str, TierForm], fields: dict[str, Any]) -> int:
+        """Write one version (on the publisher thread); its errors are the loop's, in :meth:`_collect`."""
+        started = time.perf_counter()
+        version = self.store.publish(tiers, **fields)
+        m.PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        m.PUBLISH_BYTES.set(self.store.last_publish_bytes)
+        m.VERSION.set(version)
+        m.TRAINED_UNTIL_LAG.set(max(0.0, time.time() - fields["trained_until_event_ts_ms"] / 1000))
+        m.TRAINED_TO_PUBLISHED.observe(max(0.0, time.time() - fields["trained_until_finalized_ts_ms"] / 1000))
+        return version
+
+    def _start_checkpoint(self) -> None:
+        """Capture (clone) the trainer's state with the offsets and ids of exactly the groups it
+        was trained on, on the loop; the writer thread writes it durably, and only then are the
+        offsets committed to Kafka (:meth:`_collect`). The capture is also the state a non-finite
+        step rewinds to."""
+        snapshot = checkpoint.capture(self.trainer)
+        state: dict[str, Any] = {
+            "offsets": {str(p): o for p, o in self.offsets.items()}, "seen": list(self.seen),
+            "trained_until_event": self.trained_until_event,
+            "trained_until_finalized": self.trained_until_finalized,
+        }
+        self._base, self._since_base = snapshot, []
+        self._checkpointing = self._writer.submit(self._write_checkpoint, snapshot, state)
+
+    def _write_checkpoint(self, snapshot: checkpoint.Snapshot, state: dict[str, Any]) -> dict[str, Any]:
+        """Write the checkpoint (on the writer thread); never after the lease was lost (the
+        checkpoint may be the new writer's too): the lease is renewed first, and a loss raises
+        :class:`FencedError` for the loop. It records the last version published, the floor of
+        the versions after a restart."""
+        with contextlib.suppress(redis.RedisError, OSError, FencedError):  # unreachable: not known to be lost
+            self.lease.renew()
+        if self.lease.lost is not None:
+            raise self.lease.lost
+        started = time.perf_counter()
+        checkpoint.write(self.cfg.checkpoint_path, snapshot, {**state, "version": self.store.newest})
+        m.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+        return state
+
+    def _collect(self, wait: bool = False) -> None:
+        """Take the outcome of the publish and the checkpoint the background threads finished (with
+        ``wait``, once they finish): count and log a failed publish (the fence: retried when it may
+        be, raised when another learner took the lease over; the groups' freshness samples go to the
+        next version); commit the offsets of a checkpoint written."""
+        job = self._publishing
+        if job is not None and (wait or job.future.done()):
+            self._publishing = None
+            if self._published(job.future):
+                self.versions += 1
+                self._published_steps = job.steps
+            else:
+                self.fresh = job.fresh + self.fresh
+        written = self._checkpointing
+        if written is not None and (wait or written.done()):
+            self._checkpointing = None
+            try:
+                state = written.result()
+            except FencedError as exc:
+                raise self._fenced(exc) from None
+            self._commit(state["offsets"])
+
+    def _published(self, future: Future[int]) -> bool:
+        """True when the version was published; else the failure counted and logged, or raised
+        when another learner took the lease over (see :meth:`_collect`)."""
         try:
-            self.publish()
+            future.result()
             return True
         except FencedError as exc:
             if not exc.retriable:
                 raise self._fenced(exc) from None
             FENCED.labels(exc.kind).inc()
             log.warning("version not published, retrying in %.1fs: %s", self.cfg.publish_s, exc)
-            return False
         except ModelStoreError as exc:
             PUBLISH_REFUSED.inc()
             log.error("version not published: %s", exc)
-            return False
         except (redis.RedisError, OSError) as exc:
             m.PUBLISH_ERRORS.inc()
             log.warning("publish failed, retrying in %.1fs: %s", self.cfg.publish_s, exc)
-            return False
+        return False
 
-    def publish(self) -> int:
-        started = time.perf_counter()
-        touched = self.trainer.take_touched()
-        tiers = {}
-        for name, tier in self.trainer.tiers().items():
-            tensors, spec = tier.export()
-            tiers[name] = TierForm(tensors, spec, touched[name])
-        fresh = sorted(self.fresh)
-        picks = np.linspace(0, len(fresh) - 1, min(FRESH_SAMPLE, len(fresh))).astype(int) if fresh else []
-        quality = {n: q.report() for n, q in self.trainer.metrics.items()}
-        version = self.store.publish(
-            tiers, trained_until_event_ts_ms=int(self.trained_until_event),
-            trained_until_finalized_ts_ms=int(self.trained_until_finalized), samples_seen=self.trainer.samples_seen,
-            metrics={"quality": quality, "steps": self.trainer.steps, "method": self.trainer.method,
-                     "finalized_sample_ms": [fresh[i][0] for i in picks],
-                     "event_sample_ms": [fresh[i][1] for i in picks], "duplicates": self.duplicates},
-        )
-        self.fresh = []
-        self.versions += 1
-        elapsed = time.perf_counter() - started
-        m.PUBLISH_SECONDS.observe(elapsed)
-        m.PUBLISH_BYTES.set(self.store.last_publish_bytes)
-        m.VERSION.set(version)
-        m.TRAINED_UNTIL_LAG.set(max(0.0, time.time() - self.trained_until_event / 1000))
-        m.TRAINED_TO_PUBLISHED.observe(max(0.0, time.time() - self.trained_until_finalized / 1000))
-        return version
-
-    def checkpoint(self) -> None:
-        """Write the checkpoint, then commit the same offsets to Kafka. Never after the lease was lost
-        (the checkpoint may be the new writer's too): the lease is renewed first. It records the last
-        version published, the floor of the versions after a restart."""
-        self._check_lease(confirm=True)
-        state: dict[str, Any] = {
-            "offsets": {str(p): o for p, o in self.offsets.items()}, "seen": list(self.seen),
-            "trained_until_event": self.trained_until_event,
-            "trained_until_finalized": self.trained_until_finalized, "version": self.store.newest,
-        }
-        checkpoint.save(self.cfg.checkpoint_path, self.trainer, state)
-        self._base, self._since_base = checkpoint.capture(self.trainer), []
+    def _commit(self, offsets: dict[str, int]) -> None:
+        """Commit offsets a checkpoint holds to Kafka (for lag monitoring: the checkpoint is the truth)."""
         from kafka.structs import OffsetAndMetadata
 
-        commit = {TopicPartition(self.cfg.samples_topic, p): OffsetAndMetadata(o, "", -1)
-                  for p, o in self.offsets.items()}
+        commit = {TopicPartition(self.cfg.samples_topic, int(p)): OffsetAndMetadata(o, "", -1)
+                  for p, o in offsets.items()}
         if commit:
             try:
                 self.consumer.commit(commit)
-            except KafkaError as exc:  # the checkpoint has the offsets; Kafka's copy is for lag monitoring
+            except KafkaError as exc:
                 log.warning("offset commit skipped: %s", exc)
 
 

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.structs import TopicPartition
 from prometheus_client import REGISTRY
@@ -243,3 +243,88 @@ def _raised(fn, **kwargs) -> list[BaseException]:
     except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
         return [exc]
     return []
+
+
+def test_each_step_takes_every_group_available_up_to_the_cap(kafka_bootstrap, redis_url, redis_client, topic_prefix,
+                                                             tmp_path):
+    """A backlog is trained in batches of the cap; groups that trickle in (one per 50 ms, cap 64)
+    are trained as they come instead of waiting for a batch to fill (the freshness under light load)."""
+    topic = f"{topic_prefix}samples"
+    KafkaAdminClient(bootstrap_servers=kafka_bootstrap).create_topics([NewTopic(topic, 1, 1)])
+    groups = simulated_groups(200, seed=12, n_candidates=30)
+    produce(kafka_bootstrap, topic, groups[:160])
+    svc = service(kafka_bootstrap, redis_url, topic, tmp_path, batch_groups=64)
+    steps_before, full_before = counter("hap_learner_batch_groups_count"), counter(
+        "hap_learner_batch_groups_bucket", le="32.0")
+    learner = threading.Thread(target=svc.run, kwargs={"max_idle_s": 5.0})
+    learner.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and svc.trainer.samples_seen < sum(len(g.items) for g in groups[:160]):
+        time.sleep(0.05)
+    backlog_steps = counter("hap_learner_batch_groups_count") - steps_before
+    assert backlog_steps <= 5, backlog_steps  # 160 groups: 3 steps of 64 at best, not 160 of one
+    assert counter("hap_learner_batch_groups_bucket", le="32.0") - full_before < backlog_steps  # some took > 32
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=0)
+    for g in groups[160:]:
+        producer.send(topic, key=g.request_id.encode(), value=encode(g), partition=0)
+        producer.flush()
+        time.sleep(0.05)
+    producer.close()
+    learner.join(60)
+    trickle_steps = counter("hap_learner_batch_groups_count") - steps_before - backlog_steps
+    assert trickle_steps >= 10, trickle_steps  # 40 groups in 2 s: not one batch of 40 (it waited for none)
+    assert svc.trainer.samples_seen == sum(len(g.items) for g in groups)
+
+
+def test_checkpoint_and_publish_run_off_the_training_loop(kafka_bootstrap, redis_url, redis_client, topic_prefix,
+                                                          tmp_path, monkeypatch):
+    """While the checkpoint write and the publish are stuck (a slow disk, a slow Redis), training
+    goes on; the offsets reach Kafka only once the checkpoint holding them is written."""
+    topic = f"{topic_prefix}samples"
+    KafkaAdminClient(bootstrap_servers=kafka_bootstrap).create_topics([NewTopic(topic, 1, 1)])
+    groups = simulated_groups(48, seed=13, n_candidates=30)
+    release, writing, publishing = threading.Event(), threading.Event(), threading.Event()
+    write = checkpoint.write
+
+    def stuck_write(*args):
+        writing.set()
+        assert release.wait(60)
+        write(*args)
+
+    monkeypatch.setattr(checkpoint, "write", stuck_write)
+    produce(kafka_bootstrap, topic, groups[:8])
+    svc = service(kafka_bootstrap, redis_url, topic, tmp_path, batch_groups=4)
+    publish = svc.store.publish
+
+    def stuck_publish(*args, **kwargs):
+        publishing.set()
+        assert release.wait(60)
+        return publish(*args, **kwargs)
+
+    svc.store.publish = stuck_publish
+    learner = threading.Thread(target=svc.run, kwargs={"max_idle_s": 1.5})
+    learner.start()
+    try:
+        assert writing.wait(60) and publishing.wait(60)
+        produce(kafka_bootstrap, topic, groups[8:])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and svc.trainer.samples_seen < sum(len(g.items) for g in groups):
+            time.sleep(0.05)
+        assert svc.trainer.samples_seen == sum(len(g.items) for g in groups)  # trained while both were stuck
+        assert not svc.cfg.checkpoint_path.exists() and svc.store.manifest() is None
+        assert committed(kafka_bootstrap, topic) is None  # nothing committed before a checkpoint holds it
+    finally:
+        release.set()
+        learner.join(60)
+    assert checkpoint.read_state(svc.cfg.checkpoint_path)["offsets"] == {"0": 48}
+    assert committed(kafka_bootstrap, topic) == 48
+    assert svc.store.manifest()["samples_seen"] == svc.trainer.samples_seen
+
+
+def committed(bootstrap: str, topic: str) -> int | None:
+    """The offset the learner's consumer group committed on partition 0 of ``topic``."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id="hap-learner", enable_auto_commit=False)
+    try:
+        return consumer.committed(TopicPartition(topic, 0))
+    finally:
+        consumer.close()
