@@ -356,11 +356,10 @@ class Joiner:
                 {"codec": info.codec, "first_offset": info.first_offset, "last_offset": info.last_offset}))
         return True
 
-    def dead_letter(self, kind: str, reason: str, record: Record, request_id: str | None = None,
-                    **details: Any) -> None:
+    def dead_letter(self, kind: str, reason: str, record: Record, request_id: str | None = None) -> None:
         """Dead-letter an input record, with its bytes and where it came from."""
         self.send_dead_letter(DeadLetter(kind, reason, request_id or request_id_of(record.key, record.value),
-                                         record.topic, record.partition, record.offset, record.value or b"", details))
+                                         record.topic, record.partition, record.offset, record.value or b""))
 
     def send_dead_letter(self, letter: DeadLetter) -> None:
         metrics.INVALID.labels(letter.reason_kind).inc()
