@@ -9,8 +9,8 @@ from ..conftest import read_topic, simulate, truth
 
 
 def test_sigkill_mid_stream_loses_no_request(stack_env, kafka_bootstrap, tmp_path):
-    report = simulate(stack_env, tmp_path, "--requests", "150", "--rate", "0", "--truth",
-                      str(tmp_path / "truth.jsonl"), "--feedback-delay", "0.2")
+    simulate(stack_env, tmp_path, "--requests", "150", "--rate", "0", "--truth",
+             str(tmp_path / "truth.jsonl"), "--feedback-delay", "0.2")
     args = ["streams", "--window", "1", "--lateness", "0.5"]
     url = f"http://127.0.0.1:{stack_env['HAP_STREAMS_METRICS_PORT']}/metrics"
     first = Component("streams", args, tmp_path, stack_env).start()
@@ -26,5 +26,5 @@ def test_sigkill_mid_stream_loses_no_request(stack_env, kafka_bootstrap, tmp_pat
     assert {g.request_id for g in groups} == set(truth(tmp_path / "truth.jsonl"))  # nothing lost
     ids_per_request = {r: {g.group_id for g in groups if g.request_id == r} for r in {g.request_id for g in groups}}
     assert all(len(ids) == 1 for ids in ids_per_request.values())  # a re-emitted group keeps its id
-    repeated = sum(n - 1 for n in Counter(g.group_id for g in groups).values())
-    assert repeated <= report["requests"]  # the at-least-once bound: at most one replay per group
+    emitted = Counter(g.group_id for g in groups)
+    assert max(emitted.values()) <= 2  # the at-least-once bound of one crash: at most one replay per group
