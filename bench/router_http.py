@@ -48,6 +48,7 @@ from deploy.stack.process import free_port  # noqa: E402
 from deploy.stack.services import Redis  # noqa: E402
 from feature_store.item_stats import WINDOWS, ItemStats  # noqa: E402
 from feature_store.model_store import ModelStore, TierForm  # noqa: E402
+from feature_store.user_features import user_features_key  # noqa: E402
 
 WRK_SCRIPT = """
 local bodies, i = {}, 0
@@ -100,7 +101,7 @@ def write_features(client: redis.Redis, world, stats_of, n_items: int, n_users: 
     rng = np.random.default_rng(7)
     for u in range(n_users):
         history = [world.item_id(int(i)) for i in rng.choice(n_items, 30, replace=False)]
-        pipe.set(f"hap:feat:user:u{u}", orjson.dumps({"history": history}))
+        pipe.set(user_features_key(f"u{u}"), orjson.dumps({"history": history}))
     pipe.execute()
 
 

@@ -48,6 +48,7 @@ from feature_store.featurize import (
     dense_stats_matrix,
     hash_id,
 )
+from feature_store.user_features import user_features_key
 from router import metrics
 from router.limits import ID_CHARS, MAX_HISTORY
 from router.stats_reader import ABSENT, MALFORMED, StatsReader
@@ -298,7 +299,7 @@ class FeatureCache:
     def _read_user(self, user_id: str) -> dict[str, Any] | None:
         """Read and check one user's features; None when Redis failed (counted)."""
         try:
-            raw = self.r.get(f"{self.prefix}feat:user:{user_id}")
+            raw = self.r.get(user_features_key(user_id, self.prefix))
         except (redis.RedisError, OSError) as exc:
             self._failed(exc)
             return None

@@ -36,6 +36,7 @@ import redis
 
 from feature_store.backoff import Backoff
 from feature_store.item_stats import WINDOWS, ItemStats, window_stats
+from feature_store.user_features import user_features_key
 from streams import metrics
 from streams.schemas import is_positive
 
@@ -158,7 +159,8 @@ class StreamFeatures:
             if histories:
                 pipe = self.r.pipeline(transaction=False)
                 for user_id, history in histories.items():
-                    pipe.set(f"{self.prefix}feat:user:{user_id}", orjson.dumps({"history": history}), ex=HISTORY_TTL_S)
+                    pipe.set(user_features_key(user_id, self.prefix), orjson.dumps({"history": history}),
+                             ex=HISTORY_TTL_S)
                 pipe.execute()
         except (redis.RedisError, OSError) as exc:
             self._failed(exc)
