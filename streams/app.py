@@ -41,10 +41,9 @@ from streams.joiner import JoinConfig, Joiner, JoinTables
 from streams.kafka_security import KafkaSecurity
 from streams.pool import CandidatePool
 from streams.schemas import Limits
-from streams.topics import record_limits
+from streams.topics import DEFAULT_PARTITIONS, record_limits
 from streams.watchdog import EXIT_REASONS, EXITS_ENV, RECOVERY_GRACE, RESTARTS_ENV, STALLED_EXIT, Watchdog, parse_exits
 
-PARTITIONS = 4
 #: records per batch, and the longest a batch waits to fill
 BATCH_RECORDS = 1000
 BATCH_WITHIN_S = 0.05
@@ -63,7 +62,9 @@ class StreamsConfig:
     corrections: bool = True
     retention_ms: int = 600_000
     tick_s: float = 0.25
-    partitions: int = PARTITIONS
+    partitions: int = DEFAULT_PARTITIONS
+    #: replicas of the changelogs and other topics Faust would create (``hap streams`` creates them first)
+    replication_factor: int = 1
     kafka_security: KafkaSecurity = KafkaSecurity()
     stall_s: float = 30.0
     #: an event time further ahead of its arrival than this is dead-lettered (``future``)
@@ -103,7 +104,8 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     decode_guard.install()
     app = faust.App(
         f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}", store="memory://",
-        topic_partitions=cfg.partitions, web_enabled=False, datadir=str(cfg.data_dir),
+        topic_partitions=cfg.partitions, topic_replication_factor=cfg.replication_factor, web_enabled=False,
+        datadir=str(cfg.data_dir),
         consumer_auto_offset_reset="earliest", producer_max_request_size=record_limits(cfg.limits)[1],
         # a group and a table record are kilobytes each: batch them (10 ms at most) and compress them
         # (lz4, when its library is installed), instead of one produce request per record (Faust's
