@@ -8,6 +8,7 @@ this process. Publishing is timed into Redis for full versions and for deltas.
 
     python bench/learner.py [--groups 400] [--device auto|cpu|cuda] [--batch-groups 32]
     python bench/learner.py --no-stack --device cuda    # (b) and (c) only: no Kafka or Redis needed
+    python bench/learner.py --online-only               # (a) only, e.g. under py-spy
 
 Ends with one JSON line {"online_samples_per_s", "tight_samples_per_s",
 "tight_from_bytes_samples_per_s", "tier_compute_samples_per_s", the ratios between them,
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "learner"
 
 from groups import simulated_groups  # noqa: E402
 
+from deploy.settings import Settings  # noqa: E402
 from learner.batching import Batch  # noqa: E402
 from learner.trainer import OnlineTrainer, resolve_device  # noqa: E402
 from streams.schemas import decode_sample_group, encode  # noqa: E402
@@ -135,12 +137,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on the CPU")
     parser.add_argument("--no-stack", action="store_true", help="skip the figures that need Kafka and Redis")
+    parser.add_argument("--online-only", action="store_true", help="only the online figure (to profile the service)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device, batch = str(resolve_device(args.device)), args.batch_groups
     groups = simulated_groups(args.groups, seed=11)
     figures: dict[str, object] = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
                                   "batch_groups": batch, "threads": args.threads}
+    if args.online_only:
+        print(json.dumps({**figures, "online_samples_per_s": round(online(groups, Settings.load(), batch, device), 1)}))
+        return
     figures.update({f"tight_{m}_samples_per_s": round(tight(groups, m, device, batch), 1)
                     for m in ("ghcl", "mixed")})
     figures["tight_samples_per_s"] = figures["tight_ghcl_samples_per_s"]
@@ -153,8 +159,6 @@ def main() -> None:
                     "tight_over_tier_compute": round(figures["tight_samples_per_s"] / both, 3),
                     "tight_from_bytes_over_tier_compute": round(figures["tight_from_bytes_samples_per_s"] / both, 3)})
     if not args.no_stack:
-        from deploy.settings import Settings
-
         settings = Settings.load()
         online_rate = online(groups, settings, batch, device)
         figures.update({"online_samples_per_s": round(online_rate, 1),
