@@ -27,6 +27,9 @@ KINDS = ("exp", "clk", "pos")
 #: window name -> (bucket field prefix, bucket length ms, buckets in the window)
 WINDOWS = {"10m": ("m", 60_000, 10), "1h": ("t", 600_000, 6), "1d": ("h", 3_600_000, 24)}
 TTL_S = 2 * 86_400
+#: how often (event time) a recorded item's closed buckets are pruned, and how many items' last
+#: prune a writer remembers (past that it forgets them all and prunes each again once)
+PRUNE_EVERY_MS, PRUNE_TRACKED = 3_600_000, 200_000
 
 
 class ItemStats:
@@ -35,22 +38,37 @@ class ItemStats:
     def __init__(self, client: redis.Redis, prefix: str = "hap:") -> None:
         self.r = client
         self.prefix = prefix
+        self._pruned: dict[str, int] = {}  # key -> the prune period it was last pruned in
 
     def key(self, item_id: str) -> str:
         return f"{self.prefix}stats:item:{item_id}"
 
     def record(self, events: Iterable[tuple[str, str, int]]) -> None:
-        """Count ``(item_id, kind, ts_ms)`` events, ``kind`` in ``exp``, ``clk``, ``pos``."""
+        """Count ``(item_id, kind, ts_ms)`` events, ``kind`` in ``exp``, ``clk``, ``pos``.
+
+        The key's TTL is renewed by every write, so a hash lives as long as its item is shown; its
+        buckets that left their window an hour before the newest event are pruned once an hour (of
+        event time) per item, so an item shown for days keeps a bounded hash (the buckets of its
+        windows plus up to two hours').
+        """
         pipe = self.r.pipeline(transaction=False)
-        keys = set()
+        keys, latest = set(), None
         for item_id, kind, ts_ms in events:
             key = self.key(item_id)
             keys.add(key)
+            latest = ts_ms if latest is None else max(latest, ts_ms)
             for prefix, length, _ in WINDOWS.values():
                 pipe.hincrby(key, f"{prefix}:{kind}:{ts_ms // length}", 1)
         for key in keys:
             pipe.expire(key, TTL_S)
         pipe.execute()
+        if latest is not None:
+            period = latest // PRUNE_EVERY_MS
+            if len(self._pruned) > PRUNE_TRACKED:
+                self._pruned.clear()
+            # an hour's margin: a request read as of a little earlier (late events) finds its buckets
+            self._prune([k for k in keys if self._pruned.get(k) != period], latest - PRUNE_EVERY_MS)
+            self._pruned.update(dict.fromkeys(keys, period))
 
     def read(self, item_ids: Sequence[str], at_ms: int) -> list[dict[str, float]]:
         """Statistics of each item as of ``at_ms`` (names: ``feature_store.featurize.ITEM_STAT_FEATURES``)."""
@@ -60,9 +78,21 @@ class ItemStats:
         return [window_stats(raw, at_ms) for raw in pipe.execute()]
 
     def prune(self, item_id: str, now_ms: int) -> int:
-        """Delete buckets older than their window; returns how many were removed."""
-        stale = [f for f in self.r.hkeys(self.key(item_id)) if _expired(f.decode(), now_ms)]
-        return self.r.hdel(self.key(item_id), *stale) if stale else 0
+        """Delete the item's buckets older than their window; returns how many were removed."""
+        return self._prune([self.key(item_id)], now_ms)
+
+    def _prune(self, keys: list[str], now_ms: int) -> int:
+        if not keys:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for key in keys:
+            pipe.hkeys(key)
+        stale = {key: [f for f in fields if _expired(f.decode(), now_ms)] for key, fields in zip(keys, pipe.execute(),
+                                                                                                 strict=True)}
+        for key, fields in stale.items():
+            if fields:
+                pipe.hdel(key, *fields)
+        return sum(pipe.execute())
 
 
 def window_stats(raw: dict[bytes, bytes], at_ms: int) -> dict[str, float]:

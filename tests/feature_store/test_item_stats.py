@@ -23,3 +23,14 @@ def test_events_after_the_request_never_leak_into_its_statistics(redis_client):
     stats.record([("n2", "clk", 20 * MIN + 5)])
     assert stats.read(["n2"], at_ms=20 * MIN + 30_000)[0]["clk_10m"] == 0
     assert stats.prune("n2", now_ms=3 * 86_400_000) == 3
+
+
+def test_an_item_shown_for_days_keeps_a_bounded_hash(redis_client):
+    stats = ItemStats(redis_client)
+    for minute in range(0, 3 * 24 * 60, 7):  # three days of exposures, every 7 minutes
+        stats.record([("n3", "exp", minute * MIN)])
+    fields = redis_client.hkeys(stats.key("n3"))
+    # what the windows need (10 minute, 6 ten-minute and 24 hour buckets) plus up to two hours' worth
+    assert len(fields) <= (10 + 120 // 7 + 1) + (6 + 12 + 1) + (24 + 2 + 1), len(fields)  # three days: ~1,800
+    last_day = range(2 * 24 * 60, 3 * 24 * 60, 7)
+    assert stats.read(["n3"], at_ms=3 * 24 * 60 * MIN)[0]["exp_1d"] == len(last_day)
