@@ -29,13 +29,14 @@ def count(name: str, kind: str) -> float:
 
 
 def fill(client: redis.Redis, now_ms: int) -> list[str]:
-    """Items with buckets inside and outside every window, one with only the open minute."""
+    """Items with buckets inside and outside every window (up to 25 h old: the writer prunes what
+    left its window more than an hour before), one with only the open minute."""
     stats = ItemStats(client)
     rng = np.random.default_rng(0)
     events = []
     for n in range(30):
         for _ in range(int(rng.integers(1, 40))):
-            ago = int(rng.integers(0, 30 * 3_600_000))
+            ago = int(rng.integers(0, 25 * 3_600_000))
             events.append((f"i{n}", ["exp", "clk", "pos"][int(rng.integers(3))], now_ms - ago))
     events.append(("open-minute-only", "exp", now_ms))
     stats.record(events)
