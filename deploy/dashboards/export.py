@@ -43,8 +43,13 @@ def files() -> dict[str, str]:
 
 def write(root: Path = DEPLOY) -> list[Path]:
     """Write every generated file under ``root``; returns their paths."""
+    return write_files(files(), root)
+
+
+def write_files(contents: dict[str, str], root: Path) -> list[Path]:
+    """Write ``contents`` (relative path -> text) under ``root``; returns the paths written."""
     written = []
-    for rel, content in files().items():
+    for rel, content in contents.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)

@@ -22,6 +22,7 @@ import yaml
 
 from deploy.dashboards.alerts import prometheus_rules
 from deploy.dashboards.export import files as dashboard_files
+from deploy.dashboards.export import write_files
 from deploy.settings import Settings
 
 BASE = Path(__file__).resolve().parent
@@ -100,13 +101,7 @@ def files() -> dict[str, str]:
 
 def write(root: Path = BASE) -> list[Path]:
     """Write every generated file under ``root``; returns their paths."""
-    written = []
-    for rel, content in files().items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-        written.append(path)
-    return written
+    return write_files(files(), root)
 
 
 if __name__ == "__main__":
