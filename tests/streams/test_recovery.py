@@ -1,30 +1,40 @@
 """A streams worker SIGKILLed mid-stream and restarted loses no request; duplicates keep their group id."""
 
+import time
 from collections import Counter
 
 from deploy.pipeline import Component
 from streams.schemas import decode_sample_group
 
-from ..conftest import read_topic, simulate, truth
+from ..conftest import read_topic, truth
 
 
 def test_sigkill_mid_stream_loses_no_request(stack_env, kafka_bootstrap, tmp_path):
-    simulate(stack_env, tmp_path, "--requests", "150", "--rate", "0", "--truth",
-             str(tmp_path / "truth.jsonl"), "--feedback-delay", "0.2")
+    # the events arrive over several seconds while the first worker runs, so that it dies mid-stream
+    sim = Component("simulate", ["simulate", "--no-progress", "--requests", "150", "--rate", "500", "--truth",
+                                 str(tmp_path / "truth.jsonl"), "--feedback-delay", "0.2"], tmp_path, stack_env)
     args = ["streams", "--window", "1", "--lateness", "0.5"]
     url = f"http://127.0.0.1:{stack_env['HAP_STREAMS_METRICS_PORT']}/metrics"
     first = Component("streams", args, tmp_path, stack_env).start()
     first.wait_http(url)
+    sim.start()
     assert first.wait_metric(url, "hap_streams_groups_total", 20) < 150  # killed mid-stream
     first.kill()
     second = Component("streams", args, tmp_path, stack_env).start()
     try:
-        values = read_topic(kafka_bootstrap, stack_env["HAP_TOPIC_PREFIX"] + "samples", 10**6, timeout_s=40)
+        assert sim.proc.wait(180) == 0, sim.log_tail()
+        expected = set(truth(tmp_path / "truth.jsonl"))
+        deadline = time.monotonic() + 150  # the second worker joins once the killed one's session expired
+        while True:
+            groups = [decode_sample_group(v) for v in read_topic(
+                kafka_bootstrap, stack_env["HAP_TOPIC_PREFIX"] + "samples", 10**6, timeout_s=3)]
+            if {g.request_id for g in groups} >= expected or time.monotonic() > deadline:
+                break
     finally:
         second.stop()
-    groups = [decode_sample_group(v) for v in values]
-    assert {g.request_id for g in groups} == set(truth(tmp_path / "truth.jsonl"))  # nothing lost
-    ids_per_request = {r: {g.group_id for g in groups if g.request_id == r} for r in {g.request_id for g in groups}}
+    assert {g.request_id for g in groups} == expected, second.log_tail()  # nothing lost
+    firsts = [g for g in groups if not g.correction]  # a late label's correction is a group of its own
+    ids_per_request = {r: {g.group_id for g in firsts if g.request_id == r} for r in {g.request_id for g in firsts}}
     assert all(len(ids) == 1 for ids in ids_per_request.values())  # a re-emitted group keeps its id
     emitted = Counter(g.group_id for g in groups)
     assert max(emitted.values()) <= 2  # the at-least-once bound of one crash: at most one replay per group
