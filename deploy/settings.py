@@ -42,6 +42,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from feature_store.connection import RedisEndpoint
+from feature_store.lease import LEASE_TTL_S
 from streams.kafka_security import KafkaSecurity
 from streams.topics import DEFAULT_PARTITIONS, Replication
 
@@ -127,6 +128,10 @@ class Settings:
     log_level: str = "WARNING"
     learner_method: str = "ghcl"
     publish_interval_s: float = 1.0
+    #: the learner's writer lease: how long a killed learner blocks its successor, and how long a
+    #: starting learner waits for a held lease (None: for as long as it takes)
+    learner_lease_ttl_s: float = LEASE_TTL_S
+    learner_lease_wait_s: float | None = None
     router_policy: str = "damr"
     router_budget: float = 0.2
     router_workers: int = 1
@@ -185,6 +190,8 @@ class Settings:
             log_level=env.get("HAP_LOG_LEVEL", "WARNING"),
             learner_method=env.get("HAP_LEARNER_METHOD", "ghcl"),
             publish_interval_s=_float(env, "HAP_PUBLISH_INTERVAL_S", 1.0),
+            learner_lease_ttl_s=_float(env, "HAP_LEARNER_LEASE_TTL_S", LEASE_TTL_S),
+            learner_lease_wait_s=_float(env, "HAP_LEARNER_LEASE_WAIT_S", 0.0) or None,
             router_policy=env.get("HAP_ROUTER_POLICY", "damr"),
             router_budget=_float(env, "HAP_ROUTER_BUDGET", 0.2),
             router_workers=_int(env, "HAP_ROUTER_WORKERS", 1),

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_path=s.data_dir / "learner" / "checkpoint.safetensors",
         publish_s=args.publish_interval, publish_steps=args.publish_steps,
         checkpoint_s=args.checkpoint_interval, keep_versions=args.keep_versions,
+        lease_ttl_s=s.learner_lease_ttl_s, lease_wait_s=s.learner_lease_wait_s,
         **({} if args.batch_groups is None else {"batch_groups": args.batch_groups}),
     )
     service = LearnerService(cfg, OnlineTrainer(method=args.method, seed=args.seed, device=args.device))
