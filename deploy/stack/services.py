@@ -172,7 +172,7 @@ class Kafka(Service):
         if not (self.dir / "data" / "meta.properties").exists():
             with self.process.log_file.open("ab") as log:
                 done = subprocess.run(
-                    [*self._java(), "kafka.tools.StorageTool", "format", "-t", self._cluster_id(),
+                    [*self._java(), "kafka.tools.StorageTool", "format", f"--cluster-id={self._cluster_id()}",
                      "-c", str(self.dir / "server.properties")],
                     stdout=log, stderr=subprocess.STDOUT, check=False, timeout=120,
                 )
