@@ -23,7 +23,6 @@ decode (see :mod:`streams.decode_guard`) too, and the worker moves on: no input 
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import dataclasses
 import os
@@ -88,38 +87,15 @@ class FaustTable:
 
     def put(self, key: str, value: Any, partition: int) -> None:
         self.table.data[key] = value
-        _in_flight.get().append(self.table.send_changelog(partition, key, value))
+        self.table.send_changelog(partition, key, value)
 
     def delete(self, key: str, partition: int) -> None:
         if self.table.data.pop(key, None) is not None:
-            _in_flight.get().append(self.table.send_changelog(partition, key, None, value_serializer="raw"))
+            self.table.send_changelog(partition, key, None, value_serializer="raw")
 
 
 #: what the join produced in the current agent's batch: (topic kind, key, value); each agent has its own
 _outbox: contextvars.ContextVar[list[tuple[str, bytes | None, bytes]]] = contextvars.ContextVar("outbox")
-#: the current agent's batch's writes (outputs and changelogs) not yet acknowledged by the broker
-_in_flight: contextvars.ContextVar[list[asyncio.Future]] = contextvars.ContextVar("in_flight")
-#: the exit code of a worker whose write the broker did not acknowledge (its batch is replayed by the next)
-UNDELIVERED_EXIT = 1
-
-
-async def confirm_delivery(log: Any) -> None:
-    """Wait until the broker acknowledged every write of the batch (groups, dead letters and
-    changelog records); before that, Faust must not acknowledge the batch's input records.
-
-    A write that failed for good (the broker crashed and did not come back within the producer's
-    retries) cannot be taken back, and Faust would commit the batch's offsets anyway: the worker
-    exits at once instead (``UNDELIVERED_EXIT``, counted as a crash), without committing, and its
-    replacement replays the batch from the last committed offsets and the changelogs.
-    """
-    pending = _in_flight.get()
-    try:
-        await asyncio.gather(*pending)
-    except Exception as exc:  # noqa: BLE001 - whatever the producer failed with
-        log.error("a write of this batch was not acknowledged by the broker (%r): exiting, so that the batch is "
-                  "replayed rather than committed", exc)
-        os._exit(UNDELIVERED_EXIT)
-    pending.clear()
 
 
 def make_app(cfg: StreamsConfig) -> faust.App:
@@ -164,16 +140,14 @@ def make_app(cfg: StreamsConfig) -> faust.App:
 
     async def send_outbox() -> None:
         """Hand what the batch produced to the producer, before Faust acknowledges the batch."""
-        out, pending = _outbox.get(), _in_flight.get()
+        out = _outbox.get()
         for kind, key, value in out:
-            pending.append(await outputs[kind].send(key=key, value=value))
+            await outputs[kind].send(key=key, value=value)
         out.clear()
-        await confirm_delivery(app.log)
 
     @app.agent(inputs)
     async def assemble_agent(stream: faust.StreamT) -> None:
         _outbox.set([])
-        _in_flight.set([])
         rebuilt_at = float("-inf")
         async for events in stream.take_events(BATCH_RECORDS, within=BATCH_WITHIN_S):
             watchdog.beat()
@@ -189,7 +163,6 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     @app.agent(items_topic)
     async def catalogue(stream: faust.StreamT) -> None:
         _outbox.set([])
-        _in_flight.set([])
         async for events in stream.take_events(BATCH_RECORDS, within=BATCH_WITHIN_S):
             for event in events:
                 try:
