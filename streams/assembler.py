@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from streams.pool import CandidatePool
@@ -179,8 +180,8 @@ def assemble(state: dict[str, Any], ranking: RankingEvent | RankingColumns, conf
 def relabel(group: SampleGroup, positive: set[str], revision: int, assembled_ms: int) -> SampleGroup:
     """A correction of ``group``: the same sampled items and features, its exposed items
     labelled by ``positive``, under the id of ``revision``."""
-    items = [dataclasses.replace(i, source="exp_pos" if i.item_id in positive else "exp_neg",
+    items = [msgspec.structs.replace(i, source="exp_pos" if i.item_id in positive else "exp_neg",
                                  label=int(i.item_id in positive))
              if i.source in ("exp_pos", "exp_neg") else i for i in group.items]
-    return dataclasses.replace(group, group_id=group_id(group.request_id, revision), assembled_ts_ms=assembled_ms,
+    return msgspec.structs.replace(group, group_id=group_id(group.request_id, revision), assembled_ts_ms=assembled_ms,
                                items=items, correction=True)

@@ -27,7 +27,9 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 from streams.validate import (
     REASON_KINDS,
@@ -204,6 +206,35 @@ def check_values(obj: dict[str, Any], fields: list[Field], path: str, limits: Li
     """As :func:`check`, the values only, in the order of ``fields``."""
     return [fn(obj, path, limits) for _, fn in _compiled(fields)]
 
+
+
+def wire_type(fields: list[Field], name: str) -> Any:
+    """The type of field ``name`` with its bounds, for a ``msgspec.Struct`` that decodes the record in C.
+
+    Fields of kind ``str``, ``int``, ``number`` and ``enum`` (the others' bounds depend on
+    :class:`Limits` or span fields: the decoder checks them after msgspec). The type is at least
+    as strict as :func:`check`, never wider: what msgspec rejects, :func:`check` then explains or
+    accepts (an optional field that is ``null`` or left out, where the struct has no default).
+
+    >>> class Item(msgspec.Struct):
+    ...     item_id: wire_type(ITEM, "item_id")
+    >>> msgspec.json.decode(b'{"item_id": ""}', type=Item)
+    Traceback (most recent call last):
+    ...
+    msgspec.ValidationError: Expected `str` of length >= 1 - at `$.item_id`
+    """
+    f = next(f for f in fields if f.name == name)
+    if f.kind == "str":
+        t: Any = Annotated[str, msgspec.Meta(min_length=1, max_length=f.max_chars)]
+    elif f.kind == "int":
+        t = int if f.minimum is None else Annotated[int, msgspec.Meta(ge=f.minimum)]
+    elif f.kind == "number":
+        t = float  # JSON has no NaN or infinity; msgspec rejects a number beyond float's range
+    elif f.kind == "enum":
+        t = Literal[f.values]
+    else:
+        raise ValueError(f"{name}: a field of kind {f.kind} has no wire type of its own")
+    return t | None if f.nullable or not f.required else t
 
 _KIND_TYPES: dict[str, set[type]] = {"str": {str}, "int": {int}, "number": {int, float}, "bool": {bool}}
 _FAST_SIGNATURES = 64  # a record with more combinations of value types than this is always checked field by field

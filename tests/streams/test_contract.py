@@ -61,7 +61,7 @@ def test_field_order_matches_the_records_built_positionally():
     from streams.contract import CANDIDATE, SAMPLE_ITEM
     assert [f.name for f in CANDIDATE] == list(Candidate.__dataclass_fields__)
     names = [f.name for f in SAMPLE_ITEM]
-    assert [names[2], *names[:2], *names[3:]] == list(SampleItem.__dataclass_fields__)
+    assert [names[2], *names[:2], *names[3:]] == list(SampleItem.__struct_fields__)
 
 
 @pytest.mark.parametrize(("verdict", "topic", "reason", "body"), EXAMPLES,

@@ -137,3 +137,27 @@ def test_each_rejection_names_its_kind_from_the_fixed_set():
         assert info.value.kind == kind and kind in REASON_KINDS, (raw, info.value.reason)
     with pytest.raises(ValueError):
         InvalidEvent("anything", "field")  # not a kind: the set is closed
+
+
+def test_sample_group_fast_path_rejects_what_the_contract_rejects():
+    """The msgspec path and the field-by-field checks agree: each bound that the struct enforces
+    in C still comes back as the contract's reason."""
+    ok = orjson.loads(encode(SampleGroup("g", "r", "u", 5, 6, [SampleItem("i1", "exp_pos", 1, 0, 0, "video")])))
+    bad = {
+        "items[0].item_id: expected 1..256 characters, got 0": {"item_id": ""},
+        "items[0].prerank_pos: expected int >= 0, got -1": {"prerank_pos": -1},
+        "items[0].label: expected one of 0, 1, got True": {"label": True},
+        "items[0].source: expected one of 'exp_pos', 'exp_neg', 'rn', 'prn', 'gn', got 'x'": {"source": "x"},
+        "items[0].features.ctr: expected finite number, got str": {"features": {"ctr": "x"}},
+    }
+    for reason, change in bad.items():
+        raw = orjson.dumps({**ok, "items": [{**ok["items"][0], **change}]})
+        with pytest.raises(InvalidEvent) as exc:
+            decode_sample_group(raw)
+        assert exc.value.reason == reason
+    spaced = orjson.dumps({**ok, "schema_version": 2})
+    with pytest.raises(InvalidEvent, match="schema_version"):
+        decode_sample_group(spaced)
+    null_features = orjson.dumps({**ok, "items": [{**ok["items"][0], "features": None}]})
+    assert decode_sample_group(null_features).items[0].features == {}  # the contract's null = {}
+    assert decode_sample_group(orjson.dumps(ok)) == decode_sample_group(encode(decode_sample_group(orjson.dumps(ok))))
