@@ -12,17 +12,23 @@ Topology (all input topics keyed by ``request_id`` and co-partitioned):
   worker recovers them from their changelogs.
 - ``catalogue`` consumes ``items`` into the candidate pool.
 
-Delivery: at-least-once. Faust acknowledges a batch's records only after the join has handled
-them and every group and dead letter they produced has been handed to the producer, and it
-commits acknowledged offsets after flushing the producer; a crash between emitting a group
-and committing can emit it again after recovery with the same ``group_id`` (deterministic),
-which consumers de-duplicate. Every rejected input goes to ``dlq`` as a
-:class:`streams.dlq.DeadLetter` keyed by its ``request_id``; a record batch the worker cannot
-decode (see :mod:`streams.decode_guard`) too, and the worker moves on: no input stops it.
+Delivery: at-least-once, and the tables never run ahead of the outputs. For each batch the
+adapter first hands every group and dead letter the join produced to the producer and waits until
+the broker acknowledged them all, then writes the batch's table changes to their changelogs and
+waits for those, and only then lets Faust acknowledge the batch's records (Faust commits
+acknowledged offsets). A delivery that fails ends the worker (exit 1, restarted by the
+supervisor) before anything of the batch is acknowledged; a worker killed at any point (SIGKILL
+included) replays from the last commit with tables that are at most as far as the outputs, so a
+replayed request is emitted again with the same ``group_id`` (deterministic, which consumers
+de-duplicate) rather than found finalized with its group lost. Every rejected input goes to
+``dlq`` as a :class:`streams.dlq.DeadLetter` keyed by its ``request_id``; a record batch the
+worker cannot decode (see :mod:`streams.decode_guard`) too, and the worker moves on: no input
+stops it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import dataclasses
 import os
@@ -73,8 +79,8 @@ class StreamsConfig:
 
 class FaustTable:
     """A Faust table as a :class:`streams.joiner.ChangelogTable`: reads and writes go to its local
-    store, and each write to the changelog partition the caller names (what the table's own
-    ``__setitem__`` does with the partition of the current event, which a batch does not have)."""
+    store at once; each write's changelog record (to the partition the caller names, which a batch
+    of events does not have) is held in the batch's outbox until the batch's outputs are delivered."""
 
     def __init__(self, table: Any) -> None:
         self.table = table
@@ -87,15 +93,19 @@ class FaustTable:
 
     def put(self, key: str, value: Any, partition: int) -> None:
         self.table.data[key] = value
-        self.table.send_changelog(partition, key, value)
+        _changes.get().append((self.table, partition, key, value))
 
     def delete(self, key: str, partition: int) -> None:
         if self.table.data.pop(key, None) is not None:
-            self.table.send_changelog(partition, key, None, value_serializer="raw")
+            _changes.get().append((self.table, partition, key, None))
 
 
 #: what the join produced in the current agent's batch: (topic kind, key, value); each agent has its own
 _outbox: contextvars.ContextVar[list[tuple[str, bytes | None, bytes]]] = contextvars.ContextVar("outbox")
+#: the table changes of the current agent's batch: (table, changelog partition, key, value or None)
+_changes: contextvars.ContextVar[list[tuple[Any, int, str, Any]]] = contextvars.ContextVar("changes")
+#: the exit code of a worker whose output or changelog the broker did not take (the supervisor restarts it)
+UNDELIVERED_EXIT = 1
 
 
 def make_app(cfg: StreamsConfig) -> faust.App:
@@ -139,15 +149,26 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         metrics.EXITS.labels(reason).inc(exits.get(reason, 0))
 
     async def send_outbox() -> None:
-        """Hand what the batch produced to the producer, before Faust acknowledges the batch."""
-        out = _outbox.get()
-        for kind, key, value in out:
-            await outputs[kind].send(key=key, value=value)
-        out.clear()
+        """Deliver what the batch produced, outputs first and then its table changes, before Faust
+        acknowledges the batch (see the module's delivery note); a failed delivery ends the worker."""
+        out, changes = _outbox.get(), _changes.get()
+        try:
+            await asyncio.gather(*[await outputs[kind].send(key=key, value=value) for kind, key, value in out])
+            out.clear()
+            await asyncio.gather(*[
+                table.send_changelog(partition, key, value) if value is not None else
+                table.send_changelog(partition, key, None, value_serializer="raw")
+                for table, partition, key, value in changes])
+            changes.clear()
+        except Exception as exc:  # nothing of the batch is acknowledged: a fresh worker replays it
+            app.log.error("the broker did not take the batch's %s (%r): exiting to be replaced",
+                          "outputs" if out else "table changes", exc)
+            os._exit(UNDELIVERED_EXIT)
 
     @app.agent(inputs)
     async def assemble_agent(stream: faust.StreamT) -> None:
         _outbox.set([])
+        _changes.set([])
         rebuilt_at = float("-inf")
         async for events in stream.take_events(BATCH_RECORDS, within=BATCH_WITHIN_S):
             watchdog.beat()
@@ -163,6 +184,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     @app.agent(items_topic)
     async def catalogue(stream: faust.StreamT) -> None:
         _outbox.set([])
+        _changes.set([])
         async for events in stream.take_events(BATCH_RECORDS, within=BATCH_WITHIN_S):
             for event in events:
                 try:
