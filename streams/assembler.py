@@ -103,11 +103,18 @@ def _touch(state: dict[str, Any], ts_ms: int, wall_ms: int) -> None:
     state["last_wall_ms"] = wall_ms
 
 
-def is_due(state: dict[str, Any], watermark_ms: int, wall_ms: int, config: AssemblerConfig) -> bool:
-    """Window closed: ``window_ms`` of event time after its last event (minus lateness), or of
-    wall time when the stream has gone quiet."""
-    event_due = watermark_ms - config.lateness_ms >= state["last_ts"] + config.window_ms
-    return event_due or wall_ms >= state["last_wall_ms"] + config.window_ms + config.lateness_ms
+def is_due(state: dict[str, Any], watermark_ms: int | None, wall_ms: int, config: AssemblerConfig,
+           adopted_wall_ms: int = 0) -> bool:
+    """Window closed: ``window_ms`` of event time after its last event (minus lateness), by the
+    partition's watermark; or, when the partition has gone quiet (``watermark_ms`` None: no input
+    topic had an event for ``window_ms + lateness_ms`` of wall time), that much wall time after
+    the request's last event. ``adopted_wall_ms``: when this worker took the request over from a
+    changelog (another worker's wall time is not its own: the quiet clock starts again there).
+    A stream that is behind is not quiet: a backlog closes windows by event time only."""
+    if watermark_ms is not None:
+        return watermark_ms - config.lateness_ms >= state["last_ts"] + config.window_ms
+    quiet_since = max(state["last_wall_ms"], adopted_wall_ms)
+    return wall_ms >= quiet_since + config.window_ms + config.lateness_ms
 
 
 _UNRANKED = {None: -math.inf}  # rank_pos -> a number (None: below every rank)

@@ -184,7 +184,9 @@ class Joiner:
         # indexes over the tables (the tables are the truth: :meth:`rebuild` re-derives these)
         self.open: dict[int, set[str]] = collections.defaultdict(set)
         self.closed: dict[int, collections.deque[tuple[int, str]]] = collections.defaultdict(collections.deque)
-        self.watermark: dict[int, int] = collections.defaultdict(int)
+        self.adopted: dict[str, int] = {}  # open requests this worker recovered from the tables: when (wall ms)
+        # per partition, per input topic: [the largest event time it brought, the wall time of its last event]
+        self.progress: dict[int, dict[str, list[int]]] = {}
         self.batch: dict[str, dict[str, Any]] = {}  # pending states changed by this batch, written at its end
 
     async def process(self, records: Sequence[Record]) -> None:
@@ -218,7 +220,10 @@ class Joiner:
             return
         rid, partition = event.request_id, record.partition
         # never past the worker's clock: an event a little ahead (within the bound) closes no window early
-        self.watermark[partition] = max(self.watermark[partition], min(event.ts_ms, wall))
+        progress = self.progress.get(partition) or self.progress.setdefault(
+            partition, {topic: [0, wall] for topic in self.decoders})  # a topic not seen yet holds it back
+        mark = progress[record.topic]
+        mark[0], mark[1] = max(mark[0], min(event.ts_ms, wall)), wall
         if isinstance(event, RankingColumns):  # kept until finalized: with the pool's strings, not its own
             ids, types = self.pool.add_many(event.item_ids, event.content_types)
             event = dataclasses.replace(event, item_ids=ids, content_types=types)
@@ -241,6 +246,16 @@ class Joiner:
         self.batch[rid] = st
         self.open[partition].add(rid)
 
+    def watermark(self, partition: int, wall: int) -> int | None:
+        """The event time up to which every input topic of ``partition`` has come: the slowest of
+        those that brought an event within the last ``window_ms + lateness_ms`` of wall time (a
+        topic consumed behind the other, as in a backlog after a restart, holds the windows open
+        until it catches up; an idle one does not). None when every topic is idle: the partition
+        is quiet, and windows close by wall time (:func:`streams.assembler.is_due`)."""
+        idle_ms = self.cfg.assembler.window_ms + self.cfg.assembler.lateness_ms
+        active = [ts for ts, seen in self.progress.get(partition, {}).values() if wall - seen < idle_ms]
+        return min(active) if active else None
+
     def flush(self) -> None:
         """Write the pending state of every request the batch changed, once."""
         for rid, st in self.batch.items():
@@ -254,12 +269,15 @@ class Joiner:
         self.features.flush()
         due: list[tuple[str, dict[str, Any], int]] = []
         for partition in partitions:
+            watermark = self.watermark(partition, wall)
             for rid in list(self.open[partition]):
                 st = self.batch.get(rid) or self.tables.pending.get(rid)
                 if st is None:
                     self.open[partition].discard(rid)
-                elif is_due(st, self.watermark[partition], wall, self.cfg.assembler):
+                    self.adopted.pop(rid, None)
+                elif is_due(st, watermark, wall, self.cfg.assembler, self.adopted.get(rid, 0)):
                     self.open[partition].discard(rid)
+                    self.adopted.pop(rid, None)
                     due.append((rid, st, partition))
         chosen: list[tuple[str, dict[str, Any], int, Choice]] = []
         for rid, st, partition in due:
@@ -367,12 +385,20 @@ class Joiner:
 
     def rebuild(self) -> None:
         """Re-derive the indexes of open and finalized requests from the tables (after recovery,
-        or when a rebalance changed this worker's partitions)."""
+        or when a rebalance changed this worker's partitions). A request this worker did not have
+        open is adopted now: its window's quiet clause counts from now, not from the wall time of
+        the worker that last saw it (:func:`streams.assembler.is_due`)."""
+        now = self.clock()
+        known = set().union(*self.open.values())
         self.open.clear()
         self.closed.clear()
         for rid, st in self.tables.pending.items():
             if st is not None:
                 self.open[st["partition"]].add(rid)
+                if rid not in known:
+                    self.adopted[rid] = now
+        opened = set().union(*self.open.values())
+        self.adopted = {rid: at for rid, at in self.adopted.items() if rid in opened}  # none of a revoked partition
         for rid, done in sorted(self.tables.finalized.items(), key=lambda kv: kv[1]["finalized_ms"] if kv[1] else 0):
             if done is not None:
                 self.closed[done["partition"]].append((done["finalized_ms"], rid))

@@ -62,7 +62,9 @@ def test_window_closes_by_event_time_or_when_the_stream_is_quiet():
     cfg = AssemblerConfig(window_ms=10_000, lateness_ms=2_000)
     assert not is_due(state, watermark_ms=12_000, wall_ms=600, config=cfg)
     assert is_due(state, watermark_ms=13_000, wall_ms=600, config=cfg)
-    assert is_due(state, watermark_ms=0, wall_ms=12_500, config=cfg)
+    assert is_due(state, watermark_ms=None, wall_ms=12_500, config=cfg)  # quiet: by wall time
+    assert not is_due(state, watermark_ms=0, wall_ms=12_500, config=cfg)  # behind: event time only
+    assert not is_due(state, watermark_ms=None, wall_ms=12_500, config=cfg, adopted_wall_ms=10_000)
     assert np.isclose(state["last_ts"], 1_000)
 
 

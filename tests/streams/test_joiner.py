@@ -221,7 +221,7 @@ def test_invalid_and_future_records_are_dead_lettered_with_their_bytes_and_move_
     assert [(d["request_id"], d["reason_kind"]) for d in letters] == [
         ("bad-1", "json"), ("bad-2", "schema"), ("r9", "future")]
     assert letters[1]["reason"].startswith("request_id: ") and base64.b64decode(letters[0]["original"]) == b"{not json"
-    assert h.joiner.watermark[0] == 0 and h.tables.pending.get("r9") is None
+    assert h.joiner.watermark(0, T0) is None and h.tables.pending.get("r9") is None
 
 
 def test_a_restarted_joiner_recovers_from_the_tables_and_emits_the_same_group():
@@ -235,6 +235,42 @@ def test_a_restarted_joiner_recovers_from_the_tables_and_emits_the_same_group():
     assert again.group_id == first.group_id == group_id("r1")
     assert [(i.item_id, i.source, i.label) for i in again.items if i.source != "gn"] == \
         [(i.item_id, i.source, i.label) for i in first.items if i.source != "gn"]
+
+
+def test_a_topic_consumed_behind_the_other_holds_the_windows_open_until_it_catches_up():
+    # a backlog: the exposure topic is read far ahead of the ranking topic (smaller records)
+    h = Harness()
+    h.now = T0 + 41_000
+    h.run(h.record("ranking", encode(ranking("r0")), b"r0"),
+          h.record("exposure", encode(shown("r1", "c0", 0, ts=T0 + 30_000)), b"r1"),
+          h.record("exposure", encode(shown("r2", "c0", 0, ts=T0 + 40_000)), b"r2"))
+    h.tick(T0 + 41_500)  # both topics active: the ranking topic, at T0, holds the watermark
+    assert h.dead_letters() == [] and h.groups() == []
+    h.run(h.record("ranking", encode(ranking("r1", ts=T0 + 29_900)), b"r1"),
+          h.record("ranking", encode(ranking("r2", ts=T0 + 39_900)), b"r2"))
+    h.tick(T0 + 45_000)  # quiet now: every window closes
+    assert sorted(g.request_id for g in h.groups()) == ["r0", "r1", "r2"] and h.dead_letters() == []
+
+
+def test_a_recovered_request_gets_a_full_window_of_this_workers_time_for_its_ranking_event():
+    # the crashed worker took the exposures but not yet the ranking event (another topic, consumed
+    # behind); its replacement starts long after, replays the ranking event after its first tick
+    h = Harness()
+    h.run(h.record("exposure", encode(shown("r1", "c0", 0)), b"r1"))
+    restarted = Harness(tables=copy.deepcopy(h.tables))
+    restarted.now = T0 + 60_000  # the session timeout, the recovery: a minute of wall time went by
+    restarted.joiner.rebuild()
+    restarted.tick(T0 + 60_100)
+    assert restarted.dead_letters() == []  # not an orphan: the replay has not delivered its ranking event yet
+    restarted.run(restarted.record("ranking", encode(ranking("r1")), b"r1"))
+    restarted.tick(T0 + 62_000)
+    [group] = restarted.groups()
+    assert [(i.item_id, i.source) for i in group.items if i.source.startswith("exp_")] == [("c0", "exp_neg")]
+    lonely = Harness(tables=copy.deepcopy(h.tables))  # and one whose ranking event never comes is still an orphan
+    lonely.now = T0 + 60_000
+    lonely.joiner.rebuild()
+    lonely.tick(T0 + 61_100)
+    assert [d["reason_kind"] for d in lonely.dead_letters()] == ["orphan"]
 
 
 def test_an_undecodable_batch_is_dead_lettered_once():
