@@ -10,7 +10,8 @@ this process. Publishing is timed into Redis for full versions and for deltas.
     python bench/learner.py --no-stack --device cuda    # (b) and (c) only: no Kafka or Redis needed
     python bench/learner.py --online-only               # (a) only, e.g. under py-spy
 
-Ends with one JSON line {"online_samples_per_s", "tight_samples_per_s",
+Ends with one JSON line {"online_samples_per_s", "tight_samples_per_s", "decode_us_per_sample" (and the
+field-by-field checks' "decode_checked_us_per_sample" on the same records),
 "tight_from_bytes_samples_per_s", "tier_compute_samples_per_s", the ratios between them,
 "publish_ms_p50", "delta_bytes", "full_bytes", ...}.
 """
@@ -21,6 +22,7 @@ import argparse
 import json
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -37,7 +39,7 @@ from groups import simulated_groups  # noqa: E402
 from deploy.settings import Settings  # noqa: E402
 from learner.batching import Batch  # noqa: E402
 from learner.trainer import OnlineTrainer, resolve_device  # noqa: E402
-from streams.schemas import decode_sample_group, encode  # noqa: E402
+from streams.schemas import check_sample_group, decode_sample_group, encode  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -68,6 +70,21 @@ def tight_from_bytes(encoded: list[bytes], device: str, batch: int) -> float:
     return (trainer.samples_seen - seen) / (time.perf_counter() - t0)
 
 
+def decode_costs(encoded: list[bytes]) -> dict[str, float]:
+    """CPU µs per sample item to decode and validate a group: msgspec's typed structs (what the
+    learner runs) against the contract's field-by-field checks (the fallback that explains a
+    rejection), on the same records."""
+    items = sum(len(decode_sample_group(r).items) for r in encoded)
+    out = {}
+    for name, fn in (("decode", decode_sample_group), ("decode_checked", check_sample_group)):
+        t0 = time.process_time()
+        for r in encoded:
+            fn(r)
+        out[f"{name}_us_per_sample"] = round((time.process_time() - t0) / items * 1e6, 3)
+    out["decode_checked_over_decode"] = round(out["decode_checked_us_per_sample"] / out["decode_us_per_sample"], 1)
+    return out
+
+
 def tier_compute(groups, tier: str, device: str, batch: int) -> float:
     """Forward, backward and optimizer step of one tier alone, on batches already on the device."""
     trainer = OnlineTrainer(method="mixed", seed=0, device=device)
@@ -88,6 +105,8 @@ def tier_compute(groups, tier: str, device: str, batch: int) -> float:
 
 
 def online(groups, settings, batch: int, device: str) -> float:
+    """Samples/s of the online service over a backlog: from its start until it trained the last
+    sample (its stop, which waits for the final checkpoint and publish, is a shutdown cost: not counted)."""
     from kafka import KafkaProducer
 
     from learner.service import LearnerConfig, LearnerService
@@ -99,21 +118,37 @@ def online(groups, settings, batch: int, device: str) -> float:
     for g in groups:
         producer.send(f"{prefix}samples", key=g.request_id.encode(), value=encode(g))
     producer.close()
+    samples = sum(len(g.items) for g in groups)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = LearnerConfig(settings.kafka_bootstrap, settings.redis, f"{prefix}samples",
                             Path(tmp) / "ckpt.safetensors", batch_groups=batch, checkpoint_s=10.0,
                             model_prefix=f"{prefix}:")
         service = LearnerService(cfg, OnlineTrainer(seed=0, device=device))
+        worker = threading.Thread(target=service.run, kwargs={"max_idle_s": 30.0})
         t0 = time.perf_counter()
-        service.run(max_idle_s=1.0)
-        elapsed = time.perf_counter() - t0 - 1.0  # less the idle second that ends the run
-    return service.trainer.samples_seen / elapsed
+        worker.start()
+        while service.trainer.samples_seen < samples and worker.is_alive():
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - t0
+        service.stop()
+        worker.join()
+    _drop_keys(settings.redis.client(), f"{prefix}:")
+    if service.trainer.samples_seen != samples:
+        raise RuntimeError(f"the service trained {service.trainer.samples_seen} of {samples} samples")
+    return samples / elapsed
+
+
+def _drop_keys(client, prefix: str) -> None:
+    """Delete what a bench run published under ``prefix`` (full versions are tens of MB each)."""
+    for key in client.scan_iter(match=f"*{prefix}*", count=1000):
+        client.delete(key)
 
 
 def publish_costs(groups, settings, batch: int) -> dict[str, float]:
     from feature_store.model_store import ModelStore, TierForm
 
-    store = ModelStore(settings.redis.client(), prefix=f"bench{uuid.uuid4().hex[:6]}:")
+    prefix = f"bench{uuid.uuid4().hex[:6]}:"
+    store = ModelStore(settings.redis.client(), prefix=prefix)
     trainer = OnlineTrainer(seed=0)
     full_ms, delta_ms, full_bytes, delta_bytes = [], [], [], []
     for i in range(0, min(len(groups), 10 * batch), batch):
@@ -125,6 +160,7 @@ def publish_costs(groups, settings, batch: int) -> dict[str, float]:
             store.publish(tiers, trained_until_event_ts_ms=0, trained_until_finalized_ts_ms=0, samples_seen=0)
             (delta_ms if delta else full_ms).append((time.perf_counter() - t0) * 1000)
             (delta_bytes if delta else full_bytes).append(store.last_publish_bytes)
+    _drop_keys(settings.redis.client(), prefix)
     return {"publish_ms_p50": round(float(np.median(delta_ms)), 2),
             "publish_full_ms_p50": round(float(np.median(full_ms)), 2),
             "delta_bytes": int(np.median(delta_bytes)), "full_bytes": int(np.median(full_bytes))}
@@ -150,7 +186,9 @@ def main() -> None:
     figures.update({f"tight_{m}_samples_per_s": round(tight(groups, m, device, batch), 1)
                     for m in ("ghcl", "mixed")})
     figures["tight_samples_per_s"] = figures["tight_ghcl_samples_per_s"]
-    figures["tight_from_bytes_samples_per_s"] = round(tight_from_bytes([encode(g) for g in groups], device, batch), 1)
+    encoded = [encode(g) for g in groups]
+    figures.update(decode_costs(encoded))
+    figures["tight_from_bytes_samples_per_s"] = round(tight_from_bytes(encoded, device, batch), 1)
     light, expressive = (tier_compute(groups, t, device, batch) for t in ("light", "expressive"))
     both = 1 / (1 / light + 1 / expressive)  # a GHCL step trains both tiers on every sample
     figures.update({"tier_compute_light_samples_per_s": round(light, 1),

@@ -44,7 +44,7 @@ FEEDBACK_KINDS = ("click", "like", "comment", "share")
 __all__ = [
     "SCHEMA_VERSION", "SOURCES", "Limits", "InvalidEvent", "Candidate", "RankingEvent", "ExposureEvent",
     "ItemUpdate", "SampleItem", "SampleGroup", "RankingColumns", "decode_ranking", "decode_ranking_columns",
-    "decode_exposure", "decode_item", "decode_sample_group", "encode", "is_positive",
+    "decode_exposure", "decode_item", "decode_sample_group", "check_sample_group", "encode", "is_positive",
 ]
 
 DEFAULT_LIMITS = Limits()
@@ -281,19 +281,20 @@ def decode_sample_group(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> SampleGr
     try:
         group = _SAMPLE_GROUP_DECODER.decode(raw)
     except msgspec.DecodeError:  # a ValidationError too: the checks below say which field and why
-        return _checked_sample_group(raw, limits)
+        return check_sample_group(raw, limits)
     items = group.items
     if not raw.startswith(_VERSION_PREFIX) or len(items) > limits.max_candidates \
             or [it.label for it in items] != [int(it.source == "exp_pos") for it in items] \
             or len({it.item_id for it in items}) != len(items):
-        return _checked_sample_group(raw, limits)
+        return check_sample_group(raw, limits)
     if group.user_features:  # numbers and a history of item ids: the wire type took any object
         checked = user_features({"user_features": group.user_features}, "user_features", limits.max_history)
         group = msgspec.structs.replace(group, user_features=checked)
     return group
 
 
-def _checked_sample_group(raw: bytes, limits: Limits) -> SampleGroup:
+def check_sample_group(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> SampleGroup:
+    """As :func:`decode_sample_group`, field by field in Python: the path that finds a rejection's reason."""
     v = check(_load(raw, limits), SAMPLE_GROUP, "", limits)
     v["items"] = [_sample_item(it, f"items[{i}]") for i, it in enumerate(v["items"])]
     _unique([it.item_id for it in v["items"]], "items")
