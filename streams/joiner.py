@@ -203,6 +203,11 @@ class Joiner:
             except Exception as exc:  # a worker never dies of its input: dead-letter it instead
                 log.exception("failed to process %s[%s]@%s", record.topic, record.partition, record.offset)
                 self.dead_letter("internal", f"internal: {exc!r}", record)
+        done = self.clock()  # a topic that brought records in this batch was active until now, however long it took
+        for marks in self.progress.values():
+            for mark in marks.values():
+                if mark[1] == wall:
+                    mark[1] = done
         if ticked:
             await self.finalize(ticked)
         self.flush()

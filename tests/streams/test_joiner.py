@@ -252,6 +252,23 @@ def test_a_topic_consumed_behind_the_other_holds_the_windows_open_until_it_catch
     assert sorted(g.request_id for g in h.groups()) == ["r0", "r1", "r2"] and h.dead_letters() == []
 
 
+def test_a_batch_slower_than_the_window_does_not_make_its_topics_look_idle():
+    h = Harness()
+    h.now = T0 + 41_000
+    handle = h.joiner.handle
+
+    def slow(record, wall):  # each record takes two seconds of the worker's time (a loaded machine)
+        handle(record, wall)
+        h.now += 2_000
+
+    h.joiner.handle = slow
+    h.run(h.record("ranking", encode(ranking("r0")), b"r0"),
+          h.record("exposure", encode(shown("r1", "c0", 0, ts=T0 + 30_000)), b"r1"),
+          h.record("exposure", encode(shown("r2", "c0", 0, ts=T0 + 40_000)), b"r2"),
+          h.record("streams-ticks", b"", b"tick"))
+    assert h.dead_letters() == []  # the ranking topic, at T0, still holds the windows open
+
+
 def test_a_recovered_request_gets_a_full_window_of_this_workers_time_for_its_ranking_event():
     # the crashed worker took the exposures but not yet the ranking event (another topic, consumed
     # behind); its replacement starts long after, replays the ranking event after its first tick
