@@ -3,11 +3,11 @@ trains nothing twice; offsets below retention resume at the log start and count 
 non-finite values never reach the weights; one learner at a time holds the writer lease, and one whose
 lease was taken over stops without publishing or checkpointing again."""
 
-import dataclasses
 import math
 import threading
 import time
 
+import msgspec
 import numpy as np
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -158,8 +158,8 @@ def test_nonfinite_features_and_steps_never_reach_the_published_weights(kafka_bo
     groups = simulated_groups(24, seed=8, n_candidates=30)
     overflow = groups[4]  # a statistic that overflows float32: inf after featurization, NaN after a step
     overflow.items[0].features.update({"ctr_1h": 1e39, "exp_1h": 1e39})
-    poisoned = groups[10] = dataclasses.replace(groups[10], items=[  # items whose embedding rows hold absurd
-        dataclasses.replace(item, item_id=f"poison-{n}") for n, item in enumerate(groups[10].items)])  # weights
+    poisoned = groups[10] = msgspec.structs.replace(groups[10], items=[  # items whose embedding rows hold absurd
+        msgspec.structs.replace(item, item_id=f"poison-{n}") for n, item in enumerate(groups[10].items)])  # weights
     assert all(any(item.source == "exp_pos" for item in g.items) for g in (overflow, poisoned))  # both train
     trainer = OnlineTrainer(seed=0)
     with torch_no_grad():
