@@ -151,6 +151,11 @@ class Features(Protocol):
     async def read_groups(self, requests: Sequence[tuple[Sequence[str], int]]) -> list[list[dict[str, float]]]: ...
 
 
+#: how long a worker that took requests over from a changelog waits for their partition's replay to
+#: start before it calls the partition quiet and closes their windows by wall time (the input
+#: partitions resume only after the tables' recovery, seconds on a loaded machine)
+ADOPTION_GRACE_MS = 10_000
+
 #: (``"samples"`` or ``"dlq"``, key, value): a record for that topic
 Send = Callable[[str, bytes | None, bytes], None]
 
@@ -280,7 +285,8 @@ class Joiner:
                 if st is None:
                     self.open[partition].discard(rid)
                     self.adopted.pop(rid, None)
-                elif is_due(st, watermark, wall, self.cfg.assembler, self.adopted.get(rid, 0)):
+                elif is_due(st, watermark, wall, self.cfg.assembler, self.adopted.get(rid, -ADOPTION_GRACE_MS)
+                            + ADOPTION_GRACE_MS):
                     self.open[partition].discard(rid)
                     self.adopted.pop(rid, None)
                     due.append((rid, st, partition))
@@ -391,8 +397,9 @@ class Joiner:
     def rebuild(self) -> None:
         """Re-derive the indexes of open and finalized requests from the tables (after recovery,
         or when a rebalance changed this worker's partitions). A request this worker did not have
-        open is adopted now: its window's quiet clause counts from now, not from the wall time of
-        the worker that last saw it (:func:`streams.assembler.is_due`)."""
+        open is adopted now: its window's quiet clause counts from now plus
+        :data:`ADOPTION_GRACE_MS`, not from the wall time of the worker that last saw it
+        (:func:`streams.assembler.is_due`)."""
         now = self.clock()
         known = set().union(*self.open.values())
         self.open.clear()

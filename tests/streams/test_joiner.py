@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from streams.assembler import AssemblerConfig, group_id
-from streams.joiner import JoinConfig, Joiner, JoinTables, MemoryTable
+from streams.joiner import ADOPTION_GRACE_MS, JoinConfig, Joiner, JoinTables, MemoryTable
 from streams.pool import CandidatePool
 from streams.schemas import Candidate, ExposureEvent, RankingEvent, SampleGroup, decode_sample_group, encode
 
@@ -229,7 +229,7 @@ def test_a_restarted_joiner_recovers_from_the_tables_and_emits_the_same_group():
     h.run(*request(h, "r1", shown("r1", "c0", 0), click("r1", "c0")))
     restarted = Harness(tables=copy.deepcopy(h.tables))  # a fresh worker: only the tables survive
     restarted.joiner.rebuild()
-    restarted.tick(T0 + 5_000)
+    restarted.tick(T0 + 5_000 + ADOPTION_GRACE_MS)  # a quiet partition: the adopted request waits out the grace
     h.tick(T0 + 5_000)  # the crashed worker had emitted it too (at-least-once)
     [again], [first] = restarted.groups(), h.groups()
     assert again.group_id == first.group_id == group_id("r1")
@@ -277,16 +277,18 @@ def test_a_recovered_request_gets_a_full_window_of_this_workers_time_for_its_ran
     restarted = Harness(tables=copy.deepcopy(h.tables))
     restarted.now = T0 + 60_000  # the session timeout, the recovery: a minute of wall time went by
     restarted.joiner.rebuild()
-    restarted.tick(T0 + 60_100)
+    restarted.tick(T0 + 65_000)  # longer than the window, shorter than the grace
     assert restarted.dead_letters() == []  # not an orphan: the replay has not delivered its ranking event yet
     restarted.run(restarted.record("ranking", encode(ranking("r1")), b"r1"))
-    restarted.tick(T0 + 62_000)
+    restarted.tick(T0 + 80_000)
     [group] = restarted.groups()
     assert [(i.item_id, i.source) for i in group.items if i.source.startswith("exp_")] == [("c0", "exp_neg")]
     lonely = Harness(tables=copy.deepcopy(h.tables))  # and one whose ranking event never comes is still an orphan
     lonely.now = T0 + 60_000
     lonely.joiner.rebuild()
-    lonely.tick(T0 + 61_100)
+    lonely.tick(T0 + 69_000)
+    assert lonely.dead_letters() == []
+    lonely.tick(T0 + 60_000 + ADOPTION_GRACE_MS + 1_000)  # the window after the grace, nothing came: quiet
     assert [d["reason_kind"] for d in lonely.dead_letters()] == ["orphan"]
 
 
