@@ -207,7 +207,6 @@ def check_values(obj: dict[str, Any], fields: list[Field], path: str, limits: Li
     return [fn(obj, path, limits) for _, fn in _compiled(fields)]
 
 
-
 def wire_type(fields: list[Field], name: str) -> Any:
     """The type of field ``name`` with its bounds, for a ``msgspec.Struct`` that decodes the record in C.
 
@@ -235,6 +234,7 @@ def wire_type(fields: list[Field], name: str) -> Any:
     else:
         raise ValueError(f"{name}: a field of kind {f.kind} has no wire type of its own")
     return t | None if f.nullable or not f.required else t
+
 
 _KIND_TYPES: dict[str, set[type]] = {"str": {str}, "int": {int}, "number": {int, float}, "bool": {bool}}
 _FAST_SIGNATURES = 64  # a record with more combinations of value types than this is always checked field by field

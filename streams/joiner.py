@@ -189,7 +189,7 @@ class Joiner:
         # indexes over the tables (the tables are the truth: :meth:`rebuild` re-derives these)
         self.open: dict[int, set[str]] = collections.defaultdict(set)
         self.closed: dict[int, collections.deque[tuple[int, str]]] = collections.defaultdict(collections.deque)
-        self.adopted: dict[str, int] = {}  # open requests this worker recovered from the tables: when (wall ms)
+        self.adopted: dict[str, int] = {}  # requests recovered from the tables: their quiet clock's start (wall ms)
         # per partition, per input topic: [the largest event time it brought, the wall time of its last event]
         self.progress: dict[int, dict[str, list[int]]] = {}
         self.batch: dict[str, dict[str, Any]] = {}  # pending states changed by this batch, written at its end
@@ -285,8 +285,7 @@ class Joiner:
                 if st is None:
                     self.open[partition].discard(rid)
                     self.adopted.pop(rid, None)
-                elif is_due(st, watermark, wall, self.cfg.assembler, self.adopted.get(rid, -ADOPTION_GRACE_MS)
-                            + ADOPTION_GRACE_MS):
+                elif is_due(st, watermark, wall, self.cfg.assembler, self.adopted.get(rid, 0)):
                     self.open[partition].discard(rid)
                     self.adopted.pop(rid, None)
                     due.append((rid, st, partition))
@@ -408,7 +407,7 @@ class Joiner:
             if st is not None:
                 self.open[st["partition"]].add(rid)
                 if rid not in known:
-                    self.adopted[rid] = now
+                    self.adopted[rid] = now + ADOPTION_GRACE_MS
         opened = set().union(*self.open.values())
         self.adopted = {rid: at for rid, at in self.adopted.items() if rid in opened}  # none of a revoked partition
         for rid, done in sorted(self.tables.finalized.items(), key=lambda kv: kv[1]["finalized_ms"] if kv[1] else 0):
