@@ -124,6 +124,11 @@ class Settings:
     join_window_s: float = 30.0
     lateness_s: float = 5.0
     worker_id: str = "0"
+    #: streams workers join their group as static members named by ``worker_id`` (Kafka's
+    #: ``group.instance.id``): a worker back within the session timeout keeps its partitions
+    #: without a rebalance, and one that stops leaves none (a rolling restart rebalances once per
+    #: worker, not twice). Every worker of the group needs its own ``HAP_WORKER_ID`` then.
+    streams_static_membership: bool = False
     streams_stall_s: float = 30.0
     log_level: str = "WARNING"
     learner_method: str = "ghcl"
@@ -186,6 +191,7 @@ class Settings:
             join_window_s=_float(env, "HAP_JOIN_WINDOW_S", 30.0),
             lateness_s=_float(env, "HAP_LATENESS_S", 5.0),
             worker_id=env.get("HAP_WORKER_ID", "0"),
+            streams_static_membership=_bool(env, "HAP_STREAMS_STATIC_MEMBERSHIP", False),
             streams_stall_s=_float(env, "HAP_STREAMS_STALL_S", 30.0),
             log_level=env.get("HAP_LOG_LEVEL", "WARNING"),
             learner_method=env.get("HAP_LEARNER_METHOD", "ghcl"),
@@ -272,6 +278,17 @@ def _int(env: Mapping[str, str], key: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"hap: {key}={raw!r} is not an integer") from None
+
+
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise SystemExit(f"hap: {key}={raw!r} is not a boolean (true or false)")
 
 
 def _float(env: Mapping[str, str], key: str, default: float) -> float:

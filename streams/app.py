@@ -10,7 +10,10 @@ Topology (all input topics keyed by ``request_id`` and co-partitioned):
   ``finalized`` and ``emitted`` (each finalized request's labels and its last group, for
   late-event detection and corrections, kept ``retention_ms``). A restarted or rebalanced
   worker recovers them from their changelogs.
-- ``catalogue`` consumes ``items`` into the candidate pool.
+- ``catalogue`` consumes the partitions of ``items`` the group assigns to this worker and
+  dead-letters the invalid records; the candidate pool is filled from every partition of
+  ``items`` by a :class:`streams.catalogue.CatalogueFollower` outside the group, so each of N
+  workers draws ``gn`` negatives from the whole catalogue.
 
 Delivery: at-least-once, and the tables never run ahead of the outputs. For each batch the
 adapter first hands every group and dead letter the join produced to the producer and waits until
@@ -33,15 +36,18 @@ import contextvars
 import dataclasses
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
 from aiokafka.codec import has_lz4
+from faust.types import TP
 
 from feature_store.connection import RedisEndpoint
 from streams import decode_guard, metrics
 from streams.assembler import AssemblerConfig
+from streams.catalogue import CatalogueFollower
 from streams.features import StreamFeatures
 from streams.joiner import JoinConfig, Joiner, JoinTables
 from streams.kafka_security import KafkaSecurity
@@ -73,6 +79,9 @@ class StreamsConfig:
     replication_factor: int = 1
     kafka_security: KafkaSecurity = KafkaSecurity()
     stall_s: float = 30.0
+    #: this worker's stable name in the group (Kafka static membership, ``group.instance.id``);
+    #: None: a dynamic member
+    static_member: str | None = None
     #: an event time further ahead of its arrival than this is dead-lettered (``future``)
     max_future_ms: int = 10_000
 
@@ -100,12 +109,91 @@ class FaustTable:
             _changes.get().append((self.table, partition, key, None))
 
 
+class InputLag:
+    """The join's :data:`streams.joiner.Lagging`, from the consumer, and the check for an input
+    partition the consumer has stopped fetching.
+
+    A partition is behind while the end offset its last fetch reported is past the record the
+    join last took from it (before the join took any: past the consumer's read position); one
+    not fetched yet is behind; one not assigned here is not. A partition is *stuck* when, with the
+    tables recovered, it is behind, the consumer's position has not reached its end (so records
+    wait that were never fetched: not a trailing transaction marker, which the position skips)
+    and the join took nothing from it for ``stall_s``. Faust's consumer has been reported to stop
+    fetching some of its partitions after a rebalance (faust-streaming issue 629); the worker then
+    replaces itself (:func:`make_app`), as for a stall: a fresh consumer resumes from the commits.
+    """
+
+    def __init__(self, app: faust.App, topics: Sequence[str]) -> None:
+        self.app = app  # its consumer is made when the worker starts
+        self.topics = frozenset(topics)
+        self.taken: dict[TP, int] = {}  #: per partition, the offset after the last record the join took
+        self.moved: dict[TP, float] = {}  #: per partition, when the join last took a record (or the clock started)
+        self.assigned: set[TP] = set()  #: the partitions of the current assignment
+
+    def took(self, messages: list[Any]) -> list[tuple[TP, int, int]]:
+        """Note the records the join takes; returns the input offsets skipped before them, as
+        (partition, first, last), in a partition this worker kept since it last took from it,
+        rebalances included (Faust's consumer at times delivers a record past offsets it never
+        delivered, around a rebalance)."""
+        now, skipped = time.monotonic(), []
+        for message in messages:
+            expected = self.taken.get(message.tp)
+            if expected is not None and message.offset > expected and message.tp.topic in self.topics:
+                skipped.append((message.tp, expected, message.offset - 1))
+            self.taken[message.tp] = message.offset + 1
+            self.moved[message.tp] = now
+        return skipped
+
+    def __call__(self, topic: str, partition: int) -> bool:
+        tp, consumer = TP(topic, partition), self.app.consumer
+        try:
+            end = consumer.highwater(tp)
+        except AssertionError:  # aiokafka's "not assigned": a partition this worker does not read
+            return False
+        if end is None:
+            return True
+        position = self.taken.get(tp)
+        if position is None:  # Faust's read position: the committed offset, or the last offset read
+            read = consumer._read_offset.get(tp)
+            position = 0 if read is None else read
+        return position < end
+
+    def reassigned(self, partitions: Any) -> None:
+        """A new assignment: a partition this worker did not hold in the last one may have moved on
+        under another worker meanwhile, so where it resumes is no gap; one it kept resumes at most
+        where the join stopped (from the last commit)."""
+        kept = self.assigned & set(partitions)
+        self.assigned = set(partitions)
+        for tp in set(self.taken) - kept:
+            self.taken.pop(tp, None)
+            self.moved.pop(tp, None)
+
+    def restart_clocks(self) -> None:
+        """Start every partition's clock now (while the tables recover, input partitions wait)."""
+        self.moved.clear()
+
+    async def stuck(self, stall_s: float) -> list[TP]:
+        """The assigned input partitions that are stuck (see the class)."""
+        now, consumer = time.monotonic(), self.app.consumer
+        out = []
+        for tp in consumer.assignment():
+            if tp.topic not in self.topics or now - self.moved.setdefault(tp, now) <= stall_s:
+                continue
+            if self(tp.topic, tp.partition):
+                end, position = consumer.highwater(tp), await consumer.position(tp)
+                if end is None or position is None or position < end:
+                    out.append(tp)
+        return out
+
+
 #: what the join produced in the current agent's batch: (topic kind, key, value); each agent has its own
 _outbox: contextvars.ContextVar[list[tuple[str, bytes | None, bytes]]] = contextvars.ContextVar("outbox")
 #: the table changes of the current agent's batch: (table, changelog partition, key, value or None)
 _changes: contextvars.ContextVar[list[tuple[Any, int, str, Any]]] = contextvars.ContextVar("changes")
-#: the exit code of a worker whose output or changelog the broker did not take (the supervisor restarts it)
-UNDELIVERED_EXIT = 1
+#: the exit code of a worker that could not finish a batch: the join failed (not on an input record:
+#: those are dead-lettered), or the broker did not take its outputs or changelog (the supervisor
+#: restarts it; the batch is replayed)
+BATCH_FAILED_EXIT = 1
 
 
 def make_app(cfg: StreamsConfig) -> faust.App:
@@ -125,6 +213,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         # a crashed worker's partitions move to the others (or its restart) within seconds
         broker_session_timeout=10.0, broker_heartbeat_interval=2.0,
         broker_credentials=cfg.kafka_security.faust_credentials(),
+        consumer_group_instance_id=cfg.static_member,
     )
     t = cfg.topic_prefix
     raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": cfg.partitions}
@@ -138,10 +227,16 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         finalized=FaustTable(app.Table("finalized", default=None, partitions=cfg.partitions)),
         emitted=FaustTable(app.Table("emitted", default=None, partitions=cfg.partitions, value_type=bytes)),
     )
+    lag = InputLag(app, [f"{t}ranking", f"{t}exposure"])
+    refuse_gap_acks(lag.topics)
     joiner = Joiner(
-        JoinConfig(t, cfg.assembler, cfg.limits, cfg.corrections, cfg.retention_ms, cfg.max_future_ms), tables,
+        # a partition that stays behind is held far longer than the worker takes to replace itself for it
+        JoinConfig(t, cfg.assembler, cfg.limits, cfg.corrections, cfg.retention_ms, cfg.max_future_ms,
+                   lagging_hold_ms=int(max(120.0, 4 * cfg.stall_s) * 1000)), tables,
         lambda kind, key, value: _outbox.get().append((kind, key, value)),
-        StreamFeatures(cfg.redis.client(), prefix="hap:"), CandidatePool())
+        StreamFeatures(cfg.redis.client(), prefix="hap:"), CandidatePool(), lagging=lag)
+    follower = CatalogueFollower(cfg.bootstrap, f"{t}items", _into_pool(joiner), cfg.kafka_security,
+                                 max_bytes=record_limits(cfg.limits)[1])
     watchdog = Watchdog(cfg.stall_s)
     metrics.RESTARTS.set(int(os.environ.get(RESTARTS_ENV, "0")))
     exits = parse_exits(os.environ.get(EXITS_ENV, ""))
@@ -163,7 +258,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         except Exception as exc:  # nothing of the batch is acknowledged: a fresh worker replays it
             app.log.error("the broker did not take the batch's %s (%r): exiting to be replaced",
                           "outputs" if out else "table changes", exc)
-            os._exit(UNDELIVERED_EXIT)
+            os._exit(BATCH_FAILED_EXIT)
 
     @app.agent(inputs)
     async def assemble_agent(stream: faust.StreamT) -> None:
@@ -178,8 +273,23 @@ def make_app(cfg: StreamsConfig) -> faust.App:
                 joiner.rebuild()
                 app.log.info("indexed %d pending and %d finalized requests", sum(map(len, joiner.open.values())),
                              sum(map(len, joiner.closed.values())))
-            await joiner.process([event.message for event in events])
+            messages = [event.message for event in events]
+            # before the join's windows close at the batch's end, its records are in
+            if skipped := [f"{tp.topic}[{tp.partition}] {first}-{last}" for tp, first, last in lag.took(messages)]:
+                # never commit past them (see refuse_gap_acks): a fresh worker reads them from the last commit
+                app.log.error("input offsets never delivered to the join: %s: exiting to be replaced",
+                              ", ".join(skipped))
+                os._exit(BATCH_FAILED_EXIT)
+            try:
+                await joiner.process(messages)
+            except Exception:  # Faust would acknowledge the batch all the same: never let it, replay it
+                app.log.exception("the join failed on a batch: exiting to be replaced")
+                os._exit(BATCH_FAILED_EXIT)
             await send_outbox()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        lag.reassigned(assigned)
 
     @app.agent(items_topic)
     async def catalogue(stream: faust.StreamT) -> None:
@@ -188,10 +298,22 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         async for events in stream.take_events(BATCH_RECORDS, within=BATCH_WITHIN_S):
             for event in events:
                 try:
-                    joiner.catalogue(event.message)
+                    joiner.check_item(event.message)
                 except Exception as exc:  # a worker never dies of its input
                     joiner.dead_letter("internal", f"internal: {exc!r}", event.message)
             await send_outbox()
+
+    @app.task
+    async def follow_catalogue() -> None:
+        delay = 1.0
+        while True:  # the follower returns only when cancelled; a failure is logged and retried
+            try:
+                await follower.run()
+            except Exception as exc:
+                metrics.ERRORS.labels("catalogue").inc()
+                app.log.error("the catalogue follower failed (%r): retrying in %.0fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(30.0, 2 * delay)
 
     @app.timer(interval=cfg.tick_s)
     async def tick() -> None:
@@ -205,5 +327,47 @@ def make_app(cfg: StreamsConfig) -> faust.App:
             app.log.error("no message handled for %.0fs (not even our own ticks)%s: exiting to be replaced",
                           time.monotonic() - watchdog.last, " while recovering" if recovering else "")
             os._exit(STALLED_EXIT)  # at once: Faust's stop may hang on the same wedged client
+        if recovering:
+            lag.restart_clocks()
+        elif stuck := await lag.stuck(cfg.stall_s):
+            app.log.error("input partitions behind and not fetched for %.0fs: %s: exiting to be replaced",
+                          cfg.stall_s, ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(stuck)))
+            os._exit(STALLED_EXIT)
 
     return app
+
+
+def _into_pool(joiner: Joiner) -> Any:
+    def into_pool(records: Any) -> None:
+        for record in records:
+            joiner.catalogue(record)
+        metrics.CATALOGUE.inc(len(records))
+
+    return into_pool
+
+
+def refuse_gap_acks(topics: frozenset[str]) -> None:
+    """Keep Faust from acknowledging offsets it never delivered, on ``topics`` (idempotent).
+
+    When Faust's consumer reads a record more than one offset past the last it read from a
+    partition, it marks the offsets in between as acknowledged (meant for compacted topics and
+    transaction markers), and its next commit passes them. Around a rebalance it has been seen
+    to do so over records that exist (``tests/scale/test_streams_workers.py``: 40-50 ranking and
+    exposure records, whose requests were then dead-lettered as orphans). On the join's inputs,
+    which are neither compacted nor written in transactions, a commit now stops below such
+    offsets, and the worker exits when it sees them skipped (:meth:`InputLag.took`), so that a
+    fresh one reads them."""
+    from faust.transport import consumer
+
+    if getattr(consumer.Consumer._add_gap, "refused", None) is not None:
+        consumer.Consumer._add_gap.refused.update(topics)
+        return
+    original = consumer.Consumer._add_gap
+    refused = set(topics)
+
+    async def add_gap(self: Any, tp: TP, offset_from: int, offset_to: int) -> None:
+        if tp.topic not in refused:
+            await original(self, tp, offset_from, offset_to)
+
+    add_gap.refused = refused  # type: ignore[attr-defined]
+    consumer.Consumer._add_gap = add_gap

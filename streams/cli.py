@@ -56,6 +56,7 @@ def run_worker(args: argparse.Namespace) -> int:
         partitions=s.kafka_partitions, replication_factor=s.kafka_replication.factor,
         data_dir=Path(s.data_dir) / f"streams-{args.worker_id}", corrections=not args.no_corrections,
         stall_s=args.stall_timeout, max_future_ms=int(args.max_future * 1000),
+        static_member=f"{s.topic_prefix}{args.worker_id}" if s.streams_static_membership else None,
         assembler=AssemblerConfig(
             window_ms=int(args.window * 1000), lateness_ms=int(args.lateness * 1000),
             dwell_threshold_ms=int(args.dwell_threshold * 1000), max_rn=args.max_rn, max_prn=args.max_prn,

@@ -159,6 +159,14 @@ ADOPTION_GRACE_MS = 10_000
 #: (``"samples"`` or ``"dlq"``, key, value): a record for that topic
 Send = Callable[[str, bytes | None, bytes], None]
 
+#: (topic, partition) -> whether that input partition holds records the join has not taken yet
+Lagging = Callable[[str, int], bool]
+
+
+def never_lagging(topic: str, partition: int) -> bool:
+    """The :data:`Lagging` of a join that is handed every record at once (tests, offline runs)."""
+    return False
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class JoinConfig:
@@ -169,14 +177,19 @@ class JoinConfig:
     retention_ms: int = 600_000
     #: an event time further ahead of its arrival than this is dead-lettered (``future``)
     max_future_ms: int = 10_000
+    #: the longest an input topic that is behind (:data:`Lagging`) but brings no record holds its
+    #: partition's windows open; past it the topic counts as idle, so that nothing holds a
+    #: partition for ever (the worker replaces itself well before, :class:`streams.app.InputLag`)
+    lagging_hold_ms: int = 120_000
 
 
 class Joiner:
     """The join of one worker, over the partitions it is assigned (see the module's docstring)."""
 
     def __init__(self, config: JoinConfig, tables: JoinTables, send: Send, features: Features, pool: CandidatePool,
-                 clock: Callable[[], int] = now_ms) -> None:
+                 clock: Callable[[], int] = now_ms, lagging: Lagging = never_lagging) -> None:
         self.cfg = config
+        self.lagging = lagging
         self.tables = tables
         self.send = send
         self.features = features
@@ -258,12 +271,16 @@ class Joiner:
 
     def watermark(self, partition: int, wall: int) -> int | None:
         """The event time up to which every input topic of ``partition`` has come: the slowest of
-        those that brought an event within the last ``window_ms + lateness_ms`` of wall time (a
-        topic consumed behind the other, as in a backlog after a restart, holds the windows open
-        until it catches up; an idle one does not). None when every topic is idle: the partition
-        is quiet, and windows close by wall time (:func:`streams.assembler.is_due`)."""
-        idle_ms = self.cfg.assembler.window_ms + self.cfg.assembler.lateness_ms
-        active = [ts for ts, seen in self.progress.get(partition, {}).values() if wall - seen < idle_ms]
+        the active ones. A topic is active while it brought an event within the last ``window_ms +
+        lateness_ms`` of wall time, or while it is behind (``lagging``: records wait that the join
+        has not taken, as for the ranking topic of a backlog, whose large records come a few per
+        fetch while the exposure topic's come by thousands) and brought one within
+        :attr:`JoinConfig.lagging_hold_ms`. A topic behind the other holds the windows open until it catches
+        up; an idle one does not. None when every topic is idle: the partition is quiet, and
+        windows close by wall time (:func:`streams.assembler.is_due`)."""
+        idle_ms, hold_ms = self.cfg.assembler.window_ms + self.cfg.assembler.lateness_ms, self.cfg.lagging_hold_ms
+        active = [ts for topic, (ts, seen) in self.progress.get(partition, {}).items()
+                  if wall - seen < idle_ms or (wall - seen < hold_ms and self.lagging(topic, partition))]
         return min(active) if active else None
 
     def flush(self) -> None:
@@ -360,15 +377,27 @@ class Joiner:
         self.dead_letter("late", "late: the request was finalized before this event arrived", record, rid)
 
     def catalogue(self, record: Record) -> None:
-        """An item update (topic ``items``): into the candidate pool."""
-        if self.undecodable(record):
+        """An item update from any partition of ``items`` (every worker reads them all,
+        :mod:`streams.catalogue`): into the candidate pool. A record that is not a valid item is
+        skipped here: the worker that owns its partition in the group dead-letters it
+        (:meth:`check_item`)."""
+        if decode_guard.undecodable_of(record.headers) is not None:
             return
         try:
             item = decode_item(record.value or b"", self.cfg.limits)
-        except InvalidEvent as exc:
-            self.dead_letter(exc.kind, exc.reason, record)
+        except InvalidEvent:
             return
         self.pool.add(item.item_id, item.content_type)
+
+    def check_item(self, record: Record) -> None:
+        """An item update from a partition of ``items`` this worker owns in the group: dead-letter
+        it if it is not a valid item (once per record: the group commits past it)."""
+        if self.undecodable(record):
+            return
+        try:
+            decode_item(record.value or b"", self.cfg.limits)
+        except InvalidEvent as exc:
+            self.dead_letter(exc.kind, exc.reason, record)
 
     def undecodable(self, record: Record) -> bool:
         """A marker of a batch this worker cannot decode (:mod:`streams.decode_guard`): dead-letter

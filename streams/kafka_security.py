@@ -71,6 +71,13 @@ class KafkaSecurity:
             out["ssl_cafile"] = self.ca_file
         return out
 
+    def aiokafka_options(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka's clients (a TLS context in place of a CA file)."""
+        out = {k: v for k, v in self.client_options().items() if k != "ssl_cafile"}
+        if self.tls:
+            out["ssl_context"] = ssl.create_default_context(cafile=self.ca_file)
+        return out
+
     def faust_credentials(self) -> Any:
         """Faust's ``broker_credentials`` (None for plaintext)."""
         import faust

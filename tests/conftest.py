@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 
 from deploy.pipeline import Component
 from deploy.settings import Settings
@@ -147,3 +147,44 @@ def truth(path: Path) -> dict[str, dict[str, int]]:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     return {r["request_id"]: r["exposed"] for r in rows}
 
+
+def trained_exactly_once(learner: Component, metrics_url: str, data_dir: Path, groups: list) -> None:
+    """Stop ``learner`` (it checkpoints) once it has seen every distinct group of ``groups``; its
+    checkpoint holds exactly those groups' ids and samples (a replayed group keeps its id; its
+    first copy counts)."""
+    from learner import checkpoint
+    from learner.trainer import OnlineTrainer
+
+    unique: dict[str, object] = {}
+    for g in groups:
+        unique.setdefault(g.group_id, g)
+    samples = sum(len(g.items) for g in unique.values())
+    learner.wait_metric(metrics_url, "hap_learner_samples_total", samples, timeout_s=60)
+    assert learner.stop() == 0, learner.log_tail()
+    trainer = OnlineTrainer()
+    state = checkpoint.load(data_dir / "learner" / "checkpoint.safetensors", trainer)
+    assert set(state["seen"]) == set(unique) and trainer.samples_seen == samples
+
+
+def dead_letters_of(bootstrap: str, prefix: str, request_ids: set[str]) -> str:
+    """What the dead-letter topic says of ``request_ids`` (for a failure message): their letters'
+    kinds, reasons and details, and how many letters there are in all."""
+    import orjson
+
+    letters = [orjson.loads(v) for v in read_topic(bootstrap, prefix + "dlq", 10**6, timeout_s=3)]
+    mine = [(d["request_id"], d["reason_kind"], d["reason"][:200], orjson.dumps(d.get("details"))[:300])
+            for d in letters if d["request_id"] in request_ids]
+    return f"their dead letters ({len(mine)}): {mine[:3]}; dead letters in all: {len(letters)}"
+
+
+def input_offsets(bootstrap: str, prefix: str) -> dict[str, str]:
+    """The streams group's committed offset against the end of each input partition (for a failure
+    message: a partition left unread shows as committed far below its end)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=f"hap-streams-{prefix.rstrip('.')}",
+                             enable_auto_commit=False)
+    inputs = [TopicPartition(prefix + topic, p) for topic in ("ranking", "exposure")
+              for p in sorted(consumer.partitions_for_topic(prefix + topic) or ())]
+    ends = consumer.end_offsets(inputs)
+    out = {f"{tp.topic.removeprefix(prefix)}[{tp.partition}]": f"{consumer.committed(tp)}/{ends[tp]}" for tp in inputs}
+    consumer.close()
+    return out

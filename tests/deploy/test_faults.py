@@ -15,13 +15,11 @@ import redis
 from deploy.pipeline import Component
 from deploy.scrape import scrape
 from feature_store.model_store import ModelStore
-from learner import checkpoint
-from learner.trainer import OnlineTrainer
 from streams.producer import EventProducer, ProducerUnavailable
 from streams.schemas import decode_sample_group
 from streams.topics import ensure_topics
 
-from ..conftest import read_topic, truth
+from ..conftest import read_topic, trained_exactly_once, truth
 
 STREAMS = ["streams", "--window", "1", "--lateness", "0.5", "--stall-timeout", "4"]
 LEARNER = ["learner", "--batch-groups", "8", "--publish-interval", "0.5", "--checkpoint-interval", "1"]
@@ -88,17 +86,7 @@ class Pipeline:
                 return groups
 
     def trained_exactly_once(self, groups: list) -> None:
-        """Stop the learner (it checkpoints) once it has seen every group; check the checkpoint."""
-        unique: dict[str, object] = {}
-        for g in groups:  # a replayed group keeps its id (its gn negatives may differ): the first one counts
-            unique.setdefault(g.group_id, g)
-        samples = sum(len(g.items) for g in unique.values())
-        learner = self.parts["learner"]
-        learner.wait_metric(self.url["learner"], "hap_learner_samples_total", samples, timeout_s=60)
-        assert learner.stop() == 0, learner.log_tail()
-        trainer = OnlineTrainer()
-        state = checkpoint.load(self.tmp / "data" / "learner" / "checkpoint.safetensors", trainer)
-        assert set(state["seen"]) == set(unique) and trainer.samples_seen == samples
+        trained_exactly_once(self.parts["learner"], self.url["learner"], self.tmp / "data", groups)
 
 
 def test_broker_stop_mid_stream_loses_nothing(stack_env, kafka_service, tmp_path):

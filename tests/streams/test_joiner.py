@@ -15,7 +15,15 @@ import orjson
 from streams.assembler import AssemblerConfig, group_id
 from streams.joiner import ADOPTION_GRACE_MS, JoinConfig, Joiner, JoinTables, MemoryTable
 from streams.pool import CandidatePool
-from streams.schemas import Candidate, ExposureEvent, RankingEvent, SampleGroup, decode_sample_group, encode
+from streams.schemas import (
+    Candidate,
+    ExposureEvent,
+    ItemUpdate,
+    RankingEvent,
+    SampleGroup,
+    decode_sample_group,
+    encode,
+)
 
 T0 = 1_700_000_000_000
 CONFIG = JoinConfig(assembler=AssemblerConfig(window_ms=1_000, lateness_ms=0), retention_ms=60_000)
@@ -252,6 +260,39 @@ def test_a_topic_consumed_behind_the_other_holds_the_windows_open_until_it_catch
     assert sorted(g.request_id for g in h.groups()) == ["r0", "r1", "r2"] and h.dead_letters() == []
 
 
+def test_a_topic_that_is_behind_holds_the_windows_open_while_its_records_come_few_and_far_between():
+    # a replay: the ranking topic's large records come a few per fetch, and none in the exposure
+    # topic's batches that follow; the consumer says records of it are waiting all the while
+    behind = {"hap.ranking"}
+    h = Harness()
+    h.joiner.lagging = lambda topic, partition: topic in behind
+    h.now = T0 + 41_000
+    h.run(h.record("ranking", encode(ranking("r0")), b"r0"),
+          h.record("exposure", encode(shown("r1", "c0", 0, ts=T0 + 30_000)), b"r1"))
+    h.now = T0 + 45_000  # four seconds of exposure batches: idle by wall time, but behind
+    h.run(h.record("exposure", encode(shown("r2", "c0", 0, ts=T0 + 40_000)), b"r2"),
+          h.record("streams-ticks", b"", b"tick"))
+    assert h.dead_letters() == []
+    h.run(h.record("ranking", encode(ranking("r1", ts=T0 + 29_900)), b"r1"),
+          h.record("ranking", encode(ranking("r2", ts=T0 + 39_900)), b"r2"))
+    behind.clear()  # caught up
+    h.tick(T0 + 50_000)
+    assert sorted(g.request_id for g in h.groups()) == ["r0", "r1", "r2"] and h.dead_letters() == []
+    stuck = Harness()  # and a topic that stays behind but brings nothing holds them for a bounded time only
+    stuck.joiner.lagging = lambda topic, partition: topic == "hap.ranking"
+    stuck.now = T0 + 41_000
+    stuck.run(stuck.record("ranking", encode(ranking("r0")), b"r0"),
+              stuck.record("exposure", encode(shown("r1", "c0", 0, ts=T0 + 30_000)), b"r1"))
+    stuck.now = T0 + 41_000 + CONFIG.lagging_hold_ms - 1_000
+    stuck.run(stuck.record("exposure", encode(shown("r2", "c0", 0, ts=T0 + 40_000)), b"r2"),
+              stuck.record("streams-ticks", b"", b"tick"))
+    assert stuck.dead_letters() == []
+    stuck.now = T0 + 41_000 + CONFIG.lagging_hold_ms
+    stuck.run(stuck.record("exposure", encode(shown("r3", "c0", 0, ts=T0 + 50_000)), b"r3"),
+              stuck.record("streams-ticks", b"", b"tick"))
+    assert sorted(d["request_id"] for d in stuck.dead_letters()) == ["r1", "r2"]
+
+
 def test_a_batch_slower_than_the_window_does_not_make_its_topics_look_idle():
     h = Harness()
     h.now = T0 + 41_000
@@ -290,6 +331,20 @@ def test_a_recovered_request_gets_a_full_window_of_this_workers_time_for_its_ran
     assert lonely.dead_letters() == []
     lonely.tick(T0 + 60_000 + ADOPTION_GRACE_MS + 1_000)  # the window after the grace, nothing came: quiet
     assert [d["reason_kind"] for d in lonely.dead_letters()] == ["orphan"]
+
+
+def test_the_catalogue_fills_the_pool_and_only_the_partitions_owner_dead_letters_its_invalid_records():
+    h = Harness()
+    valid = h.record("items", encode(ItemUpdate("new-item", "video", T0)), b"new-item", partition=3)
+    invalid = h.record("items", b'{"item_id": 7}', b"x", partition=3)
+    for record in (valid, invalid):  # every worker follows every partition: into the pool, invalid skipped
+        h.joiner.catalogue(record)
+    assert h.pool.types["new-item"] == "video" and len(h.pool) == 101 and h.out == []
+    owner = Harness()  # the worker that owns partition 3 in the group: dead letters, and no pool change
+    for record in (valid, invalid):
+        owner.joiner.check_item(record)
+    assert [(d["reason_kind"], d["partition"]) for d in owner.dead_letters()] == [("schema", 3)]
+    assert "new-item" not in owner.pool.types
 
 
 def test_an_undecodable_batch_is_dead_lettered_once():
