@@ -3,18 +3,12 @@
 import time
 from collections import Counter
 
-import pytest
-
 from deploy.pipeline import Component
 from streams.schemas import decode_sample_group
 
 from ..conftest import dead_letters_of, input_offsets, read_topic, simulate, truth
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known defect, not fixed yet: the replacement worker dead-lettered 126-130 requests as orphan in 2 of 9 runs "
-    "after the first fixes of 2026-11-29, and once in 4 runs after the adoption grace (under a second test run's "
-    "load); their ranking events never joined (docs/operations.md, faults)"))
 def test_sigkill_mid_stream_loses_no_request(stack_env, kafka_bootstrap, tmp_path):
     # the worker is killed once it consumed a first part of the backlog: pending requests in its tables,
     # groups emitted or not, offsets committed or not
