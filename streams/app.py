@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -359,10 +360,14 @@ def refuse_gap_acks(topics: frozenset[str]) -> None:
     fresh one reads them."""
     from faust.transport import consumer
 
-    if getattr(consumer.Consumer._add_gap, "refused", None) is not None:
-        consumer.Consumer._add_gap.refused.update(topics)
+    original = getattr(consumer.Consumer, "_add_gap", None)
+    if original is None:  # another Faust: a skip still ends the worker before its batch is acknowledged
+        logging.getLogger("hap.streams").warning(
+            "Faust's consumer has no _add_gap: its acknowledgement of skipped offsets is not refused")
         return
-    original = consumer.Consumer._add_gap
+    if getattr(original, "refused", None) is not None:
+        original.refused.update(topics)
+        return
     refused = set(topics)
 
     async def add_gap(self: Any, tp: TP, offset_from: int, offset_to: int) -> None:

@@ -24,4 +24,4 @@ def test_events_are_acknowledged_and_counted(kafka_bootstrap, topic_prefix):
 
 def test_unreachable_broker_is_a_clear_error():
     with pytest.raises(ProducerUnavailable, match="no Kafka broker answers at 127.0.0.1:"):
-        EventProducer(f"127.0.0.1:{free_port()}")
+        EventProducer(f"127.0.0.1:{free_port()}", bootstrap_timeout_ms=3_000)  # kafka-python's default: 30 s
