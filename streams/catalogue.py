@@ -21,6 +21,7 @@ keeps what it had meanwhile.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,19 +34,18 @@ from streams.kafka_security import PLAINTEXT, KafkaSecurity
 log = logging.getLogger("hap.streams")
 
 
+@dataclasses.dataclass
 class CatalogueFollower:
     """Reads every partition of ``topic`` from its start, for ever; ``on_records`` gets each
     fetched batch (records of one partition in offset order)."""
 
-    def __init__(self, bootstrap: str, topic: str, on_records: Callable[[Sequence[Any]], None],
-                 security: KafkaSecurity = PLAINTEXT, max_bytes: int = 1 << 20, refresh_s: float = 30.0) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.on_records = on_records
-        self.security = security
-        self.max_bytes = max_bytes
-        self.refresh_s = refresh_s
-        self.records = 0  #: records handed to ``on_records`` so far
+    bootstrap: str
+    topic: str
+    on_records: Callable[[Sequence[Any]], None]
+    security: KafkaSecurity = PLAINTEXT
+    max_bytes: int = 1 << 20  #: the most bytes one fetch brings (and of one record)
+    refresh_s: float = 30.0  #: how often the topic's partitions are listed again
+    records: int = dataclasses.field(default=0, init=False)  #: records handed to ``on_records`` so far
 
     async def run(self) -> None:
         options = self.security.aiokafka_options()
