@@ -7,7 +7,8 @@ consumer with no group: it is assigned every partition of ``items``, starts at t
 retained offset, and follows the topic while the worker runs, handing each fetched batch to a
 callback (:meth:`streams.joiner.Joiner.catalogue`, which fills the pool). It commits nothing, so a
 restarted worker reads the retained catalogue again; partitions added to the topic later are
-picked up within ``refresh_s``.
+picked up within ``refresh_s`` (and the others read again from their start then: adding an item
+twice changes nothing).
 
 Invalid item records are dead-lettered once, by the worker that owns their partition in the
 group (the ``catalogue`` agent of :mod:`streams.app`, which commits past them); the follower skips
@@ -55,8 +56,8 @@ class CatalogueFollower:
             **options)
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **options)
         await consumer.start()
-        await admin.start()
         try:
+            await admin.start()
             assigned: set[TopicPartition] = set()
             loop = asyncio.get_running_loop()
             checked = float("-inf")
