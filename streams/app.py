@@ -37,7 +37,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -338,8 +338,8 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     return app
 
 
-def _into_pool(joiner: Joiner) -> Any:
-    def into_pool(records: Any) -> None:
+def _into_pool(joiner: Joiner) -> Callable[[Sequence[Any]], None]:
+    def into_pool(records: Sequence[Any]) -> None:
         for record in records:
             joiner.catalogue(record)
         metrics.CATALOGUE.inc(len(records))

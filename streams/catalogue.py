@@ -46,7 +46,6 @@ class CatalogueFollower:
     security: KafkaSecurity = PLAINTEXT
     max_bytes: int = 1 << 20  #: the most bytes one fetch brings (and of one record)
     refresh_s: float = 30.0  #: how often the topic's partitions are listed again
-    records: int = dataclasses.field(default=0, init=False)  #: records handed to ``on_records`` so far
 
     async def run(self) -> None:
         options = self.security.aiokafka_options()
@@ -75,7 +74,6 @@ class CatalogueFollower:
                 batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
                 for records in batches.values():
                     self.on_records(records)
-                    self.records += len(records)
         finally:
             await admin.close()
             await consumer.stop()

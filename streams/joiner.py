@@ -65,6 +65,7 @@ from streams.pool import CandidatePool
 from streams.schemas import (
     ExposureEvent,
     InvalidEvent,
+    ItemUpdate,
     Limits,
     RankingColumns,
     SampleGroup,
@@ -275,9 +276,9 @@ class Joiner:
         lateness_ms`` of wall time, or while it is behind (``lagging``: records wait that the join
         has not taken, as for the ranking topic of a backlog, whose large records come a few per
         fetch while the exposure topic's come by thousands) and brought one within
-        :attr:`JoinConfig.lagging_hold_ms`. A topic behind the other holds the windows open until it catches
-        up; an idle one does not. None when every topic is idle: the partition is quiet, and
-        windows close by wall time (:func:`streams.assembler.is_due`)."""
+        :attr:`JoinConfig.lagging_hold_ms`. A topic behind the other holds the windows open
+        until it catches up; an idle one does not. None when every topic is idle: the partition is
+        quiet, and windows close by wall time (:func:`streams.assembler.is_due`)."""
         idle_ms, hold_ms = self.cfg.assembler.window_ms + self.cfg.assembler.lateness_ms, self.cfg.lagging_hold_ms
         active = [ts for topic, (ts, seen) in self.progress.get(partition, {}).items()
                   if wall - seen < idle_ms or (wall - seen < hold_ms and self.lagging(topic, partition))]
@@ -381,23 +382,22 @@ class Joiner:
         :mod:`streams.catalogue`): into the candidate pool. A record that is not a valid item is
         skipped here: the worker that owns its partition in the group dead-letters it
         (:meth:`check_item`)."""
-        if decode_guard.undecodable_of(record.headers) is not None:
-            return
-        try:
-            item = decode_item(record.value or b"", self.cfg.limits)
-        except InvalidEvent:
-            return
-        self.pool.add(item.item_id, item.content_type)
+        if decode_guard.undecodable_of(record.headers) is None:
+            item = self._item(record)
+            if not isinstance(item, InvalidEvent):
+                self.pool.add(item.item_id, item.content_type)
 
     def check_item(self, record: Record) -> None:
         """An item update from a partition of ``items`` this worker owns in the group: dead-letter
         it if it is not a valid item (once per record: the group commits past it)."""
-        if self.undecodable(record):
-            return
+        if not self.undecodable(record) and isinstance(problem := self._item(record), InvalidEvent):
+            self.dead_letter(problem.kind, problem.reason, record)
+
+    def _item(self, record: Record) -> ItemUpdate | InvalidEvent:
         try:
-            decode_item(record.value or b"", self.cfg.limits)
+            return decode_item(record.value or b"", self.cfg.limits)
         except InvalidEvent as exc:
-            self.dead_letter(exc.kind, exc.reason, record)
+            return exc
 
     def undecodable(self, record: Record) -> bool:
         """A marker of a batch this worker cannot decode (:mod:`streams.decode_guard`): dead-letter

@@ -46,7 +46,7 @@ def test_every_partition_is_followed_and_a_new_one_is_picked_up(kafka_bootstrap,
 
     async def scenario() -> None:
         task = await follow_until(200)
-        assert sorted(set(seen)) == sorted(f"item-{i}" for i in range(200)) and follower.records == 200
+        assert sorted(seen) == sorted(f"item-{i}" for i in range(200))  # each record once
         admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         admin.create_partitions({topic_prefix + "items": NewPartitions(total_count=6)})
         admin.close()
