@@ -123,13 +123,24 @@ def online(groups, settings, batch: int, device: str) -> float:
         cfg = LearnerConfig(settings.kafka_bootstrap, settings.redis, f"{prefix}samples",
                             Path(tmp) / "ckpt.safetensors", batch_groups=batch, checkpoint_s=10.0,
                             model_prefix=f"{prefix}:")
-        service = LearnerService(cfg, OnlineTrainer(seed=0, device=device))
+        trainer = OnlineTrainer(seed=0, device=device)
+        trained_all, ended, step = threading.Event(), [], trainer.step
+
+        def timed_step(batch):  # the end is the step that trains the last sample, not a polling thread's look
+            report = step(batch)
+            if trainer.samples_seen >= samples and not trained_all.is_set():
+                ended.append(time.perf_counter())
+                trained_all.set()
+            return report
+
+        trainer.step = timed_step
+        service = LearnerService(cfg, trainer)
         worker = threading.Thread(target=service.run, kwargs={"max_idle_s": 30.0})
         t0 = time.perf_counter()
         worker.start()
-        while service.trainer.samples_seen < samples and worker.is_alive():
-            time.sleep(0.005)
-        elapsed = time.perf_counter() - t0
+        while not trained_all.wait(1.0) and worker.is_alive():
+            pass
+        elapsed = (ended[0] if ended else time.perf_counter()) - t0
         service.stop()
         worker.join()
     _drop_keys(settings.redis.client(), f"{prefix}:")

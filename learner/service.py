@@ -11,11 +11,13 @@ Lifecycle and guarantees:
   (``hap learner`` exits 1);
 - the consumer is assigned every partition of the samples topic and seeks to the offsets
   stored in the checkpoint (the checkpoint, not Kafka, is the source of truth);
-- adaptive batching: each step takes every group already polled, up to ``batch_groups`` (big
+- records are polled, decoded and validated ahead of the loop by a thread of its own
+  (:class:`learner.fetcher.Fetcher`, at most two batches ahead) while the loop trains;
+- adaptive batching: each step takes every group already fetched, up to ``batch_groups`` (big
   batches while the learner is behind, one group at a time when it is caught up, so freshness
   stays low under light load; ``hap_learner_batch_groups``); each micro-batch is de-duplicated by
   ``group_id`` (ids seen are kept in the checkpoint), scored (progressive validation), then
-  trained on, in the iteration that polled it;
+  trained on, in the iteration that took it;
 - every ``checkpoint_s`` the weights, optimizers, offsets and seen ids are captured together on
   the training loop (a copy) and written durably by a background thread while training goes on;
   only once written are those offsets committed to Kafka (for lag monitoring): after SIGKILL the
@@ -29,9 +31,9 @@ Lifecycle and guarantees:
 - while Redis is down, training goes on and publishing is retried every ``publish_s`` (the
   first version after an outage is full, never a delta against what Redis may have lost);
   while Kafka is down, polling waits and offset commits are skipped (the checkpoint holds them);
-- a graceful stop (SIGTERM) ends the iteration (the groups polled are trained), waits for the
+- a graceful stop (SIGTERM) ends the iteration (the groups taken are trained), waits for the
   writes in flight, publishes and checkpoints, so the offsets and ids it records are only those
-  of trained groups;
+  of trained groups (records fetched ahead and not taken are read again after a restart);
 - offsets below a partition's log start (retention deleted records the learner never read)
   resume from the earliest retained record; the records lost are counted
   (``hap_learner_retention_lost_total``) and logged, never skipped silently (at start-up from
@@ -58,7 +60,6 @@ from typing import Any
 import numpy as np
 import redis
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from feature_store.connection import RedisEndpoint
@@ -66,6 +67,7 @@ from feature_store.lease import LEASE_TTL_S, WriterLease
 from feature_store.model_store import FencedError, ModelStore, ModelStoreError, TierForm
 from learner import checkpoint
 from learner import metrics as m
+from learner.fetcher import Fetcher
 from learner.trainer import OnlineTrainer, StepReport
 from streams.kafka_security import KafkaSecurity
 from streams.schemas import InvalidEvent, SampleGroup, decode_sample_group
@@ -209,6 +211,7 @@ class LearnerService:
         self.tps = [TopicPartition(cfg.samples_topic, p) for p in sorted(partitions)]
         self.consumer.assign(self.tps)
         self._seek_to_checkpoint()
+        self.fetcher = Fetcher(self.consumer, self._decode, buffer_records=2 * cfg.batch_groups)
         self.versions = 0
         self.nonfinite_steps = 0
         self._base = checkpoint.capture(trainer)  # the state to rewind to after a non-finite step
@@ -247,11 +250,12 @@ class LearnerService:
         """Train until stopped (or until no sample arrived for ``max_idle_s``); raises
         :class:`FencedError` when another learner took the writer lease over."""
         try:
+            self.fetcher.start()
             self._run(max_idle_s)
         finally:  # a write in flight completes before the lease goes (its outcome is no longer wanted)
             self._publisher.shutdown()
             self._writer.shutdown()
-            self.consumer.close()
+            self.fetcher.close()
             self._release_lease()
 
     def _run(self, max_idle_s: float | None) -> None:
@@ -276,7 +280,7 @@ class LearnerService:
                 last_checkpoint = now
             if max_idle_s is not None and now - last_data > max_idle_s:
                 break
-        # a graceful stop: every group polled is trained already (each poll is trained at once)
+        # a graceful stop: every group taken is trained already (each take is trained at once)
         self._collect(wait=True)
         if self.trainer.steps > self._published_steps:
             self._start_publish()
@@ -284,29 +288,23 @@ class LearnerService:
         self._collect(wait=True)
 
     def _poll(self) -> tuple[list[SampleGroup], bool]:
-        """Every group already available, up to ``batch_groups``: adaptive batching (big batches
-        while behind, one group at a time when caught up). Waits (100 ms at most) only for the
-        first record; the second value is True when any record was read."""
+        """Every group already fetched, up to ``batch_groups``: adaptive batching (big batches
+        while behind, one group at a time when caught up). Waits (100 ms at most) only when none
+        is; the second value is True when any record was taken."""
         groups: list[SampleGroup] = []
-        taken, timeout_ms = 0, 100
-        while taken < self.cfg.batch_groups:
-            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.batch_groups - taken)
-            if not polled:
-                break
-            timeout_ms = 0
-            for tp, records in polled.items():
-                taken += len(records)
-                for record in records:
-                    expected = self.offsets.get(tp.partition)
-                    if expected is not None and record.offset > expected:  # reset past deleted records
-                        self._lost_to_retention(tp.partition, expected, record.offset)
-                    self.offsets[tp.partition] = record.offset + 1
-                    group = self._decode(record.value)
-                    if group is not None:
-                        groups.append(group)
-        return groups, taken > 0
+        records = self.fetcher.take(self.cfg.batch_groups, timeout_s=0.1)
+        for partition, offset, group in records:
+            expected = self.offsets.get(partition)
+            if expected is not None and offset > expected:  # reset past deleted records
+                self._lost_to_retention(partition, expected, offset)
+            self.offsets[partition] = offset + 1
+            if group is not None and self._first_seen(group):
+                groups.append(group)
+        return groups, bool(records)
 
-    def _decode(self, raw: bytes) -> SampleGroup | None:
+    @staticmethod
+    def _decode(raw: bytes) -> SampleGroup | None:
+        """The group of a record, or None (counted, logged) when it is invalid; runs on the fetcher's thread."""
         try:
             group = decode_sample_group(raw)
         except InvalidEvent as exc:
@@ -318,14 +316,18 @@ class LearnerService:
             m.INVALID.inc()
             log.warning("rejected sample group %s: %s", group.group_id, problem)
             return None
+        return group
+
+    def _first_seen(self, group: SampleGroup) -> bool:
+        """False for a group already trained on (a duplicate, counted)."""
         if group.group_id in self.seen:
             self.duplicates += 1
             m.DUPLICATES.inc()
-            return None
+            return False
         self.seen[group.group_id] = None
         while len(self.seen) > SEEN_IDS:
             self.seen.popitem(last=False)
-        return group
+        return True
 
     def _train(self, groups: list[SampleGroup]) -> None:
         """One step on ``groups``; when it is not finite, each group alone, so that only the
@@ -465,16 +467,12 @@ class LearnerService:
         return False
 
     def _commit(self, offsets: dict[str, int]) -> None:
-        """Commit offsets a checkpoint holds to Kafka (for lag monitoring: the checkpoint is the truth)."""
+        """Commit offsets a checkpoint holds to Kafka (for lag monitoring: the checkpoint is the
+        truth), on the fetcher's thread, which owns the consumer."""
         from kafka.structs import OffsetAndMetadata
 
-        commit = {TopicPartition(self.cfg.samples_topic, int(p)): OffsetAndMetadata(o, "", -1)
-                  for p, o in offsets.items()}
-        if commit:
-            try:
-                self.consumer.commit(commit)
-            except KafkaError as exc:
-                log.warning("offset commit skipped: %s", exc)
+        self.fetcher.commit({TopicPartition(self.cfg.samples_topic, int(p)): OffsetAndMetadata(o, "", -1)
+                             for p, o in offsets.items()})
 
 
 def feature_problem(group: SampleGroup) -> str | None:
