@@ -9,8 +9,10 @@ this process. Publishing is timed into Redis for full versions and for deltas.
     python bench/learner.py [--groups 400] [--device auto|cpu|cuda] [--batch-groups 32]
     python bench/learner.py --no-stack --device cuda    # (b) and (c) only: no Kafka or Redis needed
     python bench/learner.py --online-only               # (a) only, e.g. under py-spy
+    python bench/learner.py --repeat 5                  # 5 online runs, each paired with a tight one
 
-Ends with one JSON line {"online_samples_per_s", "tight_samples_per_s", "decode_us_per_sample" (and the
+Ends with one JSON line {"online_samples_per_s", "online_first_step_s", "tight_samples_per_s", "ratio"
+(online ÷ tight: the median of the paired runs' ratios, each in "ratios"), "decode_us_per_sample" (and the
 field-by-field checks' "decode_checked_us_per_sample" on the same records),
 "tight_from_bytes_samples_per_s", "tier_compute_samples_per_s", the ratios between them,
 "publish_ms_p50", "delta_bytes", "full_bytes", ...}.
@@ -104,9 +106,11 @@ def tier_compute(groups, tier: str, device: str, batch: int) -> float:
     return sum(len(b.label) for b in batches) / (time.perf_counter() - t0)
 
 
-def online(groups, settings, batch: int, device: str) -> float:
+def online(groups, settings, batch: int, device: str) -> tuple[float, float]:
     """Samples/s of the online service over a backlog: from its start until it trained the last
-    sample (its stop, which waits for the final checkpoint and publish, is a shutdown cost: not counted)."""
+    sample (its stop, which waits for the final checkpoint and publish, is a shutdown cost: not
+    counted); and the seconds from its start to its first step (connecting, the first fetch). Its
+    trainer is warmed up by one step first, as :func:`tight`'s is."""
     from kafka import KafkaProducer
 
     from learner.service import LearnerConfig, LearnerService
@@ -124,11 +128,14 @@ def online(groups, settings, batch: int, device: str) -> float:
                             Path(tmp) / "ckpt.safetensors", batch_groups=batch, checkpoint_s=10.0,
                             model_prefix=f"{prefix}:")
         trainer = OnlineTrainer(seed=0, device=device)
-        trained_all, ended, step = threading.Event(), [], trainer.step
+        trainer.step(groups[:batch])  # warm-up (kernels, allocator), as in tight()
+        target = trainer.samples_seen + samples
+        trained_all, started, ended, step = threading.Event(), [], [], trainer.step
 
         def timed_step(batch):  # the end is the step that trains the last sample, not a polling thread's look
+            started.append(time.perf_counter())
             report = step(batch)
-            if trainer.samples_seen >= samples and not trained_all.is_set():
+            if trainer.samples_seen >= target and not trained_all.is_set():
                 ended.append(time.perf_counter())
                 trained_all.set()
             return report
@@ -144,9 +151,10 @@ def online(groups, settings, batch: int, device: str) -> float:
         service.stop()
         worker.join()
     _drop_keys(settings.redis.client(), f"{prefix}:")
-    if service.trainer.samples_seen != samples:
-        raise RuntimeError(f"the service trained {service.trainer.samples_seen} of {samples} samples")
-    return samples / elapsed
+    if service.trainer.samples_seen != target:
+        trained = service.trainer.samples_seen - target + samples
+        raise RuntimeError(f"the service trained {trained} of {samples} samples")
+    return samples / elapsed, started[0] - t0
 
 
 def _drop_keys(client, prefix: str) -> None:
@@ -185,6 +193,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on the CPU")
     parser.add_argument("--no-stack", action="store_true", help="skip the figures that need Kafka and Redis")
     parser.add_argument("--online-only", action="store_true", help="only the online figure (to profile the service)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="online and tight GHCL runs, alternated, each pair giving one ratio (the median is "
+                             "reported)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device, batch = str(resolve_device(args.device)), args.batch_groups
@@ -192,7 +203,9 @@ def main() -> None:
     figures: dict[str, object] = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
                                   "batch_groups": batch, "threads": args.threads}
     if args.online_only:
-        print(json.dumps({**figures, "online_samples_per_s": round(online(groups, Settings.load(), batch, device), 1)}))
+        rate, first_step_s = online(groups, Settings.load(), batch, device)
+        print(json.dumps({**figures, "online_samples_per_s": round(rate, 1),
+                          "online_first_step_s": round(first_step_s, 3)}))
         return
     figures.update({f"tight_{m}_samples_per_s": round(tight(groups, m, device, batch), 1)
                     for m in ("ghcl", "mixed")})
@@ -209,9 +222,16 @@ def main() -> None:
                     "tight_from_bytes_over_tier_compute": round(figures["tight_from_bytes_samples_per_s"] / both, 3)})
     if not args.no_stack:
         settings = Settings.load()
-        online_rate = online(groups, settings, batch, device)
-        figures.update({"online_samples_per_s": round(online_rate, 1),
-                        "ratio": round(online_rate / figures["tight_ghcl_samples_per_s"], 3)})
+        pairs = []  # (online, first step, tight) per repetition, alternated so that the machine's load hits both
+        for n in range(args.repeat):
+            tight_rate = figures["tight_ghcl_samples_per_s"] if n == 0 else tight(groups, "ghcl", device, batch)
+            pairs.append((*online(groups, settings, batch, device), tight_rate))
+            print(f"repetition {n + 1}/{args.repeat}: online {pairs[-1][0]:.0f}, tight {tight_rate:.0f} samples/s",
+                  file=sys.stderr, flush=True)
+        figures.update({"online_samples_per_s": round(float(np.median([p[0] for p in pairs])), 1),
+                        "online_first_step_s": round(float(np.median([p[1] for p in pairs])), 3),
+                        "ratios": [round(p[0] / p[2], 3) for p in pairs],
+                        "ratio": round(float(np.median([p[0] / p[2] for p in pairs])), 3)})
         figures.update(publish_costs(groups, settings, batch))
         figures["delta_over_full_bytes"] = round(figures["delta_bytes"] / figures["full_bytes"], 4)
     print(json.dumps(figures))
