@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 from deploy.settings import BROKERS_KEY, ENDPOINTS_FILE, Settings, read_endpoints
 from deploy.stack.process import ManagedProcess, StackError
@@ -56,8 +57,15 @@ class Stack:
             raise StackError(f"a stack of {running.get(BROKERS_KEY, 1)} broker(s) runs in {self.settings.data_dir}: "
                              "`hap stack down` it first")
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        for service in self.services:  # together: a Kafka node answers once a quorum of its voters runs
-            service.launch()
+        # together: a Kafka node answers once a quorum of its voters runs; the nodes are prepared (their
+        # storage formatted, a JVM each) side by side, then the other services launched unless a node failed
+        with ThreadPoolExecutor(max_workers=len(self.brokers) or 1) as pool:
+            launches = [pool.submit(node.launch) for node in self.brokers]
+        for launch in launches:
+            launch.result()  # the first node's error, as when they were launched one by one
+        for service in self.services:
+            if not isinstance(service, Kafka):
+                service.launch()
         for service in self.services:
             service.wait_healthy(timeout_s=60.0 * (2 if isinstance(service, Kafka) else 1))
         endpoints = self.endpoints()
@@ -78,7 +86,12 @@ class Stack:
             known = {b.name for b in self.brokers}
             processes[:0] = [ManagedProcess(d.name, d) for d in sorted(self.settings.data_dir.glob("kafka-*"))
                              if d.is_dir() and d.name not in known]
-        stopped = [p.name for p in processes if p.stop()]
+        # the Kafka nodes together: stopped one by one, the last nodes lose their controller quorum and wait
+        # (20 s each, then SIGKILL) for a controlled shutdown no controller can grant
+        nodes = [p for p in processes if p.name == "kafka" or p.name.startswith("kafka-")]
+        with ThreadPoolExecutor(max_workers=len(nodes) or 1) as pool:
+            stops = dict(zip([p.name for p in nodes], pool.map(ManagedProcess.stop, nodes), strict=True))
+        stopped = [p.name for p in processes if (stops[p.name] if p.name in stops else p.stop())]
         (self.settings.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
         return stopped
 

@@ -8,6 +8,7 @@ import json
 import random
 import shutil
 import subprocess
+import threading
 import time
 import urllib.request
 import uuid
@@ -26,6 +27,8 @@ KAFKA_HEAP = "-Xmx768m"
 SCRAPE_INTERVAL = "2s"
 #: a Redis Cluster node talks to the others on its port + this
 CLUSTER_BUS_OFFSET = 10000
+#: held while a Kafka node reads or writes the cluster id (the nodes of a cluster are prepared in threads)
+_CLUSTER_ID_LOCK = threading.Lock()
 
 
 class Service:
@@ -172,7 +175,7 @@ class Kafka(Service):
         if not (self.dir / "data" / "meta.properties").exists():
             with self.process.log_file.open("ab") as log:
                 done = subprocess.run(
-                    [*self._java(), "kafka.tools.StorageTool", "format", f"--cluster-id={self._cluster_id()}",
+                    [*self._java(tool=True), "kafka.tools.StorageTool", "format", f"--cluster-id={self._cluster_id()}",
                      "-c", str(self.dir / "server.properties")],
                     stdout=log, stderr=subprocess.STDOUT, check=False, timeout=120,
                 )
@@ -187,16 +190,22 @@ class Kafka(Service):
         return "controller.quorum.voters=" + ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(self.nodes))
 
     def _cluster_id(self) -> str:
-        """The id every node's storage is formatted with: one per data dir, kept in ``kafka/cluster.id``."""
+        """The id every node's storage is formatted with: one per data dir, kept in ``kafka/cluster.id``
+        (the nodes of a cluster are prepared side by side: one of them writes it)."""
         path = self.settings.data_dir / "kafka" / "cluster.id"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
-        return path.read_text().strip()
+        with _CLUSTER_ID_LOCK:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+            return path.read_text().strip()
 
-    def _java(self) -> list[str]:
+    def _java(self, tool: bool = False) -> list[str]:
+        """The JVM's command line; ``tool``: a short-lived tool (the storage format), which starts in half
+        the time and CPU with the client compiler only and the serial collector (the broker keeps G1 and
+        the full JIT)."""
         return [
-            "java", KAFKA_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            "java", KAFKA_HEAP, *(("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC") if tool else ("-XX:+UseG1GC",)),
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
             "-cp", f"{self.settings.kafka_libs}/*",
         ]
@@ -457,8 +466,14 @@ def kafka_brokers(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> set[in
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    # a short bootstrap with a short reconnect backoff: kafka-python's defaults (a 30 s bootstrap, the
+    # backoff growing to 30 s) hold one probe of a broker that is still starting, or that refuses these
+    # credentials, for 30 s, long after the broker answers (older clients have no bootstrap timeout)
+    quick = {k: v for k, v in (("bootstrap_timeout_ms", 3000), ("reconnect_backoff_max_ms", 250))
+             if k in KafkaAdminClient.DEFAULT_CONFIG}
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, **security.client_options())
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, **quick,
+                                 **security.client_options())
     except (KafkaError, ValueError, OSError):
         return set()
     try:
