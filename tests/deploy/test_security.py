@@ -32,17 +32,19 @@ def secure_env(cli_env):
 
 def test_sasl_and_auth_protect_the_stack_and_secrets_stay_hidden(secure_env, tmp_path):
     settings = Settings.load(secure_env)
-    assert not kafka_answers(settings.kafka_bootstrap)  # no credentials, no broker
-    assert not kafka_answers(settings.kafka_bootstrap, KafkaSecurity("SASL_PLAINTEXT", "PLAIN", "hap", "wrong"))
-    with pytest.raises(redis.AuthenticationError):
-        redis.Redis.from_url(settings.redis_url).ping()
-    assert settings.redis.client().ping()
-
-    report = simulate(secure_env, tmp_path, "--requests", "20", "--rate", "0", "--feedback-delay", "0.2")
+    # the worker starts first: its start-up (seconds) overlaps the refused probes and the simulation
     worker = Component("streams", ["streams", "--window", "1", "--lateness", "0.5"], tmp_path, secure_env).start()
     try:
+        assert not kafka_answers(settings.kafka_bootstrap)  # no credentials, no broker
+        assert not kafka_answers(settings.kafka_bootstrap, KafkaSecurity("SASL_PLAINTEXT", "PLAIN", "hap", "wrong"))
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis.from_url(settings.redis_url).ping()
+        assert settings.redis.client().ping()
+
+        report = simulate(secure_env, tmp_path, "--requests", "20", "--rate", "0", "--feedback-delay", "0.2")
         samples = read_topic(settings.kafka_bootstrap, "sec.samples", report["requests"],
                              **settings.kafka_security.client_options())
+        assert worker.alive, worker.log_tail()
     finally:
         worker.stop()
     assert len({decode_sample_group(v).request_id for v in samples}) == report["requests"]
