@@ -152,7 +152,7 @@ def test_sigkill_of_a_broker_mid_produce_loses_nothing_acknowledged(cluster):
             future.add_callback(lambda _meta, v=value: on_ack(v))
             future.add_errback(failed.append)
             n += 1
-            time.sleep(0.002)
+            time.sleep(0.0005)
         producer.flush(120)
 
     sender = threading.Thread(target=produce, daemon=True)
