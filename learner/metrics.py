@@ -22,7 +22,7 @@ SAMPLE_TO_TRAINED = Histogram("hap_learner_sample_to_trained_seconds", "Group as
 TRAINED_TO_PUBLISHED = Histogram("hap_learner_trained_to_published_seconds",
                                  "Newest trained group assembled -> its version published", buckets=FRESH_BUCKETS)
 BATCH_GROUPS = Histogram("hap_learner_batch_groups", "Groups per training step (adaptive: every group already "
-                         "polled, up to the cap)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+                         "fetched, up to the cap)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
 CHECKPOINT_SECONDS = Histogram("hap_learner_checkpoint_seconds", "Time to write one checkpoint durably (on a "
                                "background thread, off the training loop)",
                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))

@@ -62,6 +62,10 @@ def learner() -> dict[str, Any]:
         Panel("Hard share (conflict-sensitive sampling)", (("hap_learner_hard_share", "share"),), "percentunit"),
         Panel("Samples/s and steps/s", (("rate(hap_learner_samples_total[rate])", "samples/s"),
                                         ("rate(hap_learner_steps_total[rate])", "steps/s")), "ops"),
+        Panel("Groups per step (adaptive batching: mean, p99; the cap when behind)", (
+            ("sum(rate(hap_learner_batch_groups_sum[rate])) / sum(rate(hap_learner_batch_groups_count[rate]))",
+             "mean"),
+            (quantile(0.99, "hap_learner_batch_groups"), "p99"))),
         Panel("Published version", (("max(hap_learner_model_version)", "version"),), "none", "stat"),
         Panel("Publish latency (p50, p99)", ((quantile(0.5, "hap_learner_publish_seconds"), "p50"),
                                              (quantile(0.99, "hap_learner_publish_seconds"), "p99")), "s"),
