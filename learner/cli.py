@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "checkpoints are the same whatever the device")
     p.add_argument("--batch-groups", type=int,
                    help="the most groups one step trains on (default 256): each step takes every group already "
-                        "polled, up to this (big batches while behind, small ones when caught up)")
+                        "fetched, up to this (big batches while behind, small ones when caught up)")
     p.add_argument("--publish-interval", type=float, default=s.publish_interval_s)
     p.add_argument("--publish-steps", type=int, default=50)
     p.add_argument("--checkpoint-interval", type=float, default=10.0)

@@ -134,8 +134,13 @@ class ItemUpdate:
     features: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-class SampleItem(msgspec.Struct, frozen=True):
-    """One item of a sample group; each field's bounds are those of :data:`streams.contract.SAMPLE_ITEM`."""
+class SampleItem(msgspec.Struct, frozen=True, gc=False):
+    """One item of a sample group; each field's bounds are those of :data:`streams.contract.SAMPLE_ITEM`.
+
+    Not tracked by Python's cycle collector (``gc=False``: it holds strings, numbers and a dict
+    of numbers, never a cycle): a learner keeps hundreds of thousands of them alive, and each
+    full collection would walk them all.
+    """
 
     item_id: wire_type(SAMPLE_ITEM, "item_id")
     source: wire_type(SAMPLE_ITEM, "source")
@@ -146,8 +151,11 @@ class SampleItem(msgspec.Struct, frozen=True):
     features: Annotated[dict[str, float], msgspec.Meta(max_length=256)] = {}
 
 
-class SampleGroup(msgspec.Struct, frozen=True):
-    """One hybrid sample group per request (topic ``hap.samples``); bounds of :data:`streams.contract.SAMPLE_GROUP`."""
+class SampleGroup(msgspec.Struct, frozen=True, gc=False):
+    """One hybrid sample group per request (topic ``hap.samples``); bounds of :data:`streams.contract.SAMPLE_GROUP`.
+
+    Untracked by the cycle collector, as :class:`SampleItem` is (its items and features hold no cycle).
+    """
 
     group_id: wire_type(SAMPLE_GROUP, "group_id")
     request_id: wire_type(SAMPLE_GROUP, "request_id")
