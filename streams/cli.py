@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from pathlib import Path
@@ -69,6 +70,8 @@ def run_worker(args: argparse.Namespace) -> int:
                                    **worker_topics(app.conf.id, list(app.tables), cfg.partitions,
                                                    s.kafka_replication)}, cfg.kafka_security)
     quiet_repeats()
+    gc.collect()
+    gc.freeze()  # start-up's objects are never traversed again: a full collection took 0.13 s, now 0.01-0.03 s
     _Worker = _make_worker_class()
     sys.argv = [sys.argv[0], "worker"]
     _Worker(app, loglevel=s.log_level, quiet=True).execute_from_commandline()
