@@ -253,8 +253,8 @@ class LearnerService:
         """Train until stopped (or until no sample arrived for ``max_idle_s``); raises
         :class:`FencedError` when another learner took the writer lease over."""
         # what exists now (torch, the modules, the models: ~200k objects) leaves the cycle collector's
-        # view: each full collection walked it all, 0.2-0.4 s with the training loop stopped, several
-        # a minute while samples stream in (decoded groups are long-lived enough to trigger them)
+        # view: each full collection walked it all, 0.2-0.4 s with the training loop stopped, every
+        # 1-2 s while the learner was behind (decoded groups live long enough to trigger them)
         gc.freeze()
         try:
             self.fetcher.start()
