@@ -76,13 +76,8 @@ def metrics_url(env: dict[str, str]) -> str:
 def worker_pid(component: Component) -> int:
     """The pid of the worker process that `hap streams` (a supervisor) started."""
     for _ in range(100):
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == component.proc.pid:
-                return int(stat.parent.name)
+        if workers := component.children():
+            return workers[0]
         time.sleep(0.1)
     raise RuntimeError("the streams worker process did not start")
 

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from deploy.settings import command_env
+from deploy.stack.process import children
 
 
 class Component:
@@ -73,6 +74,10 @@ class Component:
                 break
             time.sleep(0.1)
         return value
+
+    def children(self) -> list[int]:
+        """The live child processes (a supervisor's workers: `hap streams`, `hap router --workers`)."""
+        return [] if self.proc is None else children(self.proc.pid)
 
     @property
     def returncode(self) -> int | None:

@@ -135,6 +135,15 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` that have not exited (zombies count as exited), from /proc."""
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:  # pid is gone
+        return []
+    return [child for child in map(int, listed) if _alive(child)]
+
+
 def _alive(pid: int) -> bool:
     """True until ``pid`` has exited (a zombie counts as exited)."""
     try:

@@ -7,7 +7,6 @@ one consistent version and its versions never went backwards."""
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import orjson
 import pytest
@@ -118,7 +117,7 @@ def test_broker_stop_mid_stream_loses_nothing(stack_env, kafka_service, tmp_path
         assert p.sim.alive  # (mid-stream)
         # it comes back once the stalled worker has exited to be replaced (a fixed pause outlasted that by
         # seconds, and a replacement that waited longer on a dead broker gave up its bootstrap and was replaced again)
-        assert _wait_for(lambda: worker not in _children(p.parts["streams"].proc.pid), 60), \
+        assert _wait_for(lambda: worker not in p.parts["streams"].children(), 60), \
             "the streams worker did not exit while the broker was away: " + p.parts["streams"].log_tail()
         kafka_service.start(timeout_s=90)
         p.load.start()
@@ -133,26 +132,12 @@ def test_broker_stop_mid_stream_loses_nothing(stack_env, kafka_service, tmp_path
     p.versions_never_go_backwards()
 
 
-def _children(pid: int) -> set[int]:
-    """The live child processes of ``pid``."""
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, ppid = stat.read_text().rsplit(") ", 1)[1].split()[:2]
-        except (OSError, IndexError, ValueError):
-            continue
-        if int(ppid) == pid and state != "Z":
-            out.add(int(stat.parent.name))
-    return out
-
-
 def _worker_of(streams: Component) -> int:
     """The pid of the worker process that the streams supervisor runs now."""
-    assert streams.proc is not None
-    seen: list[set[int]] = [set()]
+    seen: list[list[int]] = [[]]
 
     def one() -> bool:
-        seen[0] = _children(streams.proc.pid)
+        seen[0] = streams.children()
         return len(seen[0]) == 1
 
     assert _wait_for(one, 10), f"the streams supervisor runs {seen[0]}, not one worker"

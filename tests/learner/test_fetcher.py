@@ -76,7 +76,9 @@ def test_every_record_is_taken_once_in_order_and_never_more_than_the_bound_ahead
 def test_a_take_returns_at_most_its_cap_and_waits_only_when_nothing_is_buffered():
     fetcher = Fetcher(FakeConsumer(3), _decode, buffer_records=10)
     fetcher.start()
-    assert len(_take_all(fetcher, 3)) == 3
+    time.sleep(0.2)  # all three buffered
+    assert [f.offset for f in fetcher.take(2, timeout_s=1)] == [0, 1]
+    assert [f.offset for f in fetcher.take(2, timeout_s=1)] == [2]
     started = time.monotonic()
     assert fetcher.take(7, timeout_s=0.2) == []
     assert time.monotonic() - started >= 0.19

@@ -10,14 +10,9 @@ import urllib.request
 
 import orjson
 
-from deploy.stack.process import free_port
+from deploy.stack.process import children, free_port
 
 from .conftest import body, publish
-
-
-def children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(x) for x in f.read().split()]
 
 
 def test_two_workers_share_the_port_and_their_metrics(redis_client, redis_url, tmp_path):

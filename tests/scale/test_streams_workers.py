@@ -36,8 +36,7 @@ def four_partitions(kafka_bootstrap: str, topic_prefix: str) -> int:
 def _rss_mb(component: Component) -> float:
     """Resident memory of the component's worker process (the supervisor's child), in MB."""
     assert component.proc is not None
-    children = Path(f"/proc/{component.proc.pid}/task/{component.proc.pid}/children").read_text().split()
-    pid = int(children[0]) if children else component.proc.pid
+    pid = next(iter(component.children()), component.proc.pid)
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
