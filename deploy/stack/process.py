@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,11 +29,27 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+#: where :func:`free_port` looks: below the kernel's ephemeral range (32768 up on Linux), so that no outgoing
+#: connection takes the port between the check and the server's bind (a port the kernel picks for ``bind(0)``
+#: is ephemeral, and Kafka formats its storage for seconds before it binds); apart from the Redis Cluster's ports
+SERVER_PORTS = range(5000, 12000)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port that was free a moment ago (for tests and side-by-side stacks)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port that is free now and that this process has not handed out before (for tests and side-by-side
+    stacks), from :data:`SERVER_PORTS`, starting at a random place.
+
+    >>> free_port() in SERVER_PORTS
+    True
+    """
+    start = random.randrange(len(SERVER_PORTS))
+    for i in range(len(SERVER_PORTS)):
+        port = SERVER_PORTS[(start + i) % len(SERVER_PORTS)]
+        if port not in _handed_out and port_is_free(port):
+            _handed_out.add(port)
+            return port
+    raise StackError(f"no free port left in {SERVER_PORTS.start}-{SERVER_PORTS.stop - 1}")
 
 
 class ManagedProcess:
@@ -88,11 +105,21 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.pid() is None:
-                raise StackError(f"{self.name} exited during start-up; see {self.log_file}")
+                raise StackError(f"{self.name} exited during start-up ({self.last_error()}); see {self.log_file}")
             if check():
                 return
             time.sleep(0.25)
         raise StackError(f"{self.name} not ready after {timeout_s:.0f}s; see {self.log_file}")
+
+    def last_error(self, limit: int = 300) -> str:
+        """The log's last line that reports an error (else its last line), cut to ``limit`` characters: the
+        reason a server exited, kept in the message where a log is gone once a CI run ends."""
+        try:
+            lines = [line.strip() for line in self.log_file.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return "no log"
+        errors = [line for line in lines if any(w in line for w in ("ERROR", "FATAL", "Exception", "rror:"))]
+        return ((errors or lines or ["empty log"])[-1])[:limit]
 
     def stop(self, timeout_s: float = 20.0) -> bool:
         """SIGTERM, then SIGKILL after ``timeout_s``; True when something was stopped."""
