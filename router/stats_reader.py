@@ -80,14 +80,15 @@ class StatsReader:
         self.scripts_work = not isinstance(client, RedisCluster)
         self.window_args = [x for prefix, length, n in WINDOWS.values() for x in (prefix, length, n)]
 
-    def read(self, item_ids: Sequence[str], at_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, item_ids: Sequence[str], at_ms: int, batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(raw, state)``: statistics in ``ITEM_STAT_FEATURES`` order (float64; the defaults'
-        zeros for an absent or malformed item) and each item's state. Raises ``redis.RedisError``
-        or ``OSError`` when Redis cannot be reached."""
+        zeros for an absent or malformed item) and each item's state, read ``batch`` items per round
+        trip (default: the reader's). Raises ``redis.RedisError`` or ``OSError`` when Redis cannot be reached."""
+        batch = batch or self.batch
         counts = np.zeros((len(item_ids), len(WINDOWS) * len(KINDS)), np.float64)
         state = np.zeros(len(item_ids), np.int8)
-        for start in range(0, len(item_ids), self.batch):
-            part = slice(start, start + self.batch)
+        for start in range(0, len(item_ids), batch):
+            part = slice(start, start + batch)
             counts[part], state[part] = self._read(item_ids[part], at_ms)
         return _raw(counts), state
 

@@ -173,6 +173,32 @@ def test_cached_item_vectors_follow_their_features(redis_client):
                                atol=1e-6)
 
 
+def test_rows_read_together_go_stale_spread_over_the_second_half_of_the_ttl(redis_client):
+    cache = FeatureCache(redis_client, ttl_s=1.0)
+    ids = [f"j{n}" for n in range(1000)]
+    cache.put(ids, [{"exp_1h": 1.0}] * 1000)
+    time.sleep(0.75)  # half-way through [ttl / 2, ttl]
+    found = cache.lookup(ids, ["video"] * 1000)
+    stale = int(cache.pending[found.slots].sum())  # queued for a re-read by this lookup
+    cache.stop()
+    assert 200 < stale < 800, stale  # not the whole request's rows in one instant (nor none)
+
+
+def test_a_refresh_that_reads_the_same_statistics_keeps_the_rows_item_vectors(redis_client):
+    model = build(LoadedVersion(1, tiers_of(seed=3), {"version": 1}))
+    cache = FeatureCache(redis_client)
+    ids = [f"w{n}" for n in range(10)]
+    cache.put(ids, [{"exp_1h": float(n)} for n in range(10)])
+    before = cache.lookup(ids, ["video"] * 10)
+    model.item_vectors(before)
+    cache.put(ids, [{"exp_1h": float(n)} for n in range(5)] + [{"exp_1h": 99.0}] * 5)  # read again: half changed
+    after = cache.lookup(ids, ["video"] * 10)
+    assert np.array_equal(after.stamps[:5], before.stamps[:5]) and not (after.stamps[5:] == before.stamps[5:]).any()
+    cached = (model.vectors.stamp[after.slots] == after.stamps)
+    assert cached.tolist() == [True] * 5 + [False] * 5  # only the changed rows' vectors are computed again
+    np.testing.assert_allclose(model.item_vectors(after), model.light.item_vectors(after.items), atol=1e-6)
+
+
 def test_a_request_with_inline_statistics_scores_as_the_per_item_featurization(redis_client):
     from feature_store.featurize import featurize_user
     from feature_store.policies import score_policy
