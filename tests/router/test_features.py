@@ -162,6 +162,12 @@ def test_cached_item_vectors_follow_their_features(redis_client):
     first = model.item_vectors(found)
     np.testing.assert_allclose(first, model.light.item_vectors(found.items), atol=1e-6)
     assert np.array_equal(model.item_vectors(cache.lookup(ids, ["video"] * 20)), first)  # from the cache
+    cache.put(ids[5:], [{"exp_1h": float(n)} for n in range(5, 20)])  # read again, the same: stamps kept
+    assert np.array_equal(cache.lookup(ids, ["video"] * 20).stamps, found.stamps)
+    computed = model.light.item_vectors
+    model.light.item_vectors = None  # every vector must come from the cache now
+    assert np.array_equal(model.item_vectors(cache.lookup(ids, ["video"] * 20)), first)
+    model.light.item_vectors = computed
     cache.put(ids[:5], [{"exp_1h": 1000.0}] * 5)  # new features: new stamps
     changed = cache.lookup(ids, ["news"] * 10 + ["video"] * 10)  # and half change content type
     vectors = model.item_vectors(changed)
@@ -182,21 +188,6 @@ def test_rows_read_together_go_stale_spread_over_the_second_half_of_the_ttl(redi
     stale = int(cache.pending[found.slots].sum())  # queued for a re-read by this lookup
     cache.stop()
     assert 200 < stale < 800, stale  # not the whole request's rows in one instant (nor none)
-
-
-def test_a_refresh_that_reads_the_same_statistics_keeps_the_rows_item_vectors(redis_client):
-    model = build(LoadedVersion(1, tiers_of(seed=3), {"version": 1}))
-    cache = FeatureCache(redis_client)
-    ids = [f"w{n}" for n in range(10)]
-    cache.put(ids, [{"exp_1h": float(n)} for n in range(10)])
-    before = cache.lookup(ids, ["video"] * 10)
-    model.item_vectors(before)
-    cache.put(ids, [{"exp_1h": float(n)} for n in range(5)] + [{"exp_1h": 99.0}] * 5)  # read again: half changed
-    after = cache.lookup(ids, ["video"] * 10)
-    assert np.array_equal(after.stamps[:5], before.stamps[:5]) and not (after.stamps[5:] == before.stamps[5:]).any()
-    cached = (model.vectors.stamp[after.slots] == after.stamps)
-    assert cached.tolist() == [True] * 5 + [False] * 5  # only the changed rows' vectors are computed again
-    np.testing.assert_allclose(model.item_vectors(after), model.light.item_vectors(after.items), atol=1e-6)
 
 
 def test_a_request_with_inline_statistics_scores_as_the_per_item_featurization(redis_client):
