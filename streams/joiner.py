@@ -259,7 +259,9 @@ class Joiner:
             return
         st = self.batch.get(rid) or self.tables.pending.get(rid) or new_pending()
         if isinstance(event, RankingColumns):
-            if not st["ranking"]:  # a duplicate ranking event changes nothing
+            # a duplicate ranking event changes nothing, unless its table entry is what a crash lost: a broker
+            # SIGKILLed between the two changelog writes leaves a state that saw the event without the event
+            if not st["ranking"] or self.tables.rankings.get(rid) is None:
                 self.tables.rankings.put(rid, event, partition)
             add_ranking(st, event, wall)
         else:

@@ -245,6 +245,23 @@ def test_a_restarted_joiner_recovers_from_the_tables_and_emits_the_same_group():
         [(i.item_id, i.source, i.label) for i in first.items if i.source != "gn"]
 
 
+def test_a_replayed_ranking_event_restores_the_rankings_entry_a_broker_crash_lost():
+    # the broker was SIGKILLed after it took the pending state's changelog write and before the rankings
+    # table's: the replacement restores a request that saw its ranking event, without the event, and the
+    # replay from the last commit brings that event again (before: a "duplicate", dropped; the group was lost)
+    h = Harness()
+    records = request(h, "r1", shown("r1", "c0", 0))
+    h.run(*records)
+    tables = copy.deepcopy(h.tables)
+    tables.rankings.delete("r1", 0)
+    restarted = Harness(tables=tables)
+    restarted.joiner.rebuild()
+    restarted.run(*records)
+    restarted.tick(T0 + 5_000 + ADOPTION_GRACE_MS)
+    [group] = restarted.groups()
+    assert group.group_id == group_id("r1") and restarted.dead_letters() == []
+
+
 def test_a_topic_consumed_behind_the_other_holds_the_windows_open_until_it_catches_up():
     # a backlog: the exposure topic is read far ahead of the ranking topic (smaller records)
     h = Harness()
