@@ -364,11 +364,14 @@ class Joiner:
         repeated positive is counted; anything else is dead-lettered (``late``)."""
         if isinstance(event, ExposureEvent) and event.type == "feedback":
             positive = is_positive(event, self.cfg.assembler.dwell_threshold_ms)
+            # the emitted group is what a correction relabels: a crash can lose it (its changelog write, or
+            # the finalized entry's delete) while the finalized entry stays; then the click is dead-lettered
+            emitted = self.tables.emitted.get(rid)
             if self.cfg.corrections and positive and event.item_id in done["exposed"] \
-                    and event.item_id not in done["positive"]:
+                    and event.item_id not in done["positive"] and emitted is not None:
                 done = {**done, "positive": [*done["positive"], event.item_id], "revision": done["revision"] + 1}
-                group = relabel(decode_sample_group(self.tables.emitted.get(rid), self.cfg.limits),
-                                set(done["positive"]), done["revision"], wall)
+                group = relabel(decode_sample_group(emitted, self.cfg.limits), set(done["positive"]),
+                                done["revision"], wall)
                 self._send_group(rid, group, record.partition)
                 self.tables.finalized.put(rid, done, record.partition)
                 metrics.LATE.labels("correction").inc()

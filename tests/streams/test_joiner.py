@@ -200,6 +200,15 @@ def test_a_late_positive_corrects_the_group_and_anything_else_late_is_dead_lette
     assert {i.item_id for i in h.groups()[-1].items if i.label} == {"c0", "c1"}
 
 
+def test_a_late_positive_whose_emitted_group_a_crash_lost_is_dead_lettered_not_a_crash():
+    h = Harness()
+    h.run(*request(h, "r1", shown("r1", "c0", 0)))
+    h.tick(T0 + 5_000)
+    h.tables.emitted.delete("r1", 0)  # its changelog write lost with a killed broker; finalized kept
+    h.run(h.record("exposure", encode(click("r1", "c0", T0 + 4_000)), b"r1"))  # before: an exception per replay
+    assert len(h.groups()) == 1 and [d["reason_kind"] for d in h.dead_letters()] == ["late"]
+
+
 def test_without_corrections_a_late_positive_is_dead_lettered():
     h = Harness(dataclasses.replace(CONFIG, corrections=False))
     h.run(*request(h, "r1", shown("r1", "c0", 0)))
