@@ -14,7 +14,8 @@ Redis; the thread never touches the arrays: the request thread applies finished 
 start of its next lookup (one vectorised write), so a request always sees whole rows. Only items
 never seen before are read synchronously (in one round trip for all of them). A lookup never
 fails a request: when Redis is down, unseen items get the defaults (counted as
-``missing_features{kind="item"}``) and stale rows keep serving; while Redis is failing, lookups skip it for ``backoff_s``.
+``missing_features{kind="item"}``) and stale rows keep serving; while Redis is failing, lookups
+skip it for ``backoff_s``.
 ``missing_features{kind="item_stats"}`` counts items with no statistics at all (not items whose
 windows are merely empty); a malformed statistics hash or user history gives the defaults,
 counted as ``errors{kind="bad_item_stats"|"bad_user_features"}``.
