@@ -94,8 +94,8 @@ class FeatureCache:
         self.item_idx = np.zeros(cap, np.int64)
         self.ctype_idx = np.zeros(cap, np.int64)  # the content type the slot was last asked with
         self.stamp = np.zeros(cap, np.int64)
-        self.fetched_at = np.full(cap, NEVER)  # monotonic time of the last read from Redis; NEVER: not read
-        self.refresh_at = np.zeros(cap, np.float64)  # monotonic time after which a read row is stale
+        #: monotonic time after which a row read from Redis is stale; NEVER: not read yet
+        self.refresh_at = np.full(cap, NEVER)
         self._jitter = np.random.default_rng()
         self.last_used = np.zeros(cap, np.float64)
         self.pending = np.zeros(cap, bool)  # queued for a background refresh
@@ -137,11 +137,11 @@ class FeatureCache:
         from_store = np.ones(n, bool)
         if inline_rows is not None and len(inline_rows):
             from_store[inline_rows] = False
-        fetched = self.fetched_at[slots]
-        cold = np.flatnonzero(from_store & (fetched == NEVER))
+        due = self.refresh_at[slots]
+        cold = np.flatnonzero(from_store & (due == NEVER))
         if len(cold):
             self._read_now(slots[cold], [item_ids[i] for i in cold.tolist()], now)
-        stale = from_store & (fetched != NEVER) & (self.refresh_at[slots] < now) & ~self.pending[slots]
+        stale = from_store & (due != NEVER) & (due < now) & ~self.pending[slots]
         if stale.any():
             self._enqueue(slots[stale], [item_ids[i] for i in np.flatnonzero(stale).tolist()])
         dense = self.dense[slots]
@@ -177,7 +177,7 @@ class FeatureCache:
             self.id_of[slot] = item_id
         self.occupied[slots] = True
         self.item_idx[slots] = np.fromiter((hash_id("item", i) for i in ids), np.int64, len(ids))
-        self.fetched_at[slots] = NEVER
+        self.refresh_at[slots] = NEVER
         self.pending[slots] = False
         self._restamp(slots)
         return slots
@@ -208,7 +208,6 @@ class FeatureCache:
         dense = dense_stats_matrix(raw)
         changed = slots[(self.dense[slots] != dense).any(axis=1)]
         self.dense[slots] = dense
-        self.fetched_at[slots] = at
         self.refresh_at[slots] = at + self.ttl_s * self._jitter.uniform(0.5, 1.0, len(slots))
         self.pending[slots] = False
         self._restamp(changed)

@@ -137,7 +137,7 @@ class ServingModel:
         """Compute the item vectors of every row ``table`` holds (before this version serves, so
         the first requests after a swap find them cached); returns how many. Safe beside the
         request thread: stamps are read before the rows, so a row rewritten meanwhile is stale."""
-        slots = np.flatnonzero(table.occupied & (table.fetched_at != NEVER))
+        slots = np.flatnonzero(table.occupied & (table.refresh_at != NEVER))
         if not len(slots):
             return 0
         stamps = table.stamp[slots].copy()

@@ -179,11 +179,13 @@ def test_cached_item_vectors_follow_their_features(redis_client):
                                atol=1e-6)
 
 
-def test_rows_read_together_go_stale_spread_over_the_second_half_of_the_ttl(redis_client):
+def test_rows_read_together_go_stale_spread_over_the_second_half_of_the_ttl(redis_client, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the cache's clock (threading keeps its own)
     cache = FeatureCache(redis_client, ttl_s=1.0)
     ids = [f"j{n}" for n in range(1000)]
     cache.put(ids, [{"exp_1h": 1.0}] * 1000)
-    time.sleep(0.75)  # half-way through [ttl / 2, ttl]
+    clock[0] += 0.75  # half-way through [ttl / 2, ttl]
     found = cache.lookup(ids, ["video"] * 1000)
     stale = int(cache.pending[found.slots].sum())  # queued for a re-read by this lookup
     cache.stop()
