@@ -86,7 +86,14 @@ def test_topics_and_changelogs_are_created_with_rf3_min_isr2(cluster):
     assert set(create_missing(settings.kafka_bootstrap, specs)) == set(specs)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
-        described = {t["name"]: t["partitions"] for t in admin.describe_topics(list(specs))}
+        # the broker answering may not have the new topics' metadata yet (it spreads through the cluster
+        # asynchronously: once CI saw rf.ranking with no partitions right after its creation)
+        deadline = time.monotonic() + 30
+        while True:
+            described = {t["name"]: t["partitions"] for t in admin.describe_topics(list(specs))}
+            if all(described.get(name) for name in specs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name) for name in specs])["topic"]
     finally:
         admin.close()
