@@ -17,6 +17,7 @@ True
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import redis
@@ -51,14 +52,17 @@ class ItemStats:
         event time) per item, so an item shown for days keeps a bounded hash (the buckets of its
         windows plus up to two hours').
         """
-        pipe = self.r.pipeline(transaction=False)
-        keys, latest = set(), None
+        increments: Counter[tuple[str, str]] = Counter()  # a popular item's events: one increment per bucket
+        latest = None
         for item_id, kind, ts_ms in events:
             key = self.key(item_id)
-            keys.add(key)
             latest = ts_ms if latest is None else max(latest, ts_ms)
             for prefix, length, _ in WINDOWS.values():
-                pipe.hincrby(key, f"{prefix}:{kind}:{ts_ms // length}", 1)
+                increments[key, f"{prefix}:{kind}:{ts_ms // length}"] += 1
+        pipe = self.r.pipeline(transaction=False)
+        keys = {key for key, _ in increments}
+        for (key, field), n in increments.items():
+            pipe.hincrby(key, field, n)
         for key in keys:
             pipe.expire(key, TTL_S)
         pipe.execute()
