@@ -18,7 +18,6 @@ Examples
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import json
 import math
@@ -225,8 +224,8 @@ def wire_type(fields: list[Field], name: str) -> Any:
     f = next(f for f in fields if f.name == name)
     if f.kind == "str":
         t: Any = Annotated[str, msgspec.Meta(min_length=1, max_length=f.max_chars)]
-    elif f.kind == "int":
-        t = int if f.minimum is None else Annotated[int, msgspec.Meta(ge=f.minimum)]
+    elif f.kind == "int":  # orjson, the checks' parser, reads an integer beyond these as a float
+        t = Annotated[int, msgspec.Meta(ge=-(2**63) if f.minimum is None else f.minimum, le=2**63 - 1)]
     elif f.kind == "number":
         t = float  # JSON has no NaN or infinity; msgspec rejects a number beyond float's range
     elif f.kind == "enum":
@@ -318,55 +317,6 @@ def check_record(obj: dict[str, Any], fields: list[Field]) -> tuple[Any, ...] | 
     except OverflowError:  # an int beyond float's range: the slow path says what it says
         return None
     return values
-
-
-_COLUMN_TYPES = {"str": {str}, "int": {int}, "number": {int, float}}
-_present = functools.partial(operator.is_not, None)
-
-
-def check_columns(records: Any, fields: list[Field], cap: int) -> dict[str, tuple[Any, ...]] | None:
-    """Each field of ``records`` (a list of at most ``cap`` objects) as a column, when every record
-    has every field and passes its check; ``None`` when one may not.
-
-    A fast path: C-level passes over each column instead of Python calls per value. ``None``
-    never explains: :func:`check` on each record then finds the first error and its reason, or
-    accepts what this path declined (a record that leaves out an optional field, fields of kinds
-    other than ``str``, ``int`` and ``number``). It accepts only what :func:`check` accepts.
-
-    >>> check_columns([{"item_id": "a", "prerank_pos": 3}], [CANDIDATE[0], CANDIDATE[2]], 10)
-    {'item_id': ('a',), 'prerank_pos': (3,)}
-    >>> check_columns([{"item_id": "a", "prerank_pos": True}], [CANDIDATE[0], CANDIDATE[2]], 10) is None
-    True
-    """
-    if type(records) is not list or len(records) > cap or not set(map(type, records)) <= {dict}:
-        return None
-    if not records:
-        return {f.name: () for f in fields}
-    get = operator.itemgetter(*(f.name for f in fields))
-    try:
-        columns = list(zip(*map(get, records), strict=True)) if len(fields) > 1 else [tuple(map(get, records))]
-        if all(map(_column_ok, fields, columns)):
-            return {f.name: column for f, column in zip(fields, columns, strict=True)}
-    except (KeyError, TypeError, OverflowError):  # a field left out, an unhashable value, an int beyond floats
-        pass
-    return None
-
-
-def _column_ok(f: Field, column: tuple[Any, ...]) -> bool:
-    allowed = _COLUMN_TYPES.get(f.kind)
-    if allowed is None:
-        return False
-    values = column if f.required else tuple(filter(_present, column))
-    if not values:
-        return True
-    if f.kind == "str":
-        distinct = set(values)  # ids: as many as values; names: a handful
-        return set(map(type, distinct)) <= allowed and "" not in distinct and max(map(len, distinct)) <= f.max_chars
-    if not set(map(type, values)) <= allowed:  # type(True) is bool: no bool passes as an int or a number
-        return False
-    if f.kind == "int":
-        return f.minimum is None or min(values) >= f.minimum
-    return all(map(math.isfinite, values))
 
 
 _TS = "milliseconds since the Unix epoch (UTC)"

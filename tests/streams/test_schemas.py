@@ -1,5 +1,7 @@
 """Wire format: valid records round-trip; malformed input is rejected with a reason, never a crash."""
 
+import json
+
 import orjson
 import pytest
 from hypothesis import given
@@ -67,7 +69,8 @@ def _outcome(decode, raw):
 
 
 candidate_values = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False, allow_infinity=False) \
-    | st.sampled_from(["", "x", "y" * 300]) | st.just([1]) | st.just({"a": 1})
+    | st.sampled_from(["", "x", "y" * 300]) | st.just([1]) | st.just({"a": 1}) \
+    | st.sampled_from([2**64 - 1, 2**64, -(2**63) - 1, 10**30])  # orjson reads an int beyond 64 bits as a float
 
 
 @given(rankings.filter(lambda e: e.candidates), st.data())
@@ -79,7 +82,7 @@ def test_ranking_columns_reject_what_decode_ranking_rejects_with_the_same_reason
         candidate.pop(field, None)  # a field left out: the fast path declines, the slow one decides
     else:
         candidate[field] = data.draw(candidate_values)
-    raw = orjson.dumps(obj)
+    raw = json.dumps(obj).encode()  # orjson writes no integer beyond 64 bits
     columns, event = _outcome(decode_ranking_columns, raw), _outcome(decode_ranking, raw)
     assert columns == (event if isinstance(event, tuple) else RankingColumns.of(event))
 
@@ -92,7 +95,7 @@ def test_the_exposure_fast_path_accepts_and_rejects_as_the_field_checks(event, d
         obj.pop(field, None)
     else:
         obj[field] = data.draw(candidate_values | st.sampled_from(["exposure", "feedback"]))
-    raw = orjson.dumps(obj)
+    raw = json.dumps(obj).encode()  # orjson writes no integer beyond 64 bits
     slow = _outcome(lambda r: ExposureEvent(**check(orjson.loads(r), EXPOSURE, "", Limits())), raw)
     fast = _outcome(decode_exposure, raw)
     if isinstance(slow, ExposureEvent) and slow.type == "exposure" and slow.position is None:
