@@ -7,6 +7,7 @@ import gc
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -89,6 +90,12 @@ def _make_worker_class():  # noqa: ANN202
     import faust
 
     class Worker(faust.Worker):
+        def on_setup_root_logger(self, logger: Any, level: int) -> None:
+            # Faust's start-up spinner sets the root logger to DEBUG (it spins on every record),
+            # so every debug line of Faust and aiokafka, several per record sent, was built and then
+            # dropped by the handler: no spinner (the output is a log); the root logger stays at `level`
+            self.spinner = None
+
         def _on_sigterm(self) -> None:
             _exit_now()
 
