@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka.codec import has_zstd
 from faust.types import TP
 
 from feature_store.connection import RedisEndpoint
 from streams import decode_guard, metrics
 from streams.assembler import AssemblerConfig
+from streams.batch_producer import BatchProducer, changelog_record
 from streams.catalogue import CatalogueFollower
 from streams.features import StreamFeatures
 from streams.joiner import JoinConfig, Joiner, JoinTables
@@ -205,13 +205,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}", store="memory://",
         topic_partitions=cfg.partitions, topic_replication_factor=cfg.replication_factor, web_enabled=False,
         datadir=str(cfg.data_dir),
-        consumer_auto_offset_reset="earliest", producer_max_request_size=record_limits(cfg.limits)[1],
-        # a group and a table record are kilobytes each: batch them (10 ms at most) and compress them,
-        # instead of one produce request per record (Faust's default batch is 16 KiB). zstd (when its
-        # library is installed): aiokafka compresses lz4 at level 9 (LZ4 HC), which took a tenth of the
-        # worker's CPU; on the worker's groups zstd's level 3 is 6x as fast and 1.4x as compact
-        # (docs/performance.md)
-        producer_max_batch_size=1 << 20, producer_linger=0.01, producer_compression_type="zstd" if has_zstd() else None,
+        consumer_auto_offset_reset="earliest",
         broker_commit_every=100, broker_commit_interval=1.0, table_cleanup_interval=30.0,
         # a crashed worker's partitions move to the others (or its restart) within seconds
         broker_session_timeout=10.0, broker_heartbeat_interval=2.0,
@@ -223,7 +217,11 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     inputs = app.topic(f"{t}ranking", f"{t}exposure", f"{t}streams-ticks", **raw)
     ticks = app.topic(f"{t}streams-ticks", **raw)
     items_topic = app.topic(f"{t}items", **raw)
-    outputs = {"samples": app.topic(f"{t}samples", **raw), "dlq": app.topic(f"{t}dlq", **raw)}
+    outputs = {"samples": f"{t}samples", "dlq": f"{t}dlq"}
+    # the batch's outputs and table changes, one produce batch per partition (Faust's producer sends the ticks)
+    producer = BatchProducer(cfg.bootstrap, max_bytes=record_limits(cfg.limits)[1],
+                             **cfg.kafka_security.aiokafka_options())
+    started: list[asyncio.Task[None]] = []  # the producer's start, by the first batch of either agent
     tables = JoinTables(
         pending=FaustTable(app.Table("pending", default=None, partitions=cfg.partitions)),
         rankings=FaustTable(app.Table("rankings", default=None, partitions=cfg.partitions)),
@@ -251,12 +249,12 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         acknowledges the batch (see the module's delivery note); a failed delivery ends the worker."""
         out, changes = _outbox.get(), _changes.get()
         try:
-            await asyncio.gather(*[await outputs[kind].send(key=key, value=value) for kind, key, value in out])
+            if not started:
+                started.append(asyncio.ensure_future(producer.start()))
+            await started[0]
+            await producer.deliver([(outputs[kind], None, key, value) for kind, key, value in out])
             out.clear()
-            await asyncio.gather(*[
-                table.send_changelog(partition, key, value) if value is not None else
-                table.send_changelog(partition, key, None, value_serializer="raw")
-                for table, partition, key, value in changes])
+            await producer.deliver([changelog_record(*change) for change in changes])
             changes.clear()
         except Exception as exc:  # nothing of the batch is acknowledged: a fresh worker replays it
             app.log.error("the broker did not take the batch's %s (%r): exiting to be replaced",
