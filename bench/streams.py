@@ -15,7 +15,8 @@
     python bench/streams.py [--requests 2000] [--py-spy prof.txt]   # needs `hap stack up` (or HAP_* endpoints)
 
 ``--py-spy`` profiles the worker of step 1 (py-spy raw format, 100 Hz) and prints its top frames
-to stderr. On a shared machine the rates move with the other load; the CPU time per event of the
+and the share of its parts (:data:`PARTS`) to stderr; ``--parts prof.txt`` prints the parts of
+an earlier profile. On a shared machine the rates move with the other load; the CPU time per event of the
 worker and of the decoding consumer (``cpu_ratio_vs_decode``, theirs over the worker's) much less.
 Ends with one JSON line {"events_per_s", "requests_per_s", "candidate_samples_per_s",
 "raw_events_per_s", "decode_events_per_s", "ratio", "ratio_vs_decode", "worker_cpu_us_per_event",
@@ -208,6 +209,35 @@ def join_in_process(records: list, prefix: str) -> dict[str, float]:
             "orjson_cpu_us_per_event": round(1e6 * parse_cpu / len(records), 1)}
 
 
+#: the worker's parts in a py-spy profile: a sample counts for the first part one of whose frames its stack holds
+PARTS = {
+    "waiting (epoll)": ("EpollSelector.select", "_PollLikeSelector.select"),
+    "the join (Joiner.process)": ("Joiner.process",),
+    "Redis thread": ("StreamFeatures._write", "StreamFeatures._read"),
+    "input decompression (gzip)": ("gzip_decode",),
+    "producer: aiokafka sender, compression": ("Sender.", "SendProduceReqHandler"),
+    "producer: the sends (Faust's or the batch producer's)": (
+        "send_outbox", "Topic.publish_message", "ProducerBuffer", "Producer.send", "AIOKafkaProducer.send",
+        "send_changelog", "BatchProducer.deliver"),
+    "consumer: aiokafka fetcher": ("Fetcher.", "AIOKafkaConsumerThread", "MethodQueue"),
+    "consumer: Faust's drain, conductor, stream, events": (
+        "_drain_messages", "on_message", "take_events", "Stream._c_aiter", "_to_message", "Conductor"),
+    "metrics endpoint (the bench's scrapes)": ("MetricsHandler", "generate_latest", "ThreadingHTTPServer"),
+}
+
+
+def profile_parts(raw: Path) -> dict[str, float]:
+    """Share (%) of each of :data:`PARTS` in a py-spy raw profile of the worker; the rest is
+    ``other`` (the event loop's own work, futures and tasks, timers)."""
+    counts = dict.fromkeys([*PARTS, "other"], 0)
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        part = next((name for name, frames in PARTS.items() if any(f in stack for f in frames)), "other")
+        counts[part] += int(n)
+    samples = max(sum(counts.values()), 1)
+    return {name: round(100 * n / samples, 1) for name, n in counts.items()}
+
+
 def rss_per_pending(env: dict[str, str], requests: int, tmp: Path) -> dict[str, float]:
     """RSS growth of a worker that closes no window, per pending request."""
     url = metrics_url(env)
@@ -250,7 +280,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--py-spy", type=Path, help="profile the worker of the throughput run into this file")
+    parser.add_argument("--parts", type=Path, help="print the parts of this earlier worker profile, and exit")
     args = parser.parse_args()
+    if args.parts:
+        print(json.dumps(profile_parts(args.parts)))
+        return
     s = Settings.load()
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
@@ -276,6 +310,8 @@ def main() -> None:
 
         for frame, own, inclusive in top_frames(args.py_spy, 25):
             print(f"py-spy streams worker: self {own:5.1f}%  total {inclusive:5.1f}%  {frame}", file=sys.stderr)
+        for part, share in profile_parts(args.py_spy).items():
+            print(f"py-spy streams worker part: {share:5.1f}%  {part}", file=sys.stderr)
     window_s = 0.5
     print(json.dumps({
         **{k: round(v, 1) for k, v in rates.items()}, "raw_events_per_s": round(raw, 1),
