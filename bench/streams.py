@@ -6,7 +6,10 @@
 2. Two plain aiokafka consumers read the same topics in this process: one only counts records
    (the raw ceiling), one also decodes every record with the worker's JSON codec (orjson). The
    join alone (the worker's ``Joiner``, in memory, no Kafka, no Redis) over the same records:
-   its CPU time per record next to orjson's parse of them.
+   its CPU time per record next to orjson's parse of them. The ceiling of Faust's stream: a bare
+   Faust agent (``bench/faust_ceiling.py``) that takes the same records in the worker's batches
+   and does nothing with them (``faust_events_per_s``; ``faust_ratio``, ``faust_ratio_vs_decode``
+   as the worker's; ``worker_vs_faust``: the worker's share of it).
 3. Memory: a fresh worker with a join window longer than the run (nothing closes) is fed fresh
    traffic; its RSS growth divided by its pending requests.
 4. Lag: fresh traffic at half the worker's rate (or the simulator's own top speed, if lower):
@@ -16,8 +19,9 @@
 
 ``--py-spy`` profiles the worker of step 1 (py-spy raw format, 100 Hz) and prints its top frames
 and the share of its parts (:data:`PARTS`) to stderr; ``--parts prof.txt`` prints the parts of
-an earlier profile. On a shared machine the rates move with the other load; the CPU time per event of the
-worker and of the decoding consumer (``cpu_ratio_vs_decode``, theirs over the worker's) much less.
+an earlier profile. On a shared machine the rates move with the other load; the CPU time per
+event of the worker and of the decoding consumer (``cpu_ratio_vs_decode``, theirs over the
+worker's) much less.
 Ends with one JSON line {"events_per_s", "requests_per_s", "candidate_samples_per_s",
 "raw_events_per_s", "decode_events_per_s", "ratio", "ratio_vs_decode", "worker_cpu_us_per_event",
 "decode_cpu_us_per_event", "cpu_ratio_vs_decode", "rss_per_pending_kb", "lag_p50_s", "lag_p99_s", ...}.
@@ -238,6 +242,14 @@ def profile_parts(raw: Path) -> dict[str, float]:
     return {name: round(100 * n / samples, 1) for name, n in counts.items()}
 
 
+def faust_ceiling(env: dict[str, str], total: int) -> dict[str, float]:
+    """Records/s and CPU per record of a bare Faust agent over the same topics (``bench/faust_ceiling.py``)."""
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("faust_ceiling.py")), "--prefix",
+                          env["HAP_TOPIC_PREFIX"], "--records", str(total), "--partitions", str(PARTITIONS)],
+                         env={**os.environ, **env}, capture_output=True, text=True, timeout=600, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def rss_per_pending(env: dict[str, str], requests: int, tmp: Path) -> dict[str, float]:
     """RSS growth of a worker that closes no window, per pending request."""
     url = metrics_url(env)
@@ -299,6 +311,7 @@ def main() -> None:
         kept: list = []
         decoded, decode_cpu = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=True, keep=kept))
         in_process = join_in_process(kept, env["HAP_TOPIC_PREFIX"])
+        ceiling = faust_ceiling(env, total)
         fresh_topics(env, s.kafka_bootstrap, "m")
         memory = rss_per_pending(env, max(200, args.requests // 2), tmp)
         fresh_topics(env, s.kafka_bootstrap, "l")
@@ -319,6 +332,9 @@ def main() -> None:
         "ratio_vs_decode": round(rates["events_per_s"] / decoded, 3), "events": total, "requests": report["ranking"],
         "raw_cpu_us_per_event": round(raw_cpu, 1), "decode_cpu_us_per_event": round(decode_cpu, 1),
         "cpu_ratio_vs_decode": round(decode_cpu / rates["worker_cpu_us_per_event"], 3),
+        **ceiling, "faust_ratio": round(ceiling["faust_events_per_s"] / raw, 3),
+        "faust_ratio_vs_decode": round(ceiling["faust_events_per_s"] / decoded, 3),
+        "worker_vs_faust": round(rates["events_per_s"] / ceiling["faust_events_per_s"], 3),
         **in_process, **memory, **lags, "join_window_s": window_s,
         "lag_within_bound": lags["lag_p99_s"] is not None and lags["lag_p99_s"] <= window_s + 1.0,
         "load_average": os.getloadavg(),

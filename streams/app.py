@@ -60,6 +60,9 @@ from streams.watchdog import EXIT_REASONS, EXITS_ENV, RECOVERY_GRACE, RESTARTS_E
 #: records per batch, and the longest a batch waits to fill
 BATCH_RECORDS = 1000
 BATCH_WITHIN_S = 0.05
+#: bytes per partition and fetch: a ranking event is ~80 KB; 8 MiB instead of Faust's 1 MiB took
+#: 1.3-1.4x the events/s in two pairs of runs (aiokafka caps a whole fetch response at 50 MiB)
+FETCH_BYTES = 8 << 20
 REBUILD_EVERY_S = 30.0
 
 
@@ -205,11 +208,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}", store="memory://",
         topic_partitions=cfg.partitions, topic_replication_factor=cfg.replication_factor, web_enabled=False,
         datadir=str(cfg.data_dir),
-        consumer_auto_offset_reset="earliest",
-        # a ranking event is ~80 KB: 8 MiB per partition and fetch (aiokafka caps a whole fetch
-        # response at 50 MiB) instead of Faust's 1 MiB took 1.3-1.4x the events/s in two pairs of
-        # runs (docs/performance.md)
-        consumer_max_fetch_size=8 << 20,
+        consumer_auto_offset_reset="earliest", consumer_max_fetch_size=FETCH_BYTES,
         broker_commit_every=100, broker_commit_interval=1.0, table_cleanup_interval=30.0,
         # a crashed worker's partitions move to the others (or its restart) within seconds
         broker_session_timeout=10.0, broker_heartbeat_interval=2.0,
