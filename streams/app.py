@@ -224,7 +224,6 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     # the batch's outputs and table changes, one produce batch per partition (Faust's producer sends the ticks)
     producer = BatchProducer(cfg.bootstrap, max_bytes=record_limits(cfg.limits)[1],
                              **cfg.kafka_security.aiokafka_options())
-    started: list[asyncio.Task[None]] = []  # the producer's start, by the first batch of either agent
     tables = JoinTables(
         pending=FaustTable(app.Table("pending", default=None, partitions=cfg.partitions)),
         rankings=FaustTable(app.Table("rankings", default=None, partitions=cfg.partitions)),
@@ -252,9 +251,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         acknowledges the batch (see the module's delivery note); a failed delivery ends the worker."""
         out, changes = _outbox.get(), _changes.get()
         try:
-            if not started:
-                started.append(asyncio.ensure_future(producer.start()))
-            await started[0]
+            await producer.start()  # connects at the first batch of either agent
             await producer.deliver([(outputs[kind], None, key, value) for kind, key, value in out])
             out.clear()
             await producer.deliver([changelog_record(*change) for change in changes])

@@ -14,11 +14,11 @@ request's group lands where its other records do; a dead letter without a key: a
 table changes name their changelog partition and are serialized by the table's own codecs
 (:func:`changelog_record`).
 
-Lifecycle: :meth:`start` once (connects), :meth:`deliver` any number of times (calls at the
-same time are independent: order is kept among one call's records of a partition),
-:meth:`stop` once. :meth:`deliver` returns when the broker acknowledged every record
-(``acks=all``, idempotent) and raises otherwise (a record then may or may not be stored: the
-caller replays the batch).
+Lifecycle: :meth:`start` (connects; calls after the first wait for its connection),
+:meth:`deliver` any number of times (calls at the same time are independent: order is kept
+among one call's records of a partition), :meth:`stop` once. :meth:`deliver` returns when the
+broker acknowledged every record (``acks=all``, idempotent) and raises otherwise (a record then
+may or may not be stored: the caller replays the batch).
 
 Examples
 --------
@@ -67,9 +67,16 @@ class BatchProducer:
     def __init__(self, bootstrap: str, *, max_bytes: int, **options: Any) -> None:
         self.bootstrap, self.max_bytes, self.options = bootstrap, max_bytes, options
         self.producer: AIOKafkaProducer | None = None
+        self._started: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
-        """Connect (on the event loop that will deliver)."""
+        """Connect, on the event loop that will deliver; a later call (or one at the same time)
+        waits for the first one's connection, or raises its error."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._connect())
+        await self._started
+
+    async def _connect(self) -> None:
         # zstd (when its library is installed): aiokafka compresses lz4 at level 9 (LZ4 HC), which
         # took a tenth of the worker's CPU; on the worker's groups zstd's level 3 is 6x as fast and
         # 1.4x as compact (docs/performance.md)

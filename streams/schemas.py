@@ -185,9 +185,13 @@ def encode(record: Any) -> bytes:
     return _VERSION_PREFIX + _ENCODER.encode(record)[1:]
 
 
-def _load(raw: bytes, limits: Limits) -> dict[str, Any]:
+def _check_size(raw: bytes, limits: Limits) -> None:
     if len(raw) > limits.max_message_bytes:
         raise InvalidEvent(f"oversized: {len(raw)} bytes exceed the cap of {limits.max_message_bytes}", "oversized")
+
+
+def _load(raw: bytes, limits: Limits) -> dict[str, Any]:
+    _check_size(raw, limits)
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -253,8 +257,7 @@ def decode_ranking_columns(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Ranki
     >>> decode_ranking_columns(raw) == RankingColumns.of(decode_ranking(raw))
     True
     """
-    if len(raw) > limits.max_message_bytes:
-        raise InvalidEvent(f"oversized: {len(raw)} bytes exceed the cap of {limits.max_message_bytes}", "oversized")
+    _check_size(raw, limits)
     try:
         event = _RANKING_DECODER.decode(raw)
     except msgspec.DecodeError:  # a ValidationError too
@@ -296,8 +299,7 @@ def decode_exposure(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> ExposureEven
     """An exposure or feedback event, validated: decoded by msgspec in C when it passes every
     bound; otherwise checked field by field, which finds the first error and its reason or
     accepts it (a ``schema_version`` of ``1.0``, say, which the struct refuses and the checks take)."""
-    if len(raw) > limits.max_message_bytes:
-        raise InvalidEvent(f"oversized: {len(raw)} bytes exceed the cap of {limits.max_message_bytes}", "oversized")
+    _check_size(raw, limits)
     try:
         w = _EXPOSURE_DECODER.decode(raw)
     except msgspec.DecodeError:  # a ValidationError too
@@ -339,8 +341,7 @@ def decode_sample_group(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> SampleGr
     ...
     streams.validate.InvalidEvent: items[0].label: 1 contradicts source gn
     """
-    if len(raw) > limits.max_message_bytes:
-        raise InvalidEvent(f"oversized: {len(raw)} bytes exceed the cap of {limits.max_message_bytes}", "oversized")
+    _check_size(raw, limits)
     try:
         group = _SAMPLE_GROUP_DECODER.decode(raw)
     except msgspec.DecodeError:  # a ValidationError too: the checks below say which field and why

@@ -39,7 +39,7 @@ def test_records_are_acknowledged_in_order_within_their_partitions(kafka_bootstr
 
     async def deliver() -> None:
         producer = BatchProducer(kafka_bootstrap, max_bytes=16 * 1024)
-        await producer.start()
+        await asyncio.gather(producer.start(), producer.start())  # the worker calls it before every batch
         try:
             await producer.deliver(records)
         finally:
