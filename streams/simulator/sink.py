@@ -62,6 +62,10 @@ class EmitReport:
     items: int = 0
     duplicates: int = 0
     seconds: float = 0.0
+    #: in real time at a rate: the most an event was sent after its own event time (ms), i.e. how far
+    #: the emitter fell behind its schedule; event times then trail the wall clock by as much, and
+    #: a consumer's event-time windows close that much later (0 otherwise)
+    max_late_ms: float = 0.0
 
 
 def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_requests: int,
@@ -86,6 +90,8 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
         while heap and heap[0][0] <= now_ms:
             ts, _, event = heapq.heappop(heap)
             _send(writer, event, report)
+            if realtime and rate:
+                report.max_late_ms = max(report.max_late_ms, start_ms + (time.monotonic() - clock) * 1000 - ts)
             if rng.random() < duplicate_rate:
                 _send(writer, event, report)
                 report.duplicates += 1

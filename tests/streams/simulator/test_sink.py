@@ -1,0 +1,43 @@
+"""The emitter's schedule: in real time at a rate, how far it fell behind is reported."""
+
+import time
+
+from streams.simulator.sink import emit
+from streams.simulator.world import World
+
+
+class SlowWriter:
+    """A writer that takes ``send_s`` per event (a stand-in for a producer that cannot keep up)."""
+
+    def __init__(self, send_s: float) -> None:
+        self.send_s, self.sent = send_s, 0
+
+    def send_ranking(self, event) -> None:
+        self.sent += 1
+        time.sleep(self.send_s)
+
+    send_exposure = send_ranking
+
+    def send_item(self, update) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def requests(n: int):
+    world = World(seed=0, n_users=50, n_items=200, feedback_delay_ms=10)
+    return (world.request(i, 20) for i in range(n))
+
+
+def test_an_emitter_that_cannot_hold_its_rate_reports_how_far_it_fell_behind():
+    writer = SlowWriter(0.01)  # 100 events/s at most, asked for 1000
+    report = emit(requests(10), writer, rate=1000, n_requests=10)
+    sent = report.ranking + report.exposure + report.feedback
+    assert sent == writer.sent > 20
+    # the schedule spans ~sent ms; sending took ~10 ms each: the last events went out far behind
+    assert report.max_late_ms > 0.5 * 10 * sent - sent
+
+
+def test_an_emitter_without_a_schedule_reports_no_lateness():
+    assert emit(requests(3), SlowWriter(0), rate=None, n_requests=3).max_late_ms == 0
