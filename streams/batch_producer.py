@@ -78,8 +78,8 @@ class BatchProducer:
 
     async def _connect(self) -> None:
         # zstd (when its library is installed): aiokafka compresses lz4 at level 9 (LZ4 HC), which
-        # took a tenth of the worker's CPU; on the worker's groups zstd's level 3 is 6x as fast and
-        # 1.4x as compact (docs/performance.md)
+        # took 10-17% of the worker's py-spy samples; on the worker's groups zstd's level 3 is 6x as
+        # fast and 1.4x as compact (docs/performance.md)
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, max_batch_size=self.max_bytes,
             max_request_size=self.max_bytes, compression_type="zstd" if has_zstd() else None, **self.options)
