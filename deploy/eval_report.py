@@ -44,15 +44,26 @@ def _arm(arm: Arm) -> str:
     return f"| {method} | {policy} | {budget:g} |"
 
 
+def _boot(rs: list[dict[str, Any]], ref: Arm) -> str:
+    """The paired bootstrap over users against ``ref`` (seeds averaged): ``diff [2.5%, 97.5%]``."""
+    draws = [r[f"boot_vs_{ref[0]}"] for r in rs if r.get(f"boot_vs_{ref[0]}")]
+    if not draws:
+        return "–"
+    diff, lo, hi = np.mean(draws, axis=0)
+    return f"{diff:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
 def _real_label_table(rows: list[dict[str, Any]], source: str) -> list[str]:
-    lines = ["| method | policy | budget | exposed GAUC | exposed AUC | Δ exposed GAUC vs ctr (per block) | "
-             "Δ vs mixed (per block) | expressive evals / request | serving CPU ms / request |", "|---" * 9 + "|"]
+    refs = " | ".join(f"Δ vs {ref[0]} (per block) | Δ vs {ref[0]} (bootstrap over users)" for ref in REFERENCES)
+    lines = [f"| method | policy | budget | exposed GAUC | exposed AUC | {refs} | expressive evals / request | "
+             "serving CPU ms / request |", "|---" * (7 + 2 * len(REFERENCES)) + "|"]
     for arm, rs in _overall(rows, source).items():
-        deltas = [_fmt(paired_blocks(rows, source, arm, ref)) if arm != ref else "0" for ref in REFERENCES]
+        deltas = " | ".join(f"{_fmt(paired_blocks(rows, source, arm, ref))} | {_boot(rs, ref)}" if arm != ref
+                            else "0 | 0" for ref in REFERENCES)
         evals = np.mean([r["expressive_evals_per_request"] for r in rs])
         cpu = [r["serve_cpu_ms_per_request"] for r in rs if r.get("serve_cpu_ms_per_request") is not None]
         lines.append(f"{_arm(arm)} {_level([r['gauc'] for r in rs])} | {_level([r['exposed_auc'] for r in rs])} | "
-                     f"{deltas[0]} | {deltas[1]} | {evals:.1f} | {f'{np.mean(cpu):.2f}' if cpu else '–'} |")
+                     f"{deltas} | {evals:.1f} | {f'{np.mean(cpu):.2f}' if cpu else '–'} |")
     return lines
 
 
@@ -184,8 +195,10 @@ def write_report(out: Path, rows: list[dict[str, Any]], conflict: dict[str, list
              "offline stream. Progressive validation: every batch is scored before it is trained on.", "",
              "Levels: mean ± half-width of the 95% t-interval over seeds. **Δ columns: paired differences per "
              "block** (both arms scored on the same requests of the block, averaged over seeds, then a 95% "
-             "t-interval over the blocks: independent data, not only training noise). An interval that excludes 0 "
-             "is a difference the data supports.", "",
+             "t-interval over the blocks: independent data, not only training noise); beside each, **a paired "
+             "bootstrap over users** (1,000 resamples of the users with replacement, both arms' GAUC on the same "
+             "resample; the difference on the whole stream and its 2.5%/97.5% points). An interval that excludes "
+             "0 is a difference the data supports.", "",
              "Real labels first: exposed GAUC (per-request AUC of clicked against unclicked exposed items, weighted "
              "by exposed items) and exposed AUC (the same pairs pooled) are the only metrics with true labels on "
              "a replayed log. Metrics over constructed negatives (`rn`, `prn`, `gn`) are diagnostics of the "

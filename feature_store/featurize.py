@@ -1,17 +1,27 @@
 """The one featurization shared by training (learner) and serving (router).
 
-IDs are hashed with a stable hash into ``ID_BUCKETS`` rows (row 0 is padding); the item's
-real-time statistics become a dense vector conditioned for learning: ``log1p`` of counts, and
-smoothed click rates as their logit centred on the prior's (``0`` = no evidence either way, which
-is also what a missing statistic reads as); the content type is hashed into
-``CONTENT_TYPE_BUCKETS``. ``PRIOR_FEATURE`` (the day's centred CTR logit) is the column both
-tiers add to their score as a residual prior, so a fresh model starts where the counter is.
+IDs are hashed with a stable hash into ``ID_BUCKETS`` rows (row 0 is padding); the content
+type is hashed into ``CONTENT_TYPE_BUCKETS``. The as-of features of a candidate (``FEATURES``)
+become a dense vector conditioned for learning:
+
+- ``ITEM_STAT_FEATURES``: the item's exposures, clicks, positives and smoothed click rate over
+  every window (``log1p`` of counts; rates as their logit centred on the prior's, ``0`` = no
+  evidence either way, which is also what a missing rate reads as);
+- ``ITEM_TIME_FEATURES``: the item's age (hours since its first exposure, ``log1p``) and the
+  minutes since its last exposure within the hour (``log1p``, a missing value reads as the hour);
+- ``USER_ITEM_FEATURES``: whether this user was shown this item before, clicked it before, and
+  whether it is in the history the request brings (0/1, missing reads as 0).
+
+The first two groups depend on the item alone (``ITEM_DIM`` columns, what a tower that caches
+item vectors may read); the last depends on the (user, item) pair. ``PRIOR_FEATURE`` (the day's
+centred CTR logit) is where both tiers' linear part starts, so a fresh model ranks as the
+counter does.
 
 Examples
 --------
 >>> items = featurize_items(["n1", "n2"], ["video", "news"], [{"exp_1h": 9.0}, {}])
 >>> items.item_idx.shape, items.dense.shape
-((2,), (2, 12))
+((2,), (2, 17))
 >>> round(float(items.dense[0, ITEM_STAT_FEATURES.index("exp_1h")]), 3)
 2.303
 >>> round(float(items.dense[1, PRIOR_INDEX]), 3)  # no statistics: the prior itself
@@ -37,11 +47,20 @@ WINDOWS = ("10m", "1h", "1d")
 ITEM_STAT_FEATURES: tuple[str, ...] = tuple(
     f"{kind}_{w}" for w in WINDOWS for kind in ("exp", "clk", "pos", "ctr")
 )
+#: the item's age (hours since its first exposure) and minutes since its last exposure (within the hour)
+ITEM_TIME_FEATURES = ("age_h", "since_last_m")
+#: this user and this item: shown before, clicked before, in the request's history
+USER_ITEM_FEATURES = ("user_seen", "user_clicked", "in_history")
+ITEM_FEATURES: tuple[str, ...] = ITEM_STAT_FEATURES + ITEM_TIME_FEATURES
+FEATURES: tuple[str, ...] = ITEM_FEATURES + USER_ITEM_FEATURES
 RATE_FEATURES = frozenset(f for f in ITEM_STAT_FEATURES if f.startswith("ctr_"))
+#: the look-back of ``since_last_m`` (minutes); no exposure within it reads as this value
+SINCE_LAST_MAX_M = 60
 ID_BUCKETS = 1 << 17
 CONTENT_TYPE_BUCKETS = 16
 HISTORY_LEN = 50
-DENSE_DIM = len(ITEM_STAT_FEATURES)
+DENSE_DIM = len(FEATURES)
+ITEM_DIM = len(ITEM_FEATURES)
 #: the smoothing of every click rate: ``(clicks + PRIOR_EXPOSURES * PRIOR_CTR) / (exposures + PRIOR_EXPOSURES)``
 PRIOR_EXPOSURES, PRIOR_CTR = 20.0, 0.05
 #: the dense column both tiers add to their score (the residual prior)
@@ -99,19 +118,11 @@ def ctr_logit(rate: float) -> float:
 
 
 def dense_stats(stats: Mapping[str, float] | None) -> list[float]:
-    """The dense vector of one item's statistics: ``log1p`` counts, centred rate logits.
+    """The dense vector of one candidate's features (:func:`dense_stats_matrix` of one row).
 
-    A missing count reads as 0 and a missing rate as the prior (centred logit 0).
+    A missing count or flag reads as 0, a missing rate as the prior (centred logit 0).
     """
-    stats = stats or {}
-    out = []
-    for name in ITEM_STAT_FEATURES:
-        value = stats.get(name)
-        if name in RATE_FEATURES:
-            out.append(0.0 if value is None else ctr_logit(float(value)))
-        else:
-            out.append(math.log1p(max(float(value or 0.0), 0.0)))
-    return out
+    return dense_stats_matrix(stats_matrix([stats]))[0].astype(np.float64).tolist()
 
 
 def featurize_items(
@@ -127,12 +138,12 @@ def featurize_items(
     )
 
 
-_COLUMN = {name: i for i, name in enumerate(ITEM_STAT_FEATURES)}
+_COLUMN = {name: i for i, name in enumerate(FEATURES)}
 
 
 def stats_matrix(stats: Sequence[Mapping[str, float] | None]) -> np.ndarray:
-    """The raw statistics of many items as a ``(N, DENSE_DIM)`` float64 matrix in
-    ``ITEM_STAT_FEATURES`` order, NaN where a statistic is missing (names not in the list are
+    """The raw features of many candidates as a ``(N, DENSE_DIM)`` float64 matrix in
+    ``FEATURES`` order, NaN where a feature is missing (names not in the list are
     ignored): the input of :func:`dense_stats_matrix`.
 
     >>> stats_matrix([{"exp_1h": 3.0, "other": 1.0}, None])[:, ITEM_STAT_FEATURES.index("exp_1h")].tolist()
@@ -148,17 +159,34 @@ def stats_matrix(stats: Sequence[Mapping[str, float] | None]) -> np.ndarray:
     return values
 
 
+_RATE = np.array([name in RATE_FEATURES for name in FEATURES])
+_COUNT = np.array([name in ITEM_STAT_FEATURES and name not in RATE_FEATURES for name in FEATURES])
+_AGE = np.array([name == "age_h" for name in FEATURES])
+_SINCE = np.array([name == "since_last_m" for name in FEATURES])
+_FLAG = np.array([name in USER_ITEM_FEATURES for name in FEATURES])
+
+
 def dense_stats_matrix(values: np.ndarray) -> np.ndarray:
-    """:func:`dense_stats` of many items at once: ``values`` is ``(N, DENSE_DIM)`` float64 in
-    ``ITEM_STAT_FEATURES`` order with NaN for a missing statistic; the result is the float32 dense
-    matrix, row by row what :func:`dense_stats` gives (one array operation per kind of column)."""
+    """:func:`dense_stats` of many candidates at once: ``values`` is ``(N, DENSE_DIM)`` float64 in
+    ``FEATURES`` order with NaN for a missing feature; the result is the float32 dense matrix (one
+    array operation per kind of column).
+
+    >>> raw = np.full((1, DENSE_DIM), np.nan)
+    >>> raw[0, FEATURES.index("since_last_m")] = 5.0
+    >>> round(float(dense_stats_matrix(raw)[0, FEATURES.index("since_last_m")]), 3)  # log1p(5)
+    1.792
+    >>> round(float(dense_stats_matrix(np.full((1, DENSE_DIM), np.nan))[0, FEATURES.index("since_last_m")]), 3)
+    4.111
+    """
     values = np.asarray(values, np.float64).reshape(-1, DENSE_DIM)
-    out = np.empty(values.shape, np.float64)
-    rate = np.array([name in RATE_FEATURES for name in ITEM_STAT_FEATURES])
-    counts = values[:, ~rate]
-    out[:, ~rate] = np.log1p(np.maximum(np.where(np.isnan(counts), 0.0, counts), 0.0))
-    rates = values[:, rate]
-    clipped = np.clip(np.where(np.isnan(rates), PRIOR_CTR, rates), _RATE_CLIP, 1 - _RATE_CLIP)
-    logits = np.log(clipped / (1 - clipped)) - _PRIOR_LOGIT
-    out[:, rate] = np.where(np.isnan(rates), 0.0, logits)
+    missing = np.isnan(values)
+    out = np.zeros(values.shape, np.float64)
+    counts = np.where(missing[:, _COUNT | _AGE], 0.0, values[:, _COUNT | _AGE])
+    out[:, _COUNT | _AGE] = np.log1p(np.maximum(counts, 0.0))
+    rates = values[:, _RATE]
+    clipped = np.clip(np.where(missing[:, _RATE], PRIOR_CTR, rates), _RATE_CLIP, 1 - _RATE_CLIP)
+    out[:, _RATE] = np.where(missing[:, _RATE], 0.0, np.log(clipped / (1 - clipped)) - _PRIOR_LOGIT)
+    since = np.where(missing[:, _SINCE], SINCE_LAST_MAX_M, values[:, _SINCE])
+    out[:, _SINCE] = np.log1p(np.clip(since, 0.0, SINCE_LAST_MAX_M))
+    out[:, _FLAG] = np.where(missing[:, _FLAG], 0.0, values[:, _FLAG] > 0)
     return out.astype(np.float32)

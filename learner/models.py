@@ -3,11 +3,14 @@
 Both read the arrays of :mod:`feature_store.featurize` and export a serving form
 ``(tensors, spec)`` that :mod:`router.serving` runs in numpy, without torch.
 
-Residual prior: with ``prior=True`` (the default) each tier adds ``prior_weight`` times the
-item's centred CTR logit (``feature_store.featurize.PRIOR_FEATURE``) to what it learns, with
-``prior_weight`` starting at 1 and the learned part starting near 0, so a fresh model ranks as
-the smoothed-CTR counter does and training learns the correction. ``prior=False`` is the
-ablation (the statistics are still inputs of the towers).
+Wide part (the residual prior): with ``prior=True`` (the default) each tier adds a linear
+function of every as-of feature (:class:`Wide`: item statistics over all windows, item age and
+recency, the user-by-item signals) to what its deep part learns. It starts as the item's
+centred CTR logit (``feature_store.featurize.PRIOR_FEATURE``, weight 1, every other weight 0)
+and the deep part starts near 0, so a fresh model ranks as the smoothed-CTR counter does and
+training learns the correction. ``prior=False`` is the ablation (the features are still inputs
+of the towers). The light tier's towers read the item-only columns (``ITEM_DIM``), so its item
+vectors stay cacheable; the user-by-item columns enter through the wide part only.
 
 Plausibility gate: with ``gate=True`` (the default) each tier also has a second head ``g``
 and scores ``s = preference + prior + log σ(g)``. ``log σ`` saturates at 0: among plausible
@@ -39,6 +42,7 @@ from feature_store.featurize import (
     CONTENT_TYPE_BUCKETS,
     DENSE_DIM,
     ID_BUCKETS,
+    ITEM_DIM,
     PRIOR_FEATURE,
     PRIOR_INDEX,
     ItemBatch,
@@ -85,6 +89,37 @@ def _history_mean(emb: nn.Embedding, history: torch.Tensor) -> torch.Tensor:
     return (emb(history) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+class Wide(nn.Module):
+    """A linear score over every as-of feature, starting as the centred CTR logit: the
+    ``counters`` arm of ``hap eval`` (a logistic regression, trained alone) and the wide part of
+    both tiers.
+
+    >>> from feature_store.featurize import featurize_items
+    >>> dense = torch.as_tensor(featurize_items(["a"], ["x"], [{"ctr_1d": 0.1}]).dense)
+    >>> round(float(Wide()(dense)[0]), 3)  # ctr_logit(0.1)
+    0.747
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(DENSE_DIM, 1)
+        with torch.no_grad():
+            self.linear.weight.zero_()
+            self.linear.weight[0, PRIOR_INDEX] = 1.0
+            self.linear.bias.zero_()
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return self.linear(dense)[:, 0]
+
+    def item_part(self, dense: torch.Tensor) -> torch.Tensor:
+        """The item-only columns' share (with the bias): what a cached item vector can hold."""
+        return dense[:, :ITEM_DIM] @ self.linear.weight[0, :ITEM_DIM] + self.linear.bias[0]
+
+    def pair_part(self, dense: torch.Tensor) -> torch.Tensor:
+        """The user-by-item columns' share."""
+        return dense[:, ITEM_DIM:] @ self.linear.weight[0, ITEM_DIM:]
+
+
 class Tier(nn.Module):
     """Common export of a tier: tensors as float32 numpy arrays plus a JSON spec."""
 
@@ -109,13 +144,13 @@ class Tier(nn.Module):
     def _init_prior(self, prior: bool) -> None:
         self.prior = prior
         if prior:
-            self.prior_weight = nn.Parameter(torch.ones(1))
+            self.wide = Wide()
 
     def prior_term(self, items: Tensors) -> torch.Tensor:
-        """``prior_weight * centred CTR logit`` per item (zeros without the prior)."""
+        """The wide part's score per item (zeros without the prior)."""
         if not self.prior:
             return torch.zeros(len(items["dense"]), device=items["dense"].device)
-        return self.prior_weight * items["dense"][:, PRIOR_INDEX]
+        return self.wide(items["dense"])
 
     def export(self) -> tuple[dict[str, np.ndarray], dict]:
         tensors = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in self.state_dict().items()}
@@ -125,10 +160,11 @@ class Tier(nn.Module):
 class LightTwoTower(Tier):
     """User tower (id + mean of history items) and item tower (id, content type, statistics).
 
-    ``score = <u_p, v_p> + prior_weight * prior(i) + log σ(<u_g, v_g>)`` with ``(u_p, u_g)`` the
-    user tower's output and ``(v_p, v_g)`` the item tower's. Served as two dot products of one
-    user vector ``[u_p, prior_weight, u_g]`` and cached item vectors ``[v_p, prior(i), v_g]``:
-    item vectors depend on the item alone, so a router caches them per model version.
+    ``score = <u_p, v_p> + wide(x) + log σ(<u_g, v_g>)`` with ``(u_p, u_g)`` the user tower's
+    output and ``(v_p, v_g)`` the item tower's. Served as two dot products of one user vector
+    ``[u_p, 1, u_g]`` and cached item vectors ``[v_p, wide_item(i), v_g]`` (the wide part's
+    item-only share), plus the wide part's user-by-item share per candidate: item vectors depend
+    on the item alone, so a router caches them per model version.
     """
 
     name = "light"
@@ -142,7 +178,7 @@ class LightTwoTower(Tier):
         self.item_emb = nn.Embedding(buckets, dim, padding_idx=0, sparse=True)
         self.user_emb = nn.Embedding(buckets, dim, padding_idx=0, sparse=True)
         self.ctype_emb = nn.Embedding(CONTENT_TYPE_BUCKETS, dim)
-        self.item_tower = _mlp([2 * dim + DENSE_DIM, hidden, out])
+        self.item_tower = _mlp([2 * dim + ITEM_DIM, hidden, out])
         self.user_tower = _mlp([2 * dim, hidden, out])
         for emb in (self.item_emb, self.user_emb, self.ctype_emb):
             nn.init.normal_(emb.weight, std=0.05)
@@ -155,21 +191,35 @@ class LightTwoTower(Tier):
         u = self.user_tower(x)
         if not self.prior:
             return u
-        return torch.cat([u[:, :self.dim], self.prior_weight.expand(len(u), 1), u[:, self.dim:]], -1)
+        return torch.cat([u[:, :self.dim], torch.ones(len(u), 1, device=u.device), u[:, self.dim:]], -1)
 
     def item_vectors(self, items: Tensors) -> torch.Tensor:
-        x = torch.cat([self.item_emb(items["item_idx"]), self.ctype_emb(items["ctype_idx"]), items["dense"]], -1)
+        dense = items["dense"]
+        x = torch.cat([self.item_emb(items["item_idx"]), self.ctype_emb(items["ctype_idx"]), dense[:, :ITEM_DIM]], -1)
         v = self.item_tower(x)
         if not self.prior:
             return v
-        return torch.cat([v[:, :self.dim], items["dense"][:, PRIOR_INDEX: PRIOR_INDEX + 1], v[:, self.dim:]], -1)
+        return torch.cat([v[:, :self.dim], self.wide.item_part(dense)[:, None], v[:, self.dim:]], -1)
+
+    def parts(self, users: Tensors, items: Tensors, group: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(wide, preference, gate)`` per item: the score is ``wide + preference + log σ(gate)``
+        (zeros for the wide part of a tier without it; ``gate`` ``None`` for a tier without one), so a
+        trainer can cut one part's gradient on one path."""
+        products = self.user_vectors(users)[group] * self.item_vectors(items)
+        d = self.dim
+        wide = (products[:, d] + self.wide.pair_part(items["dense"]) if self.prior
+                else torch.zeros(len(products), device=products.device))
+        gate = products[:, d + int(self.prior):].sum(-1) if self.gate else None
+        return wide, products[:, :d].sum(-1), gate
 
     def forward(self, users: Tensors, items: Tensors, group: torch.Tensor) -> torch.Tensor:
         """Scores of ``items``; ``group[i]`` is the row in ``users`` of item ``i``'s request."""
-        products = self.user_vectors(users)[group] * self.item_vectors(items)
-        head = self.dim + int(self.prior)
-        score = products[:, :head].sum(-1)
-        return score + F.logsigmoid(products[:, head:].sum(-1)) if self.gate else score
+        return combine(*self.parts(users, items, group))
+
+
+def combine(wide: torch.Tensor, preference: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """The light tier's score from its :meth:`LightTwoTower.parts`."""
+    return wide + preference if gate is None else wide + preference + F.logsigmoid(gate)
 
 
 class ExpressiveCross(Tier):

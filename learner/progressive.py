@@ -59,8 +59,14 @@ def group_pair_counts(scores: np.ndarray, group: np.ndarray, positive: np.ndarra
 class ProgressiveMetrics:
     """Running ranking metrics of one scorer over request groups."""
 
-    def __init__(self, k: int = 10, top_n: int = 10) -> None:
+    def __init__(self, k: int = 10, top_n: int = 10, keep_requests: bool = False) -> None:
         self.k, self.top_n = k, top_n
+        #: with ``keep_requests``, per request with a clicked and an unclicked exposed item, in stream
+        #: order: its exposed items (the GAUC weight) and its exposed AUC (what a paired bootstrap over
+        #: users resamples; an evaluation's, not a long-running learner's: it grows with the stream)
+        self.keep_requests = keep_requests
+        self.request_weight: list[np.ndarray] = []
+        self.request_auc: list[np.ndarray] = []
         self.pairs = {s: [0.0, 0] for s in NEGATIVE_SOURCES}
         self.gauc_sum = 0.0
         self.gauc_weight = 0
@@ -93,8 +99,12 @@ class ProgressiveMetrics:
         good = np.bincount(group, weights=np.where(neg, above, 0.0), minlength=n_groups)
         both = has_pos & (negatives > 0)
         exposed = per_group + negatives
-        self.gauc_sum += float((exposed[both] * good[both] / (per_group[both] * negatives[both])).sum())
+        auc = good[both] / (per_group[both] * negatives[both])
+        self.gauc_sum += float((exposed[both] * auc).sum())
         self.gauc_weight += int(exposed[both].sum())
+        if self.keep_requests:
+            self.request_weight.append(exposed[both])
+            self.request_auc.append(auc)
         # rank within the request: by score, descending, ties in arrival order
         order = np.lexsort((np.arange(len(scores)), -scores, group))
         first = np.r_[0, np.flatnonzero(np.diff(group[order])) + 1]
@@ -125,7 +135,15 @@ class ProgressiveMetrics:
         for field in ("gauc_sum", "gauc_weight", "recall_sum", "recall_groups", "consistency_sum",
                       "consistency_groups"):
             setattr(self, field, getattr(self, field) + getattr(other, field))
+        self.request_weight += other.request_weight
+        self.request_auc += other.request_auc
         return self
+
+    def per_request(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(weight, auc)`` of every request kept (``keep_requests``), in stream order."""
+        if not self.request_weight:
+            return np.zeros(0), np.zeros(0)
+        return np.concatenate(self.request_weight).astype(np.float64), np.concatenate(self.request_auc)
 
     def report(self) -> dict[str, float | dict[str, float] | None]:
         """Current values (None where nothing was measured yet)."""

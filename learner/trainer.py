@@ -5,7 +5,18 @@ expressive tier on the hard path (the plausible items DAMR routes to it); the ba
 both tiers with one loss: ``method="mixed"``, one pointwise BCE over all sources, and ``method="softmax"``, one
 within-request softmax of each positive against every negative pooled (no paths, no
 harmonization). ``harmonize_gradients``, ``conflict_sampling`` and ``prior`` switch GHCL's
-parts off for ablations, and ``gate`` the tiers' plausibility gate. Embedding tables use
+parts off for ablations, and ``gate`` the tiers' plausibility gate.
+
+Which path moves what (GHCL's light tier): by default the replay's constructed ranking negatives
+(``rn``, ordered by a made-up reference scorer) sit on the easy path with ``gn`` and ``prn``
+(``rn_path="easy"``), so the hard path is the real labels alone (``exp_pos`` against
+``exp_neg``); the wide part learns from the hard path only (``wide_paths="hard"``); the gate
+learns "was shown" (every exposed item against the constructed negatives, a logistic loss on the
+easy path, ``gate_paths="shown"``), so that it saturates on exposed items and cannot re-order
+them (``"easy"``: the gate on the easy path's softmax; ``"both"``: on both paths); the preference
+head learns from both. The expressive tier trains on the hard path's items.
+``residual_l2`` adds ``λ · mean(preference²)`` over the exposed items to the hard path: the
+learned residual is shrunk towards the wide part unless the real labels pay for it. Embedding tables use
 Adagrad, so a row without gradient never moves and the rows touched since the last publish are
 exactly the delta to send.
 
@@ -32,7 +43,7 @@ import torch.nn.functional as F
 from feature_store.policies import budget_count, score_policy
 from learner.batching import EASY, HARD, SOURCE_CODE, Batch
 from learner.ghcl import ConflictSampler, contrastive_path_loss, harmonize
-from learner.models import ExpressiveCross, LightTwoTower, Tier
+from learner.models import ExpressiveCross, LightTwoTower, Tier, combine
 from learner.progressive import ProgressiveMetrics
 from streams.schemas import SOURCES, SampleGroup
 
@@ -42,6 +53,10 @@ torch.sparse.check_sparse_tensor_invariants.disable()
 
 METHODS = ("ghcl", "mixed", "softmax")
 NEGATIVE = tuple(code for name, code in SOURCE_CODE.items() if name != "exp_pos")
+REAL_NEGATIVE = (SOURCE_CODE["exp_neg"],)
+GATE_PATHS = ("shown", "easy", "both")
+#: shrinkage of the light tier's learned preference towards the wide part (chosen on the EB-NeRD dev split)
+RESIDUAL_L2 = 1.0
 DROPPABLE = (SOURCE_CODE["rn"],)  # constructed hard negatives; exp_neg (real labels) is never dropped
 
 
@@ -60,8 +75,10 @@ class OnlineTrainer:
     def __init__(self, method: str = "ghcl", *, dim: int = 16, lr: float = 0.01, emb_lr: float = 0.05,
                  k: int = 10, damr_budget: float = 0.3, temperature: float = 1.0, seed: int = 0,
                  harmonize_gradients: bool = True, conflict_sampling: bool = True, prior: bool = True,
-                 gate: bool = True, device: str = "cpu",
-                 extra_budgets: tuple[float, ...] = (), measure_conflict: bool = False) -> None:
+                 gate: bool = True, rn_path: str = "easy", wide_paths: str = "hard", gate_paths: str = "shown",
+                 residual_l2: float = RESIDUAL_L2, device: str = "cpu",
+                 extra_budgets: tuple[float, ...] = (), measure_conflict: bool = False,
+                 keep_requests: bool = False) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         torch.manual_seed(seed)
@@ -72,18 +89,23 @@ class OnlineTrainer:
         self.conflict_sampling = conflict_sampling
         self.budgets = {"damr": damr_budget, **{f"damr@{b:g}": b for b in extra_budgets}}
         self.measure_conflict = measure_conflict
+        if rn_path not in ("easy", "hard") or wide_paths not in ("hard", "both") or gate_paths not in GATE_PATHS:
+            raise ValueError(f"rn_path easy|hard, wide_paths hard|both, gate_paths {'|'.join(GATE_PATHS)}; got {rn_path!r}, "
+                             f"{wide_paths!r}, {gate_paths!r}")
+        self.rn_path, self.wide_paths, self.gate_paths = rn_path, wide_paths, gate_paths
+        self.residual_l2 = residual_l2
         self.light = LightTwoTower(dim=dim, prior=prior, gate=gate).to(self.device)
         self.expressive = ExpressiveCross(dim=dim, prior=prior, gate=gate).to(self.device)
         self.optimizers = [opt for m in (self.light, self.expressive) for opt in _optimizers(m, lr, emb_lr)]
         self.sampler = ConflictSampler(seed=seed)
-        self.k = k
+        self.k, self.keep_requests = k, keep_requests
         self.metrics, self.expressive_evals = self._new_metrics()
         self.touched: dict[str, dict[str, set[int]]] = {"light": {}, "expressive": {}}
         self.steps = 0
         self.samples_seen = 0
 
     def _new_metrics(self) -> tuple[dict[str, ProgressiveMetrics], dict[str, int]]:
-        metrics = {name: ProgressiveMetrics(self.k) for name in ("light", *self.budgets, "expressive_all")}
+        metrics = {name: ProgressiveMetrics(self.k, keep_requests=self.keep_requests) for name in ("light", *self.budgets, "expressive_all")}
         return metrics, dict.fromkeys(self.budgets, 0)  # expressive scorings, summed over groups
 
     def take_metrics(self) -> tuple[dict[str, ProgressiveMetrics], dict[str, int]]:
@@ -94,14 +116,17 @@ class OnlineTrainer:
         return taken
 
     # -- progressive validation ---------------------------------------------------------
-    def _scored(self, batch: Batch, expressive_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scored(self, batch: Batch, expressive_rows: torch.Tensor | None = None
+                ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """Both tiers' scores of ``batch`` for training, after the progressive metrics recorded
-        them (the weights are still those from before this batch; one forward pass serves both).
+        them (the weights are still those from before this batch; one forward pass serves both):
+        the light tier's as its parts (``LightTwoTower.parts``), the expressive tier's whole.
 
         With ``expressive_rows`` (a mask) the expressive tier is trained on those rows only: it
         scores the whole batch for the metrics without gradients, and returns the scores of the
         rows, with gradients."""
-        light = self.light(batch.users, batch.items, batch.group)
+        parts = self.light.parts(batch.users, batch.items, batch.group)
+        light = combine(*parts)
         if expressive_rows is None:
             expressive = self.expressive(batch.users, batch.items, batch.group)
             scored = expressive.detach()
@@ -111,7 +136,7 @@ class OnlineTrainer:
             items = {k: v[expressive_rows] for k, v in batch.items.items()}
             expressive = self.expressive(batch.users, items, batch.group[expressive_rows])
         self._record(batch, light.detach().cpu().numpy(), scored.cpu().numpy())
-        return light, expressive
+        return parts, expressive
 
     def _record(self, batch: Batch, light: np.ndarray, expressive: np.ndarray) -> None:
         group, names = batch.group.cpu().numpy(), np.array(SOURCES)[batch.source.cpu().numpy()]
@@ -150,7 +175,8 @@ class OnlineTrainer:
     def _train_single(self, batch: Batch, name: str, loss_of: Callable[[torch.Tensor], torch.Tensor]) -> StepReport:
         """Both tiers on one loss of their scores (the baselines)."""
         losses = {}
-        for key, model, scores in zip((name, "expressive"), (self.light, self.expressive), self._scored(batch),
+        parts, expressive = self._scored(batch)
+        for key, model, scores in zip((name, "expressive"), (self.light, self.expressive), (combine(*parts), expressive),
                                       strict=True):
             loss = loss_of(scores)
             model.zero_grad()
@@ -176,11 +202,26 @@ class OnlineTrainer:
             return batch.mask(codes) if keep is None else batch.mask(codes) & keep
 
         positive = batch.source == SOURCE_CODE["exp_pos"]
-        hard_rows = mask(HARD) | positive  # the expressive tier's training set: the hard path
-        scores, x = self._scored(batch, hard_rows)
+        rn = (SOURCE_CODE["rn"],)
+        easy_codes, hard_codes = (EASY + rn, REAL_NEGATIVE) if self.rn_path == "easy" else (EASY, HARD)
+        hard_rows = mask(hard_codes) | positive  # the expressive tier's training set: the hard path
+        (wide, preference, gate), x = self._scored(batch, hard_rows)
+        # each path moves only the parts it is meant to: the wide part learns from real labels,
+        # the gate from the constructed negatives (unless an ablation lets both paths move them)
+        shown = self.gate_paths == "shown"
+        wide_easy = wide if self.wide_paths == "both" else wide.detach()
+        gate_easy = None if gate is None else gate.detach() if shown else gate
+        gate_hard = None if gate is None else gate if self.gate_paths == "both" else gate.detach()
         args = (batch.group, positive)
-        easy = contrastive_path_loss(scores, *args, mask(EASY), batch.n_groups, self.temperature)
-        hard = contrastive_path_loss(scores, *args, mask(HARD), batch.n_groups, self.temperature)
+        easy = contrastive_path_loss(combine(wide_easy, preference, gate_easy), *args, mask(easy_codes),
+                                     batch.n_groups, self.temperature)
+        hard = contrastive_path_loss(combine(wide, preference, gate_hard), *args, mask(hard_codes), batch.n_groups,
+                                     self.temperature)
+        if shown and gate is not None:  # the gate learns "was shown" (every exposed item) against the constructed
+            easy = easy + F.binary_cross_entropy_with_logits(gate, (positive | batch.mask(REAL_NEGATIVE)).float())
+        if self.residual_l2 > 0:  # shrink the learned residual towards the wide part on real-label items
+            exposed = positive | batch.mask(REAL_NEGATIVE)
+            hard = hard + self.residual_l2 * (preference[exposed] ** 2).mean()
         g_easy, g_hard, rows = path_gradients(self.light, easy, hard)
         if self.harmonize_gradients:
             combined, cosine = harmonize(g_easy, g_hard)
@@ -188,7 +229,7 @@ class OnlineTrainer:
             combined, cosine = g_easy + g_hard, _cosine(g_easy, g_hard)
         self.sampler.update(cosine)
         set_gradients(self.light, combined, rows)
-        x_loss = contrastive_path_loss(x, batch.group[hard_rows], positive[hard_rows], mask(HARD)[hard_rows],
+        x_loss = contrastive_path_loss(x, batch.group[hard_rows], positive[hard_rows], mask(hard_codes)[hard_rows],
                                        batch.n_groups, self.temperature)
         self.expressive.zero_grad()
         x_loss.backward()

@@ -46,7 +46,7 @@ from feature_store.backoff import Backoff
 from feature_store.featurize import (
     CONTENT_TYPE_BUCKETS,
     DENSE_DIM,
-    ITEM_STAT_FEATURES,
+    FEATURES,
     ItemBatch,
     dense_stats_matrix,
     hash_id,
@@ -351,7 +351,7 @@ def inline_matrix(stats: Sequence[dict[str, float]]) -> np.ndarray:
     return dense_stats_matrix(_raw_of(stats))
 
 
-_COLUMN = {name: j for j, name in enumerate(ITEM_STAT_FEATURES)}
+_COLUMN = {name: j for j, name in enumerate(FEATURES)}
 
 
 def inline_dense(names: list[str], values: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -366,9 +366,9 @@ def inline_dense(names: list[str], values: np.ndarray, counts: np.ndarray) -> np
 
 
 def _raw_of(stats: Sequence[dict[str, float]]) -> np.ndarray:
-    """``(N, DENSE_DIM)`` float64 of statistics dicts in ``ITEM_STAT_FEATURES`` order, NaN where absent."""
+    """``(N, DENSE_DIM)`` float64 of feature dicts in ``FEATURES`` order, NaN where absent."""
     raw = np.empty((len(stats), DENSE_DIM), np.float64)
-    for j, name in enumerate(ITEM_STAT_FEATURES):
+    for j, name in enumerate(FEATURES):
         raw[:, j] = np.fromiter(map(dict.get, stats, repeat(name), repeat(np.nan)), np.float64, len(stats))
     return raw
 

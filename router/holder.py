@@ -228,7 +228,7 @@ def _probe(model: ServingModel) -> dict[str, np.ndarray]:
     user = UserInput(ID_BUCKETS - 1, history)
     items = ItemBatch(np.array([1, ID_BUCKETS - 1]), np.array([0, CONTENT_TYPE_BUCKETS - 1]),
                       np.zeros((2, DENSE_DIM), np.float32))
-    light = model.light.score(model.light.user_vector(user), model.light.item_vectors(items))
+    light = model.light.score(model.light.user_vector(user), model.light.item_vectors(items), items.dense)
     return {"light": np.asarray(light), "expressive": np.asarray(model.expressive.score(user, items))}
 
 

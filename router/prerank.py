@@ -202,7 +202,7 @@ def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> d
                           else features.user_features(req.user_id))
     scores, routed = score_policy(
         req.policy, req.k, req.expressive_budget(len(ids)),
-        light=lambda: model.light.score(model.light.user_vector(user), model.item_vectors(found)),
+        light=lambda: model.light.score(model.light.user_vector(user), model.item_vectors(found), items.dense),
         expressive=lambda rows: model.expressive.score(user, items if rows is None else items.take(rows)),
     )
     if not np.isfinite(scores).all():  # never a null score: a non-finite one ranks last, counted

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from feature_store.featurize import ITEM_STAT_FEATURES, ItemBatch, UserInput
+from feature_store.featurize import ITEM_DIM, ItemBatch, UserInput
 
 Tensors = dict[str, np.ndarray]
 
@@ -22,10 +22,14 @@ def _mlp(t: Tensors, prefix: str, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _prior_column(spec: dict) -> int | None:
-    """Dense column of the tier's residual prior (``None`` for a tier without one)."""
-    name = spec.get("prior_feature")
-    return None if name is None else ITEM_STAT_FEATURES.index(name)
+def _has_wide(spec: dict) -> bool:
+    """Whether the tier has the wide part (the residual prior)."""
+    return spec.get("prior_feature") is not None
+
+
+def _wide(t: Tensors, dense: np.ndarray) -> np.ndarray:
+    """The wide part's score of every candidate (``learner.models.Wide``)."""
+    return dense @ t["wide.linear.weight"][0] + t["wide.linear.bias"][0]
 
 
 def _history_mean(emb: np.ndarray, history: np.ndarray) -> np.ndarray:
@@ -38,9 +42,9 @@ class LightTier:
 
     def __init__(self, tensors: Tensors, spec: dict) -> None:
         self.t, self.spec = tensors, spec
-        self.prior = _prior_column(spec)
+        self.prior = _has_wide(spec)
         self.gate = bool(spec.get("gate"))
-        self.head = int(spec["dim"]) + (self.prior is not None)  # the preference part of a vector
+        self.head = int(spec["dim"]) + self.prior  # the preference part of a vector
 
     @classmethod
     def from_form(cls, tensors: Tensors, spec: dict) -> LightTier:
@@ -51,31 +55,37 @@ class LightTier:
                                                                                    user.history)])
         u = _mlp(self.t, "user_tower", x[None, :])[0]
         d = int(self.spec["dim"])
-        return u if self.prior is None else np.concatenate([u[:d], self.t["prior_weight"], u[d:]])
+        return u if not self.prior else np.concatenate([u[:d], np.ones(1, u.dtype), u[d:]])
 
     def item_vectors(self, items: ItemBatch) -> np.ndarray:
         x = np.concatenate(
-            [self.t["item_emb.weight"][items.item_idx], self.t["ctype_emb.weight"][items.ctype_idx], items.dense],
-            axis=1,
+            [self.t["item_emb.weight"][items.item_idx], self.t["ctype_emb.weight"][items.ctype_idx],
+             items.dense[:, :ITEM_DIM]], axis=1,
         )
         v = _mlp(self.t, "item_tower", x)
         d = int(self.spec["dim"])
-        if self.prior is None:
+        if not self.prior:
             return v
-        return np.concatenate([v[:, :d], items.dense[:, self.prior, None], v[:, d:]], axis=1)
+        w = self.t["wide.linear.weight"][0]
+        wide_item = items.dense[:, :ITEM_DIM] @ w[:ITEM_DIM] + self.t["wide.linear.bias"][0]
+        return np.concatenate([v[:, :d], wide_item[:, None], v[:, d:]], axis=1)
 
-    def score(self, user_vec: np.ndarray, item_vecs: np.ndarray) -> np.ndarray:
-        """Preference dot product, plus ``log σ`` of the gate's dot product for a gated tier."""
+    def score(self, user_vec: np.ndarray, item_vecs: np.ndarray, dense: np.ndarray | None = None) -> np.ndarray:
+        """Preference dot product (with the wide part's item share), plus the wide part's user-by-item
+        share of ``dense`` (the candidates' features; none given: zeros), plus ``log σ`` of the gate's
+        dot product for a gated tier."""
         score = item_vecs[:, :self.head] @ user_vec[:self.head]
+        if self.prior and dense is not None:
+            score = score + dense[:, ITEM_DIM:] @ self.t["wide.linear.weight"][0, ITEM_DIM:]
         return score - np.logaddexp(0.0, -(item_vecs[:, self.head:] @ user_vec[self.head:])) if self.gate else score
 
 
 class ExpressiveTier:
-    """The cross tier with target attention over the user's history, plus the residual prior."""
+    """The cross tier with target attention over the user's history, plus the wide part."""
 
     def __init__(self, tensors: Tensors, spec: dict) -> None:
         self.t, self.spec = tensors, spec
-        self.prior = _prior_column(spec)
+        self.prior = _has_wide(spec)
 
     @classmethod
     def from_form(cls, tensors: Tensors, spec: dict) -> ExpressiveTier:
@@ -102,5 +112,5 @@ class ExpressiveTier:
              target * user_vec, items.dense], axis=1,
         )
         out = _mlp(self.t, "mlp", x)
-        score = out[:, 0] if self.prior is None else out[:, 0] + self.t["prior_weight"][0] * items.dense[:, self.prior]
+        score = out[:, 0] + _wide(self.t, items.dense) if self.prior else out[:, 0]
         return score - np.logaddexp(0.0, -out[:, 1]) if self.spec.get("gate") else score

@@ -125,7 +125,7 @@ class StatsReader:
 
 def _raw(counts: np.ndarray) -> np.ndarray:
     """Window counts (WINDOWS x KINDS) -> the ``ITEM_STAT_FEATURES`` matrix with smoothed click rates."""
-    raw = np.empty((len(counts), DENSE_DIM), np.float64)
+    raw = np.full((len(counts), DENSE_DIM), np.nan)  # features beyond the windows' counts: absent here
     for w, window in enumerate(WINDOWS):
         for k, kind in enumerate(KINDS):
             raw[:, ITEM_STAT_FEATURES.index(f"{kind}_{window}")] = counts[:, w * len(KINDS) + k]

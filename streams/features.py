@@ -37,6 +37,7 @@ import redis
 from feature_store.backoff import Backoff
 from feature_store.item_stats import WINDOWS, ItemStats, window_stats
 from feature_store.user_features import user_features_key
+from feature_store.user_items import CLICKED, SHOWN
 from streams import metrics
 from streams.schemas import is_positive
 
@@ -48,6 +49,35 @@ HISTORY_TTL_S = 86_400
 _SPAN_MS = min(length for _, length, _ in WINDOWS.values())
 
 Count = tuple[str, str, int]  # item id, kind, event time ms
+
+
+def event_counts(event: Any, dwell_threshold_ms: int) -> list[Count]:
+    """The item counters an exposure or feedback event adds: ``(item_id, kind, ts_ms)``, the
+    input of ``ItemStats.record`` (and of ``feature_store.asof`` in a replay).
+
+    >>> from streams.schemas import ExposureEvent
+    >>> event_counts(ExposureEvent("r", "u", "n1", 5, "exposure", position=0), 30_000)
+    [('n1', 'exp', 5)]
+    """
+    if event.type == "exposure":
+        return [(event.item_id, "exp", event.ts_ms)]
+    out = [(event.item_id, "clk", event.ts_ms)] if event.click else []
+    if is_positive(event, dwell_threshold_ms):
+        out.append((event.item_id, "pos", event.ts_ms))
+    return out
+
+
+def event_user_items(event: Any) -> list[tuple[str, str, str, int]]:
+    """What an exposure or click tells about its user and item: ``(user_id, item_id, kind, ts_ms)``,
+    the input of ``UserItems.record`` (and of ``feature_store.asof`` in a replay).
+
+    >>> from streams.schemas import ExposureEvent
+    >>> event_user_items(ExposureEvent("r", "u", "n1", 5, "feedback", click=True))
+    [('u', 'n1', 'c', 5)]
+    """
+    if event.type == "exposure":
+        return [(event.user_id, event.item_id, SHOWN, event.ts_ms)]
+    return [(event.user_id, event.item_id, CLICKED, event.ts_ms)] if event.click else []
 
 
 class StreamFeatures:
@@ -67,13 +97,7 @@ class StreamFeatures:
 
     def count(self, event: Any, dwell_threshold_ms: int) -> None:
         """Buffer the counters an exposure or feedback event adds."""
-        if event.type == "exposure":
-            self.buffer.append((event.item_id, "exp", event.ts_ms))
-            return
-        if event.click:
-            self.buffer.append((event.item_id, "clk", event.ts_ms))
-        if is_positive(event, dwell_threshold_ms):
-            self.buffer.append((event.item_id, "pos", event.ts_ms))
+        self.buffer += event_counts(event, dwell_threshold_ms)
 
     def set_history(self, user_id: str, history: list[str]) -> None:
         """Buffer the user's recent positives, for the router (written at the next :meth:`flush`)."""

@@ -14,6 +14,7 @@ down in ``docs/data.md``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 from collections import defaultdict, deque
@@ -28,6 +29,8 @@ from streams.simulator.cascade import PRERANK_KEEP, Request, feedback_events, ru
 
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 HISTORY_SENT = 100
+#: the content type of an item whose category the log does not give (the contract wants 1..64 characters)
+UNKNOWN_TYPE = "unknown"
 LIVE_WINDOW_S = 86_400.0
 #: noise of the reference scorer at each stage (standard deviations on the CTR-logit scale)
 PRERANK_NOISE, RANK_NOISE = 1.0, 0.5
@@ -66,8 +69,8 @@ class MindReplay:
         try:
             with _open(directory, "news.tsv") as f:
                 for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-                    if len(r) >= 2:
-                        self.categories[r[0]] = r[1]
+                    if len(r) >= 2 and r[1].strip():  # an empty category is an unknown type
+                        self.categories[r[0]] = r[1].strip()
         except FileNotFoundError:
             pass
         #: the catalogue: every item exposed in the log (ids only seen in histories are not items we serve)
@@ -77,7 +80,8 @@ class MindReplay:
         return len(self.rows)
 
     def content_type(self, item_id: str) -> str:
-        return self.categories.get(item_id, "unknown")
+        """The item's ``news.tsv`` category; ``UNKNOWN_TYPE`` where it has none (missing or empty)."""
+        return self.categories.get(item_id, UNKNOWN_TYPE)
 
     def requests(self) -> Iterator[Request]:
         """The requests in time order; each one's candidates come from the items live before it."""
@@ -92,7 +96,7 @@ class MindReplay:
                     del live[item]
             exposed = [i.rsplit("-", 1) for i in impressions.split()]
             yield self._request(impression_id, user_id, history.split(), exposed, sorted(live),
-                                lambda i: ctr_logit(smoothed_ctr(clicks[i], exposures[i])))
+                                lambda i: ctr_logit(smoothed_ctr(clicks[i], exposures[i])), int(t * 1000))
             for item, label in exposed:
                 live[item] = t
                 recent.append((t, item))
@@ -100,7 +104,7 @@ class MindReplay:
                 clicks[item] += label == "1"
 
     def _request(self, impression_id: str, user_id: str, history: list[str], exposed: list[list[str]],
-                 live: list[str], reference: Callable[[str], float]) -> Request:
+                 live: list[str], reference: Callable[[str], float], ts_ms: int) -> Request:
         exposed_ids = [i for i, _ in exposed]
         taken = set(exposed_ids)
         others = [i for i in live if i not in taken]
@@ -123,4 +127,5 @@ class MindReplay:
         for pos, item in enumerate(shown):
             events += feedback_events(request_id, user_id, item, pos, labels[item] == 1, self.rng,
                                       self.feedback_delay_ms)
-        return Request(ranking, events, labels)
+        # the log's own time (a sink re-times it; an offline replay reads features as of it)
+        return Request(dataclasses.replace(ranking, ts_ms=ts_ms), events, labels)
