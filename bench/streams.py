@@ -186,7 +186,7 @@ class _NoStatistics:
         pass
 
     async def read_groups(self, requests: list) -> list[list[dict]]:
-        return [[{} for _ in ids] for ids, _ in requests]
+        return [[{} for _ in ids] for ids, *_ in requests]
 
 
 def join_in_process(records: list, prefix: str) -> dict[str, float]:

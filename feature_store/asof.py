@@ -10,9 +10,10 @@ event) incrementally: each event is counted once, and a read costs a few diction
 per candidate instead of a scan of the item's buckets. Reads must come in non-decreasing time
 (a replay's order); a test checks the values equal ``window_stats`` over the same events.
 
-Two differences from Redis, both outside a week-long replay: an item's hash expires two days
-after its last event in Redis (its age restarts), never here; events are taken as they come, so
-the first event time and the per-user eviction match Redis's when events arrive in time order.
+Differences from Redis: an item's hash expires two days after its last event in Redis (its age
+restarts), never here (a week-long replay hardly meets it); events are taken one by one, so
+within one write to Redis the earliest of an item's events sets its first time, here the first
+listed (the same when events come in time order).
 
 Examples
 --------
@@ -29,7 +30,8 @@ Examples
 from __future__ import annotations
 
 import bisect
-from collections import OrderedDict, defaultdict
+import heapq
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from feature_store.featurize import SINCE_LAST_MAX_M, smoothed_ctr
@@ -83,7 +85,8 @@ class AsOfFeatures:
         self.windows = {name: _Window(length, n) for name, (_, length, n) in WINDOWS.items()}
         self.first: dict[str, int] = {}
         self.minutes: dict[str, list[int]] = {}  # item -> its latest distinct exposure minutes, ascending
-        self.users: dict[str, OrderedDict[str, int]] = {}
+        #: user -> (member -> first time, heap of (first time, member)): evicted lowest first, as Redis does
+        self.users: dict[str, tuple[dict[str, int], list[tuple[int, str]]]] = {}
         self.user_last: dict[str, int] = {}
         self.cap, self.ttl_ms = cap, ttl_s * 1000
 
@@ -103,20 +106,24 @@ class AsOfFeatures:
                     bisect.insort(minutes, m)
                     del minutes[:-_RECENT_MINUTES]
         for user, item, kind, ts_ms in user_items:
-            members = self.users.setdefault(user, OrderedDict())
+            members, heap = self.users.setdefault(user, ({}, []))
             if ts_ms - self.user_last.get(user, ts_ms) > self.ttl_ms:
                 members.clear()  # the Redis key would have expired
+                heap.clear()
             self.user_last[user] = max(ts_ms, self.user_last.get(user, ts_ms))
-            members.setdefault(f"{kind}:{item}", ts_ms)
+            member = f"{kind}:{item}"
+            if member not in members:
+                members[member] = ts_ms
+                heapq.heappush(heap, (ts_ms, member))
             while len(members) > self.cap:
-                members.popitem(last=False)
+                del members[heapq.heappop(heap)[1]]
 
     def read(self, user_id: str, item_ids: Sequence[str], at_ms: int, history: Iterable[str]) -> list[dict[str, float]]:
         """Every feature (``feature_store.featurize.FEATURES``) of each item for ``user_id`` as of ``at_ms``."""
         for window in self.windows.values():
             window.advance(at_ms)
         now_m = at_ms // _MINUTE
-        members = self.users.get(user_id, {})
+        members = self.users.get(user_id, ({}, []))[0]
         if at_ms - self.user_last.get(user_id, at_ms) > self.ttl_ms:
             members = {}
         seen = set(history)

@@ -62,6 +62,8 @@ ROW_BYTES = DENSE_DIM * 4 + 8 * 5 + 1 + ID_CHARS + 120
 NEVER = -np.inf
 #: a cached user's bytes beyond its history's characters, and per history entry
 USER_BYTES, HISTORY_ENTRY_BYTES = 400, 60
+#: the dense row of a candidate without any feature (what a row holds until Redis is read)
+_DEFAULT_DENSE = dense_stats_matrix(np.full((1, DENSE_DIM), np.nan))[0]
 #: at least four requests of the largest size fit, whatever ``max_bytes`` says
 MIN_ROWS = 20_000
 #: items per round trip of a background refresh: parsing a reply holds the GIL (~2.5 us per item), so a
@@ -90,7 +92,7 @@ class FeatureCache:
         self.ttl_s = ttl_s
         self.capacity = capacity or max(MIN_ROWS, max_bytes // ROW_BYTES)
         cap = self.capacity
-        self.dense = np.zeros((cap, DENSE_DIM), np.float32)
+        self.dense = np.tile(_DEFAULT_DENSE, (cap, 1))
         self.item_idx = np.zeros(cap, np.int64)
         self.ctype_idx = np.zeros(cap, np.int64)  # the content type the slot was last asked with
         self.stamp = np.zeros(cap, np.int64)
@@ -176,6 +178,7 @@ class FeatureCache:
         for slot, item_id in zip(slots.tolist(), ids, strict=True):
             self.id_of[slot] = item_id
         self.occupied[slots] = True
+        self.dense[slots] = _DEFAULT_DENSE  # the no-features default until a read fills the row
         self.item_idx[slots] = np.fromiter((hash_id("item", i) for i in ids), np.int64, len(ids))
         self.refresh_at[slots] = NEVER
         self.pending[slots] = False

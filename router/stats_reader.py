@@ -4,7 +4,8 @@
 time, for many items in one round trip: a Lua script sums each item's buckets into the windows'
 counts (the rule of :func:`feature_store.item_stats.window_stats`: the buckets closed before
 ``at_ms``) and returns them as one string, so the router parses one reply instead of every
-field. Each item gets a state: ``ABSENT`` (no statistics at all), ``OK``, or ``MALFORMED`` (a
+field; it also gives the item's age (from the hash's ``first`` field) and the minutes since its last
+exposure (the latest closed minute bucket with an exposure), as ``window_stats`` does. Each item gets a state: ``ABSENT`` (no statistics at all), ``OK``, or ``MALFORMED`` (a
 field or value the layout does not allow; the item gets the defaults and is counted, it never
 fails a request). Where scripts cannot run (a Redis Cluster, scripting disabled) the reader falls
 back to ``HGETALL`` and ``window_stats`` per item.
@@ -18,12 +19,13 @@ import numpy as np
 import redis
 from redis.cluster import RedisCluster
 
-from feature_store.featurize import DENSE_DIM, ITEM_STAT_FEATURES, smoothed_ctr
-from feature_store.item_stats import KINDS, WINDOWS, ItemStats, window_stats
+from feature_store.featurize import DENSE_DIM, FEATURES, ITEM_STAT_FEATURES, SINCE_LAST_MAX_M, smoothed_ctr
+from feature_store.item_stats import FIRST_FIELD, KINDS, WINDOWS, ItemStats, window_stats
 
 ABSENT, OK, MALFORMED = 0, 1, 2
-#: per item: state, then the count of each (window, kind) in WINDOWS x KINDS order
-_WIDTH = 1 + len(WINDOWS) * len(KINDS)
+_NCOUNTS = len(WINDOWS) * len(KINDS)
+#: per item: state, the count of each (window, kind) in WINDOWS x KINDS order, age_h, since_last_m (-1: none)
+_WIDTH = 1 + _NCOUNTS + 2
 _SCRIPT = """
 local at = tonumber(ARGV[1])
 local windows = {}
@@ -34,30 +36,50 @@ for w = 0, (#ARGV - 1) / 3 - 1 do
 end
 local kinds = {}
 for k, name in ipairs(KINDS_LIST) do kinds[name] = k - 1 end
+local now_m = math.floor(at / MINUTE_MS)
 local out = {}
 for i, key in ipairs(KEYS) do
   local flat = redis.call('HGETALL', key)
   local sums = {}
   for j = 1, NCOUNTS do sums[j] = 0 end
   local state = 1
+  local first = nil
+  local last_m = nil
   if #flat == 0 then state = 0 end
   for j = 1, #flat, 2 do
-    local prefix, kind, bucket = string.match(flat[j], '^(%w+):(%w+):(%-?%d+)$')
-    local value = tonumber(flat[j + 1])
-    local window = prefix and windows[prefix]
-    if window == nil or kinds[kind] == nil or value == nil then
-      state = 2
+    if flat[j] == 'FIRST_FIELD' then
+      first = tonumber(flat[j + 1])
+      if first == nil then state = 2 end
     else
-      local b = tonumber(bucket)
-      if b >= window[2] and b < window[3] then
-        local slot = window[1] * NKINDS + kinds[kind] + 1
-        sums[slot] = sums[slot] + value
+      local prefix, kind, bucket = string.match(flat[j], '^(%w+):(%w+):(%-?%d+)$')
+      local value = tonumber(flat[j + 1])
+      local window = prefix and windows[prefix]
+      if window == nil or kinds[kind] == nil or value == nil then
+        state = 2
+      else
+        local b = tonumber(bucket)
+        if b >= window[2] and b < window[3] then
+          local slot = window[1] * NKINDS + kinds[kind] + 1
+          sums[slot] = sums[slot] + value
+        end
+        if prefix == 'MINUTE_PREFIX' and kind == 'exp' and b >= now_m - SINCE_MAX and b < now_m
+            and (last_m == nil or b > last_m) then
+          last_m = b
+        end
       end
     end
   end
-  if state == 2 then for j = 1, NCOUNTS do sums[j] = 0 end end
+  local age, since = 0, -1
+  if first ~= nil then age = math.max(0, at - first) / 3600000 end
+  if last_m ~= nil then since = now_m - last_m - 1 end
+  if state == 2 then
+    for j = 1, NCOUNTS do sums[j] = 0 end
+    age, since = 0, -1
+  end
   out[#out + 1] = tostring(state)
   for j = 1, NCOUNTS do out[#out + 1] = string.format('%.17g', sums[j]) end
+  out[#out + 1] = string.format('%.17g', age)
+  out[#out + 1] = tostring(since)
 end
 return table.concat(out, ' ')
 """
@@ -65,8 +87,10 @@ return table.concat(out, ' ')
 
 def _script_source() -> str:
     kinds = "{" + ", ".join(f"'{k}'" for k in KINDS) + "}"
-    return (_SCRIPT.replace("KINDS_LIST", kinds).replace("NCOUNTS", str(len(WINDOWS) * len(KINDS)))
-            .replace("NKINDS", str(len(KINDS))))
+    minute_prefix, minute_ms, _ = WINDOWS["10m"]
+    return (_SCRIPT.replace("KINDS_LIST", kinds).replace("NCOUNTS", str(_NCOUNTS)).replace("NKINDS", str(len(KINDS)))
+            .replace("MINUTE_PREFIX", minute_prefix).replace("MINUTE_MS", str(minute_ms))
+            .replace("SINCE_MAX", str(SINCE_LAST_MAX_M)).replace("FIRST_FIELD", FIRST_FIELD))
 
 
 class StatsReader:
@@ -85,7 +109,7 @@ class StatsReader:
         zeros for an absent or malformed item) and each item's state, read ``batch`` items per round
         trip (default: the reader's). Raises ``redis.RedisError`` or ``OSError`` when Redis cannot be reached."""
         batch = batch or self.batch
-        counts = np.zeros((len(item_ids), len(WINDOWS) * len(KINDS)), np.float64)
+        counts = np.zeros((len(item_ids), _WIDTH - 1), np.float64)
         state = np.zeros(len(item_ids), np.int8)
         for start in range(0, len(item_ids), batch):
             part = slice(start, start + batch)
@@ -107,7 +131,8 @@ class StatsReader:
         pipe = self.stats.r.pipeline(transaction=False)
         for key in map(self.stats.key, item_ids):
             pipe.hgetall(key)
-        counts = np.zeros((len(item_ids), len(WINDOWS) * len(KINDS)), np.float64)
+        counts = np.zeros((len(item_ids), _WIDTH - 1), np.float64)
+        counts[:, -1] = -1.0
         state = np.zeros(len(item_ids), np.int8)
         names = [f"{kind}_{window}" for window in WINDOWS for kind in KINDS]
         for n, raw in enumerate(pipe.execute()):
@@ -118,17 +143,21 @@ class StatsReader:
             except (ValueError, KeyError, UnicodeDecodeError):
                 state[n] = MALFORMED
                 continue
-            counts[n] = [stats[name] for name in names]
+            counts[n] = [*(stats[name] for name in names), stats["age_h"], stats.get("since_last_m", -1.0)]
             state[n] = OK
         return counts, state
 
 
 def _raw(counts: np.ndarray) -> np.ndarray:
-    """Window counts (WINDOWS x KINDS) -> the ``ITEM_STAT_FEATURES`` matrix with smoothed click rates."""
-    raw = np.full((len(counts), DENSE_DIM), np.nan)  # features beyond the windows' counts: absent here
+    """Window counts (WINDOWS x KINDS), age and minutes since the last exposure (-1: none) -> the
+    ``FEATURES`` matrix with smoothed click rates (the user-by-item columns absent: NaN)."""
+    raw = np.full((len(counts), DENSE_DIM), np.nan)
     for w, window in enumerate(WINDOWS):
         for k, kind in enumerate(KINDS):
             raw[:, ITEM_STAT_FEATURES.index(f"{kind}_{window}")] = counts[:, w * len(KINDS) + k]
         exp, clk = (counts[:, w * len(KINDS) + KINDS.index(kind)] for kind in ("exp", "clk"))
         raw[:, ITEM_STAT_FEATURES.index(f"ctr_{window}")] = smoothed_ctr(clk, exp)
+    raw[:, FEATURES.index("age_h")] = counts[:, _NCOUNTS]
+    since = counts[:, _NCOUNTS + 1]
+    raw[:, FEATURES.index("since_last_m")] = np.where(since < 0, np.nan, since)
     return raw

@@ -1,5 +1,5 @@
-"""The streams' side of the feature store, fail-soft and off the event loop: item statistics and
-user histories in Redis.
+"""The streams' side of the feature store, fail-soft and off the event loop: item statistics,
+user histories and user-by-item signals in Redis.
 
 Every Redis call runs on one thread of its own, so the worker's event loop never waits on a
 round trip: counts and user histories are buffered as groups are joined and handed to that
@@ -8,7 +8,9 @@ batch of groups are read in one pipeline (:meth:`StreamFeatures.read_groups`) th
 awaits. Statistics as of a time sum the buckets closed before its minute (its *span*), so each
 item's are read once per span and kept for the requests of that span (up to ``max_cached``
 items per span, the current span and the one before): a count that arrives later for an
-already closed bucket shows from the next span on.
+already closed bucket shows from the next span on. The user-by-item signals
+(``feature_store.user_items``: shown / clicked before the request, in its history) are read in
+the same pipeline, one sorted set per request's user, as of the request's own time.
 
 While Redis is down nothing blocks and nothing is lost silently: unwritten counts stay
 buffered (up to ``max_backlog``; beyond it the oldest are dropped and counted), histories are
@@ -19,7 +21,7 @@ Examples
 --------
 >>> import asyncio                                                          # doctest: +SKIP
 >>> features = StreamFeatures(redis.Redis())                               # doctest: +SKIP
->>> asyncio.run(features.read_groups([(["i1"], 60_000)]))[0][0]["exp_1d"]  # doctest: +SKIP
+>>> asyncio.run(features.read_groups([(["i1"], 60_000, "u1", [])]))[0][0]["exp_1d"]  # doctest: +SKIP
 0.0
 """
 
@@ -37,7 +39,7 @@ import redis
 from feature_store.backoff import Backoff
 from feature_store.item_stats import WINDOWS, ItemStats, window_stats
 from feature_store.user_features import user_features_key
-from feature_store.user_items import CLICKED, SHOWN
+from feature_store.user_items import CLICKED, SHOWN, UserItems, user_item_values
 from streams import metrics
 from streams.schemas import is_positive
 
@@ -49,6 +51,9 @@ HISTORY_TTL_S = 86_400
 _SPAN_MS = min(length for _, length, _ in WINDOWS.values())
 
 Count = tuple[str, str, int]  # item id, kind, event time ms
+Pair = tuple[str, str, str, int]  # user id, item id, kind, event time ms
+#: what the groups of a batch ask for: (item ids, as-of ms, user id, the request's history)
+GroupRequest = tuple[Sequence[str], int, str, Sequence[str]]
 
 
 def event_counts(event: Any, dwell_threshold_ms: int) -> list[Count]:
@@ -85,6 +90,8 @@ class StreamFeatures:
                  backoff_s: float = 1.0, max_cached: int = MAX_CACHED) -> None:
         self.r = client
         self.stats = ItemStats(client, prefix)
+        self.user_items = UserItems(client, prefix)
+        self.pairs: list[Pair] = []
         self.prefix = prefix
         self.max_backlog = max_backlog
         self.redis = Backoff(backoff_s)
@@ -98,6 +105,7 @@ class StreamFeatures:
     def count(self, event: Any, dwell_threshold_ms: int) -> None:
         """Buffer the counters an exposure or feedback event adds."""
         self.buffer += event_counts(event, dwell_threshold_ms)
+        self.pairs += event_user_items(event)
 
     def set_history(self, user_id: str, history: list[str]) -> None:
         """Buffer the user's recent positives, for the router (written at the next :meth:`flush`)."""
@@ -116,19 +124,35 @@ class StreamFeatures:
         if not self.redis.ready and self.histories:
             metrics.ERRORS.labels("history_skipped").inc(len(self.histories))
             self.histories = {}
-        if not (self.buffer or self.histories) or not self.redis.ready:
+        if not (self.buffer or self.histories or self.pairs) or not self.redis.ready:
             self._trim()
             return
         counts, self.buffer = self.buffer, []
         histories, self.histories = self.histories, {}
-        self._writing = self._io.submit(self._write, counts, histories)
+        pairs, self.pairs = self.pairs, []
+        self._writing = self._io.submit(self._write, counts, histories, pairs)
 
-    async def read_groups(self, requests: Sequence[tuple[Sequence[str], int]]) -> list[list[dict[str, float]]]:
-        """The statistics of each request's items as of its time (``(item ids, at ms)`` each), read
-        on the Redis thread in one pipeline."""
+    async def read_groups(self, requests: Sequence[GroupRequest]) -> list[list[dict[str, float]]]:
+        """The features of each request's items as of its time (``(item ids, at ms, user id, history)``
+        each), read on the Redis thread."""
         return await asyncio.get_running_loop().run_in_executor(self._io, self._read, requests)
 
-    def _read(self, requests: Sequence[tuple[Sequence[str], int]]) -> list[list[dict[str, float]]]:
+    def _read(self, requests: Sequence[GroupRequest]) -> list[list[dict[str, float]]]:
+        items = self._read_items([(ids, at_ms) for ids, at_ms, *_ in requests])
+        pairs: list[list[dict[str, float]]] = []
+        if self.redis.ready:
+            try:
+                pairs = [self.user_items.read(user, ids, at_ms, history) for ids, at_ms, user, history in requests]
+            except (redis.RedisError, OSError) as exc:
+                self._failed(exc)
+                pairs = []
+        if not pairs:  # Redis down: what the request itself tells (its history), nothing remembered
+            pairs = [[user_item_values(None, None, at_ms, i in set(history)) for i in ids]
+                     for ids, at_ms, _, history in requests]
+        return [[{**stats, **pair} for stats, pair in zip(row, pair_row, strict=True)]
+                for row, pair_row in zip(items, pairs, strict=True)]
+
+    def _read_items(self, requests: Sequence[tuple[Sequence[str], int]]) -> list[list[dict[str, float]]]:
         newest = max((at_ms // _SPAN_MS for _, at_ms in requests), default=0)
         for old in [span for span in self._spans if span < newest - 1]:
             del self._spans[old]
@@ -169,8 +193,9 @@ class StreamFeatures:
             metrics.MISSING.labels("item_stats").inc(missing)
         return out
 
-    def _write(self, counts: list[Count], histories: dict[str, list[str]]) -> list[Count]:
-        """On the Redis thread: store counts and histories; returns the counts it could not store."""
+    def _write(self, counts: list[Count], histories: dict[str, list[str]], pairs: list[Pair]) -> list[Count]:
+        """On the Redis thread: store counts, histories and user-by-item events; returns the counts it
+        could not store (histories and user-by-item events that fail are skipped, counted)."""
         try:
             if counts:
                 self.stats.record(counts)
@@ -178,6 +203,8 @@ class StreamFeatures:
             self._failed(exc)
             if histories:
                 metrics.ERRORS.labels("history_skipped").inc(len(histories))
+            if pairs:
+                metrics.ERRORS.labels("user_items_skipped").inc(len(pairs))
             return counts
         try:
             if histories:
@@ -189,6 +216,11 @@ class StreamFeatures:
         except (redis.RedisError, OSError) as exc:
             self._failed(exc)
             metrics.ERRORS.labels("history_skipped").inc(len(histories))
+        try:
+            self.user_items.record(pairs)
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc)
+            metrics.ERRORS.labels("user_items_skipped").inc(len(pairs))
         return []
 
     def _failed(self, exc: Exception) -> None:
@@ -198,6 +230,9 @@ class StreamFeatures:
                     exc, len(self.buffer), self.redis.backoff_s)
 
     def _trim(self) -> None:
+        if len(self.pairs) > self.max_backlog:
+            metrics.ERRORS.labels("user_items_skipped").inc(len(self.pairs) - self.max_backlog)
+            del self.pairs[:len(self.pairs) - self.max_backlog]
         over = len(self.buffer) - self.max_backlog
         if over > 0:
             del self.buffer[:over]

@@ -24,7 +24,7 @@ Examples
 ...     def count(self, event, dwell_threshold_ms): pass
 ...     def set_history(self, user_id, history): pass
 ...     def flush(self): pass
-...     async def read_groups(self, requests): return [[{} for _ in ids] for ids, _ in requests]
+...     async def read_groups(self, requests): return [[{} for _ in ids] for ids, *_ in requests]
 >>> out = []
 >>> joiner = Joiner(JoinConfig(), JoinTables.in_memory(), lambda kind, key, value: out.append((kind, key)),
 ...                 Stats(), CandidatePool(), clock=lambda: 10_000)
@@ -149,7 +149,8 @@ class Features(Protocol):
 
     def flush(self) -> None: ...
 
-    async def read_groups(self, requests: Sequence[tuple[Sequence[str], int]]) -> list[list[dict[str, float]]]: ...
+    async def read_groups(self, requests: Sequence[tuple[Sequence[str], int, str, Sequence[str]]]
+                          ) -> list[list[dict[str, float]]]: ...
 
 
 #: how long a worker that took requests over from a changelog waits for their partition's replay to
@@ -322,7 +323,9 @@ class Joiner:
                 chosen.append((rid, st, partition, choose(st, ranking, self.cfg.assembler, self.pool)))
             except Exception as exc:  # never retried for ever: dead-lettered with its state
                 self._failed(rid, st, partition, exc)
-        stats = await self.features.read_groups([([i[0] for i in c.items], c.ranking.ts_ms) for *_, c in chosen])
+        stats = await self.features.read_groups([
+            ([i[0] for i in c.items], c.ranking.ts_ms, c.ranking.user_id,
+             (c.ranking.user_features or {}).get("history") or ()) for *_, c in chosen])
         for (rid, st, partition, choice), features in zip(chosen, stats, strict=True):
             try:
                 self.emit(rid, st, partition, choice, build(choice, features, wall), wall)

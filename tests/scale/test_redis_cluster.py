@@ -122,7 +122,7 @@ def test_every_component_on_a_redis_cluster_and_a_failover_of_the_model_keys_mas
             features.count(ExposureEvent("r", "u1", item, MINUTE_MS, "feedback", click=True), 0)
     features.set_history("u1", ITEMS[:3])
     features.flush()  # the write goes to the Redis thread; the read below runs after it on that thread
-    read = asyncio.run(features.read_groups([(ITEMS, 3 * MINUTE_MS)]))[0]
+    read = asyncio.run(features.read_groups([(ITEMS, 3 * MINUTE_MS, "u1", [])]))[0]
     features.flush()  # takes back the counts a failed write could not store
     assert features.buffer == [] and features.redis.ready, "the streams' writes to the cluster failed"
     assert [s["exp_10m"] for s in read] == [1.0] * len(ITEMS)
@@ -198,7 +198,7 @@ def test_every_component_on_a_redis_cluster_and_a_failover_of_the_model_keys_mas
         features.count(ExposureEvent("r", "u1", ITEMS[0], MINUTE_MS, "exposure", position=0), 0)
         features.flush()
         # as of a later minute (not read before): the no-statistics default while Redis is down
-        assert asyncio.run(features.read_groups([(ITEMS[:1], 5 * MINUTE_MS)]))[0][0]["exp_10m"] == 0.0
+        assert asyncio.run(features.read_groups([(ITEMS[:1], 5 * MINUTE_MS, "u1", [])]))[0][0]["exp_10m"] == 0.0
         features.flush()
         assert len(features.buffer) == 1, "the count written while the cluster was down is not kept for later"
 

@@ -56,7 +56,7 @@ class Features:
         pass
 
     async def read_groups(self, requests):
-        return [[{"exp_1d": 1.0} for _ in ids] for ids, _ in requests]
+        return [[{"exp_1d": 1.0} for _ in ids] for ids, *_ in requests]
 
 
 class CountingTable(MemoryTable):

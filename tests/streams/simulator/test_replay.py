@@ -47,3 +47,22 @@ def test_replay_keeps_real_exposures_and_builds_candidates_from_live_items(mind_
     assert deep > 0 and len(rn_ref) > 0
     # the stated rule: ranking negatives passed pre-ranking on the reference scorer, so they are harder
     assert np.mean(rn_ref) > np.mean(prn_ref)
+
+
+def test_a_log_without_categories_replays_valid_events_with_the_unknown_type(tmp_path):
+    from streams.schemas import decode_exposure, decode_ranking, encode
+
+    (tmp_path / "behaviors.tsv").write_text(
+        "1\tU1\t5/18/2023 7:00:00 AM\tN0\tN1-1 N2-0\n"
+        "2\tU2\t5/18/2023 7:01:00 AM\t\tN2-1 N3-0 N1-0\n")
+    (tmp_path / "news.tsv").write_text("N1\t\t\tt\nN2\t \t\tt\nN3\tsports\t\tt\n")  # ids only, or blank
+    replay = MindReplay(tmp_path, n_candidates=10)
+    requests = list(replay.requests())
+    assert len(requests) == 2
+    for request in requests:
+        ranking = decode_ranking(encode(request.ranking))  # the streams' strict validation
+        types = {c.item_id: c.content_type for c in ranking.candidates}
+        assert all(types[i] == "unknown" for i in types if i != "N3") and types.get("N3", "sports") == "sports"
+        for _, event in request.events:
+            decode_exposure(encode(event))
+    assert requests[1].ranking.ts_ms - requests[0].ranking.ts_ms == 60_000  # the log's own clock
