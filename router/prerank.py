@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from feature_store.featurize import featurize_user
+from feature_store.featurize import FEATURES, featurize_user
 from feature_store.policies import POLICIES, budget_count, score_policy
 from router import metrics
 from router.features import FeatureCache, inline_dense
@@ -192,14 +192,32 @@ def _budget(body: dict[str, Any], max_candidates: int) -> tuple[float | None, in
     return float(value), None
 
 
+_IN_HISTORY = FEATURES.index("in_history")
+
+
+def mark_in_history(dense: np.ndarray, ids: list[str], user_features: dict[str, Any] | None) -> None:
+    """Set the ``in_history`` column of the candidates the user's history holds (the one user-by-item
+    signal a request carries itself; ``user_seen``/``user_clicked`` are not served yet: absent, 0).
+
+    >>> dense = np.zeros((2, len(FEATURES)), np.float32)
+    >>> mark_in_history(dense, ["a", "b"], {"history": ["b"]})
+    >>> dense[:, _IN_HISTORY].tolist()
+    [0.0, 1.0]
+    """
+    history = set((user_features or {}).get("history") or ())
+    if history:
+        dense[:, _IN_HISTORY] = np.maximum(dense[:, _IN_HISTORY], [i in history for i in ids])
+
+
 def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> dict[str, Any]:
     """Rank the candidates with ``model`` only (one consistent version)."""
     ids = req.item_ids or [c["item_id"] for c in req.candidates]
     ctypes = req.content_types or [c.get("content_type", "unknown") for c in req.candidates]
     found = features.lookup(ids, ctypes, req.inline_dense, req.inline_rows)
     items = found.items
-    user = featurize_user(req.user_id, req.user_features if req.user_features is not None
-                          else features.user_features(req.user_id))
+    user_features = req.user_features if req.user_features is not None else features.user_features(req.user_id)
+    user = featurize_user(req.user_id, user_features)
+    mark_in_history(items.dense, ids, user_features)
     scores, routed = score_policy(
         req.policy, req.k, req.expressive_budget(len(ids)),
         light=lambda: model.light.score(model.light.user_vector(user), model.item_vectors(found), items.dense),
