@@ -55,11 +55,11 @@ test: setup
 	$(PY) -m pytest -q
 
 # Regenerate the files made from code: the topics' JSON Schemas and the field tables of
-# docs/contracts.md (streams/contract.py), dashboards, alert rules and provisioning (deploy/dashboards),
+# docs/contracts.md (streams/contract/fields.py), dashboards, alert rules and provisioning (deploy/dashboards),
 # the kustomize base's KafkaTopics, PrometheusRule and dashboards (deploy/k8s/generate.py).
 # The tests fail while a checked-in copy is stale.
 generate: setup
-	$(PY) -m streams.contract
+	$(PY) -m streams.contract.fields
 	$(VENV)/bin/hap dashboards build
 	$(PY) -m deploy.k8s.generate
 

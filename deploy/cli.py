@@ -19,12 +19,12 @@ from deploy.stack import Stack, StackError
 #: subcommand modules, imported on demand so that `hap stack` never loads torch
 SUBCOMMANDS: dict[str, str] = {
     "simulate": "streams.simulator.cli",
-    "streams": "streams.cli",
+    "streams": "streams.worker.cli",
     "learner": "learner.cli",
     "router": "router.cli",
     "models": "feature_store.cli",
     "demo": "deploy.demo",
-    "eval": "deploy.evaluate",
+    "eval": "deploy.evaluation.evaluate",
     "dashboards": "deploy.dashboards.cli",
 }
 

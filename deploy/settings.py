@@ -15,7 +15,7 @@ many, ``hap stack up --brokers N``); the replication factor and ``min.insync.rep
 topic default to what it holds (1/1 on one broker, 2/1 on two, 3/2 on three or more) and are set
 with ``HAP_KAFKA_REPLICATION_FACTOR`` and ``HAP_KAFKA_MIN_INSYNC_REPLICAS``; ``HAP_KAFKA_PARTITIONS``
 is the partition count of every pipeline topic and changelog, chosen once (see
-:mod:`streams.topics`).
+:mod:`streams.kafka.topics`).
 
 Redis: ``HAP_REDIS_URL`` names one node (``redis://``, ``rediss://``) or a Redis Cluster
 (``redis+cluster://host:port[,host:port...]``, ``rediss+cluster://``; see
@@ -43,8 +43,8 @@ from pathlib import Path
 
 from feature_store.connection import RedisEndpoint
 from feature_store.lease import LEASE_TTL_S
-from streams.kafka_security import KafkaSecurity
-from streams.topics import DEFAULT_PARTITIONS, Replication
+from streams.kafka.security import KafkaSecurity
+from streams.kafka.topics import DEFAULT_PARTITIONS, Replication
 
 ENDPOINTS_FILE = "endpoints.json"
 #: the key of endpoints.json that records how many brokers the local stack started

@@ -11,7 +11,7 @@ exactly the delta to send.
 
 Examples
 --------
->>> from streams.schemas import SampleGroup, SampleItem
+>>> from streams.contract.schemas import SampleGroup, SampleItem
 >>> items = [SampleItem("a", "exp_pos", 1, 0, 0, "video"), SampleItem("b", "exp_neg", 0, 1, 1, "video"),
 ...          SampleItem("c", "gn", 0, None, None, "news")]
 >>> t = OnlineTrainer(method="ghcl", seed=0)
@@ -34,7 +34,7 @@ from learner.batching import EASY, HARD, SOURCE_CODE, Batch
 from learner.ghcl import ConflictSampler, contrastive_path_loss, harmonize
 from learner.models import ExpressiveCross, LightTwoTower, Tier
 from learner.progressive import ProgressiveMetrics
-from streams.schemas import SOURCES, SampleGroup
+from streams.contract.schemas import SOURCES, SampleGroup
 
 # The id tables' gradients are sparse tensors built from unique sorted rows; torch's invariant
 # checks stay off (its default), said explicitly so that it does not warn on every step.

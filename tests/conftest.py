@@ -21,7 +21,7 @@ from deploy.pipeline import Component
 from deploy.settings import Settings
 from deploy.stack.process import free_port
 from deploy.stack.services import Kafka, Prometheus, Redis, Service
-from streams.topics import ensure_topics
+from streams.kafka.topics import ensure_topics
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
 

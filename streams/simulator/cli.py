@@ -10,8 +10,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from streams.producer import EventProducer, ProducerUnavailable
-from streams.schemas import ItemUpdate
+from streams.contract.schemas import ItemUpdate
+from streams.kafka.producer import EventProducer, ProducerUnavailable
 from streams.simulator.cascade import Request, router_preranker
 from streams.simulator.replay import MindReplay
 from streams.simulator.sink import EmitReport, FileWriter, Writer, emit, emit_items

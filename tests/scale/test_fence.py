@@ -17,8 +17,8 @@ from deploy.scrape import scrape
 from deploy.stack.process import free_port
 from feature_store.lease import LEASE_TTL_S, WriterLease
 from feature_store.model_store import ModelStore
-from streams.schemas import encode
-from streams.topics import ensure_topics
+from streams.contract.schemas import encode
+from streams.kafka.topics import ensure_topics
 from tests.learner.groups import simulated_groups
 
 pytestmark = pytest.mark.integration

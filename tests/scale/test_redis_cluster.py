@@ -33,8 +33,8 @@ from feature_store.model_store import ModelKeys, ModelStore
 from router.features import FeatureCache
 from router.holder import ModelHolder
 from router.stats_reader import OK
-from streams.features import StreamFeatures
-from streams.schemas import ExposureEvent
+from streams.contract.schemas import ExposureEvent
+from streams.join.features import StreamFeatures
 from tests.router.conftest import publish
 
 pytestmark = [

@@ -14,8 +14,8 @@ import pytest
 from deploy.pipeline import Component
 from deploy.scrape import scrape
 from deploy.stack.process import free_port
-from streams.schemas import decode_sample_group
-from streams.topics import ensure_topics
+from streams.contract.schemas import decode_sample_group
+from streams.kafka.topics import ensure_topics
 
 from ..conftest import dead_letters_of, input_offsets, read_topic, trained_exactly_once, truth
 

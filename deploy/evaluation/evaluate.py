@@ -1,0 +1,393 @@
+"""`hap eval`: GHCL against non-learned and learned baselines, offline and in a closed loop.
+
+Offline: sample groups are assembled by the real assembler (``streams.join.assembler``) from the
+synthetic world or a MIND-layout replay, in time order, with item statistics counted as of
+each request (cumulative counts stand in for the sliding windows), and every arm is scored
+progressively: each batch before it is trained on. The stream is cut into ``--blocks``
+disjoint time blocks; every arm is measured per block, so arms are compared *paired* on the
+same block, with intervals over blocks (independent data), not only over seeds.
+
+Arms (the ``method`` of a row):
+
+- ``ctr``, ``popularity``: the smoothed item CTR and the exposure count as of the request
+  (non-learned counters, ``policy="counter"``);
+- ``mixed`` (pointwise BCE) and ``softmax`` (one within-request softmax over every negative):
+  learned baselines with the same tiers, features and residual CTR prior as GHCL;
+- ``ghcl`` and its ablations (``-no-harmonization``, ``-no-conflict-sampling``, ``-no-prior``,
+  ``-no-gate``),
+  each with the light tier, DAMR at several budgets and the expressive tier on everything.
+
+Real labels come first: exposed GAUC and exposed AUC (``exp_pos`` against ``exp_neg``) are the
+only metrics with true labels on a replayed log; metrics over constructed negatives
+(``rn``/``prn``/``gn``) are diagnostics.
+
+Closed loop: the simulated cascade's pre-ranker is the arm's own model, trained online on the
+groups its own exposures produce. Arms run under common random numbers: the same users, the
+same requests and the same click draw per (request, item), so their engagement is compared
+paired, request by request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.5)
+BATCH_GROUPS = 32
+COST_REQUESTS = 40  # the last requests of each run, re-scored on the router's path to time each policy
+LOOP_BLOCK = 50  # closed-loop requests per block of the paired comparison
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 24: 2.064, 29: 2.045}  # by degrees of freedom
+
+#: learned arms: method name -> OnlineTrainer keywords
+LEARNED: dict[str, dict[str, Any]] = {
+    "ghcl": {"method": "ghcl"},
+    "ghcl-no-harmonization": {"method": "ghcl", "harmonize_gradients": False},
+    "ghcl-no-conflict-sampling": {"method": "ghcl", "conflict_sampling": False},
+    "ghcl-no-prior": {"method": "ghcl", "prior": False},
+    "ghcl-no-gate": {"method": "ghcl", "gate": False},
+    "mixed": {"method": "mixed"},
+    "softmax": {"method": "softmax"},
+}
+#: non-learned arms: method name -> the statistic, as of the request, that ranks the items
+COUNTERS = {"ctr": "ctr_1d", "popularity": "exp_1d"}
+#: paired differences are reported against these arms
+REFERENCES = (("ctr", "counter", 0.0), ("mixed", "light", 0.0))
+#: closed-loop arms: (method, policy)
+LOOP_ARMS = (("heuristic", "none"), ("ctr", "counter"), ("mixed", "light"), ("softmax", "light"),
+             ("ghcl", "light"), ("ghcl", "damr"), ("ghcl", "expressive_all"))
+LOOP_BUDGET = 0.2
+LOOP_KEEP = 200
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="GHCL against baselines on the replay and the simulator, paired by block")
+    p.add_argument("--dataset", type=Path, help="a MIND-layout dataset to replay (default: synthetic only)")
+    p.add_argument("--out", type=Path, default=Path("out/eval"))
+    p.add_argument("--markdown", type=Path, help="also write the results page here (e.g. docs/results.md)")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per arm (intervals come from the blocks)")
+    p.add_argument("--blocks", type=int, default=10, help="disjoint time blocks of each offline stream")
+    p.add_argument("--groups", type=int, default=1600, help="synthetic groups per run")
+    p.add_argument("--replay-groups", type=int, default=5000, help="replayed requests per run")
+    p.add_argument("--loop-requests", type=int, default=600, help="closed-loop requests per arm and seed")
+    p.add_argument("--candidates", type=int, default=400)
+    p.add_argument("--methods", default=",".join([*COUNTERS, *LEARNED]),
+                   help="comma-separated arms to run offline (default: all)")
+
+
+@dataclasses.dataclass
+class CumulativeStats:
+    """Per-item exposure and click counts, read as of a request before its own events count."""
+
+    exp: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
+    clk: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
+
+    def read(self, ids: list[str], _at_ms: int) -> list[dict[str, float]]:
+        from feature_store.featurize import smoothed_ctr
+
+        return [{"exp_1d": self.exp[i], "clk_1d": self.clk[i], "pos_1d": self.clk[i],
+                 "ctr_1d": smoothed_ctr(self.clk[i], self.exp[i])} for i in ids]
+
+    def record(self, exposed: dict[str, int]) -> None:
+        for item, label in exposed.items():
+            self.exp[item] += 1
+            self.clk[item] += label
+
+
+def assemble_request(request: Any, stats: CumulativeStats, pool: Any) -> Any:
+    """The group the streams would emit for ``request``; its exposures count from then on."""
+    from streams.simulator.offline import group_of
+
+    group = group_of(request, pool, stats.read)
+    stats.record(request.exposed)
+    return group
+
+
+def serving_body(request: Any, stats: CumulativeStats, k: int = 10) -> dict[str, Any]:
+    """The router request of ``request``'s whole candidate list, its statistics inline as of then."""
+    r = request.ranking
+    feats = stats.read([c.item_id for c in r.candidates], r.ts_ms)
+    return {"request_id": r.request_id, "user_id": r.user_id, "user_features": r.user_features, "k": k,
+            "candidates": [{"item_id": c.item_id, "content_type": c.content_type, "features": f}
+                           for c, f in zip(r.candidates, feats, strict=True)]}
+
+
+def offline_groups(source: str, seed: int, n: int, dataset: Path | None,
+                   candidates: int) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The run's sample groups, in time order, and router requests of its last requests.
+
+    On the replay the ``gn`` pool holds the items exposed before the request (the catalogue
+    as the streams would know it then); on the synthetic world, the whole catalogue.
+    """
+    from streams.join.pool import CandidatePool
+    from streams.simulator.replay import MindReplay
+    from streams.simulator.world import CONTENT_TYPES, World
+
+    pool, stats = CandidatePool(), CumulativeStats()
+    replay = None
+    if source == "replay":
+        replay = MindReplay(dataset, seed=seed, n_candidates=candidates)
+        requests = (r for r, _ in zip(replay.requests(), range(n), strict=False))
+    else:
+        world = World(seed=seed, n_users=1000, n_items=10000)
+        for i, t in enumerate(world.item_types):
+            pool.add(world.item_id(i), CONTENT_TYPES[t])
+        requests = (world.request(i, candidates) for i in range(n))
+    groups, bodies = [], []
+    for i, r in enumerate(requests):
+        if i >= n - COST_REQUESTS:
+            bodies.append(serving_body(r, stats))
+        groups.append(assemble_request(r, stats, pool))
+        if replay is not None:
+            for item in r.exposed:
+                pool.add(item, replay.content_type(item))
+    return groups, bodies
+
+
+def block_bounds(n: int, blocks: int) -> list[tuple[int, int]]:
+    """``blocks`` contiguous ``[start, end)`` ranges covering ``0..n``, as equal as possible.
+
+    >>> block_bounds(10, 3)
+    [(0, 3), (3, 6), (6, 10)]
+    """
+    edges = [n * b // blocks for b in range(blocks + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def serving_cost(tiers: dict[str, Any], bodies: list[dict[str, Any]]) -> dict[str, float]:
+    """CPU ms per request of each policy on the router's scoring path (numpy, no HTTP)."""
+    import redis
+
+    from feature_store.model_store import LoadedVersion
+    from router.features import FeatureCache
+    from router.holder import build
+    from router.prerank import parse_request, score
+
+    model = build(LoadedVersion(1, tiers, {"version": 1}))
+    features = FeatureCache(redis.Redis(port=1))  # every feature is inline: Redis is never asked
+    policies = {"light": ("light", 0.0), "expressive_all": ("expressive_all", 0.0),
+                **{f"damr@{b:g}": ("damr", b) for b in BUDGETS}}
+    cost = {}
+    for name, (policy, budget) in policies.items():
+        requests = [parse_request({**b, "policy": policy, "budget": budget}, max_candidates=5000) for b in bodies]
+        started = time.process_time()
+        for request in requests:
+            score(model, features, request)
+        cost[name] = (time.process_time() - started) * 1000 / max(len(requests), 1)
+    return cost
+
+
+def _row(method: str, policy: str, budget: float, seed: int, report: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"method": method, "policy": policy, "budget": budget, "seed": seed, "auc": report["auc"],
+            "gauc": report["gauc"], "exposed_auc": report["auc_vs"]["exp_neg"], "recall_at_k": report["recall_at_k"],
+            "consistency_at_k": report["consistency_at_k"], "auc_vs": report["auc_vs"], **extra}
+
+
+def run_counter(groups: list[Any], method: str, seed: int, blocks: int) -> list[dict[str, Any]]:
+    """Rows of a non-learned arm: the items ranked by one as-of statistic, per block and overall."""
+    from feature_store.featurize import ITEM_STAT_FEATURES
+    from learner.batching import Batch
+    from learner.progressive import ProgressiveMetrics
+    from streams.contract.schemas import SOURCES
+
+    column = ITEM_STAT_FEATURES.index(COUNTERS[method])
+    parts = []
+    for start, end in block_bounds(len(groups), blocks):
+        metrics = ProgressiveMetrics()
+        for i in range(start, end, BATCH_GROUPS):
+            batch = Batch.from_groups(groups[i:min(i + BATCH_GROUPS, end)])
+            metrics.update(batch.items["dense"][:, column].numpy().astype(np.float64), batch.group.numpy(),
+                           np.array(SOURCES)[batch.source.numpy()], batch.rank_pos)
+        parts.append(metrics)
+    rows = [_row(method, "counter", 0.0, seed, m.report(), block=b, expressive_evals_per_request=0.0)
+            for b, m in enumerate(parts)]
+    total = parts[0]
+    for m in parts[1:]:
+        total = total.merge(m)
+    return rows + [_row(method, "counter", 0.0, seed, total.report(), expressive_evals_per_request=0.0)]
+
+
+def run_learned(groups: list[Any], bodies: list[dict[str, Any]], method: str, seed: int,
+                blocks: int) -> tuple[list[dict[str, Any]], list[float]]:
+    """Rows of a learned arm (every policy, per block and overall) and its per-step gradient cosines."""
+    from learner.trainer import OnlineTrainer
+
+    trainer = OnlineTrainer(seed=seed, extra_budgets=BUDGETS, measure_conflict=True, **LEARNED[method])
+    cosines, started = [], time.process_time()
+    parts = []
+    for start, end in block_bounds(len(groups), blocks):
+        for i in range(start, end, BATCH_GROUPS):
+            report = trainer.step(groups[i:min(i + BATCH_GROUPS, end)])
+            cosines.append(report.grad_cosine if report.grad_cosine is not None else float("nan"))
+        parts.append((end - start, *trainer.take_metrics()))
+    cpu_ms = (time.process_time() - started) * 1000 / len(groups)
+    cost = serving_cost({n: t.export() for n, t in trainer.tiers().items()}, bodies)
+    mean_items = float(np.mean([len(g.items) for g in groups]))
+    rows = []
+    for block in [*range(len(parts)), None]:
+        chosen = parts if block is None else [parts[block]]
+        n = sum(p[0] for p in chosen)
+        for name in chosen[0][1]:
+            if name == "damr":
+                continue
+            metrics = chosen[0][1][name]
+            for p in chosen[1:]:
+                metrics = metrics.merge(p[1][name])
+            budget = float(name.split("@")[1]) if "@" in name else (1.0 if name == "expressive_all" else 0.0)
+            evals = (sum(p[2][name] for p in chosen) / n if "@" in name else
+                     mean_items if name == "expressive_all" else 0.0)
+            extra = {"expressive_evals_per_request": round(evals, 2)}
+            if block is None:
+                extra |= {"serve_cpu_ms_per_request": round(cost[name], 3),
+                          "train_cpu_ms_per_request": round(cpu_ms, 3)}
+            else:
+                extra["block"] = block
+            rows.append(_row(method, name.split("@")[0], budget, seed, metrics.report(), **extra))
+    return rows, cosines
+
+
+def run_closed_loop(arm: tuple[str, str], seed: int, requests: int, candidates: int) -> dict[str, Any]:
+    """Engagement per request of the exposures chosen through ``arm``'s own pre-ranker (online-trained
+    for a learned arm), under common random numbers: arms of one seed see the same users, requests
+    and click draws."""
+    import torch
+
+    from feature_store.featurize import ITEM_STAT_FEATURES, featurize_items, featurize_user
+    from feature_store.policies import budget_count, score_policy
+    from learner.models import item_tensors, user_tensors
+    from learner.trainer import OnlineTrainer
+    from streams.join.pool import CandidatePool
+    from streams.simulator.world import CONTENT_TYPES, World
+
+    method, policy = arm
+    world, stats, pool = World(seed=seed, n_users=1000, n_items=10000), CumulativeStats(), CandidatePool()
+    for i, t in enumerate(world.item_types):
+        pool.add(world.item_id(i), CONTENT_TYPES[t])
+    trainer = OnlineTrainer(seed=seed, **LEARNED[method]) if method in LEARNED else None
+    ctr_column = ITEM_STAT_FEATURES.index(COUNTERS["ctr"])
+
+    @torch.no_grad()
+    def preranker(request_id, user_id, user_features, ids, types):  # noqa: ANN001, ANN202
+        items = featurize_items(ids, types, stats.read(list(ids), 0))
+        if trainer is None:  # the ctr counter
+            return items.dense[:, ctr_column].astype(np.float64)
+        users, it = user_tensors([featurize_user(user_id, user_features)]), item_tensors(items)
+        group = torch.zeros(len(ids), dtype=torch.long)
+
+        def expressive(rows: np.ndarray | None) -> np.ndarray:
+            chosen = it if rows is None else {k: v[torch.as_tensor(rows)] for k, v in it.items()}
+            return trainer.expressive(users, chosen, group[: len(chosen["item_idx"])]).numpy()
+
+        return score_policy(policy, LOOP_KEEP, budget_count(len(ids), LOOP_BUDGET),
+                            lambda: trainer.light(users, it, group).numpy(), expressive)[0]
+
+    rewards, batch = [], []
+    for i in range(requests):
+        request = world.request(i, candidates, None if method == "heuristic" else preranker)
+        rewards.append(world.reward(request))
+        batch.append(assemble_request(request, stats, pool))
+        if len(batch) == 16:
+            if trainer is not None:
+                trainer.step(batch)
+            batch = []
+    half = rewards[len(rewards) // 2:]
+    return {"method": method, "policy": policy, "budget": LOOP_BUDGET if policy == "damr" else None, "seed": seed,
+            "closed_loop": True, "reward_per_request": float(np.mean(half)), "requests": requests,
+            "rewards": [round(r, 5) for r in rewards]}
+
+
+def ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of a 95% t-interval over independent values (seeds or blocks)."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if len(values) < 2:
+        return (values[0] if values else float("nan")), float("nan")
+    df = len(values) - 1
+    t = T95.get(df) or T95[max(k for k in T95 if k <= df)]
+    return float(np.mean(values)), t * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+
+
+def paired_blocks(rows: list[dict[str, Any]], source: str, arm: tuple[str, str, float],
+                  reference: tuple[str, str, float], metric: str = "gauc") -> list[float]:
+    """Per block, ``arm`` minus ``reference`` on ``metric`` (each averaged over seeds first)."""
+    by: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["source"] == source and "block" in r and r[metric] is not None:
+            by[(r["method"], r["policy"], r["budget"])][r["block"]].append(r[metric])
+    a, b = by.get(arm, {}), by.get(reference, {})
+    return [float(np.mean(a[k]) - np.mean(b[k])) for k in sorted(a) if k in b]
+
+
+def paired_loop(rows: list[dict[str, Any]], arm: tuple[str, str], reference: tuple[str, str]) -> list[float]:
+    """Closed loop, second half: per block of ``LOOP_BLOCK`` requests and per seed, the mean
+    per-request engagement of ``arm`` minus ``reference`` (same requests, same click draws)."""
+    loop = {(r["method"], r["policy"], r["seed"]): r["rewards"] for r in rows if r.get("closed_loop")}
+    out = []
+    for (method, policy, seed), rewards in sorted(loop.items()):
+        other = loop.get((*reference, seed))
+        if (method, policy) != arm or other is None:
+            continue
+        diff = np.asarray(rewards) - np.asarray(other)
+        diff = diff[len(diff) // 2:]
+        out += [float(block.mean()) for block in np.array_split(diff, max(1, len(diff) // LOOP_BLOCK))]
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from deploy.evaluation.report import write_report
+    from deploy.progress import Progress
+
+    torch.set_num_threads(1)  # micro-batches of a few thousand rows: a second thread only adds contention
+
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in LEARNED and m not in COUNTERS]
+    if unknown:
+        raise SystemExit(f"hap eval: unknown method(s) {', '.join(unknown)}; known: {', '.join([*COUNTERS, *LEARNED])}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    sources = ["synthetic"] + (["replay"] if args.dataset else [])
+    rows, conflict = [], {}
+    jobs = [(s, seed, m) for s in sources for seed in range(args.seeds) for m in methods]
+    with Progress(len(jobs) + len(LOOP_ARMS) * args.seeds, "eval", "run") as bar:
+        cache: dict[tuple[str, int], tuple[list[Any], list[dict[str, Any]]]] = {}
+        for source, seed, method in jobs:
+            if (source, seed) not in cache:
+                n = args.replay_groups if source == "replay" else args.groups
+                cache = {(source, seed): offline_groups(source, seed, n, args.dataset, args.candidates)}
+            groups, bodies = cache[(source, seed)]
+            if method in COUNTERS:
+                out = run_counter(groups, method, seed, args.blocks)
+            else:
+                out, cosines = run_learned(groups, bodies, method, seed, args.blocks)
+                conflict[f"{source}/{method}/{seed}"] = cosines
+            rows += [{"source": source, **r} for r in out]
+            bar.update(f"{source} seed {seed} {method}")
+        for seed in range(args.seeds):
+            for arm in LOOP_ARMS:
+                rows.append({"source": "synthetic", **run_closed_loop(arm, seed, args.loop_requests, args.candidates)})
+                bar.update(f"closed loop seed {seed} {'/'.join(arm)}")
+    command = " ".join(_argv(args))
+    (args.out / "results.json").write_text(json.dumps({"rows": rows, "conflict": conflict, "command": command},
+                                                      indent=1))
+    write_report(args.out, rows, conflict, args.markdown, command)
+    print(f"wrote {args.out / 'results.json'} ({len(rows)} rows)")
+    return 0
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    out = ["hap", "eval", "--out", str(args.out), "--seeds", str(args.seeds), "--blocks", str(args.blocks),
+           "--groups", str(args.groups), "--loop-requests", str(args.loop_requests), "--candidates",
+           str(args.candidates), "--methods", args.methods]
+    if args.dataset:
+        out += ["--dataset", str(args.dataset), "--replay-groups", str(args.replay_groups)]
+    if args.markdown:
+        out += ["--markdown", str(args.markdown)]
+    return out

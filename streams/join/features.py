@@ -1,0 +1,180 @@
+"""The streams' side of the feature store, fail-soft and off the event loop: item statistics and
+user histories in Redis.
+
+Every Redis call runs on one thread of its own, so the worker's event loop never waits on a
+round trip: counts and user histories are buffered as groups are joined and handed to that
+thread once per tick (:meth:`StreamFeatures.flush`, one pipeline each); the statistics of a
+batch of groups are read in one pipeline (:meth:`StreamFeatures.read_groups`) that the caller
+awaits. Statistics as of a time sum the buckets closed before its minute (its *span*), so each
+item's are read once per span and kept for the requests of that span (up to ``max_cached``
+items per span, the current span and the one before): a count that arrives later for an
+already closed bucket shows from the next span on.
+
+While Redis is down nothing blocks and nothing is lost silently: unwritten counts stay
+buffered (up to ``max_backlog``; beyond it the oldest are dropped and counted), histories are
+skipped (counted), reads fall back to the no-statistics default (counted, never kept), and a
+request's statistics are still read as of its own time.
+
+Examples
+--------
+>>> import asyncio                                                          # doctest: +SKIP
+>>> features = StreamFeatures(redis.Redis())                               # doctest: +SKIP
+>>> asyncio.run(features.read_groups([(["i1"], 60_000)]))[0][0]["exp_1d"]  # doctest: +SKIP
+0.0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import orjson
+import redis
+
+from feature_store.backoff import Backoff
+from feature_store.item_stats import WINDOWS, ItemStats, window_stats
+from feature_store.user_features import user_features_key
+from streams import metrics
+from streams.contract.schemas import is_positive
+
+log = logging.getLogger("hap.streams")
+MAX_BACKLOG = 1_000_000
+MAX_CACHED = 100_000  # items whose statistics are kept per span
+HISTORY_TTL_S = 86_400
+#: every window's bucket length is a multiple of this, so statistics as of two times in the same such span are equal
+_SPAN_MS = min(length for _, length, _ in WINDOWS.values())
+
+Count = tuple[str, str, int]  # item id, kind, event time ms
+
+
+class StreamFeatures:
+    def __init__(self, client: redis.Redis, *, prefix: str = "hap:", max_backlog: int = MAX_BACKLOG,
+                 backoff_s: float = 1.0, max_cached: int = MAX_CACHED) -> None:
+        self.r = client
+        self.stats = ItemStats(client, prefix)
+        self.prefix = prefix
+        self.max_backlog = max_backlog
+        self.redis = Backoff(backoff_s)
+        self.buffer: list[Count] = []
+        self.histories: dict[str, list[str]] = {}
+        self.max_cached = max_cached
+        self._spans: dict[int, dict[str, dict[str, float]]] = {}  # span -> item id -> statistics read in it
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="hap-redis")
+        self._writing: Future[list[Count]] | None = None
+
+    def count(self, event: Any, dwell_threshold_ms: int) -> None:
+        """Buffer the counters an exposure or feedback event adds."""
+        if event.type == "exposure":
+            self.buffer.append((event.item_id, "exp", event.ts_ms))
+            return
+        if event.click:
+            self.buffer.append((event.item_id, "clk", event.ts_ms))
+        if is_positive(event, dwell_threshold_ms):
+            self.buffer.append((event.item_id, "pos", event.ts_ms))
+
+    def set_history(self, user_id: str, history: list[str]) -> None:
+        """Buffer the user's recent positives, for the router (written at the next :meth:`flush`)."""
+        self.histories[user_id] = history
+
+    def flush(self) -> None:
+        """Hand the buffered counts and histories to the Redis thread, unless a write is in flight
+        (then they wait for the next flush). Counts a failed write could not store come back to
+        the buffer, oldest first."""
+        if self._writing is not None:
+            if not self._writing.done():
+                self._trim()
+                return
+            self.buffer[:0] = self._writing.result()
+            self._writing = None
+        if not self.redis.ready and self.histories:
+            metrics.ERRORS.labels("history_skipped").inc(len(self.histories))
+            self.histories = {}
+        if not (self.buffer or self.histories) or not self.redis.ready:
+            self._trim()
+            return
+        counts, self.buffer = self.buffer, []
+        histories, self.histories = self.histories, {}
+        self._writing = self._io.submit(self._write, counts, histories)
+
+    async def read_groups(self, requests: Sequence[tuple[Sequence[str], int]]) -> list[list[dict[str, float]]]:
+        """The statistics of each request's items as of its time (``(item ids, at ms)`` each), read
+        on the Redis thread in one pipeline."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, self._read, requests)
+
+    def _read(self, requests: Sequence[tuple[Sequence[str], int]]) -> list[list[dict[str, float]]]:
+        newest = max((at_ms // _SPAN_MS for _, at_ms in requests), default=0)
+        for old in [span for span in self._spans if span < newest - 1]:
+            del self._spans[old]
+        wanted = list(dict.fromkeys((item_id, at_ms // _SPAN_MS) for ids, at_ms in requests for item_id in ids
+                                    if item_id not in self._spans.get(at_ms // _SPAN_MS, ())))
+        read: dict[tuple[str, int], dict[str, float]] = {}
+        if wanted and self.redis.ready:
+            unique = list(dict.fromkeys(item_id for item_id, _ in wanted))
+            try:
+                pipe = self.r.pipeline(transaction=False)
+                for item_id in unique:
+                    pipe.hgetall(self.stats.key(item_id))
+                raw = dict(zip(unique, pipe.execute(), strict=True))
+            except (redis.RedisError, OSError) as exc:
+                self._failed(exc)
+            else:
+                for item_id, span in wanted:
+                    stats = read[item_id, span] = window_stats(raw[item_id], span * _SPAN_MS)
+                    cached = self._spans.setdefault(span, {})
+                    if len(cached) < self.max_cached:
+                        cached[item_id] = stats
+        out, down = [], 0
+        for ids, at_ms in requests:
+            span = at_ms // _SPAN_MS
+            cached = self._spans.get(span, {})
+            row = []
+            for item_id in ids:
+                stats = cached.get(item_id) or read.get((item_id, span))
+                if stats is None:
+                    down += 1
+                    stats = window_stats({}, at_ms)
+                row.append(stats)
+            out.append(row)
+        if down:
+            metrics.MISSING.labels("redis_down").inc(down)
+        missing = sum(1 for row in out for stats in row if stats["exp_1d"] == 0.0) - down
+        if missing:
+            metrics.MISSING.labels("item_stats").inc(missing)
+        return out
+
+    def _write(self, counts: list[Count], histories: dict[str, list[str]]) -> list[Count]:
+        """On the Redis thread: store counts and histories; returns the counts it could not store."""
+        try:
+            if counts:
+                self.stats.record(counts)
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc)
+            if histories:
+                metrics.ERRORS.labels("history_skipped").inc(len(histories))
+            return counts
+        try:
+            if histories:
+                pipe = self.r.pipeline(transaction=False)
+                for user_id, history in histories.items():
+                    pipe.set(user_features_key(user_id, self.prefix), orjson.dumps({"history": history}),
+                             ex=HISTORY_TTL_S)
+                pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc)
+            metrics.ERRORS.labels("history_skipped").inc(len(histories))
+        return []
+
+    def _failed(self, exc: Exception) -> None:
+        self.redis.failed()
+        metrics.ERRORS.labels("redis").inc()
+        log.warning("Redis unreachable (%s): %d counts buffered, default statistics served for %.1fs",
+                    exc, len(self.buffer), self.redis.backoff_s)
+
+    def _trim(self) -> None:
+        over = len(self.buffer) - self.max_backlog
+        if over > 0:
+            del self.buffer[:over]
+            metrics.ERRORS.labels("stats_dropped").inc(over)
