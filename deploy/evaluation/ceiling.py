@@ -158,7 +158,7 @@ def exposed_gauc(table: FeatureTable, scores: np.ndarray) -> float | None:
 
 def ceiling(rows: Sequence[Row], blocks: int = 5) -> list[dict[str, object]]:
     """Rows ``{scorer, gauc, delta_vs_ctr, delta_ci95, blocks}``, scored on the second half."""
-    from deploy.evaluation.evaluate import block_bounds, ci95
+    from deploy.evaluation.paired import block_bounds, ci95
 
     table = as_of_features(rows)
     half = len(rows) // 2
