@@ -140,6 +140,8 @@ class Settings:
     router_policy: str = "damr"
     router_budget: float = 0.2
     router_workers: int = 1
+    #: events per second `hap simulate` emits (0: as fast as it can)
+    sim_rate: float = 2000.0
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -201,6 +203,7 @@ class Settings:
             router_policy=env.get("HAP_ROUTER_POLICY", "damr"),
             router_budget=_float(env, "HAP_ROUTER_BUDGET", 0.2),
             router_workers=_int(env, "HAP_ROUTER_WORKERS", 1),
+            sim_rate=_float(env, "HAP_SIM_RATE", 2000.0),
             **ports,
         )
 
