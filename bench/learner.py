@@ -41,7 +41,7 @@ from groups import simulated_groups  # noqa: E402
 from deploy.settings import Settings  # noqa: E402
 from learner.batching import Batch  # noqa: E402
 from learner.trainer import OnlineTrainer, resolve_device  # noqa: E402
-from streams.schemas import check_sample_group, decode_sample_group, encode  # noqa: E402
+from streams.contract.schemas import check_sample_group, decode_sample_group, encode  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -114,7 +114,7 @@ def online(groups, settings, batch: int, device: str) -> tuple[float, float]:
     from kafka import KafkaProducer
 
     from learner.service import LearnerConfig, LearnerService
-    from streams.topics import ensure_topics
+    from streams.kafka.topics import ensure_topics
 
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     ensure_topics(settings.kafka_bootstrap, prefix)

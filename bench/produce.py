@@ -20,8 +20,8 @@ from kafka import KafkaProducer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy.settings import Settings  # noqa: E402
-from streams.producer import EventProducer  # noqa: E402
-from streams.schemas import encode  # noqa: E402
+from streams.contract.schemas import encode  # noqa: E402
+from streams.kafka.producer import EventProducer  # noqa: E402
 from streams.simulator.world import World  # noqa: E402
 
 

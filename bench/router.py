@@ -36,7 +36,7 @@ from learner.trainer import OnlineTrainer  # noqa: E402
 from router.features import FeatureCache  # noqa: E402
 from router.holder import build  # noqa: E402
 from router.prerank import parse_request, score  # noqa: E402
-from streams.pool import CandidatePool  # noqa: E402
+from streams.join.pool import CandidatePool  # noqa: E402
 from streams.simulator.offline import group_of  # noqa: E402
 from streams.simulator.world import World  # noqa: E402
 

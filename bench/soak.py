@@ -46,7 +46,7 @@ from deploy.scrape import Metrics, scrape  # noqa: E402
 from deploy.settings import Settings  # noqa: E402
 from deploy.stack.process import free_port  # noqa: E402
 from feature_store.model_store import ModelKeys  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
+from streams.kafka.topics import ensure_topics  # noqa: E402
 
 PARTS = ("streams", "learner", "router")
 LAG = "hap_streams_event_to_sample_seconds"

@@ -54,7 +54,7 @@ from deploy.pipeline import Component  # noqa: E402
 from deploy.scrape import Metrics, scrape  # noqa: E402
 from deploy.settings import Settings  # noqa: E402
 from deploy.stack.process import free_port  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
+from streams.kafka.topics import ensure_topics  # noqa: E402
 
 WINDOW = ["--window", "0.5", "--lateness", "0"]
 PARTITIONS = 4  # of every topic the bench creates (the worker's default)
@@ -190,12 +190,12 @@ class _NoStatistics:
 
 
 def join_in_process(records: list, prefix: str) -> dict[str, float]:
-    """CPU time per record of the join alone (:class:`streams.joiner.Joiner`, in-memory tables, no
+    """CPU time per record of the join alone (:class:`streams.join.joiner.Joiner`, in-memory tables, no
     Kafka, no Redis) over ``records`` in batches of 1000 in the order they were produced, every
     window closed after the last; and of orjson's parse of the same records."""
-    from streams.assembler import AssemblerConfig
-    from streams.joiner import JoinConfig, Joiner, JoinTables
-    from streams.pool import CandidatePool
+    from streams.join.assembler import AssemblerConfig
+    from streams.join.joiner import JoinConfig, Joiner, JoinTables
+    from streams.join.pool import CandidatePool
 
     records = sorted(records, key=lambda r: (r.timestamp, r.topic != f"{prefix}ranking"))
     tick = type(records[0])(f"{prefix}streams-ticks", 0, 0, 0, 0, b"", b"", None, 0, 0, [])

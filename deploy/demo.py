@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     write_targets(settings.data_dir, {"streams": f"127.0.0.1:{settings.streams_metrics_port}",
                                       "learner": f"127.0.0.1:{settings.learner_metrics_port}",
                                       "router": f"127.0.0.1:{settings.router_port}"})
-    from streams.topics import ensure_topics
+    from streams.kafka.topics import ensure_topics
 
     ensure_topics(settings.kafka_bootstrap, prefix, settings.kafka_partitions, settings.kafka_security,
                   settings.kafka_replication)

@@ -2,7 +2,7 @@
 
 Examples
 --------
->>> from streams.schemas import SampleGroup, SampleItem
+>>> from streams.contract.schemas import SampleGroup, SampleItem
 >>> g = SampleGroup("g", "r", "u", 0, 0, [SampleItem("a", "exp_pos", 1, 0, 0, "video"),
 ...                                       SampleItem("b", "gn", 0, None, None, "news")])
 >>> b = Batch.from_groups([g])
@@ -19,7 +19,7 @@ import torch
 
 from feature_store.featurize import featurize_items, featurize_user
 from learner.models import Tensors, item_tensors, user_tensors
-from streams.schemas import SOURCES, SampleGroup
+from streams.contract.schemas import SOURCES, SampleGroup
 
 SOURCE_CODE = {s: i for i, s in enumerate(SOURCES)}
 EASY = (SOURCE_CODE["gn"], SOURCE_CODE["prn"])

@@ -9,7 +9,7 @@ trained on.
 
 Examples
 --------
->>> from streams.schemas import SampleGroup, SampleItem
+>>> from streams.contract.schemas import SampleGroup, SampleItem
 >>> items = [SampleItem("a", "exp_pos", 1, 0, 0, "video", {"ctr_1d": 0.2}),
 ...          SampleItem("b", "exp_neg", 0, 1, 1, "video", {"ctr_1d": 0.01})]
 >>> arm = OnlineCounters()
@@ -27,7 +27,7 @@ from learner.batching import SOURCE_CODE, Batch
 from learner.ghcl import contrastive_path_loss
 from learner.models import Wide
 from learner.progressive import ProgressiveMetrics
-from streams.schemas import SOURCES, SampleGroup
+from streams.contract.schemas import SOURCES, SampleGroup
 
 
 class OnlineCounters:

@@ -72,8 +72,8 @@ from learner import checkpoint
 from learner import metrics as m
 from learner.fetcher import Fetcher
 from learner.trainer import OnlineTrainer, StepReport
-from streams.kafka_security import KafkaSecurity
-from streams.schemas import InvalidEvent, SampleGroup, decode_sample_group
+from streams.contract.schemas import InvalidEvent, SampleGroup, decode_sample_group
+from streams.kafka.security import KafkaSecurity
 
 log = logging.getLogger("hap.learner")
 SEEN_IDS = 200_000

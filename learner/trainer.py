@@ -22,7 +22,7 @@ exactly the delta to send.
 
 Examples
 --------
->>> from streams.schemas import SampleGroup, SampleItem
+>>> from streams.contract.schemas import SampleGroup, SampleItem
 >>> items = [SampleItem("a", "exp_pos", 1, 0, 0, "video"), SampleItem("b", "exp_neg", 0, 1, 1, "video"),
 ...          SampleItem("c", "gn", 0, None, None, "news")]
 >>> t = OnlineTrainer(method="ghcl", seed=0)
@@ -40,12 +40,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from feature_store.policies import budget_count, score_policy
+from feature_store.policies import DAMR_BUDGET, budget_count, score_policy
 from learner.batching import EASY, HARD, SOURCE_CODE, Batch
 from learner.ghcl import ConflictSampler, contrastive_path_loss, harmonize
 from learner.models import ExpressiveCross, LightTwoTower, Tier, combine
 from learner.progressive import ProgressiveMetrics
-from streams.schemas import SOURCES, SampleGroup
+from streams.contract.schemas import SOURCES, SampleGroup
 
 # The id tables' gradients are sparse tensors built from unique sorted rows; torch's invariant
 # checks stay off (its default), said explicitly so that it does not warn on every step.
@@ -73,7 +73,7 @@ class OnlineTrainer:
     """Both tiers, their optimizers and the progressive metrics of three scorers."""
 
     def __init__(self, method: str = "ghcl", *, dim: int = 16, lr: float = 0.01, emb_lr: float = 0.05,
-                 k: int = 10, damr_budget: float = 0.3, temperature: float = 1.0, seed: int = 0,
+                 k: int = 10, damr_budget: float = DAMR_BUDGET, temperature: float = 1.0, seed: int = 0,
                  harmonize_gradients: bool = True, conflict_sampling: bool = True, prior: bool = True,
                  gate: bool = True, rn_path: str = "easy", wide_paths: str = "hard", gate_paths: str = "shown",
                  residual_l2: float = RESIDUAL_L2, device: str = "cpu",

@@ -1,4 +1,4 @@
-"""Size limits of what the router accepts (the same as the event contracts' in ``streams.contract``)."""
+"""Size limits of what the router accepts (the same as the event contracts' in ``streams.contract.fields``)."""
 
 #: item ids, user ids, request ids and history entries: at most this many characters
 ID_CHARS = 256

@@ -4,8 +4,9 @@
 time, for many items in one round trip: a Lua script sums each item's buckets into the windows'
 counts (the rule of :func:`feature_store.item_stats.window_stats`: the buckets closed before
 ``at_ms``) and returns them as one string, so the router parses one reply instead of every
-field; it also gives the item's age (from the hash's ``first`` field) and the minutes since its last
-exposure (the latest closed minute bucket with an exposure), as ``window_stats`` does. Each item gets a state: ``ABSENT`` (no statistics at all), ``OK``, or ``MALFORMED`` (a
+field; it also gives the item's age (from the hash's ``first`` field) and the minutes since its
+last exposure (the latest closed minute bucket with an exposure), as ``window_stats`` does. Each
+item gets a state: ``ABSENT`` (no statistics at all), ``OK``, or ``MALFORMED`` (a
 field or value the layout does not allow; the item gets the defaults and is counted, it never
 fails a request). Where scripts cannot run (a Redis Cluster, scripting disabled) the reader falls
 back to ``HGETALL`` and ``window_stats`` per item.

@@ -2,7 +2,7 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from streams.validate import REASON_KINDS
+from streams.contract.validate import REASON_KINDS
 
 EVENTS = Counter("hap_streams_events", "Input events consumed", ["topic"])
 GROUPS = Counter("hap_streams_groups", "Sample groups emitted", ["kind"])

@@ -1,7 +1,7 @@
 """Write the files of the kustomize base that are made from code, so that nothing is retyped:
 
-- ``kafka/topics.yaml``: a Strimzi ``KafkaTopic`` for every topic of :func:`streams.topics.pipeline_topics`
-  and every changelog of the streams app's tables (:func:`streams.topics.worker_topics`), with the
+- ``kafka/topics.yaml``: a Strimzi ``KafkaTopic`` for every topic of :func:`streams.kafka.topics.pipeline_topics`
+  and every changelog of the streams app's tables (:func:`streams.kafka.topics.worker_topics`), with the
   partitions and replication of the settings in ``hap.env`` (what the pods read);
 - ``monitoring/prometheus-rule.yaml``: the alert rules (:func:`deploy.dashboards.alerts.prometheus_rules`)
   as a ``PrometheusRule``;
@@ -46,8 +46,8 @@ def deployed_settings() -> Settings:
 def topic_specs(settings: Settings) -> dict[str, Any]:
     """Every topic the pipeline uses: its own and the streams app's changelogs, as the worker creates them."""
     from feature_store.connection import RedisEndpoint
-    from streams.app import StreamsConfig, make_app
-    from streams.topics import pipeline_topics, worker_topics
+    from streams.kafka.topics import pipeline_topics, worker_topics
+    from streams.worker.app import StreamsConfig, make_app
 
     with tempfile.TemporaryDirectory() as data_dir:  # the app is built only to read its id and tables
         app = make_app(StreamsConfig(bootstrap=settings.kafka_bootstrap, redis=RedisEndpoint(settings.redis_url),
@@ -89,7 +89,7 @@ def _yaml(docs: list[dict[str, Any]]) -> str:
 def files() -> dict[str, str]:
     """Path under ``deploy/k8s`` -> content of every generated file."""
     out = {
-        "kafka/topics.yaml": HEADER.format(source="streams/topics.py and hap.env")
+        "kafka/topics.yaml": HEADER.format(source="streams/kafka/topics.py and hap.env")
         + _yaml(kafka_topics(deployed_settings())),
         "monitoring/prometheus-rule.yaml": HEADER.format(source="deploy/dashboards/alerts.py")
         + _yaml([prometheus_rule()]),

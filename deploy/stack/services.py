@@ -20,8 +20,8 @@ import redis
 from deploy.settings import Settings, broker_ports, child_env
 from deploy.stack.process import ManagedProcess, StackError, port_is_free
 from feature_store.connection import RedisEndpoint
-from streams.kafka_security import PLAINTEXT, KafkaSecurity
-from streams.topics import Replication
+from streams.kafka.security import PLAINTEXT, KafkaSecurity
+from streams.kafka.topics import Replication
 
 KAFKA_HEAP = "-Xmx768m"
 SCRAPE_INTERVAL = "2s"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from streams.schemas import Candidate, ExposureEvent, RankingEvent
+from streams.contract.schemas import Candidate, ExposureEvent, RankingEvent
 
 PRERANK_KEEP = 200  # candidates the pre-ranker passes to ranking
 #: pre-ranker: (request_id, user_id, user_features, item ids, content types) -> scores

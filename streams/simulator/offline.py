@@ -6,9 +6,9 @@ same assembler as the Faust agents, with the request's events all in.
 
 from __future__ import annotations
 
-from streams.assembler import AssemblerConfig, StatsReader, add_exposure, add_ranking, assemble, new_pending
-from streams.pool import CandidatePool
-from streams.schemas import SampleGroup
+from streams.contract.schemas import SampleGroup
+from streams.join.assembler import AssemblerConfig, StatsReader, add_exposure, add_ranking, assemble, new_pending
+from streams.join.pool import CandidatePool
 from streams.simulator.cascade import Request
 
 DEFAULT_CONFIG = AssemblerConfig()

@@ -19,7 +19,7 @@ from typing import IO, Protocol
 
 import numpy as np
 
-from streams.schemas import ExposureEvent, ItemUpdate, RankingEvent, encode
+from streams.contract.schemas import ExposureEvent, ItemUpdate, RankingEvent, encode
 from streams.simulator.cascade import Request
 
 

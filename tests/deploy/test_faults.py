@@ -16,9 +16,9 @@ from kafka import KafkaConsumer, TopicPartition
 from deploy.pipeline import Component
 from deploy.scrape import scrape
 from feature_store.model_store import ModelStore
-from streams.producer import EventProducer, ProducerUnavailable
-from streams.schemas import decode_sample_group
-from streams.topics import ensure_topics
+from streams.contract.schemas import decode_sample_group
+from streams.kafka.producer import EventProducer, ProducerUnavailable
+from streams.kafka.topics import ensure_topics
 
 from ..conftest import trained_exactly_once, truth
 

@@ -20,7 +20,7 @@ import yaml
 from deploy.dashboards.definitions import all_dashboards
 from deploy.k8s import generate
 from deploy.settings import SECRETS, Settings
-from streams.topics import pipeline_topics
+from streams.kafka.topics import pipeline_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "deploy" / "k8s"

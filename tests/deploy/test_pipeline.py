@@ -12,9 +12,9 @@ from deploy.dashboards.definitions import all_queries
 from deploy.pipeline import Component
 from deploy.stack.process import free_port
 from deploy.stack.services import write_targets
-from streams.producer import EventProducer
-from streams.schemas import ExposureEvent
-from streams.topics import ensure_topics
+from streams.contract.schemas import ExposureEvent
+from streams.kafka.producer import EventProducer
+from streams.kafka.topics import ensure_topics
 
 
 def query(prometheus_url: str, expr: str) -> list:

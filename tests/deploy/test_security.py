@@ -11,8 +11,8 @@ import redis
 from deploy.pipeline import Component
 from deploy.settings import Settings
 from deploy.stack.services import kafka_answers
-from streams.kafka_security import KafkaSecurity
-from streams.schemas import decode_sample_group
+from streams.contract.schemas import decode_sample_group
+from streams.kafka.security import KafkaSecurity
 
 from ..conftest import read_topic, simulate
 from .conftest import hap, pids

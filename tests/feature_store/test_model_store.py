@@ -11,9 +11,6 @@ import pytest
 import redis
 from safetensors.numpy import save as st_save
 
-from deploy.settings import Settings
-from deploy.stack.process import free_port
-from deploy.stack.services import Redis
 from feature_store.lease import WriterLease
 from feature_store.model_store import (
     BlobCorrupt,
@@ -282,12 +279,10 @@ def test_memory_is_bounded_by_the_count_of_kept_versions(redis_client):
     assert len(kept) <= 2 * (3 + 4)  # both tiers: the kept versions' chains back to their full snapshots
 
 
-def test_blobs_of_a_failed_publish_and_leftover_blobs_expire(tmp_path):
+def test_blobs_of_a_failed_publish_and_leftover_blobs_expire(own_redis):
     """Redis refuses the second blob (out of memory): the first one, written, has a TTL. A blob left
     without a TTL (an older learner's crash) gets one at the next store's first publish."""
-    server = Redis(Settings.load({"HAP_DATA_DIR": str(tmp_path), "HAP_REDIS_PORT": str(free_port())}))
-    server.start()
-    client = redis.Redis.from_url(server.endpoint())
+    client = redis.Redis.from_url(own_redis.endpoint())
     try:
         client.set(KEYS.blob(0, "light"), b"left by a crash")  # no TTL
         ModelStore(client).publish({"light": form(np.zeros((4, 2), np.float32), np.ones(2, np.float32))},
@@ -304,4 +299,3 @@ def test_blobs_of_a_failed_publish_and_leftover_blobs_expire(tmp_path):
         assert orphan and all(client.ttl(k) > 0 for k in orphan), blob_ttls(client)
     finally:
         client.close()
-        server.process.stop()

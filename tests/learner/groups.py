@@ -1,7 +1,7 @@
 """Deterministic sample groups for learner tests, from the simulator's world and the real assembler."""
 
-from streams.pool import CandidatePool
-from streams.schemas import SampleGroup
+from streams.contract.schemas import SampleGroup
+from streams.join.pool import CandidatePool
 from streams.simulator.offline import group_of
 from streams.simulator.world import World
 

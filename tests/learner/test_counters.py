@@ -3,7 +3,7 @@
 import numpy as np
 
 from learner.counters import OnlineCounters
-from streams.schemas import SampleGroup, SampleItem
+from streams.contract.schemas import SampleGroup, SampleItem
 
 
 def group(n: int, rng: np.random.Generator) -> SampleGroup:

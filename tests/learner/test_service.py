@@ -24,8 +24,8 @@ from feature_store.model_store import FencedError, ModelStore
 from learner import checkpoint
 from learner.service import LearnerConfig, LearnerService
 from learner.trainer import OnlineTrainer
-from streams.schemas import encode
-from streams.topics import ensure_topics
+from streams.contract.schemas import encode
+from streams.kafka.topics import ensure_topics
 
 from .groups import simulated_groups
 

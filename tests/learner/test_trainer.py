@@ -6,7 +6,7 @@ import torch
 from learner.batching import Batch
 from learner.progressive import ProgressiveMetrics
 from learner.trainer import METHODS, OnlineTrainer
-from streams.schemas import SOURCES
+from streams.contract.schemas import SOURCES
 
 from .groups import simulated_groups
 

@@ -23,9 +23,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from deploy.settings import Settings
 from deploy.stack.process import port_is_free
 from deploy.stack.services import Kafka
-from streams.topics import Replication, create_missing, pipeline_topics, worker_topics
-
-pytestmark = pytest.mark.integration
+from streams.kafka.topics import Replication, create_missing, pipeline_topics, worker_topics
 
 BROKERS = 3
 

@@ -33,15 +33,12 @@ from feature_store.model_store import ModelKeys, ModelStore
 from router.features import FeatureCache
 from router.holder import ModelHolder
 from router.stats_reader import OK
-from streams.features import StreamFeatures
-from streams.schemas import ExposureEvent
+from streams.contract.schemas import ExposureEvent
+from streams.join.features import StreamFeatures
 from tests.router.conftest import publish
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not (shutil.which("redis-server") and shutil.which("redis-cli")),
-                       reason="redis-server and redis-cli are needed (Debian's redis-server package: make setup)"),
-]
+pytestmark = pytest.mark.skipif(not (shutil.which("redis-server") and shutil.which("redis-cli")),
+                       reason="redis-server and redis-cli are needed (Debian's redis-server package: make setup)")
 
 NODE_TIMEOUT_MS = 2000
 PASSWORD = "cluster-secret"  # every node requires it (requirepass; masterauth for the replicas)

@@ -14,12 +14,10 @@ import pytest
 from deploy.pipeline import Component
 from deploy.scrape import scrape
 from deploy.stack.process import free_port
-from streams.schemas import decode_sample_group
-from streams.topics import ensure_topics
+from streams.contract.schemas import decode_sample_group
+from streams.kafka.topics import ensure_topics
 
 from ..conftest import dead_letters_of, input_offsets, read_topic, trained_exactly_once, truth
-
-pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
 STREAMS = ["streams", "--window", "1", "--lateness", "0.5"]

@@ -2,7 +2,7 @@
 
 import orjson
 
-from streams.schemas import decode_exposure, decode_item, decode_ranking
+from streams.contract.schemas import decode_exposure, decode_item, decode_ranking
 
 from ...conftest import read_topic, simulate
 

@@ -50,7 +50,7 @@ def test_replay_keeps_real_exposures_and_builds_candidates_from_live_items(mind_
 
 
 def test_a_log_without_categories_replays_valid_events_with_the_unknown_type(tmp_path):
-    from streams.schemas import decode_exposure, decode_ranking, encode
+    from streams.contract.schemas import decode_exposure, decode_ranking, encode
 
     (tmp_path / "behaviors.tsv").write_text(
         "1\tU1\t5/18/2023 7:00:00 AM\tN0\tN1-1 N2-0\n"

@@ -1,0 +1,59 @@
+"""`hap learner`: the online learner of both tiers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from deploy.settings import Settings
+
+    s = Settings.load()
+    p = sub.add_parser("learner", help="train both tiers online from hap.samples and publish to Redis")
+    p.add_argument("--method", choices=["ghcl", "mixed", "softmax"], default=s.learner_method)
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when a GPU is visible, else the CPU), cpu or cuda[:n]; weights and "
+                        "checkpoints are the same whatever the device")
+    p.add_argument("--batch-groups", type=int,
+                   help="the most groups one step trains on (default 256): each step takes every group already "
+                        "fetched, up to this (big batches while behind, small ones when caught up)")
+    p.add_argument("--publish-interval", type=float, default=s.publish_interval_s)
+    p.add_argument("--publish-steps", type=int, default=50)
+    p.add_argument("--checkpoint-interval", type=float, default=10.0)
+    p.add_argument("--keep-versions", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without samples")
+    p.add_argument("--metrics-port", type=int, help="default: HAP_LEARNER_METRICS_PORT or 9102")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from prometheus_client import start_http_server
+
+    from deploy.settings import Settings
+    from learner.service import LearnerConfig, LearnerService
+    from learner.trainer import OnlineTrainer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    s = Settings.load()
+    start_http_server(args.metrics_port or s.learner_metrics_port, addr=s.metrics_host)
+    cfg = LearnerConfig(
+        bootstrap=s.kafka_bootstrap, redis=s.redis, kafka_security=s.kafka_security, samples_topic=s.topic("samples"),
+        checkpoint_path=s.data_dir / "learner" / "checkpoint.safetensors",
+        publish_s=args.publish_interval, publish_steps=args.publish_steps,
+        checkpoint_s=args.checkpoint_interval, keep_versions=args.keep_versions,
+        lease_ttl_s=s.learner_lease_ttl_s, lease_wait_s=s.learner_lease_wait_s,
+        **({} if args.batch_groups is None else {"batch_groups": args.batch_groups}),
+    )
+    service = LearnerService(cfg, OnlineTrainer(method=args.method, seed=args.seed, device=args.device,
+                                                 damr_budget=s.damr_budget))
+    for sig in (signal.SIGTERM, signal.SIGINT):  # graceful: train what was polled, publish, checkpoint
+        signal.signal(sig, lambda *_: service.stop())
+    service.run(max_idle_s=args.exit_when_idle)
+    logging.getLogger("hap.learner").info("stopped after %d steps, %d versions", service.trainer.steps,
+                                          service.versions)
+    return 0

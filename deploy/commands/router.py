@@ -1,0 +1,122 @@
+"""`hap router`: the DAMR pre-ranking service.
+
+A router process uses one core on purpose: the math libraries' thread pools are pinned to one
+thread before numpy loads (a second OpenBLAS thread only competes with the request thread).
+``--workers N`` uses N cores: N processes serve one port (``SO_REUSEPORT``, the kernel spreads
+connections), each loading and hot-swapping versions on its own; the parent supervises them
+(a worker that exits is restarted; SIGTERM/SIGINT stop them all) and ``/metrics`` on any worker
+answers for all of them (prometheus_client's multiprocess mode over a private directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import sys
+
+#: set before numpy is first imported (``hap`` imports this module before any component)
+PINNED_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+for _name in PINNED_THREADS:
+    os.environ.setdefault(_name, "1")
+#: how long a thread holding the GIL keeps it from a waiting one (Python's default: 5 ms)
+SWITCH_INTERVAL_S = 0.0005
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from deploy.settings import Settings
+
+    s = Settings.load()
+    p = sub.add_parser("router", help="serve pre-ranking with DAMR over hot-swapped versions")
+    p.add_argument("--host", help="default: HAP_ROUTER_HOST, else HAP_METRICS_HOST, else 127.0.0.1")
+    p.add_argument("--port", type=int, help="default: HAP_ROUTER_PORT or 8080")
+    p.add_argument("--policy", choices=["light", "damr", "expressive_all"], default=s.router_policy)
+    p.add_argument("--budget", type=float, default=s.damr_budget,
+                   help="expressive budget: fraction of candidates (< 1) or count")
+    p.add_argument("--max-candidates", type=int, default=5000)
+    p.add_argument("--poll", type=float, default=2.0, help="manifest polling interval (fallback to pub/sub)")
+    p.add_argument("--workers", type=int, default=s.router_workers,
+                   help="processes serving the port (SO_REUSEPORT), one core each")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for the workers
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        return supervise(args)
+    from aiohttp import web
+
+    from deploy.settings import Settings
+    from router.app import make_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    s = Settings.load()
+    client = s.redis.client(timeout_s=0.5)
+    app = make_app(client, policy=args.policy, budget=args.budget, max_candidates=args.max_candidates,
+                   poll_s=args.poll)
+    gc.collect()
+    gc.freeze()  # what start-up built is never traversed again; a request's objects die by reference count
+    gc.set_threshold(50_000, 20, 100)  # fewer young collections under thousands of candidates per request
+    # the background threads (feature refresh, swap) hand the GIL back to a waiting request after 0.5 ms, not 5
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    web.run_app(app, host=args.host or s.router_host, port=args.port or s.router_port, access_log=None, print=None,
+                reuse_port=args.reuse_port or None)
+    return 0
+
+
+def supervise(args: argparse.Namespace) -> int:
+    """Run ``args.workers`` router processes on one port; restart one that exits (at most once a
+    second), stop them all on SIGTERM or SIGINT."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from deploy.settings import Settings
+
+    s = Settings.load()
+    command = [sys.executable, "-c", "import sys; from deploy.cli import main; sys.exit(main())", "router",
+               "--host", args.host or s.router_host, "--port", str(args.port or s.router_port),
+               "--policy", args.policy, "--budget", str(args.budget),
+               "--max-candidates", str(args.max_candidates), "--poll", str(args.poll), "--workers", "1",
+               "--reuse-port"]
+    metrics_dir = tempfile.mkdtemp(prefix="hap-router-metrics-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    workers = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
+    log = logging.getLogger("hap.router")
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for n, worker in enumerate(workers):
+                if worker.poll() is not None and not stopping:
+                    log.warning("router worker %d exited with %s; restarting", worker.pid, worker.returncode)
+                    _mark_dead(worker.pid, metrics_dir)
+                    time.sleep(1.0)
+                    workers[n] = subprocess.Popen(command, env=env)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _mark_dead(pid: int, metrics_dir: str) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, metrics_dir)

@@ -1,0 +1,85 @@
+"""`hap simulate`: synthetic cascade traffic or a replay of real data, to Kafka or files."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from deploy.progress import Progress
+from deploy.settings import Settings
+from streams.contract.schemas import ItemUpdate
+from streams.kafka.producer import EventProducer, ProducerUnavailable
+from streams.simulator.cascade import Request, router_preranker
+from streams.simulator.replay import MindReplay
+from streams.simulator.sink import EmitReport, FileWriter, Writer, emit, emit_items
+from streams.simulator.world import CONTENT_TYPES, World
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="emit simulated or replayed cascade traffic")
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--rate", type=float, default=Settings.load().sim_rate,
+                   help="events per second (0: as fast as possible)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", type=Path, help="replay a MIND-layout dataset instead of the synthetic world")
+    p.add_argument("--duration", type=float, help="stop starting requests after this many seconds")
+    p.add_argument("--candidates", type=int, default=1000)
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--items", type=int, default=20000)
+    p.add_argument("--legacy-world", action="store_true",
+                   help="the first synthetic world: two factors, no drift, no position bias")
+    p.add_argument("--duplicate-rate", type=float, default=0.01)
+    p.add_argument("--feedback-delay", type=float, default=2.0, help="mean feedback delay, seconds")
+    p.add_argument("--router-url", help="pre-rank through the live router (closes the loop)")
+    p.add_argument("--out", type=Path, help="write JSONL files here instead of Kafka")
+    p.add_argument("--truth", type=Path, help="write ground truth (exposed items, labels) as JSONL")
+    p.add_argument("--report", type=Path, help="write the emitted counts as JSON")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_source(args: argparse.Namespace) -> tuple[Iterator[Request], list[ItemUpdate], int, World | None]:
+    """The request stream, the item catalogue, the number of requests and the world (synthetic only)."""
+    if args.dataset:
+        replay = MindReplay(args.dataset, seed=args.seed, n_candidates=args.candidates)
+        items = [ItemUpdate(str(i), replay.content_type(str(i)), 0) for i in replay.pool]
+        return replay.requests(), items, min(args.requests, len(replay)), None
+    world = World(seed=args.seed, n_users=args.users, n_items=args.items,
+                  feedback_delay_ms=1000 * args.feedback_delay, legacy=args.legacy_world)
+    preranker = router_preranker(args.router_url) if args.router_url else None
+    requests = (world.request(i, args.candidates, preranker) for i in range(args.requests))
+    items = [ItemUpdate(world.item_id(i), CONTENT_TYPES[t], 0) for i, t in enumerate(world.item_types)]
+    return requests, items, args.requests, world
+
+
+def run(args: argparse.Namespace) -> int:
+    requests, items, n, _world = build_source(args)
+    writer: Writer
+    if args.out:
+        writer = FileWriter(args.out)
+    else:
+        settings = Settings.load()
+        writer = EventProducer(settings.kafka_bootstrap, topic_prefix=settings.topic_prefix,
+                               security=settings.kafka_security)
+    report = EmitReport()
+    try:
+        emit_items(items, writer, report)
+        progress = None if args.no_progress else Progress(n, "simulate", "requests")  # plain lines when not a tty
+        sent = emit(requests, writer, rate=args.rate or None, n_requests=n, duplicate_rate=args.duplicate_rate,
+                    seed=args.seed, truth_file=args.truth, realtime=args.out is None,
+                    progress=progress.update if progress else None, duration_s=args.duration)
+        if progress is not None:
+            progress.close()
+        writer.close()
+    except ProducerUnavailable as exc:  # the broker went away for good: say so, exit 1
+        print(f"hap simulate: {exc}", file=sys.stderr)
+        return 1
+    sent.items = report.items
+    summary = dataclasses.asdict(sent)
+    print(json.dumps(summary))
+    if args.report:
+        args.report.write_text(json.dumps(summary))
+    return 0

@@ -1,0 +1,78 @@
+"""`hap streams`: run one Faust worker (start several with the same topic prefix to scale out)."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from deploy.settings import Settings
+
+    s = Settings.load()
+    p = sub.add_parser("streams", help="assemble hybrid sample groups from Kafka events")
+    p.add_argument("--window", type=float, default=s.join_window_s,
+                   help="join window: seconds of event time after a request's last event")
+    p.add_argument("--lateness", type=float, default=s.lateness_s)
+    p.add_argument("--max-future", type=float, default=10.0,
+                   help="seconds an event time may run ahead of its arrival; beyond, the event is dead-lettered "
+                        "(reason_kind future)")
+    p.add_argument("--dwell-threshold", type=float, default=30.0, help="dwell seconds that count as positive")
+    p.add_argument("--gn-per-exposed", type=int, default=2)
+    p.add_argument("--max-rn", type=int, default=10)
+    p.add_argument("--max-prn", type=int, default=10)
+    p.add_argument("--no-corrections", action="store_true", help="dead-letter late feedback instead")
+    p.add_argument("--metrics-port", type=int, default=None, help="default: HAP_STREAMS_METRICS_PORT or 9101")
+    p.add_argument("--worker-id", default=s.worker_id)
+    p.add_argument("--stall-timeout", type=float, default=s.streams_stall_s,
+                   help="seconds without progress (x10 while tables recover) before the worker is replaced")
+    p.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)  # the supervised child
+
+
+def run(args: argparse.Namespace) -> int:
+    """Supervise one worker process (see :mod:`streams.worker.watchdog`); in that process, run the worker."""
+    if not args.worker_process:
+        from streams.worker.watchdog import supervise
+
+        return supervise([sys.executable, "-m", "deploy.cli", *sys.argv[1:], "--worker-process"])
+    return run_worker(args)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from prometheus_client import start_http_server
+
+    from deploy.settings import Settings
+    from streams.join.assembler import AssemblerConfig
+    from streams.kafka.topics import create_missing, pipeline_topics, worker_topics
+    from streams.worker.app import StreamsConfig, make_app
+    from streams.worker.log_filter import quiet_repeats
+    from streams.worker.process import make_worker_class
+
+    s = Settings.load()
+    start_http_server(args.metrics_port or s.streams_metrics_port, addr=s.metrics_host)
+    cfg = StreamsConfig(
+        bootstrap=s.kafka_bootstrap, redis=s.redis, kafka_security=s.kafka_security, topic_prefix=s.topic_prefix,
+        partitions=s.kafka_partitions, replication_factor=s.kafka_replication.factor,
+        data_dir=Path(s.data_dir) / f"streams-{args.worker_id}", corrections=not args.no_corrections,
+        stall_s=args.stall_timeout, max_future_ms=int(args.max_future * 1000),
+        static_member=f"{s.topic_prefix}{args.worker_id}" if s.streams_static_membership else None,
+        assembler=AssemblerConfig(
+            window_ms=int(args.window * 1000), lateness_ms=int(args.lateness * 1000),
+            dwell_threshold_ms=int(args.dwell_threshold * 1000), max_rn=args.max_rn, max_prn=args.max_prn,
+            gn_per_exposed=args.gn_per_exposed,
+        ),
+    )
+    app = make_app(cfg)
+    # every topic the worker uses, changelogs included, replicated as the settings say (Faust creates none)
+    create_missing(cfg.bootstrap, {**pipeline_topics(cfg.topic_prefix, cfg.partitions, s.kafka_replication),
+                                   **worker_topics(app.conf.id, list(app.tables), cfg.partitions,
+                                                   s.kafka_replication)}, cfg.kafka_security)
+    quiet_repeats()
+    gc.collect()
+    gc.freeze()  # start-up's objects are never traversed again: a full collection took 0.13 s, now 0.01-0.03 s
+    _Worker = make_worker_class()
+    sys.argv = [sys.argv[0], "worker"]
+    _Worker(app, loglevel=s.log_level, quiet=True).execute_from_commandline()
+    return 0

@@ -1,0 +1,1 @@
+"""`hap eval` and its report, and the replay's ceiling beyond the counter."""

@@ -1,0 +1,1 @@
+"""Kafka adapters: topics, client security, the producer SDK, the worker's batch producer, the decode guard."""

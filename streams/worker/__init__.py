@@ -1,0 +1,1 @@
+"""The worker runtime: the Faust app around the join, its supervisor (watchdog) and its command line."""

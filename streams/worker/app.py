@@ -1,0 +1,387 @@
+"""The Faust app: a thin adapter that feeds Kafka records to the join (:class:`streams.join.joiner.Joiner`).
+
+Topology (all input topics keyed by ``request_id`` and co-partitioned):
+
+- ``assemble`` consumes ``ranking``, ``exposure`` and the internal ``streams-ticks`` topic
+  (one tick per partition every ``tick_s``, so windows close on quiet streams too) in batches
+  of up to :data:`BATCH_RECORDS` records (``stream.take_events``). The join's state lives in
+  the changelog-backed tables ``pending`` (each open request's join state, written once per
+  batch), ``rankings`` (each open request's ranking event as columns, written once),
+  ``finalized`` and ``emitted`` (each finalized request's labels and its last group, for
+  late-event detection and corrections, kept ``retention_ms``). A restarted or rebalanced
+  worker recovers them from their changelogs.
+- ``catalogue`` consumes the partitions of ``items`` the group assigns to this worker and
+  dead-letters the invalid records; the candidate pool is filled from every partition of
+  ``items`` by a :class:`streams.join.catalogue.CatalogueFollower` outside the group, so each of N
+  workers draws ``gn`` negatives from the whole catalogue.
+
+Delivery: at-least-once, and the tables never run ahead of the outputs. For each batch the
+adapter first hands every group and dead letter the join produced to the producer and waits until
+the broker acknowledged them all, then writes the batch's table changes to their changelogs and
+waits for those, and only then lets Faust acknowledge the batch's records (Faust commits
+acknowledged offsets). A delivery that fails ends the worker (exit 1, restarted by the
+supervisor) before anything of the batch is acknowledged; a worker killed at any point (SIGKILL
+included) replays from the last commit with tables that are at most as far as the outputs, so a
+replayed request is emitted again with the same ``group_id`` (deterministic, which consumers
+de-duplicate) rather than found finalized with its group lost. Every rejected input goes to
+``dlq`` as a :class:`streams.contract.dlq.DeadLetter` keyed by its ``request_id``; a record batch the
+worker cannot decode (see :mod:`streams.kafka.decode_guard`) too, and the worker moves on: no input
+stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from feature_store.connection import RedisEndpoint
+from streams import metrics
+from streams.contract.schemas import Limits
+from streams.join.assembler import AssemblerConfig
+from streams.join.catalogue import CatalogueFollower
+from streams.join.features import StreamFeatures
+from streams.join.joiner import JoinConfig, Joiner, JoinTables
+from streams.join.pool import CandidatePool
+from streams.kafka import decode_guard
+from streams.kafka.batch_producer import BatchProducer, changelog_record
+from streams.kafka.security import KafkaSecurity
+from streams.kafka.topics import DEFAULT_PARTITIONS, record_limits
+from streams.worker.watchdog import (
+    EXIT_REASONS,
+    EXITS_ENV,
+    RECOVERY_GRACE,
+    RESTARTS_ENV,
+    STALLED_EXIT,
+    Watchdog,
+    parse_exits,
+)
+
+#: records per batch, and the longest a batch waits to fill
+BATCH_RECORDS = 1000
+BATCH_WITHIN_S = 0.05
+#: bytes per partition and fetch: a ranking event is ~80 KB; 8 MiB instead of Faust's 1 MiB took
+#: 1.3-1.4x the events/s in two pairs of runs (aiokafka caps a whole fetch response at 50 MiB)
+FETCH_BYTES = 8 << 20
+REBUILD_EVERY_S = 30.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamsConfig:
+    bootstrap: str
+    redis: RedisEndpoint
+    topic_prefix: str = "hap."
+    app_id: str = "hap-streams"
+    data_dir: Path = Path(".hap/streams")
+    assembler: AssemblerConfig = AssemblerConfig()
+    limits: Limits = Limits()
+    corrections: bool = True
+    retention_ms: int = 600_000
+    tick_s: float = 0.25
+    partitions: int = DEFAULT_PARTITIONS
+    #: replicas of the changelogs and other topics Faust would create (``hap streams`` creates them first)
+    replication_factor: int = 1
+    kafka_security: KafkaSecurity = KafkaSecurity()
+    stall_s: float = 30.0
+    #: this worker's stable name in the group (Kafka static membership, ``group.instance.id``);
+    #: None: a dynamic member
+    static_member: str | None = None
+    #: an event time further ahead of its arrival than this is dead-lettered (``future``)
+    max_future_ms: int = 10_000
+
+
+class FaustTable:
+    """A Faust table as a :class:`streams.join.joiner.ChangelogTable`: reads and writes go to its local
+    store at once; each write's changelog record (to the partition the caller names, which a batch
+    of events does not have) is held in the batch's outbox until the batch's outputs are delivered."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: str) -> Any:
+        return self.table.data.get(key)
+
+    def items(self) -> Any:
+        return self.table.data.items()
+
+    def put(self, key: str, value: Any, partition: int) -> None:
+        self.table.data[key] = value
+        _changes.get().append((self.table, partition, key, value))
+
+    def delete(self, key: str, partition: int) -> None:
+        if self.table.data.pop(key, None) is not None:
+            _changes.get().append((self.table, partition, key, None))
+
+
+class InputLag:
+    """The join's :data:`streams.join.joiner.Lagging`, from the consumer, and the check for an input
+    partition the consumer has stopped fetching.
+
+    A partition is behind while the end offset its last fetch reported is past the record the
+    join last took from it (before the join took any: past the consumer's read position); one
+    not fetched yet is behind; one not assigned here is not. A partition is *stuck* when, with the
+    tables recovered, it is behind, the consumer's position has not reached its end (so records
+    wait that were never fetched: not a trailing transaction marker, which the position skips)
+    and the join took nothing from it for ``stall_s``. Faust's consumer has been reported to stop
+    fetching some of its partitions after a rebalance (faust-streaming issue 629); the worker then
+    replaces itself (:func:`make_app`), as for a stall: a fresh consumer resumes from the commits.
+    """
+
+    def __init__(self, app: faust.App, topics: Sequence[str]) -> None:
+        self.app = app  # its consumer is made when the worker starts
+        self.topics = frozenset(topics)
+        self.taken: dict[TP, int] = {}  #: per partition, the offset after the last record the join took
+        self.moved: dict[TP, float] = {}  #: per partition, when the join last took a record (or the clock started)
+        self.assigned: set[TP] = set()  #: the partitions of the current assignment
+
+    def took(self, messages: list[Any]) -> list[tuple[TP, int, int]]:
+        """Note the records the join takes; returns the input offsets skipped before them, as
+        (partition, first, last), in a partition this worker kept since it last took from it,
+        rebalances included (Faust's consumer at times delivers a record past offsets it never
+        delivered, around a rebalance)."""
+        now, skipped = time.monotonic(), []
+        for message in messages:
+            expected = self.taken.get(message.tp)
+            if expected is not None and message.offset > expected and message.tp.topic in self.topics:
+                skipped.append((message.tp, expected, message.offset - 1))
+            self.taken[message.tp] = message.offset + 1
+            self.moved[message.tp] = now
+        return skipped
+
+    def __call__(self, topic: str, partition: int) -> bool:
+        tp, consumer = TP(topic, partition), self.app.consumer
+        try:
+            end = consumer.highwater(tp)
+        except AssertionError:  # aiokafka's "not assigned": a partition this worker does not read
+            return False
+        if end is None:
+            return True
+        position = self.taken.get(tp)
+        if position is None:  # Faust's read position: the committed offset, or the last offset read
+            read = consumer._read_offset.get(tp)
+            position = 0 if read is None else read
+        return position < end
+
+    def reassigned(self, partitions: Any) -> None:
+        """A new assignment: a partition this worker did not hold in the last one may have moved on
+        under another worker meanwhile, so where it resumes is no gap; one it kept resumes at most
+        where the join stopped (from the last commit)."""
+        kept = self.assigned & set(partitions)
+        self.assigned = set(partitions)
+        for tp in set(self.taken) - kept:
+            self.taken.pop(tp, None)
+            self.moved.pop(tp, None)
+
+    def restart_clocks(self) -> None:
+        """Start every partition's clock now (while the tables recover, input partitions wait)."""
+        self.moved.clear()
+
+    async def stuck(self, stall_s: float) -> list[TP]:
+        """The assigned input partitions that are stuck (see the class)."""
+        now, consumer = time.monotonic(), self.app.consumer
+        out = []
+        for tp in consumer.assignment():
+            if tp.topic not in self.topics or now - self.moved.setdefault(tp, now) <= stall_s:
+                continue
+            if self(tp.topic, tp.partition):
+                end, position = consumer.highwater(tp), await consumer.position(tp)
+                if end is None or position is None or position < end:
+                    out.append(tp)
+        return out
+
+
+#: what the join produced in the current agent's batch: (topic kind, key, value); each agent has its own
+_outbox: contextvars.ContextVar[list[tuple[str, bytes | None, bytes]]] = contextvars.ContextVar("outbox")
+#: the table changes of the current agent's batch: (table, changelog partition, key, value or None)
+_changes: contextvars.ContextVar[list[tuple[Any, int, str, Any]]] = contextvars.ContextVar("changes")
+#: the exit code of a worker that could not finish a batch: the join failed (not on an input record:
+#: those are dead-lettered), or the broker did not take its outputs or changelog (the supervisor
+#: restarts it; the batch is replayed)
+BATCH_FAILED_EXIT = 1
+
+
+def make_app(cfg: StreamsConfig) -> faust.App:
+    """Build the app; run it with ``faust.Worker(app).execute_from_commandline()``."""
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    decode_guard.install()
+    app = faust.App(
+        f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}", store="memory://",
+        topic_partitions=cfg.partitions, topic_replication_factor=cfg.replication_factor, web_enabled=False,
+        datadir=str(cfg.data_dir),
+        consumer_auto_offset_reset="earliest", consumer_max_fetch_size=FETCH_BYTES,
+        broker_commit_every=100, broker_commit_interval=1.0, table_cleanup_interval=30.0,
+        # a crashed worker's partitions move to the others (or its restart) within seconds
+        broker_session_timeout=10.0, broker_heartbeat_interval=2.0,
+        broker_credentials=cfg.kafka_security.faust_credentials(),
+        consumer_group_instance_id=cfg.static_member,
+    )
+    t = cfg.topic_prefix
+    raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": cfg.partitions}
+    inputs = app.topic(f"{t}ranking", f"{t}exposure", f"{t}streams-ticks", **raw)
+    ticks = app.topic(f"{t}streams-ticks", **raw)
+    items_topic = app.topic(f"{t}items", **raw)
+    outputs = {"samples": f"{t}samples", "dlq": f"{t}dlq"}
+    # the batch's outputs and table changes, one produce batch per partition (Faust's producer sends the ticks)
+    producer = BatchProducer(cfg.bootstrap, max_bytes=record_limits(cfg.limits)[1],
+                             **cfg.kafka_security.aiokafka_options())
+    tables = JoinTables(
+        pending=FaustTable(app.Table("pending", default=None, partitions=cfg.partitions)),
+        rankings=FaustTable(app.Table("rankings", default=None, partitions=cfg.partitions)),
+        finalized=FaustTable(app.Table("finalized", default=None, partitions=cfg.partitions)),
+        emitted=FaustTable(app.Table("emitted", default=None, partitions=cfg.partitions, value_type=bytes)),
+    )
+    lag = InputLag(app, [f"{t}ranking", f"{t}exposure"])
+    refuse_gap_acks(lag.topics)
+    joiner = Joiner(
+        # a partition that stays behind is held far longer than the worker takes to replace itself for it
+        JoinConfig(t, cfg.assembler, cfg.limits, cfg.corrections, cfg.retention_ms, cfg.max_future_ms,
+                   lagging_hold_ms=int(max(120.0, 4 * cfg.stall_s) * 1000)), tables,
+        lambda kind, key, value: _outbox.get().append((kind, key, value)),
+        StreamFeatures(cfg.redis.client(), prefix="hap:"), CandidatePool(), lagging=lag)
+    follower = CatalogueFollower(cfg.bootstrap, f"{t}items", _into_pool(joiner), cfg.kafka_security,
+                                 max_bytes=record_limits(cfg.limits)[1])
+    watchdog = Watchdog(cfg.stall_s)
+    metrics.RESTARTS.set(int(os.environ.get(RESTARTS_ENV, "0")))
+    exits = parse_exits(os.environ.get(EXITS_ENV, ""))
+    for reason in EXIT_REASONS:  # 0 from the start, so that increase() sees the first restart
+        metrics.EXITS.labels(reason).inc(exits.get(reason, 0))
+
+    async def send_outbox() -> None:
+        """Deliver what the batch produced, outputs first and then its table changes, before Faust
+        acknowledges the batch (see the module's delivery note); a failed delivery ends the worker."""
+        out, changes = _outbox.get(), _changes.get()
+        try:
+            await producer.start()  # connects at the first batch of either agent
+            await producer.deliver([(outputs[kind], None, key, value) for kind, key, value in out])
+            out.clear()
+            await producer.deliver([changelog_record(*change) for change in changes])
+            changes.clear()
+        except Exception as exc:  # nothing of the batch is acknowledged: a fresh worker replays it
+            app.log.error("the broker did not take the batch's %s (%r): exiting to be replaced",
+                          "outputs" if out else "table changes", exc)
+            os._exit(BATCH_FAILED_EXIT)
+
+    @app.agent(inputs)
+    async def assemble_agent(stream: faust.StreamT) -> None:
+        _outbox.set([])
+        _changes.set([])
+        rebuilt_at = float("-inf")
+        async for events in stream.take_events(BATCH_RECORDS, within=BATCH_WITHIN_S):
+            watchdog.beat()
+            # after recovery, and then periodically (a rebalance can hand this worker new partitions)
+            if time.monotonic() - rebuilt_at > REBUILD_EVERY_S and app.tables.recovery.completed.is_set():
+                rebuilt_at = time.monotonic()
+                joiner.rebuild()
+                app.log.info("indexed %d pending and %d finalized requests", sum(map(len, joiner.open.values())),
+                             sum(map(len, joiner.closed.values())))
+            messages = [event.message for event in events]
+            # before the join's windows close at the batch's end, its records are in
+            if skipped := [f"{tp.topic}[{tp.partition}] {first}-{last}" for tp, first, last in lag.took(messages)]:
+                # never commit past them (see refuse_gap_acks): a fresh worker reads them from the last commit
+                app.log.error("input offsets never delivered to the join: %s: exiting to be replaced",
+                              ", ".join(skipped))
+                os._exit(BATCH_FAILED_EXIT)
+            try:
+                await joiner.process(messages)
+            except Exception:  # Faust would acknowledge the batch all the same: never let it, replay it
+                app.log.exception("the join failed on a batch: exiting to be replaced")
+                os._exit(BATCH_FAILED_EXIT)
+            await send_outbox()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        lag.reassigned(assigned)
+
+    @app.agent(items_topic)
+    async def catalogue(stream: faust.StreamT) -> None:
+        _outbox.set([])
+        _changes.set([])
+        async for events in stream.take_events(BATCH_RECORDS, within=BATCH_WITHIN_S):
+            for event in events:
+                try:
+                    joiner.check_item(event.message)
+                except Exception as exc:  # a worker never dies of its input
+                    joiner.dead_letter("internal", f"internal: {exc!r}", event.message)
+            await send_outbox()
+
+    @app.task
+    async def follow_catalogue() -> None:
+        delay = 1.0
+        while True:  # the follower returns only when cancelled; a failure is logged and retried
+            try:
+                await follower.run()
+            except Exception as exc:
+                metrics.ERRORS.labels("catalogue").inc()
+                app.log.error("the catalogue follower failed (%r): retrying in %.0fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(30.0, 2 * delay)
+
+    @app.timer(interval=cfg.tick_s)
+    async def tick() -> None:
+        for partition in range(cfg.partitions):
+            await ticks.send(key=b"tick", value=b"", partition=partition)
+
+    @app.timer(interval=min(5.0, cfg.stall_s / 4))
+    async def check_progress() -> None:
+        recovering = not app.tables.recovery.completed.is_set()  # tables replaying: the agent waits
+        if watchdog.stalled(RECOVERY_GRACE if recovering else 1.0):
+            app.log.error("no message handled for %.0fs (not even our own ticks)%s: exiting to be replaced",
+                          time.monotonic() - watchdog.last, " while recovering" if recovering else "")
+            os._exit(STALLED_EXIT)  # at once: Faust's stop may hang on the same wedged client
+        if recovering:
+            lag.restart_clocks()
+        elif stuck := await lag.stuck(cfg.stall_s):
+            app.log.error("input partitions behind and not fetched for %.0fs: %s: exiting to be replaced",
+                          cfg.stall_s, ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(stuck)))
+            os._exit(STALLED_EXIT)
+
+    return app
+
+
+def _into_pool(joiner: Joiner) -> Callable[[Sequence[Any]], None]:
+    def into_pool(records: Sequence[Any]) -> None:
+        for record in records:
+            joiner.catalogue(record)
+        metrics.CATALOGUE.inc(len(records))
+
+    return into_pool
+
+
+def refuse_gap_acks(topics: frozenset[str]) -> None:
+    """Keep Faust from acknowledging offsets it never delivered, on ``topics`` (idempotent).
+
+    When Faust's consumer reads a record more than one offset past the last it read from a
+    partition, it marks the offsets in between as acknowledged (meant for compacted topics and
+    transaction markers), and its next commit passes them. Around a rebalance it has been seen
+    to do so over records that exist (``tests/scale/test_streams_workers.py``: 40-50 ranking and
+    exposure records, whose requests were then dead-lettered as orphans). On the join's inputs,
+    which are neither compacted nor written in transactions, a commit now stops below such
+    offsets, and the worker exits when it sees them skipped (:meth:`InputLag.took`), so that a
+    fresh one reads them."""
+    from faust.transport import consumer
+
+    original = getattr(consumer.Consumer, "_add_gap", None)
+    if original is None:  # another Faust: a skip still ends the worker before its batch is acknowledged
+        logging.getLogger("hap.streams").warning(
+            "Faust's consumer has no _add_gap: its acknowledgement of skipped offsets is not refused")
+        return
+    if getattr(original, "refused", None) is not None:
+        original.refused.update(topics)
+        return
+    refused = set(topics)
+
+    async def add_gap(self: Any, tp: TP, offset_from: int, offset_to: int) -> None:
+        if tp.topic not in refused:
+            await original(self, tp, offset_from, offset_to)
+
+    add_gap.refused = refused  # type: ignore[attr-defined]
+    consumer.Consumer._add_gap = add_gap

@@ -1,0 +1,140 @@
+"""Crash-only recovery for a wedged streams worker: a watchdog inside it, a supervisor around it.
+
+A worker whose Kafka client gets stuck consumes nothing while looking alive (seen right after
+start-up, before its internal topics were created up front: see :mod:`streams.kafka.topics`). Every
+batch of messages the worker's agent handles, its own ticks included (one per partition per
+``tick_s``), beats the :class:`Watchdog`; when no beat came for ``stall_s`` (ten times that
+while the tables recover, when the agent legitimately waits) the worker exits with
+:data:`STALLED_EXIT`, and :func:`supervise` (what `hap streams` runs) starts a fresh one, as it
+does after any other exit (a crash, a kill), with exponential backoff.
+Exiting at once is safe: offsets are committed only after processing and the pending
+requests live in changelog-backed tables, exactly as after a SIGKILL.
+
+Examples
+--------
+>>> dog = Watchdog(stall_s=60)
+>>> dog.beat(); dog.stalled()
+False
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import time
+
+STALLED_EXIT = 3
+RECOVERY_GRACE = 10.0  # while the tables recover from their changelogs, a stall counts after 10 x stall_s
+RESTARTS_ENV = "HAP_STREAMS_RESTARTS"
+log = logging.getLogger("hap.streams")
+
+
+class Watchdog:
+    def __init__(self, stall_s: float) -> None:
+        self.stall_s = stall_s
+        self.last = time.monotonic()
+
+    def beat(self) -> None:
+        """Progress was made."""
+        self.last = time.monotonic()
+
+    def stalled(self, factor: float = 1.0) -> bool:
+        """No progress for longer than ``factor`` × ``stall_s``."""
+        return time.monotonic() - self.last > factor * self.stall_s
+
+
+EXIT_REASONS = ("stalled", "crashed", "killed", "exited")
+EXITS_ENV = "HAP_STREAMS_EXITS"
+
+
+def exit_reason(code: int) -> str:
+    """Why a worker ended, from its exit code: one of :data:`EXIT_REASONS`.
+
+    >>> [exit_reason(c) for c in (STALLED_EXIT, 1, -9, 0)]
+    ['stalled', 'crashed', 'killed', 'exited']
+    """
+    if code == STALLED_EXIT:
+        return "stalled"
+    if code < 0:
+        return "killed"
+    return "crashed" if code else "exited"
+
+
+def format_exits(exits: dict[str, int]) -> str:
+    """``stalled=1,crashed=2``: the exits so far, as passed to the next worker in :data:`EXITS_ENV`."""
+    return ",".join(f"{reason}={n}" for reason, n in exits.items() if n)
+
+
+def parse_exits(text: str) -> dict[str, int]:
+    """The inverse of :func:`format_exits` (unknown reasons are ignored).
+
+    >>> parse_exits(format_exits({"stalled": 1, "crashed": 2}))
+    {'stalled': 1, 'crashed': 2}
+    """
+    pairs = (part.split("=", 1) for part in text.split(",") if "=" in part)
+    return {reason: int(n) for reason, n in pairs if reason in EXIT_REASONS and n.isdigit()}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """Exponential backoff between restarts: ``initial_s``, doubled after each quick exit up to
+    ``max_s``; a worker that ran ``healthy_s`` or longer resets it.
+
+    >>> p = RestartPolicy(initial_s=1, max_s=8, healthy_s=60)
+    >>> [p.delay(n) for n in range(1, 6)]
+    [1.0, 2.0, 4.0, 8.0, 8.0]
+    """
+
+    initial_s: float = 1.0
+    max_s: float = 30.0
+    healthy_s: float = 60.0
+
+    def delay(self, quick_exits: int) -> float:
+        """The wait before the next start after ``quick_exits`` (>= 1) exits in a row that came early."""
+        return float(min(self.max_s, self.initial_s * 2 ** max(quick_exits - 1, 0)))
+
+
+def supervise(cmd: list[str], policy: RestartPolicy = RestartPolicy()) -> int:
+    """Run ``cmd`` (one worker) and start a fresh one whenever it exits, for any reason, with
+    backoff; returns the last worker's exit code once stopped.
+
+    SIGTERM and SIGINT are passed on to the worker and end the supervision. Each exit is logged
+    with its reason and the running count; the next worker gets the count in
+    :data:`RESTARTS_ENV` and the exits by reason in :data:`EXITS_ENV`, and exports them
+    (``hap_streams_worker_restarts``, ``hap_streams_worker_exits_total{reason}``).
+    """
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    exits = dict.fromkeys(EXIT_REASONS, 0)
+    restarts = quick = 0
+    while True:
+        started = time.monotonic()
+        child = subprocess.Popen(cmd, env={**os.environ, RESTARTS_ENV: str(restarts), EXITS_ENV: format_exits(exits)})
+        code = child.wait()
+        if stopping:
+            return code
+        ran_s = time.monotonic() - started
+        reason = exit_reason(code)
+        exits[reason] += 1
+        restarts += 1
+        quick = 1 if ran_s >= policy.healthy_s else quick + 1
+        delay = policy.delay(quick)
+        log.error("the streams worker exited (%s, code %d) after %.1fs; restart %d (%s) in %.1fs",
+                  reason, code, ran_s, restarts, format_exits(exits), delay)
+        deadline = time.monotonic() + delay
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(min(0.1, delay))
+        if stopping:
+            return code

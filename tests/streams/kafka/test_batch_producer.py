@@ -1,0 +1,58 @@
+"""The worker's batch producer: records land where Faust would have put them, in order, acknowledged."""
+
+import asyncio
+
+import faust
+from aiokafka.partitioner import DefaultPartitioner
+from kafka import KafkaConsumer, TopicPartition
+
+from streams.kafka.batch_producer import BatchProducer, changelog_record, partition_of
+from streams.kafka.topics import ensure_topics
+
+
+def test_a_keyed_record_goes_to_the_partition_of_aiokafkas_default_partitioner():
+    default = DefaultPartitioner()
+    for key in [b"req-1", b"r", "ünïcode".encode(), bytes(range(256))]:
+        assert partition_of(key, 4) == default(key, [0, 1, 2, 3], [0, 1, 2, 3])
+    assert {partition_of(None, 4) for _ in range(200)} == {0, 1, 2, 3}  # no key: anywhere
+
+
+def test_a_table_change_is_the_record_faust_would_write_to_its_changelog():
+    app = faust.App("probe", broker="kafka://127.0.0.1:1", store="memory://")
+    pending = app.Table("pending", default=None, partitions=4)
+    emitted = app.Table("emitted", default=None, partitions=4, value_type=bytes)
+    assert changelog_record(pending, 2, "r1", {"exposed": {"i1": 0}}) == \
+        ("probe-pending-changelog", 2, b'"r1"', b'{"exposed":{"i1":0}}')
+    assert changelog_record(emitted, 3, "r1", b"group") == ("probe-emitted-changelog", 3, b'"r1"', b"group")
+    assert changelog_record(emitted, 3, "r1", None) == ("probe-emitted-changelog", 3, b'"r1"', None)  # tombstone
+
+
+def test_records_are_acknowledged_in_order_within_their_partitions(kafka_bootstrap, topic_prefix):
+    """Several batches per partition (each batch holds 16 KiB here), keyed and partitioned records,
+    a tombstone: every record is in the topic when deliver returns, in the order given."""
+    topic = f"{topic_prefix}samples"
+    ensure_topics(kafka_bootstrap, topic_prefix)
+    records = [(topic, None, f"req-{i % 7}".encode(), b"x" * 3000 + str(i).encode()) for i in range(60)]
+    records += [(topic, 1, b"req-t", None)]
+
+    async def deliver() -> None:
+        producer = BatchProducer(kafka_bootstrap, max_bytes=16 * 1024)
+        await asyncio.gather(producer.start(), producer.start())  # the worker calls it before every batch
+        try:
+            await producer.deliver(records)
+        finally:
+            await producer.stop()
+
+    asyncio.run(deliver())
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, consumer_timeout_ms=5000, enable_auto_commit=False)
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning()
+    got = {tp.partition: [] for tp in partitions}
+    for message in consumer:
+        got[message.partition].append((message.key, message.value))
+    consumer.close()
+    for tp in partitions:
+        expected = [(k, v) for _, p, k, v in records
+                    if (p if p is not None else partition_of(k, len(partitions))) == tp.partition]
+        assert got[tp.partition] == expected

@@ -1,0 +1,58 @@
+"""The watchdog notices a stall; the supervisor restarts a worker that exits for any reason, with
+backoff, counts the exits by reason, and stops only when told to."""
+
+import subprocess
+import sys
+import textwrap
+import time
+
+from streams.worker.watchdog import Watchdog
+
+# the n-th worker (HAP_STREAMS_RESTARTS=n) stalls, crashes, is killed, exits 0, then asks the supervisor to stop
+WORKER = textwrap.dedent("""
+    import os, signal, sys, time
+    n = int(os.environ["HAP_STREAMS_RESTARTS"])
+    with open(sys.argv[1], "a") as log:
+        log.write(f"{n} {os.environ['HAP_STREAMS_EXITS'] or '-'} {time.monotonic()}\\n")
+    if n == 0:
+        sys.exit(3)
+    if n == 1:
+        sys.exit(1)
+    if n == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if n == 3:
+        sys.exit(0)
+    os.kill(os.getppid(), signal.SIGTERM)
+    time.sleep(30)
+""")
+SUPERVISOR = textwrap.dedent("""
+    import sys
+    from streams.worker.watchdog import RestartPolicy, supervise
+    code = supervise([sys.executable, "-c", sys.argv[1], sys.argv[2]], RestartPolicy(initial_s=0.2, max_s=0.4))
+    print("returned", code)
+""")
+
+
+def test_watchdog_stalls_without_beats():
+    dog = Watchdog(stall_s=0.05)
+    assert not dog.stalled()
+    time.sleep(0.1)
+    assert dog.stalled()
+    dog.beat()
+    assert not dog.stalled()
+
+
+def test_supervisor_restarts_after_any_exit_with_backoff_and_counts_them(tmp_path):
+    log = tmp_path / "starts.log"
+    out = subprocess.run([sys.executable, "-c", SUPERVISOR, WORKER, str(log)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "returned -15"  # SIGTERM reached the worker and ended the supervision
+    starts = [line.split() for line in log.read_text().splitlines()]
+    assert [(int(n), exits) for n, exits, _ in starts] == [
+        (0, "-"), (1, "stalled=1"), (2, "stalled=1,crashed=1"), (3, "stalled=1,crashed=1,killed=1"),
+        (4, "stalled=1,crashed=1,killed=1,exited=1"),
+    ]
+    gaps = [float(b[2]) - float(a[2]) for a, b in zip(starts, starts[1:], strict=False)]
+    assert [round(g, 1) >= d for g, d in zip(gaps, (0.2, 0.4, 0.4, 0.4), strict=True)] == [True] * 4  # backoff
+    assert "restart 4 (stalled=1,crashed=1,killed=1,exited=1)" in out.stderr  # the counted log line
