@@ -55,6 +55,7 @@ def capture(trainer: OnlineTrainer, *, clone: bool = True) -> Snapshot:
         "optimizer_groups": groups, "steps": trainer.steps, "samples_seen": trainer.samples_seen,
         "conflict_ema": trainer.sampler.conflict_ema, "sampler_rng": trainer.sampler.rng.bit_generator.state,
         "metrics": {name: vars(m) for name, m in trainer.metrics.items()},
+        "mixer": trainer.mixer.state() if trainer.mixer is not None else None,
     }
     return Snapshot(tensors, copy.deepcopy(meta) if clone else meta)
 
@@ -77,6 +78,8 @@ def restore(trainer: OnlineTrainer, snapshot: Snapshot) -> None:
     trainer.sampler.rng.bit_generator.state = meta["sampler_rng"]
     for name, values in meta["metrics"].items():
         vars(trainer.metrics[name]).update(copy.deepcopy(values))
+    if trainer.mixer is not None and meta.get("mixer") is not None:
+        trainer.mixer.load(meta["mixer"])
 
 
 def weights_finite(trainer: OnlineTrainer) -> bool:

@@ -160,9 +160,10 @@ class Tier(nn.Module):
 class LightTwoTower(Tier):
     """User tower (id + mean of history items) and item tower (id, content type, statistics).
 
-    ``score = <u_p, v_p> + wide(x) + log σ(<u_g, v_g>)`` with ``(u_p, u_g)`` the user tower's
-    output and ``(v_p, v_g)`` the item tower's. Served as two dot products of one user vector
-    ``[u_p, 1, u_g]`` and cached item vectors ``[v_p, wide_item(i), v_g]`` (the wide part's
+    ``score = mix · <u_p, v_p> + wide(x) + log σ(<u_g, v_g>)`` with ``(u_p, u_g)`` the user tower's
+    output, ``(v_p, v_g)`` the item tower's and ``mix`` the served weight of the preference
+    (``learner.mixing``; 1 unless a trainer sets it). Served as two dot products of one user vector
+    ``[mix · u_p, 1, u_g]`` and cached item vectors ``[v_p, wide_item(i), v_g]`` (the wide part's
     item-only share), plus the wide part's user-by-item share per candidate: item vectors depend
     on the item alone, so a router caches them per model version.
     """
@@ -185,6 +186,8 @@ class LightTwoTower(Tier):
         self._init_prior(prior)
         if prior:
             _shrink_last(self.item_tower, 0.3)
+        #: the served weight of the preference (``learner.mixing``; training uses it whole)
+        self.register_buffer("mix", torch.ones(1))
 
     def user_vectors(self, users: Tensors) -> torch.Tensor:
         x = torch.cat([self.user_emb(users["user_idx"]), _history_mean(self.item_emb, users["history"])], -1)
@@ -213,8 +216,10 @@ class LightTwoTower(Tier):
         return wide, products[:, :d].sum(-1), gate
 
     def forward(self, users: Tensors, items: Tensors, group: torch.Tensor) -> torch.Tensor:
-        """Scores of ``items``; ``group[i]`` is the row in ``users`` of item ``i``'s request."""
-        return combine(*self.parts(users, items, group))
+        """Served scores of ``items`` (the preference weighted by ``mix``); ``group[i]`` is the row in
+        ``users`` of item ``i``'s request."""
+        wide, preference, gate = self.parts(users, items, group)
+        return combine(wide, self.mix * preference, gate)
 
 
 def combine(wide: torch.Tensor, preference: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:

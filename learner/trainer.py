@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from feature_store.policies import DAMR_BUDGET, budget_count, score_policy
 from learner.batching import EASY, HARD, SOURCE_CODE, Batch
 from learner.ghcl import ConflictSampler, contrastive_path_loss, harmonize
+from learner.mixing import MixSelector
 from learner.models import ExpressiveCross, LightTwoTower, Tier, combine
 from learner.progressive import ProgressiveMetrics
 from streams.contract.schemas import SOURCES, SampleGroup
@@ -76,7 +77,7 @@ class OnlineTrainer:
                  k: int = 10, damr_budget: float = DAMR_BUDGET, temperature: float = 1.0, seed: int = 0,
                  harmonize_gradients: bool = True, conflict_sampling: bool = True, prior: bool = True,
                  gate: bool = True, rn_path: str = "easy", wide_paths: str = "hard", gate_paths: str = "shown",
-                 residual_l2: float = RESIDUAL_L2, device: str = "cpu",
+                 residual_l2: float = RESIDUAL_L2, mix_selection: bool = True, device: str = "cpu",
                  extra_budgets: tuple[float, ...] = (), measure_conflict: bool = False,
                  keep_requests: bool = False) -> None:
         if method not in METHODS:
@@ -90,11 +91,16 @@ class OnlineTrainer:
         self.budgets = {"damr": damr_budget, **{f"damr@{b:g}": b for b in extra_budgets}}
         self.measure_conflict = measure_conflict
         if rn_path not in ("easy", "hard") or wide_paths not in ("hard", "both") or gate_paths not in GATE_PATHS:
-            raise ValueError(f"rn_path easy|hard, wide_paths hard|both, gate_paths {'|'.join(GATE_PATHS)}; got {rn_path!r}, "
+            raise ValueError(f"rn_path easy|hard, wide_paths hard|both, gate_paths {'|'.join(GATE_PATHS)}; "
+                             f"got {rn_path!r}, "
                              f"{wide_paths!r}, {gate_paths!r}")
         self.rn_path, self.wide_paths, self.gate_paths = rn_path, wide_paths, gate_paths
         self.residual_l2 = residual_l2
+        #: GHCL serves the preference at the weight progressive validation picks (``learner.mixing``)
+        self.mixer = MixSelector() if mix_selection and method == "ghcl" else None
         self.light = LightTwoTower(dim=dim, prior=prior, gate=gate).to(self.device)
+        if mix_selection and method == "ghcl":
+            self.light.mix.fill_(0.0)  # no evidence yet: the wide part's ranking
         self.expressive = ExpressiveCross(dim=dim, prior=prior, gate=gate).to(self.device)
         self.optimizers = [opt for m in (self.light, self.expressive) for opt in _optimizers(m, lr, emb_lr)]
         self.sampler = ConflictSampler(seed=seed)
@@ -105,7 +111,8 @@ class OnlineTrainer:
         self.samples_seen = 0
 
     def _new_metrics(self) -> tuple[dict[str, ProgressiveMetrics], dict[str, int]]:
-        metrics = {name: ProgressiveMetrics(self.k, keep_requests=self.keep_requests) for name in ("light", *self.budgets, "expressive_all")}
+        metrics = {name: ProgressiveMetrics(self.k, keep_requests=self.keep_requests)
+                   for name in ("light", *self.budgets, "expressive_all")}
         return metrics, dict.fromkeys(self.budgets, 0)  # expressive scorings, summed over groups
 
     def take_metrics(self) -> tuple[dict[str, ProgressiveMetrics], dict[str, int]]:
@@ -126,7 +133,8 @@ class OnlineTrainer:
         scores the whole batch for the metrics without gradients, and returns the scores of the
         rows, with gradients."""
         parts = self.light.parts(batch.users, batch.items, batch.group)
-        light = combine(*parts)
+        wide, preference, gate = (p.detach() if p is not None else None for p in parts)
+        light = combine(wide, self.light.mix * preference, gate)  # the served score
         if expressive_rows is None:
             expressive = self.expressive(batch.users, batch.items, batch.group)
             scored = expressive.detach()
@@ -135,7 +143,15 @@ class OnlineTrainer:
                 scored = self.expressive(batch.users, batch.items, batch.group)
             items = {k: v[expressive_rows] for k, v in batch.items.items()}
             expressive = self.expressive(batch.users, items, batch.group[expressive_rows])
-        self._record(batch, light.detach().cpu().numpy(), scored.cpu().numpy())
+        self._record(batch, light.cpu().numpy(), scored.cpu().numpy())
+        if self.mixer is not None:  # this batch was scored before training on it: evidence for the next
+            exposed = batch.mask(REAL_NEGATIVE) | (batch.source == SOURCE_CODE["exp_pos"])
+            base = combine(wide, torch.zeros_like(preference), gate)[exposed]
+            positive = (batch.source == SOURCE_CODE["exp_pos"])[exposed]
+            self.mixer.update(base.cpu().numpy().astype(np.float64),
+                              preference[exposed].cpu().numpy().astype(np.float64),
+                              batch.group[exposed].cpu().numpy(), positive.cpu().numpy())
+            self.light.mix.fill_(self.mixer.beta)
         return parts, expressive
 
     def _record(self, batch: Batch, light: np.ndarray, expressive: np.ndarray) -> None:
@@ -176,8 +192,8 @@ class OnlineTrainer:
         """Both tiers on one loss of their scores (the baselines)."""
         losses = {}
         parts, expressive = self._scored(batch)
-        for key, model, scores in zip((name, "expressive"), (self.light, self.expressive), (combine(*parts), expressive),
-                                      strict=True):
+        for key, model, scores in zip((name, "expressive"), (self.light, self.expressive),
+                                      (combine(*parts), expressive), strict=True):
             loss = loss_of(scores)
             model.zero_grad()
             loss.backward()

@@ -55,6 +55,7 @@ class LightTier:
                                                                                    user.history)])
         u = _mlp(self.t, "user_tower", x[None, :])[0]
         d = int(self.spec["dim"])
+        u = np.concatenate([u[:d] * self.t["mix"][0], u[d:]]) if "mix" in self.t else u  # the served weight
         return u if not self.prior else np.concatenate([u[:d], np.ones(1, u.dtype), u[d:]])
 
     def item_vectors(self, items: ItemBatch) -> np.ndarray:

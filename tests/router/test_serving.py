@@ -12,12 +12,17 @@ def test_numpy_serving_matches_torch_for_both_tiers():
     torch.manual_seed(0)
     user = featurize_user("u7", {"history": ["a", "b", "c"]})
     items = featurize_items([f"i{i}" for i in range(30)], ["video", "news"] * 15,
-                            [{"exp_1h": float(i), "ctr_1h": 0.1} for i in range(30)])
+                            [{"exp_1h": float(i), "ctr_1h": 0.1, "age_h": i / 3, "user_seen": float(i % 2),
+                              "in_history": float(i % 3 == 0)} for i in range(30)])
     group = torch.zeros(30, dtype=torch.long)
-    for model, tier in ((LightTwoTower(dim=8), LightTier), (ExpressiveCross(dim=8), ExpressiveTier)):
+    light = LightTwoTower(dim=8)
+    with torch.no_grad():  # a trained wide part reads every feature, the user-by-item ones included
+        light.wide.linear.weight.normal_()
+        light.mix.fill_(0.25)  # the served weight of the preference
+    for model, tier in ((light, LightTier), (ExpressiveCross(dim=8), ExpressiveTier)):
         with torch.no_grad():
             expected = model(user_tensors([user]), item_tensors(items), group).numpy()
         served = tier.from_form(*model.export())
-        got = (served.score(served.user_vector(user), served.item_vectors(items))
+        got = (served.score(served.user_vector(user), served.item_vectors(items), items.dense)
                if tier is LightTier else served.score(user, items))
         np.testing.assert_allclose(got, expected, atol=1e-4)
