@@ -1,8 +1,9 @@
 """How much exposed GAUC beyond the smoothed-CTR counter a replayed log holds at all.
 
 A learned pre-ranker can only beat the ``ctr`` arm of ``hap eval`` on real labels if the log
-carries signal that the counter does not. This module measures an upper bound of that signal
-with models far easier to fit than the tiers, on the same as-of information:
+carries signal that the counter does not. This module measures a *lower bound* of that signal
+(what simple models fitted on the log's first half already find; a richer model can only find
+more) with models far easier to fit than the tiers, on the same as-of information:
 
 - ``ctr``: the counter itself (cumulative smoothed CTR as of the request, as ``hap eval``);
 - every single as-of item statistic (windowed CTRs, counts, age, time since last exposure);
@@ -14,8 +15,9 @@ with models far easier to fit than the tiers, on the same as-of information:
 
 The log is split by time: the models are fitted on the first half and scored on the second,
 in ``--blocks`` disjoint time blocks, each paired against ``ctr`` on the same requests; the
-95% t-interval is over the blocks. Whatever is tuned here only raises the ceiling, so a ceiling
-that stays near ``ctr`` is a conservative finding.
+95% t-interval is over the blocks. A result near ``ctr`` says these models find nothing more; it
+does not prove the log holds nothing more (the name "ceiling" is historical: it is a floor on what
+the log holds).
 
 Run ``python -m deploy.evaluation.ceiling --dataset ../shared/data/mind_small_subset``.
 
