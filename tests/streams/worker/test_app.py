@@ -67,3 +67,25 @@ def dead_letters(bootstrap: str, topic: str, expected: int, timeout_s: float = 6
             break
     consumer.close()
     return out
+
+
+def test_a_log_without_categories_replays_through_the_worker_with_its_features(stack_env, kafka_bootstrap, tmp_path):
+    """Issue 32: a MIND-layout log whose news.tsv gives no category (EB-NeRD's) replays as valid events,
+    and the worker emits every request's group, its items carrying the user-by-item features."""
+    data = tmp_path / "log"
+    data.mkdir()
+    rows = [f"{n}\tU{n % 2}\t5/18/2023 7:{n:02d}:00 AM\tN0\tN1-{n % 2} N2-0 N3-{1 - n % 2}" for n in range(6)]
+    (data / "behaviors.tsv").write_text("\n".join(rows) + "\n")
+    (data / "news.tsv").write_text("N1\t\t\tt\nN2\t\t\tt\nN3\t\t\tt\n")
+    report = simulate(stack_env, tmp_path, "--dataset", str(data), "--requests", "6", "--rate", "0",
+                      "--duplicate-rate", "0", "--feedback-delay", "0.05", "--candidates", "10")
+    worker = Component("streams", WORKER, tmp_path, stack_env).start()
+    try:
+        groups = [decode_sample_group(v) for v in read_topic(kafka_bootstrap, stack_env["HAP_TOPIC_PREFIX"]
+                                                             + "samples", report["requests"])]
+    finally:
+        worker.stop()
+    assert report["requests"] == 6 and sorted(g.request_id for g in groups) == [f"mind-{n}" for n in range(6)]
+    exposed = [i for g in groups for i in g.items if i.source in ("exp_pos", "exp_neg")]
+    assert {i.content_type for i in exposed} == {"unknown"}
+    assert all({"user_seen", "user_clicked", "in_history", "age_h", "exp_1d"} <= set(i.features) for i in exposed)
