@@ -1,25 +1,27 @@
-"""How much of the light tier's learned preference to serve: chosen by progressive validation.
+"""How much to fall back from the learned light tier to its counters model: chosen by progressive validation.
 
-The light tier scores ``wide + β · preference + log σ(gate)``. The towers train on the whole
-preference (``β`` plays no part in training), but a preference that has not learned anything the
-wide part does not know adds noise to a ranking the wide part already makes (a log where users
-do not come back). :class:`MixSelector` keeps, for each ``β`` of a small grid, a running
-(exponentially decayed) count of the exposed pairs (a clicked against an unclicked exposed item
-of one request) each ``β`` orders correctly, measured on every batch *before* it is trained on,
-and serves the ``β`` with the best record; ties go to the smaller ``β``, and with no evidence
-yet it serves 0, the wide part's ranking. Where the preference helps on data it has not seen
-it is switched on; where it does not, it is switched off: the do-no-harm mechanism.
+The light tier serves ``base + β · delta`` with ``base`` its full learned score and ``delta`` the
+counters model's score minus it (``learner.models.LightTwoTower``: ``(1 - β) · light + β ·
+counter``). Both train on their own losses (``β`` plays no part in training), but where the
+learned tier has found nothing the counters model does not know (a log where users do not come
+back), its extra parts add noise to the ranking the counters model makes. :class:`MixSelector`
+keeps, for each ``β`` of a small grid, a running (exponentially decayed) count of the exposed
+pairs (a clicked against an unclicked exposed item of one request) each ``β`` orders correctly,
+measured on every batch *before* it is trained on, and serves the ``β`` with the best record;
+ties, and no evidence yet, go to the smaller ``β`` (the full learned tier). Where the learned
+tier beats its counters model on data it has not seen, it is served; where it does not, the
+counters model is: the do-no-harm mechanism.
 
 Examples
 --------
 >>> import numpy as np
 >>> mix = MixSelector()
->>> base = np.array([1.0, 0.0, 1.0, 0.0])           # the wide part (and gate) of 4 exposed items
->>> preference = np.array([-3.0, 3.0, 0.0, 0.0])     # it gets the first request's pair wrong
->>> mix.update(base, preference, group=np.array([0, 0, 1, 1]), positive=np.array([1, 0, 1, 0], bool))
+>>> base = np.array([1.0, 0.0, 1.0, 0.0])           # the learned score of 4 exposed items, 2 requests
+>>> delta = np.array([-3.0, 3.0, 0.0, 0.0])          # moving towards the other gets request 0 wrong
+>>> mix.update(base, delta, group=np.array([0, 0, 1, 1]), positive=np.array([1, 0, 1, 0], bool))
 >>> mix.beta
 0.0
->>> for _ in range(50):  # now the wide part is wrong by 1 and the preference right by 4
+>>> for _ in range(50):  # now the learned score is wrong by 1 and the other right by 3
 ...     mix.update(1 - base, np.array([2.0, -2.0, 2.0, -2.0]), np.array([0, 0, 1, 1]), np.array([1, 0, 1, 0], bool))
 >>> mix.beta  # the smallest weight that orders both pairs
 0.5
@@ -37,7 +39,7 @@ DECAY = 0.98
 
 
 class MixSelector:
-    """The served weight of the light tier's preference, chosen by progressive exposed-pair accuracy."""
+    """A served mixing weight ``β`` of ``base + β · delta``, chosen by progressive exposed-pair accuracy."""
 
     def __init__(self, betas: tuple[float, ...] = BETAS, decay: float = DECAY) -> None:
         self.betas = np.asarray(betas, np.float64)
@@ -55,8 +57,8 @@ class MixSelector:
         self.correct = np.asarray(state["correct"], np.float64)
         self.pairs, self.beta = float(state["pairs"]), float(state["beta"])
 
-    def update(self, base: np.ndarray, preference: np.ndarray, group: np.ndarray, positive: np.ndarray) -> None:
-        """Count a batch of exposed items (``base``: the rest of their score; ``group``: their
+    def update(self, base: np.ndarray, delta: np.ndarray, group: np.ndarray, positive: np.ndarray) -> None:
+        """Count a batch of exposed items (``base`` and ``delta`` of their scores; ``group``: their
         request; ``positive``: clicked), scored by weights that have not trained on it."""
         n_pos = np.bincount(group, weights=positive)
         n_neg = np.bincount(group, weights=~positive)
@@ -64,7 +66,7 @@ class MixSelector:
         if pairs == 0:
             return
         negative = ~positive
-        correct = [float(group_pair_counts(base + b * preference, group, positive)[negative].sum())
+        correct = [float(group_pair_counts(base + b * delta, group, positive)[negative].sum())
                    for b in self.betas]
         self.correct = self.decay * self.correct + np.asarray(correct)
         self.pairs = self.decay * self.pairs + pairs

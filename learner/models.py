@@ -160,10 +160,13 @@ class Tier(nn.Module):
 class LightTwoTower(Tier):
     """User tower (id + mean of history items) and item tower (id, content type, statistics).
 
-    ``score = mix · <u_p, v_p> + wide(x) + log σ(<u_g, v_g>)`` with ``(u_p, u_g)`` the user tower's
-    output, ``(v_p, v_g)`` the item tower's and ``mix`` the served weight of the preference
-    (``learner.mixing``; 1 unless a trainer sets it). Served as two dot products of one user vector
-    ``[mix · u_p, 1, u_g]`` and cached item vectors ``[v_p, wide_item(i), v_g]`` (the wide part's
+    ``light = <u_p, v_p> + wide(x) + log σ(<u_g, v_g>)`` with ``(u_p, u_g)`` the user tower's
+    output and ``(v_p, v_g)`` the item tower's. With the wide part the tier also holds a second
+    linear model over the same features, ``counter(x)`` (trained on its own, as the ``counters``
+    arm), and serves ``(1 - α) · light + α · counter`` with ``α = fallback`` chosen by progressive
+    validation (``learner.mixing``; 0 unless a trainer sets it). Both linear parts fold into one:
+    served as two dot products of one user vector ``[(1 - α) u_p, 1, u_g]`` and cached item
+    vectors ``[v_p, wide_item(i), v_g]`` (the folded linear part's
     item-only share), plus the wide part's user-by-item share per candidate: item vectors depend
     on the item alone, so a router caches them per model version.
     """
@@ -186,8 +189,10 @@ class LightTwoTower(Tier):
         self._init_prior(prior)
         if prior:
             _shrink_last(self.item_tower, 0.3)
-        #: the served weight of the preference (``learner.mixing``; training uses it whole)
-        self.register_buffer("mix", torch.ones(1))
+        if prior:
+            #: the counters model inside the tier, and its served weight α (``learner.mixing``)
+            self.counter = Wide()
+        self.register_buffer("fallback", torch.zeros(1))
 
     def user_vectors(self, users: Tensors) -> torch.Tensor:
         x = torch.cat([self.user_emb(users["user_idx"]), _history_mean(self.item_emb, users["history"])], -1)
@@ -216,10 +221,16 @@ class LightTwoTower(Tier):
         return wide, products[:, :d].sum(-1), gate
 
     def forward(self, users: Tensors, items: Tensors, group: torch.Tensor) -> torch.Tensor:
-        """Served scores of ``items`` (the preference weighted by ``mix``); ``group[i]`` is the row in
-        ``users`` of item ``i``'s request."""
-        wide, preference, gate = self.parts(users, items, group)
-        return combine(wide, self.mix * preference, gate)
+        """Served scores of ``items``; ``group[i]`` is the row in ``users`` of item ``i``'s request."""
+        return self.served(combine(*self.parts(users, items, group)), self.counter_score(items))
+
+    def counter_score(self, items: Tensors) -> torch.Tensor | None:
+        """The tier's counters model's score per item (``None`` without the wide part)."""
+        return self.counter(items["dense"]) if self.prior else None
+
+    def served(self, light: torch.Tensor, counter: torch.Tensor | None) -> torch.Tensor:
+        """``(1 - α) · light + α · counter``, ``α`` the ``fallback`` buffer."""
+        return light if counter is None else light + self.fallback * (counter - light)
 
 
 def combine(wide: torch.Tensor, preference: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:

@@ -96,11 +96,9 @@ class OnlineTrainer:
                              f"{wide_paths!r}, {gate_paths!r}")
         self.rn_path, self.wide_paths, self.gate_paths = rn_path, wide_paths, gate_paths
         self.residual_l2 = residual_l2
-        #: GHCL serves the preference at the weight progressive validation picks (``learner.mixing``)
-        self.mixer = MixSelector() if mix_selection and method == "ghcl" else None
+        #: GHCL serves (1 - α) light + α counters, α picked by progressive validation (``learner.mixing``)
+        self.mixer = MixSelector() if mix_selection and method == "ghcl" and prior else None
         self.light = LightTwoTower(dim=dim, prior=prior, gate=gate).to(self.device)
-        if mix_selection and method == "ghcl":
-            self.light.mix.fill_(0.0)  # no evidence yet: the wide part's ranking
         self.expressive = ExpressiveCross(dim=dim, prior=prior, gate=gate).to(self.device)
         self.optimizers = [opt for m in (self.light, self.expressive) for opt in _optimizers(m, lr, emb_lr)]
         self.sampler = ConflictSampler(seed=seed)
@@ -124,17 +122,19 @@ class OnlineTrainer:
 
     # -- progressive validation ---------------------------------------------------------
     def _scored(self, batch: Batch, expressive_rows: torch.Tensor | None = None
-                ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+                ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None, torch.Tensor]:
         """Both tiers' scores of ``batch`` for training, after the progressive metrics recorded
         them (the weights are still those from before this batch; one forward pass serves both):
-        the light tier's as its parts (``LightTwoTower.parts``), the expressive tier's whole.
+        the light tier's as its parts (``LightTwoTower.parts``) and its counters model's score, the
+        expressive tier's whole.
 
         With ``expressive_rows`` (a mask) the expressive tier is trained on those rows only: it
         scores the whole batch for the metrics without gradients, and returns the scores of the
         rows, with gradients."""
         parts = self.light.parts(batch.users, batch.items, batch.group)
-        wide, preference, gate = (p.detach() if p is not None else None for p in parts)
-        light = combine(wide, self.light.mix * preference, gate)  # the served score
+        counter = self.light.counter_score(batch.items)
+        full = combine(*parts).detach()
+        light = self.light.served(full, None if counter is None else counter.detach())  # the served score
         if expressive_rows is None:
             expressive = self.expressive(batch.users, batch.items, batch.group)
             scored = expressive.detach()
@@ -146,13 +146,12 @@ class OnlineTrainer:
         self._record(batch, light.cpu().numpy(), scored.cpu().numpy())
         if self.mixer is not None:  # this batch was scored before training on it: evidence for the next
             exposed = batch.mask(REAL_NEGATIVE) | (batch.source == SOURCE_CODE["exp_pos"])
-            base = combine(wide, torch.zeros_like(preference), gate)[exposed]
             positive = (batch.source == SOURCE_CODE["exp_pos"])[exposed]
-            self.mixer.update(base.cpu().numpy().astype(np.float64),
-                              preference[exposed].cpu().numpy().astype(np.float64),
+            self.mixer.update(full[exposed].cpu().numpy().astype(np.float64),
+                              (counter.detach() - full)[exposed].cpu().numpy().astype(np.float64),
                               batch.group[exposed].cpu().numpy(), positive.cpu().numpy())
-            self.light.mix.fill_(self.mixer.beta)
-        return parts, expressive
+            self.light.fallback.fill_(self.mixer.beta)
+        return parts, counter, expressive
 
     def _record(self, batch: Batch, light: np.ndarray, expressive: np.ndarray) -> None:
         group, names = batch.group.cpu().numpy(), np.array(SOURCES)[batch.source.cpu().numpy()]
@@ -191,7 +190,7 @@ class OnlineTrainer:
     def _train_single(self, batch: Batch, name: str, loss_of: Callable[[torch.Tensor], torch.Tensor]) -> StepReport:
         """Both tiers on one loss of their scores (the baselines)."""
         losses = {}
-        parts, expressive = self._scored(batch)
+        parts, _, expressive = self._scored(batch)
         for key, model, scores in zip((name, "expressive"), (self.light, self.expressive),
                                       (combine(*parts), expressive), strict=True):
             loss = loss_of(scores)
@@ -221,7 +220,7 @@ class OnlineTrainer:
         rn = (SOURCE_CODE["rn"],)
         easy_codes, hard_codes = (EASY + rn, REAL_NEGATIVE) if self.rn_path == "easy" else (EASY, HARD)
         hard_rows = mask(hard_codes) | positive  # the expressive tier's training set: the hard path
-        (wide, preference, gate), x = self._scored(batch, hard_rows)
+        (wide, preference, gate), counter, x = self._scored(batch, hard_rows)
         # each path moves only the parts it is meant to: the wide part learns from real labels,
         # the gate from the constructed negatives (unless an ablation lets both paths move them)
         shown = self.gate_paths == "shown"
@@ -245,6 +244,13 @@ class OnlineTrainer:
             combined, cosine = g_easy + g_hard, _cosine(g_easy, g_hard)
         self.sampler.update(cosine)
         set_gradients(self.light, combined, rows)
+        if counter is not None:  # the tier's counters model: its own real-label softmax, as the counters arm,
+            # applied beside the harmonized paths (it would otherwise loosen the cap on the easy path)
+            loss = contrastive_path_loss(counter, *args, mask(REAL_NEGATIVE), batch.n_groups)
+            if loss.requires_grad:
+                params = list(self.light.counter.parameters())
+                for param, grad in zip(params, torch.autograd.grad(loss, params), strict=True):
+                    param.grad = grad
         x_loss = contrastive_path_loss(x, batch.group[hard_rows], positive[hard_rows], mask(hard_codes)[hard_rows],
                                        batch.n_groups, self.temperature)
         self.expressive.zero_grad()

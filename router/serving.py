@@ -38,13 +38,22 @@ def _history_mean(emb: np.ndarray, history: np.ndarray) -> np.ndarray:
 
 
 class LightTier:
-    """The two-tower tier: ``score = item_vectors @ user_vector`` (the prior is one more component)."""
+    """The two-tower tier: ``score = item_vectors @ user_vector`` (the folded linear part is one more
+    component), plus the linear part's user-by-item share and the gate; served as
+    ``(1 - α) · light + α · counter`` (``learner.models.LightTwoTower``)."""
 
     def __init__(self, tensors: Tensors, spec: dict) -> None:
         self.t, self.spec = tensors, spec
         self.prior = _has_wide(spec)
         self.gate = bool(spec.get("gate"))
         self.head = int(spec["dim"]) + self.prior  # the preference part of a vector
+        self.alpha = float(tensors["fallback"][0]) if self.prior and "fallback" in tensors else 0.0
+        if self.prior:  # the two linear models folded into one: (1 - α) wide + α counter
+            a = self.alpha
+            self.w = (1 - a) * tensors["wide.linear.weight"][0] + a * tensors.get(
+                "counter.linear.weight", tensors["wide.linear.weight"])[0]
+            self.b = (1 - a) * tensors["wide.linear.bias"][0] + a * tensors.get(
+                "counter.linear.bias", tensors["wide.linear.bias"])[0]
 
     @classmethod
     def from_form(cls, tensors: Tensors, spec: dict) -> LightTier:
@@ -55,8 +64,7 @@ class LightTier:
                                                                                    user.history)])
         u = _mlp(self.t, "user_tower", x[None, :])[0]
         d = int(self.spec["dim"])
-        u = np.concatenate([u[:d] * self.t["mix"][0], u[d:]]) if "mix" in self.t else u  # the served weight
-        return u if not self.prior else np.concatenate([u[:d], np.ones(1, u.dtype), u[d:]])
+        return u if not self.prior else np.concatenate([u[:d] * (1 - self.alpha), np.ones(1, u.dtype), u[d:]])
 
     def item_vectors(self, items: ItemBatch) -> np.ndarray:
         x = np.concatenate(
@@ -67,18 +75,19 @@ class LightTier:
         d = int(self.spec["dim"])
         if not self.prior:
             return v
-        w = self.t["wide.linear.weight"][0]
-        wide_item = items.dense[:, :ITEM_DIM] @ w[:ITEM_DIM] + self.t["wide.linear.bias"][0]
-        return np.concatenate([v[:, :d], wide_item[:, None], v[:, d:]], axis=1)
+        linear_item = items.dense[:, :ITEM_DIM] @ self.w[:ITEM_DIM] + self.b
+        return np.concatenate([v[:, :d], linear_item[:, None], v[:, d:]], axis=1)
 
     def score(self, user_vec: np.ndarray, item_vecs: np.ndarray, dense: np.ndarray | None = None) -> np.ndarray:
-        """Preference dot product (with the wide part's item share), plus the wide part's user-by-item
-        share of ``dense`` (the candidates' features; none given: zeros), plus ``log σ`` of the gate's
-        dot product for a gated tier."""
+        """Preference dot product (with the linear part's item share), plus the linear part's
+        user-by-item share of ``dense`` (the candidates' features; none given: zeros), plus
+        ``(1 - α) log σ`` of the gate's dot product for a gated tier."""
         score = item_vecs[:, :self.head] @ user_vec[:self.head]
         if self.prior and dense is not None:
-            score = score + dense[:, ITEM_DIM:] @ self.t["wide.linear.weight"][0, ITEM_DIM:]
-        return score - np.logaddexp(0.0, -(item_vecs[:, self.head:] @ user_vec[self.head:])) if self.gate else score
+            score = score + dense[:, ITEM_DIM:] @ self.w[ITEM_DIM:]
+        if not self.gate:
+            return score
+        return score - (1 - self.alpha) * np.logaddexp(0.0, -(item_vecs[:, self.head:] @ user_vec[self.head:]))
 
 
 class ExpressiveTier:

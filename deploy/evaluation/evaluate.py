@@ -57,7 +57,7 @@ LEARNED: dict[str, dict[str, Any]] = {
     "ghcl-gate-easy": {"method": "ghcl", "gate_paths": "easy"},
     "ghcl-gate-both": {"method": "ghcl", "gate_paths": "both"},
     "ghcl-no-shrink": {"method": "ghcl", "residual_l2": 0.0},
-    "ghcl-no-mix": {"method": "ghcl", "mix_selection": False},
+    "ghcl-no-fallback": {"method": "ghcl", "mix_selection": False},
     "mixed": {"method": "mixed"},
     "softmax": {"method": "softmax"},
 }

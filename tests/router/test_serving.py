@@ -18,7 +18,8 @@ def test_numpy_serving_matches_torch_for_both_tiers():
     light = LightTwoTower(dim=8)
     with torch.no_grad():  # a trained wide part reads every feature, the user-by-item ones included
         light.wide.linear.weight.normal_()
-        light.mix.fill_(0.25)  # the served weight of the preference
+        light.counter.linear.weight.normal_()
+        light.fallback.fill_(0.25)  # the served weight of the tier's counters model
     for model, tier in ((light, LightTier), (ExpressiveCross(dim=8), ExpressiveTier)):
         with torch.no_grad():
             expected = model(user_tensors([user]), item_tensors(items), group).numpy()
