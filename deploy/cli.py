@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "router": "router.cli",
     "models": "feature_store.cli",
     "demo": "deploy.demo",
+    "replay": "deploy.replay",
     "eval": "deploy.evaluation.evaluate",
     "dashboards": "deploy.dashboards.cli",
 }
