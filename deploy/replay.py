@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -29,6 +30,8 @@ from deploy.progress import Progress
 
 #: seconds between two progress polls
 POLL_S = 2.0
+#: seconds the router is given to serve the last version (its freshness is observed when it loads one)
+SERVE_WAIT_S = 60.0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -165,7 +168,21 @@ def drive(sim: Component, components: list[Component], pipeline: Run, settings: 
                                    f"{len(emitted)} groups emitted after {timeout_s:.0f} s; see "
                                    f"{components[1].log_file}")
             time.sleep(POLL_S)
-    return Timings(emitted, send_s, assembled_s, time.monotonic() - t0)
+        trained_s = time.monotonic() - t0
+        wait_served(pipeline, doc["version"], SERVE_WAIT_S)
+    return Timings(emitted, send_s, assembled_s, trained_s)
+
+
+def wait_served(pipeline: Run, version: int, timeout_s: float) -> bool:
+    """Wait until the router serves ``version`` (or a later one); False when it did not within ``timeout_s``
+    (the report then shows the version it served)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        m = scrape_or_none(pipeline.urls["router"])
+        if m is not None and m.total("hap_router_model_version") >= version:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def read_groups(settings: Any, topic: str, timeout_s: float = 60.0) -> list[Any]:
@@ -219,8 +236,12 @@ def replay_report(report: dict[str, Any], timings: Timings, args: argparse.Names
     }
     if args.no_offline:
         return out
+    print(f"offline: hap eval's assembly of the same {sent} requests", file=sys.stderr, flush=True)
     groups, bodies = offline_groups("replay", args.seed, sent, args.dataset, args.candidates)
+    print(f"offline: hap eval's {args.method} and ctr over the {len(timings.groups)} live groups", file=sys.stderr,
+          flush=True)
     on_live = offline_figures(timings.groups, bodies, args.method, args.seed, args.blocks)
+    print(f"offline: hap eval's {args.method} and ctr over its own {len(groups)} groups", file=sys.stderr, flush=True)
     offline = offline_figures(groups, bodies, args.method, args.seed, args.blocks)
     live = {**out["live"]["quality"], "ctr": out["live"]["ctr"]}
     out["offline"] = {"live_groups": on_live, "eval": offline,
