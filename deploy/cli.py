@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "router": "deploy.commands.router",
     "models": "deploy.commands.models",
     "demo": "deploy.demo",
+    "replay": "deploy.replay",
     "eval": "deploy.evaluation.evaluate",
     "dashboards": "deploy.dashboards.cli",
 }
