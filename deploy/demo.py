@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     components = [
         Component("streams", ["streams", "--window", str(args.window), "--lateness", "1"], logs, env),
         Component("learner", ["learner", "--method", args.method], logs, env),
-        Component("router", ["router"], logs, env),
+        Component("router", ["router", "--drain", "0"], logs, env),  # no balancer to drain from
     ]
     sim = Component("simulate", [
         "simulate", "--requests", "1000000", "--duration", str(args.duration), "--rate", str(args.rate),
