@@ -262,10 +262,17 @@ def _redis_url(url: str) -> str:
 
 
 def _security(env: Mapping[str, str]) -> KafkaSecurity:
+    """The Kafka clients' security from ``HAP_KAFKA_*``; exits with the reason when it is incomplete."""
     try:
-        return KafkaSecurity.from_env(env)
+        return KafkaSecurity(
+            protocol=env.get("HAP_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper(),
+            sasl_mechanism=env.get("HAP_KAFKA_SASL_MECHANISM", "PLAIN").upper(),
+            username=env.get("HAP_KAFKA_SASL_USERNAME") or None,
+            password=env.get(KAFKA_PASSWORD_ENV) or None,
+            ca_file=env.get("HAP_KAFKA_SSL_CAFILE") or None,
+        )
     except ValueError as exc:
-        raise SystemExit(f"hap: {exc}") from None
+        raise SystemExit(f"hap: {exc} (HAP_KAFKA_SECURITY_PROTOCOL, HAP_KAFKA_SASL_*)") from None
 
 
 def _replication(factor: int, min_insync: int) -> Replication:
