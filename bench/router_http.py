@@ -43,7 +43,7 @@ import redis  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploy.settings import Settings  # noqa: E402
+from deploy.settings import Settings, settings_env  # noqa: E402
 from deploy.stack.process import free_port  # noqa: E402
 from deploy.stack.services import Redis  # noqa: E402
 from feature_store.item_stats import WINDOWS, ItemStats  # noqa: E402
@@ -247,7 +247,7 @@ def main() -> None:
     bench = bench_router_module()
     world = bench.World(seed=3, n_users=500, n_items=20000)
     with tempfile.TemporaryDirectory(prefix="hap-router-http-") as tmp:
-        env = {**os.environ, "HAP_DATA_DIR": tmp, "HAP_REDIS_PORT": str(free_port())}
+        env = {**os.environ, **settings_env(data_dir=tmp, redis_port=free_port())}
         server = Redis(Settings.load(env))
         server.start()
         try:
@@ -270,7 +270,7 @@ def main() -> None:
             script = Path(tmp) / "bodies.lua"
             script.write_text(WRK_SCRIPT)
             router_env = {k: v for k, v in env.items() if not k.endswith("_NUM_THREADS")}
-            router_env |= {"HAP_REDIS_URL": server.endpoint()}
+            router_env |= settings_env(redis_url=server.endpoint())
             routers = {"this": (ROOT, ())}
             routers |= {f"this-w{w}": (ROOT, ("--workers", str(w))) for w in args.workers if w > 1}
             routers |= {"compare": (args.compare.resolve(), ())} if args.compare else {}

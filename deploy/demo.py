@@ -18,7 +18,7 @@ from typing import Any
 from deploy.pipeline import Component
 from deploy.progress import Progress
 from deploy.scrape import Metrics, scrape
-from deploy.settings import Settings
+from deploy.settings import Settings, settings_env
 from deploy.stack import Stack
 from deploy.stack.services import write_targets
 from feature_store.model_store import ModelStore
@@ -61,8 +61,8 @@ def start_run(name: str, redis_url: str | None = None) -> Run:
     stack.up()
     settings = Settings.load()
     prefix = f"hap.{name}{int(time.time())}."
-    env = {"HAP_TOPIC_PREFIX": prefix, "HAP_DATA_DIR": str(settings.data_dir / prefix.rstrip(".")),
-           "HAP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "HAP_REDIS_URL": redis_url or settings.redis_url}
+    env = settings_env(topic_prefix=prefix, data_dir=settings.data_dir / prefix.rstrip("."),
+                       kafka_bootstrap=settings.kafka_bootstrap, redis_url=redis_url or settings.redis_url)
     write_targets(settings.data_dir, {"streams": f"127.0.0.1:{settings.streams_metrics_port}",
                                       "learner": f"127.0.0.1:{settings.learner_metrics_port}",
                                       "router": f"127.0.0.1:{settings.router_port}"})
