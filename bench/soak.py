@@ -94,7 +94,7 @@ def offsets(consumer: KafkaConsumer, topics: list[str]) -> tuple[int, int]:
     return sum(ends.values()), sum(consumer.committed(tp) or 0 for tp in parts)
 
 
-def redis_memory(client: redis.Redis, prefix: str = "hap:") -> tuple[float, int]:
+def redis_memory(client: redis.Redis, prefix: str) -> tuple[float, int]:
     """Redis' ``used_memory`` in MB and the number of model blobs of the store at ``prefix``."""
     used = int(client.info("memory")["used_memory"]) / 1e6
     return used, sum(1 for _ in client.scan_iter(match=ModelKeys(prefix).blob_pattern, count=1000))
@@ -235,7 +235,7 @@ def main() -> None:
             while time.time() - started < duration:
                 time.sleep(args.every)
                 row, previous = sample(parts, urls, previous, offsets(reader, inputs))
-                row["redis_used_mb"], row["model_blobs"] = redis_memory(store)
+                row["redis_used_mb"], row["model_blobs"] = redis_memory(store, s.redis_prefix)
                 row["t_s"] = round(time.time() - started, 1)
                 rows.append(row)
                 dead = [name for name, part in parts.items() if not part.alive]

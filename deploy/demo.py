@@ -131,7 +131,8 @@ def _watch(sim: Component, components: list[Component], urls: dict[str, str], ro
            args: argparse.Namespace, curves: list[dict[str, Any]]) -> None:
     """Live progress until the simulator ends; samples learning curves from the manifest."""
 
-    store = ModelStore(Settings.load().redis.client())
+    settings = Settings.load()
+    store = ModelStore(settings.redis.client(), prefix=settings.redis_prefix)
     started = time.monotonic()
     progress = Progress(int(args.duration), "demo", "s")  # plain lines every 10 s when not a terminal
     while sim.alive:
@@ -215,7 +216,7 @@ def pipeline_report(urls: dict[str, str], sim_report: Path, settings: Settings) 
     report and the model manifest."""
     s, learner, router = (scrape(urls[k]) for k in ("streams", "learner", "router"))
     sim = json.loads(sim_report.read_text())
-    manifest = ModelStore(settings.redis.client()).manifest() or {}
+    manifest = ModelStore(settings.redis.client(), prefix=settings.redis_prefix).manifest() or {}
     by_source = {k: int(v) for k, v in s.by_label("hap_streams_samples_total", "source").items()}
     quality = {tier: {k: q[k] for k in ("auc", "gauc", "recall_at_k", "auc_vs", "k")}
                for tier, q in manifest["metrics"]["quality"].items()}

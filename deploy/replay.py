@@ -124,7 +124,7 @@ def drive(sim: Component, components: list[Component], pipeline: Run, settings: 
     ``RuntimeError`` (naming what is missing) when a component dies or the wait passes ``timeout_s``."""
     from feature_store.model_store import ModelStore
 
-    store = ModelStore(settings.redis.client())
+    store = ModelStore(settings.redis.client(), prefix=settings.redis_prefix)
     t0 = time.monotonic()
     with Progress(requests, "replay", "groups") as progress:
         while sim.alive:

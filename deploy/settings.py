@@ -53,6 +53,8 @@ ENDPOINTS_FILE = "endpoints.json"
 BROKERS_KEY = "kafka.brokers"
 BROKERS_ENV = "HAP_KAFKA_BROKERS"
 LOOPBACK = "127.0.0.1"
+#: the prefix of every Redis key, unless HAP_REDIS_PREFIX names another
+REDIS_PREFIX = "hap:"
 KAFKA_VERSION = "4.1.1"
 
 KAFKA_PASSWORD_ENV = "HAP_KAFKA_SASL_PASSWORD"
@@ -103,6 +105,8 @@ class Settings:
     redis_port: int = 6379
     prometheus_port: int = 9090
     topic_prefix: str = "hap."
+    #: the prefix of every Redis key the components write and read (the key names are in feature_store/)
+    redis_prefix: str = REDIS_PREFIX
     kafka_home: Path | None = None
     cache_dir: Path = Path.home() / ".cache" / "hap"
     external_kafka: bool = False
@@ -244,6 +248,8 @@ VARIABLES: tuple[Variable, ...] = (
              "(`rediss+cluster://` with TLS) for a Redis Cluster (`docs/deploy.md`)", "redis_url", "the local stack"),
     Variable("HAP_PROMETHEUS_URL", "Prometheus queried by tests and dashboards", "prometheus_url", "the local stack"),
     Variable("HAP_TOPIC_PREFIX", "prefix of every topic", "topic_prefix"),
+    Variable("HAP_REDIS_PREFIX", "prefix of every Redis key: features, item statistics, model versions, the writer "
+             "lease (two pipelines can share a Redis under different prefixes)", "redis_prefix"),
     # the local stack's ports and the components' servers
     Variable("HAP_KAFKA_PORT", "local broker port (broker i: + 2i)", "kafka_port"),
     Variable("HAP_KAFKA_CONTROLLER_PORT", "local KRaft controller port (broker i: + 2i)", "kafka_controller_port"),

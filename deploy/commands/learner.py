@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     s = Settings.load()
     start_http_server(args.metrics_port or s.learner_metrics_port, addr=s.metrics_host)
     cfg = LearnerConfig(
-        bootstrap=s.kafka_bootstrap, redis=s.redis, kafka_security=s.kafka_security, samples_topic=s.topic("samples"),
+        bootstrap=s.kafka_bootstrap, redis=s.redis, redis_prefix=s.redis_prefix, kafka_security=s.kafka_security,
+        samples_topic=s.topic("samples"),
         checkpoint_path=s.data_dir / "learner" / "checkpoint.safetensors",
         publish_s=args.publish_interval, publish_steps=args.publish_steps,
         checkpoint_s=args.checkpoint_interval, keep_versions=args.keep_versions,

@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     s = Settings.load()
     client = s.redis.client(timeout_s=0.5)
-    app = make_app(client, policy=args.policy, budget=args.budget, max_candidates=args.max_candidates,
-                   poll_s=args.poll)
+    app = make_app(client, prefix=s.redis_prefix, policy=args.policy, budget=args.budget,
+                   max_candidates=args.max_candidates, poll_s=args.poll)
     gc.collect()
     gc.freeze()  # what start-up built is never traversed again; a request's objects die by reference count
     gc.set_threshold(50_000, 20, 100)  # fewer young collections under thousands of candidates per request

@@ -159,7 +159,7 @@ def serving_cost(tiers: dict[str, Any], bodies: list[dict[str, Any]]) -> dict[st
     from router.prerank import parse_request, score
 
     model = build(LoadedVersion(1, tiers, {"version": 1}))
-    features = FeatureCache(redis.Redis(port=1))  # every feature is inline: Redis is never asked
+    features = FeatureCache(redis.Redis(port=1), prefix="")  # every feature is inline: Redis is never asked
     policies = {"light": ("light", 0.0), "expressive_all": ("expressive_all", 0.0),
                 **{f"damr@{b:g}": ("damr", b) for b in BUDGETS}}
     cost = {}
