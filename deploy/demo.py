@@ -22,6 +22,7 @@ from deploy.settings import Settings, settings_env
 from deploy.stack import Stack
 from deploy.stack.services import write_targets
 from feature_store.model_store import ModelStore
+from feature_store.registry import DEFAULT_METHOD, METHODS, POLICIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=600.0, help="events per second")
     p.add_argument("--candidates", type=int, default=1000)
     p.add_argument("--window", type=float, default=5.0, help="join window, seconds")
-    p.add_argument("--method", choices=["ghcl", "mixed"], default="ghcl")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
     p.add_argument("--keep-stack", action="store_true", help="leave Kafka, Redis and Prometheus running")
 
 
@@ -184,7 +185,7 @@ def probe_policies(router_url: str, n_candidates: int, requests: int = 60) -> li
         {"item_id": f"i{j}", "content_type": "video"} for j in rng.choice(20000, n_candidates, replace=False)]})
         for i in range(requests)]
     rows = []
-    for policy in ("light", "damr", "expressive_all"):
+    for policy in POLICIES:
         latencies, evals = [], []
         for body in bodies:
             data = json.loads(body)

@@ -45,6 +45,7 @@ from typing import Any
 from feature_store.connection import RedisEndpoint
 from feature_store.lease import LEASE_TTL_S
 from feature_store.policies import DAMR_BUDGET
+from feature_store.registry import DEFAULT_METHOD, DEFAULT_POLICY, METHODS, POLICIES
 from streams.kafka.security import KafkaSecurity
 from streams.kafka.topics import DEFAULT_PARTITIONS, Replication
 
@@ -137,13 +138,13 @@ class Settings:
     streams_static_membership: bool = False
     streams_stall_s: float = 30.0
     log_level: str = "WARNING"
-    learner_method: str = "ghcl"
+    learner_method: str = DEFAULT_METHOD
     publish_interval_s: float = 1.0
     #: the learner's writer lease: how long a killed learner blocks its successor, and how long a
     #: starting learner waits for a held lease (None: for as long as it takes)
     learner_lease_ttl_s: float = LEASE_TTL_S
     learner_lease_wait_s: float | None = None
-    router_policy: str = "damr"
+    router_policy: str = DEFAULT_POLICY
     #: the expressive budget the router serves and the learner's validation measures
     damr_budget: float = DAMR_BUDGET
     router_workers: int = 1
@@ -209,6 +210,10 @@ class Settings:
 #: each field's default, where it has one (what an unset plain variable gives)
 FIELD_DEFAULTS: dict[str, object] = {
     f.name: f.default for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING}
+
+
+def _names(names: Iterable[str]) -> str:
+    return ", ".join(f"`{name}`" for name in names)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -301,7 +306,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HAP_STREAMS_STALL_S", "`hap streams --stall-timeout`: seconds without progress (x10 while tables "
              "recover) before the worker is replaced", "streams_stall_s"),
     # learner
-    Variable("HAP_LEARNER_METHOD", "`hap learner --method`: the training method", "learner_method"),
+    Variable("HAP_LEARNER_METHOD", f"`hap learner --method`: the training method, one of {_names(METHODS)}",
+             "learner_method"),
     Variable("HAP_PUBLISH_INTERVAL_S", "`hap learner --publish-interval`: seconds between published versions",
              "publish_interval_s"),
     Variable("HAP_LEARNER_LEASE_TTL_S", "the learner's writer lease: how long a killed learner blocks its "
@@ -309,7 +315,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HAP_LEARNER_LEASE_WAIT_S", "how long a starting learner waits for a lease another learner holds, "
              "then exits 1", "learner_lease_wait_s", "unset (or 0): as long as it takes"),
     # router
-    Variable("HAP_ROUTER_POLICY", "`hap router --policy`: the serving policy", "router_policy"),
+    Variable("HAP_ROUTER_POLICY", f"`hap router --policy`: the serving policy, one of {_names(POLICIES)}",
+             "router_policy"),
     Variable("HAP_DAMR_BUDGET", "the expressive budget (fraction of the candidates, or a count >= 1) the router "
              "serves and the learner's `damr` metric measures", "damr_budget"),
     Variable("HAP_ROUTER_WORKERS", "`hap router --workers`: processes serving the port, one core each",

@@ -9,10 +9,11 @@ import signal
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from deploy.settings import Settings
+    from feature_store.registry import METHODS
 
     s = Settings.load()
     p = sub.add_parser("learner", help="train both tiers online from hap.samples and publish to Redis")
-    p.add_argument("--method", choices=["ghcl", "mixed", "softmax"], default=s.learner_method)
+    p.add_argument("--method", choices=METHODS, default=s.learner_method)
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when a GPU is visible, else the CPU), cpu or cuda[:n]; weights and "
                         "checkpoints are the same whatever the device")
