@@ -19,7 +19,7 @@ _TABLE = re.compile(r"(<!-- table:settings -->\n)(.*?)\n?<!-- /table -->", re.S)
 def default_text(var: Variable) -> str:
     """What an unset ``var`` gives, as the reference shows it.
 
-    >>> default_text(Variable("HAP_X", "x", "damr_budget")), default_text(Variable("HAP_Y", "y", "topic_prefix"))
+    >>> default_text(Variable("X", "x", "damr_budget")), default_text(Variable("Y", "y", "topic_prefix"))
     ('0.2', '`hap.`')
     """
     if var.default is not None:

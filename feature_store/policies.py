@@ -38,7 +38,7 @@ from collections.abc import Callable
 import numpy as np
 
 #: the default expressive budget, a fraction of the candidates: the router serves with it, and the learner's
-#: progressive ``damr`` metric and ``hap eval``'s closed loop measure with it (``HAP_DAMR_BUDGET``)
+#: progressive ``damr`` metric and ``hap eval``'s closed loop measure with it (the operator's settings may name another)
 DAMR_BUDGET = 0.2
 
 
