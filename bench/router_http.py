@@ -43,7 +43,7 @@ import redis  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploy.settings import Settings  # noqa: E402
+from deploy.settings import Settings, settings_env  # noqa: E402
 from deploy.stack.process import free_port  # noqa: E402
 from deploy.stack.services import Redis  # noqa: E402
 from feature_store.item_stats import WINDOWS, ItemStats  # noqa: E402
@@ -87,9 +87,10 @@ def ensure_wrk() -> str:
     return shutil.which("wrk") or sys.exit("wrk did not install")
 
 
-def write_features(client: redis.Redis, world, stats_of, n_items: int, n_users: int) -> None:  # noqa: ANN001
+def write_features(client: redis.Redis, key_prefix: str, world, stats_of, n_items: int,  # noqa: ANN001
+                   n_users: int) -> None:
     """Item statistics (one closed bucket per window, the layout of feature_store.item_stats) and histories."""
-    stats, now_ms = ItemStats(client), int(time.time() * 1000)
+    stats, now_ms = ItemStats(client, key_prefix), int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     for i in range(n_items):
         s = stats_of(world, i)
@@ -101,7 +102,7 @@ def write_features(client: redis.Redis, world, stats_of, n_items: int, n_users: 
     rng = np.random.default_rng(7)
     for u in range(n_users):
         history = [world.item_id(int(i)) for i in rng.choice(n_items, 30, replace=False)]
-        pipe.set(user_features_key(f"u{u}"), orjson.dumps({"history": history}))
+        pipe.set(user_features_key(f"u{u}", key_prefix), orjson.dumps({"history": history}))
     pipe.execute()
 
 
@@ -203,13 +204,13 @@ def measure_http(routers: Routers, env: dict, wrk: str, script: Path, cases: dic
     return rows
 
 
-def measure_in_process(client: redis.Redis, bodies: dict, reps: int) -> list[dict]:
+def measure_in_process(client: redis.Redis, key_prefix: str, bodies: dict, reps: int) -> list[dict]:
     from router.features import FeatureCache
     from router.holder import build
     from router.prerank import parse_request, score
 
-    model = build(ModelStore(client).load())
-    features = FeatureCache(client)
+    model = build(ModelStore(client, prefix=key_prefix).load())
+    features = FeatureCache(client, prefix=key_prefix)
     rows = []
     for (n, kind), group in bodies.items():
         for body in group:  # warm, as the HTTP runs are
@@ -247,17 +248,18 @@ def main() -> None:
     bench = bench_router_module()
     world = bench.World(seed=3, n_users=500, n_items=20000)
     with tempfile.TemporaryDirectory(prefix="hap-router-http-") as tmp:
-        env = {**os.environ, "HAP_DATA_DIR": tmp, "HAP_REDIS_PORT": str(free_port())}
-        server = Redis(Settings.load(env))
+        env = {**os.environ, **settings_env(data_dir=tmp, redis_port=free_port())}
+        settings = Settings.load(env)
+        server = Redis(settings)
         server.start()
         try:
             client = redis.Redis.from_url(server.endpoint())
             print(f"training both tiers on {args.train_groups} simulated groups ...", file=sys.stderr)
             trainer = bench.train(world, args.train_groups)
-            version = ModelStore(client).publish(
+            version = ModelStore(client, prefix=settings.redis_prefix).publish(
                 {name: TierForm(*tier.export()) for name, tier in trainer.tiers().items()},
                 trained_until_event_ts_ms=int(time.time() * 1000), trained_until_finalized_ts_ms=1, samples_seen=1)
-            write_features(client, world, bench.stats_of, len(world.items), len(world.users))
+            write_features(client, settings.redis_prefix, world, bench.stats_of, len(world.items), len(world.users))
             bodies, cases = {}, {}
             for n in (int(x) for x in args.sizes.split(",")):
                 for kind in ("ids", "inline"):
@@ -270,12 +272,12 @@ def main() -> None:
             script = Path(tmp) / "bodies.lua"
             script.write_text(WRK_SCRIPT)
             router_env = {k: v for k, v in env.items() if not k.endswith("_NUM_THREADS")}
-            router_env |= {"HAP_REDIS_URL": server.endpoint()}
+            router_env |= settings_env(redis_url=server.endpoint())
             routers = {"this": (ROOT, ())}
             routers |= {f"this-w{w}": (ROOT, ("--workers", str(w))) for w in args.workers if w > 1}
             routers |= {"compare": (args.compare.resolve(), ())} if args.compare else {}
             http = measure_http(routers, router_env, wrk, script, cases, args)
-            in_process = measure_in_process(client, bodies, args.in_process_reps)
+            in_process = measure_in_process(client, settings.redis_prefix, bodies, args.in_process_reps)
         finally:
             server.process.stop()
     ratios = []

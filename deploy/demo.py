@@ -18,10 +18,11 @@ from typing import Any
 from deploy.pipeline import Component
 from deploy.progress import Progress
 from deploy.scrape import Metrics, scrape
-from deploy.settings import Settings
+from deploy.settings import Settings, settings_env
 from deploy.stack import Stack
 from deploy.stack.services import write_targets
 from feature_store.model_store import ModelStore
+from feature_store.registry import DEFAULT_METHOD, METHODS, POLICIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=600.0, help="events per second")
     p.add_argument("--candidates", type=int, default=1000)
     p.add_argument("--window", type=float, default=5.0, help="join window, seconds")
-    p.add_argument("--method", choices=["ghcl", "mixed"], default="ghcl")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
     p.add_argument("--keep-stack", action="store_true", help="leave Kafka, Redis and Prometheus running")
 
 
@@ -61,8 +62,8 @@ def start_run(name: str, redis_url: str | None = None) -> Run:
     stack.up()
     settings = Settings.load()
     prefix = f"hap.{name}{int(time.time())}."
-    env = {"HAP_TOPIC_PREFIX": prefix, "HAP_DATA_DIR": str(settings.data_dir / prefix.rstrip(".")),
-           "HAP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "HAP_REDIS_URL": redis_url or settings.redis_url}
+    env = settings_env(topic_prefix=prefix, data_dir=settings.data_dir / prefix.rstrip("."),
+                       kafka_bootstrap=settings.kafka_bootstrap, redis_url=redis_url or settings.redis_url)
     write_targets(settings.data_dir, {"streams": f"127.0.0.1:{settings.streams_metrics_port}",
                                       "learner": f"127.0.0.1:{settings.learner_metrics_port}",
                                       "router": f"127.0.0.1:{settings.router_port}"})
@@ -131,7 +132,8 @@ def _watch(sim: Component, components: list[Component], urls: dict[str, str], ro
            args: argparse.Namespace, curves: list[dict[str, Any]]) -> None:
     """Live progress until the simulator ends; samples learning curves from the manifest."""
 
-    store = ModelStore(Settings.load().redis.client())
+    settings = Settings.load()
+    store = ModelStore(settings.redis.client(), prefix=settings.redis_prefix)
     started = time.monotonic()
     progress = Progress(int(args.duration), "demo", "s")  # plain lines every 10 s when not a terminal
     while sim.alive:
@@ -183,7 +185,7 @@ def probe_policies(router_url: str, n_candidates: int, requests: int = 60) -> li
         {"item_id": f"i{j}", "content_type": "video"} for j in rng.choice(20000, n_candidates, replace=False)]})
         for i in range(requests)]
     rows = []
-    for policy in ("light", "damr", "expressive_all"):
+    for policy in POLICIES:
         latencies, evals = [], []
         for body in bodies:
             data = json.loads(body)
@@ -215,7 +217,7 @@ def pipeline_report(urls: dict[str, str], sim_report: Path, settings: Settings) 
     report and the model manifest."""
     s, learner, router = (scrape(urls[k]) for k in ("streams", "learner", "router"))
     sim = json.loads(sim_report.read_text())
-    manifest = ModelStore(settings.redis.client()).manifest() or {}
+    manifest = ModelStore(settings.redis.client(), prefix=settings.redis_prefix).manifest() or {}
     by_source = {k: int(v) for k, v in s.by_label("hap_streams_samples_total", "source").items()}
     quality = {tier: {k: q[k] for k in ("auc", "gauc", "recall_at_k", "auc_vs", "k")}
                for tier, q in manifest["metrics"]["quality"].items()}

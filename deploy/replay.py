@@ -27,6 +27,7 @@ from deploy.demo import Run, pipeline_report, scrape_or_none, start_run
 from deploy.evaluation.evaluate import BATCH_GROUPS, BUDGETS
 from deploy.pipeline import Component
 from deploy.progress import Progress
+from feature_store.registry import DEFAULT_METHOD, METHODS
 
 #: seconds between two progress polls
 POLL_S = 2.0
@@ -42,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=1000.0, help="events per second sent (0: as fast as possible)")
     p.add_argument("--candidates", type=int, default=400, help="candidates per request (`hap eval`'s default)")
     p.add_argument("--seed", type=int, default=0, help="the replay's and the learner's seed")
-    p.add_argument("--method", choices=["ghcl", "mixed", "softmax"], default="ghcl")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
     p.add_argument("--window", type=float, help="join window, seconds (default: the streams' setting)")
     p.add_argument("--lateness", type=float, help="allowed lateness, seconds (default: the streams' setting)")
     p.add_argument("--blocks", type=int, default=10, help="time blocks of the offline intervals")
@@ -124,7 +125,7 @@ def drive(sim: Component, components: list[Component], pipeline: Run, settings: 
     ``RuntimeError`` (naming what is missing) when a component dies or the wait passes ``timeout_s``."""
     from feature_store.model_store import ModelStore
 
-    store = ModelStore(settings.redis.client())
+    store = ModelStore(settings.redis.client(), prefix=settings.redis_prefix)
     t0 = time.monotonic()
     with Progress(requests, "replay", "groups") as progress:
         while sim.alive:

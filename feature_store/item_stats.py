@@ -9,7 +9,7 @@ its request happened (no leakage from the future; at most one bucket of stalenes
 Examples
 --------
 >>> import redis                                                         # doctest: +SKIP
->>> stats = ItemStats(redis.Redis())                                     # doctest: +SKIP
+>>> stats = ItemStats(redis.Redis(), "run1:")                            # doctest: +SKIP
 >>> stats.record([("n1", "exp", 60_000), ("n1", "clk", 60_000)])         # doctest: +SKIP
 >>> stats.read(["n1"], at_ms=180_000)[0]["ctr_10m"] > 0                  # doctest: +SKIP
 True
@@ -36,7 +36,7 @@ PRUNE_EVERY_MS, PRUNE_TRACKED = 3_600_000, 200_000
 class ItemStats:
     """Writer and point-in-time reader of windowed item counters."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "hap:") -> None:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.r = client
         self.prefix = prefix
         self._pruned: dict[str, int] = {}  # key -> the prune period it was last pruned in

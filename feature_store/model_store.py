@@ -33,7 +33,7 @@ The first publish of a store also gives that grace TTL to any unreferenced blob 
 Examples
 --------
 >>> import numpy as np, redis                                   # doctest: +SKIP
->>> store = ModelStore(redis.Redis())                            # doctest: +SKIP
+>>> store = ModelStore(redis.Redis(), prefix="run1:")                          # doctest: +SKIP
 >>> form = TierForm({"w": np.ones(2, np.float32)}, {"embeddings": []})  # doctest: +SKIP
 >>> v = store.publish({"light": form, "expressive": form}, trained_until_event_ts_ms=0,
 ...                   trained_until_finalized_ts_ms=0, samples_seen=0)   # doctest: +SKIP
@@ -119,20 +119,20 @@ class NonFiniteWeights(ModelStoreError):
 class ModelKeys:
     """Every Redis key of the model store, spelled once; all in the manifest's Redis Cluster slot.
 
-    The manifest keeps its name (``hap:model:manifest``: a key without braces hashes whole); the
+    The manifest keeps its name (``{prefix}model:manifest``: a key without braces hashes whole); the
     others carry it as their hash tag, so they hash to the same slot.
 
     Examples
     --------
     >>> from redis.crc import key_slot
-    >>> keys = ModelKeys("hap:")
+    >>> keys = ModelKeys("run1:")
     >>> keys.manifest, keys.blob(3, "light"), keys.channel
-    ('hap:model:manifest', '{hap:model:manifest}:blob:3:light', 'hap:model:updates')
+    ('run1:model:manifest', '{run1:model:manifest}:blob:3:light', 'run1:model:updates')
     >>> len({key_slot(k.encode()) for k in (keys.manifest, keys.lease, keys.term, keys.blob(3, "light"))})
     1
     """
 
-    prefix: str = "hap:"
+    prefix: str
 
     @property
     def manifest(self) -> str:
@@ -251,7 +251,7 @@ class ModelStore:
     version, so a restart after Redis lost its data does not reuse numbers routers have served).
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "hap:", keep_versions: int = 5,
+    def __init__(self, client: redis.Redis, *, prefix: str, keep_versions: int = 5,
                  superseded_ttl_s: int = SUPERSEDED_TTL_S, pending_ttl_s: int = PENDING_TTL_S,
                  full_every: int = 20, lease: Writer | None = None, version_floor: int = 0) -> None:
         self.r = client

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from feature_store.policies import DAMR_BUDGET, budget_count, score_policy
+from feature_store.registry import METHODS
 from learner.batching import EASY, HARD, SOURCE_CODE, Batch
 from learner.ghcl import ConflictSampler, contrastive_path_loss, harmonize
 from learner.models import ExpressiveCross, LightTwoTower, Tier
@@ -40,7 +41,6 @@ from streams.contract.schemas import SOURCES, SampleGroup
 # checks stay off (its default), said explicitly so that it does not warn on every step.
 torch.sparse.check_sparse_tensor_invariants.disable()
 
-METHODS = ("ghcl", "mixed", "softmax")
 NEGATIVE = tuple(code for name, code in SOURCE_CODE.items() if name != "exp_pos")
 DROPPABLE = (SOURCE_CODE["rn"],)  # constructed hard negatives; exp_neg (real labels) is never dropped
 

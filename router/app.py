@@ -185,16 +185,18 @@ async def watch_loop_lag(interval_s: float = 0.05) -> None:
         metrics.LOOP_LAG.observe(max(0.0, loop.time() - started - interval_s))
 
 
-def make_app(client: redis.Redis, *, policy: str = "damr", budget: float = DAMR_BUDGET, max_candidates: int = 5000,
-             max_bytes: int = 4 << 20, poll_s: float = 2.0, holder: ModelHolder | None = None,
-             features: FeatureCache | None = None, drain: Drain | None = None) -> web.Application:
-    """Build the service; the holder's and the feature cache's threads start and stop with the app.
+def make_app(client: redis.Redis, *, prefix: str, policy: str = "damr", budget: float = DAMR_BUDGET,
+             max_candidates: int = 5000, max_bytes: int = 4 << 20, poll_s: float = 2.0,
+             holder: ModelHolder | None = None, features: FeatureCache | None = None,
+             drain: Drain | None = None) -> web.Application:
+    """Build the service over the Redis keys under ``prefix``; the holder's and the feature cache's
+    threads start and stop with the app.
     Each new version computes the item vectors of the rows the feature cache holds before it serves.
     ``drain``: the state :func:`router.drain.serve` sets on SIGTERM (readiness answers 503 then)."""
     app = web.Application(client_max_size=max_bytes, middlewares=[track_in_flight, count_server_errors])
     app[DRAIN] = drain or Drain()
-    app[HOLDER] = holder or ModelHolder(client, poll_s=poll_s)
-    app[FEATURES] = features or FeatureCache(client)
+    app[HOLDER] = holder or ModelHolder(client, prefix=prefix, poll_s=poll_s)
+    app[FEATURES] = features or FeatureCache(client, prefix=prefix)
     app[HOLDER].prepare = lambda model: model.warm(app[FEATURES])
     app[LIMITS] = {"policy": policy, "budget": budget, "max_candidates": max_candidates, "max_bytes": max_bytes}
     app.router.add_post("/v1/prerank", prerank)

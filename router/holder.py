@@ -338,7 +338,7 @@ def _subclasses(cls: type) -> list[type]:
 class ModelHolder:
     """Owner of the served version; ``start()`` once, ``stop()`` once (not restartable)."""
 
-    def __init__(self, client: redis.Redis, *, poll_s: float = 2.0, prefix: str = "hap:") -> None:
+    def __init__(self, client: redis.Redis, *, prefix: str, poll_s: float = 2.0) -> None:
         self.store = ModelStore(client, prefix=prefix)
         self.client = client
         self.poll_s = poll_s

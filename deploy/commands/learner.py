@@ -9,10 +9,11 @@ import signal
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from deploy.settings import Settings
+    from feature_store.registry import METHODS
 
     s = Settings.load()
     p = sub.add_parser("learner", help="train both tiers online from hap.samples and publish to Redis")
-    p.add_argument("--method", choices=["ghcl", "mixed", "softmax"], default=s.learner_method)
+    p.add_argument("--method", choices=METHODS, default=s.learner_method)
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when a GPU is visible, else the CPU), cpu or cuda[:n]; weights and "
                         "checkpoints are the same whatever the device")
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     s = Settings.load()
     start_http_server(args.metrics_port or s.learner_metrics_port, addr=s.metrics_host)
     cfg = LearnerConfig(
-        bootstrap=s.kafka_bootstrap, redis=s.redis, kafka_security=s.kafka_security, samples_topic=s.topic("samples"),
+        bootstrap=s.kafka_bootstrap, redis=s.redis, redis_prefix=s.redis_prefix, kafka_security=s.kafka_security,
+        samples_topic=s.topic("samples"),
         checkpoint_path=s.data_dir / "learner" / "checkpoint.safetensors",
         publish_s=args.publish_interval, publish_steps=args.publish_steps,
         checkpoint_s=args.checkpoint_interval, keep_versions=args.keep_versions,

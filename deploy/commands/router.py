@@ -29,12 +29,13 @@ SWITCH_INTERVAL_S = 0.0005
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from deploy.settings import Settings
+    from feature_store.registry import POLICIES
 
     s = Settings.load()
     p = sub.add_parser("router", help="serve pre-ranking with DAMR over hot-swapped versions")
     p.add_argument("--host", help="default: HAP_ROUTER_HOST, else HAP_METRICS_HOST, else 127.0.0.1")
     p.add_argument("--port", type=int, help="default: HAP_ROUTER_PORT or 8080")
-    p.add_argument("--policy", choices=["light", "damr", "expressive_all"], default=s.router_policy)
+    p.add_argument("--policy", choices=POLICIES, default=s.router_policy)
     p.add_argument("--budget", type=float, default=s.damr_budget,
                    help="expressive budget: fraction of candidates (< 1) or count")
     p.add_argument("--max-candidates", type=int, default=5000)
@@ -60,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     s = Settings.load()
     client = s.redis.client(timeout_s=0.5)
     drain = Drain()
-    app = make_app(client, policy=args.policy, budget=args.budget, max_candidates=args.max_candidates,
-                   poll_s=args.poll, drain=drain)
+    app = make_app(client, prefix=s.redis_prefix, policy=args.policy, budget=args.budget,
+                   max_candidates=args.max_candidates, poll_s=args.poll, drain=drain)
     gc.collect()
     gc.freeze()  # what start-up built is never traversed again; a request's objects die by reference count
     gc.set_threshold(50_000, 20, 100)  # fewer young collections under thousands of candidates per request

@@ -53,7 +53,8 @@ def run_worker(args: argparse.Namespace) -> int:
     s = Settings.load()
     start_http_server(args.metrics_port or s.streams_metrics_port, addr=s.metrics_host)
     cfg = StreamsConfig(
-        bootstrap=s.kafka_bootstrap, redis=s.redis, kafka_security=s.kafka_security, topic_prefix=s.topic_prefix,
+        bootstrap=s.kafka_bootstrap, redis=s.redis, redis_prefix=s.redis_prefix, kafka_security=s.kafka_security,
+        topic_prefix=s.topic_prefix,
         partitions=s.kafka_partitions, replication_factor=s.kafka_replication.factor,
         data_dir=Path(s.data_dir) / f"streams-{args.worker_id}", corrections=not args.no_corrections,
         stall_s=args.stall_timeout, max_future_ms=int(args.max_future * 1000),

@@ -41,6 +41,7 @@ import numpy as np
 
 from deploy.evaluation.paired import block_bounds
 from feature_store.policies import DAMR_BUDGET
+from feature_store.registry import METHODS, POLICIES
 
 BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.5)
 BATCH_GROUPS = 32
@@ -53,14 +54,13 @@ LEARNED: dict[str, dict[str, Any]] = {
     "ghcl-no-conflict-sampling": {"method": "ghcl", "conflict_sampling": False},
     "ghcl-no-prior": {"method": "ghcl", "prior": False},
     "ghcl-no-gate": {"method": "ghcl", "gate": False},
-    "mixed": {"method": "mixed"},
-    "softmax": {"method": "softmax"},
+    **{method: {"method": method} for method in METHODS if method != "ghcl"},
 }
 #: non-learned arms: method name -> the statistic, as of the request, that ranks the items
 COUNTERS = {"ctr": "ctr_1d", "popularity": "exp_1d"}
 #: closed-loop arms: (method, policy)
-LOOP_ARMS = (("heuristic", "none"), ("ctr", "counter"), ("mixed", "light"), ("softmax", "light"),
-             ("ghcl", "light"), ("ghcl", "damr"), ("ghcl", "expressive_all"))
+LOOP_ARMS = (("heuristic", "none"), ("ctr", "counter"), *((method, "light") for method in METHODS if method != "ghcl"),
+             *(("ghcl", policy) for policy in POLICIES))
 LOOP_BUDGET = DAMR_BUDGET
 LOOP_KEEP = 200
 
@@ -159,7 +159,7 @@ def serving_cost(tiers: dict[str, Any], bodies: list[dict[str, Any]]) -> dict[st
     from router.prerank import parse_request, score
 
     model = build(LoadedVersion(1, tiers, {"version": 1}))
-    features = FeatureCache(redis.Redis(port=1))  # every feature is inline: Redis is never asked
+    features = FeatureCache(redis.Redis(port=1), prefix="")  # every feature is inline: Redis is never asked
     policies = {"light": ("light", 0.0), "expressive_all": ("expressive_all", 0.0),
                 **{f"damr@{b:g}": ("damr", b) for b in BUDGETS}}
     cost = {}

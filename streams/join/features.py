@@ -51,7 +51,7 @@ Count = tuple[str, str, int]  # item id, kind, event time ms
 
 
 class StreamFeatures:
-    def __init__(self, client: redis.Redis, *, prefix: str = "hap:", max_backlog: int = MAX_BACKLOG,
+    def __init__(self, client: redis.Redis, *, prefix: str, max_backlog: int = MAX_BACKLOG,
                  backoff_s: float = 1.0, max_cached: int = MAX_CACHED) -> None:
         self.r = client
         self.stats = ItemStats(client, prefix)

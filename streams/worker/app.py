@@ -79,6 +79,7 @@ REBUILD_EVERY_S = 30.0
 class StreamsConfig:
     bootstrap: str
     redis: RedisEndpoint
+    redis_prefix: str = dataclasses.field(kw_only=True)
     topic_prefix: str = "hap."
     app_id: str = "hap-streams"
     data_dir: Path = Path(".hap/streams")
@@ -246,7 +247,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         JoinConfig(t, cfg.assembler, cfg.limits, cfg.corrections, cfg.retention_ms, cfg.max_future_ms,
                    lagging_hold_ms=int(max(120.0, 4 * cfg.stall_s) * 1000)), tables,
         lambda kind, key, value: _outbox.get().append((kind, key, value)),
-        StreamFeatures(cfg.redis.client(), prefix="hap:"), CandidatePool(), lagging=lag)
+        StreamFeatures(cfg.redis.client(), prefix=cfg.redis_prefix), CandidatePool(), lagging=lag)
     follower = CatalogueFollower(cfg.bootstrap, f"{t}items", _into_pool(joiner), cfg.kafka_security,
                                  max_bytes=record_limits(cfg.limits)[1])
     watchdog = Watchdog(cfg.stall_s)

@@ -5,6 +5,7 @@ import json
 
 from prometheus_client import REGISTRY
 
+from deploy.settings import REDIS_PREFIX
 from feature_store.lease import WriterLease
 from feature_store.model_store import ModelStore
 from router.holder import ModelHolder
@@ -17,14 +18,14 @@ def stale_versions() -> float:
 
 
 def test_a_recorded_rollback_is_taken_and_a_stale_lower_version_is_not(redis_client):
-    lease = WriterLease(redis_client)
+    lease = WriterLease(redis_client, prefix=REDIS_PREFIX)
     assert lease.acquire()
-    learner = ModelStore(redis_client, keep_versions=100, lease=lease)
+    learner = ModelStore(redis_client, prefix=REDIS_PREFIX, keep_versions=100, lease=lease)
     v1, v2 = publish(redis_client, 1, learner), publish(redis_client, 2, learner)
-    holder = ModelHolder(redis_client)
+    holder = ModelHolder(redis_client, prefix=REDIS_PREFIX)
     assert holder.refresh() and holder.current.version == v2
 
-    ModelStore(redis_client).rollback(v1, reason="test")
+    ModelStore(redis_client, prefix=REDIS_PREFIX).rollback(v1, reason="test")
     rollback = redis_client.get(learner.keys.manifest)
     assert holder.refresh() and holder.current.version == v1  # lower, and recorded: taken
 

@@ -8,7 +8,9 @@ import time
 import orjson
 import redis
 
+from deploy.settings import REDIS_PREFIX
 from deploy.stack.process import free_port
+from feature_store.user_features import user_features_key
 from streams.contract.schemas import ExposureEvent
 from streams.join.features import StreamFeatures
 
@@ -23,12 +25,12 @@ def written(features: StreamFeatures) -> None:
 
 
 def test_counts_and_histories_are_written_and_statistics_read_once_per_minute(redis_client):
-    features = StreamFeatures(redis_client, prefix="hap:")
+    features = StreamFeatures(redis_client, prefix=REDIS_PREFIX)
     features.count(ExposureEvent("r", "u", "i1", T + 1_000, "exposure", position=0), 30_000)
     features.count(ExposureEvent("r", "u", "i1", T + 2_000, "feedback", click=True), 30_000)
     features.set_history("u", ["i1"])
     written(features)
-    assert orjson.loads(redis_client.get("hap:feat:user:u")) == {"history": ["i1"]}
+    assert orjson.loads(redis_client.get(user_features_key("u", REDIS_PREFIX))) == {"history": ["i1"]}
     [[same_minute, unknown], [next_minute]] = asyncio.run(
         features.read_groups([(["i1", "i9"], T + 30_000), (["i1"], T + MINUTE + 1)]))
     assert same_minute["exp_10m"] == 0.0 and unknown["exp_1d"] == 0.0  # the bucket had not closed yet
@@ -43,7 +45,7 @@ def test_counts_and_histories_are_written_and_statistics_read_once_per_minute(re
 
 def test_with_redis_down_reads_fall_back_and_counts_wait():
     down = redis.Redis(port=free_port(), socket_connect_timeout=0.2)
-    features = StreamFeatures(down, prefix="hap:", backoff_s=60)
+    features = StreamFeatures(down, prefix=REDIS_PREFIX, backoff_s=60)
     features.count(ExposureEvent("r", "u", "i1", T, "exposure", position=0), 30_000)
     features.set_history("u", ["i1"])
     written(features)  # the write fails: its counts come back at the next flush
