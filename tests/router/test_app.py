@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
 
+from deploy.settings import REDIS_PREFIX
 from feature_store.model_store import ModelStore
 from router.prerank import BadRequest, TooManyCandidates, parse_request
 
@@ -104,7 +105,7 @@ def test_every_response_names_the_served_version_and_v1_model_says_what_is_loade
 
     assert asyncio.run(before_a_model()) == (503, False, False)
     version = publish(redis_client, 3)
-    manifest = ModelStore(redis_client).manifest()
+    manifest = ModelStore(redis_client, prefix=REDIS_PREFIX).manifest()
     answers, info = asyncio.run(with_a_model())
     assert answers == [(status, str(version)) for status in (200, 400, 200, 200, 200, 404, 200)]
     assert info["version"] == version and set(info["tiers"]) == {"light", "expressive"}
