@@ -42,7 +42,8 @@ def test_fuzzed_bodies_decode_as_the_checked_path_does(b) -> None:
 
 
 @pytest.mark.parametrize("change", [
-    {"k": True}, {"k": 5.0}, {"k": 0}, {"k": None}, {"k": 2**70}, {"k": 2**64 - 1}, {"k": 2**64}, {"k": -(2**63) - 1}, {"policy": None}, {"policy": "nope"},
+    {"k": True}, {"k": 5.0}, {"k": 0}, {"k": None}, {"k": 2**70}, {"k": 2**64 - 1}, {"k": 2**64}, {"k": -(2**63) - 1},
+    {"policy": None}, {"policy": "nope"},
     {"policy": "expressive_all"}, {"budget": None}, {"budget_fraction": 0.5}, {"budget_count": 3},
     {"budget_count": True}, {"budget_fraction": 0.5, "budget": 0.1}, {"budget": 2},
     {"user_features": None}, {"user_features": {"history": ["a", "b"], "other": 1}},
