@@ -30,7 +30,8 @@ from router import metrics
 from router.drain import Drain
 from router.features import FeatureCache
 from router.holder import ModelHolder, ServingModel
-from router.prerank import BadRequest, TooManyCandidates, parse_request, score
+from router.prerank import BadRequest, TooManyCandidates, score
+from router.request import decode_request
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 HOLDER: web.AppKey[ModelHolder] = web.AppKey("holder", ModelHolder)
@@ -58,13 +59,11 @@ async def prerank(request: web.Request) -> web.Response:
     started = time.perf_counter()  # service time starts once the body is in
     metrics.READ_SECONDS.observe(started - entered)
     try:
-        body = orjson.loads(raw)
+        req = decode_request(raw, max_candidates=limits["max_candidates"], policy=limits["policy"],
+                             budget=limits["budget"])
     except orjson.JSONDecodeError as exc:
         metrics.ERRORS.labels("bad_request").inc()
         return _json({"error": f"body: invalid JSON ({exc})"}, 400)
-    try:
-        req = parse_request(body, max_candidates=limits["max_candidates"], policy=limits["policy"],
-                            budget=limits["budget"])
     except BadRequest as exc:
         status = 413 if isinstance(exc, TooManyCandidates) else 400
         metrics.ERRORS.labels("too_large" if status == 413 else "bad_request").inc()
