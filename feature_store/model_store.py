@@ -402,10 +402,13 @@ class ModelStore:
         current = self.manifest()
         return [] if current is None else [_summary(current), *current.get("history", [])]
 
-    def load(self, version: int | None = None, current: LoadedVersion | None = None) -> LoadedVersion:
+    def load(self, version: int | None = None, current: LoadedVersion | None = None,
+             manifest: dict[str, Any] | None = None) -> LoadedVersion:
         """Load ``version`` (default: the manifest's). With ``current``, only the blobs its
-        chain lacks are read and applied (the router's incremental hot-swap path)."""
-        manifest = self.manifest()
+        chain lacks are read and applied (the router's incremental hot-swap path). With
+        ``manifest`` (one :meth:`manifest` returned), that manifest is loaded instead of the one
+        Redis holds now: a caller that checked it loads what it checked."""
+        manifest = self.manifest() if manifest is None else manifest
         if manifest is None:
             raise ModelStoreError("no model published yet")
         if version is not None and version != manifest["version"]:
