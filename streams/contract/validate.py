@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 #: the fixed set of dead-letter kinds (``reason_kind`` of a DLQ record and of ``hap_streams_invalid_total``)
-REASON_KINDS = ("json", "schema", "oversized", "future", "late", "orphan", "undecodable", "internal")
+REASON_KINDS = ("json", "schema", "oversized", "future", "late", "orphan", "oversized_request", "undecodable",
+                "internal")
 
 
 class InvalidEvent(ValueError):

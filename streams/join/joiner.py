@@ -73,6 +73,7 @@ from streams.join.assembler import (
     build,
     choose,
     is_due,
+    item_count,
     new_pending,
     relabel,
 )
@@ -267,6 +268,9 @@ class Joiner:
             add_ranking(st, event, wall)
         else:
             add_exposure(st, event, wall, self.cfg.assembler.dwell_threshold_ms)
+            if item_count(st) > self.cfg.assembler.max_request_items:
+                self._oversized(rid, st, partition, record, wall)
+                return
             if event.type == "feedback" and event.item_id not in st["exposed"]:  # its bytes, should it be an orphan
                 st.setdefault("unexposed_feedback", {}).setdefault(event.item_id, (record.value or b"").decode())
         st["partition"] = partition
@@ -339,8 +343,20 @@ class Joiner:
 
     def emit(self, rid: str, st: dict[str, Any], partition: int, choice: Choice, group: SampleGroup,
              wall: int) -> None:
-        """Send a request's group, dead-letter its orphan feedback, and move it from pending to finalized."""
-        self._send_group(rid, group, partition)
+        """Send a request's group, dead-letter its orphan feedback, and move it from pending to finalized.
+        A group the decoder would refuse (over the limits' bytes or items) is dead-lettered instead
+        (``oversized_request``, with its encoding)."""
+        value = encode(group)
+        limits = self.cfg.limits
+        if len(value) > limits.max_message_bytes or len(group.items) > limits.max_candidates:
+            self.send_dead_letter(DeadLetter(
+                "oversized_request", f"oversized_request: its group of {len(group.items)} items and {len(value)} "
+                f"bytes exceeds what the learner takes ({limits.max_candidates} items, {limits.max_message_bytes} "
+                "bytes); the request is not trained", rid, None, partition, None, value,
+                {"items": len(group.items), "bytes": len(value)}))
+            self._forget(rid, st, partition, wall)
+            return
+        self._send_group(rid, group, value, partition)
         st["exposed"].update(dict.fromkeys(choice.implied))  # so that a late click on one corrects the group
         metrics.IMPLIED.inc(len(choice.implied))
         unexposed = st.pop("unexposed_feedback", {})
@@ -359,6 +375,27 @@ class Joiner:
         self.closed[partition].append((wall, rid))
         self._close(rid, partition)
 
+    def _oversized(self, rid: str, st: dict[str, Any], partition: int, record: Record, wall: int) -> None:
+        """Close a request whose items passed ``max_request_items`` (see :class:`AssemblerConfig`):
+        dead-letter it with the event past the cap, keep nothing of its state."""
+        cap = self.cfg.assembler.max_request_items
+        self.send_dead_letter(DeadLetter(
+            "oversized_request", f"oversized_request: more than {cap} distinct items exposed or with feedback "
+            "(a reused request_id?); the request is not trained, its later events are dead-lettered as late",
+            rid, record.topic, record.partition, record.offset, record.value or b"",
+            {"items": item_count(st), "cap": cap, "ranking": st["ranking"]}))
+        self._forget(rid, st, partition, wall)
+
+    def _forget(self, rid: str, st: dict[str, Any], partition: int, wall: int) -> None:
+        """Finalize a request without a group: nothing of it is kept but the mark that makes its later
+        events ``late`` for ``retention_ms``."""
+        self.tables.finalized.put(rid, {"exposed": {}, "positive": [], "revision": st["revision"],
+                                        "finalized_ms": wall, "partition": partition}, partition)
+        self.closed[partition].append((wall, rid))
+        self.open[partition].discard(rid)
+        self.adopted.pop(rid, None)
+        self._close(rid, partition)
+
     def late(self, rid: str, done: dict[str, Any], event: RankingColumns | ExposureEvent, record: Record,
              wall: int) -> None:
         """An event of a finalized request: a new positive on an exposed item corrects its group; a
@@ -373,7 +410,7 @@ class Joiner:
                 done = {**done, "positive": [*done["positive"], event.item_id], "revision": done["revision"] + 1}
                 group = relabel(decode_sample_group(emitted, self.cfg.limits), set(done["positive"]),
                                 done["revision"], wall)
-                self._send_group(rid, group, record.partition)
+                self._send_group(rid, group, encode(group), record.partition)
                 self.tables.finalized.put(rid, done, record.partition)
                 metrics.LATE.labels("correction").inc()
                 return
@@ -449,8 +486,7 @@ class Joiner:
             if done is not None:
                 self.closed[done["partition"]].append((done["finalized_ms"], rid))
 
-    def _send_group(self, rid: str, group: SampleGroup, partition: int) -> None:
-        value = encode(group)
+    def _send_group(self, rid: str, group: SampleGroup, value: bytes, partition: int) -> None:
         self.send("samples", rid.encode(), value)
         self.tables.emitted.put(rid, value, partition)  # what a correction relabels, kept while finalized is
         metrics.GROUPS.labels("correction" if group.correction else "group").inc()
