@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -82,6 +83,28 @@ from streams.kafka import decode_guard
 
 log = logging.getLogger("hap.streams")
 HISTORY_LEN = 50  # the user history written for the router: most recent positives last
+
+
+#: the bytes of feedback on unexposed items a request's pending state copies, in all (for the dead
+#: letters of those that turn out orphans); past it a feedback event is kept by reference: its offset,
+#: size and SHA-256. With ``max_request_items`` this bounds the state, one changelog record
+FEEDBACK_KEPT_BYTES = 64 * 1024
+
+
+def _keep_feedback(state: dict[str, Any], item_id: str, record: Record) -> None:
+    """Remember the first feedback event on an item the request has not exposed: its offset, and its
+    bytes while the request's share (:data:`FEEDBACK_KEPT_BYTES`) allows, else their size and SHA-256."""
+    kept = state.setdefault("unexposed_feedback", {})
+    if item_id in kept:
+        return
+    raw = record.value or b""
+    used = state.get("unexposed_bytes", 0)
+    if used + len(raw) <= FEEDBACK_KEPT_BYTES:
+        kept[item_id] = {"offset": record.offset, "raw": raw.decode()}
+        state["unexposed_bytes"] = used + len(raw)
+    else:
+        kept[item_id] = {"offset": record.offset, "raw": None, "size": len(raw),
+                         "sha256": hashlib.sha256(raw).hexdigest()}
 
 
 def now_ms() -> int:
@@ -271,8 +294,8 @@ class Joiner:
             if item_count(st) > self.cfg.assembler.max_request_items:
                 self._oversized(rid, st, partition, record, wall)
                 return
-            if event.type == "feedback" and event.item_id not in st["exposed"]:  # its bytes, should it be an orphan
-                st.setdefault("unexposed_feedback", {}).setdefault(event.item_id, (record.value or b"").decode())
+            if event.type == "feedback" and event.item_id not in st["exposed"]:  # should it be an orphan
+                _keep_feedback(st, event.item_id, record)
         st["partition"] = partition
         self.batch[rid] = st
         self.open[partition].add(rid)
@@ -360,11 +383,18 @@ class Joiner:
         st["exposed"].update(dict.fromkeys(choice.implied))  # so that a late click on one corrects the group
         metrics.IMPLIED.inc(len(choice.implied))
         unexposed = st.pop("unexposed_feedback", {})
+        st.pop("unexposed_bytes", None)
         for item in choice.orphans:
-            raw = unexposed.get(item)
+            kept = unexposed.get(item)
+            if not isinstance(kept, dict):  # a state written before feedback was kept by reference: its bytes
+                kept = {"offset": None, "raw": kept}
+            details: dict[str, Any] = {"item_id": item}
+            if kept["raw"] is None and "size" in kept:
+                details.update(original_size=kept["size"], original_sha256=kept["sha256"])
             self.send_dead_letter(DeadLetter(
                 "orphan", f"orphan: feedback on item {item!r}, which the request neither exposed nor ranked", rid,
-                f"{self.cfg.topic_prefix}exposure", partition, None, raw.encode() if raw else None, {"item_id": item}))
+                f"{self.cfg.topic_prefix}exposure", partition, kept["offset"],
+                kept["raw"].encode() if kept["raw"] else None, details))
         metrics.LAG.observe(max(0.0, (wall - st["last_wall_ms"]) / 1000))
         ranking = choice.ranking
         self.features.set_history(

@@ -7,6 +7,8 @@ import asyncio
 import base64
 import copy
 import dataclasses
+import hashlib
+import os
 from collections import Counter
 from typing import Any
 
@@ -431,3 +433,28 @@ def test_a_group_bigger_than_the_learner_takes_is_dead_lettered_not_emitted():
     assert h.tables.pending.get("r1") is None and h.tables.emitted.get("r1") is None
     h.run(h.record("exposure", encode(click("r1", "c0", T0 + 4_000)), b"r1"))
     assert [d["reason_kind"] for d in h.dead_letters()] == ["oversized_request", "late"]
+
+
+def test_padded_feedback_on_unexposed_items_keeps_the_pending_state_small_and_is_dead_lettered_by_reference():
+    """Eight feedback events padded with 880 KB of unknown fields, on items the request did not expose:
+    the pending state (one changelog record) used to copy all their bytes (7 MB: the broker refused
+    the record and the worker crash-looped). It keeps a bounded share of the bytes; each orphan's dead
+    letter names its offset, size and SHA-256 (and holds the bytes when they were kept)."""
+    h = Harness()
+    padded = [orjson.dumps({**orjson.loads(encode(click("r1", f"x{i}"))), "pad": os.urandom(440_000).hex()})
+              for i in range(8)]
+    records = [h.record("ranking", encode(ranking("r1")), b"r1"),
+               *(h.record("exposure", raw, b"r1") for raw in padded),
+               h.record("exposure", encode(click("r1", "small")), b"r1")]
+    h.run(*records)
+    assert len(orjson.dumps(h.tables.pending.get("r1"))) < 256 * 1024
+    h.tick(T0 + 5_000)
+    letters = {d["details"]["item_id"]: d for d in h.dead_letters()}
+    assert set(letters) == {f"x{i}" for i in range(8)} | {"small"}
+    for i, raw in enumerate(padded):
+        letter = letters[f"x{i}"]
+        assert letter["reason_kind"] == "orphan" and letter["offset"] == records[1 + i].offset
+        assert letter["original"] is None and letter["details"]["original_size"] == len(raw)
+        assert letter["details"]["original_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert base64.b64decode(letters["small"]["original"]) == records[-1].value
+    assert letters["small"]["offset"] == records[-1].offset
