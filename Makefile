@@ -10,7 +10,7 @@ KAFKA_LIBS := $(HAP_CACHE_DIR)/kafka-$(KAFKA_VERSION)/libs
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HAP_CACHE_DIR
 
-.PHONY: setup demo test lint clean stack-down generate
+.PHONY: setup demo test test-fast lint clean stack-down generate
 
 setup: $(VENV)/.installed kafka-jars system-packages
 
@@ -53,6 +53,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The tests that start no service (no Kafka, Redis or Prometheus, no setup beyond the venv): every test that
+# takes a stack fixture is marked `integration` by tests/conftest.py and left out here.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not integration"
 
 # Regenerate the files made from code: the topics' JSON Schemas and the field tables of
 # docs/contracts.md (streams/contract/fields.py), dashboards, alert rules and provisioning (deploy/dashboards),

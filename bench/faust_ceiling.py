@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy.settings import Settings  # noqa: E402
 from streams.worker.app import BATCH_RECORDS, BATCH_WITHIN_S, FETCH_BYTES  # noqa: E402
-from streams.worker.cli import _make_worker_class  # noqa: E402
+from streams.worker.process import make_worker_class  # noqa: E402
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def main() -> None:
                 os._exit(0)
 
     sys.argv = [sys.argv[0], "worker"]
-    _make_worker_class()(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    make_worker_class()(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
 
 if __name__ == "__main__":

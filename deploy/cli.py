@@ -18,11 +18,11 @@ from deploy.stack import Stack, StackError
 
 #: subcommand modules, imported on demand so that `hap stack` never loads torch
 SUBCOMMANDS: dict[str, str] = {
-    "simulate": "streams.simulator.cli",
-    "streams": "streams.worker.cli",
-    "learner": "learner.cli",
-    "router": "router.cli",
-    "models": "feature_store.cli",
+    "simulate": "deploy.commands.simulate",
+    "streams": "deploy.commands.streams",
+    "learner": "deploy.commands.learner",
+    "router": "deploy.commands.router",
+    "models": "deploy.commands.models",
     "demo": "deploy.demo",
     "eval": "deploy.evaluation.evaluate",
     "dashboards": "deploy.dashboards.cli",

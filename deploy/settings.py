@@ -43,6 +43,7 @@ from pathlib import Path
 
 from feature_store.connection import RedisEndpoint
 from feature_store.lease import LEASE_TTL_S
+from feature_store.policies import DAMR_BUDGET
 from streams.kafka.security import KafkaSecurity
 from streams.kafka.topics import DEFAULT_PARTITIONS, Replication
 
@@ -138,8 +139,11 @@ class Settings:
     learner_lease_ttl_s: float = LEASE_TTL_S
     learner_lease_wait_s: float | None = None
     router_policy: str = "damr"
-    router_budget: float = 0.2
+    #: the expressive budget the router serves and the learner's validation measures
+    damr_budget: float = DAMR_BUDGET
     router_workers: int = 1
+    #: events per second `hap simulate` emits (0: as fast as it can)
+    sim_rate: float = 2000.0
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -199,8 +203,9 @@ class Settings:
             learner_lease_ttl_s=_float(env, "HAP_LEARNER_LEASE_TTL_S", LEASE_TTL_S),
             learner_lease_wait_s=_float(env, "HAP_LEARNER_LEASE_WAIT_S", 0.0) or None,
             router_policy=env.get("HAP_ROUTER_POLICY", "damr"),
-            router_budget=_float(env, "HAP_ROUTER_BUDGET", 0.2),
+            damr_budget=_float(env, "HAP_DAMR_BUDGET", DAMR_BUDGET),
             router_workers=_int(env, "HAP_ROUTER_WORKERS", 1),
+            sim_rate=_float(env, "HAP_SIM_RATE", 2000.0),
             **ports,
         )
 

@@ -38,6 +38,9 @@ from collections.abc import Callable
 import numpy as np
 
 POLICIES = ("light", "damr", "expressive_all")
+#: the default expressive budget, a fraction of the candidates: the router serves with it, and the learner's
+#: progressive ``damr`` metric and ``hap eval``'s closed loop measure with it (``HAP_DAMR_BUDGET``)
+DAMR_BUDGET = 0.2
 
 
 def budget_count(n: int, budget: float) -> int:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from feature_store.policies import budget_count, score_policy
+from feature_store.policies import DAMR_BUDGET, budget_count, score_policy
 from learner.batching import EASY, HARD, SOURCE_CODE, Batch
 from learner.ghcl import ConflictSampler, contrastive_path_loss, harmonize
 from learner.models import ExpressiveCross, LightTwoTower, Tier
@@ -58,7 +58,7 @@ class OnlineTrainer:
     """Both tiers, their optimizers and the progressive metrics of three scorers."""
 
     def __init__(self, method: str = "ghcl", *, dim: int = 16, lr: float = 0.01, emb_lr: float = 0.05,
-                 k: int = 10, damr_budget: float = 0.3, temperature: float = 1.0, seed: int = 0,
+                 k: int = 10, damr_budget: float = DAMR_BUDGET, temperature: float = 1.0, seed: int = 0,
                  harmonize_gradients: bool = True, conflict_sampling: bool = True, prior: bool = True,
                  gate: bool = True, device: str = "cpu",
                  extra_budgets: tuple[float, ...] = (), measure_conflict: bool = False) -> None:

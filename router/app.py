@@ -21,10 +21,11 @@ import redis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
+from feature_store.policies import DAMR_BUDGET
 from router import metrics
 from router.features import FeatureCache
 from router.holder import ModelHolder
-from router.prerank import BadRequest, parse_request, score
+from router.prerank import BadRequest, TooManyCandidates, parse_request, score
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 HOLDER: web.AppKey[ModelHolder] = web.AppKey("holder", ModelHolder)
@@ -57,7 +58,7 @@ async def prerank(request: web.Request) -> web.Response:
         req = parse_request(body, max_candidates=limits["max_candidates"], policy=limits["policy"],
                             budget=limits["budget"])
     except BadRequest as exc:
-        status = 413 if "exceed the cap" in str(exc) else 400
+        status = 413 if isinstance(exc, TooManyCandidates) else 400
         metrics.ERRORS.labels("too_large" if status == 413 else "bad_request").inc()
         return _json({"error": str(exc)}, status)
     model = request.app[HOLDER].current
@@ -123,7 +124,7 @@ async def watch_loop_lag(interval_s: float = 0.05) -> None:
         metrics.LOOP_LAG.observe(max(0.0, loop.time() - started - interval_s))
 
 
-def make_app(client: redis.Redis, *, policy: str = "damr", budget: float = 0.2, max_candidates: int = 5000,
+def make_app(client: redis.Redis, *, policy: str = "damr", budget: float = DAMR_BUDGET, max_candidates: int = 5000,
              max_bytes: int = 4 << 20, poll_s: float = 2.0, holder: ModelHolder | None = None,
              features: FeatureCache | None = None) -> web.Application:
     """Build the service; the holder's and the feature cache's threads start and stop with the app.

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from feature_store.featurize import featurize_user
-from feature_store.policies import POLICIES, budget_count, score_policy
+from feature_store.policies import DAMR_BUDGET, POLICIES, budget_count, score_policy
 from router import metrics
 from router.features import FeatureCache, inline_dense
 from router.holder import ServingModel
@@ -33,6 +33,10 @@ from router.limits import ID_CHARS, MAX_HISTORY, MAX_STATS, MAX_VALUE, NAME_CHAR
 
 class BadRequest(ValueError):
     """A client mistake; the message names the field."""
+
+
+class TooManyCandidates(BadRequest):
+    """More candidates than the router's cap (HTTP 413)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -68,7 +72,8 @@ def _str(body: dict, key: str) -> str:
     return value
 
 
-def parse_request(body: Any, *, max_candidates: int, policy: str = "damr", budget: float = 0.2) -> PrerankRequest:
+def parse_request(body: Any, *, max_candidates: int, policy: str = "damr",
+                  budget: float = DAMR_BUDGET) -> PrerankRequest:
     """Validate a decoded JSON body; raises :class:`BadRequest` with the field path."""
     if not isinstance(body, dict):
         raise BadRequest("body: expected a JSON object")
@@ -76,7 +81,7 @@ def parse_request(body: Any, *, max_candidates: int, policy: str = "damr", budge
     if not isinstance(cands, list) or not cands:
         raise BadRequest("candidates: expected a non-empty list")
     if len(cands) > max_candidates:
-        raise BadRequest(f"candidates: {len(cands)} exceed the cap of {max_candidates}")
+        raise TooManyCandidates(f"candidates: {len(cands)} exceed the cap of {max_candidates}")
     checked = _candidates_fast(cands)
     if checked is None:
         _candidates_slow(cands)  # raises the first mistake, with its field path

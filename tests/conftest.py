@@ -27,6 +27,20 @@ os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mind_small_subset"
 
+#: fixtures that start a service (or the whole stack, ``cli_env``): a test that uses one, directly or through
+#: another fixture, is an integration test, and ``make test-fast`` leaves it out
+STACK_FIXTURES = frozenset({"kafka_service", "redis_service", "own_redis", "prometheus_url", "cli_env"})
+#: tests of several nodes (brokers, Redis Cluster, workers, routers), each starting its own
+SCALE_TESTS = Path(__file__).parent / "scale"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that takes a stack fixture, or runs a cluster of its own, ``integration``: the marker
+    follows from what the test uses, so it cannot fall behind the tests."""
+    for item in items:
+        if STACK_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.path.is_relative_to(SCALE_TESTS):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session")
 def hap_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
@@ -81,6 +95,17 @@ def prometheus_url(hap_settings: Settings) -> Iterator[str]:
     """URL of a real Prometheus scraping the targets in ``<data_dir>/prometheus/targets.json``."""
     for server in _serve(Prometheus(hap_settings)):
         yield server.endpoint()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Redis]:
+    """A Redis server of the test's own on a free port, which the test may stop (an outage)."""
+    server = Redis(Settings.load({"HAP_DATA_DIR": str(tmp_path / "own-redis"), "HAP_REDIS_PORT": str(free_port())}))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.process.stop()
 
 
 @pytest.fixture

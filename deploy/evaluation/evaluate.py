@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from deploy.evaluation.paired import block_bounds
+from feature_store.policies import DAMR_BUDGET
 
 BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.5)
 BATCH_GROUPS = 32
@@ -60,7 +61,7 @@ COUNTERS = {"ctr": "ctr_1d", "popularity": "exp_1d"}
 #: closed-loop arms: (method, policy)
 LOOP_ARMS = (("heuristic", "none"), ("ctr", "counter"), ("mixed", "light"), ("softmax", "light"),
              ("ghcl", "light"), ("ghcl", "damr"), ("ghcl", "expressive_all"))
-LOOP_BUDGET = 0.2
+LOOP_BUDGET = DAMR_BUDGET
 LOOP_KEEP = 200
 
 

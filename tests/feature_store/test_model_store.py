@@ -11,9 +11,6 @@ import pytest
 import redis
 from safetensors.numpy import save as st_save
 
-from deploy.settings import Settings
-from deploy.stack.process import free_port
-from deploy.stack.services import Redis
 from feature_store.lease import WriterLease
 from feature_store.model_store import (
     BlobCorrupt,
@@ -282,15 +279,13 @@ def test_memory_is_bounded_by_the_count_of_kept_versions(redis_client):
     assert len(kept) <= 2 * (3 + 4)  # both tiers: the kept versions' chains back to their full snapshots
 
 
-def test_blobs_of_a_failed_publish_are_deleted_and_leftover_blobs_expire(tmp_path):
+def test_blobs_of_a_failed_publish_are_deleted_and_leftover_blobs_expire(own_redis):
     """Redis at ``maxmemory`` (noeviction) refuses the second blob of a publish: the first one, already
     written, is deleted at once (it used to keep its 10-minute pending TTL, pinning memory while the
     learner retried full versions every second and item statistics writes failed), and the retry
     publishes. A blob left without a TTL (an older learner's crash) gets one at the next store's first
     publish."""
-    server = Redis(Settings.load({"HAP_DATA_DIR": str(tmp_path), "HAP_REDIS_PORT": str(free_port())}))
-    server.start()
-    client = redis.Redis.from_url(server.endpoint())
+    client = redis.Redis.from_url(own_redis.endpoint())
     try:
         client.set(KEYS.blob(0, "light"), b"left by a crash")  # no TTL
         ModelStore(client).publish({"light": form(np.zeros((4, 2), np.float32), np.ones(2, np.float32))},
@@ -311,7 +306,6 @@ def test_blobs_of_a_failed_publish_are_deleted_and_leftover_blobs_expire(tmp_pat
         assert store.load().version == version
     finally:
         client.close()
-        server.process.stop()
 
 
 def test_an_incremental_load_after_redis_lost_its_data_never_mixes_two_models(redis_client):

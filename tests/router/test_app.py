@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
 
-from router.prerank import BadRequest, parse_request
+from router.prerank import BadRequest, TooManyCandidates, parse_request
 
 from .conftest import body, publish, serve
 
@@ -181,6 +181,15 @@ def test_duplicate_candidates_are_rejected_a_rule_the_spec_states_in_words():
     with pytest.raises(BadRequest, match=r"^candidates\[1\]\.item_id: duplicate of candidates\[0\]$"):
         parse_request(dup, max_candidates=10)
     assert "unique" in spec()["components"]["schemas"]["Candidate"]["properties"]["item_id"]["description"].lower()
+
+
+def test_too_many_candidates_is_its_own_error_kind_and_other_mistakes_are_not():
+    """The router answers 413 by the error's type: only the candidate cap raises TooManyCandidates."""
+    with pytest.raises(TooManyCandidates, match=r"^candidates: 11 exceed the cap of 10$"):
+        parse_request(body(11), max_candidates=10)
+    with pytest.raises(BadRequest) as other:
+        parse_request({**body(1), "k": "ten"}, max_candidates=10)
+    assert not isinstance(other.value, TooManyCandidates)
 
 
 _values = (st.none() | st.booleans() | st.integers(-3, 6000)

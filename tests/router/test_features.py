@@ -9,9 +9,6 @@ import numpy as np
 import redis
 from prometheus_client import REGISTRY
 
-from deploy.settings import Settings
-from deploy.stack.process import free_port
-from deploy.stack.services import Redis
 from feature_store.featurize import dense_stats, featurize_items
 from feature_store.item_stats import ItemStats
 from feature_store.model_store import LoadedVersion
@@ -116,24 +113,18 @@ def test_a_stale_row_serves_while_it_is_refreshed_in_the_background(redis_client
     assert now.stamps[0] != served.stamps[0]  # and the row's stamp moved with it
 
 
-def test_a_redis_outage_gives_counted_defaults_and_keeps_stale_rows(tmp_path):
-    env = {"HAP_DATA_DIR": str(tmp_path), "HAP_REDIS_PORT": str(free_port())}
-    server = Redis(Settings.load(env))
-    server.start()
-    client = redis.Redis.from_url(server.endpoint(), socket_timeout=0.2, socket_connect_timeout=0.2)
-    try:
-        ItemStats(client).record([("k1", "exp", int(time.time() * 1000) - 5 * MIN)] * 3)
-        cache = FeatureCache(client, ttl_s=0.01)
-        known = cache.lookup(["k1"], ["video"]).items.dense.copy()
-        server.process.stop()
-        time.sleep(0.05)
-        before = count("missing_features", "item")
-        during = cache.lookup(["k1", "never-seen"], ["video", "video"])
-        time.sleep(0.5)
-        again = cache.lookup(["k1", "never-seen-2"], ["video", "video"])
-        cache.stop()
-    finally:
-        server.process.stop()
+def test_a_redis_outage_gives_counted_defaults_and_keeps_stale_rows(own_redis):
+    client = redis.Redis.from_url(own_redis.endpoint(), socket_timeout=0.2, socket_connect_timeout=0.2)
+    ItemStats(client).record([("k1", "exp", int(time.time() * 1000) - 5 * MIN)] * 3)
+    cache = FeatureCache(client, ttl_s=0.01)
+    known = cache.lookup(["k1"], ["video"]).items.dense.copy()
+    own_redis.process.stop()
+    time.sleep(0.05)
+    before = count("missing_features", "item")
+    during = cache.lookup(["k1", "never-seen"], ["video", "video"])
+    time.sleep(0.5)
+    again = cache.lookup(["k1", "never-seen-2"], ["video", "video"])
+    cache.stop()
     np.testing.assert_array_equal(during.items.dense[0], known[0])
     np.testing.assert_array_equal(again.items.dense[0], known[0])
     np.testing.assert_array_equal(during.items.dense[1], dense_stats({}))

@@ -122,7 +122,7 @@ def test_service_time_starts_once_the_body_is_read(redis_client):
 
 
 def test_a_router_process_pins_the_math_libraries_to_one_thread():
-    code = ("import os, router.cli, numpy; a = numpy.ones((512, 512)); a @ a; "
+    code = ("import os, deploy.commands.router, numpy; a = numpy.ones((512, 512)); a @ a; "
             "print(os.environ['OPENBLAS_NUM_THREADS'], len(os.listdir('/proc/self/task')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={"PATH": "/usr/bin:/bin"})

@@ -7,9 +7,6 @@ import threading
 import numpy as np
 import redis
 
-from deploy.settings import Settings
-from deploy.stack.process import free_port
-from deploy.stack.services import Redis
 from feature_store.featurize import featurize_user
 from feature_store.model_store import ModelStore
 from feature_store.policies import budget_count, merge, route
@@ -56,24 +53,18 @@ def test_no_request_sees_mixed_versions_while_versions_swap(redis_client):
     assert all(any(i["tier"] == "expressive" for i in r["items"]) for r in checked)  # both tiers were checked
 
 
-def test_redis_outage_keeps_the_last_good_version_serving(tmp_path):
-    env = {"HAP_DATA_DIR": str(tmp_path), "HAP_REDIS_PORT": str(free_port())}
-    server = Redis(Settings.load(env))
-    server.start()
-    client = redis.Redis.from_url(server.endpoint(), socket_timeout=0.2, socket_connect_timeout=0.2)
+def test_redis_outage_keeps_the_last_good_version_serving(own_redis):
+    client = redis.Redis.from_url(own_redis.endpoint(), socket_timeout=0.2, socket_connect_timeout=0.2)
     version = publish(client, 5)
 
     async def go():
         async with serve(client) as http:
-            server.process.stop()
+            own_redis.process.stop()
             await asyncio.sleep(0.5)
             during = [await http.post("/v1/prerank", json=body()) for _ in range(5)]
             ready = await (await http.get("/readyz")).json()
             return [(r.status, (await r.json())["version"]) for r in during], ready
 
-    try:
-        during, ready = asyncio.run(go())
-    finally:
-        server.process.stop()
+    during, ready = asyncio.run(go())
     assert during == [(200, version)] * 5
     assert ready["version"] == version and ready["staleness_s"] >= 0.3

@@ -25,8 +25,6 @@ from deploy.stack.process import port_is_free
 from deploy.stack.services import Kafka
 from streams.kafka.topics import Replication, create_missing, pipeline_topics, worker_topics
 
-pytestmark = pytest.mark.integration
-
 BROKERS = 3
 
 

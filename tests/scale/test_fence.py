@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 from kafka import KafkaProducer
 
 from deploy.pipeline import Component
@@ -20,8 +19,6 @@ from feature_store.model_store import ModelStore
 from streams.contract.schemas import encode
 from streams.kafka.topics import ensure_topics
 from tests.learner.groups import simulated_groups
-
-pytestmark = pytest.mark.integration
 
 ARGS = ["learner", "--batch-groups", "4", "--publish-interval", "0.3", "--checkpoint-interval", "0.5"]
 

@@ -37,11 +37,8 @@ from streams.contract.schemas import ExposureEvent
 from streams.join.features import StreamFeatures
 from tests.router.conftest import publish
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not (shutil.which("redis-server") and shutil.which("redis-cli")),
-                       reason="redis-server and redis-cli are needed (Debian's redis-server package: make setup)"),
-]
+pytestmark = pytest.mark.skipif(not (shutil.which("redis-server") and shutil.which("redis-cli")),
+                       reason="redis-server and redis-cli are needed (Debian's redis-server package: make setup)")
 
 NODE_TIMEOUT_MS = 2000
 PASSWORD = "cluster-secret"  # every node requires it (requirepass; masterauth for the replicas)

@@ -36,8 +36,6 @@ from deploy.stack.process import free_port
 from feature_store.model_store import ModelStore
 from tests.router.conftest import body, publish
 
-pytestmark = pytest.mark.integration
-
 ROUTERS = 3
 POLL_S = 1.0  # the routers' --poll: the manifest is re-read this often whatever the notifications do
 SWAP_CAP_S = 3.0  # the most one swap (load + verify + build + warm of a version) may take on a busy machine

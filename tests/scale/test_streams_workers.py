@@ -19,8 +19,6 @@ from streams.kafka.topics import ensure_topics
 
 from ..conftest import dead_letters_of, input_offsets, read_topic, trained_exactly_once, truth
 
-pytestmark = pytest.mark.integration
-
 PARTITIONS = 4
 STREAMS = ["streams", "--window", "1", "--lateness", "0.5"]
 LEARNER = ["learner", "--batch-groups", "8", "--publish-interval", "1", "--checkpoint-interval", "1"]

@@ -14,8 +14,6 @@ from streams.join.catalogue import CatalogueFollower
 from streams.kafka.producer import EventProducer
 from streams.kafka.topics import ensure_topics
 
-pytestmark = pytest.mark.integration
-
 
 def _send(bootstrap: str, prefix: str, ids: range) -> None:
     producer = EventProducer(bootstrap, topic_prefix=prefix)

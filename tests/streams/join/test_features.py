@@ -6,14 +6,12 @@ import asyncio
 import time
 
 import orjson
-import pytest
 import redis
 
 from deploy.stack.process import free_port
 from streams.contract.schemas import ExposureEvent
 from streams.join.features import StreamFeatures
 
-pytestmark = pytest.mark.integration
 MINUTE = 60_000
 T = 1_700_000_040_000 // MINUTE * MINUTE  # a minute's start
 

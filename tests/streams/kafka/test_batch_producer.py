@@ -3,7 +3,6 @@
 import asyncio
 
 import faust
-import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from kafka import KafkaConsumer, TopicPartition
 
@@ -28,7 +27,6 @@ def test_a_table_change_is_the_record_faust_would_write_to_its_changelog():
     assert changelog_record(emitted, 3, "r1", None) == ("probe-emitted-changelog", 3, b'"r1"', None)  # tombstone
 
 
-@pytest.mark.integration
 def test_records_are_acknowledged_in_order_within_their_partitions(kafka_bootstrap, topic_prefix):
     """Several batches per partition (each batch holds 16 KiB here), keyed and partitioned records,
     a tombstone: every record is in the topic when deliver returns, in the order given."""

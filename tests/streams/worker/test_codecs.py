@@ -19,8 +19,6 @@ from streams.contract.schemas import Candidate, ExposureEvent, RankingEvent, Sam
 
 from ...conftest import read_topic
 
-pytestmark = pytest.mark.integration
-
 CODECS = ("gzip", "snappy", "lz4", "zstd")
 WORKER = ["streams", "--window", "1", "--lateness", "0.5"]
 JAVA_SOURCE = Path(__file__).parent / "java" / "HapProducer.java"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from deploy.progress import Progress
+from deploy.settings import Settings
 from streams.contract.schemas import ItemUpdate
 from streams.kafka.producer import EventProducer, ProducerUnavailable
 from streams.simulator.cascade import Request, router_preranker
@@ -21,7 +22,7 @@ from streams.simulator.world import CONTENT_TYPES, World
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="emit simulated or replayed cascade traffic")
     p.add_argument("--requests", type=int, default=1000)
-    p.add_argument("--rate", type=float, default=float(os.environ.get("HAP_SIM_RATE", 2000)),
+    p.add_argument("--rate", type=float, default=Settings.load().sim_rate,
                    help="events per second (0: as fast as possible)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", type=Path, help="replay a MIND-layout dataset instead of the synthetic world")
@@ -60,14 +61,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         writer = FileWriter(args.out)
     else:
-        from deploy.settings import Settings
-
         settings = Settings.load()
         writer = EventProducer(settings.kafka_bootstrap, topic_prefix=settings.topic_prefix,
                                security=settings.kafka_security)
     report = EmitReport()
-    from deploy.progress import Progress
-
     try:
         emit_items(items, writer, report)
         progress = None if args.no_progress else Progress(n, "simulate", "requests")  # plain lines when not a tty

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="default: HAP_ROUTER_HOST, else HAP_METRICS_HOST, else 127.0.0.1")
     p.add_argument("--port", type=int, help="default: HAP_ROUTER_PORT or 8080")
     p.add_argument("--policy", choices=["light", "damr", "expressive_all"], default=s.router_policy)
-    p.add_argument("--budget", type=float, default=s.router_budget,
+    p.add_argument("--budget", type=float, default=s.damr_budget,
                    help="expressive budget: fraction of candidates (< 1) or count")
     p.add_argument("--max-candidates", type=int, default=5000)
     p.add_argument("--poll", type=float, default=2.0, help="manifest polling interval (fallback to pub/sub)")

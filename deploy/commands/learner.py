@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         lease_ttl_s=s.learner_lease_ttl_s, lease_wait_s=s.learner_lease_wait_s,
         **({} if args.batch_groups is None else {"batch_groups": args.batch_groups}),
     )
-    service = LearnerService(cfg, OnlineTrainer(method=args.method, seed=args.seed, device=args.device))
+    service = LearnerService(cfg, OnlineTrainer(method=args.method, seed=args.seed, device=args.device,
+                                                 damr_budget=s.damr_budget))
     for sig in (signal.SIGTERM, signal.SIGINT):  # graceful: train what was polled, publish, checkpoint
         signal.signal(sig, lambda *_: service.stop())
     service.run(max_idle_s=args.exit_when_idle)

@@ -7,8 +7,8 @@ PROBE = """
 import logging
 import os
 import faust
-from streams.worker.cli import _make_worker_class
-worker = _make_worker_class()(faust.App("probe", broker="kafka://127.0.0.1:1"), loglevel="WARNING", quiet=True)
+from streams.worker.process import make_worker_class
+worker = make_worker_class()(faust.App("probe", broker="kafka://127.0.0.1:1"), loglevel="WARNING", quiet=True)
 worker._setup_logging()
 levels = (logging.getLogger("aiokafka.producer.producer").isEnabledFor(logging.DEBUG),
           logging.getLogger("faust.topics").isEnabledFor(logging.DEBUG), logging.getLogger().level)

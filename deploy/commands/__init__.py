@@ -1,0 +1,1 @@
+"""The `hap` subcommands that wire the settings into the components: simulate, streams, learner, router, models."""
