@@ -3,6 +3,7 @@
 import asyncio
 
 import faust
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from kafka import KafkaConsumer, TopicPartition
 
@@ -58,7 +59,6 @@ def test_records_are_acknowledged_in_order_within_their_partitions(kafka_bootstr
         assert got[tp.partition] == expected
 
 
-@pytest.mark.integration
 def test_a_record_over_the_limit_is_refused_before_anything_of_the_call_is_produced(kafka_bootstrap, topic_prefix):
     """aiokafka's batch builder takes the first record of an empty batch whatever its size, and
     ``send_batch`` applies no ``max_request_size``: the guard is the producer's own, before the first
