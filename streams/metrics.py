@@ -29,7 +29,7 @@ EXITS = Counter("hap_streams_worker_exits", "Earlier workers' exits that the sup
                 ["reason"])
 ERRORS = Counter("hap_streams_errors", "Failures of a dependency and what they cost", ["kind"])
 # exported at 0 from the start, so that rate() and increase() see the first one
-for _kind in ("redis", "history_skipped", "stats_dropped", "catalogue"):
+for _kind in ("redis", "history_skipped", "catalogue"):
     ERRORS.labels(_kind)
 for _kind in REASON_KINDS:
     INVALID.labels(_kind)

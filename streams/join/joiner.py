@@ -21,7 +21,7 @@ Examples
 >>> import asyncio
 >>> from streams.contract.schemas import Candidate, ExposureEvent, RankingEvent, encode
 >>> class Stats:
-...     def count(self, event, dwell_threshold_ms): pass
+...     def count(self, event, dwell_threshold_ms, topic, partition, offset): pass
 ...     def set_history(self, user_id, history): pass
 ...     def flush(self): pass
 ...     async def read_groups(self, requests): return [[{} for _ in ids] for ids, _ in requests]
@@ -116,7 +116,7 @@ class Record(Protocol):
 
     topic: str
     partition: int
-    offset: int | None
+    offset: int
     key: bytes | None
     value: bytes | None
     headers: Any
@@ -168,7 +168,8 @@ class JoinTables:
 class Features(Protocol):
     """The feature store's side of the join (:class:`streams.join.features.StreamFeatures`)."""
 
-    def count(self, event: ExposureEvent, dwell_threshold_ms: int) -> None: ...
+    def count(self, event: ExposureEvent, dwell_threshold_ms: int, topic: str, partition: int, offset: int) -> None:
+        ...
 
     def set_history(self, user_id: str, history: list[str]) -> None: ...
 
@@ -277,7 +278,8 @@ class Joiner:
             ids, types = self.pool.add_many(event.item_ids, event.content_types)
             event = dataclasses.replace(event, item_ids=ids, content_types=types)
         else:
-            self.features.count(event, self.cfg.assembler.dwell_threshold_ms)
+            self.features.count(event, self.cfg.assembler.dwell_threshold_ms, record.topic, partition,
+                                record.offset)
         done = self.tables.finalized.get(rid)
         if done is not None:
             self.late(rid, done, event, record, wall)

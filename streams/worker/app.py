@@ -18,12 +18,14 @@ Topology (all input topics keyed by ``request_id`` and co-partitioned):
 Delivery: at-least-once, and the tables never run ahead of the outputs. For each batch the
 adapter first hands every group and dead letter the join produced to the producer and waits until
 the broker acknowledged them all, then writes the batch's table changes to their changelogs and
-waits for those, and only then lets Faust acknowledge the batch's records (Faust commits
-acknowledged offsets). A delivery that fails ends the worker (exit 1, restarted by the
-supervisor) before anything of the batch is acknowledged; a worker killed at any point (SIGKILL
-included) replays from the last commit with tables that are at most as far as the outputs, so a
-replayed request is emitted again with the same ``group_id`` (deterministic, which consumers
-de-duplicate) rather than found finalized with its group lost. Every rejected input goes to
+waits for those, then writes the batch's item counts to Redis (each input record once:
+:meth:`streams.join.features.StreamFeatures.write_counts`; while Redis is down the batch waits),
+and only then lets Faust acknowledge the batch's records (Faust commits acknowledged offsets). A
+delivery that fails ends the worker (exit 1, restarted by the supervisor) before anything of the
+batch is acknowledged; a worker killed at any point (SIGKILL included) replays from the last
+commit with tables that are at most as far as the outputs, so a replayed request is emitted again
+with the same ``group_id`` (deterministic, which consumers de-duplicate) rather than found
+finalized with its group lost, and its records add no item count twice. Every rejected input goes to
 ``dlq`` as a :class:`streams.contract.dlq.DeadLetter` keyed by its ``request_id``; a record batch the
 worker cannot decode (see :mod:`streams.kafka.decode_guard`) too, and the worker moves on: no input
 stops it.
@@ -273,12 +275,12 @@ def make_app(cfg: StreamsConfig) -> faust.App:
     )
     lag = InputLag(app, [f"{t}{name}" for name in JOIN_INPUTS])
     refuse_gap_acks(lag.topics)
+    features = StreamFeatures(cfg.redis.client(), prefix="hap:")
     joiner = Joiner(
         # a partition that stays behind is held far longer than the worker takes to replace itself for it
         JoinConfig(t, cfg.assembler, cfg.limits, cfg.corrections, cfg.retention_ms, cfg.max_future_ms,
                    lagging_hold_ms=int(max(120.0, 4 * cfg.stall_s) * 1000)), tables,
-        lambda kind, key, value: _outbox.get().append((kind, key, value)),
-        StreamFeatures(cfg.redis.client(), prefix="hap:"), CandidatePool(), lagging=lag)
+        lambda kind, key, value: _outbox.get().append((kind, key, value)), features, CandidatePool(), lagging=lag)
     follower = CatalogueFollower(cfg.bootstrap, f"{t}items", _into_pool(joiner), cfg.kafka_security,
                                  max_bytes=record_limits(cfg.limits)[1])
     watchdog = Watchdog(cfg.stall_s)
@@ -301,6 +303,11 @@ def make_app(cfg: StreamsConfig) -> faust.App:
             app.log.error("the broker did not take the batch's %s (%r): exiting to be replaced",
                           "outputs" if out else "table changes", exc)
             os._exit(BATCH_FAILED_EXIT)
+
+    def waiting_on_redis() -> None:
+        """The batch waits for Redis to take its counts: no stall, and no input partition is stuck."""
+        watchdog.beat()
+        lag.restart_clocks()
 
     @app.agent(inputs)
     async def assemble_agent(stream: faust.StreamT) -> None:
@@ -329,6 +336,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
                 app.log.exception("the join failed on a batch: exiting to be replaced")
                 os._exit(BATCH_FAILED_EXIT)
             await send_outbox()
+            await features.write_counts(waiting_on_redis)  # its item counts, before the batch is acknowledged
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:

@@ -48,7 +48,7 @@ class Features:
         self.counts: list[tuple[str, str]] = []
         self.histories: dict[str, list[str]] = {}
 
-    def count(self, event: ExposureEvent, dwell_threshold_ms: int) -> None:
+    def count(self, event: ExposureEvent, dwell_threshold_ms: int, topic: str, partition: int, offset: int) -> None:
         self.counts.append((event.item_id, event.type))
 
     def set_history(self, user_id: str, history: list[str]) -> None:
