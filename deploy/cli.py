@@ -23,7 +23,9 @@ SUBCOMMANDS: dict[str, str] = {
     "learner": "deploy.commands.learner",
     "router": "deploy.commands.router",
     "models": "deploy.commands.models",
+    "dlq": "deploy.commands.dlq",
     "demo": "deploy.demo",
+    "replay": "deploy.replay",
     "eval": "deploy.evaluation.evaluate",
     "dashboards": "deploy.dashboards.cli",
 }

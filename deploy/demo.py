@@ -8,6 +8,7 @@ metrics or the model manifest after the run; see DESIGN.md section 3 for the fie
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -34,18 +35,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-stack", action="store_true", help="leave Kafka, Redis and Prometheus running")
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclasses.dataclass
+class Run:
+    """One run of the pipeline on the local stack: its own topic prefix (topics created) and data dir."""
+
+    stack: Stack
+    already_up: bool  #: the stack was running before (so it is left running)
+    settings: Settings
+    prefix: str
+    env: dict[str, str]  #: the components' environment
+    urls: dict[str, str]  #: each component's /metrics
+
+    @property
+    def router_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.router_port}"
+
+
+def start_run(name: str, redis_url: str | None = None) -> Run:
+    """Start the local stack unless it is up, create the topics of a prefix ``hap.<name><time>.``
+    and point Prometheus at the components; ``redis_url`` overrides the stack's for the components."""
     settings = Settings.load()
     stack = Stack(settings)
     already_up = all(s.healthy for s in stack.status())
     print("stack: " + ("already running" if already_up else "starting Kafka (KRaft), Redis, Prometheus"))
     stack.up()
     settings = Settings.load()
-    prefix = f"hap.demo{int(time.time())}."
-    out = args.report.parent
-    out.mkdir(parents=True, exist_ok=True)
+    prefix = f"hap.{name}{int(time.time())}."
     env = {"HAP_TOPIC_PREFIX": prefix, "HAP_DATA_DIR": str(settings.data_dir / prefix.rstrip(".")),
-           "HAP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "HAP_REDIS_URL": settings.redis_url}
+           "HAP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "HAP_REDIS_URL": redis_url or settings.redis_url}
     write_targets(settings.data_dir, {"streams": f"127.0.0.1:{settings.streams_metrics_port}",
                                       "learner": f"127.0.0.1:{settings.learner_metrics_port}",
                                       "router": f"127.0.0.1:{settings.router_port}"})
@@ -58,12 +75,21 @@ def run(args: argparse.Namespace) -> int:
         "learner": f"http://127.0.0.1:{settings.learner_metrics_port}/metrics",
         "router": f"http://127.0.0.1:{settings.router_port}/metrics",
     }
-    router_url = f"http://127.0.0.1:{settings.router_port}"
+    return Run(stack, already_up, settings, prefix, env, urls)
+
+
+def run(args: argparse.Namespace) -> int:
+    pipeline = start_run("demo")
+    stack, already_up, settings, env, urls = (pipeline.stack, pipeline.already_up, pipeline.settings,
+                                              pipeline.env, pipeline.urls)
+    router_url = pipeline.router_url
+    out = args.report.parent
+    out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
     components = [
         Component("streams", ["streams", "--window", str(args.window), "--lateness", "1"], logs, env),
         Component("learner", ["learner", "--method", args.method], logs, env),
-        Component("router", ["router"], logs, env),
+        Component("router", ["router", "--drain", "0"], logs, env),  # no balancer to drain from
     ]
     sim = Component("simulate", [
         "simulate", "--requests", "1000000", "--duration", str(args.duration), "--rate", str(args.rate),
@@ -78,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         sim.start()
         _watch(sim, components, urls, router_url, args, curves)
         _drain(urls, args.window)
-        report = _report(urls, out / "simulate.json", router_url, settings)
+        report = pipeline_report(urls, out / "simulate.json", settings)
         report["router_policies"] = probe_policies(router_url, args.candidates)
         router_metrics = scrape_or_none(urls["router"])
     finally:
@@ -176,7 +202,7 @@ def probe_policies(router_url: str, n_candidates: int, requests: int = 60) -> li
     return rows
 
 
-def _quantiles(m: Metrics, name: str, scale: float = 1.0, **labels: str) -> dict[str, float | None]:
+def quantiles(m: Metrics, name: str, scale: float = 1.0, **labels: str) -> dict[str, float | None]:
     out = {}
     for key, q in (("p50", 0.5), ("p99", 0.99)):
         value = m.quantile(name, q, **labels)
@@ -184,8 +210,9 @@ def _quantiles(m: Metrics, name: str, scale: float = 1.0, **labels: str) -> dict
     return out
 
 
-def _report(urls: dict[str, str], sim_report: Path, router_url: str, settings: Settings) -> dict[str, Any]:
-
+def pipeline_report(urls: dict[str, str], sim_report: Path, settings: Settings) -> dict[str, Any]:
+    """The demo report's fields (DESIGN.md section 3) from the components' metrics, the simulator's
+    report and the model manifest."""
     s, learner, router = (scrape(urls[k]) for k in ("streams", "learner", "router"))
     sim = json.loads(sim_report.read_text())
     manifest = ModelStore(settings.redis.client()).manifest() or {}
@@ -202,17 +229,17 @@ def _report(urls: dict[str, str], sim_report: Path, router_url: str, settings: S
         "learner": {"steps": int(learner.total("hap_learner_steps_total")),
                     "samples_trained": int(learner.total("hap_learner_samples_total")),
                     "versions_published": int(learner.total("hap_learner_publish_seconds_count"))},
-        "freshness_s": _quantiles(router, "hap_router_freshness_seconds"),
-        "model_age_s": _quantiles(router, "hap_router_model_age_at_load_seconds"),
+        "freshness_s": quantiles(router, "hap_router_freshness_seconds"),
+        "model_age_s": quantiles(router, "hap_router_model_age_at_load_seconds"),
         "router": {"requests": int(router.total("hap_router_request_seconds_count")),
-                   **{f"{k}_ms": v for k, v in _quantiles(router, "hap_router_request_seconds", 1000.0).items()},
+                   **{f"{k}_ms": v for k, v in quantiles(router, "hap_router_request_seconds", 1000.0).items()},
                    "expressive_fraction": round(frac_sum / frac_n, 4) if frac_n else None},
         "quality": quality,
         "stages_s": {
-            "event_to_sample": _quantiles(s, "hap_streams_event_to_sample_seconds"),
-            "sample_to_trained": _quantiles(learner, "hap_learner_sample_to_trained_seconds"),
-            "trained_to_published": _quantiles(learner, "hap_learner_trained_to_published_seconds"),
-            "published_to_loaded": _quantiles(router, "hap_router_published_to_loaded_seconds"),
+            "event_to_sample": quantiles(s, "hap_streams_event_to_sample_seconds"),
+            "sample_to_trained": quantiles(learner, "hap_learner_sample_to_trained_seconds"),
+            "trained_to_published": quantiles(learner, "hap_learner_trained_to_published_seconds"),
+            "published_to_loaded": quantiles(router, "hap_router_published_to_loaded_seconds"),
         },
         "model_version": manifest["version"],
         "simulated_seconds": round(sim["seconds"], 1),

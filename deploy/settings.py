@@ -142,6 +142,9 @@ class Settings:
     #: the expressive budget the router serves and the learner's validation measures
     damr_budget: float = DAMR_BUDGET
     router_workers: int = 1
+    #: after SIGTERM a router answers ``/readyz`` with 503 and keeps serving this long before it
+    #: closes its port (load balancers take it out of rotation meanwhile); see ``router.drain``
+    router_drain_s: float = 5.0
     #: events per second `hap simulate` emits (0: as fast as it can)
     sim_rate: float = 2000.0
 
@@ -205,6 +208,7 @@ class Settings:
             router_policy=env.get("HAP_ROUTER_POLICY", "damr"),
             damr_budget=_float(env, "HAP_DAMR_BUDGET", DAMR_BUDGET),
             router_workers=_int(env, "HAP_ROUTER_WORKERS", 1),
+            router_drain_s=_float(env, "HAP_ROUTER_DRAIN_S", 5.0),
             sim_rate=_float(env, "HAP_SIM_RATE", 2000.0),
             **ports,
         )

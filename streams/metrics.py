@@ -13,7 +13,8 @@ LAG = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 5, 10, 20, 30, 45, 60, 120),
 )
 LATE = Counter("hap_streams_late", "Events for requests already finalized", ["outcome"])
-INVALID = Counter("hap_streams_invalid", "Records sent to the dead-letter topic", ["reason_kind"])
+#: ``topic``: of the rejected input ("" for an orphan request, which has none)
+INVALID = Counter("hap_streams_invalid", "Records sent to the dead-letter topic", ["topic", "reason_kind"])
 UNDECODABLE = Counter("hap_streams_undecodable_records",
                       "Kafka records skipped because their batch could not be decoded (the batch is dead-lettered)")
 IMPLIED = Counter("hap_streams_implied_exposures",
@@ -31,5 +32,10 @@ ERRORS = Counter("hap_streams_errors", "Failures of a dependency and what they c
 # exported at 0 from the start, so that rate() and increase() see the first one
 for _kind in ("redis", "history_skipped", "catalogue"):
     ERRORS.labels(_kind)
-for _kind in REASON_KINDS:
-    INVALID.labels(_kind)
+
+
+def export_invalid(topics: list[str]) -> None:
+    """Export the dead-letter counter at 0 for every input topic and kind (so that rate() sees the first one)."""
+    for topic in topics:
+        for kind in REASON_KINDS:
+            INVALID.labels(topic, kind)

@@ -24,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-interval", type=float, default=10.0)
     p.add_argument("--keep-versions", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budgets", type=lambda v: tuple(float(b) for b in v.split(",") if b), default=(),
+                   help="comma-separated DAMR budgets whose progressive metrics the manifest also records "
+                        "(as damr@<budget>), beside the serving budget's (damr)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without samples")
     p.add_argument("--metrics-port", type=int, help="default: HAP_LEARNER_METRICS_PORT or 9102")
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         **({} if args.batch_groups is None else {"batch_groups": args.batch_groups}),
     )
     service = LearnerService(cfg, OnlineTrainer(method=args.method, seed=args.seed, device=args.device,
-                                                 damr_budget=s.damr_budget))
+                                                 damr_budget=s.damr_budget, extra_budgets=args.budgets))
     for sig in (signal.SIGTERM, signal.SIGINT):  # graceful: train what was polled, publish, checkpoint
         signal.signal(sig, lambda *_: service.stop())
     service.run(max_idle_s=args.exit_when_idle)

@@ -494,7 +494,7 @@ class Joiner:
                                          record.topic, record.partition, record.offset, record.value or b""))
 
     def send_dead_letter(self, letter: DeadLetter) -> None:
-        metrics.INVALID.labels(letter.reason_kind).inc()
+        metrics.INVALID.labels(letter.topic or "", letter.reason_kind).inc()
         self.send("dlq", letter.key(), letter.value())
 
     def rebuild(self) -> None:

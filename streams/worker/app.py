@@ -285,6 +285,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
                                  max_bytes=record_limits(cfg.limits)[1])
     watchdog = Watchdog(cfg.stall_s)
     metrics.RESTARTS.set(int(os.environ.get(RESTARTS_ENV, "0")))
+    metrics.export_invalid([f"{t}ranking", f"{t}exposure", f"{t}items"])
     exits = parse_exits(os.environ.get(EXITS_ENV, ""))
     for reason in EXIT_REASONS:  # 0 from the start, so that increase() sees the first restart
         metrics.EXITS.labels(reason).inc(exits.get(reason, 0))
