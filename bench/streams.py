@@ -177,7 +177,7 @@ async def consumer_rate(bootstrap: str, topics: list[str], total: int, decode: b
 class _NoStatistics:
     """The feature store's side of the join, without Redis (every item without statistics)."""
 
-    def count(self, event: object, dwell_threshold_ms: int) -> None:
+    def count(self, event: object, dwell_threshold_ms: int, topic: str, partition: int, offset: int) -> None:
         pass
 
     def set_history(self, user_id: str, history: list[str]) -> None:

@@ -21,13 +21,16 @@ IMPLIED = Counter("hap_streams_implied_exposures",
                   "Items with feedback but no exposure event, taken as exposed (position unknown)")
 CATALOGUE = Counter("hap_streams_catalogue_records",
                     "Records of the items topic read into the candidate pool (every partition, on every worker)")
+RETENTION_LOST = Counter("hap_streams_retention_lost",
+                         "Input records deleted by retention before the worker read them (it resumed below the "
+                         "log start)", ["topic", "partition"])
 MISSING = Counter("hap_feature_store_missing", "Feature lookups that fell back to a default", ["kind"])
 RESTARTS = Gauge("hap_streams_worker_restarts", "Workers the supervisor started before this one (any exit)")
 EXITS = Counter("hap_streams_worker_exits", "Earlier workers' exits that the supervisor restarted, by reason",
                 ["reason"])
 ERRORS = Counter("hap_streams_errors", "Failures of a dependency and what they cost", ["kind"])
 # exported at 0 from the start, so that rate() and increase() see the first one
-for _kind in ("redis", "history_skipped", "stats_dropped", "catalogue"):
+for _kind in ("redis", "history_skipped", "catalogue"):
     ERRORS.labels(_kind)
 
 

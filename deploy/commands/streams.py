@@ -45,8 +45,8 @@ def run_worker(args: argparse.Namespace) -> int:
 
     from deploy.settings import Settings
     from streams.join.assembler import AssemblerConfig
-    from streams.kafka.topics import create_missing, pipeline_topics, worker_topics
-    from streams.worker.app import StreamsConfig, make_app
+    from streams.kafka.topics import create_missing, pipeline_topics, resume_at_log_start, worker_topics
+    from streams.worker.app import JOIN_INPUTS, StreamsConfig, count_deleted, make_app
     from streams.worker.log_filter import quiet_repeats
     from streams.worker.process import make_worker_class
 
@@ -70,6 +70,9 @@ def run_worker(args: argparse.Namespace) -> int:
     create_missing(cfg.bootstrap, {**pipeline_topics(cfg.topic_prefix, cfg.partitions, s.kafka_replication),
                                    **worker_topics(app.conf.id, list(app.tables), cfg.partitions,
                                                    s.kafka_replication)}, cfg.kafka_security)
+    # before the group's consumer starts: offsets retention deleted are counted, never an offset-out-of-range reset
+    count_deleted(resume_at_log_start(cfg.bootstrap, app.conf.id, [f"{cfg.topic_prefix}{t}" for t in JOIN_INPUTS],
+                                      cfg.kafka_security))
     quiet_repeats()
     gc.collect()
     gc.freeze()  # start-up's objects are never traversed again: a full collection took 0.13 s, now 0.01-0.03 s

@@ -182,7 +182,7 @@ def test_interleaved_writers_cannot_move_the_version_backwards(redis_client, mon
     v3 = second.manifest()["version"]
     assert info.value.kind == "version_moved" and info.value.retriable and v3 > v1
     refused = v3 - 1  # allocated by the first store before the second's
-    assert redis_client.ttl(KEYS.blob(refused, "light")) > 0  # never adopted: it expires
+    assert not redis_client.exists(KEYS.blob(refused, "light"))  # never adopted: deleted at once
     v4 = publish(first, form(emb + 1, emb[0], [0]), form(emb, emb[0], [0]))
     assert v4 > v3 and first.manifest()["tiers"]["light"]["kind"] == "full"
     assert [e["version"] for e in first.versions()] == [v4, v3, v1]
@@ -283,9 +283,12 @@ def test_memory_is_bounded_by_the_count_of_kept_versions(redis_client):
     assert len(kept) <= 2 * (3 + 4)  # both tiers: the kept versions' chains back to their full snapshots
 
 
-def test_blobs_of_a_failed_publish_and_leftover_blobs_expire(own_redis):
-    """Redis refuses the second blob (out of memory): the first one, written, has a TTL. A blob left
-    without a TTL (an older learner's crash) gets one at the next store's first publish."""
+def test_blobs_of_a_failed_publish_are_deleted_and_leftover_blobs_expire(own_redis):
+    """Redis at ``maxmemory`` (noeviction) refuses the second blob of a publish: the first one, already
+    written, is deleted at once (it used to keep its 10-minute pending TTL, pinning memory while the
+    learner retried full versions every second and item statistics writes failed), and the retry
+    publishes. A blob left without a TTL (an older learner's crash) gets one at the next store's first
+    publish."""
     client = redis.Redis.from_url(own_redis.endpoint())
     try:
         client.set(KEYS.blob(0, "light"), b"left by a crash")  # no TTL
@@ -297,11 +300,36 @@ def test_blobs_of_a_failed_publish_and_leftover_blobs_expire(own_redis):
         used = int(client.info("memory")["used_memory"])
         client.config_set("maxmemory", used + (16 << 20))  # room for the light blob, not the expressive one
         client.config_set("maxmemory-policy", "noeviction")
+        store = ModelStore(client, prefix=REDIS_PREFIX)
         with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):  # Redis OOM
-            ModelStore(client, prefix=REDIS_PREFIX).publish(
-                {"light": form(small, small[0]), "expressive": form(big, big[0])},
-                trained_until_event_ts_ms=1, trained_until_finalized_ts_ms=1, samples_seen=1)
-        orphan = [k for k in blob_ttls(client) if k not in (KEYS.blob(0, "light"), KEYS.blob(1, "light"))]
-        assert orphan and all(client.ttl(k) > 0 for k in orphan), blob_ttls(client)
+            store.publish({"light": form(small, small[0]), "expressive": form(big, big[0])},
+                          trained_until_event_ts_ms=1, trained_until_finalized_ts_ms=1, samples_seen=1)
+        assert set(blob_ttls(client)) == {KEYS.blob(0, "light"), KEYS.blob(1, "light")}  # the light one deleted
+        client.connection_pool.disconnect()  # frees the refused 32 MiB argument's query buffer in Redis
+        version = store.publish({"light": form(small, small[0]), "expressive": form(small, small[0])},
+                                trained_until_event_ts_ms=1, trained_until_finalized_ts_ms=1, samples_seen=1)
+        assert store.load().version == version
     finally:
         client.close()
+
+
+def test_an_incremental_load_after_redis_lost_its_data_never_mixes_two_models(redis_client):
+    """Redis loses its data; a learner restarted from a checkpoint numbers versions again from the
+    same floor, so the new chain's blob keys repeat the served chain's. The router's incremental load
+    must not keep the old arrays under the same key names: the digests differ, so it reads the chain."""
+    emb, w = np.zeros((16, 2), np.float32), np.ones(2, np.float32)
+    before = ModelStore(redis_client, prefix=REDIS_PREFIX)
+    publish(before, form(emb, w), form(emb, w))
+    publish(before, form(emb, w, [1]), form(emb, w, [1]))
+    served = before.load()
+    redis_client.flushdb()  # data lost; the learner restarts with the floor of its checkpoint (0 here)
+    after = ModelStore(redis_client, prefix=REDIS_PREFIX)
+    other = np.full((16, 2), 5, np.float32)
+    publish(after, form(other, w * 2), form(other, w * 2))
+    publish(after, form(other, w * 2, [2]), form(other, w * 2, [2]))
+    publish(after, form(other, w * 3, [3]), form(other, w * 3, [3]))
+    assert served.manifest["tiers"]["light"]["chain"] == after.manifest()["tiers"]["light"]["chain"][:2]
+    loaded = after.load(current=served)
+    for tier in ("light", "expressive"):
+        np.testing.assert_array_equal(loaded.tiers[tier][0]["emb"], other)
+        np.testing.assert_array_equal(loaded.tiers[tier][0]["w"], w * 3)
