@@ -61,12 +61,14 @@ test-fast: $(VENV)/.installed
 
 # Regenerate the files made from code: the topics' JSON Schemas and the field tables of
 # docs/contracts.md (streams/contract/fields.py), dashboards, alert rules and provisioning (deploy/dashboards),
-# the kustomize base's KafkaTopics, PrometheusRule and dashboards (deploy/k8s/generate.py).
+# the kustomize base's KafkaTopics, PrometheusRule and dashboards (deploy/k8s/generate.py), the settings
+# reference in docs/settings.md (deploy/settings_reference.py).
 # The tests fail while a checked-in copy is stale.
 generate: setup
 	$(PY) -m streams.contract.fields
 	$(VENV)/bin/hap dashboards build
 	$(PY) -m deploy.k8s.generate
+	$(PY) -m deploy.settings_reference
 
 lint: setup
 	$(VENV)/bin/ruff check streams learner feature_store router deploy tests bench

@@ -126,7 +126,7 @@ def online(groups, settings, batch: int, device: str) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = LearnerConfig(settings.kafka_bootstrap, settings.redis, f"{prefix}samples",
                             Path(tmp) / "ckpt.safetensors", batch_groups=batch, checkpoint_s=10.0,
-                            model_prefix=f"{prefix}:")
+                            redis_prefix=f"{prefix}:")
         trainer = OnlineTrainer(seed=0, device=device)
         trainer.step(groups[:batch])  # warm-up (kernels, allocator), as in tight()
         target = trainer.samples_seen + samples

@@ -75,7 +75,7 @@ def main() -> None:
     tiers = {name: tier.export() for name, tier in trainer.tiers().items()}
     model = build(LoadedVersion(1, tiers, {"version": 1}))
     # steady state: the router's local feature cache is warm (no Redis round trip on the hot path)
-    features = FeatureCache(redis.Redis(port=1), ttl_s=3600)
+    features = FeatureCache(redis.Redis(port=1), prefix="", ttl_s=3600)  # filled by put: Redis is never asked
     features.put([world.item_id(i) for i in range(len(world.items))],
                  [stats_of(world, i) for i in range(len(world.items))])
     results = []

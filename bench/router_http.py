@@ -6,14 +6,22 @@ user histories in the feature store's layout, starts `hap router --policy damr` 
 with wrk (Debian's package; installed with apt-get when missing, as root) with 8 rotating bodies
 per case: 1000/2000/5000 candidates, concurrency 1 and 4, ids only and with inline statistics.
 The router's feature TTL (5 s) expires several times within each run, so refreshes are inside
-the figures. The same bodies are then scored in-process (parse + score, no HTTP) for comparison.
+the figures. The same bodies are then scored in-process (decode + score + encode, no HTTP).
 With ``--compare DIR`` (a checkout of another revision, e.g. ``git archive HEAD~1``), that
 revision's router is measured the same way in the same run and ratios are printed.
 
-    python bench/router_http.py [--duration 10] [--sizes 1000,2000,5000] [--compare /tmp/old]
+Each case is measured ``--repeat`` times (default 3) per router, the routers alternating run by
+run, so one lucky run cannot pass a bar: the summary gives each case's median and worst p99. Each
+run records the machine's load: the 1-minute load average, and the cores busy during it split into
+the router's, Redis's, wrk's and everything else's ("others": what no bench controls).
 
-Ends with one JSON line: {"http": [{"router", "candidates", "concurrency", "bodies", "rps", "p50_ms",
-"p90_ms", "p99_ms", "p99_over_p50", "errors"}], "in_process": [...], "ratios": [{"other", ...,
+    python bench/router_http.py [--duration 10] [--sizes 1000,2000,5000] [--repeat 3] [--compare /tmp/old]
+
+Ends with one JSON line: {"http": [{"router", "candidates", "concurrency", "bodies", "repetition", "rps",
+"p50_ms", "p90_ms", "p99_ms", "p99_over_p50", "errors", "load1", "cores": {"busy", "router", "redis",
+"wrk", "others"}}], "summary": [{"router", "candidates", "bodies", "concurrency", "repetitions",
+"p50_ms_median", "p99_ms_median", "p99_ms_worst", "p99_over_p50_worst", "load1_max", "others_cores_max",
+"in_process_p50_ms", "in_process_p99_ms"}], "in_process": [...], "ratios": [{"other", ...,
 "rps_other_over_this", "p99_other_over_this"}], "machine": {...}}. ``--workers 1,2`` adds `hap router
 --workers 2` ("this-w2") to the routers measured side by side.
 """
@@ -28,6 +36,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -43,7 +52,7 @@ import redis  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploy.settings import Settings  # noqa: E402
+from deploy.settings import Settings, settings_env  # noqa: E402
 from deploy.stack.process import free_port  # noqa: E402
 from deploy.stack.services import Redis  # noqa: E402
 from feature_store.item_stats import WINDOWS, ItemStats  # noqa: E402
@@ -87,9 +96,10 @@ def ensure_wrk() -> str:
     return shutil.which("wrk") or sys.exit("wrk did not install")
 
 
-def write_features(client: redis.Redis, world, stats_of, n_items: int, n_users: int) -> None:  # noqa: ANN001
+def write_features(client: redis.Redis, key_prefix: str, world, stats_of, n_items: int,  # noqa: ANN001
+                   n_users: int) -> None:
     """Item statistics (one closed bucket per window, the layout of feature_store.item_stats) and histories."""
-    stats, now_ms = ItemStats(client), int(time.time() * 1000)
+    stats, now_ms = ItemStats(client, key_prefix), int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     for i in range(n_items):
         s = stats_of(world, i)
@@ -101,7 +111,7 @@ def write_features(client: redis.Redis, world, stats_of, n_items: int, n_users: 
     rng = np.random.default_rng(7)
     for u in range(n_users):
         history = [world.item_id(int(i)) for i in rng.choice(n_items, 30, replace=False)]
-        pipe.set(user_features_key(f"u{u}"), orjson.dumps({"history": history}))
+        pipe.set(user_features_key(f"u{u}", key_prefix), orjson.dumps({"history": history}))
     pipe.execute()
 
 
@@ -162,10 +172,54 @@ def top_frames(raw: Path, count: int = 15) -> list[tuple[str, float, float]]:
 
 
 Routers = dict[str, tuple[Path, tuple[str, ...]]]
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
-def measure_http(routers: Routers, env: dict, wrk: str, script: Path, cases: dict, args) -> list[dict]:  # noqa: ANN001
-    """Every router started at once; each case run on each in turn, so a noisy minute hits both."""
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live child processes (a multi-worker router's workers); 0 once gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) * TICK_S + sum(process_cpu_s(int(c)) for c in children)
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """``(busy, all)`` CPU seconds of the machine since boot, summed over its cores (``/proc/stat``)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    idle = values[3] + values[4]  # idle, iowait
+    return (sum(values) - idle) * TICK_S, sum(values) * TICK_S
+
+
+class Load:
+    """What ran on the machine during one wrk run: the 1-minute load average at its start and the
+    cores busy over it, split into the router's, Redis's, wrk's and everybody else's."""
+
+    def __init__(self, router_pid: int, redis_pid: int) -> None:
+        self.pids = {"router": router_pid, "redis": redis_pid}
+        self.load1 = os.getloadavg()[0]
+        self.machine = machine_cpu_s()
+        self.own = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once waited for
+        self.wrk = children.ru_utime + children.ru_stime
+        self.wall = time.monotonic()
+
+    def since(self) -> dict:
+        seconds = time.monotonic() - self.wall
+        busy, _ = machine_cpu_s()
+        cores = {"busy": (busy - self.machine[0]) / seconds}
+        cores |= {name: (process_cpu_s(pid) - self.own[name]) / seconds for name, pid in self.pids.items()}
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cores["wrk"] = (children.ru_utime + children.ru_stime - self.wrk) / seconds
+        cores["others"] = max(0.0, cores["busy"] - cores["router"] - cores["redis"] - cores["wrk"])
+        return {"load1": round(self.load1, 2), "cores": {k: round(v, 2) for k, v in cores.items()}}
+
+
+def measure_http(routers: Routers, env: dict, wrk: str, script: Path, cases: dict, redis_pid: int,  # noqa: ANN001
+                 args) -> list[dict]:  # noqa: ANN001
+    """Every router started at once; each case run ``args.repeat`` times on each in turn, so a noisy
+    minute hits all of them."""
     ports = {name: free_port() for name in routers}
     procs = {name: start_router(tree, env, ports[name], extra) for name, (tree, extra) in routers.items()}
     time.sleep(3)  # every worker of a multi-worker router up, not only the first to answer
@@ -183,14 +237,18 @@ def measure_http(routers: Routers, env: dict, wrk: str, script: Path, cases: dic
             for name in routers:
                 run_wrk(wrk, script, ports[name], files, 1, 2)  # warm: every body seen, features read, vectors cached
             for concurrency in args.concurrency:
-                for name in routers:
-                    out = run_wrk(wrk, script, ports[name], files, concurrency, args.duration)
-                    row = {"router": name, "candidates": n, "bodies": kind, "concurrency": concurrency,
-                           "rps": round(out["requests"] / out["seconds"], 1), "p50_ms": out["p50_us"] / 1000,
-                           "p90_ms": out["p90_us"] / 1000, "p99_ms": out["p99_us"] / 1000,
-                           "p99_over_p50": round(out["p99_us"] / max(out["p50_us"], 1), 2), "errors": out["errors"]}
-                    rows.append(row)
-                    print(json.dumps(row), file=sys.stderr)
+                for repetition in range(1, args.repeat + 1):
+                    for name in routers:
+                        load = Load(procs[name].pid, redis_pid)
+                        out = run_wrk(wrk, script, ports[name], files, concurrency, args.duration)
+                        row = {"router": name, "candidates": n, "bodies": kind, "concurrency": concurrency,
+                               "repetition": repetition, "rps": round(out["requests"] / out["seconds"], 1),
+                               "p50_ms": out["p50_us"] / 1000, "p90_ms": out["p90_us"] / 1000,
+                               "p99_ms": out["p99_us"] / 1000,
+                               "p99_over_p50": round(out["p99_us"] / max(out["p50_us"], 1), 2),
+                               "errors": out["errors"]} | load.since()
+                        rows.append(row)
+                        print(json.dumps(row), file=sys.stderr)
     finally:
         for name, spy in spies.items():
             spy.send_signal(2)
@@ -203,22 +261,24 @@ def measure_http(routers: Routers, env: dict, wrk: str, script: Path, cases: dic
     return rows
 
 
-def measure_in_process(client: redis.Redis, bodies: dict, reps: int) -> list[dict]:
+def measure_in_process(client: redis.Redis, key_prefix: str, bodies: dict, reps: int) -> list[dict]:
+    """The request path without HTTP: the body decoded as the router decodes it, scored, the answer encoded."""
     from router.features import FeatureCache
     from router.holder import build
-    from router.prerank import parse_request, score
+    from router.prerank import score
+    from router.request import decode_request
 
-    model = build(ModelStore(client).load())
-    features = FeatureCache(client)
+    model = build(ModelStore(client, prefix=key_prefix).load())
+    features = FeatureCache(client, prefix=key_prefix)
     rows = []
     for (n, kind), group in bodies.items():
-        for body in group:  # warm, as the HTTP runs are
-            score(model, features, parse_request(body, max_candidates=5000))
+        raws = [orjson.dumps(body) for body in group]
+        for raw in raws:  # warm, as the HTTP runs are
+            score(model, features, decode_request(raw, max_candidates=5000))
         latencies = []
         for r in range(reps):
             t0 = time.perf_counter()
-            raw = orjson.dumps(group[r % len(group)])
-            orjson.dumps(score(model, features, parse_request(orjson.loads(raw), max_candidates=5000)))
+            orjson.dumps(score(model, features, decode_request(raws[r % len(raws)], max_candidates=5000)))
             latencies.append((time.perf_counter() - t0) * 1000)
         p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
         rows.append({"candidates": n, "bodies": kind, "p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3),
@@ -228,6 +288,31 @@ def measure_in_process(client: redis.Redis, bodies: dict, reps: int) -> list[dic
     return rows
 
 
+def summarize(http: list[dict], in_process: list[dict]) -> list[dict]:
+    """Per router and case over its repetitions: the median and the worst p99, the worst p99/p50 and the
+    most load any repetition saw, next to the in-process figures of the same bodies."""
+    keys = ("router", "candidates", "bodies", "concurrency")
+    out = []
+    for case in dict.fromkeys(tuple(r[k] for k in keys) for r in http):
+        runs = [r for r in http if tuple(r[k] for k in keys) == case]
+        local = next(r for r in in_process if (r["candidates"], r["bodies"]) == case[1:3])
+        out.append(dict(zip(keys, case, strict=True)) | {
+            "repetitions": len(runs), "p50_ms_median": float(np.median([r["p50_ms"] for r in runs])),
+            "p99_ms_median": float(np.median([r["p99_ms"] for r in runs])),
+            "p99_ms_worst": max(r["p99_ms"] for r in runs),
+            "p99_over_p50_worst": max(r["p99_over_p50"] for r in runs),
+            "load1_max": max(r["load1"] for r in runs), "others_cores_max": max(r["cores"]["others"] for r in runs),
+            "in_process_p50_ms": local["p50_ms"], "in_process_p99_ms": local["p99_ms"]})
+    print(f"{'router':8} {'case':>18} {'c':>2} {'reps':>4} {'p50 med':>8} {'p99 med':>8} {'p99 worst':>9} "
+          f"{'p99/p50 worst':>13} {'load1 max':>9} {'others max':>10} {'in-proc p50/p99':>16}", file=sys.stderr)
+    for r in out:
+        print(f"{r['router']:8} {str(r['candidates']) + ' ' + r['bodies']:>18} {r['concurrency']:>2} "
+              f"{r['repetitions']:>4} {r['p50_ms_median']:8.2f} {r['p99_ms_median']:8.2f} {r['p99_ms_worst']:9.2f} "
+              f"{r['p99_over_p50_worst']:13.2f} {r['load1_max']:9.2f} {r['others_cores_max']:10.2f} "
+              f"{r['in_process_p50_ms']:7.2f} / {r['in_process_p99_ms']:6.2f}", file=sys.stderr)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
@@ -235,6 +320,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4])
     parser.add_argument("--train-groups", type=int, default=200)
     parser.add_argument("--compare", type=Path, help="another checkout whose router is measured the same way")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each case per router (median and worst p99)")
     parser.add_argument("--in-process-reps", type=int, default=200)
     parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1],
                         help="also measure `hap router --workers N` for each N > 1 here (e.g. 1,2)")
@@ -247,17 +333,18 @@ def main() -> None:
     bench = bench_router_module()
     world = bench.World(seed=3, n_users=500, n_items=20000)
     with tempfile.TemporaryDirectory(prefix="hap-router-http-") as tmp:
-        env = {**os.environ, "HAP_DATA_DIR": tmp, "HAP_REDIS_PORT": str(free_port())}
-        server = Redis(Settings.load(env))
+        env = {**os.environ, **settings_env(data_dir=tmp, redis_port=free_port())}
+        settings = Settings.load(env)
+        server = Redis(settings)
         server.start()
         try:
             client = redis.Redis.from_url(server.endpoint())
             print(f"training both tiers on {args.train_groups} simulated groups ...", file=sys.stderr)
             trainer = bench.train(world, args.train_groups)
-            version = ModelStore(client).publish(
+            version = ModelStore(client, prefix=settings.redis_prefix).publish(
                 {name: TierForm(*tier.export()) for name, tier in trainer.tiers().items()},
                 trained_until_event_ts_ms=int(time.time() * 1000), trained_until_finalized_ts_ms=1, samples_seen=1)
-            write_features(client, world, bench.stats_of, len(world.items), len(world.users))
+            write_features(client, settings.redis_prefix, world, bench.stats_of, len(world.items), len(world.users))
             bodies, cases = {}, {}
             for n in (int(x) for x in args.sizes.split(",")):
                 for kind in ("ids", "inline"):
@@ -270,23 +357,23 @@ def main() -> None:
             script = Path(tmp) / "bodies.lua"
             script.write_text(WRK_SCRIPT)
             router_env = {k: v for k, v in env.items() if not k.endswith("_NUM_THREADS")}
-            router_env |= {"HAP_REDIS_URL": server.endpoint()}
+            router_env |= settings_env(redis_url=server.endpoint())
             routers = {"this": (ROOT, ())}
             routers |= {f"this-w{w}": (ROOT, ("--workers", str(w))) for w in args.workers if w > 1}
             routers |= {"compare": (args.compare.resolve(), ())} if args.compare else {}
-            http = measure_http(routers, router_env, wrk, script, cases, args)
-            in_process = measure_in_process(client, bodies, args.in_process_reps)
+            http = measure_http(routers, router_env, wrk, script, cases, server.process.pid(), args)
+            in_process = measure_in_process(client, settings.redis_prefix, bodies, args.in_process_reps)
         finally:
             server.process.stop()
-    ratios = []
+    ratios, run_of = [], ("candidates", "bodies", "concurrency", "repetition")
     for row in (r for r in http if r["router"] != "this"):
-        mine = next(r for r in http if r["router"] == "this" and all(
-            r[k] == row[k] for k in ("candidates", "bodies", "concurrency")))
-        ratios.append({"other": row["router"]} | {k: row[k] for k in ("candidates", "bodies", "concurrency")} | {
+        mine = next(r for r in http if r["router"] == "this" and all(r[k] == row[k] for k in run_of))
+        ratios.append({"other": row["router"]} | {k: row[k] for k in run_of} | {
             "rps_other_over_this": round(row["rps"] / max(mine["rps"], 1e-9), 2),
             "p99_other_over_this": round(row["p99_ms"] / max(mine["p99_ms"], 1e-9), 3)})
     machine = {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "version": version}
-    print(json.dumps({"http": http, "in_process": in_process, "ratios": ratios, "machine": machine}))
+    print(json.dumps({"http": http, "summary": summarize(http, in_process), "in_process": in_process,
+                      "ratios": ratios, "machine": machine}))
 
 
 if __name__ == "__main__":

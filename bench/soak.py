@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy.pipeline import Component  # noqa: E402
 from deploy.scrape import Metrics, scrape  # noqa: E402
-from deploy.settings import Settings  # noqa: E402
+from deploy.settings import Settings, settings_env  # noqa: E402
 from deploy.stack.process import free_port  # noqa: E402
 from feature_store.model_store import ModelKeys  # noqa: E402
 from streams.kafka.topics import ensure_topics  # noqa: E402
@@ -94,7 +94,7 @@ def offsets(consumer: KafkaConsumer, topics: list[str]) -> tuple[int, int]:
     return sum(ends.values()), sum(consumer.committed(tp) or 0 for tp in parts)
 
 
-def redis_memory(client: redis.Redis, prefix: str = "hap:") -> tuple[float, int]:
+def redis_memory(client: redis.Redis, prefix: str) -> tuple[float, int]:
     """Redis' ``used_memory`` in MB and the number of model blobs of the store at ``prefix``."""
     used = int(client.info("memory")["used_memory"]) / 1e6
     return used, sum(1 for _ in client.scan_iter(match=ModelKeys(prefix).blob_pattern, count=1000))
@@ -203,13 +203,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        env = {"HAP_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "HAP_REDIS_URL": s.redis_url, "HAP_DATA_DIR": str(tmp),
-               "HAP_TOPIC_PREFIX": f"soak{uuid.uuid4().hex[:6]}.", "HAP_STREAMS_METRICS_PORT": str(free_port()),
-               "HAP_LEARNER_METRICS_PORT": str(free_port()), "HAP_ROUTER_PORT": str(free_port())}
-        ensure_topics(s.kafka_bootstrap, env["HAP_TOPIC_PREFIX"], security=s.kafka_security)
-        urls = {"streams": f"http://127.0.0.1:{env['HAP_STREAMS_METRICS_PORT']}/metrics",
-                "learner": f"http://127.0.0.1:{env['HAP_LEARNER_METRICS_PORT']}/metrics",
-                "router": f"http://127.0.0.1:{env['HAP_ROUTER_PORT']}/metrics"}
+        topics, ports = f"soak{uuid.uuid4().hex[:6]}.", {name: free_port() for name in ("streams", "learner", "router")}
+        env = settings_env(kafka_bootstrap=s.kafka_bootstrap, redis_url=s.redis_url, data_dir=tmp, topic_prefix=topics,
+                           streams_metrics_port=ports["streams"], learner_metrics_port=ports["learner"],
+                           router_port=ports["router"])
+        ensure_topics(s.kafka_bootstrap, topics, security=s.kafka_security)
+        urls = {name: f"http://127.0.0.1:{port}/metrics" for name, port in ports.items()}
         streams = ["streams", "--window", str(args.window), "--lateness", "1"]
         parts = {"streams": Component("streams", streams, tmp, env),
                  "learner": Component("learner", ["learner"], tmp, env),
@@ -228,15 +227,15 @@ def main() -> None:
                 urls["router"].removesuffix("/metrics"), started + duration, args.candidates, args.router_rps, results))
             load.start()
             rows, previous = [], None
-            group = "hap-streams-" + env["HAP_TOPIC_PREFIX"].rstrip(".")  # the workers' consumer group
+            group = "hap-streams-" + topics.rstrip(".")  # the workers' consumer group
             reader = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=group, enable_auto_commit=False,
                                    **s.kafka_security.client_options())
-            inputs = [env["HAP_TOPIC_PREFIX"] + t for t in ("ranking", "exposure")]
+            inputs = [topics + t for t in ("ranking", "exposure")]
             store = s.redis.client()
             while time.time() - started < duration:
                 time.sleep(args.every)
                 row, previous = sample(parts, urls, previous, offsets(reader, inputs))
-                row["redis_used_mb"], row["model_blobs"] = redis_memory(store)
+                row["redis_used_mb"], row["model_blobs"] = redis_memory(store, s.redis_prefix)
                 row["t_s"] = round(time.time() - started, 1)
                 rows.append(row)
                 dead = [name for name, part in parts.items() if not part.alive]

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy.pipeline import Component  # noqa: E402
 from deploy.scrape import Metrics, scrape  # noqa: E402
-from deploy.settings import Settings  # noqa: E402
+from deploy.settings import Settings, settings_env  # noqa: E402
 from deploy.stack.process import free_port  # noqa: E402
 from streams.kafka.topics import ensure_topics  # noqa: E402
 
@@ -77,12 +77,13 @@ def simulate(env: dict[str, str], requests: int, rate: float) -> tuple[dict, flo
 
 
 def fresh_topics(env: dict[str, str], bootstrap: str, name: str) -> None:
-    env["HAP_TOPIC_PREFIX"] = f"bench{name}{uuid.uuid4().hex[:6]}."
-    ensure_topics(bootstrap, env["HAP_TOPIC_PREFIX"], PARTITIONS)
+    """Point ``env`` at new topics of their own."""
+    env |= settings_env(topic_prefix=f"bench{name}{uuid.uuid4().hex[:6]}.")
+    ensure_topics(bootstrap, Settings.load(env).topic_prefix, PARTITIONS)
 
 
 def metrics_url(env: dict[str, str]) -> str:
-    return f"http://127.0.0.1:{env['HAP_STREAMS_METRICS_PORT']}/metrics"
+    return f"http://127.0.0.1:{Settings.load(env).streams_metrics_port}/metrics"
 
 
 def worker_pid(component: Component) -> int:
@@ -176,7 +177,7 @@ async def consumer_rate(bootstrap: str, topics: list[str], total: int, decode: b
 class _NoStatistics:
     """The feature store's side of the join, without Redis (every item without statistics)."""
 
-    def count(self, event: object, dwell_threshold_ms: int) -> None:
+    def count(self, event: object, dwell_threshold_ms: int, topic: str, partition: int, offset: int) -> None:
         pass
 
     def set_history(self, user_id: str, history: list[str]) -> None:
@@ -252,7 +253,7 @@ def profile_parts(raw: Path) -> dict[str, float]:
 def faust_ceiling(env: dict[str, str], total: int) -> dict[str, float]:
     """Records/s and CPU per record of a bare Faust agent over the same topics (``bench/faust_ceiling.py``)."""
     out = subprocess.run([sys.executable, str(Path(__file__).with_name("faust_ceiling.py")), "--prefix",
-                          env["HAP_TOPIC_PREFIX"], "--records", str(total), "--partitions", str(PARTITIONS)],
+                          Settings.load(env).topic_prefix, "--records", str(total), "--partitions", str(PARTITIONS)],
                          env={**os.environ, **env}, capture_output=True, text=True, timeout=600, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -308,17 +309,18 @@ def main() -> None:
     s = Settings.load()
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        env = {"HAP_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "HAP_REDIS_URL": s.redis_url, "HAP_DATA_DIR": str(tmp),
-               "HAP_STREAMS_METRICS_PORT": str(free_port())}
+        env = settings_env(kafka_bootstrap=s.kafka_bootstrap, redis_url=s.redis_url, data_dir=tmp,
+                           streams_metrics_port=free_port())
         fresh_topics(env, s.kafka_bootstrap, "s")
         report, _ = simulate(env, args.requests, 0)
         total = report["ranking"] + report["exposure"] + report["feedback"]
         rates = worker_rate(env, total, tmp, args.py_spy)
-        topics = [f"{env['HAP_TOPIC_PREFIX']}{t}" for t in ("ranking", "exposure")]
+        prefix = Settings.load(env).topic_prefix
+        topics = [f"{prefix}{t}" for t in ("ranking", "exposure")]
         raw, raw_cpu = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=False))
         kept: list = []
         decoded, decode_cpu = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=True, keep=kept))
-        in_process = join_in_process(kept, env["HAP_TOPIC_PREFIX"])
+        in_process = join_in_process(kept, prefix)
         ceiling = faust_ceiling(env, total)
         fresh_topics(env, s.kafka_bootstrap, "m")
         memory = rss_per_pending(env, max(200, args.requests // 2), tmp)

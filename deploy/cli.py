@@ -23,7 +23,9 @@ SUBCOMMANDS: dict[str, str] = {
     "learner": "deploy.commands.learner",
     "router": "deploy.commands.router",
     "models": "deploy.commands.models",
+    "dlq": "deploy.commands.dlq",
     "demo": "deploy.demo",
+    "replay": "deploy.replay",
     "eval": "deploy.evaluation.evaluate",
     "dashboards": "deploy.dashboards.cli",
 }
@@ -34,8 +36,8 @@ def _stack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--json", action="store_true", help="machine-readable status")
     p.add_argument("--no-prometheus", action="store_true", help="start Kafka and Redis only")
-    p.add_argument("--brokers", type=int, help="up: start a KRaft cluster of this many brokers (default: "
-                   "HAP_KAFKA_BROKERS or 1); topics are then replicated min(3, N) times, min ISR one fewer")
+    p.add_argument("--brokers", type=int, help=f"up: start a KRaft cluster of this many brokers (default: "
+                   f"{BROKERS_ENV} or 1); topics are then replicated min(3, N) times, min ISR one fewer")
     p.set_defaults(func=run_stack)
 
 

@@ -8,6 +8,7 @@ metrics or the model manifest after the run; see DESIGN.md section 3 for the fie
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -17,10 +18,11 @@ from typing import Any
 from deploy.pipeline import Component
 from deploy.progress import Progress
 from deploy.scrape import Metrics, scrape
-from deploy.settings import Settings
+from deploy.settings import Settings, settings_env
 from deploy.stack import Stack
 from deploy.stack.services import write_targets
 from feature_store.model_store import ModelStore
+from feature_store.registry import DEFAULT_METHOD, METHODS, POLICIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,22 +32,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=600.0, help="events per second")
     p.add_argument("--candidates", type=int, default=1000)
     p.add_argument("--window", type=float, default=5.0, help="join window, seconds")
-    p.add_argument("--method", choices=["ghcl", "mixed"], default="ghcl")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
     p.add_argument("--keep-stack", action="store_true", help="leave Kafka, Redis and Prometheus running")
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclasses.dataclass
+class Run:
+    """One run of the pipeline on the local stack: its own topic prefix (topics created) and data dir."""
+
+    stack: Stack
+    already_up: bool  #: the stack was running before (so it is left running)
+    settings: Settings
+    prefix: str
+    env: dict[str, str]  #: the components' environment
+    urls: dict[str, str]  #: each component's /metrics
+
+    @property
+    def router_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.router_port}"
+
+
+def start_run(name: str, redis_url: str | None = None) -> Run:
+    """Start the local stack unless it is up, create the topics of a prefix ``hap.<name><time>.``
+    and point Prometheus at the components; ``redis_url`` overrides the stack's for the components."""
     settings = Settings.load()
     stack = Stack(settings)
     already_up = all(s.healthy for s in stack.status())
     print("stack: " + ("already running" if already_up else "starting Kafka (KRaft), Redis, Prometheus"))
     stack.up()
     settings = Settings.load()
-    prefix = f"hap.demo{int(time.time())}."
-    out = args.report.parent
-    out.mkdir(parents=True, exist_ok=True)
-    env = {"HAP_TOPIC_PREFIX": prefix, "HAP_DATA_DIR": str(settings.data_dir / prefix.rstrip(".")),
-           "HAP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "HAP_REDIS_URL": settings.redis_url}
+    prefix = f"hap.{name}{int(time.time())}."
+    env = settings_env(topic_prefix=prefix, data_dir=settings.data_dir / prefix.rstrip("."),
+                       kafka_bootstrap=settings.kafka_bootstrap, redis_url=redis_url or settings.redis_url)
     write_targets(settings.data_dir, {"streams": f"127.0.0.1:{settings.streams_metrics_port}",
                                       "learner": f"127.0.0.1:{settings.learner_metrics_port}",
                                       "router": f"127.0.0.1:{settings.router_port}"})
@@ -58,12 +76,21 @@ def run(args: argparse.Namespace) -> int:
         "learner": f"http://127.0.0.1:{settings.learner_metrics_port}/metrics",
         "router": f"http://127.0.0.1:{settings.router_port}/metrics",
     }
-    router_url = f"http://127.0.0.1:{settings.router_port}"
+    return Run(stack, already_up, settings, prefix, env, urls)
+
+
+def run(args: argparse.Namespace) -> int:
+    pipeline = start_run("demo")
+    stack, already_up, settings, env, urls = (pipeline.stack, pipeline.already_up, pipeline.settings,
+                                              pipeline.env, pipeline.urls)
+    router_url = pipeline.router_url
+    out = args.report.parent
+    out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
     components = [
         Component("streams", ["streams", "--window", str(args.window), "--lateness", "1"], logs, env),
         Component("learner", ["learner", "--method", args.method], logs, env),
-        Component("router", ["router"], logs, env),
+        Component("router", ["router", "--drain", "0"], logs, env),  # no balancer to drain from
     ]
     sim = Component("simulate", [
         "simulate", "--requests", "1000000", "--duration", str(args.duration), "--rate", str(args.rate),
@@ -78,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         sim.start()
         _watch(sim, components, urls, router_url, args, curves)
         _drain(urls, args.window)
-        report = _report(urls, out / "simulate.json", router_url, settings)
+        report = pipeline_report(urls, out / "simulate.json", settings)
         report["router_policies"] = probe_policies(router_url, args.candidates)
         router_metrics = scrape_or_none(urls["router"])
     finally:
@@ -105,7 +132,8 @@ def _watch(sim: Component, components: list[Component], urls: dict[str, str], ro
            args: argparse.Namespace, curves: list[dict[str, Any]]) -> None:
     """Live progress until the simulator ends; samples learning curves from the manifest."""
 
-    store = ModelStore(Settings.load().redis.client())
+    settings = Settings.load()
+    store = ModelStore(settings.redis.client(), prefix=settings.redis_prefix)
     started = time.monotonic()
     progress = Progress(int(args.duration), "demo", "s")  # plain lines every 10 s when not a terminal
     while sim.alive:
@@ -157,7 +185,7 @@ def probe_policies(router_url: str, n_candidates: int, requests: int = 60) -> li
         {"item_id": f"i{j}", "content_type": "video"} for j in rng.choice(20000, n_candidates, replace=False)]})
         for i in range(requests)]
     rows = []
-    for policy in ("light", "damr", "expressive_all"):
+    for policy in POLICIES:
         latencies, evals = [], []
         for body in bodies:
             data = json.loads(body)
@@ -176,7 +204,7 @@ def probe_policies(router_url: str, n_candidates: int, requests: int = 60) -> li
     return rows
 
 
-def _quantiles(m: Metrics, name: str, scale: float = 1.0, **labels: str) -> dict[str, float | None]:
+def quantiles(m: Metrics, name: str, scale: float = 1.0, **labels: str) -> dict[str, float | None]:
     out = {}
     for key, q in (("p50", 0.5), ("p99", 0.99)):
         value = m.quantile(name, q, **labels)
@@ -184,11 +212,12 @@ def _quantiles(m: Metrics, name: str, scale: float = 1.0, **labels: str) -> dict
     return out
 
 
-def _report(urls: dict[str, str], sim_report: Path, router_url: str, settings: Settings) -> dict[str, Any]:
-
+def pipeline_report(urls: dict[str, str], sim_report: Path, settings: Settings) -> dict[str, Any]:
+    """The demo report's fields (DESIGN.md section 3) from the components' metrics, the simulator's
+    report and the model manifest."""
     s, learner, router = (scrape(urls[k]) for k in ("streams", "learner", "router"))
     sim = json.loads(sim_report.read_text())
-    manifest = ModelStore(settings.redis.client()).manifest() or {}
+    manifest = ModelStore(settings.redis.client(), prefix=settings.redis_prefix).manifest() or {}
     by_source = {k: int(v) for k, v in s.by_label("hap_streams_samples_total", "source").items()}
     quality = {tier: {k: q[k] for k in ("auc", "gauc", "recall_at_k", "auc_vs", "k")}
                for tier, q in manifest["metrics"]["quality"].items()}
@@ -202,17 +231,17 @@ def _report(urls: dict[str, str], sim_report: Path, router_url: str, settings: S
         "learner": {"steps": int(learner.total("hap_learner_steps_total")),
                     "samples_trained": int(learner.total("hap_learner_samples_total")),
                     "versions_published": int(learner.total("hap_learner_publish_seconds_count"))},
-        "freshness_s": _quantiles(router, "hap_router_freshness_seconds"),
-        "model_age_s": _quantiles(router, "hap_router_model_age_at_load_seconds"),
+        "freshness_s": quantiles(router, "hap_router_freshness_seconds"),
+        "model_age_s": quantiles(router, "hap_router_model_age_at_load_seconds"),
         "router": {"requests": int(router.total("hap_router_request_seconds_count")),
-                   **{f"{k}_ms": v for k, v in _quantiles(router, "hap_router_request_seconds", 1000.0).items()},
+                   **{f"{k}_ms": v for k, v in quantiles(router, "hap_router_request_seconds", 1000.0).items()},
                    "expressive_fraction": round(frac_sum / frac_n, 4) if frac_n else None},
         "quality": quality,
         "stages_s": {
-            "event_to_sample": _quantiles(s, "hap_streams_event_to_sample_seconds"),
-            "sample_to_trained": _quantiles(learner, "hap_learner_sample_to_trained_seconds"),
-            "trained_to_published": _quantiles(learner, "hap_learner_trained_to_published_seconds"),
-            "published_to_loaded": _quantiles(router, "hap_router_published_to_loaded_seconds"),
+            "event_to_sample": quantiles(s, "hap_streams_event_to_sample_seconds"),
+            "sample_to_trained": quantiles(learner, "hap_learner_sample_to_trained_seconds"),
+            "trained_to_published": quantiles(learner, "hap_learner_trained_to_published_seconds"),
+            "published_to_loaded": quantiles(router, "hap_router_published_to_loaded_seconds"),
         },
         "model_version": manifest["version"],
         "simulated_seconds": round(sim["seconds"], 1),

@@ -8,7 +8,7 @@ with ``CLUSTER SLOTS`` and follows ``MOVED`` and failovers), the database can on
 client is redis-py's :class:`redis.cluster.RedisCluster`. Keys that one command or script uses
 together share a hash tag (``{...}``; see :class:`feature_store.model_store.ModelKeys`).
 
-The password comes from the environment (``HAP_REDIS_PASSWORD``) and is never printed: the
+The password is passed in by the operator's settings (a secret) and is never printed: the
 repr leaves it out and :meth:`RedisEndpoint.redacted` masks one written into the URL.
 
 Examples

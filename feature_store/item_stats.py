@@ -14,7 +14,7 @@ replay.
 Examples
 --------
 >>> import redis                                                         # doctest: +SKIP
->>> stats = ItemStats(redis.Redis())                                     # doctest: +SKIP
+>>> stats = ItemStats(redis.Redis(), "run1:")                            # doctest: +SKIP
 >>> stats.record([("n1", "exp", 60_000), ("n1", "clk", 60_000)])         # doctest: +SKIP
 >>> stats.read(["n1"], at_ms=180_000)[0]["ctr_10m"] > 0                  # doctest: +SKIP
 True
@@ -24,12 +24,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import redis
 
 from feature_store.featurize import ITEM_STAT_FEATURES, SINCE_LAST_MAX_M, smoothed_ctr
 
 KINDS = ("exp", "clk", "pos")
+#: ``(item_id, kind, ts_ms, source, offset)``: a count of the input record at ``offset`` of ``source``
+#: (``"<topic>:<partition>"``); counts of one source come in offset order
+Count = tuple[str, str, int, str, int]
 #: window name -> (bucket field prefix, bucket length ms, buckets in the window)
 WINDOWS = {"10m": ("m", 60_000, 10), "1h": ("t", 600_000, 6), "1d": ("h", 3_600_000, 24)}
 TTL_S = 2 * 86_400
@@ -40,16 +44,64 @@ FIRST_FIELD = "first"
 PRUNE_EVERY_MS, PRUNE_TRACKED = 3_600_000, 200_000
 
 
+# KEYS: the item's hash, its applied-offsets hash. ARGV: TTL, then per input record in offset order:
+# source, offset, n, then n (bucket field, increment). A record at or below the source's applied
+# offset was counted before (a replay): skipped. One item per call: one slot on a Redis Cluster.
+_RECORD_ONCE = """
+local i, applied = 2, 0
+while i <= #ARGV do
+  local source, offset, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local done = tonumber(redis.call('HGET', KEYS[2], source) or '-1')
+  if offset > done then
+    for j = 0, n - 1 do
+      local field, value = ARGV[i + 3 + 2 * j], ARGV[i + 4 + 2 * j]
+      if field == 'FIRST_FIELD' then  -- the first exposure's time: a minimum, not a sum
+        local current = tonumber(redis.call('HGET', KEYS[1], field) or '')
+        if current == nil or tonumber(value) < current then redis.call('HSET', KEYS[1], field, value) end
+      else
+        redis.call('HINCRBY', KEYS[1], field, value)
+      end
+    end
+    redis.call('HSET', KEYS[2], source, offset)
+    applied = applied + 1
+  end
+  i = i + 3 + 2 * n
+end
+if applied > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
+return applied
+"""
+
+
+_RECORD_ONCE_SCRIPT = _RECORD_ONCE.replace("FIRST_FIELD", FIRST_FIELD)
+
+
 class ItemStats:
     """Writer and point-in-time reader of windowed item counters."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "hap:") -> None:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.r = client
         self.prefix = prefix
         self._pruned: dict[str, int] = {}  # key -> the prune period it was last pruned in
+        self._record_once = client.register_script(_RECORD_ONCE_SCRIPT)
 
     def key(self, item_id: str) -> str:
         return f"{self.prefix}stats:item:{item_id}"
+
+    def applied_key(self, item_id: str) -> str:
+        """The hash of the input offsets counted into the item's statistics (source -> offset), in
+        the slot of :meth:`key`: its hash tag is the item key's own, or the item key when it has none.
+
+        >>> stats = ItemStats(redis.Redis(), "hap:")  # no connection is made
+        >>> stats.applied_key("i1"), stats.applied_key("a{b}c")
+        ('{hap:stats:item:i1}:applied', 'hap:stats:item:a{b}c:applied')
+        """
+        key = self.key(item_id)
+        start = key.find("{")
+        tagged = start >= 0 and key.find("}", start + 2) > start
+        return f"{key}:applied" if tagged else f"{{{key}}}:applied"
 
     def record(self, events: Iterable[tuple[str, str, int]]) -> None:
         """Count ``(item_id, kind, ts_ms)`` events, ``kind`` in ``exp``, ``clk``, ``pos``.
@@ -65,8 +117,8 @@ class ItemStats:
         for item_id, kind, ts_ms in events:
             key = self.key(item_id)
             latest = ts_ms if latest is None else max(latest, ts_ms)
-            for prefix, length, _ in WINDOWS.values():
-                increments[key, f"{prefix}:{kind}:{ts_ms // length}"] += 1
+            for field in _fields(kind, ts_ms):
+                increments[key, field] += 1
             if kind == "exp" and ts_ms < first.get(key, ts_ms + 1):
                 first[key] = ts_ms
         pipe = self.r.pipeline(transaction=False)
@@ -78,6 +130,44 @@ class ItemStats:
         for key in keys:
             pipe.expire(key, TTL_S)
         pipe.execute()
+        self._pruned_once(keys, latest)
+
+    def record_once(self, counts: Sequence[Count]) -> int:
+        """Count ``counts`` as :meth:`record` does, each input record at most once: an item's hash
+        remembers, per source, the last offset counted into it (:meth:`applied_key`), and a record at
+        or below it is skipped, so a replay after a crash adds nothing. Atomic per item (a script);
+        after a failure, writing the same counts again completes what it had not. Returns the input
+        records counted now, per item."""
+        by_item: dict[str, dict[tuple[str, int], Counter[str]]] = {}
+        latest = None
+        for item_id, kind, ts_ms, source, offset in counts:
+            latest = ts_ms if latest is None else max(latest, ts_ms)
+            record = by_item.setdefault(item_id, {}).setdefault((source, offset), Counter())
+            record.update(_fields(kind, ts_ms))
+            if kind == "exp":  # one input record holds one event: its time is the item's first, or later
+                record[FIRST_FIELD] = ts_ms
+        calls = []
+        for item_id, records in by_item.items():
+            args: list[Any] = [TTL_S]
+            for (source, offset), fields in records.items():
+                args += [source, offset, len(fields), *(x for field, n in fields.items() for x in (field, n))]
+            calls.append(([self.key(item_id), self.applied_key(item_id)], args))
+        try:
+            applied = self._run_record_once(calls)
+        except redis.exceptions.NoScriptError:  # a Redis Cluster's pipeline does not load scripts itself
+            self.r.script_load(_RECORD_ONCE_SCRIPT)
+            applied = self._run_record_once(calls)  # the records written before are skipped: once each
+        self._pruned_once({self.key(item_id) for item_id in by_item}, latest)
+        return applied
+
+    def _run_record_once(self, calls: list[tuple[list[str], list[Any]]]) -> int:
+        pipe = self.r.pipeline(transaction=False)
+        for keys, args in calls:
+            self._record_once(keys=keys, args=args, client=pipe)
+        return sum(pipe.execute())
+
+    def _pruned_once(self, keys: set[str], latest: int | None) -> None:
+        """Prune the written ``keys`` not pruned yet in the prune period of ``latest`` (see :meth:`record`)."""
         if latest is not None:
             period = latest // PRUNE_EVERY_MS
             if len(self._pruned) > PRUNE_TRACKED:
@@ -109,6 +199,11 @@ class ItemStats:
             if fields:
                 pipe.hdel(key, *fields)
         return sum(pipe.execute())
+
+
+def _fields(kind: str, ts_ms: int) -> list[str]:
+    """The bucket fields one count of ``kind`` at ``ts_ms`` increments, one per window."""
+    return [f"{prefix}:{kind}:{ts_ms // length}" for prefix, length, _ in WINDOWS.values()]
 
 
 def window_stats(raw: dict[bytes, bytes], at_ms: int) -> dict[str, float]:

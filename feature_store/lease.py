@@ -17,10 +17,10 @@ published in between. One taken by another writer is lost for good (:class:`Fenc
 Examples
 --------
 >>> import redis                                                # doctest: +SKIP
->>> lease = WriterLease(redis.Redis(), ttl_s=10)                # doctest: +SKIP
+>>> lease = WriterLease(redis.Redis(), prefix="run1:", ttl_s=10) # doctest: +SKIP
 >>> lease.acquire(), lease.term                                 # doctest: +SKIP
 (True, 1)
->>> WriterLease(redis.Redis()).acquire()                        # doctest: +SKIP
+>>> WriterLease(redis.Redis(), prefix="run1:").acquire()        # doctest: +SKIP
 False
 >>> lease.release()                                             # doctest: +SKIP
 """
@@ -77,7 +77,7 @@ class WriterLease:
     thread found.
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "hap:", ttl_s: float = LEASE_TTL_S,
+    def __init__(self, client: redis.Redis, *, prefix: str, ttl_s: float = LEASE_TTL_S,
                  holder: str | None = None) -> None:
         self.r = client
         self.keys = ModelKeys(prefix)

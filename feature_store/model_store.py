@@ -27,13 +27,15 @@ Memory is bounded by the count of kept versions (``keep_versions``), not by time
 written with a TTL (``pending_ttl_s``) that the manifest's switch removes, so a blob whose
 publish failed expires on its own; a blob that no kept version references any more gets a short
 grace TTL (``superseded_ttl_s``, time for a router to finish loading it) and is gone after it.
+A publish that fails deletes the blobs it wrote at once (unless the manifest adopted them), so
+Redis at ``maxmemory`` gets the room back for the retry; the TTL covers a Redis it cannot reach.
 The first publish of a store also gives that grace TTL to any unreferenced blob without one
 (left by a crash of an older learner). See docs/operations.md for the sizing.
 
 Examples
 --------
 >>> import numpy as np, redis                                   # doctest: +SKIP
->>> store = ModelStore(redis.Redis())                            # doctest: +SKIP
+>>> store = ModelStore(redis.Redis(), prefix="run1:")                          # doctest: +SKIP
 >>> form = TierForm({"w": np.ones(2, np.float32)}, {"embeddings": []})  # doctest: +SKIP
 >>> v = store.publish({"light": form, "expressive": form}, trained_until_event_ts_ms=0,
 ...                   trained_until_finalized_ts_ms=0, samples_seen=0)   # doctest: +SKIP
@@ -119,20 +121,20 @@ class NonFiniteWeights(ModelStoreError):
 class ModelKeys:
     """Every Redis key of the model store, spelled once; all in the manifest's Redis Cluster slot.
 
-    The manifest keeps its name (``hap:model:manifest``: a key without braces hashes whole); the
+    The manifest keeps its name (``{prefix}model:manifest``: a key without braces hashes whole); the
     others carry it as their hash tag, so they hash to the same slot.
 
     Examples
     --------
     >>> from redis.crc import key_slot
-    >>> keys = ModelKeys("hap:")
+    >>> keys = ModelKeys("run1:")
     >>> keys.manifest, keys.blob(3, "light"), keys.channel
-    ('hap:model:manifest', '{hap:model:manifest}:blob:3:light', 'hap:model:updates')
+    ('run1:model:manifest', '{run1:model:manifest}:blob:3:light', 'run1:model:updates')
     >>> len({key_slot(k.encode()) for k in (keys.manifest, keys.lease, keys.term, keys.blob(3, "light"))})
     1
     """
 
-    prefix: str = "hap:"
+    prefix: str
 
     @property
     def manifest(self) -> str:
@@ -217,6 +219,35 @@ for i = 4, #KEYS do redis.call('PERSIST', KEYS[i]) end
 return {'ok', tostring(version)}
 """
 
+# KEYS: manifest, then blobs a failed publish wrote. Deletes those the manifest (current or kept
+# history) does not reference; an unreadable manifest: deletes nothing (their pending TTL remains).
+_DISCARD = """
+local raw = redis.call('GET', KEYS[1])
+local used = {}
+if raw then
+  local ok, doc = pcall(cjson.decode, raw)
+  if not ok or type(doc) ~= 'table' then return 0 end
+  local entries = {doc}
+  if type(doc['history']) == 'table' then
+    for _, e in ipairs(doc['history']) do entries[#entries + 1] = e end
+  end
+  for _, e in ipairs(entries) do
+    if type(e) == 'table' and type(e['tiers']) == 'table' then
+      for _, tier in pairs(e['tiers']) do
+        if type(tier) == 'table' and type(tier['chain']) == 'table' then
+          for _, key in ipairs(tier['chain']) do used[key] = true end
+        end
+      end
+    end
+  end
+end
+local n = 0
+for i = 2, #KEYS do
+  if not used[KEYS[i]] then n = n + redis.call('DEL', KEYS[i]) end
+end
+return n
+"""
+
 # KEYS: version counter. ARGV: the lowest version allowed. A version above the floor, unique.
 _NEXT_VERSION = """
 local v = redis.call('INCR', KEYS[1])
@@ -251,7 +282,7 @@ class ModelStore:
     version, so a restart after Redis lost its data does not reuse numbers routers have served).
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "hap:", keep_versions: int = 5,
+    def __init__(self, client: redis.Redis, *, prefix: str, keep_versions: int = 5,
                  superseded_ttl_s: int = SUPERSEDED_TTL_S, pending_ttl_s: int = PENDING_TTL_S,
                  full_every: int = 20, lease: Writer | None = None, version_floor: int = 0) -> None:
         self.r = client
@@ -269,18 +300,34 @@ class ModelStore:
         self.newest = version_floor  # versions only grow, even when Redis lost the counter
         self._switch_script = client.register_script(_SWITCH)
         self._next_version = client.register_script(_NEXT_VERSION)
+        self._discard_script = client.register_script(_DISCARD)
+        self._written: list[str] = []  # blobs of the publish in progress, deleted if it fails
 
     # -- publishing -------------------------------------------------------------------
     def publish(self, tiers: dict[str, TierForm], *, trained_until_event_ts_ms: int,
                 trained_until_finalized_ts_ms: int, samples_seen: int,
                 metrics: dict[str, Any] | None = None) -> int:
         """Write one version holding every tier; returns its number."""
+        self._written = []
         try:
             return self._publish(tiers, trained_until_event_ts_ms, trained_until_finalized_ts_ms, samples_seen,
                                  metrics)
         except Exception:
             self._last_version = None  # Redis may hold part of this version, or another's: the next one is full
+            self._discard()
             raise
+
+    def _discard(self) -> None:
+        """Delete the blobs a failed publish wrote, unless the manifest adopted them (a failure after
+        the switch: the notification). Redis at ``maxmemory`` gets their memory back at once; when
+        Redis is unreachable, their pending TTL removes them."""
+        if not self._written:
+            return
+        try:
+            self._discard_script([self.keys.manifest, *self._written])
+        except redis.RedisError:
+            pass  # the pending TTL is the fallback
+        self._written = []
 
     def _publish(self, tiers: dict[str, TierForm], trained_until_event_ts_ms: int,
                  trained_until_finalized_ts_ms: int, samples_seen: int, metrics: dict[str, Any] | None) -> int:
@@ -303,6 +350,7 @@ class ModelStore:
         entries, written = {}, 0
         for name, (blob, full, prev) in blobs.items():
             key = self.keys.blob(version, name)
+            self._written.append(key)  # before the write: a SET whose reply is lost may have happened
             self.r.set(key, blob, ex=self.pending_ttl_s)  # expires unless the manifest adopts it
             written += len(blob)
             digests = {key: hashlib.sha256(blob).hexdigest()}
@@ -402,10 +450,14 @@ class ModelStore:
         current = self.manifest()
         return [] if current is None else [_summary(current), *current.get("history", [])]
 
-    def load(self, version: int | None = None, current: LoadedVersion | None = None) -> LoadedVersion:
+    def load(self, version: int | None = None, current: LoadedVersion | None = None,
+             manifest: dict[str, Any] | None = None) -> LoadedVersion:
         """Load ``version`` (default: the manifest's). With ``current``, only the blobs its
-        chain lacks are read and applied (the router's incremental hot-swap path)."""
-        manifest = self.manifest()
+        chain lacks are read and applied (the router's incremental hot-swap path), provided the blobs
+        they share have the same SHA-256 (else the whole chain is read). With
+        ``manifest`` (one :meth:`manifest` returned), that manifest is loaded instead of the one
+        Redis holds now: a caller that checked it loads what it checked."""
+        manifest = self.manifest() if manifest is None else manifest
         if manifest is None:
             raise ModelStoreError("no model published yet")
         if version is not None and version != manifest["version"]:
@@ -416,12 +468,16 @@ class ModelStore:
         tiers = {}
         for name, entry in manifest["tiers"].items():
             chain = entry["chain"]
-            have = (current.manifest["tiers"].get(name, {}).get("chain", []) if current else [])
-            if have and chain[: len(have)] == have:
+            old = current.manifest["tiers"].get(name, {}) if current else {}
+            have, old_digests = old.get("chain", []), old.get("sha256") or {}
+            digests = entry.get("sha256") or {}
+            # reused only where keys and digests match: after Redis lost its data, version numbers (and so
+            # key names) can come back holding another model's blobs
+            if have and chain[: len(have)] == have and all(
+                    isinstance(digests.get(k), str) and digests.get(k) == old_digests.get(k) for k in have):
                 tensors, todo = dict(current.tiers[name][0]), chain[len(have):]
             else:
                 tensors, todo = {}, chain
-            digests = entry.get("sha256") or {}
             for key in todo:
                 tensors = _apply(tensors, self._read(key, digests.get(key), name), key)
             tiers[name] = (tensors, entry["spec"])

@@ -37,9 +37,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-POLICIES = ("light", "damr", "expressive_all")
 #: the default expressive budget, a fraction of the candidates: the router serves with it, and the learner's
-#: progressive ``damr`` metric and ``hap eval``'s closed loop measure with it (``HAP_DAMR_BUDGET``)
+#: progressive ``damr`` metric and ``hap eval``'s closed loop measure with it (the operator's settings may name another)
 DAMR_BUDGET = 0.2
 
 

@@ -6,13 +6,13 @@ The key is spelled here only.
 
 Examples
 --------
->>> user_features_key("u1")
-'hap:feat:user:u1'
+>>> user_features_key("u1", "run1:")
+'run1:feat:user:u1'
 """
 
 from __future__ import annotations
 
 
-def user_features_key(user_id: str, prefix: str = "hap:") -> str:
+def user_features_key(user_id: str, prefix: str) -> str:
     """The Redis key of ``user_id``'s features."""
     return f"{prefix}feat:user:{user_id}"

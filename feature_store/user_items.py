@@ -10,7 +10,7 @@ what the user had done before the request (:func:`user_item_values`, the one rul
 
 Examples
 --------
->>> user_items_key("u1")
+>>> user_items_key("u1", "hap:")
 'hap:feat:useritem:u1'
 >>> user_item_values(exposed_ms=1_000.0, clicked_ms=None, at_ms=2_000, in_history=False)
 {'user_seen': 1.0, 'user_clicked': 0.0, 'in_history': 0.0}
@@ -31,7 +31,7 @@ USER_ITEM_TTL_S = 7 * 86_400
 SHOWN, CLICKED = "e", "c"
 
 
-def user_items_key(user_id: str, prefix: str = "hap:") -> str:
+def user_items_key(user_id: str, prefix: str) -> str:
     """The Redis key of ``user_id``'s (item, first event time) set."""
     return f"{prefix}feat:useritem:{user_id}"
 
@@ -48,13 +48,13 @@ def user_item_values(exposed_ms: float | None, clicked_ms: float | None, at_ms: 
 class UserItems:
     """Writer and as-of reader of the per-user sets in Redis.
 
-    >>> store = UserItems(redis.Redis())                                          # doctest: +SKIP
+    >>> store = UserItems(redis.Redis(), "hap:")                                  # doctest: +SKIP
     >>> store.record([("u1", "n1", SHOWN, 1_000)])                               # doctest: +SKIP
     >>> store.read("u1", ["n1"], at_ms=2_000, history=())[0]["user_seen"]          # doctest: +SKIP
     1.0
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "hap:", cap: int = USER_ITEM_CAP,
+    def __init__(self, client: redis.Redis, prefix: str, cap: int = USER_ITEM_CAP,
                  ttl_s: int = USER_ITEM_TTL_S) -> None:
         self.r, self.prefix, self.cap, self.ttl_s = client, prefix, cap, ttl_s
 

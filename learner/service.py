@@ -97,6 +97,8 @@ FENCED = Counter("hap_learner_fenced", "Publishes the fence refused, by kind (le
 class LearnerConfig:
     bootstrap: str
     redis: RedisEndpoint
+    #: the prefix of every Redis key (the model store's, the writer lease's)
+    redis_prefix: str = dataclasses.field(kw_only=True)
     samples_topic: str = "hap.samples"
     checkpoint_path: Path = Path(".hap/learner/checkpoint.safetensors")
     #: the most groups one step trains on: each step takes every group already fetched, up to this
@@ -106,7 +108,6 @@ class LearnerConfig:
     publish_steps: int = 50
     checkpoint_s: float = 10.0
     keep_versions: int = 5
-    model_prefix: str = "hap:"
     kafka_security: KafkaSecurity = KafkaSecurity()
     #: the writer lease's TTL: how long a killed learner blocks its successor
     lease_ttl_s: float = LEASE_TTL_S
@@ -130,7 +131,7 @@ class LearnerService:
         self.cfg = cfg
         self.trainer = trainer
         client = cfg.redis.client()
-        self.lease = WriterLease(client, prefix=cfg.model_prefix, ttl_s=cfg.lease_ttl_s)
+        self.lease = WriterLease(client, prefix=cfg.redis_prefix, ttl_s=cfg.lease_ttl_s)
         self._acquire_lease()
         try:
             self._open(client)
@@ -190,7 +191,7 @@ class LearnerService:
         """Read the checkpoint (under the lease), open the store and the consumer."""
         cfg, trainer = self.cfg, self.trainer
         state = checkpoint.load(cfg.checkpoint_path, trainer) or {}
-        self.store = ModelStore(client, prefix=cfg.model_prefix, keep_versions=cfg.keep_versions, lease=self.lease,
+        self.store = ModelStore(client, prefix=cfg.redis_prefix, keep_versions=cfg.keep_versions, lease=self.lease,
                                 version_floor=int(state.get("version", 0)))
         self.offsets: dict[int, int] = {int(p): o for p, o in state.get("offsets", {}).items()}
         self.seen: collections.OrderedDict[str, None] = collections.OrderedDict.fromkeys(state.get("seen", []))

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from feature_store.policies import DAMR_BUDGET, budget_count, score_policy
+from feature_store.registry import METHODS
 from learner.batching import EASY, HARD, SOURCE_CODE, Batch
 from learner.ghcl import ConflictSampler, contrastive_path_loss, harmonize
 from learner.mixing import MixSelector
@@ -52,7 +53,6 @@ from streams.contract.schemas import SOURCES, SampleGroup
 # checks stay off (its default), said explicitly so that it does not warn on every step.
 torch.sparse.check_sparse_tensor_invariants.disable()
 
-METHODS = ("ghcl", "mixed", "softmax")
 NEGATIVE = tuple(code for name, code in SOURCE_CODE.items() if name != "exp_pos")
 REAL_NEGATIVE = (SOURCE_CODE["exp_neg"],)
 GATE_PATHS = ("shown", "easy", "both")

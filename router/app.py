@@ -1,10 +1,14 @@
-"""The router's HTTP service (aiohttp): ``POST /v1/prerank``, health, readiness, metrics, OpenAPI.
+"""The router's HTTP service (aiohttp): ``POST /v1/prerank``, ``GET /v1/model``, health, readiness,
+metrics, OpenAPI.
 
 A client mistake is a 400 with the reason (413 above the body size cap), never a 5xx.
-``/readyz`` answers 200 only once a model version is loaded. Every 5xx is counted in
-``hap_router_errors_total``: a 503 (no version loaded yet, on ``/v1/prerank`` or ``/readyz``) as
-``not_ready``, a failure inside a handler as ``internal`` (answered 500 with a JSON error body),
-any other 5xx as ``http_5xx``.
+``/readyz`` answers 200 only once a model version is loaded, and 503 again while the router
+drains before it stops (:mod:`router.drain`). Every response carries the served version in
+``X-Model-Version`` once one is loaded (a pre-ranking answer: the version that scored it);
+``GET /v1/model`` says what is loaded. Every 5xx is counted in ``hap_router_errors_total``: a 503
+(no version loaded yet, on ``/v1/prerank``, ``/v1/model`` or ``/readyz``) as ``not_ready``, the
+``/readyz`` 503 of a draining router as ``draining``, a failure inside a handler as ``internal``
+(answered 500 with a JSON error body), any other 5xx as ``http_5xx``.
 """
 
 from __future__ import annotations
@@ -23,14 +27,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from feature_store.policies import DAMR_BUDGET
 from router import metrics
+from router.drain import Drain
 from router.features import FeatureCache
-from router.holder import ModelHolder
-from router.prerank import BadRequest, TooManyCandidates, parse_request, score
+from router.holder import ModelHolder, ServingModel
+from router.prerank import BadRequest, TooManyCandidates, score
+from router.request import decode_request
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 HOLDER: web.AppKey[ModelHolder] = web.AppKey("holder", ModelHolder)
 FEATURES: web.AppKey[FeatureCache] = web.AppKey("features", FeatureCache)
 LIMITS: web.AppKey[dict] = web.AppKey("limits", dict)
+DRAIN: web.AppKey[Drain] = web.AppKey("drain", Drain)
+#: the response header naming the model version served
+VERSION_HEADER = "X-Model-Version"
 log = logging.getLogger("hap.router")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -50,13 +59,11 @@ async def prerank(request: web.Request) -> web.Response:
     started = time.perf_counter()  # service time starts once the body is in
     metrics.READ_SECONDS.observe(started - entered)
     try:
-        body = orjson.loads(raw)
+        req = decode_request(raw, max_candidates=limits["max_candidates"], policy=limits["policy"],
+                             budget=limits["budget"])
     except orjson.JSONDecodeError as exc:
         metrics.ERRORS.labels("bad_request").inc()
         return _json({"error": f"body: invalid JSON ({exc})"}, 400)
-    try:
-        req = parse_request(body, max_candidates=limits["max_candidates"], policy=limits["policy"],
-                            budget=limits["budget"])
     except BadRequest as exc:
         status = 413 if isinstance(exc, TooManyCandidates) else 400
         metrics.ERRORS.labels("too_large" if status == 413 else "bad_request").inc()
@@ -66,9 +73,25 @@ async def prerank(request: web.Request) -> web.Response:
         return _json({"error": "no model version loaded yet"}, 503)
     result = score(model, request.app[FEATURES], req)
     response = _json(result)
+    response.headers[VERSION_HEADER] = str(model.version)  # the version that scored it, even across a swap
     metrics.REQUEST_SECONDS.labels(req.policy).observe(time.perf_counter() - started)
     metrics.CANDIDATES.observe(len(req.candidates))
     metrics.EXPRESSIVE_FRACTION.observe(result["expressive_evals"] / len(req.candidates))
+    return response
+
+
+@web.middleware
+async def track_in_flight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count the requests in flight (the shutdown waits for them); while draining, close each connection after
+    its answer, so that the client's next request goes to a replica in rotation."""
+    drain = request.app[DRAIN]
+    drain.in_flight += 1
+    try:
+        response = await handler(request)
+    finally:
+        drain.in_flight -= 1
+    if drain.draining:
+        response.force_close()
     return response
 
 
@@ -86,8 +109,18 @@ async def count_server_errors(request: web.Request, handler: Handler) -> web.Str
         metrics.ERRORS.labels("internal").inc()
         return _json({"error": "internal error"}, 500)
     if response.status >= 500:
-        metrics.ERRORS.labels("not_ready" if response.status == 503 else "http_5xx").inc()
+        kind = "http_5xx"
+        if response.status == 503:
+            kind = "draining" if request.path == "/readyz" and request.app[DRAIN].draining else "not_ready"
+        metrics.ERRORS.labels(kind).inc()
     return response
+
+
+async def version_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Name the served version on every response (unless the handler named the one it used)."""
+    model = request.app[HOLDER].current
+    if model is not None and VERSION_HEADER not in response.headers:
+        response.headers[VERSION_HEADER] = str(model.version)
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -97,9 +130,36 @@ async def healthz(_request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     holder = request.app[HOLDER]
     model = holder.current
+    if request.app[DRAIN].draining:
+        return _json({"ready": False, "reason": "draining: the router is shutting down"}, 503)
     if model is None:
         return _json({"ready": False, "reason": "no model version loaded yet"}, 503)
     return _json({"ready": True, "version": model.version, "staleness_s": holder.staleness_s})
+
+
+def describe(model: ServingModel) -> dict:
+    """What ``GET /v1/model`` says of the served version: its manifest's identity, never the weights."""
+    manifest = model.loaded.manifest
+    out = {
+        "version": model.version,
+        "tiers": {name: {"spec": entry.get("spec"), "kind": entry.get("kind")}
+                  for name, entry in manifest.get("tiers", {}).items()},
+        "trained_until_event_ts_ms": manifest.get("trained_until_event_ts_ms"),
+        "trained_until_finalized_ts_ms": manifest.get("trained_until_finalized_ts_ms"),
+        "published_ts_ms": manifest.get("published_ts_ms"),
+        "samples_seen": manifest.get("samples_seen"),
+        "loaded_ts_ms": int(model.loaded_at * 1000),
+    }
+    if isinstance(manifest.get("rollback"), dict):
+        out["rollback"] = manifest["rollback"]
+    return out
+
+
+async def model_info(request: web.Request) -> web.Response:
+    model = request.app[HOLDER].current
+    if model is None:
+        return _json({"error": "no model version loaded yet"}, 503)
+    return _json(describe(model))
 
 
 async def metrics_endpoint(_request: web.Request) -> web.Response:
@@ -124,17 +184,22 @@ async def watch_loop_lag(interval_s: float = 0.05) -> None:
         metrics.LOOP_LAG.observe(max(0.0, loop.time() - started - interval_s))
 
 
-def make_app(client: redis.Redis, *, policy: str = "damr", budget: float = DAMR_BUDGET, max_candidates: int = 5000,
-             max_bytes: int = 4 << 20, poll_s: float = 2.0, holder: ModelHolder | None = None,
-             features: FeatureCache | None = None) -> web.Application:
-    """Build the service; the holder's and the feature cache's threads start and stop with the app.
-    Each new version computes the item vectors of the rows the feature cache holds before it serves."""
-    app = web.Application(client_max_size=max_bytes, middlewares=[count_server_errors])
-    app[HOLDER] = holder or ModelHolder(client, poll_s=poll_s)
-    app[FEATURES] = features or FeatureCache(client)
+def make_app(client: redis.Redis, *, prefix: str, policy: str = "damr", budget: float = DAMR_BUDGET,
+             max_candidates: int = 5000, max_bytes: int = 4 << 20, poll_s: float = 2.0,
+             holder: ModelHolder | None = None, features: FeatureCache | None = None,
+             drain: Drain | None = None) -> web.Application:
+    """Build the service over the Redis keys under ``prefix``; the holder's and the feature cache's
+    threads start and stop with the app.
+    Each new version computes the item vectors of the rows the feature cache holds before it serves.
+    ``drain``: the state :func:`router.drain.serve` sets on SIGTERM (readiness answers 503 then)."""
+    app = web.Application(client_max_size=max_bytes, middlewares=[track_in_flight, count_server_errors])
+    app[DRAIN] = drain or Drain()
+    app[HOLDER] = holder or ModelHolder(client, prefix=prefix, poll_s=poll_s)
+    app[FEATURES] = features or FeatureCache(client, prefix=prefix)
     app[HOLDER].prepare = lambda model: model.warm(app[FEATURES])
     app[LIMITS] = {"policy": policy, "budget": budget, "max_candidates": max_candidates, "max_bytes": max_bytes}
     app.router.add_post("/v1/prerank", prerank)
+    app.router.add_get("/v1/model", model_info)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -150,4 +215,5 @@ def make_app(client: redis.Redis, *, policy: str = "damr", budget: float = DAMR_
         app[FEATURES].stop()
 
     app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(version_header)
     return app

@@ -85,7 +85,7 @@ class FeatureCache:
     """Slot table of item features (stale-while-revalidate) plus user histories from Redis."""
 
     def __init__(self, client: redis.Redis, *, max_bytes: int = 64 << 20, ttl_s: float = 5.0,
-                 backoff_s: float = 1.0, prefix: str = "hap:", capacity: int | None = None,
+                 backoff_s: float = 1.0, prefix: str, capacity: int | None = None,
                  user_max_bytes: int = 16 << 20) -> None:
         self.r = client
         self.prefix = prefix

@@ -338,7 +338,7 @@ def _subclasses(cls: type) -> list[type]:
 class ModelHolder:
     """Owner of the served version; ``start()`` once, ``stop()`` once (not restartable)."""
 
-    def __init__(self, client: redis.Redis, *, poll_s: float = 2.0, prefix: str = "hap:") -> None:
+    def __init__(self, client: redis.Redis, *, prefix: str, poll_s: float = 2.0) -> None:
         self.store = ModelStore(client, prefix=prefix)
         self.client = client
         self.poll_s = poll_s
@@ -368,6 +368,7 @@ class ModelHolder:
     def refresh(self) -> bool:
         """Load, verify and swap in the manifest's version if it differs from the served one (and
         was not rejected before); True on a swap. Never raises."""
+        manifest: dict[str, Any] | None = None
         try:
             manifest = self.store.manifest()
             self.last_contact = time.monotonic()
@@ -382,17 +383,17 @@ class ModelHolder:
                 return False
             started = time.perf_counter()
             current = self.current.loaded if self.current is not None else None
-            loaded = self.store.load(current=current)
+            loaded = self.store.load(current=current, manifest=manifest)  # the manifest checked, not a re-read
             model = verify(loaded, self.current)
         except (redis.RedisError, OSError) as exc:
             metrics.ERRORS.labels("redis").inc()
             log.warning("model store unreachable: %s", exc)
             return False
         except (ModelStoreError, VersionRejected) as exc:
-            self._reject("model_load" if isinstance(exc, ModelStoreError) else "model_rejected", exc)
+            self._reject("model_load" if isinstance(exc, ModelStoreError) else "model_rejected", exc, manifest)
             return False
         except Exception as exc:  # noqa: BLE001 - malformed data of any shape: reject it, keep serving
-            self._reject("model_rejected", exc)
+            self._reject("model_rejected", exc, manifest)
             return False
         self._prepare(model)
         self.current = model  # the swap: one reference assignment, atomic between requests
@@ -411,11 +412,13 @@ class ModelHolder:
             metrics.ERRORS.labels("warm").inc()
             log.exception("warming version %s", model.version)
 
-    def _reject(self, kind: str, exc: Exception) -> None:
-        """Count and log a version that cannot be served, once; it is not retried."""
+    def _reject(self, kind: str, exc: Exception, manifest: dict[str, Any] | None) -> None:
+        """Count and log a version that cannot be served; the ``manifest`` that failed is not retried
+        (only that one: a newer manifest that landed meanwhile is loaded at the next refresh). Without
+        one (the manifest itself could not be read) nothing is recorded and the next poll reads again."""
         try:
-            self.rejected = _identity(self.store.manifest())  # type: ignore[arg-type]
-        except Exception:  # noqa: BLE001 - the manifest itself is what failed
+            self.rejected = _identity(manifest) if manifest is not None else None
+        except (KeyError, TypeError):  # a manifest without a usable version
             self.rejected = None
         metrics.ERRORS.labels(kind).inc()
         log.error("keeping version %s: %r", self.current and self.current.version, exc)

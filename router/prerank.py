@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from feature_store.featurize import FEATURES, featurize_user
-from feature_store.policies import DAMR_BUDGET, POLICIES, budget_count, score_policy
+from feature_store.policies import DAMR_BUDGET, budget_count, score_policy
+from feature_store.registry import POLICIES
 from router import metrics
 from router.features import FeatureCache, inline_dense
 from router.holder import ServingModel

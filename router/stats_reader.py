@@ -97,7 +97,7 @@ def _script_source() -> str:
 class StatsReader:
     """Point-in-time item statistics of many items as a raw ``(N, DENSE_DIM)`` matrix."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "hap:", batch: int = 2000) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, batch: int = 2000) -> None:
         self.stats = ItemStats(client, prefix)
         self.batch = batch
         self.script = client.register_script(_script_source())

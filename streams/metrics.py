@@ -13,20 +13,29 @@ LAG = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 5, 10, 20, 30, 45, 60, 120),
 )
 LATE = Counter("hap_streams_late", "Events for requests already finalized", ["outcome"])
-INVALID = Counter("hap_streams_invalid", "Records sent to the dead-letter topic", ["reason_kind"])
+#: ``topic``: of the rejected input ("" for an orphan request, which has none)
+INVALID = Counter("hap_streams_invalid", "Records sent to the dead-letter topic", ["topic", "reason_kind"])
 UNDECODABLE = Counter("hap_streams_undecodable_records",
                       "Kafka records skipped because their batch could not be decoded (the batch is dead-lettered)")
 IMPLIED = Counter("hap_streams_implied_exposures",
                   "Items with feedback but no exposure event, taken as exposed (position unknown)")
 CATALOGUE = Counter("hap_streams_catalogue_records",
                     "Records of the items topic read into the candidate pool (every partition, on every worker)")
+RETENTION_LOST = Counter("hap_streams_retention_lost",
+                         "Input records deleted by retention before the worker read them (it resumed below the "
+                         "log start)", ["topic", "partition"])
 MISSING = Counter("hap_feature_store_missing", "Feature lookups that fell back to a default", ["kind"])
 RESTARTS = Gauge("hap_streams_worker_restarts", "Workers the supervisor started before this one (any exit)")
 EXITS = Counter("hap_streams_worker_exits", "Earlier workers' exits that the supervisor restarted, by reason",
                 ["reason"])
 ERRORS = Counter("hap_streams_errors", "Failures of a dependency and what they cost", ["kind"])
 # exported at 0 from the start, so that rate() and increase() see the first one
-for _kind in ("redis", "history_skipped", "stats_dropped", "catalogue"):
+for _kind in ("redis", "history_skipped", "catalogue"):
     ERRORS.labels(_kind)
-for _kind in REASON_KINDS:
-    INVALID.labels(_kind)
+
+
+def export_invalid(topics: list[str]) -> None:
+    """Export the dead-letter counter at 0 for every input topic and kind (so that rate() sees the first one)."""
+    for topic in topics:
+        for kind in REASON_KINDS:
+            INVALID.labels(topic, kind)

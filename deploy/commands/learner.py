@@ -9,10 +9,11 @@ import signal
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from deploy.settings import Settings
+    from feature_store.registry import METHODS
 
     s = Settings.load()
     p = sub.add_parser("learner", help="train both tiers online from hap.samples and publish to Redis")
-    p.add_argument("--method", choices=["ghcl", "mixed", "softmax"], default=s.learner_method)
+    p.add_argument("--method", choices=METHODS, default=s.learner_method)
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when a GPU is visible, else the CPU), cpu or cuda[:n]; weights and "
                         "checkpoints are the same whatever the device")
@@ -24,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-interval", type=float, default=10.0)
     p.add_argument("--keep-versions", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budgets", type=lambda v: tuple(float(b) for b in v.split(",") if b), default=(),
+                   help="comma-separated DAMR budgets whose progressive metrics the manifest also records "
+                        "(as damr@<budget>), beside the serving budget's (damr)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without samples")
     p.add_argument("--metrics-port", type=int, help="default: HAP_LEARNER_METRICS_PORT or 9102")
@@ -42,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     s = Settings.load()
     start_http_server(args.metrics_port or s.learner_metrics_port, addr=s.metrics_host)
     cfg = LearnerConfig(
-        bootstrap=s.kafka_bootstrap, redis=s.redis, kafka_security=s.kafka_security, samples_topic=s.topic("samples"),
+        bootstrap=s.kafka_bootstrap, redis=s.redis, redis_prefix=s.redis_prefix, kafka_security=s.kafka_security,
+        samples_topic=s.topic("samples"),
         checkpoint_path=s.data_dir / "learner" / "checkpoint.safetensors",
         publish_s=args.publish_interval, publish_steps=args.publish_steps,
         checkpoint_s=args.checkpoint_interval, keep_versions=args.keep_versions,
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         **({} if args.batch_groups is None else {"batch_groups": args.batch_groups}),
     )
     service = LearnerService(cfg, OnlineTrainer(method=args.method, seed=args.seed, device=args.device,
-                                                 damr_budget=s.damr_budget))
+                                                 damr_budget=s.damr_budget, extra_budgets=args.budgets))
     for sig in (signal.SIGTERM, signal.SIGINT):  # graceful: train what was polled, publish, checkpoint
         signal.signal(sig, lambda *_: service.stop())
     service.run(max_idle_s=args.exit_when_idle)

@@ -18,7 +18,8 @@ def run(args: argparse.Namespace) -> int:
     from deploy.settings import Settings
     from feature_store.model_store import ModelStore, ModelStoreError
 
-    store = ModelStore(Settings.load().redis.client())
+    s = Settings.load()
+    store = ModelStore(s.redis.client(), prefix=s.redis_prefix)
     try:
         if args.action == "rollback":
             if args.version is None:

@@ -6,6 +6,9 @@ thread before numpy loads (a second OpenBLAS thread only competes with the reque
 connections), each loading and hot-swapping versions on its own; the parent supervises them
 (a worker that exits is restarted; SIGTERM/SIGINT stop them all) and ``/metrics`` on any worker
 answers for all of them (prometheus_client's multiprocess mode over a private directory).
+
+On SIGTERM a router drains before it stops (``--drain``, ``HAP_ROUTER_DRAIN_S``): readiness 503,
+requests still served, then the port closes and requests in flight finish (:mod:`router.drain`).
 """
 
 from __future__ import annotations
@@ -26,41 +29,47 @@ SWITCH_INTERVAL_S = 0.0005
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from deploy.settings import Settings
+    from feature_store.registry import POLICIES
 
     s = Settings.load()
     p = sub.add_parser("router", help="serve pre-ranking with DAMR over hot-swapped versions")
     p.add_argument("--host", help="default: HAP_ROUTER_HOST, else HAP_METRICS_HOST, else 127.0.0.1")
     p.add_argument("--port", type=int, help="default: HAP_ROUTER_PORT or 8080")
-    p.add_argument("--policy", choices=["light", "damr", "expressive_all"], default=s.router_policy)
+    p.add_argument("--policy", choices=POLICIES, default=s.router_policy)
     p.add_argument("--budget", type=float, default=s.damr_budget,
                    help="expressive budget: fraction of candidates (< 1) or count")
     p.add_argument("--max-candidates", type=int, default=5000)
     p.add_argument("--poll", type=float, default=2.0, help="manifest polling interval (fallback to pub/sub)")
     p.add_argument("--workers", type=int, default=s.router_workers,
                    help="processes serving the port (SO_REUSEPORT), one core each")
+    p.add_argument("--drain", type=float, default=s.router_drain_s,
+                   help="seconds between SIGTERM and closing the port, readiness answering 503 "
+                        "(default: HAP_ROUTER_DRAIN_S, %(default)s)")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for the workers
 
 
 def run(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return supervise(args)
-    from aiohttp import web
+    import asyncio
 
     from deploy.settings import Settings
     from router.app import make_app
+    from router.drain import Drain, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     s = Settings.load()
     client = s.redis.client(timeout_s=0.5)
-    app = make_app(client, policy=args.policy, budget=args.budget, max_candidates=args.max_candidates,
-                   poll_s=args.poll)
+    drain = Drain()
+    app = make_app(client, prefix=s.redis_prefix, policy=args.policy, budget=args.budget,
+                   max_candidates=args.max_candidates, poll_s=args.poll, drain=drain)
     gc.collect()
     gc.freeze()  # what start-up built is never traversed again; a request's objects die by reference count
     gc.set_threshold(50_000, 20, 100)  # fewer young collections under thousands of candidates per request
     # the background threads (feature refresh, swap) hand the GIL back to a waiting request after 0.5 ms, not 5
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    web.run_app(app, host=args.host or s.router_host, port=args.port or s.router_port, access_log=None, print=None,
-                reuse_port=args.reuse_port or None)
+    asyncio.run(serve(app, drain, host=args.host or s.router_host, port=args.port or s.router_port,
+                      drain_s=args.drain, reuse_port=args.reuse_port))
     return 0
 
 
@@ -75,13 +84,14 @@ def supervise(args: argparse.Namespace) -> int:
     import time
 
     from deploy.settings import Settings
+    from router.drain import GRACE_S
 
     s = Settings.load()
     command = [sys.executable, "-c", "import sys; from deploy.cli import main; sys.exit(main())", "router",
                "--host", args.host or s.router_host, "--port", str(args.port or s.router_port),
                "--policy", args.policy, "--budget", str(args.budget),
                "--max-candidates", str(args.max_candidates), "--poll", str(args.poll), "--workers", "1",
-               "--reuse-port"]
+               "--drain", str(args.drain), "--reuse-port"]
     metrics_dir = tempfile.mkdtemp(prefix="hap-router-metrics-")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     stopping = False
@@ -109,7 +119,7 @@ def supervise(args: argparse.Namespace) -> int:
                 worker.terminate()
         for worker in workers:
             try:
-                worker.wait(30)
+                worker.wait(args.drain + GRACE_S + 5)  # each worker drains, then its requests finish
             except subprocess.TimeoutExpired:
                 worker.kill()
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -45,15 +45,16 @@ def run_worker(args: argparse.Namespace) -> int:
 
     from deploy.settings import Settings
     from streams.join.assembler import AssemblerConfig
-    from streams.kafka.topics import create_missing, pipeline_topics, worker_topics
-    from streams.worker.app import StreamsConfig, make_app
+    from streams.kafka.topics import create_missing, pipeline_topics, resume_at_log_start, worker_topics
+    from streams.worker.app import JOIN_INPUTS, StreamsConfig, count_deleted, make_app
     from streams.worker.log_filter import quiet_repeats
     from streams.worker.process import make_worker_class
 
     s = Settings.load()
     start_http_server(args.metrics_port or s.streams_metrics_port, addr=s.metrics_host)
     cfg = StreamsConfig(
-        bootstrap=s.kafka_bootstrap, redis=s.redis, kafka_security=s.kafka_security, topic_prefix=s.topic_prefix,
+        bootstrap=s.kafka_bootstrap, redis=s.redis, redis_prefix=s.redis_prefix, kafka_security=s.kafka_security,
+        topic_prefix=s.topic_prefix,
         partitions=s.kafka_partitions, replication_factor=s.kafka_replication.factor,
         data_dir=Path(s.data_dir) / f"streams-{args.worker_id}", corrections=not args.no_corrections,
         stall_s=args.stall_timeout, max_future_ms=int(args.max_future * 1000),
@@ -69,6 +70,9 @@ def run_worker(args: argparse.Namespace) -> int:
     create_missing(cfg.bootstrap, {**pipeline_topics(cfg.topic_prefix, cfg.partitions, s.kafka_replication),
                                    **worker_topics(app.conf.id, list(app.tables), cfg.partitions,
                                                    s.kafka_replication)}, cfg.kafka_security)
+    # before the group's consumer starts: offsets retention deleted are counted, never an offset-out-of-range reset
+    count_deleted(resume_at_log_start(cfg.bootstrap, app.conf.id, [f"{cfg.topic_prefix}{t}" for t in JOIN_INPUTS],
+                                      cfg.kafka_security))
     quiet_repeats()
     gc.collect()
     gc.freeze()  # start-up's objects are never traversed again: a full collection took 0.13 s, now 0.01-0.03 s

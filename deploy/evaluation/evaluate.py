@@ -40,6 +40,7 @@ import numpy as np
 
 from deploy.evaluation.paired import REFERENCES, block_bounds
 from feature_store.policies import DAMR_BUDGET
+from feature_store.registry import METHODS, POLICIES
 
 BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.5)
 BATCH_GROUPS = 32
@@ -58,8 +59,7 @@ LEARNED: dict[str, dict[str, Any]] = {
     "ghcl-gate-both": {"method": "ghcl", "gate_paths": "both"},
     "ghcl-no-shrink": {"method": "ghcl", "residual_l2": 0.0},
     "ghcl-no-fallback": {"method": "ghcl", "mix_selection": False},
-    "mixed": {"method": "mixed"},
-    "softmax": {"method": "softmax"},
+    **{method: {"method": method} for method in METHODS if method != "ghcl"},
 }
 #: non-learned arms: method name -> the statistic, as of the request, that ranks the items
 COUNTERS = {"ctr": "ctr_1d", "popularity": "exp_1d"}
@@ -68,8 +68,8 @@ ONLINE_COUNTERS = "counters"
 #: the arms ``hap eval`` runs when ``--methods`` is not given; the others are ablations, on demand
 HEADLINE = ("ctr", ONLINE_COUNTERS, "mixed", "softmax", "ghcl")
 #: closed-loop arms: (method, policy)
-LOOP_ARMS = (("heuristic", "none"), ("ctr", "counter"), ("mixed", "light"), ("softmax", "light"),
-             ("ghcl", "light"), ("ghcl", "damr"), ("ghcl", "expressive_all"))
+LOOP_ARMS = (("heuristic", "none"), ("ctr", "counter"), *((method, "light") for method in METHODS if method != "ghcl"),
+             *(("ghcl", policy) for policy in POLICIES))
 ALL_METHODS = (*COUNTERS, ONLINE_COUNTERS, *LEARNED)
 LOOP_BUDGET = DAMR_BUDGET
 LOOP_KEEP = 200
@@ -190,7 +190,7 @@ def serving_cost(tiers: dict[str, Any], bodies: list[dict[str, Any]]) -> dict[st
     from router.prerank import parse_request, score
 
     model = build(LoadedVersion(1, tiers, {"version": 1}))
-    features = FeatureCache(redis.Redis(port=1))  # every feature is inline: Redis is never asked
+    features = FeatureCache(redis.Redis(port=1), prefix="")  # every feature is inline: Redis is never asked
     policies = {"light": ("light", 0.0), "expressive_all": ("expressive_all", 0.0),
                 **{f"damr@{b:g}": ("damr", b) for b in BUDGETS}}
     cost = {}

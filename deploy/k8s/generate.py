@@ -51,6 +51,7 @@ def topic_specs(settings: Settings) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as data_dir:  # the app is built only to read its id and tables
         app = make_app(StreamsConfig(bootstrap=settings.kafka_bootstrap, redis=RedisEndpoint(settings.redis_url),
+                                     redis_prefix=settings.redis_prefix,
                                      topic_prefix=settings.topic_prefix, partitions=settings.kafka_partitions,
                                      data_dir=Path(data_dir)))
         tables = sorted(app.tables)

@@ -49,8 +49,12 @@ __all__ = [
 DEFAULT_LIMITS = Limits()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class Candidate:
+    """One candidate of a ranking event. ``rank_pos`` and ``rank_score`` are optional (None: it did
+    not reach ranking), so they may be left out: ``Candidate("i1", "hot", 0, 0.9, content_type="video")``;
+    the positional form in wire order, ``Candidate("i1", "hot", 0, 0.9, 3, 0.5, "video")``, works too."""
+
     item_id: str
     channel: str
     prerank_pos: int
@@ -58,6 +62,19 @@ class Candidate:
     rank_pos: int | None
     rank_score: float | None
     content_type: str
+
+    def __init__(self, item_id: str, channel: str, prerank_pos: int, prerank_score: float,
+                 rank_pos: int | None = None, rank_score: float | None = None, content_type: str | None = None) -> None:
+        if content_type is None:
+            raise TypeError("Candidate() missing required argument: 'content_type'")
+        set_ = object.__setattr__  # frozen: as the generated __init__ does
+        set_(self, "item_id", item_id)
+        set_(self, "channel", channel)
+        set_(self, "prerank_pos", prerank_pos)
+        set_(self, "prerank_score", prerank_score)
+        set_(self, "rank_pos", rank_pos)
+        set_(self, "rank_score", rank_score)
+        set_(self, "content_type", content_type)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -190,15 +207,27 @@ def _check_size(raw: bytes, limits: Limits) -> None:
         raise InvalidEvent(f"oversized: {len(raw)} bytes exceed the cap of {limits.max_message_bytes}", "oversized")
 
 
+#: a record framed by a Confluent (Schema Registry) serializer: magic byte 0, then a 4-byte schema id
+_CONFLUENT_MAGIC = b"\x00"
+
+
 def _load(raw: bytes, limits: Limits) -> dict[str, Any]:
     _check_size(raw, limits)
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if raw.startswith(_CONFLUENT_MAGIC) and len(raw) > 5:
+            schema_id = int.from_bytes(raw[1:5], "big")
+            raise InvalidEvent(f"json: a Confluent Schema Registry frame (magic byte 0, schema id {schema_id}) is not "
+                               "accepted: send the plain JSON value (docs/contracts.md, Producers)", "json") from None
         raise InvalidEvent(f"json: {exc}", "json") from None
     obj = req_mapping(obj, "")
     version = obj.get("schema_version")
     if version != SCHEMA_VERSION or isinstance(version, bool):
+        if version is None and "specversion" in obj:
+            raise InvalidEvent(f"schema_version: a structured CloudEvent (specversion {obj['specversion']!r}) is not "
+                               "accepted: send the event itself as the value, attributes as ce_ headers "
+                               "(docs/contracts.md, Producers)")
         raise InvalidEvent(f"schema_version: expected {SCHEMA_VERSION}, got {version!r}")
     return obj
 

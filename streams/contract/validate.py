@@ -17,12 +17,24 @@ from __future__ import annotations
 from typing import Any
 
 #: the fixed set of dead-letter kinds (``reason_kind`` of a DLQ record and of ``hap_streams_invalid_total``)
-REASON_KINDS = ("json", "schema", "oversized", "future", "late", "orphan", "undecodable", "internal")
+REASON_KINDS = ("json", "schema", "oversized", "future", "late", "orphan", "oversized_request", "undecodable",
+                "internal")
+#: how far ahead of its arrival an event time may be (the worker's default bound, and the producer SDK's)
+MAX_FUTURE_MS = 10_000
+#: kinds whose reason names no field (``json: ...``, ``oversized: ...``)
+_NO_FIELD_KINDS = ("json", "oversized", "oversized_request", "undecodable", "internal")
 
 
 class InvalidEvent(ValueError):
     """A message that violates its contract; ``reason`` names the field path, ``kind`` is one of
-    :data:`REASON_KINDS` (``schema`` unless said otherwise)."""
+    :data:`REASON_KINDS` (``schema`` unless said otherwise), ``field`` is the path alone.
+
+    >>> e = InvalidEvent("candidates[3].item_id: expected string, got int")
+    >>> e.field, e.kind
+    ('candidates[3].item_id', 'schema')
+    >>> InvalidEvent("json: unexpected character", "json").field is None
+    True
+    """
 
     def __init__(self, reason: str, kind: str = "schema") -> None:
         if kind not in REASON_KINDS:
@@ -30,6 +42,15 @@ class InvalidEvent(ValueError):
         super().__init__(reason)
         self.reason = reason
         self.kind = kind
+
+    @property
+    def field(self) -> str | None:
+        """The field path the reason starts with (``message`` for the whole record); None when the
+        reason names no field (invalid JSON, an oversized record)."""
+        if self.kind in _NO_FIELD_KINDS:
+            return None
+        path, sep, _ = self.reason.partition(": ")
+        return path if sep and " " not in path else None
 
 
 def check_not_future(ts_ms: int, arrival_ms: int, max_future_ms: int) -> None:

@@ -53,6 +53,11 @@ class AssemblerConfig:
     max_prn: int = 10
     prn_min_prerank: int = 200
     gn_per_exposed: int = 2
+    #: the most distinct items a request may expose or get feedback on; past it the request is
+    #: dead-lettered (``oversized_request``): its group, ``(1 + gn_per_exposed)`` items per exposed one
+    #: plus ``rn`` and ``prn``, would pass what the learner takes (or mix several requests under a
+    #: reused id), and its pending state would grow with every event
+    max_request_items: int = 500
 
 
 def group_id(request_id: str, revision: int = 0) -> str:
@@ -86,6 +91,11 @@ def add_exposure(state: dict[str, Any], event: ExposureEvent, wall_ms: int, dwel
 def _unexposed_feedback(state: dict[str, Any]) -> list[str]:
     feedback = state.get("feedback", state["positive"])  # older states tracked positive feedback only
     return [item for item in feedback if item not in state["exposed"]]
+
+
+def item_count(state: dict[str, Any]) -> int:
+    """Distinct items of a request so far: exposed, or with feedback (an exposure by implication or an orphan)."""
+    return len(state["exposed"]) + len(_unexposed_feedback(state))
 
 
 def implied_exposures(state: dict[str, Any], candidates: Container[str]) -> list[str]:

@@ -1,21 +1,23 @@
-"""The streams' side of the feature store, fail-soft and off the event loop: item statistics,
-user histories and user-by-item signals in Redis.
+"""The streams' side of the feature store, off the event loop: item statistics, user histories
+and user-by-item signals in Redis.
 
 Every Redis call runs on one thread of its own, so the worker's event loop never waits on a
-round trip: counts and user histories are buffered as groups are joined and handed to that
-thread once per tick (:meth:`StreamFeatures.flush`, one pipeline each); the statistics of a
+round trip it does not mean to. Item counts are exact: each input record is counted once
+across crashes, replays and Redis outages. The join buffers a batch's counts, each with the
+input record it comes from (topic, partition, offset), and the worker awaits
+:meth:`StreamFeatures.write_counts` before it acknowledges the batch: the counts are stored by
+then, and an item's hash skips a record it counted before (a replay after a crash;
+:meth:`feature_store.item_stats.ItemStats.record_once`). While Redis is down, ``write_counts``
+retries (the batch waits unacknowledged, consumption pauses; nothing is buffered beyond it);
+user histories (last writer wins) are handed to the thread once per tick
+(:meth:`StreamFeatures.flush`) and skipped while Redis is down (counted). The statistics of a
 batch of groups are read in one pipeline (:meth:`StreamFeatures.read_groups`) that the caller
 awaits. Statistics as of a time sum the buckets closed before its minute (its *span*), so each
 item's are read once per span and kept for the requests of that span (up to ``max_cached``
 items per span, the current span and the one before): a count that arrives later for an
-already closed bucket shows from the next span on. The user-by-item signals
-(``feature_store.user_items``: shown / clicked before the request, in its history) are read in
-the same pipeline, one sorted set per request's user, as of the request's own time.
-
-While Redis is down nothing blocks and nothing is lost silently: unwritten counts stay
-buffered (up to ``max_backlog``; beyond it the oldest are dropped and counted), histories are
-skipped (counted), reads fall back to the no-statistics default (counted, never kept), and a
-request's statistics are still read as of its own time.
+already closed bucket shows from the next span on. Reads while Redis is down fall back to the
+no-statistics default (counted, never kept), and a request's statistics are still read as of
+its own time.
 
 Examples
 --------
@@ -29,7 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -37,26 +40,25 @@ import orjson
 import redis
 
 from feature_store.backoff import Backoff
-from feature_store.item_stats import WINDOWS, ItemStats, window_stats
+from feature_store.item_stats import WINDOWS, Count, ItemStats, window_stats
 from feature_store.user_features import user_features_key
 from feature_store.user_items import CLICKED, SHOWN, UserItems, user_item_values
 from streams import metrics
 from streams.contract.schemas import is_positive
 
 log = logging.getLogger("hap.streams")
-MAX_BACKLOG = 1_000_000
 MAX_CACHED = 100_000  # items whose statistics are kept per span
 HISTORY_TTL_S = 86_400
 #: every window's bucket length is a multiple of this, so statistics as of two times in the same such span are equal
 _SPAN_MS = min(length for _, length, _ in WINDOWS.values())
 
-Count = tuple[str, str, int]  # item id, kind, event time ms
+
 Pair = tuple[str, str, str, int]  # user id, item id, kind, event time ms
 #: what the groups of a batch ask for: (item ids, as-of ms, user id, the request's history)
 GroupRequest = tuple[Sequence[str], int, str, Sequence[str]]
 
 
-def event_counts(event: Any, dwell_threshold_ms: int) -> list[Count]:
+def event_counts(event: Any, dwell_threshold_ms: int) -> list[tuple[str, str, int]]:
     """The item counters an exposure or feedback event adds: ``(item_id, kind, ts_ms)``, the
     input of ``ItemStats.record`` (and of ``feature_store.asof`` in a replay).
 
@@ -72,7 +74,7 @@ def event_counts(event: Any, dwell_threshold_ms: int) -> list[Count]:
     return out
 
 
-def event_user_items(event: Any) -> list[tuple[str, str, str, int]]:
+def event_user_items(event: Any) -> list[Pair]:
     """What an exposure or click tells about its user and item: ``(user_id, item_id, kind, ts_ms)``,
     the input of ``UserItems.record`` (and of ``feature_store.asof`` in a replay).
 
@@ -86,51 +88,68 @@ def event_user_items(event: Any) -> list[tuple[str, str, str, int]]:
 
 
 class StreamFeatures:
-    def __init__(self, client: redis.Redis, *, prefix: str = "hap:", max_backlog: int = MAX_BACKLOG,
-                 backoff_s: float = 1.0, max_cached: int = MAX_CACHED) -> None:
+    def __init__(self, client: redis.Redis, *, prefix: str, backoff_s: float = 1.0,
+                 max_cached: int = MAX_CACHED) -> None:
         self.r = client
         self.stats = ItemStats(client, prefix)
         self.user_items = UserItems(client, prefix)
-        self.pairs: list[Pair] = []
+        self.pairs: list[Pair] = []  # user-by-item events, written with the counts
         self.prefix = prefix
-        self.max_backlog = max_backlog
         self.redis = Backoff(backoff_s)
         self.buffer: list[Count] = []
         self.histories: dict[str, list[str]] = {}
         self.max_cached = max_cached
         self._spans: dict[int, dict[str, dict[str, float]]] = {}  # span -> item id -> statistics read in it
         self._io = ThreadPoolExecutor(1, thread_name_prefix="hap-redis")
-        self._writing: Future[list[Count]] | None = None
+        self._writing: Future[None] | None = None  # the histories' write in flight
 
-    def count(self, event: Any, dwell_threshold_ms: int) -> None:
-        """Buffer the counters an exposure or feedback event adds."""
-        self.buffer += event_counts(event, dwell_threshold_ms)
+    def count(self, event: Any, dwell_threshold_ms: int, topic: str, partition: int, offset: int) -> None:
+        """Buffer the counters an exposure or feedback event adds, as those of the input record at
+        ``offset`` of ``topic``'s ``partition`` (written by :meth:`write_counts`)."""
+        source = f"{topic}:{partition}"
+        self.buffer += [(*count, source, offset) for count in event_counts(event, dwell_threshold_ms)]
         self.pairs += event_user_items(event)
+
+    async def write_counts(self, waiting: Callable[[], None] | None = None) -> None:
+        """Store the buffered counts, each input record once (see the module), and the user-by-item
+        events (first time per member: a replay changes nothing); returns when they are stored.
+        While Redis is unreachable it retries after each backoff and calls
+        ``waiting`` before each wait (the worker feeds its watchdog: waiting on Redis is no stall)."""
+        loop = asyncio.get_running_loop()
+        while self.buffer or self.pairs:
+            if self.redis.ready:
+                try:
+                    if self.buffer:
+                        await loop.run_in_executor(self._io, self.stats.record_once, self.buffer)
+                        self.buffer = []
+                    await loop.run_in_executor(self._io, self.user_items.record, self.pairs)
+                except (redis.RedisError, OSError) as exc:
+                    self._failed(exc)
+                else:
+                    self.pairs = []
+                    return
+            if waiting is not None:
+                waiting()
+            await asyncio.sleep(max(0.0, self.redis.until - time.monotonic()))
 
     def set_history(self, user_id: str, history: list[str]) -> None:
         """Buffer the user's recent positives, for the router (written at the next :meth:`flush`)."""
         self.histories[user_id] = history
 
     def flush(self) -> None:
-        """Hand the buffered counts and histories to the Redis thread, unless a write is in flight
-        (then they wait for the next flush). Counts a failed write could not store come back to
-        the buffer, oldest first."""
+        """Hand the buffered histories to the Redis thread, unless a write is in flight (then they
+        wait for the next flush); while Redis is down they are skipped (counted)."""
         if self._writing is not None:
             if not self._writing.done():
-                self._trim()
                 return
-            self.buffer[:0] = self._writing.result()
             self._writing = None
-        if not self.redis.ready and self.histories:
-            metrics.ERRORS.labels("history_skipped").inc(len(self.histories))
-            self.histories = {}
-        if not (self.buffer or self.histories or self.pairs) or not self.redis.ready:
-            self._trim()
+        if not self.histories:
             return
-        counts, self.buffer = self.buffer, []
         histories, self.histories = self.histories, {}
-        pairs, self.pairs = self.pairs, []
-        self._writing = self._io.submit(self._write, counts, histories, pairs)
+        if not self.redis.ready:
+            metrics.ERRORS.labels("history_skipped").inc(len(histories))
+            return
+        self._writing = self._io.submit(self._write, histories)
 
     async def read_groups(self, requests: Sequence[GroupRequest]) -> list[list[dict[str, float]]]:
         """The features of each request's items as of its time (``(item ids, at ms, user id, history)``
@@ -193,47 +212,20 @@ class StreamFeatures:
             metrics.MISSING.labels("item_stats").inc(missing)
         return out
 
-    def _write(self, counts: list[Count], histories: dict[str, list[str]], pairs: list[Pair]) -> list[Count]:
-        """On the Redis thread: store counts, histories and user-by-item events; returns the counts it
-        could not store (histories and user-by-item events that fail are skipped, counted)."""
+    def _write(self, histories: dict[str, list[str]]) -> None:
+        """On the Redis thread: store the users' histories."""
         try:
-            if counts:
-                self.stats.record(counts)
-        except (redis.RedisError, OSError) as exc:
-            self._failed(exc)
-            if histories:
-                metrics.ERRORS.labels("history_skipped").inc(len(histories))
-            if pairs:
-                metrics.ERRORS.labels("user_items_skipped").inc(len(pairs))
-            return counts
-        try:
-            if histories:
-                pipe = self.r.pipeline(transaction=False)
-                for user_id, history in histories.items():
-                    pipe.set(user_features_key(user_id, self.prefix), orjson.dumps({"history": history}),
-                             ex=HISTORY_TTL_S)
-                pipe.execute()
+            pipe = self.r.pipeline(transaction=False)
+            for user_id, history in histories.items():
+                pipe.set(user_features_key(user_id, self.prefix), orjson.dumps({"history": history}),
+                         ex=HISTORY_TTL_S)
+            pipe.execute()
         except (redis.RedisError, OSError) as exc:
             self._failed(exc)
             metrics.ERRORS.labels("history_skipped").inc(len(histories))
-        try:
-            self.user_items.record(pairs)
-        except (redis.RedisError, OSError) as exc:
-            self._failed(exc)
-            metrics.ERRORS.labels("user_items_skipped").inc(len(pairs))
-        return []
 
     def _failed(self, exc: Exception) -> None:
         self.redis.failed()
         metrics.ERRORS.labels("redis").inc()
-        log.warning("Redis unreachable (%s): %d counts buffered, default statistics served for %.1fs",
+        log.warning("Redis unreachable (%s): %d counts wait for it, default statistics served for %.1fs",
                     exc, len(self.buffer), self.redis.backoff_s)
-
-    def _trim(self) -> None:
-        if len(self.pairs) > self.max_backlog:
-            metrics.ERRORS.labels("user_items_skipped").inc(len(self.pairs) - self.max_backlog)
-            del self.pairs[:len(self.pairs) - self.max_backlog]
-        over = len(self.buffer) - self.max_backlog
-        if over > 0:
-            del self.buffer[:over]
-            metrics.ERRORS.labels("stats_dropped").inc(over)

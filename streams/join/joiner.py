@@ -21,7 +21,7 @@ Examples
 >>> import asyncio
 >>> from streams.contract.schemas import Candidate, ExposureEvent, RankingEvent, encode
 >>> class Stats:
-...     def count(self, event, dwell_threshold_ms): pass
+...     def count(self, event, dwell_threshold_ms, topic, partition, offset): pass
 ...     def set_history(self, user_id, history): pass
 ...     def flush(self): pass
 ...     async def read_groups(self, requests): return [[{} for _ in ids] for ids, *_ in requests]
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -73,6 +74,7 @@ from streams.join.assembler import (
     build,
     choose,
     is_due,
+    item_count,
     new_pending,
     relabel,
 )
@@ -81,6 +83,28 @@ from streams.kafka import decode_guard
 
 log = logging.getLogger("hap.streams")
 HISTORY_LEN = 50  # the user history written for the router: most recent positives last
+
+
+#: the bytes of feedback on unexposed items a request's pending state copies, in all (for the dead
+#: letters of those that turn out orphans); past it a feedback event is kept by reference: its offset,
+#: size and SHA-256. With ``max_request_items`` this bounds the state, one changelog record
+FEEDBACK_KEPT_BYTES = 64 * 1024
+
+
+def _keep_feedback(state: dict[str, Any], item_id: str, record: Record) -> None:
+    """Remember the first feedback event on an item the request has not exposed: its offset, and its
+    bytes while the request's share (:data:`FEEDBACK_KEPT_BYTES`) allows, else their size and SHA-256."""
+    kept = state.setdefault("unexposed_feedback", {})
+    if item_id in kept:
+        return
+    raw = record.value or b""
+    used = state.get("unexposed_bytes", 0)
+    if used + len(raw) <= FEEDBACK_KEPT_BYTES:
+        kept[item_id] = {"offset": record.offset, "raw": raw.decode()}
+        state["unexposed_bytes"] = used + len(raw)
+    else:
+        kept[item_id] = {"offset": record.offset, "raw": None, "size": len(raw),
+                         "sha256": hashlib.sha256(raw).hexdigest()}
 
 
 def now_ms() -> int:
@@ -92,7 +116,7 @@ class Record(Protocol):
 
     topic: str
     partition: int
-    offset: int | None
+    offset: int
     key: bytes | None
     value: bytes | None
     headers: Any
@@ -144,7 +168,8 @@ class JoinTables:
 class Features(Protocol):
     """The feature store's side of the join (:class:`streams.join.features.StreamFeatures`)."""
 
-    def count(self, event: ExposureEvent, dwell_threshold_ms: int) -> None: ...
+    def count(self, event: ExposureEvent, dwell_threshold_ms: int, topic: str, partition: int, offset: int) -> None:
+        ...
 
     def set_history(self, user_id: str, history: list[str]) -> None: ...
 
@@ -254,7 +279,8 @@ class Joiner:
             ids, types = self.pool.add_many(event.item_ids, event.content_types)
             event = dataclasses.replace(event, item_ids=ids, content_types=types)
         else:
-            self.features.count(event, self.cfg.assembler.dwell_threshold_ms)
+            self.features.count(event, self.cfg.assembler.dwell_threshold_ms, record.topic, partition,
+                                record.offset)
         done = self.tables.finalized.get(rid)
         if done is not None:
             self.late(rid, done, event, record, wall)
@@ -268,8 +294,11 @@ class Joiner:
             add_ranking(st, event, wall)
         else:
             add_exposure(st, event, wall, self.cfg.assembler.dwell_threshold_ms)
-            if event.type == "feedback" and event.item_id not in st["exposed"]:  # its bytes, should it be an orphan
-                st.setdefault("unexposed_feedback", {}).setdefault(event.item_id, (record.value or b"").decode())
+            if item_count(st) > self.cfg.assembler.max_request_items:
+                self._oversized(rid, st, partition, record, wall)
+                return
+            if event.type == "feedback" and event.item_id not in st["exposed"]:  # should it be an orphan
+                _keep_feedback(st, event.item_id, record)
         st["partition"] = partition
         self.batch[rid] = st
         self.open[partition].add(rid)
@@ -342,16 +371,35 @@ class Joiner:
 
     def emit(self, rid: str, st: dict[str, Any], partition: int, choice: Choice, group: SampleGroup,
              wall: int) -> None:
-        """Send a request's group, dead-letter its orphan feedback, and move it from pending to finalized."""
-        self._send_group(rid, group, partition)
+        """Send a request's group, dead-letter its orphan feedback, and move it from pending to finalized.
+        A group the decoder would refuse (over the limits' bytes or items) is dead-lettered instead
+        (``oversized_request``, with its encoding)."""
+        value = encode(group)
+        limits = self.cfg.limits
+        if len(value) > limits.max_message_bytes or len(group.items) > limits.max_candidates:
+            self.send_dead_letter(DeadLetter(
+                "oversized_request", f"oversized_request: its group of {len(group.items)} items and {len(value)} "
+                f"bytes exceeds what the learner takes ({limits.max_candidates} items, {limits.max_message_bytes} "
+                "bytes); the request is not trained", rid, None, partition, None, value,
+                {"items": len(group.items), "bytes": len(value)}))
+            self._forget(rid, st, partition, wall)
+            return
+        self._send_group(rid, group, value, partition)
         st["exposed"].update(dict.fromkeys(choice.implied))  # so that a late click on one corrects the group
         metrics.IMPLIED.inc(len(choice.implied))
         unexposed = st.pop("unexposed_feedback", {})
+        st.pop("unexposed_bytes", None)
         for item in choice.orphans:
-            raw = unexposed.get(item)
+            kept = unexposed.get(item)
+            if not isinstance(kept, dict):  # a state written before feedback was kept by reference: its bytes
+                kept = {"offset": None, "raw": kept}
+            details: dict[str, Any] = {"item_id": item}
+            if kept["raw"] is None and "size" in kept:
+                details.update(original_size=kept["size"], original_sha256=kept["sha256"])
             self.send_dead_letter(DeadLetter(
                 "orphan", f"orphan: feedback on item {item!r}, which the request neither exposed nor ranked", rid,
-                f"{self.cfg.topic_prefix}exposure", partition, None, raw.encode() if raw else None, {"item_id": item}))
+                f"{self.cfg.topic_prefix}exposure", partition, kept["offset"],
+                kept["raw"].encode() if kept["raw"] else None, details))
         metrics.LAG.observe(max(0.0, (wall - st["last_wall_ms"]) / 1000))
         ranking = choice.ranking
         self.features.set_history(
@@ -360,6 +408,27 @@ class Joiner:
                                         "revision": st["revision"], "finalized_ms": wall, "partition": partition},
                                   partition)
         self.closed[partition].append((wall, rid))
+        self._close(rid, partition)
+
+    def _oversized(self, rid: str, st: dict[str, Any], partition: int, record: Record, wall: int) -> None:
+        """Close a request whose items passed ``max_request_items`` (see :class:`AssemblerConfig`):
+        dead-letter it with the event past the cap, keep nothing of its state."""
+        cap = self.cfg.assembler.max_request_items
+        self.send_dead_letter(DeadLetter(
+            "oversized_request", f"oversized_request: more than {cap} distinct items exposed or with feedback "
+            "(a reused request_id?); the request is not trained, its later events are dead-lettered as late",
+            rid, record.topic, record.partition, record.offset, record.value or b"",
+            {"items": item_count(st), "cap": cap, "ranking": st["ranking"]}))
+        self._forget(rid, st, partition, wall)
+
+    def _forget(self, rid: str, st: dict[str, Any], partition: int, wall: int) -> None:
+        """Finalize a request without a group: nothing of it is kept but the mark that makes its later
+        events ``late`` for ``retention_ms``."""
+        self.tables.finalized.put(rid, {"exposed": {}, "positive": [], "revision": st["revision"],
+                                        "finalized_ms": wall, "partition": partition}, partition)
+        self.closed[partition].append((wall, rid))
+        self.open[partition].discard(rid)
+        self.adopted.pop(rid, None)
         self._close(rid, partition)
 
     def late(self, rid: str, done: dict[str, Any], event: RankingColumns | ExposureEvent, record: Record,
@@ -376,7 +445,7 @@ class Joiner:
                 done = {**done, "positive": [*done["positive"], event.item_id], "revision": done["revision"] + 1}
                 group = relabel(decode_sample_group(emitted, self.cfg.limits), set(done["positive"]),
                                 done["revision"], wall)
-                self._send_group(rid, group, record.partition)
+                self._send_group(rid, group, encode(group), record.partition)
                 self.tables.finalized.put(rid, done, record.partition)
                 metrics.LATE.labels("correction").inc()
                 return
@@ -428,7 +497,7 @@ class Joiner:
                                          record.topic, record.partition, record.offset, record.value or b""))
 
     def send_dead_letter(self, letter: DeadLetter) -> None:
-        metrics.INVALID.labels(letter.reason_kind).inc()
+        metrics.INVALID.labels(letter.topic or "", letter.reason_kind).inc()
         self.send("dlq", letter.key(), letter.value())
 
     def rebuild(self) -> None:
@@ -452,8 +521,7 @@ class Joiner:
             if done is not None:
                 self.closed[done["partition"]].append((done["finalized_ms"], rid))
 
-    def _send_group(self, rid: str, group: SampleGroup, partition: int) -> None:
-        value = encode(group)
+    def _send_group(self, rid: str, group: SampleGroup, value: bytes, partition: int) -> None:
         self.send("samples", rid.encode(), value)
         self.tables.emitted.put(rid, value, partition)  # what a correction relabels, kept while finalized is
         metrics.GROUPS.labels("correction" if group.correction else "group").inc()

@@ -37,9 +37,24 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.codec import has_zstd
 from aiokafka.partitioner import murmur2
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 #: (topic, partition or None for the key's, key or None, value or None for a tombstone)
 Record = tuple[str, int | None, bytes | None, bytes | None]
+
+
+class RecordTooLarge(ValueError):
+    """A record bigger than the producer's ``max_bytes``: refused before anything of the
+    :meth:`BatchProducer.deliver` call is produced. Not retriable: the same record is refused
+    again; the records the worker produces are bounded below the limit by construction
+    (groups: the join's caps; dead letters: :mod:`streams.contract.dlq`; table changes: the
+    pending state's bounds), so this names a bug instead of the broker's opaque refusal."""
+
+    retriable = False
+
+    def __init__(self, topic: str, partition: int | None, size: int, limit: int) -> None:
+        super().__init__(f"a record of {size} bytes for {topic}[{partition}] exceeds the producer's limit of {limit}")
+        self.topic, self.partition, self.size, self.limit = topic, partition, size, limit
 
 
 def partition_of(key: bytes | None, partitions: int) -> int:
@@ -91,8 +106,13 @@ class BatchProducer:
 
     async def deliver(self, records: Sequence[Record]) -> None:
         """Send ``records`` and wait until the broker acknowledged them all (order is kept within a
-        partition); raises what aiokafka raises when it could not."""
+        partition); raises :class:`RecordTooLarge` before producing anything when one of them exceeds
+        ``max_bytes``, else what aiokafka raises when it could not."""
         assert self.producer is not None, "deliver() before start()"
+        for topic, partition, key, value in records:  # aiokafka's batches take any first record: the guard is here
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+            if size > self.max_bytes:
+                raise RecordTooLarge(topic, partition, size, self.max_bytes)
         by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = defaultdict(list)
         counts: dict[str, int] = {}  # partitions per topic, from the producer's metadata
         for topic, partition, key, value in records:
@@ -108,7 +128,6 @@ class BatchProducer:
                 if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start the next
                     sent.append(await self.producer.send_batch(batch, topic, partition=partition))
                     batch = self.producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        raise ValueError(f"a record for {topic} does not fit in an empty batch")
+                    batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any record
             sent.append(await self.producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*sent)

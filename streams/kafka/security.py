@@ -1,6 +1,6 @@
 """How every Kafka client of the project authenticates: plaintext, TLS, SASL or SASL over TLS.
 
-One object, resolved from ``HAP_KAFKA_*`` environment variables by the settings, turned into the
+One object, built by the operator's settings and passed to the components, turned into the
 keyword arguments of kafka-python clients (producer SDK, learner, admin) and into Faust's
 ``broker_credentials``. The password is never printed: the dataclass' repr leaves it out.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import ssl
-from collections.abc import Mapping
 from typing import Any
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -41,17 +40,7 @@ class KafkaSecurity:
         if self.sasl_mechanism not in MECHANISMS:
             raise ValueError(f"Kafka SASL mechanism must be one of {', '.join(MECHANISMS)}")
         if self.sasl and not (self.username and self.password):
-            raise ValueError(f"Kafka {self.protocol} needs HAP_KAFKA_SASL_USERNAME and HAP_KAFKA_SASL_PASSWORD")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> KafkaSecurity:
-        return cls(
-            protocol=env.get("HAP_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper(),
-            sasl_mechanism=env.get("HAP_KAFKA_SASL_MECHANISM", "PLAIN").upper(),
-            username=env.get("HAP_KAFKA_SASL_USERNAME") or None,
-            password=env.get("HAP_KAFKA_SASL_PASSWORD") or None,
-            ca_file=env.get("HAP_KAFKA_SSL_CAFILE") or None,
-        )
+            raise ValueError(f"Kafka {self.protocol} needs a SASL username and password")
 
     @property
     def sasl(self) -> bool:

@@ -29,12 +29,14 @@ consumer already runs, and a changelog seen before its partitions have leaders r
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import NamedTuple
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
-from kafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError
+from kafka.errors import InvalidReplicationFactorError, KafkaError, NoError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
 
 from streams.contract.fields import Limits
 from streams.kafka.security import PLAINTEXT, KafkaSecurity
@@ -165,3 +167,52 @@ def _wait_for_leaders(admin: KafkaAdminClient, topics: Specs, timeout_s: float) 
         if time.monotonic() > deadline:
             raise TimeoutError(f"topics without leaders after {timeout_s:.0f}s: {', '.join(waiting)}")
         time.sleep(0.2)
+
+
+class Deleted(NamedTuple):
+    """Offsets ``first``-``last`` of an input partition that retention deleted before the group read them."""
+
+    topic: str
+    partition: int
+    first: int
+    last: int
+    moved: bool  #: whether the group's committed offset was moved to the log start (else it was busy)
+
+
+def resume_at_log_start(bootstrap: str, group_id: str, topics: list[str], security: KafkaSecurity = PLAINTEXT,
+                        wait_s: float = 20.0) -> list[Deleted]:
+    """Move the committed offsets of ``group_id`` that lie below the log start of their partition of
+    ``topics`` (the group was away longer than the topic keeps records, or ``delete_records``) to the
+    log start, before the group's consumer starts; returns what was deleted unread, per partition.
+
+    Left to the consumer, such an offset takes aiokafka's offset-out-of-range reset, which races with
+    Faust's seeks to the committed offsets (``reset_to`` asserts a reset that a seek cancelled): in
+    ``tests/streams/worker/test_retention.py`` a partition then delivered nothing more, or its first
+    record was left out. Kafka takes the move only while the group has no live member: it is retried
+    for ``wait_s`` (a member that just stopped or crashed leaves within the session timeout); past
+    that ``moved`` is False and the worker's consumer counts the gap when it resumes
+    (``streams.worker.app.InputLag``). A broker that cannot answer (a group never seen yet) moves nothing."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000, **security.client_options())
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=15_000, **security.client_options())
+    try:
+        committed = {tp: meta.offset for tp, meta in admin.list_group_offsets(group_id)[group_id].items()
+                     if tp.topic in topics and meta.offset >= 0}
+        starts = consumer.beginning_offsets(list(committed)) if committed else {}
+        behind = {tp: starts[tp] for tp, offset in committed.items() if offset < starts[tp]}
+        moved: set = set()
+        deadline = time.monotonic() + wait_s
+        while behind.keys() - moved:
+            errors = admin.alter_group_offsets(group_id, {tp: OffsetAndMetadata(behind[tp], "", -1)
+                                                          for tp in behind.keys() - moved})
+            moved |= {tp for tp, error in errors.items() if error is NoError}
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(1.0)  # a member of the group still holds it
+        return [Deleted(tp.topic, tp.partition, committed[tp], start - 1, tp in moved)
+                for tp, start in sorted(behind.items())]
+    except KafkaError as exc:
+        logging.getLogger("hap.streams").warning("committed offsets below the log start not checked: %r", exc)
+        return []
+    finally:
+        consumer.close()
+        admin.close()

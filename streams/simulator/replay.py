@@ -28,9 +28,11 @@ from feature_store.featurize import ctr_logit, smoothed_ctr
 from streams.simulator.cascade import PRERANK_KEEP, Request, feedback_events, run_cascade
 
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
-HISTORY_SENT = 100
-#: the content type of an item whose category the log does not give (the contract wants 1..64 characters)
+#: the contract's type of an item whose category is unknown (missing or empty in ``news.tsv``)
 UNKNOWN_TYPE = "unknown"
+#: the user of a row whose user column is empty (every request must name one)
+UNKNOWN_USER = "unknown"
+HISTORY_SENT = 100
 LIVE_WINDOW_S = 86_400.0
 #: noise of the reference scorer at each stage (standard deviations on the CTR-logit scale)
 PRERANK_NOISE, RANK_NOISE = 1.0, 0.5
@@ -69,7 +71,7 @@ class MindReplay:
         try:
             with _open(directory, "news.tsv") as f:
                 for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-                    if len(r) >= 2 and r[1].strip():  # an empty category is an unknown type
+                    if len(r) >= 2 and r[1].strip():
                         self.categories[r[0]] = r[1].strip()
         except FileNotFoundError:
             pass
@@ -80,7 +82,7 @@ class MindReplay:
         return len(self.rows)
 
     def content_type(self, item_id: str) -> str:
-        """The item's ``news.tsv`` category; ``UNKNOWN_TYPE`` where it has none (missing or empty)."""
+        """The item's category, or :data:`UNKNOWN_TYPE` where ``news.tsv`` leaves it out or empty."""
         return self.categories.get(item_id, UNKNOWN_TYPE)
 
     def requests(self) -> Iterator[Request]:
@@ -95,7 +97,7 @@ class MindReplay:
                 if live.get(item) == seen:
                     del live[item]
             exposed = [i.rsplit("-", 1) for i in impressions.split()]
-            yield self._request(impression_id, user_id, history.split(), exposed, sorted(live),
+            yield self._request(impression_id, user_id.strip() or UNKNOWN_USER, history.split(), exposed, sorted(live),
                                 lambda i: ctr_logit(smoothed_ctr(clicks[i], exposures[i])), int(t * 1000))
             for item, label in exposed:
                 live[item] = t

@@ -18,12 +18,14 @@ Topology (all input topics keyed by ``request_id`` and co-partitioned):
 Delivery: at-least-once, and the tables never run ahead of the outputs. For each batch the
 adapter first hands every group and dead letter the join produced to the producer and waits until
 the broker acknowledged them all, then writes the batch's table changes to their changelogs and
-waits for those, and only then lets Faust acknowledge the batch's records (Faust commits
-acknowledged offsets). A delivery that fails ends the worker (exit 1, restarted by the
-supervisor) before anything of the batch is acknowledged; a worker killed at any point (SIGKILL
-included) replays from the last commit with tables that are at most as far as the outputs, so a
-replayed request is emitted again with the same ``group_id`` (deterministic, which consumers
-de-duplicate) rather than found finalized with its group lost. Every rejected input goes to
+waits for those, then writes the batch's item counts to Redis (each input record once:
+:meth:`streams.join.features.StreamFeatures.write_counts`; while Redis is down the batch waits),
+and only then lets Faust acknowledge the batch's records (Faust commits acknowledged offsets). A
+delivery that fails ends the worker (exit 1, restarted by the supervisor) before anything of the
+batch is acknowledged; a worker killed at any point (SIGKILL included) replays from the last
+commit with tables that are at most as far as the outputs, so a replayed request is emitted again
+with the same ``group_id`` (deterministic, which consumers de-duplicate) rather than found
+finalized with its group lost, and its records add no item count twice. Every rejected input goes to
 ``dlq`` as a :class:`streams.contract.dlq.DeadLetter` keyed by its ``request_id``; a record batch the
 worker cannot decode (see :mod:`streams.kafka.decode_guard`) too, and the worker moves on: no input
 stops it.
@@ -55,7 +57,7 @@ from streams.join.pool import CandidatePool
 from streams.kafka import decode_guard
 from streams.kafka.batch_producer import BatchProducer, changelog_record
 from streams.kafka.security import KafkaSecurity
-from streams.kafka.topics import DEFAULT_PARTITIONS, record_limits
+from streams.kafka.topics import DEFAULT_PARTITIONS, Deleted, record_limits
 from streams.worker.watchdog import (
     EXIT_REASONS,
     EXITS_ENV,
@@ -73,12 +75,15 @@ BATCH_WITHIN_S = 0.05
 #: 1.3-1.4x the events/s in two pairs of runs (aiokafka caps a whole fetch response at 50 MiB)
 FETCH_BYTES = 8 << 20
 REBUILD_EVERY_S = 30.0
+#: the join's input topics (after the prefix), whose offsets the worker never commits past unread
+JOIN_INPUTS = ("ranking", "exposure")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StreamsConfig:
     bootstrap: str
     redis: RedisEndpoint
+    redis_prefix: str = dataclasses.field(kw_only=True)
     topic_prefix: str = "hap."
     app_id: str = "hap-streams"
     data_dir: Path = Path(".hap/streams")
@@ -143,19 +148,49 @@ class InputLag:
         self.moved: dict[TP, float] = {}  #: per partition, when the join last took a record (or the clock started)
         self.assigned: set[TP] = set()  #: the partitions of the current assignment
 
-    def took(self, messages: list[Any]) -> list[tuple[TP, int, int]]:
+    async def took(self, messages: list[Any]) -> list[tuple[TP, int, int]]:
         """Note the records the join takes; returns the input offsets skipped before them, as
-        (partition, first, last), in a partition this worker kept since it last took from it,
+        (partition, first, last): in a partition this worker kept since it last took from it,
         rebalances included (Faust's consumer at times delivers a record past offsets it never
-        delivered, around a rebalance)."""
+        delivered, around a rebalance), and at the start of an assignment or a run, past the
+        offset Faust resumed from (:meth:`_resumed`)."""
         now, skipped = time.monotonic(), []
         for message in messages:
-            expected = self.taken.get(message.tp)
-            if expected is not None and message.offset > expected and message.tp.topic in self.topics:
-                skipped.append((message.tp, expected, message.offset - 1))
-            self.taken[message.tp] = message.offset + 1
-            self.moved[message.tp] = now
+            tp = message.tp
+            expected = self.taken.get(tp)
+            if tp.topic in self.topics:
+                if expected is None:
+                    skipped += await self._resumed(tp, message.offset)
+                elif message.offset > expected:
+                    skipped.append((tp, expected, message.offset - 1))
+            self.taken[tp] = message.offset + 1
+            self.moved[tp] = now
         return skipped
+
+    async def _resumed(self, tp: TP, offset: int) -> list[tuple[TP, int, int]]:
+        """The first record the join takes from ``tp`` in this assignment is at ``offset``: what lies
+        between it and where Faust resumed (the committed offset; without one, the log start) was
+        never delivered. Offsets below the log start were deleted by retention (the worker was down
+        longer than the topic keeps records, or ``delete_records``): counted
+        (``hap_streams_retention_lost_total``), logged, and acknowledged for Faust so that its
+        commits pass them (it refuses gaps: :func:`refuse_gap_acks`). Records past the log start
+        that were not delivered are a skip, returned."""
+        consumer = self.app.consumer
+        resumed = consumer._committed_offset.get(tp)
+        try:
+            start = (await consumer.earliest_offsets(tp))[tp]
+        except Exception as exc:  # noqa: BLE001 - unknown: treated as a skip, a fresh worker looks again
+            self.app.log.error("the log start of %s[%s] could not be read: %r", tp.topic, tp.partition, exc)
+            return [(tp, resumed, offset - 1)] if resumed is not None and offset > resumed else []
+        expected = start if resumed is None else resumed
+        if offset <= expected:
+            return []
+        deleted = min(offset, start) - expected
+        if deleted > 0:
+            count_deleted([Deleted(tp.topic, tp.partition, expected, expected + deleted - 1, False)])
+            await acknowledge_deleted(consumer, tp, expected, expected + deleted - 1)
+        first = max(expected, start)
+        return [(tp, first, offset - 1)] if offset > first else []
 
     def __call__(self, topic: str, partition: int) -> bool:
         tp, consumer = TP(topic, partition), self.app.consumer
@@ -239,18 +274,19 @@ def make_app(cfg: StreamsConfig) -> faust.App:
         finalized=FaustTable(app.Table("finalized", default=None, partitions=cfg.partitions)),
         emitted=FaustTable(app.Table("emitted", default=None, partitions=cfg.partitions, value_type=bytes)),
     )
-    lag = InputLag(app, [f"{t}ranking", f"{t}exposure"])
+    lag = InputLag(app, [f"{t}{name}" for name in JOIN_INPUTS])
     refuse_gap_acks(lag.topics)
+    features = StreamFeatures(cfg.redis.client(), prefix=cfg.redis_prefix)
     joiner = Joiner(
         # a partition that stays behind is held far longer than the worker takes to replace itself for it
         JoinConfig(t, cfg.assembler, cfg.limits, cfg.corrections, cfg.retention_ms, cfg.max_future_ms,
                    lagging_hold_ms=int(max(120.0, 4 * cfg.stall_s) * 1000)), tables,
-        lambda kind, key, value: _outbox.get().append((kind, key, value)),
-        StreamFeatures(cfg.redis.client(), prefix="hap:"), CandidatePool(), lagging=lag)
+        lambda kind, key, value: _outbox.get().append((kind, key, value)), features, CandidatePool(), lagging=lag)
     follower = CatalogueFollower(cfg.bootstrap, f"{t}items", _into_pool(joiner), cfg.kafka_security,
                                  max_bytes=record_limits(cfg.limits)[1])
     watchdog = Watchdog(cfg.stall_s)
     metrics.RESTARTS.set(int(os.environ.get(RESTARTS_ENV, "0")))
+    metrics.export_invalid([f"{t}ranking", f"{t}exposure", f"{t}items"])
     exits = parse_exits(os.environ.get(EXITS_ENV, ""))
     for reason in EXIT_REASONS:  # 0 from the start, so that increase() sees the first restart
         metrics.EXITS.labels(reason).inc(exits.get(reason, 0))
@@ -270,6 +306,11 @@ def make_app(cfg: StreamsConfig) -> faust.App:
                           "outputs" if out else "table changes", exc)
             os._exit(BATCH_FAILED_EXIT)
 
+    def waiting_on_redis() -> None:
+        """The batch waits for Redis to take its counts: no stall, and no input partition is stuck."""
+        watchdog.beat()
+        lag.restart_clocks()
+
     @app.agent(inputs)
     async def assemble_agent(stream: faust.StreamT) -> None:
         _outbox.set([])
@@ -285,7 +326,8 @@ def make_app(cfg: StreamsConfig) -> faust.App:
                              sum(map(len, joiner.closed.values())))
             messages = [event.message for event in events]
             # before the join's windows close at the batch's end, its records are in
-            if skipped := [f"{tp.topic}[{tp.partition}] {first}-{last}" for tp, first, last in lag.took(messages)]:
+            skipped = [f"{tp.topic}[{tp.partition}] {first}-{last}" for tp, first, last in await lag.took(messages)]
+            if skipped:
                 # never commit past them (see refuse_gap_acks): a fresh worker reads them from the last commit
                 app.log.error("input offsets never delivered to the join: %s: exiting to be replaced",
                               ", ".join(skipped))
@@ -296,6 +338,7 @@ def make_app(cfg: StreamsConfig) -> faust.App:
                 app.log.exception("the join failed on a batch: exiting to be replaced")
                 os._exit(BATCH_FAILED_EXIT)
             await send_outbox()
+            await features.write_counts(waiting_on_redis)  # its item counts, before the batch is acknowledged
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
@@ -384,4 +427,27 @@ def refuse_gap_acks(topics: frozenset[str]) -> None:
             await original(self, tp, offset_from, offset_to)
 
     add_gap.refused = refused  # type: ignore[attr-defined]
+    add_gap.original = original  # type: ignore[attr-defined]
     consumer.Consumer._add_gap = add_gap
+
+
+def count_deleted(deleted: Sequence[Deleted]) -> None:
+    """Count and log input records that retention deleted before the worker read them
+    (``hap_streams_retention_lost_total``): found by :func:`streams.kafka.topics.resume_at_log_start`
+    before the worker starts, or by :meth:`InputLag.took` when it resumes a partition."""
+    for d in deleted:
+        metrics.RETENTION_LOST.labels(d.topic, str(d.partition)).inc(d.last - d.first + 1)
+        logging.getLogger("hap.streams").error(
+            "%s[%s]: offsets %d-%d were deleted by retention before this worker read them: %d records lost%s",
+            d.topic, d.partition, d.first, d.last, d.last - d.first + 1,
+            " (the group's committed offset moved to the log start)" if d.moved else "")
+
+
+async def acknowledge_deleted(faust_consumer: Any, tp: TP, first: int, last: int) -> None:
+    """Acknowledge offsets ``first``-``last`` of ``tp``, which retention deleted, for Faust's
+    commits (its own gap bookkeeping, which :func:`refuse_gap_acks` refuses for offsets that may
+    exist)."""
+    from faust.transport import consumer
+
+    add_gap = consumer.Consumer._add_gap
+    await getattr(add_gap, "original", add_gap)(faust_consumer, tp, first, last)

@@ -15,6 +15,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from deploy.pipeline import Component
 from deploy.scrape import scrape
+from deploy.settings import REDIS_PREFIX
 from feature_store.model_store import ModelStore
 from streams.contract.schemas import decode_sample_group
 from streams.kafka.producer import EventProducer, ProducerUnavailable
@@ -175,7 +176,7 @@ def test_redis_stop_and_sigkill_mid_stream_keep_serving_and_lose_nothing(stack_e
         redis_service.process.kill()  # ... then a crash: what Redis acknowledged is in its append-only file
         redis_service.start(timeout_s=60)
         assert p.sim.alive  # the crash hit mid-stream too
-        manifest = ModelStore(redis.Redis.from_url(redis_service.endpoint())).manifest()
+        manifest = ModelStore(redis.Redis.from_url(redis_service.endpoint()), prefix=REDIS_PREFIX).manifest()
         assert manifest["version"] >= served_before_kill  # the AOF kept every version the router had seen
         assert p.sim.proc.wait(240) == 0, p.sim.log_tail()
         expected = truth(tmp_path / "truth.jsonl")

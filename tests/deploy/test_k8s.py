@@ -191,3 +191,18 @@ def test_router_learner_and_streams_shapes(rendered):
         component = doc["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component")
         if component in ("streams", "learner", "router"):
             assert ports & {p["name"] for p in pod["containers"][0]["ports"]}, f"{component} is not scraped"
+
+
+def test_router_rollouts_drain_within_the_termination_grace(rendered):
+    """The router's preStop hook, its drain after SIGTERM and the in-flight grace fit in the pod's grace period."""
+    from router.drain import GRACE_S
+
+    router = next(d for d in _kind(rendered, "Deployment") if d["metadata"]["name"] == "hap-router")
+    pod = router["spec"]["template"]["spec"]
+    command = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop_s = float(command[1])
+    assert pre_stop_s >= 2 * pod["containers"][0]["readinessProbe"]["periodSeconds"]  # endpoints catch up meanwhile
+    drain_s = generate.deployed_settings().router_drain_s
+    assert drain_s > 0
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop_s + drain_s + GRACE_S

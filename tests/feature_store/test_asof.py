@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from deploy.settings import REDIS_PREFIX
 from feature_store.asof import AsOfFeatures
 from feature_store.featurize import FEATURES
 from feature_store.item_stats import ItemStats
@@ -26,7 +27,8 @@ def random_stream(seed: int, n: int = 400) -> list[tuple[int, str, str, str]]:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_replay_features_equal_the_live_stores_as_of_each_read(redis_client, seed):
-    memory, stats, pairs = AsOfFeatures(cap=6), ItemStats(redis_client), UserItems(redis_client, cap=6)
+    memory = AsOfFeatures(cap=6)
+    stats, pairs = ItemStats(redis_client, REDIS_PREFIX), UserItems(redis_client, REDIS_PREFIX, cap=6)
     events = random_stream(seed)
     items = [f"n{i}" for i in range(9)]  # n8 is never shown
     reads = 0

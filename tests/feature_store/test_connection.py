@@ -9,7 +9,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from deploy.settings import Settings
+from deploy.settings import REDIS_PREFIX, Settings
 from deploy.stack.process import free_port
 from feature_store.connection import RedisEndpoint
 from feature_store.item_stats import ItemStats
@@ -53,8 +53,10 @@ def test_a_cluster_client_is_lazy_and_an_unreachable_cluster_is_redis_down():
     assert isinstance(RedisEndpoint(f"redis://127.0.0.1:{port}/0").client(), redis.Redis)
     client = RedisEndpoint(f"redis+cluster://127.0.0.1:{port}").client(timeout_s=0.5)
     assert isinstance(client, RedisCluster)
-    store, lease = ModelStore(client), WriterLease(client)  # built at start-up, before any command
-    for attempt in (lambda: store.manifest(), lambda: lease.acquire(), lambda: ItemStats(client).read(["i"], 0)):
+    # built at start-up, before any command
+    store, lease = ModelStore(client, prefix=REDIS_PREFIX), WriterLease(client, prefix=REDIS_PREFIX)
+    stats = ItemStats(client, prefix=REDIS_PREFIX)
+    for attempt in (lambda: store.manifest(), lambda: lease.acquire(), lambda: stats.read(["i"], 0)):
         started = time.monotonic()
         with pytest.raises(redis.ConnectionError, match="Redis Cluster"):
             attempt()

@@ -1,5 +1,6 @@
 """Windowed item statistics in a real Redis, read as of a point in time."""
 
+from deploy.settings import REDIS_PREFIX
 from feature_store.featurize import smoothed_ctr
 from feature_store.item_stats import ItemStats
 
@@ -7,7 +8,7 @@ MIN = 60_000
 
 
 def test_windows_count_only_buckets_closed_before_the_read_time(redis_client):
-    stats = ItemStats(redis_client)
+    stats = ItemStats(redis_client, prefix=REDIS_PREFIX)
     stats.record([("n1", "exp", 5 * MIN)] * 4 + [("n1", "clk", 5 * MIN), ("n1", "exp", 30 * MIN)])
     at_10 = stats.read(["n1"], at_ms=10 * MIN)[0]
     assert at_10["exp_10m"] == 4 and at_10["clk_10m"] == 1
@@ -19,14 +20,14 @@ def test_windows_count_only_buckets_closed_before_the_read_time(redis_client):
 
 
 def test_events_after_the_request_never_leak_into_its_statistics(redis_client):
-    stats = ItemStats(redis_client)
+    stats = ItemStats(redis_client, prefix=REDIS_PREFIX)
     stats.record([("n2", "clk", 20 * MIN + 5)])
     assert stats.read(["n2"], at_ms=20 * MIN + 30_000)[0]["clk_10m"] == 0
     assert stats.prune("n2", now_ms=3 * 86_400_000) == 3
 
 
 def test_an_item_shown_for_days_keeps_a_bounded_hash(redis_client):
-    stats = ItemStats(redis_client)
+    stats = ItemStats(redis_client, prefix=REDIS_PREFIX)
     for minute in range(0, 3 * 24 * 60, 7):  # three days of exposures, every 7 minutes
         stats.record([("n3", "exp", minute * MIN)])
     fields = redis_client.hkeys(stats.key("n3"))

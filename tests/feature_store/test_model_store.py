@@ -11,6 +11,7 @@ import pytest
 import redis
 from safetensors.numpy import save as st_save
 
+from deploy.settings import REDIS_PREFIX
 from feature_store.lease import WriterLease
 from feature_store.model_store import (
     BlobCorrupt,
@@ -23,7 +24,7 @@ from feature_store.model_store import (
 )
 
 SPEC = {"embeddings": ["emb"]}
-KEYS = ModelKeys()
+KEYS = ModelKeys(REDIS_PREFIX)
 
 
 def form(emb, w, touched=None):
@@ -36,7 +37,7 @@ def publish(store, light, expressive):
 
 
 def test_deltas_reconstruct_the_full_tensors_and_are_smaller(redis_client):
-    store = ModelStore(redis_client, full_every=3)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX, full_every=3)
     emb, w = np.zeros((1000, 8), np.float32), np.ones(4, np.float32)
     publish(store, form(emb, w), form(emb, w))
     full_bytes, kinds = store.last_publish_bytes, []
@@ -54,7 +55,7 @@ def test_deltas_reconstruct_the_full_tensors_and_are_smaller(redis_client):
 
 
 def test_incremental_load_reads_only_new_blobs_and_keeps_old_arrays(redis_client):
-    store = ModelStore(redis_client)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX)
     emb = np.zeros((10, 2), np.float32)
     publish(store, form(emb, emb[0]), form(emb, emb[0]))
     first = store.load()
@@ -67,7 +68,7 @@ def test_incremental_load_reads_only_new_blobs_and_keeps_old_arrays(redis_client
 
 
 def test_rollback_serves_an_older_version_and_next_publish_is_full(redis_client):
-    store = ModelStore(redis_client)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX)
     emb = np.zeros((10, 2), np.float32)
     v1 = publish(store, form(emb, emb[0]), form(emb, emb[0]))
     publish(store, form(emb + 1, emb[0], [0]), form(emb, emb[0], [0]))
@@ -81,13 +82,13 @@ def test_rollback_serves_an_older_version_and_next_publish_is_full(redis_client)
 
 
 def test_a_rollback_is_recorded_and_a_leased_writer_supersedes_it(redis_client, monkeypatch):
-    lease = WriterLease(redis_client)
+    lease = WriterLease(redis_client, prefix=REDIS_PREFIX)
     assert lease.acquire()
-    learner = ModelStore(redis_client, lease=lease)
+    learner = ModelStore(redis_client, prefix=REDIS_PREFIX, lease=lease)
     emb = np.zeros((4, 2), np.float32)
     v1 = publish(learner, form(emb, emb[0]), form(emb, emb[0]))
     v2 = publish(learner, form(emb + 1, emb[0], [0]), form(emb, emb[0], [0]))
-    operator = ModelStore(redis_client)
+    operator = ModelStore(redis_client, prefix=REDIS_PREFIX)
     stale_view = operator.manifest()
     manifest = operator.rollback(v1, reason="bad model")  # no lease needed: an operator's act
     assert manifest["version"] == v1 and manifest["term"] == lease.term
@@ -105,18 +106,20 @@ def test_a_rollback_is_recorded_and_a_leased_writer_supersedes_it(redis_client, 
 
 
 def test_a_second_writer_is_refused_while_the_lease_is_held(redis_client):
-    first, second = WriterLease(redis_client, holder="a"), WriterLease(redis_client, holder="b")
+    first = WriterLease(redis_client, prefix=REDIS_PREFIX, holder="a")
+    second = WriterLease(redis_client, prefix=REDIS_PREFIX, holder="b")
     assert first.acquire() and not second.acquire()
     assert second.current() == (first.token, pytest.approx(10, abs=0.5))
     emb = np.zeros((4, 2), np.float32)
-    v1 = publish(ModelStore(redis_client, lease=first), form(emb, emb[0]), form(emb, emb[0]))
-    for writer in (ModelStore(redis_client), ModelStore(redis_client, lease=second)):  # a tool; one still waiting
+    v1 = publish(ModelStore(redis_client, prefix=REDIS_PREFIX, lease=first), form(emb, emb[0]), form(emb, emb[0]))
+    tool = ModelStore(redis_client, prefix=REDIS_PREFIX)
+    for writer in (tool, ModelStore(redis_client, prefix=REDIS_PREFIX, lease=second)):  # a tool; one still waiting
         with pytest.raises(FencedError) as info:
             publish(writer, form(emb, emb[0]), form(emb, emb[0]))
         assert info.value.kind in ("lease_held", "lease_lost")
         if writer.lease is None:
             assert info.value.kind == "lease_held" and info.value.retriable and info.value.detail == first.token
-    manifest = ModelStore(redis_client).manifest()
+    manifest = ModelStore(redis_client, prefix=REDIS_PREFIX).manifest()
     assert (manifest["version"], manifest["term"]) == (v1, first.term)
     assert all(redis_client.ttl(k) > 0 for k in blob_ttls(redis_client) if k not in manifest["tiers"]["light"]["chain"]
                and k not in manifest["tiers"]["expressive"]["chain"])  # the refused versions' blobs expire
@@ -124,45 +127,46 @@ def test_a_second_writer_is_refused_while_the_lease_is_held(redis_client):
 
 def test_a_writer_whose_lease_was_taken_over_is_fenced_by_the_switch(redis_client):
     """The old holder does not know yet (no renewal ran): the switch itself refuses it."""
-    old = WriterLease(redis_client, ttl_s=0.2, holder="old")
+    old = WriterLease(redis_client, prefix=REDIS_PREFIX, ttl_s=0.2, holder="old")
     assert old.acquire()
     emb = np.zeros((4, 2), np.float32)
-    stale = ModelStore(redis_client, lease=old)
+    stale = ModelStore(redis_client, prefix=REDIS_PREFIX, lease=old)
     publish(stale, form(emb, emb[0]), form(emb, emb[0]))
     time.sleep(0.3)
-    new = WriterLease(redis_client, holder="new")
+    new = WriterLease(redis_client, prefix=REDIS_PREFIX, holder="new")
     assert new.acquire() and new.term == old.term + 1
-    v2 = publish(ModelStore(redis_client, lease=new), form(emb, emb[0]), form(emb, emb[0]))
+    v2 = publish(ModelStore(redis_client, prefix=REDIS_PREFIX, lease=new), form(emb, emb[0]), form(emb, emb[0]))
     with pytest.raises(FencedError) as info:
         publish(stale, form(emb + 1, emb[0], [0]), form(emb, emb[0], [0]))
     assert (info.value.kind, info.value.retriable, info.value.detail) == ("lease_lost", False, new.token)
     with pytest.raises(FencedError, match="taken over"):
         old.renew()
     assert old.token is None and old.lost is not None
-    assert ModelStore(redis_client).manifest()["version"] == v2
+    assert ModelStore(redis_client, prefix=REDIS_PREFIX).manifest()["version"] == v2
     old.release()  # not its lease any more: left alone
     assert redis_client.get(KEYS.lease) == new.token.encode()
 
 
 def test_an_expired_lease_nobody_took_is_taken_back_with_its_term(redis_client):
-    lease = WriterLease(redis_client, ttl_s=0.2)
+    lease = WriterLease(redis_client, prefix=REDIS_PREFIX, ttl_s=0.2)
     assert lease.acquire()
     time.sleep(0.3)
     emb = np.zeros((4, 2), np.float32)
-    publish(ModelStore(redis_client, lease=lease), form(emb, emb[0]), form(emb, emb[0]))  # nobody wrote since
+    # nobody wrote since
+    publish(ModelStore(redis_client, prefix=REDIS_PREFIX, lease=lease), form(emb, emb[0]), form(emb, emb[0]))
     lease.renew()
     assert redis_client.get(KEYS.lease) == lease.token.encode() and redis_client.pttl(KEYS.lease) > 0
-    assert not WriterLease(redis_client).acquire()
+    assert not WriterLease(redis_client, prefix=REDIS_PREFIX).acquire()
     lease.release()
     assert redis_client.get(KEYS.lease) is None
-    successor = WriterLease(redis_client)
+    successor = WriterLease(redis_client, prefix=REDIS_PREFIX)
     assert successor.acquire() and successor.term == lease.term + 1
 
 
 def test_interleaved_writers_cannot_move_the_version_backwards(redis_client, monkeypatch):
     """Two stores without a lease (as two learners were before the fence): the second switches while
     the first is between its read and its switch; the first is refused, not written over it."""
-    first, second = ModelStore(redis_client), ModelStore(redis_client)
+    first, second = ModelStore(redis_client, prefix=REDIS_PREFIX), ModelStore(redis_client, prefix=REDIS_PREFIX)
     emb = np.zeros((4, 2), np.float32)
     v1 = publish(first, form(emb, emb[0]), form(emb, emb[0]))
     switch = first._switch
@@ -178,14 +182,14 @@ def test_interleaved_writers_cannot_move_the_version_backwards(redis_client, mon
     v3 = second.manifest()["version"]
     assert info.value.kind == "version_moved" and info.value.retriable and v3 > v1
     refused = v3 - 1  # allocated by the first store before the second's
-    assert redis_client.ttl(KEYS.blob(refused, "light")) > 0  # never adopted: it expires
+    assert not redis_client.exists(KEYS.blob(refused, "light"))  # never adopted: deleted at once
     v4 = publish(first, form(emb + 1, emb[0], [0]), form(emb, emb[0], [0]))
     assert v4 > v3 and first.manifest()["tiers"]["light"]["kind"] == "full"
     assert [e["version"] for e in first.versions()] == [v4, v3, v1]
 
 
 def test_corrupt_blob_and_dangling_manifest_are_errors(redis_client):
-    store = ModelStore(redis_client)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX)
     emb = np.zeros((4, 2), np.float32)
     publish(store, form(emb, emb[0]), form(emb, emb[0]))
     key = store.manifest()["tiers"]["light"]["key"]
@@ -201,7 +205,7 @@ def test_corrupt_blob_and_dangling_manifest_are_errors(redis_client):
 
 
 def test_superseded_blobs_get_a_ttl_kept_ones_do_not(redis_client):
-    store = ModelStore(redis_client, keep_versions=2, full_every=1)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX, keep_versions=2, full_every=1)
     emb = np.zeros((4, 2), np.float32)
     versions = [publish(store, form(emb, emb[0]), form(emb, emb[0])) for _ in range(4)]
     ttl = {v: redis_client.ttl(store.keys.blob(v, "light")) for v in versions}
@@ -212,7 +216,7 @@ def test_superseded_blobs_get_a_ttl_kept_ones_do_not(redis_client):
 def test_a_blob_whose_bytes_changed_is_rejected_by_its_sha256(redis_client):
     """A blob replaced by valid safetensors of the same size (one weight changed) still parses; only
     the digest the manifest recorded tells it apart."""
-    store = ModelStore(redis_client)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX)
     emb = np.zeros((4, 2), np.float32)
     publish(store, form(emb, emb[0]), form(emb, emb[0]))
     key = store.manifest()["tiers"]["expressive"]["key"]
@@ -225,7 +229,7 @@ def test_a_blob_whose_bytes_changed_is_rejected_by_its_sha256(redis_client):
 
 
 def test_nonfinite_weights_are_refused_at_publish_and_rejected_at_load(redis_client):
-    store = ModelStore(redis_client)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX)
     emb = np.zeros((4, 2), np.float32)
     v1 = publish(store, form(emb, emb[0]), form(emb, emb[0]))
     bad = emb.copy()
@@ -246,7 +250,7 @@ def test_nonfinite_weights_are_refused_at_publish_and_rejected_at_load(redis_cli
 
 
 def test_delta_rows_outside_the_table_are_rejected(redis_client):
-    store = ModelStore(redis_client)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX)
     emb = np.zeros((4, 2), np.float32)
     publish(store, form(emb, emb[0]), form(emb, emb[0]))
     publish(store, form(emb, emb[0], [1]), form(emb, emb[0], [1]))
@@ -268,7 +272,7 @@ def blob_ttls(client: redis.Redis) -> dict[str, int]:
 def test_memory_is_bounded_by_the_count_of_kept_versions(redis_client):
     """With the defaults, a blob no kept version references expires within a minute (it was an hour,
     ~6 GB at one publish per second), and only the kept versions' blobs have no TTL."""
-    store = ModelStore(redis_client, keep_versions=3, full_every=4)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX, keep_versions=3, full_every=4)
     emb = np.zeros((64, 2), np.float32)
     for step in range(30):
         publish(store, form(emb, emb[0], [step % 64]), form(emb, emb[0], [step % 64]))
@@ -279,23 +283,53 @@ def test_memory_is_bounded_by_the_count_of_kept_versions(redis_client):
     assert len(kept) <= 2 * (3 + 4)  # both tiers: the kept versions' chains back to their full snapshots
 
 
-def test_blobs_of_a_failed_publish_and_leftover_blobs_expire(own_redis):
-    """Redis refuses the second blob (out of memory): the first one, written, has a TTL. A blob left
-    without a TTL (an older learner's crash) gets one at the next store's first publish."""
+def test_blobs_of_a_failed_publish_are_deleted_and_leftover_blobs_expire(own_redis):
+    """Redis at ``maxmemory`` (noeviction) refuses the second blob of a publish: the first one, already
+    written, is deleted at once (it used to keep its 10-minute pending TTL, pinning memory while the
+    learner retried full versions every second and item statistics writes failed), and the retry
+    publishes. A blob left without a TTL (an older learner's crash) gets one at the next store's first
+    publish."""
     client = redis.Redis.from_url(own_redis.endpoint())
     try:
         client.set(KEYS.blob(0, "light"), b"left by a crash")  # no TTL
-        ModelStore(client).publish({"light": form(np.zeros((4, 2), np.float32), np.ones(2, np.float32))},
-                                   trained_until_event_ts_ms=1, trained_until_finalized_ts_ms=1, samples_seen=1)
+        ModelStore(client, prefix=REDIS_PREFIX).publish(
+            {"light": form(np.zeros((4, 2), np.float32), np.ones(2, np.float32))},
+            trained_until_event_ts_ms=1, trained_until_finalized_ts_ms=1, samples_seen=1)
         assert 0 < client.ttl(KEYS.blob(0, "light")) <= 60
         small, big = np.zeros((4, 2), np.float32), np.zeros((1 << 21, 4), np.float32)  # 32 MiB
         used = int(client.info("memory")["used_memory"])
         client.config_set("maxmemory", used + (16 << 20))  # room for the light blob, not the expressive one
         client.config_set("maxmemory-policy", "noeviction")
+        store = ModelStore(client, prefix=REDIS_PREFIX)
         with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):  # Redis OOM
-            ModelStore(client).publish({"light": form(small, small[0]), "expressive": form(big, big[0])},
-                                       trained_until_event_ts_ms=1, trained_until_finalized_ts_ms=1, samples_seen=1)
-        orphan = [k for k in blob_ttls(client) if k not in (KEYS.blob(0, "light"), KEYS.blob(1, "light"))]
-        assert orphan and all(client.ttl(k) > 0 for k in orphan), blob_ttls(client)
+            store.publish({"light": form(small, small[0]), "expressive": form(big, big[0])},
+                          trained_until_event_ts_ms=1, trained_until_finalized_ts_ms=1, samples_seen=1)
+        assert set(blob_ttls(client)) == {KEYS.blob(0, "light"), KEYS.blob(1, "light")}  # the light one deleted
+        client.connection_pool.disconnect()  # frees the refused 32 MiB argument's query buffer in Redis
+        version = store.publish({"light": form(small, small[0]), "expressive": form(small, small[0])},
+                                trained_until_event_ts_ms=1, trained_until_finalized_ts_ms=1, samples_seen=1)
+        assert store.load().version == version
     finally:
         client.close()
+
+
+def test_an_incremental_load_after_redis_lost_its_data_never_mixes_two_models(redis_client):
+    """Redis loses its data; a learner restarted from a checkpoint numbers versions again from the
+    same floor, so the new chain's blob keys repeat the served chain's. The router's incremental load
+    must not keep the old arrays under the same key names: the digests differ, so it reads the chain."""
+    emb, w = np.zeros((16, 2), np.float32), np.ones(2, np.float32)
+    before = ModelStore(redis_client, prefix=REDIS_PREFIX)
+    publish(before, form(emb, w), form(emb, w))
+    publish(before, form(emb, w, [1]), form(emb, w, [1]))
+    served = before.load()
+    redis_client.flushdb()  # data lost; the learner restarts with the floor of its checkpoint (0 here)
+    after = ModelStore(redis_client, prefix=REDIS_PREFIX)
+    other = np.full((16, 2), 5, np.float32)
+    publish(after, form(other, w * 2), form(other, w * 2))
+    publish(after, form(other, w * 2, [2]), form(other, w * 2, [2]))
+    publish(after, form(other, w * 3, [3]), form(other, w * 3, [3]))
+    assert served.manifest["tiers"]["light"]["chain"] == after.manifest()["tiers"]["light"]["chain"][:2]
+    loaded = after.load(current=served)
+    for tier in ("light", "expressive"):
+        np.testing.assert_array_equal(loaded.tiers[tier][0]["emb"], other)
+        np.testing.assert_array_equal(loaded.tiers[tier][0]["w"], w * 3)

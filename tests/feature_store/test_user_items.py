@@ -1,10 +1,11 @@
 """The per-user store of what a user was shown and clicked: as of a time, and bounded."""
 
+from deploy.settings import REDIS_PREFIX
 from feature_store.user_items import CLICKED, SHOWN, UserItems, user_items_key
 
 
 def test_only_events_strictly_before_the_read_count(redis_client):
-    store = UserItems(redis_client)
+    store = UserItems(redis_client, REDIS_PREFIX)
     store.record([("u1", "n1", SHOWN, 1_000), ("u1", "n1", CLICKED, 3_000), ("u1", "n1", SHOWN, 5_000)])
     [at_1000] = store.read("u1", ["n1"], 1_000, ())
     assert at_1000 == {"user_seen": 0.0, "user_clicked": 0.0, "in_history": 0.0}
@@ -12,13 +13,13 @@ def test_only_events_strictly_before_the_read_count(redis_client):
     assert (at_2000["user_seen"], at_2000["user_clicked"]) == (1.0, 0.0)
     assert (unseen["user_seen"], unseen["in_history"]) == (0.0, 1.0)
     assert store.read("u1", ["n1"], 4_000, ())[0]["user_clicked"] == 1.0
-    assert redis_client.zscore(user_items_key("u1"), f"{SHOWN}:n1") == 1_000  # the first time is kept
+    assert redis_client.zscore(user_items_key("u1", REDIS_PREFIX), f"{SHOWN}:n1") == 1_000  # the first time is kept
 
 
 def test_the_store_keeps_at_most_cap_items_per_user_and_expires(redis_client):
-    store = UserItems(redis_client, cap=5, ttl_s=60)
+    store = UserItems(redis_client, REDIS_PREFIX, cap=5, ttl_s=60)
     store.record([("u1", f"n{i}", SHOWN, 1_000 * i) for i in range(12)])
-    key = user_items_key("u1")
+    key = user_items_key("u1", REDIS_PREFIX)
     assert redis_client.zcard(key) == 5
     kept = [m.decode() for m in redis_client.zrange(key, 0, -1)]
     assert kept == [f"{SHOWN}:n{i}" for i in range(7, 12)]  # the oldest went first

@@ -16,6 +16,7 @@ from kafka.structs import TopicPartition
 from prometheus_client import REGISTRY
 
 from deploy.pipeline import Component
+from deploy.settings import REDIS_PREFIX
 from deploy.stack.process import free_port
 from feature_store.connection import RedisEndpoint
 from feature_store.featurize import hash_id
@@ -63,7 +64,7 @@ def test_sigkill_and_restart_trains_every_group_exactly_once(kafka_bootstrap, re
     trainer, state = trained_state(tmp_path)
     assert trainer.samples_seen == sum(len(g.items) for g in groups)
     assert set(state["seen"]) == {g.group_id for g in groups}
-    assert ModelStore(redis_client).manifest()["samples_seen"] == trainer.samples_seen
+    assert ModelStore(redis_client, prefix=REDIS_PREFIX).manifest()["samples_seen"] == trainer.samples_seen
 
 
 def test_sigterm_under_traffic_trains_every_polled_group_before_it_stops(kafka_bootstrap, redis_url, redis_client,
@@ -108,11 +109,12 @@ def test_sigterm_under_traffic_trains_every_polled_group_before_it_stops(kafka_b
     trainer, state = trained_state(tmp_path)
     assert set(state["seen"]) == {g.group_id for g in sent}
     assert trainer.samples_seen == sum(len(g.items) for g in sent)  # every distinct group, exactly once
-    assert ModelStore(redis_client).manifest()["samples_seen"] == trainer.samples_seen
+    assert ModelStore(redis_client, prefix=REDIS_PREFIX).manifest()["samples_seen"] == trainer.samples_seen
 
 
 def service(kafka_bootstrap, redis_url, topic, tmp_path, trainer=None, **kwargs) -> LearnerService:
-    cfg = LearnerConfig(bootstrap=kafka_bootstrap, redis=RedisEndpoint(redis_url), samples_topic=topic,
+    cfg = LearnerConfig(bootstrap=kafka_bootstrap, redis=RedisEndpoint(redis_url), redis_prefix=REDIS_PREFIX,
+                        samples_topic=topic,
                         checkpoint_path=tmp_path / "ckpt.safetensors", publish_s=0.2, checkpoint_s=0.5, **kwargs)
     return LearnerService(cfg, trainer or OnlineTrainer(seed=0))
 
@@ -174,7 +176,7 @@ def test_nonfinite_features_and_steps_never_reach_the_published_weights(kafka_bo
     assert svc.trainer.samples_seen == sum(len(g.items) for g in good)  # the other groups of their batches too
     assert counter("hap_learner_nonfinite_steps_total") - steps_before >= 1  # the batch, then the group alone
     assert checkpoint.weights_finite(svc.trainer)
-    loaded = ModelStore(redis_client).load()
+    loaded = ModelStore(redis_client, prefix=REDIS_PREFIX).load()
     assert loaded.manifest["samples_seen"] == svc.trainer.samples_seen
     for name, (tensors, _) in loaded.tiers.items():
         for key, value in tensors.items():
@@ -220,7 +222,7 @@ def test_a_learner_whose_lease_was_taken_over_stops_without_publishing_or_checkp
         time.sleep(0.1)
     before = svc.store.manifest()
     redis_client.delete(svc.store.keys.lease)  # as if it had expired: another learner takes over
-    other = WriterLease(redis_client, holder="other")
+    other = WriterLease(redis_client, prefix=REDIS_PREFIX, holder="other")
     assert other.acquire() and other.term == svc.lease.term + 1
     fenced_before = counter("hap_learner_fenced_total", kind="lease_lost")
     produce(kafka_bootstrap, topic, groups[8:])

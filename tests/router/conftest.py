@@ -9,6 +9,7 @@ import redis
 import torch
 from aiohttp.test_utils import TestClient, TestServer
 
+from deploy.settings import REDIS_PREFIX
 from feature_store.model_store import ModelStore, TierForm
 from learner.models import ExpressiveCross, LightTwoTower
 from router.app import make_app
@@ -18,7 +19,7 @@ def publish(client: redis.Redis, seed: int, store: ModelStore | None = None) -> 
     """Publish a version of randomly initialised tiers (distinct per seed)."""
     torch.manual_seed(seed)
     tiers = {m.name: TierForm(*m.export()) for m in (LightTwoTower(dim=8), ExpressiveCross(dim=8))}
-    return (store or ModelStore(client, keep_versions=100)).publish(
+    return (store or ModelStore(client, prefix=REDIS_PREFIX, keep_versions=100)).publish(
         tiers, trained_until_event_ts_ms=1, trained_until_finalized_ts_ms=1, samples_seen=seed)
 
 
@@ -35,7 +36,7 @@ def body(n: int = 50, **extra) -> dict:
 
 @contextlib.asynccontextmanager
 async def serve(client: redis.Redis, **kwargs):
-    app = make_app(client, poll_s=0.1, **kwargs)
+    app = make_app(client, prefix=REDIS_PREFIX, poll_s=0.1, **kwargs)
     async with TestClient(TestServer(app)) as http:
         for _ in range(100):
             if (await http.get("/readyz")).status == 200:

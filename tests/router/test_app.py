@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
 
+from deploy.settings import REDIS_PREFIX
+from feature_store.model_store import ModelStore
 from router.prerank import BadRequest, TooManyCandidates, parse_request
 
 from .conftest import body, publish, serve
@@ -87,6 +89,55 @@ def test_every_5xx_is_counted_and_a_failure_is_a_json_500(redis_client, monkeypa
     assert errors("internal") - before == 1
 
 
+def test_every_response_names_the_served_version_and_v1_model_says_what_is_loaded(redis_client):
+    async def before_a_model():
+        async with serve(redis_client) as http:
+            model = await http.get("/v1/model")
+            health = await http.get("/healthz")
+            return model.status, "X-Model-Version" in model.headers, "X-Model-Version" in health.headers
+
+    async def with_a_model():
+        async with serve(redis_client) as http:
+            answers = [await http.post("/v1/prerank", json=body()), await http.post("/v1/prerank", data=b"{nope"),
+                       await http.get("/readyz"), await http.get("/healthz"), await http.get("/metrics"),
+                       await http.get("/nowhere"), await http.get("/v1/model")]
+            return [(r.status, r.headers.get("X-Model-Version")) for r in answers], await answers[-1].json()
+
+    assert asyncio.run(before_a_model()) == (503, False, False)
+    version = publish(redis_client, 3)
+    manifest = ModelStore(redis_client, prefix=REDIS_PREFIX).manifest()
+    answers, info = asyncio.run(with_a_model())
+    assert answers == [(status, str(version)) for status in (200, 400, 200, 200, 200, 404, 200)]
+    assert info["version"] == version and set(info["tiers"]) == {"light", "expressive"}
+    assert info["tiers"]["light"]["spec"] == manifest["tiers"]["light"]["spec"]
+    assert info["tiers"]["expressive"]["kind"] == "full"
+    assert info["trained_until_event_ts_ms"] == manifest["trained_until_event_ts_ms"]
+    assert info["published_ts_ms"] == manifest["published_ts_ms"] <= info["loaded_ts_ms"]
+    assert "rollback" not in info
+
+
+def test_a_draining_router_is_not_ready_but_still_serves(redis_client):
+    from router import metrics
+    from router.drain import Drain
+
+    publish(redis_client, 1)
+    drain = Drain()
+
+    async def go():
+        async with serve(redis_client, drain=drain) as http:
+            drain.begin()
+            ready = await http.get("/readyz")
+            answer = await http.post("/v1/prerank", json=body())
+            return ready.status, await ready.json(), answer.status, answer.headers.get("Connection")
+
+    before = metrics.ERRORS.labels("draining")._value.get()
+    status, ready, served, connection = asyncio.run(go())
+    assert (status, served, connection) == (503, 200, "close")  # clients reconnect, to a replica in rotation
+    assert ready["reason"].startswith("draining")
+    assert not list(response_schema("/readyz", "get", 503).iter_errors(ready))
+    assert metrics.ERRORS.labels("draining")._value.get() - before == 1
+
+
 # -- the contract: the OpenAPI document is valid, answers match it, and it agrees with the validation ------
 SPEC_PATH = Path(__file__).resolve().parents[2] / "router" / "openapi.yaml"
 
@@ -114,14 +165,15 @@ def test_every_answer_matches_the_spec(redis_client, monkeypatch):
     async def before_a_model():
         async with serve(redis_client) as http:
             out = [("/v1/prerank", "post", await http.post("/v1/prerank", json=body())),
-                   ("/readyz", "get", await http.get("/readyz")), ("/healthz", "get", await http.get("/healthz"))]
+                   ("/readyz", "get", await http.get("/readyz")), ("/healthz", "get", await http.get("/healthz")),
+                   ("/v1/model", "get", await http.get("/v1/model"))]
             return [(p, m, r.status, await r.json()) for p, m, r in out]
 
     async def with_a_model():
         async with serve(redis_client, max_candidates=100) as http:
             out = [("/v1/prerank", "post", await http.post("/v1/prerank", json=body(60, budget_count=7))),
                    ("/v1/prerank", "post", await http.post("/v1/prerank", json=body(60, budget_fraction=1.0))),
-                   ("/readyz", "get", await http.get("/readyz"))]
+                   ("/readyz", "get", await http.get("/readyz")), ("/v1/model", "get", await http.get("/v1/model"))]
             for bad in (b"{nope", b'{"request_id": "r"}', b'{"request_id": "r", "user_id": "u", "candidates": '
                         b'[{"item_id": "a"}, {"item_id": "a"}]}'):
                 out.append(("/v1/prerank", "post", await http.post("/v1/prerank", data=bad)))

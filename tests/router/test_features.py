@@ -9,9 +9,11 @@ import numpy as np
 import redis
 from prometheus_client import REGISTRY
 
+from deploy.settings import REDIS_PREFIX
 from feature_store.featurize import FEATURES, dense_stats, featurize_items
 from feature_store.item_stats import ItemStats
 from feature_store.model_store import LoadedVersion
+from feature_store.user_features import user_features_key
 from router.features import ROW_BYTES, FeatureCache, inline_matrix
 from router.holder import build
 from router.stats_reader import ABSENT, MALFORMED, OK, StatsReader
@@ -28,7 +30,7 @@ def count(name: str, kind: str) -> float:
 def fill(client: redis.Redis, now_ms: int) -> list[str]:
     """Items with buckets inside and outside every window (up to 25 h old: the writer prunes what
     left its window more than an hour before), one with only the open minute."""
-    stats = ItemStats(client)
+    stats = ItemStats(client, prefix=REDIS_PREFIX)
     rng = np.random.default_rng(0)
     events = []
     for n in range(30):
@@ -43,8 +45,9 @@ def fill(client: redis.Redis, now_ms: int) -> list[str]:
 def test_array_read_equals_window_stats_in_both_read_paths(redis_client):
     now_ms = 1_000 * 3_600_000 + 123_456
     ids = fill(redis_client, now_ms) + ["absent"]
-    expected = np.array([dense_stats(s) for s in ItemStats(redis_client).read(ids, now_ms)], np.float32)
-    reader = StatsReader(redis_client, batch=7)
+    stats = ItemStats(redis_client, prefix=REDIS_PREFIX)
+    expected = np.array([dense_stats(s) for s in stats.read(ids, now_ms)], np.float32)
+    reader = StatsReader(redis_client, prefix=REDIS_PREFIX, batch=7)
     for scripts in (True, False):
         reader.scripts_work = scripts
         raw, state = reader.read(ids, now_ms)
@@ -54,10 +57,11 @@ def test_array_read_equals_window_stats_in_both_read_paths(redis_client):
 
 def test_malformed_statistics_hash_is_a_counted_default_in_both_read_paths(redis_client):
     now_ms = 500 * 3_600_000
-    ItemStats(redis_client).record([("good", "exp", now_ms - 2 * MIN)])
-    redis_client.hset("hap:stats:item:bad-field", mapping={"nonsense": 3, f"m:exp:{now_ms // MIN - 2}": 1})
-    redis_client.hset("hap:stats:item:bad-value", f"m:exp:{now_ms // MIN - 2}", "many")
-    reader = StatsReader(redis_client)
+    stats = ItemStats(redis_client, prefix=REDIS_PREFIX)
+    stats.record([("good", "exp", now_ms - 2 * MIN)])
+    redis_client.hset(stats.key("bad-field"), mapping={"nonsense": 3, f"m:exp:{now_ms // MIN - 2}": 1})
+    redis_client.hset(stats.key("bad-value"), f"m:exp:{now_ms // MIN - 2}", "many")
+    reader = StatsReader(redis_client, prefix=REDIS_PREFIX)
     for scripts in (True, False):
         reader.scripts_work = scripts
         raw, state = reader.read(["good", "bad-field", "bad-value"], now_ms)
@@ -76,11 +80,11 @@ def dense_stats_matrix_of(raw: np.ndarray) -> np.ndarray:
 def test_lookup_matches_featurize_items_and_counts_only_items_without_statistics(redis_client):
     now_ms = int(time.time() * 1000)
     ids = fill(redis_client, now_ms) + ["absent-1", "absent-2"]
-    cache = FeatureCache(redis_client)
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX)
     before = count("missing_features", "item_stats")
     found = cache.lookup(ids, ["video", "news"] * (len(ids) // 2) + ["video"] * (len(ids) % 2))
     expected = featurize_items(ids, ["video", "news"] * (len(ids) // 2) + ["video"] * (len(ids) % 2),
-                               ItemStats(redis_client).read(ids, int(time.time() * 1000)))
+                               ItemStats(redis_client, prefix=REDIS_PREFIX).read(ids, int(time.time() * 1000)))
     np.testing.assert_array_equal(found.items.item_idx, expected.item_idx)
     np.testing.assert_array_equal(found.items.ctype_idx, expected.ctype_idx)
     np.testing.assert_allclose(found.items.dense, expected.dense, atol=1e-6)
@@ -95,9 +99,9 @@ def test_inline_statistics_become_the_same_dense_rows():
 
 def test_a_stale_row_serves_while_it_is_refreshed_in_the_background(redis_client):
     now_ms = int(time.time() * 1000)
-    stats = ItemStats(redis_client)
+    stats = ItemStats(redis_client, prefix=REDIS_PREFIX)
     stats.record([("s1", "exp", now_ms - 5 * MIN)])
-    cache = FeatureCache(redis_client, ttl_s=0.05)
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX, ttl_s=0.05)
     first = cache.lookup(["s1"], ["video"]).items.dense.copy()
     stats.record([("s1", "exp", now_ms - 5 * MIN)] * 50)
     time.sleep(0.1)
@@ -116,8 +120,8 @@ def test_a_stale_row_serves_while_it_is_refreshed_in_the_background(redis_client
 
 def test_a_redis_outage_gives_counted_defaults_and_keeps_stale_rows(own_redis):
     client = redis.Redis.from_url(own_redis.endpoint(), socket_timeout=0.2, socket_connect_timeout=0.2)
-    ItemStats(client).record([("k1", "exp", int(time.time() * 1000) - 5 * MIN)] * 3)
-    cache = FeatureCache(client, ttl_s=0.01)
+    ItemStats(client, prefix=REDIS_PREFIX).record([("k1", "exp", int(time.time() * 1000) - 5 * MIN)] * 3)
+    cache = FeatureCache(client, prefix=REDIS_PREFIX, ttl_s=0.01)
     known = cache.lookup(["k1"], ["video"]).items.dense.copy()
     own_redis.process.stop()
     time.sleep(0.05)
@@ -133,9 +137,9 @@ def test_a_redis_outage_gives_counted_defaults_and_keeps_stale_rows(own_redis):
 
 
 def test_the_table_is_bounded_in_bytes_and_evicts_the_least_recently_used(redis_client):
-    cache = FeatureCache(redis_client, max_bytes=1, capacity=None)
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX, max_bytes=1, capacity=None)
     assert cache.capacity * ROW_BYTES >= 1  # the floor of rows
-    small = FeatureCache(redis_client, capacity=1000)
+    small = FeatureCache(redis_client, prefix=REDIS_PREFIX, capacity=1000)
     for start in range(0, 5000, 500):
         ids = [f"e{n}" for n in range(start, start + 500)]
         found = small.lookup(ids, ["video"] * 500)
@@ -147,7 +151,7 @@ def test_the_table_is_bounded_in_bytes_and_evicts_the_least_recently_used(redis_
 
 def test_cached_item_vectors_follow_their_features(redis_client):
     model = build(LoadedVersion(1, tiers_of(seed=3), {"version": 1}))
-    cache = FeatureCache(redis_client)
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX)
     ids = [f"v{n}" for n in range(20)]
     cache.put(ids, [{"exp_1h": float(n)} for n in range(20)])
     found = cache.lookup(ids, ["video"] * 20)
@@ -174,7 +178,7 @@ def test_cached_item_vectors_follow_their_features(redis_client):
 def test_rows_read_together_go_stale_spread_over_the_second_half_of_the_ttl(redis_client, monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the cache's clock (threading keeps its own)
-    cache = FeatureCache(redis_client, ttl_s=1.0)
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX, ttl_s=1.0)
     ids = [f"j{n}" for n in range(1000)]
     cache.put(ids, [{"exp_1h": 1.0}] * 1000)
     clock[0] += 0.75  # half-way through [ttl / 2, ttl]
@@ -197,7 +201,7 @@ def test_a_request_with_inline_statistics_scores_as_the_per_item_featurization(r
     req = parse_request({"request_id": "r", "user_id": "u", "k": 10, "budget_fraction": 0.3, "candidates": cands,
                          "user_features": {"history": ["q1", "q2"]}}, max_candidates=100)
     model = build(LoadedVersion(1, tiers_of(seed=5), {"version": 1}))
-    cache = FeatureCache(redis_client)
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX)
     out = score(model, cache, req)
     items = featurize_items([c["item_id"] for c in cands], [c["content_type"] for c in cands], stats)
     user = featurize_user("u", {"history": ["q1", "q2"]})
@@ -211,10 +215,10 @@ def test_a_request_with_inline_statistics_scores_as_the_per_item_featurization(r
 
 
 def test_user_histories_are_cached_refreshed_in_the_background_and_bounded(redis_client):
-    redis_client.set("hap:feat:user:w", b'{"history": ["a", "b"]}')
-    cache = FeatureCache(redis_client, ttl_s=0.05, user_max_bytes=5_000)
+    redis_client.set(user_features_key("w", REDIS_PREFIX), b'{"history": ["a", "b"]}')
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX, ttl_s=0.05, user_max_bytes=5_000)
     assert cache.user_features("w") == {"history": ["a", "b"]}
-    redis_client.set("hap:feat:user:w", b'{"history": ["c"]}')
+    redis_client.set(user_features_key("w", REDIS_PREFIX), b'{"history": ["c"]}')
     time.sleep(0.1)
     assert cache.user_features("w") == {"history": ["a", "b"]}  # stale: served, re-read queued
     deadline = time.monotonic() + 10
@@ -222,7 +226,7 @@ def test_user_histories_are_cached_refreshed_in_the_background_and_bounded(redis
         time.sleep(0.05)
     assert cache.user_features("w") == {"history": ["c"]}
     for n in range(50):
-        redis_client.set(f"hap:feat:user:x{n}", b'{"history": ["' + b"h" * 200 + b'"]}')
+        redis_client.set(user_features_key(f"x{n}", REDIS_PREFIX), b'{"history": ["' + b"h" * 200 + b'"]}')
         cache.user_features(f"x{n}")
     cache.stop()
     assert cache.user_bytes <= 5_000 and "x49" in cache.users and "x0" not in cache.users

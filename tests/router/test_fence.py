@@ -5,8 +5,10 @@ import json
 
 from prometheus_client import REGISTRY
 
+from deploy.settings import REDIS_PREFIX
 from feature_store.lease import WriterLease
 from feature_store.model_store import ModelStore
+from router import holder as holder_module
 from router.holder import ModelHolder
 
 from .conftest import publish
@@ -17,14 +19,14 @@ def stale_versions() -> float:
 
 
 def test_a_recorded_rollback_is_taken_and_a_stale_lower_version_is_not(redis_client):
-    lease = WriterLease(redis_client)
+    lease = WriterLease(redis_client, prefix=REDIS_PREFIX)
     assert lease.acquire()
-    learner = ModelStore(redis_client, keep_versions=100, lease=lease)
+    learner = ModelStore(redis_client, prefix=REDIS_PREFIX, keep_versions=100, lease=lease)
     v1, v2 = publish(redis_client, 1, learner), publish(redis_client, 2, learner)
-    holder = ModelHolder(redis_client)
+    holder = ModelHolder(redis_client, prefix=REDIS_PREFIX)
     assert holder.refresh() and holder.current.version == v2
 
-    ModelStore(redis_client).rollback(v1, reason="test")
+    ModelStore(redis_client, prefix=REDIS_PREFIX).rollback(v1, reason="test")
     rollback = redis_client.get(learner.keys.manifest)
     assert holder.refresh() and holder.current.version == v1  # lower, and recorded: taken
 
@@ -39,3 +41,48 @@ def test_a_recorded_rollback_is_taken_and_a_stale_lower_version_is_not(redis_cli
         assert holder.current.version == v3
     assert stale_versions() - before == 2  # each counted once, not at every poll
 
+
+
+def test_a_newer_version_landing_while_a_bad_one_is_verified_is_loaded(redis_client, monkeypatch):
+    """Version N fails verification; N+1, published while N was being verified, is still loaded
+    (only N is recorded as rejected, not whatever the manifest holds when N fails)."""
+    store = ModelStore(redis_client, keep_versions=100)
+    good = publish(redis_client, 1, store)
+    holder = ModelHolder(redis_client)
+    assert holder.refresh() and holder.current.version == good
+    bad = publish(redis_client, 2, store)
+    real_verify = holder_module.verify
+
+    def verify_while_newer_lands(loaded, served=None):
+        if loaded.version == bad:
+            publish(redis_client, 3, store)
+            raise holder_module.VersionRejected(bad, "bad for the test")
+        return real_verify(loaded, served)
+
+    monkeypatch.setattr(holder_module, "verify", verify_while_newer_lands)
+    assert not holder.refresh() and holder.current.version == good
+    assert holder.refresh() and holder.current.version == bad + 1
+
+
+def test_a_manifest_that_goes_backwards_after_the_check_is_not_loaded(redis_client, monkeypatch):
+    """The manifest read for the stale-version check is the one loaded: a failover that puts an older
+    manifest in place between the check and the load does not sneak it in."""
+    store = ModelStore(redis_client, keep_versions=100)
+    v1 = publish(redis_client, 1, store)
+    old = redis_client.get(store.keys.manifest)
+    holder = ModelHolder(redis_client)
+    assert holder.refresh() and holder.current.version == v1
+    v2 = publish(redis_client, 2, store)
+    read = holder.store.manifest
+
+    def read_then_fail_over():
+        manifest = read()
+        redis_client.set(store.keys.manifest, old)  # a replica behind is promoted right after the check
+        return manifest
+
+    monkeypatch.setattr(holder.store, "manifest", read_then_fail_over)
+    before = stale_versions()
+    assert holder.refresh() and holder.current.version == v2
+    monkeypatch.setattr(holder.store, "manifest", read)
+    assert not holder.refresh() and holder.current.version == v2  # the old manifest now: refused, counted
+    assert stale_versions() - before == 1

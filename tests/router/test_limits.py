@@ -10,6 +10,10 @@ import sys
 import pytest
 from prometheus_client import REGISTRY
 
+from deploy.settings import REDIS_PREFIX
+from feature_store.item_stats import ItemStats
+from feature_store.user_features import user_features_key
+
 from .conftest import body, publish, serve
 from .test_app import schema_of
 
@@ -72,8 +76,8 @@ def test_values_at_the_bounds_are_accepted_and_score_finite(redis_client):
 
 def test_malformed_statistics_and_history_in_redis_are_counted_defaults(redis_client):
     publish(redis_client, 1)
-    redis_client.hset("hap:stats:item:i1", mapping={"nonsense": "1"})
-    redis_client.hset("hap:stats:item:i2", "m:exp:1", "many")
+    redis_client.hset(ItemStats(redis_client, REDIS_PREFIX).key("i1"), mapping={"nonsense": "1"})
+    redis_client.hset(ItemStats(redis_client, REDIS_PREFIX).key("i2"), "m:exp:1", "many")
     histories = [b'{"history": 5}', b'{"history": [1, 2]}', b"not json", b"[1]",
                  b'{"history": ["' + b"h" * 300 + b'"]}']
 
@@ -81,7 +85,7 @@ def test_malformed_statistics_and_history_in_redis_are_counted_defaults(redis_cl
         async with serve(redis_client) as http:
             out = []
             for n, history in enumerate(histories):
-                redis_client.set(f"hap:feat:user:u{n}", history)
+                redis_client.set(user_features_key(f"u{n}", REDIS_PREFIX), history)
                 resp = await http.post("/v1/prerank", json=body(5, user_id=f"u{n}"))
                 out.append((resp.status, await resp.json()))
             return out

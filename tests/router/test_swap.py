@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import redis
 
+from deploy.settings import REDIS_PREFIX
 from feature_store.featurize import featurize_user
 from feature_store.model_store import ModelStore
 from feature_store.policies import budget_count, merge, route
@@ -17,7 +18,7 @@ from .conftest import body, publish, serve
 
 
 def test_no_request_sees_mixed_versions_while_versions_swap(redis_client):
-    store = ModelStore(redis_client, keep_versions=100)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX, keep_versions=100)
     publish(redis_client, 0, store)
     done = threading.Event()
 
@@ -37,7 +38,8 @@ def test_no_request_sees_mixed_versions_while_versions_swap(redis_client):
 
     responses = asyncio.run(go())
     assert len({r["version"] for r in responses}) > 3
-    items, _ = FeatureCache(redis_client).item_batch([f"i{i}" for i in range(40)], ["video"] * 40, [None] * 40)
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX)
+    items, _ = cache.item_batch([f"i{i}" for i in range(40)], ["video"] * 40, [None] * 40)
     user = featurize_user("u", {})
     checked = responses[:: max(1, len(responses) // 25)]
     for r in checked:

@@ -14,6 +14,7 @@ import torch
 from prometheus_client import REGISTRY
 from safetensors.numpy import save as st_save
 
+from deploy.settings import REDIS_PREFIX
 from feature_store.featurize import ID_BUCKETS
 from feature_store.model_store import LoadedVersion, ModelStore, TierForm
 from learner.models import ExpressiveCross, LightTwoTower
@@ -47,7 +48,7 @@ def load_errors() -> float:
 
 
 def test_bad_versions_are_skipped_and_the_swap_loop_survives(redis_client):
-    store = ModelStore(redis_client, keep_versions=100, full_every=100)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX, keep_versions=100, full_every=100)
     good = put(store, tiers(seed=1))
 
     def wrong_shape():
@@ -124,7 +125,7 @@ def test_verify_rejects_nonfinite_values_and_accepts_what_the_learner_exports():
 
 
 def test_the_first_version_is_verified_too(redis_client):
-    store = ModelStore(redis_client)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX)
     forms = tiers(seed=7)
     name = dense_matrix(forms["light"])
     forms["light"].tensors[name] = forms["light"].tensors[name].T.copy()

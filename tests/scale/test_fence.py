@@ -13,6 +13,7 @@ from kafka import KafkaProducer
 
 from deploy.pipeline import Component
 from deploy.scrape import scrape
+from deploy.settings import REDIS_PREFIX
 from deploy.stack.process import free_port
 from feature_store.lease import LEASE_TTL_S, WriterLease
 from feature_store.model_store import ModelStore
@@ -42,7 +43,7 @@ def wait_for(condition, timeout_s: float) -> bool:
 def test_one_writer_at_a_time_and_a_killed_one_is_replaced_with_a_higher_term(kafka_bootstrap, redis_url,
                                                                              redis_client, topic_prefix, tmp_path):
     ensure_topics(kafka_bootstrap, topic_prefix)
-    store = ModelStore(redis_client)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX)
     stop = threading.Event()
     seen: list[tuple[int, int]] = []  # (version, term) of every manifest observed, in order
 
@@ -94,7 +95,7 @@ def test_one_writer_at_a_time_and_a_killed_one_is_replaced_with_a_higher_term(ka
         assert takeover_s <= LEASE_TTL_S + 5, takeover_s  # the TTL, one retry interval, scrape delays
 
         redis_client.delete(store.keys.lease)  # the second's lease expires under it; another writer takes it
-        thief = WriterLease(redis_client, holder="thief")
+        thief = WriterLease(redis_client, prefix=REDIS_PREFIX, holder="thief")
         assert thief.acquire() and thief.term == term + 2
         assert second.proc.wait(60) == 1, second.log_tail()
         assert "stopping: " in second.log_tail(50) and "taken over" in second.log_tail(50)

@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from deploy.settings import Settings
+from deploy.settings import REDIS_PREFIX, Settings
 from deploy.stack.services import LocalRedisCluster, RedisClusterNode, cluster_ports, node_command
 from feature_store.connection import RedisEndpoint
 from feature_store.featurize import ITEM_STAT_FEATURES
@@ -107,48 +107,49 @@ def test_every_component_on_a_redis_cluster_and_a_failover_of_the_model_keys_mas
     assert isinstance(client, RedisCluster), f"{cluster.url} did not give a cluster client"
     with pytest.raises(redis.ConnectionError, match="(?i)auth"):
         RedisEndpoint(cluster.url).client().get("hap:anything")  # no password, no access
-    stat_keys = [ItemStats(client).key(i) for i in ITEMS]
+    stat_keys = [ItemStats(client, prefix=REDIS_PREFIX).key(i) for i in ITEMS]
     masters = {master_of(cluster, key).name for key in stat_keys}
     assert len(masters) == 3, f"the items' statistics should span every master, not only {masters}"
 
     # streams: item statistics and user histories written through the cluster, read back as of a time
-    features = StreamFeatures(client)
+    features = StreamFeatures(client, prefix=REDIS_PREFIX)
     for n, item in enumerate(ITEMS):
-        features.count(ExposureEvent("r", "u1", item, MINUTE_MS, "exposure", position=0), 0)
+        features.count(ExposureEvent("r", "u1", item, MINUTE_MS, "exposure", position=0), 0, "hap.exposure", 0, 2 * n)
         if n % 2 == 0:
-            features.count(ExposureEvent("r", "u1", item, MINUTE_MS, "feedback", click=True), 0)
+            features.count(ExposureEvent("r", "u1", item, MINUTE_MS, "feedback", click=True), 0, "hap.exposure", 0,
+                           2 * n + 1)
     features.set_history("u1", ITEMS[:3])
-    features.flush()  # the write goes to the Redis thread; the read below runs after it on that thread
+    asyncio.run(features.write_counts())  # one script per item: each in its own slot
+    features.flush()  # the history's write goes to the Redis thread; the read below runs after it on that thread
     read = asyncio.run(features.read_groups([(ITEMS, 3 * MINUTE_MS, "u1", [])]))[0]
-    features.flush()  # takes back the counts a failed write could not store
     assert features.buffer == [] and features.redis.ready, "the streams' writes to the cluster failed"
     assert [s["exp_10m"] for s in read] == [1.0] * len(ITEMS)
     assert [s["clk_10m"] for s in read] == [float(n % 2 == 0) for n in range(len(ITEMS))]
 
     # router: the same statistics (read per item: one script cannot span slots) and the history
     now_ms = int(time.time() * 1000)
-    ItemStats(client).record([(item, "exp", now_ms - 2 * MINUTE_MS) for item in ITEMS])
-    cache = FeatureCache(client)
+    ItemStats(client, prefix=REDIS_PREFIX).record([(item, "exp", now_ms - 2 * MINUTE_MS) for item in ITEMS])
+    cache = FeatureCache(client, prefix=REDIS_PREFIX)
     raw, state = cache.reader.read(ITEMS, now_ms)
     assert (state == OK).all() and (raw[:, EXP_10M] == 1.0).all(), "the router read other statistics than written"
     assert cache.user_features("u1") == {"history": ITEMS[:3]}
 
     # learner: the writer lease and two versions; the router's holder swaps them in
-    lease = WriterLease(client, ttl_s=10)
+    lease = WriterLease(client, prefix=REDIS_PREFIX, ttl_s=10)
     assert lease.acquire() and lease.term == 1
     lease.keep()
-    store = ModelStore(client, keep_versions=100, lease=lease)
-    keys = ModelKeys()
+    store = ModelStore(client, prefix=REDIS_PREFIX, keep_versions=100, lease=lease)
+    keys = ModelKeys(REDIS_PREFIX)
     assert {key_slot(k.encode()) for k in (keys.manifest, keys.lease, keys.term, keys.blob(1, "light"))} \
         == {key_slot(keys.manifest.encode())}
-    holder = ModelHolder(settings.redis.client(timeout_s=0.5), poll_s=0.2)
+    holder = ModelHolder(settings.redis.client(timeout_s=0.5), prefix=REDIS_PREFIX, poll_s=0.2)
     holder.start()
     try:
         v1 = publish(client, 1, store)
         wait_for(f"the holder serving version {v1}", lambda: holder.current and holder.current.version == v1, 30)
         v2 = publish(client, 2, store)
         wait_for(f"the holder serving version {v2}", lambda: holder.current.version == v2, 10)
-        assert ModelStore(client).load().version == v2
+        assert ModelStore(client, prefix=REDIS_PREFIX).load().version == v2
 
         # SIGKILL the master of the model keys, once its replica has every acknowledged write
         victim = master_of(cluster, keys.manifest)
@@ -176,8 +177,8 @@ def test_every_component_on_a_redis_cluster_and_a_failover_of_the_model_keys_mas
         assert master_of(cluster, keys.manifest) is replica, f"{replica.name} was not promoted"
         assert lease.token is not None and lease.term == 1, "the learner lost its lease in the failover"
         wait_for(f"the holder serving version {v3}", lambda: holder.current.version == v3, 10)
-        assert ModelStore(client).load().version == v3
-        raw, state = FeatureCache(settings.redis.client()).reader.read(ITEMS, now_ms)
+        assert ModelStore(client, prefix=REDIS_PREFIX).load().version == v3
+        raw, state = FeatureCache(settings.redis.client(), prefix=REDIS_PREFIX).reader.read(ITEMS, now_ms)
         assert (state == OK).all() and (raw[:, EXP_10M] == 1.0).all(), "statistics lost in the failover"
         assert np.isfinite(raw).all()
         print(f"failover: publishing resumed {waited:.1f}s after the SIGKILL "
@@ -191,20 +192,17 @@ def test_every_component_on_a_redis_cluster_and_a_failover_of_the_model_keys_mas
             publish(client, 4)  # the learner counts it and retries (tests/deploy/test_faults.py)
         assert not holder.refresh() and holder.current.version == v3
         assert (REGISTRY.get_sample_value("hap_router_errors_total", {"kind": "model_rejected"}) or 0.0) == rejected
-        assert FeatureCache(client).lookup(["never-seen"], ["video"]).items.dense.shape[0] == 1
-        features.count(ExposureEvent("r", "u1", ITEMS[0], MINUTE_MS, "exposure", position=0), 0)
-        features.flush()
+        assert FeatureCache(client, prefix=REDIS_PREFIX).lookup(["never-seen"], ["video"]).items.dense.shape[0] == 1
         # as of a later minute (not read before): the no-statistics default while Redis is down
         assert asyncio.run(features.read_groups([(ITEMS[:1], 5 * MINUTE_MS, "u1", [])]))[0][0]["exp_10m"] == 0.0
-        features.flush()
-        assert len(features.buffer) == 1, "the count written while the cluster was down is not kept for later"
 
         # a client made while no node answers connects once the cluster is back (restarted from its AOF)
         late = settings.redis.client()
         with pytest.raises(redis.ConnectionError):
             late.get(keys.manifest)
         cluster.start(timeout_s=45)
-        assert ModelStore(late).manifest()["version"] == v3, "the restarted cluster lost the manifest"
+        manifest = ModelStore(late, prefix=REDIS_PREFIX).manifest()
+        assert manifest["version"] == v3, "the restarted cluster lost the manifest"
     finally:
         holder.stop()
         with contextlib.suppress(redis.RedisError):

@@ -32,6 +32,7 @@ import pytest
 
 from deploy.pipeline import Component
 from deploy.scrape import scrape
+from deploy.settings import REDIS_PREFIX
 from deploy.stack.process import free_port
 from feature_store.model_store import ModelStore
 from tests.router.conftest import body, publish
@@ -159,8 +160,8 @@ def propagation(routers: list[Router], store: ModelStore, version: int, seen: di
 
 def test_three_routers_reach_each_version_together_and_two_answer_when_one_is_killed(routers, redis_client):
     started = time.monotonic()
-    store = ModelStore(redis_client, keep_versions=100)
-    quiet = ModelStore(redis_client, keep_versions=100)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX, keep_versions=100)
+    quiet = ModelStore(redis_client, prefix=REDIS_PREFIX, keep_versions=100)
     quiet.channel = f"{quiet.channel}:nobody-listens"  # the same keys, the notification unheard: polls only
     payload = orjson.dumps(body(50))
 

@@ -1,6 +1,6 @@
-"""The streams' feature-store side against a real Redis: counts and histories written off the event
-loop, statistics read as of each request's minute and kept for it; with Redis down, defaults and
-nothing lost."""
+"""The streams' feature-store side against a real Redis: counts written once per input record (a
+replay adds nothing, an outage is waited out), histories off the event loop, statistics read as of
+each request's minute and kept for it; with Redis down, defaults."""
 
 import asyncio
 import time
@@ -8,7 +8,9 @@ import time
 import orjson
 import redis
 
+from deploy.settings import REDIS_PREFIX
 from deploy.stack.process import free_port
+from feature_store.user_features import user_features_key
 from streams.contract.schemas import ExposureEvent
 from streams.join.features import StreamFeatures
 
@@ -17,49 +19,99 @@ T = 1_700_000_040_000 // MINUTE * MINUTE  # a minute's start
 
 
 def written(features: StreamFeatures) -> None:
-    """Flush, then wait for the Redis thread's write."""
+    """Write the counts, flush the histories, then wait for the Redis thread's write."""
+    asyncio.run(features.write_counts())
     features.flush()
     features._writing.result(timeout=10)
 
 
 def test_counts_and_histories_are_written_and_statistics_read_once_per_minute(redis_client):
-    features = StreamFeatures(redis_client, prefix="hap:")
-    features.count(ExposureEvent("r", "u", "i1", T + 1_000, "exposure", position=0), 30_000)
-    features.count(ExposureEvent("r", "u", "i1", T + 2_000, "feedback", click=True), 30_000)
+    features = StreamFeatures(redis_client, prefix=REDIS_PREFIX)
+    features.count(ExposureEvent("r", "u", "i1", T + 1_000, "exposure", position=0), 30_000, "hap.exposure", 0, 1)
+    features.count(ExposureEvent("r", "u", "i1", T + 2_000, "feedback", click=True), 30_000, "hap.exposure", 0, 2)
     features.set_history("u", ["i1"])
     written(features)
-    assert orjson.loads(redis_client.get("hap:feat:user:u")) == {"history": ["i1"]}
+    assert orjson.loads(redis_client.get(user_features_key("u", REDIS_PREFIX))) == {"history": ["i1"]}
     [[same_minute, unknown], [next_minute]] = asyncio.run(
         features.read_groups([(["i1", "i9"], T + 30_000, "u", []), (["i1"], T + MINUTE + 1, "u", [])]))
     assert same_minute["exp_10m"] == 0.0 and unknown["exp_1d"] == 0.0  # the bucket had not closed yet
     assert next_minute["exp_10m"] == 1.0 and next_minute["clk_10m"] == 1.0
-    features.count(ExposureEvent("r2", "u", "i1", T + 3_000, "exposure", position=1), 30_000)  # late, closed bucket
-    written(features)
+    late = ExposureEvent("r2", "u", "i1", T + 3_000, "exposure", position=1)  # late, closed bucket
+    features.count(late, 30_000, "hap.exposure", 0, 3)
+    asyncio.run(features.write_counts())
     [[kept]] = asyncio.run(features.read_groups([(["i1"], T + MINUTE + 5_000, "u", [])]))
     assert kept["exp_10m"] == 1.0  # read once in this minute
     [[later]] = asyncio.run(features.read_groups([(["i1"], T + 2 * MINUTE, "u", [])]))
     assert later["exp_10m"] == 2.0
 
 
-def test_with_redis_down_reads_fall_back_and_counts_wait():
+def test_with_redis_down_reads_fall_back_and_histories_are_skipped():
     down = redis.Redis(port=free_port(), socket_connect_timeout=0.2)
-    features = StreamFeatures(down, prefix="hap:", backoff_s=60)
-    features.count(ExposureEvent("r", "u", "i1", T, "exposure", position=0), 30_000)
+    features = StreamFeatures(down, prefix=REDIS_PREFIX, backoff_s=60)
     features.set_history("u", ["i1"])
-    written(features)  # the write fails: its counts come back at the next flush
-    [[stats]] = asyncio.run(features.read_groups([(["i1"], T + MINUTE, "u", ["i1"])]))
-    assert stats["exp_1d"] == 0.0 and not features._spans.get((T + MINUTE) // MINUTE)  # a default is never kept
-    assert stats["in_history"] == 1.0 and stats["user_seen"] == 0.0  # what the request itself tells
     features.flush()
-    assert features.buffer == [("i1", "exp", T)] and features.histories == {}
+    features._writing.result(timeout=10)  # the write fails: Redis is down, backing off
+    [[stats]] = asyncio.run(features.read_groups([(["i1"], T + MINUTE, "u", [])]))
+    assert stats["exp_1d"] == 0.0 and not features._spans.get((T + MINUTE) // MINUTE)  # a default is never kept
+    features.set_history("u", ["i2"])
+    features.flush()
+    assert features.histories == {} and features._writing is None  # skipped (counted), not queued
     assert time.monotonic() < features.redis.until  # backing off: no call until then
 
+def counted(features: StreamFeatures, events: list[tuple[ExposureEvent, int]]) -> None:
+    """Count ``(event, offset)`` of exposure partition 0, then write the batch's counts (what the worker does
+    before it acknowledges the batch)."""
+    for event, offset in events:
+        features.count(event, 30_000, "hap.exposure", 0, offset)
+    asyncio.run(features.write_counts())
 
-def test_user_by_item_signals_are_written_and_read_as_of_the_request(redis_client):
-    features = StreamFeatures(redis_client, prefix="hap:")
-    features.count(ExposureEvent("r", "ux", "i1", T + 1_000, "exposure", position=0), 30_000)
-    features.count(ExposureEvent("r", "ux", "i1", T + 2_000, "feedback", click=True), 30_000)
-    written(features)
+
+def test_counts_replayed_after_a_crash_are_not_counted_twice(redis_client):
+    """A worker that crashed after writing a batch's counts and before its offsets were committed: its
+    replacement replays the batch from the last commit, and each input record is counted once."""
+    batch = [(ExposureEvent("r", "u", "i1", T + 1_000, "exposure", position=0), 5),
+             (ExposureEvent("r", "u", "i1", T + 2_000, "feedback", click=True), 6)]
+    counted(StreamFeatures(redis_client, prefix=REDIS_PREFIX), batch)
+    replacement = StreamFeatures(redis_client, prefix=REDIS_PREFIX)
+    counted(replacement, [*batch, (ExposureEvent("r2", "u", "i1", T + 3_000, "exposure", position=0), 7)])
+    [[stats]] = asyncio.run(replacement.read_groups([(["i1"], T + MINUTE + 1, "u", [])]))
+    assert (stats["exp_10m"], stats["clk_10m"]) == (2.0, 1.0)
+    other = StreamFeatures(redis_client, prefix=REDIS_PREFIX)  # another input partition's offsets are its own
+    for event, offset in batch[:1]:
+        other.count(event, 30_000, "hap.exposure", 1, offset)
+    asyncio.run(other.write_counts())
+    [[stats]] = asyncio.run(other.read_groups([(["i1"], T + 2 * MINUTE, "u", [])]))
+    assert stats["exp_10m"] == 3.0
+
+
+def test_a_batchs_counts_are_written_before_write_counts_returns_even_through_a_redis_outage(own_redis):
+    """``write_counts`` returns once Redis stored them: through an outage it retries (calling ``waiting``,
+    which keeps the worker's watchdog fed) instead of buffering counts whose offsets the worker would
+    commit (a restart then lost them)."""
+    client = redis.Redis.from_url(own_redis.endpoint(), socket_connect_timeout=0.5, socket_timeout=0.5)
+    features = StreamFeatures(client, prefix=REDIS_PREFIX, backoff_s=0.01)
+    features.count(ExposureEvent("r", "u", "i1", T, "exposure", position=0), 30_000, "hap.exposure", 0, 1)
+    own_redis.process.stop()
+    waits = []
+
+    def waiting() -> None:
+        waits.append(time.monotonic())
+        if len(waits) == 3:
+            own_redis.start()  # back after three failed tries
+
+    asyncio.run(features.write_counts(waiting))
+    assert len(waits) == 3 and features.buffer == []
+    [[stats]] = asyncio.run(features.read_groups([(["i1"], T + MINUTE, "u", [])]))
+    assert stats["exp_10m"] == 1.0
+    client.close()
+
+
+def test_user_by_item_signals_are_written_with_the_counts_and_read_as_of_the_request(redis_client):
+    features = StreamFeatures(redis_client, prefix=REDIS_PREFIX)
+    features.count(ExposureEvent("r", "ux", "i1", T + 1_000, "exposure", position=0), 30_000, "hap.exposure", 0, 1)
+    features.count(ExposureEvent("r", "ux", "i1", T + 2_000, "feedback", click=True), 30_000, "hap.exposure", 0, 2)
+    asyncio.run(features.write_counts())
+    assert features.pairs == []
     [[before], [after], [other]] = asyncio.run(features.read_groups([
         (["i1"], T + 1_000, "ux", []), (["i1"], T + 2_001, "ux", []), (["i1"], T + 5_000, "uy", ["i1"])]))
     assert (before["user_seen"], before["user_clicked"]) == (0.0, 0.0)  # its own exposure is not before it

@@ -7,6 +7,8 @@ import asyncio
 import base64
 import copy
 import dataclasses
+import hashlib
+import os
 from collections import Counter
 from typing import Any
 
@@ -46,7 +48,7 @@ class Features:
         self.counts: list[tuple[str, str]] = []
         self.histories: dict[str, list[str]] = {}
 
-    def count(self, event: ExposureEvent, dwell_threshold_ms: int) -> None:
+    def count(self, event: ExposureEvent, dwell_threshold_ms: int, topic: str, partition: int, offset: int) -> None:
         self.counts.append((event.item_id, event.type))
 
     def set_history(self, user_id: str, history: list[str]) -> None:
@@ -381,3 +383,78 @@ def test_an_undecodable_batch_is_dead_lettered_once():
     h.run(Rec("hap.ranking", 0, 5, None, b"batch", header), Rec("hap.ranking", 0, 6, None, b"", header))
     assert [(d["reason_kind"], d["offset"], d["details"]["last_offset"]) for d in h.dead_letters()] == [
         ("undecodable", 5, 6)]
+
+
+def test_a_request_with_more_items_than_a_group_may_hold_is_dead_lettered_and_its_state_stays_bounded():
+    """A request whose exposed items (and items with feedback) pass ``max_request_items`` (a client
+    reusing its request_id, a hostile producer) is closed at once: one ``oversized_request`` dead letter
+    with the crossing event's bytes, no group (it would be refused by the learner, or train on a mix of
+    requests), no pending state kept; its later events are dead-lettered as ``late`` while it is
+    retained. A request beside it is untouched."""
+    config = dataclasses.replace(CONFIG, assembler=dataclasses.replace(CONFIG.assembler, max_request_items=40))
+    h = Harness(config)
+    h.run(*request(h, "r1", *(shown("r1", f"c{i}", i) for i in range(30))),
+          *request(h, "r2", shown("r2", "c0", 0)))
+    assert len(h.tables.pending.get("r1")["exposed"]) == 30
+    crossing = [h.record("exposure", encode(click("r1", "not-a-candidate")), b"r1"),  # an item with feedback counts
+                *(h.record("exposure", encode(shown("r1", f"c{i}", i)), b"r1") for i in range(30, 45))]
+    h.run(*crossing)  # the 41st item is c39, the eleventh record
+    assert h.tables.pending.get("r1") is None and h.tables.rankings.get("r1") is None
+    letter, *after = h.dead_letters()
+    assert (letter["request_id"], letter["reason_kind"]) == ("r1", "oversized_request")
+    assert base64.b64decode(letter["original"]) == crossing[10].value  # the event past the cap
+    assert letter["details"] == {"items": 41, "cap": 40, "ranking": True}
+    assert [d["reason_kind"] for d in after] == ["late"] * 5  # c40..c44, in the same batch
+    h.tick(T0 + 5_000)
+    assert [g.request_id for g in h.groups()] == ["r2"]
+    assert len(h.dead_letters()) == 6
+    assert h.tables.finalized.get("r1")["exposed"] == {}  # bounded: nothing of the request kept
+
+
+def test_a_group_bigger_than_the_learner_takes_is_dead_lettered_not_emitted():
+    """The backstop: whatever the caps, a group whose encoding the decoder would refuse (over
+    ``max_message_bytes`` or ``max_candidates`` items) is not sent; it is dead-lettered as
+    ``oversized_request`` with its encoding (the first 256 KiB, its size and SHA-256), and the request
+    is finalized (a late click is dead-lettered, not a correction of a group never emitted)."""
+
+    class BigFeatures(Features):
+        async def read_groups(self, requests):
+            return [[{f"statistic-{k:04d}-" + "x" * 40: 0.123456789 for k in range(250)} for _ in ids]
+                    for ids, *_ in requests]  # 21 KB an item
+
+    h = Harness()
+    h.joiner.features = h.features = BigFeatures()
+    h.run(*request(h, "r1", *(shown("r1", f"c{i}", i) for i in range(20))))  # 80 items: 1.7 MB
+    h.tick(T0 + 5_000)
+    assert h.groups() == []
+    [letter] = h.dead_letters()
+    assert (letter["request_id"], letter["reason_kind"]) == ("r1", "oversized_request")
+    assert letter["original_size"] > CONFIG.limits.max_message_bytes and letter["original_truncated"]
+    assert h.tables.pending.get("r1") is None and h.tables.emitted.get("r1") is None
+    h.run(h.record("exposure", encode(click("r1", "c0", T0 + 4_000)), b"r1"))
+    assert [d["reason_kind"] for d in h.dead_letters()] == ["oversized_request", "late"]
+
+
+def test_padded_feedback_on_unexposed_items_keeps_the_pending_state_small_and_is_dead_lettered_by_reference():
+    """Eight feedback events padded with 880 KB of unknown fields, on items the request did not expose:
+    the pending state (one changelog record) used to copy all their bytes (7 MB: the broker refused
+    the record and the worker crash-looped). It keeps a bounded share of the bytes; each orphan's dead
+    letter names its offset, size and SHA-256 (and holds the bytes when they were kept)."""
+    h = Harness()
+    padded = [orjson.dumps({**orjson.loads(encode(click("r1", f"x{i}"))), "pad": os.urandom(440_000).hex()})
+              for i in range(8)]
+    records = [h.record("ranking", encode(ranking("r1")), b"r1"),
+               *(h.record("exposure", raw, b"r1") for raw in padded),
+               h.record("exposure", encode(click("r1", "small")), b"r1")]
+    h.run(*records)
+    assert len(orjson.dumps(h.tables.pending.get("r1"))) < 256 * 1024
+    h.tick(T0 + 5_000)
+    letters = {d["details"]["item_id"]: d for d in h.dead_letters()}
+    assert set(letters) == {f"x{i}" for i in range(8)} | {"small"}
+    for i, raw in enumerate(padded):
+        letter = letters[f"x{i}"]
+        assert letter["reason_kind"] == "orphan" and letter["offset"] == records[1 + i].offset
+        assert letter["original"] is None and letter["details"]["original_size"] == len(raw)
+        assert letter["details"]["original_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert base64.b64decode(letters["small"]["original"]) == records[-1].value
+    assert letters["small"]["offset"] == records[-1].offset

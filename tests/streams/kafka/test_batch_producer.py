@@ -3,10 +3,11 @@
 import asyncio
 
 import faust
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from kafka import KafkaConsumer, TopicPartition
 
-from streams.kafka.batch_producer import BatchProducer, changelog_record, partition_of
+from streams.kafka.batch_producer import BatchProducer, RecordTooLarge, changelog_record, partition_of
 from streams.kafka.topics import ensure_topics
 
 
@@ -56,3 +57,31 @@ def test_records_are_acknowledged_in_order_within_their_partitions(kafka_bootstr
         expected = [(k, v) for _, p, k, v in records
                     if (p if p is not None else partition_of(k, len(partitions))) == tp.partition]
         assert got[tp.partition] == expected
+
+
+def test_a_record_over_the_limit_is_refused_before_anything_of_the_call_is_produced(kafka_bootstrap, topic_prefix):
+    """aiokafka's batch builder takes the first record of an empty batch whatever its size, and
+    ``send_batch`` applies no ``max_request_size``: the guard is the producer's own, before the first
+    produce of the call, and names the record (the topic accepts it, so without the guard it would be
+    produced and the size limit never hold)."""
+    topic = f"{topic_prefix}samples"
+    ensure_topics(kafka_bootstrap, topic_prefix)
+    records = [(topic, 0, b"small", b"x" * 100), (topic, 1, b"big", b"y" * 40_000)]
+
+    async def deliver() -> None:
+        producer = BatchProducer(kafka_bootstrap, max_bytes=16 * 1024)
+        await producer.start()
+        try:
+            await producer.deliver(records)
+        finally:
+            await producer.stop()
+
+    with pytest.raises(RecordTooLarge) as info:
+        asyncio.run(deliver())
+    assert (info.value.topic, info.value.partition, info.value.limit) == (topic, 1, 16 * 1024)
+    assert info.value.size > 40_000 and not info.value.retriable
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, consumer_timeout_ms=3000, enable_auto_commit=False)
+    consumer.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
+    consumer.seek_to_beginning()
+    assert list(consumer) == []  # not even the small record of the same call
+    consumer.close()

@@ -77,7 +77,7 @@ def test_a_log_without_categories_replays_through_the_worker_with_its_features(s
     rows = [f"{n}\tU{n % 2}\t5/18/2023 7:{n:02d}:00 AM\tN0\tN1-{n % 2} N2-0 N3-{1 - n % 2}" for n in range(6)]
     (data / "behaviors.tsv").write_text("\n".join(rows) + "\n")
     (data / "news.tsv").write_text("N1\t\t\tt\nN2\t\t\tt\nN3\t\t\tt\n")
-    report = simulate(stack_env, tmp_path, "--dataset", str(data), "--requests", "6", "--rate", "0",
+    report = simulate(stack_env, tmp_path, "--dataset", str(data), "--requests", "6", "--rate", "100",
                       "--duplicate-rate", "0", "--feedback-delay", "0.05", "--candidates", "10")
     worker = Component("streams", WORKER, tmp_path, stack_env).start()
     try:
