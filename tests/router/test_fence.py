@@ -46,9 +46,9 @@ def test_a_recorded_rollback_is_taken_and_a_stale_lower_version_is_not(redis_cli
 def test_a_newer_version_landing_while_a_bad_one_is_verified_is_loaded(redis_client, monkeypatch):
     """Version N fails verification; N+1, published while N was being verified, is still loaded
     (only N is recorded as rejected, not whatever the manifest holds when N fails)."""
-    store = ModelStore(redis_client, keep_versions=100)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX, keep_versions=100)
     good = publish(redis_client, 1, store)
-    holder = ModelHolder(redis_client)
+    holder = ModelHolder(redis_client, prefix=REDIS_PREFIX)
     assert holder.refresh() and holder.current.version == good
     bad = publish(redis_client, 2, store)
     real_verify = holder_module.verify
@@ -67,10 +67,10 @@ def test_a_newer_version_landing_while_a_bad_one_is_verified_is_loaded(redis_cli
 def test_a_manifest_that_goes_backwards_after_the_check_is_not_loaded(redis_client, monkeypatch):
     """The manifest read for the stale-version check is the one loaded: a failover that puts an older
     manifest in place between the check and the load does not sneak it in."""
-    store = ModelStore(redis_client, keep_versions=100)
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX, keep_versions=100)
     v1 = publish(redis_client, 1, store)
     old = redis_client.get(store.keys.manifest)
-    holder = ModelHolder(redis_client)
+    holder = ModelHolder(redis_client, prefix=REDIS_PREFIX)
     assert holder.refresh() and holder.current.version == v1
     v2 = publish(redis_client, 2, store)
     read = holder.store.manifest
