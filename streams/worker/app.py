@@ -20,7 +20,8 @@ adapter first hands every group and dead letter the join produced to the produce
 the broker acknowledged them all, then writes the batch's table changes to their changelogs and
 waits for those, then writes the batch's item counts to Redis (each input record once:
 :meth:`streams.join.features.StreamFeatures.write_counts`; while Redis is down the batch waits),
-and only then lets Faust acknowledge the batch's records (Faust commits acknowledged offsets). A
+and only then acknowledges the batch's records (Faust commits acknowledged offsets). The next
+batch is fetched meanwhile (:meth:`StreamsWorker.assemble_batches`: at most two in flight). A
 delivery that fails ends the worker (exit 1, restarted by the supervisor) before anything of the
 batch is acknowledged; a worker killed at any point (SIGKILL included) replays from the last
 commit with tables that are at most as far as the outputs, so a replayed request is emitted again
@@ -39,7 +40,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -257,6 +258,8 @@ class BatchFeatures(Features, Protocol):
     async def write_counts(self, waiting: Callable[[], None] | None = None) -> None: ...
 
 
+#: acknowledges one input event for Faust's commits (``stream.ack``)
+Ack = Callable[[Any], Awaitable[bool]]
 #: makes one changelog-backed Faust table of the app: (name, Faust ``Table`` keyword arguments)
 TableFactory = Callable[..., Any]
 
@@ -342,24 +345,51 @@ class StreamsWorker:
         app.timer(interval=min(5.0, self.cfg.stall_s / 4), name="check_progress")(self.check_progress)
 
     async def _assemble_agent(self, stream: faust.StreamT) -> None:
-        await self.assemble_batches(event_batches(stream))
+        await self.assemble_batches(event_batches(stream), stream.ack)
 
     async def _catalogue_agent(self, stream: faust.StreamT) -> None:
         await self.check_item_batches(event_batches(stream))
 
-    async def assemble_batches(self, batches: AsyncIterator[Sequence[Any]]) -> None:
-        """Join and deliver each batch of ranking, exposure and tick events (Faust events: ``.message``)
-        of ``batches``, an iterator that acknowledges a batch's records when asked for the next
-        batch (Faust's ``take_events``): every output of a batch is delivered before that."""
+    async def assemble_batches(self, batches: AsyncIterator[Sequence[Any]], ack: Ack) -> None:
+        """Join and deliver each batch of ranking, exposure and tick events (Faust events) of
+        ``batches``, pipelined: batch N+1 is fetched while batch N is joined and delivered.
+
+        ``batches`` acknowledges a batch's events when asked for the next batch (Faust's
+        ``take_events``); each event is held past that (one more reference on its message) until
+        :meth:`assemble` delivered every output of its batch, and then released with ``ack``
+        (Faust's ``stream.ack``: the message's last reference makes its offset committable).
+        At most two batches are held: the one being joined and delivered, and the next being
+        fetched; a batch is joined only after the one before it was acknowledged, so batches are
+        joined in order. Cancelled (the worker stops), the batch in progress is cancelled too and
+        stays unacknowledged (a fresh worker replays it)."""
+        previous: asyncio.Task[None] | None = None
+        try:
+            async for events in batches:
+                for event in events:
+                    event.message.incref()  # released by _assemble_and_ack, after the delivery
+                if previous is not None:
+                    await previous
+                previous = asyncio.ensure_future(self._assemble_and_ack(events, ack))
+        except BaseException:
+            if previous is not None:
+                previous.cancel()
+            raise
+        if previous is not None:
+            await previous
+
+    async def _assemble_and_ack(self, events: Sequence[Any], ack: Ack) -> None:
+        """:meth:`assemble` one batch with its own outbox, then acknowledge its events."""
         _outbox.set([])
         _changes.set([])
-        async for events in batches:
-            await self.assemble(events)
+        if await self.assemble(events):
+            for event in events:
+                await ack(event)
 
-    async def assemble(self, events: Sequence[Any]) -> None:
+    async def assemble(self, events: Sequence[Any]) -> bool:
         """One batch of the join: take it in, deliver what it produced (:meth:`deliver`), then write
-        its item counts; returns when the batch may be acknowledged. Exits the worker instead when
-        offsets before it were never delivered, the join fails, or the delivery fails."""
+        its item counts; True when the batch may be acknowledged. Exits the worker instead when
+        offsets before it were never delivered, the join fails, or the delivery fails (False if
+        ``exit`` returned)."""
         app = self.app
         self.watchdog.beat()
         # after recovery, and then periodically (a rebalance can hand this worker new partitions)
@@ -375,15 +405,17 @@ class StreamsWorker:
             # never commit past them (see refuse_gap_acks): a fresh worker reads them from the last commit
             app.log.error("input offsets never delivered to the join: %s: exiting to be replaced", ", ".join(skipped))
             self.exit(BATCH_FAILED_EXIT)
-            return
+            return False
         try:
             await self.joiner.process(messages)
-        except Exception:  # Faust would acknowledge the batch all the same: never let it, replay it
+        except Exception:  # the batch cannot be finished: never acknowledge it, replay it
             app.log.exception("the join failed on a batch: exiting to be replaced")
             self.exit(BATCH_FAILED_EXIT)
-            return
-        if await self.deliver():
-            await self.features.write_counts(self._waiting_on_redis)  # before the batch is acknowledged
+            return False
+        if not await self.deliver():
+            return False
+        await self.features.write_counts(self._waiting_on_redis)  # before the batch is acknowledged
+        return True
 
     async def check_item_batches(self, batches: AsyncIterator[Sequence[Any]]) -> None:
         """Check each batch of ``items`` events and deliver its dead letters, as :meth:`assemble_batches`."""

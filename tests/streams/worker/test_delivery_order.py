@@ -1,8 +1,9 @@
-"""The worker's batch delivery without a broker or Redis: a fake producer and fake item statistics
-record what happens, in order. The brokers acknowledge a batch's outputs (dead letters, groups),
-then its changelog records; then its item counts are written; only then is the input
-acknowledged. A failed delivery, offsets skipped before a batch, and a stall exit the worker
-through the injected ``exit``, before anything of the batch is acknowledged."""
+"""The worker's batch delivery without a broker or Redis: a fake producer, fake item statistics and a
+fake Faust stream record what happens, in order. The brokers acknowledge a batch's outputs (dead
+letters, groups), then its changelog records; then its item counts are written; only then is the
+input acknowledged, while the next batch was fetched meanwhile (at most two in flight). A failed
+delivery, offsets skipped before a batch, and a stall exit the worker through the injected
+``exit``, before anything of the batch is acknowledged."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ class Message:
     key: bytes | None
     value: bytes | None
     headers: Any = ()
+    refcount: int = 1  # the stream's reference, taken when the consumer handed it the message
+
+    def incref(self) -> None:
+        self.refcount += 1
 
     @property
     def tp(self) -> TP:
@@ -121,11 +126,34 @@ def make_worker(tmp_path: Path, log: Log, *, fail: bool = False, stall_s: float 
     return worker, lag
 
 
-async def batches(log: Log, *batches: list[Event]) -> AsyncIterator[list[Event]]:
-    """As Faust's ``take_events``: a batch's records are acknowledged when the next batch is asked for."""
+class Stream:
+    """Faust's acknowledgement: an offset is committable once its message's last reference is released."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+
+    async def ack(self, event: Event) -> bool:
+        event.message.refcount -= 1
+        assert event.message.refcount >= 0
+        if event.message.refcount == 0:
+            self.log.append(f"input acked {event.message.offset}")
+        return event.message.refcount == 0
+
+
+async def batches(stream: Stream, *batches: list[Event]) -> AsyncIterator[list[Event]]:
+    """As Faust's ``take_events``: a batch is fetched when asked for, and its events released when the
+    next batch is asked for."""
     for batch in batches:
+        await asyncio.sleep(0)  # the fetch takes its time
+        stream.log.append("fetched " + ",".join(str(e.message.offset) for e in batch))
         yield batch
-        log.append("input acked " + ",".join(str(e.message.offset) for e in batch))
+        for event in batch:
+            await stream.ack(event)
+
+
+def run(worker: StreamsWorker, log: Log, *events: list[Event]) -> None:
+    stream = Stream(log)
+    asyncio.run(worker.assemble_batches(batches(stream, *events), stream.ack))
 
 
 def ranking(offset: int, rid: str) -> Event:
@@ -141,10 +169,14 @@ def test_outputs_then_changelogs_then_counts_then_the_input_ack(tmp_path: Path) 
     log = Log()
     worker, _ = make_worker(tmp_path, log)
     changelogs = ",".join(sorted(f"{worker.app.conf.id}-{t}-changelog" for t in ("pending", "rankings")))
-    asyncio.run(worker.assemble_batches(batches(log, [garbage(0), ranking(1, "r1")], [ranking(2, "r2")])))
+    run(worker, log, [garbage(0), ranking(1, "r1")], [ranking(2, "r2")], [ranking(3, "r3")])
     assert log == [
-        f"acked {PREFIX}dlq", f"acked {changelogs}", "counts written", "input acked 0,1",  # the garbage's letter
+        "fetched 0,1",
+        "fetched 2",  # while the first batch is joined and delivered
+        f"acked {PREFIX}dlq", f"acked {changelogs}", "counts written", "input acked 0", "input acked 1",
+        "fetched 3",  # two batches in flight at most: the third waits for the first's acknowledgement
         f"acked {changelogs}", "counts written", "input acked 2",  # no output: the changes alone
+        f"acked {changelogs}", "counts written", "input acked 3",
     ]
 
 
@@ -152,8 +184,8 @@ def test_a_failed_delivery_exits_before_the_counts_and_the_ack(tmp_path: Path) -
     log = Log()
     worker, _ = make_worker(tmp_path, log, fail=True)
     with pytest.raises(Exited):
-        asyncio.run(worker.assemble_batches(batches(log, [garbage(0)], [garbage(1)])))
-    assert log == [f"exit {BATCH_FAILED_EXIT}"]
+        run(worker, log, [garbage(0)], [garbage(1)])
+    assert log == ["fetched 0", "fetched 1", f"exit {BATCH_FAILED_EXIT}"]  # nothing acknowledged
 
 
 def test_offsets_skipped_before_a_batch_exit_before_it_is_joined(tmp_path: Path) -> None:
@@ -161,8 +193,8 @@ def test_offsets_skipped_before_a_batch_exit_before_it_is_joined(tmp_path: Path)
     worker, lag = make_worker(tmp_path, log)
     lag.skips = [(TP(f"{PREFIX}ranking", 0), 0, 4)]
     with pytest.raises(Exited):
-        asyncio.run(worker.assemble_batches(batches(log, [garbage(5)])))
-    assert log == [f"exit {BATCH_FAILED_EXIT}"]
+        run(worker, log, [garbage(5)])
+    assert log == ["fetched 5", f"exit {BATCH_FAILED_EXIT}"]
 
 
 def test_a_stall_exits(tmp_path: Path) -> None:
