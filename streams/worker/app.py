@@ -269,8 +269,9 @@ class StreamsWorker:
     module's note.
 
     Lifecycle: construct (builds the app, its tables and the join; connects to nothing), then run
-    :attr:`app` with ``faust.Worker(worker.app).execute_from_commandline()``. The agents hand each
-    batch to :meth:`assemble` or :meth:`check_items`; the ``producer`` connects at the first batch.
+    :attr:`app` with ``faust.Worker(worker.app).execute_from_commandline()``. The agents hand their
+    batches to :meth:`assemble_batches` and :meth:`check_item_batches`; the ``producer`` connects at
+    the first batch.
     The worker never returns from a failure: it calls ``exit`` (default :func:`os._exit`, at once:
     Faust's stop may hang on a wedged client) with :data:`BATCH_FAILED_EXIT` when a batch cannot be
     finished, or :data:`streams.worker.watchdog.STALLED_EXIT` from :meth:`check_progress`.
