@@ -178,6 +178,9 @@ class InputLag:
         consumer = self.app.consumer
         resumed = consumer._committed_offset.get(tp)
         try:
+            if resumed is None:  # Faust's copy is filled by its seek after the assignment, at times after the
+                # first records arrive (seen after a SIGKILL): the group's own commit, from its coordinator
+                resumed = await consumer._thread.call_thread(consumer._thread._ensure_consumer().committed, tp)
             start = (await consumer.earliest_offsets(tp))[tp]
         except Exception as exc:  # noqa: BLE001 - unknown: treated as a skip, a fresh worker looks again
             self.app.log.error("the log start of %s[%s] could not be read: %r", tp.topic, tp.partition, exc)

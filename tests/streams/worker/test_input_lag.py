@@ -32,6 +32,17 @@ class Consumer:
         self._gap: dict[TP, IntervalTree] = collections.defaultdict(IntervalTree)
         self._acked: dict[TP, list[int]] = collections.defaultdict(list)
         self._acked_index: dict[TP, set[int]] = collections.defaultdict(set)
+        self.group_commits: dict[TP, int] = {}  # what the group's coordinator holds
+        self._thread = self  # Faust's consumer thread: it calls the aiokafka consumer's methods
+
+    def _ensure_consumer(self) -> "Consumer":
+        return self
+
+    async def call_thread(self, method: Any, *args: Any) -> Any:
+        return method(*args)
+
+    def committed(self, tp: TP) -> int | None:
+        return self.group_commits.get(tp)
 
     async def earliest_offsets(self, *partitions: TP) -> dict[TP, int]:
         return {tp: self.starts[tp] for tp in partitions}
@@ -162,3 +173,15 @@ def test_records_that_exist_but_were_not_delivered_at_the_start_of_an_assignment
     fresh.reassigned({RANKING})
     assert took(fresh, [Message(RANKING, 0)]) == [] and took(fresh, [Message(RANKING, 1)]) == []
 
+
+
+def test_a_restart_before_faust_copied_the_groups_commit_resumes_there_and_is_no_skip():
+    """After a SIGKILL the replacement's first records arrived before Faust's seek had copied the group's
+    commit (its ``_committed_offset`` empty): the lag asks the coordinator, and offsets below the commit
+    are no skip; past it they still are."""
+    consumer = Consumer()
+    consumer.group_commits.update({RANKING: 34, EXPOSURE: 10})
+    lag = InputLag(App(consumer), ["hap.ranking", "hap.exposure"])
+    lag.reassigned({RANKING, EXPOSURE})
+    assert took(lag, [Message(RANKING, 34)]) == []
+    assert took(lag, [Message(EXPOSURE, 12)]) == [(EXPOSURE, 10, 11)]
