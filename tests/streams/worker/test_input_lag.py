@@ -35,7 +35,7 @@ class Consumer:
         self.group_commits: dict[TP, int] = {}  # what the group's coordinator holds
         self._thread = self  # Faust's consumer thread: it calls the aiokafka consumer's methods
 
-    def _ensure_consumer(self) -> "Consumer":
+    def _ensure_consumer(self) -> Consumer:
         return self
 
     async def call_thread(self, method: Any, *args: Any) -> Any:
