@@ -24,6 +24,9 @@ CATALOGUE = Counter("hap_streams_catalogue_records",
 RETENTION_LOST = Counter("hap_streams_retention_lost",
                          "Input records deleted by retention before the worker read them (it resumed below the "
                          "log start)", ["topic", "partition"])
+REFETCHES = Counter("hap_streams_input_refetches",
+                    "Input partitions read again from the next offset the join expected, after the consumer "
+                    "delivered records past offsets it never delivered", ["topic", "partition"])
 MISSING = Counter("hap_feature_store_missing", "Feature lookups that fell back to a default", ["kind"])
 RESTARTS = Gauge("hap_streams_worker_restarts", "Workers the supervisor started before this one (any exit)")
 EXITS = Counter("hap_streams_worker_exits", "Earlier workers' exits that the supervisor restarted, by reason",

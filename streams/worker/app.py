@@ -127,6 +127,31 @@ class FaustTable:
             _changes.get().append((self.table, partition, key, None))
 
 
+#: a partition whose expected record has not arrived this long after it was read again is read again,
+#: at most this many times before the worker replaces itself (:class:`InputGap`)
+REFETCH_AFTER_S = 1.0
+REFETCH_ATTEMPTS = 10
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refetch:
+    """A partition read again from ``offset``: when, and how many times in a row for that offset."""
+
+    offset: int
+    at: float
+    attempts: int
+
+
+class InputGap(Exception):
+    """Records of ``tp`` from ``first`` to ``last`` never reached the join, though the partition was
+    read again :data:`REFETCH_ATTEMPTS` times: the worker replaces itself (nothing past ``first``
+    was committed; a fresh consumer resumes there)."""
+
+    def __init__(self, tp: TP, first: int, last: int) -> None:
+        super().__init__(f"{tp.topic}[{tp.partition}] {first}-{last}")
+        self.tp, self.first, self.last = tp, first, last
+
+
 class InputLag:
     """The join's :data:`streams.join.joiner.Lagging`, from the consumer, and the check for an input
     partition the consumer has stopped fetching.
@@ -147,34 +172,66 @@ class InputLag:
         self.taken: dict[TP, int] = {}  #: per partition, the offset after the last record the join took
         self.moved: dict[TP, float] = {}  #: per partition, when the join last took a record (or the clock started)
         self.assigned: set[TP] = set()  #: the partitions of the current assignment
+        self.refetches: dict[TP, Refetch] = {}  #: per partition, the last time it was read again
 
-    async def took(self, messages: list[Any]) -> list[tuple[TP, int, int]]:
-        """Note the records the join takes; returns the input offsets skipped before them, as
-        (partition, first, last): in a partition this worker kept since it last took from it,
-        rebalances included (Faust's consumer at times delivers a record past offsets it never
-        delivered, around a rebalance), and at the start of an assignment or a run, past the
-        offset Faust resumed from (:meth:`_resumed`)."""
-        now, skipped = time.monotonic(), []
+    async def took(self, messages: list[Any]) -> list[Any]:
+        """The records of ``messages`` the join takes, in order; a record of an input partition past
+        the next offset the join expects from it is left out and the partition is read again from
+        that offset (:meth:`_refetch`).
+
+        The next offset is the one after the last record the join took from the partition, in a
+        partition this worker kept since then (rebalances included), and at the start of an
+        assignment or a run where Faust resumed (:meth:`_resumed`). Faust's consumer at times
+        delivers records past offsets it never delivered: after its seek to the committed offsets
+        at the start of a run, records fetched before the seek still come through and move its
+        read offset past the ones fetched again, which it then drops as read (seen after every
+        SIGKILL of a worker); and around a rebalance. Records at or below the next offset (a
+        replay from the last commit) are taken.
+
+        Raises :class:`InputGap` when a partition was read again :data:`REFETCH_ATTEMPTS` times
+        without the expected record arriving: the worker then replaces itself."""
+        now, taken = time.monotonic(), []
         for message in messages:
             tp = message.tp
-            expected = self.taken.get(tp)
             if tp.topic in self.topics:
+                expected = self.taken.get(tp)
                 if expected is None:
-                    skipped += await self._resumed(tp, message.offset)
-                elif message.offset > expected:
-                    skipped.append((tp, expected, message.offset - 1))
+                    expected = self.taken[tp] = await self._resumed(tp, message.offset)
+                if message.offset > expected:
+                    await self._refetch(tp, expected, message, now)
+                    continue
+                self.refetches.pop(tp, None)
             self.taken[tp] = message.offset + 1
             self.moved[tp] = now
-        return skipped
+            taken.append(message)
+        return taken
 
-    async def _resumed(self, tp: TP, offset: int) -> list[tuple[TP, int, int]]:
-        """The first record the join takes from ``tp`` in this assignment is at ``offset``: what lies
-        between it and where Faust resumed (the committed offset; without one, the log start) was
-        never delivered. Offsets below the log start were deleted by retention (the worker was down
+    async def _refetch(self, tp: TP, expected: int, message: Any, now: float) -> None:
+        """Leave ``message`` out (Faust never acknowledges it, so no commit passes it before the
+        copy read again is taken) and, unless that was done less than :data:`REFETCH_AFTER_S` ago
+        for the same offset, seek ``tp`` back to ``expected``."""
+        consumer = self.app.consumer
+        message.acked = True  # Faust's acknowledgement of it is then a no-op
+        consumer._unacked_messages.discard(message)
+        last = self.refetches.get(tp)
+        if last is not None and last.offset == expected and now - last.at < REFETCH_AFTER_S:
+            return
+        attempts = 1 if last is None or last.offset != expected else last.attempts + 1
+        if attempts > REFETCH_ATTEMPTS:
+            raise InputGap(tp, expected, message.offset - 1)
+        self.refetches[tp] = Refetch(expected, now, attempts)
+        metrics.REFETCHES.labels(tp.topic, str(tp.partition)).inc()
+        self.app.log.warning("%s[%s]: offsets %d-%d were not delivered to the join: reading again from %d "
+                             "(attempt %d)", tp.topic, tp.partition, expected, message.offset - 1, expected, attempts)
+        await consumer.seek(tp, expected)
+
+    async def _resumed(self, tp: TP, offset: int) -> int:
+        """The first record the join takes from ``tp`` in this assignment is at ``offset``: returns
+        the offset the join expects first, where Faust resumed (the committed offset; without one,
+        the log start). Offsets below the log start were deleted by retention (the worker was down
         longer than the topic keeps records, or ``delete_records``): counted
         (``hap_streams_retention_lost_total``), logged, and acknowledged for Faust so that its
-        commits pass them (it refuses gaps: :func:`refuse_gap_acks`). Records past the log start
-        that were not delivered are a skip, returned."""
+        commits pass them (it refuses gaps: :func:`refuse_gap_acks`)."""
         consumer = self.app.consumer
         resumed = consumer._committed_offset.get(tp)
         try:
@@ -182,18 +239,17 @@ class InputLag:
                 # first records arrive (seen after a SIGKILL): the group's own commit, from its coordinator
                 resumed = await consumer._thread.call_thread(consumer._thread._ensure_consumer().committed, tp)
             start = (await consumer.earliest_offsets(tp))[tp]
-        except Exception as exc:  # noqa: BLE001 - unknown: treated as a skip, a fresh worker looks again
+        except Exception as exc:  # noqa: BLE001 - unknown: from the commit if known, a fresh worker looks again
             self.app.log.error("the log start of %s[%s] could not be read: %r", tp.topic, tp.partition, exc)
-            return [(tp, resumed, offset - 1)] if resumed is not None and offset > resumed else []
+            return offset if resumed is None else min(offset, resumed)
         expected = start if resumed is None else resumed
         if offset <= expected:
-            return []
+            return offset
         deleted = min(offset, start) - expected
         if deleted > 0:
             count_deleted([Deleted(tp.topic, tp.partition, expected, expected + deleted - 1, False)])
             await acknowledge_deleted(consumer, tp, expected, expected + deleted - 1)
-        first = max(expected, start)
-        return [(tp, first, offset - 1)] if offset > first else []
+        return max(expected, start)
 
     def __call__(self, topic: str, partition: int) -> bool:
         tp, consumer = TP(topic, partition), self.app.consumer
@@ -218,6 +274,7 @@ class InputLag:
         for tp in set(self.taken) - kept:
             self.taken.pop(tp, None)
             self.moved.pop(tp, None)
+            self.refetches.pop(tp, None)
 
     def restart_clocks(self) -> None:
         """Start every partition's clock now (while the tables recover, input partitions wait)."""
@@ -327,13 +384,10 @@ def make_app(cfg: StreamsConfig) -> faust.App:
                 joiner.rebuild()
                 app.log.info("indexed %d pending and %d finalized requests", sum(map(len, joiner.open.values())),
                              sum(map(len, joiner.closed.values())))
-            messages = [event.message for event in events]
-            # before the join's windows close at the batch's end, its records are in
-            skipped = [f"{tp.topic}[{tp.partition}] {first}-{last}" for tp, first, last in await lag.took(messages)]
-            if skipped:
-                # never commit past them (see refuse_gap_acks): a fresh worker reads them from the last commit
-                app.log.error("input offsets never delivered to the join: %s: exiting to be replaced",
-                              ", ".join(skipped))
+            try:  # records past offsets never delivered wait until those are read again (see refuse_gap_acks)
+                messages = await lag.took([event.message for event in events])
+            except InputGap as gap:  # nothing past it is committed: a fresh worker reads it from the last commit
+                app.log.error("input offsets never delivered to the join: %s: exiting to be replaced", gap)
                 os._exit(BATCH_FAILED_EXIT)
             try:
                 await joiner.process(messages)
@@ -411,8 +465,8 @@ def refuse_gap_acks(topics: frozenset[str]) -> None:
     to do so over records that exist (``tests/scale/test_streams_workers.py``: 40-50 ranking and
     exposure records, whose requests were then dead-lettered as orphans). On the join's inputs,
     which are neither compacted nor written in transactions, a commit now stops below such
-    offsets, and the worker exits when it sees them skipped (:meth:`InputLag.took`), so that a
-    fresh one reads them."""
+    offsets, and the worker leaves out the records past them and reads the partition again from
+    the first (:meth:`InputLag.took`)."""
     from faust.transport import consumer
 
     original = getattr(consumer.Consumer, "_add_gap", None)

@@ -1,5 +1,5 @@
 """The streams worker's view of its input partitions, over a fake consumer: behind or not, stuck or
-not, and offsets skipped within one assignment."""
+not, and records past offsets never delivered left out and read again."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import dataclasses
 import logging
 from typing import Any
 
+import pytest
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 from intervaltree import IntervalTree
 from prometheus_client import REGISTRY
 
-from streams.worker.app import InputLag, refuse_gap_acks
+from streams.worker import app as app_module
+from streams.worker.app import InputGap, InputLag, refuse_gap_acks
 
 RANKING, EXPOSURE = TP("hap.ranking", 0), TP("hap.exposure", 0)
 
@@ -33,6 +35,8 @@ class Consumer:
         self._acked: dict[TP, list[int]] = collections.defaultdict(list)
         self._acked_index: dict[TP, set[int]] = collections.defaultdict(set)
         self.group_commits: dict[TP, int] = {}  # what the group's coordinator holds
+        self.seeks: list[tuple[TP, int]] = []  # where the partitions were read again from
+        self._unacked_messages: set[Message] = set()
         self._thread = self  # Faust's consumer thread: it calls the aiokafka consumer's methods
 
     def _ensure_consumer(self) -> Consumer:
@@ -57,6 +61,9 @@ class Consumer:
     async def position(self, tp: TP) -> int:
         return self.positions[tp]
 
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
 
 @dataclasses.dataclass
 class App:
@@ -64,14 +71,20 @@ class App:
     log: Any = dataclasses.field(default_factory=lambda: logging.getLogger("test"))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Message:
     tp: TP
     offset: int
+    acked: bool = False  # Faust's flag: set, its acknowledgement is a no-op
 
 
-def took(lag: InputLag, messages: list[Message]) -> list[tuple[TP, int, int]]:
-    return asyncio.run(lag.took(messages))
+def took(lag: InputLag, messages: list[Message]) -> list[tuple[TP, int]]:
+    """The (partition, offset) of the records the join takes."""
+    return [(m.tp, m.offset) for m in asyncio.run(lag.took(messages))]
+
+
+def left_out(tp: TP, *offsets: int) -> list[Message]:
+    return [Message(tp, offset) for offset in offsets]
 
 
 def retention_lost(tp: TP) -> float:
@@ -105,24 +118,53 @@ def test_a_partition_behind_that_the_consumer_does_not_fetch_is_stuck_after_stal
     assert asyncio.run(lag.stuck(0.05)) == [RANKING]
     consumer.positions[RANKING] = 80  # fetched (a trailing marker the join never sees): not stuck
     assert asyncio.run(lag.stuck(0.05)) == []
-    consumer.positions[RANKING] = 40
+    consumer.positions[RANKING], consumer._committed_offset[RANKING] = 40, 40
     took(lag, [Message(RANKING, 40)])  # it moves: not stuck
     assert asyncio.run(lag.stuck(0.05)) == []
 
 
-def test_offsets_skipped_in_a_partition_kept_across_rebalances_are_reported_and_a_moved_one_is_no_gap():
+def test_records_past_offsets_never_delivered_are_left_out_and_the_partition_read_again():
+    """Faust delivers 9 after 6 in a partition the worker kept: 9 is left out, never acknowledged,
+    and the partition is read again from 7; the copies read again are taken. A partition that moved
+    to another worker and back resumes where that one committed: no gap."""
     consumer = Consumer()
     consumer._committed_offset.update({EXPOSURE: 5, RANKING: 2})  # where Faust resumes each
     lag = InputLag(App(consumer), ["hap.ranking", "hap.exposure"])
     lag.reassigned({RANKING, EXPOSURE})
-    assert took(lag, [Message(EXPOSURE, 5), Message(EXPOSURE, 6), Message(RANKING, 2)]) == []
-    assert took(lag, [Message(EXPOSURE, 9), Message(RANKING, 3)]) == [(EXPOSURE, 7, 8)]  # never reached the join
+    assert took(lag, [Message(EXPOSURE, 5), Message(EXPOSURE, 6), Message(RANKING, 2)]) == [
+        (EXPOSURE, 5), (EXPOSURE, 6), (RANKING, 2)]
+    past = left_out(EXPOSURE, 9, 10)
+    assert took(lag, [*past, Message(RANKING, 3)]) == [(RANKING, 3)]
+    assert consumer.seeks == [(EXPOSURE, 7)]  # once, not per record left out
+    assert all(m.acked for m in past)  # Faust's own acknowledgement of them does nothing: no commit passes 7
+    assert took(lag, [Message(EXPOSURE, 7), Message(EXPOSURE, 8), Message(EXPOSURE, 9)]) == [
+        (EXPOSURE, 7), (EXPOSURE, 8), (EXPOSURE, 9)]
     lag.reassigned({RANKING})  # the exposure partition moved to another worker, the ranking one stayed
     lag.reassigned({RANKING, EXPOSURE})  # and back, committed up to 30 by the other: where it resumes is no gap
     consumer._committed_offset[EXPOSURE] = 30
-    assert took(lag, [Message(EXPOSURE, 30)]) == []
-    assert took(lag, [Message(RANKING, 9)]) == [(RANKING, 4, 8)]  # kept all along: a gap, rebalances or not
-    assert took(lag, [Message(TP("hap.streams-ticks", 0), 1), Message(TP("hap.streams-ticks", 0), 7)]) == []
+    assert took(lag, [Message(EXPOSURE, 30)]) == [(EXPOSURE, 30)]
+    assert took(lag, [Message(RANKING, 9)]) == []  # kept all along: a gap, rebalances or not
+    assert consumer.seeks[-1] == (RANKING, 4)
+    ticks = TP("hap.streams-ticks", 0)
+    assert took(lag, [Message(ticks, 1), Message(ticks, 7)]) == [(ticks, 1), (ticks, 7)]  # not a join input
+
+
+def test_a_partition_whose_records_never_come_back_ends_the_worker_after_the_attempts(monkeypatch):
+    """Read again REFETCH_ATTEMPTS times (at most once per REFETCH_AFTER_S), the expected record never
+    arriving: InputGap, on which the worker replaces itself."""
+    monkeypatch.setattr(app_module, "REFETCH_AFTER_S", 0.0)
+    consumer = Consumer()
+    consumer._committed_offset[RANKING] = 3
+    lag = InputLag(App(consumer), ["hap.ranking", "hap.exposure"])
+    lag.reassigned({RANKING, EXPOSURE})
+    for _ in range(app_module.REFETCH_ATTEMPTS):
+        assert took(lag, [Message(RANKING, 8)]) == []
+    assert consumer.seeks == [(RANKING, 3)] * app_module.REFETCH_ATTEMPTS
+    with pytest.raises(InputGap) as gap:
+        took(lag, [Message(RANKING, 8)])
+    assert (gap.value.tp, gap.value.first, gap.value.last) == (RANKING, 3, 7)
+    assert took(lag, [Message(RANKING, 3)]) == [(RANKING, 3)]  # it arrived: the count starts again
+    assert took(lag, [Message(RANKING, 5)]) == [] and consumer.seeks[-1] == (RANKING, 4)
 
 
 def test_faust_never_acknowledges_offsets_it_did_not_deliver_on_the_joins_inputs():
@@ -150,38 +192,37 @@ def test_a_partition_resumed_below_its_log_start_counts_what_retention_deleted_a
     lag = InputLag(App(consumer), ["hap.ranking", "hap.exposure"])
     lag.reassigned({RANKING, EXPOSURE})
     lost = retention_lost(RANKING)
-    assert took(lag, [Message(RANKING, 50), Message(RANKING, 51)]) == []
+    assert took(lag, [Message(RANKING, 50), Message(RANKING, 51)]) == [(RANKING, 50), (RANKING, 51)]
     assert retention_lost(RANKING) - lost == 40
     consumer._acked[RANKING] = [50, 51]  # the batch, acknowledged
     assert FaustConsumer._new_offset(consumer, RANKING) == 52  # Faust commits again, past the deleted offsets
 
 
-def test_records_that_exist_but_were_not_delivered_at_the_start_of_an_assignment_are_a_skip():
-    """One record (offset 10) left out at the start of an assignment, though retention kept it:
-    reported, so the worker exits before acknowledging (before: not seen, and Faust's commit passes
-    a single missing offset silently)."""
+def test_records_that_exist_but_were_not_delivered_at_the_start_of_an_assignment_are_read_again():
+    """One record (offset 10) left out at the start of an assignment, though retention kept it: the
+    partition is read again from it (before: not seen, and Faust's commit passes a single missing
+    offset silently). Where retention deleted some, the partition is read from the log start."""
     consumer = Consumer()
     consumer._committed_offset[EXPOSURE] = 10
     lag = InputLag(App(consumer), ["hap.ranking", "hap.exposure"])
     lag.reassigned({RANKING, EXPOSURE})
-    assert took(lag, [Message(EXPOSURE, 11)]) == [(EXPOSURE, 10, 10)]
+    assert took(lag, [Message(EXPOSURE, 11)]) == [] and consumer.seeks == [(EXPOSURE, 10)]
     consumer._committed_offset[RANKING], consumer.starts[RANKING] = 3, 5  # 3 and 4 deleted, 5 and 6 kept
     lost = retention_lost(RANKING)
-    assert took(lag, [Message(RANKING, 7)]) == [(RANKING, 5, 6)]
+    assert took(lag, [Message(RANKING, 7)]) == [] and consumer.seeks[-1] == (RANKING, 5)
     assert retention_lost(RANKING) - lost == 2
     fresh = InputLag(App(Consumer()), ["hap.ranking", "hap.exposure"])  # nothing committed: from the log start
     fresh.reassigned({RANKING})
-    assert took(fresh, [Message(RANKING, 0)]) == [] and took(fresh, [Message(RANKING, 1)]) == []
-
+    assert took(fresh, [Message(RANKING, 0)]) == [(RANKING, 0)] and took(fresh, [Message(RANKING, 1)]) == [(RANKING, 1)]
 
 
 def test_a_restart_before_faust_copied_the_groups_commit_resumes_there_and_is_no_skip():
     """After a SIGKILL the replacement's first records arrived before Faust's seek had copied the group's
     commit (its ``_committed_offset`` empty): the lag asks the coordinator, and offsets below the commit
-    are no skip; past it they still are."""
+    are no skip; past it they are read again."""
     consumer = Consumer()
     consumer.group_commits.update({RANKING: 34, EXPOSURE: 10})
     lag = InputLag(App(consumer), ["hap.ranking", "hap.exposure"])
     lag.reassigned({RANKING, EXPOSURE})
-    assert took(lag, [Message(RANKING, 34)]) == []
-    assert took(lag, [Message(EXPOSURE, 12)]) == [(EXPOSURE, 10, 11)]
+    assert took(lag, [Message(RANKING, 34)]) == [(RANKING, 34)]
+    assert took(lag, [Message(EXPOSURE, 12)]) == [] and consumer.seeks == [(EXPOSURE, 10)]
