@@ -1,4 +1,5 @@
-"""Router-side features as arrays: item statistics in a slot table, user history from Redis.
+"""Router-side features as arrays: item statistics in a slot table, user history and user-by-item
+events from Redis.
 
 :class:`FeatureCache` keeps every item it has seen in one row (a *slot*) of fixed arrays: the
 dense statistics, the hashed id, the time the row was read and a *stamp* (a number that changes
@@ -52,6 +53,7 @@ from feature_store.featurize import (
     hash_id,
 )
 from feature_store.user_features import user_features_key
+from feature_store.user_items import USER_ITEM_CAP, parse_user_items, user_items_key
 from router import metrics
 from router.limits import ID_CHARS, MAX_HISTORY
 from router.stats_reader import ABSENT, MALFORMED, StatsReader
@@ -60,7 +62,7 @@ log = logging.getLogger("hap.router")
 #: bytes a row may hold at most: its arrays, the id (at its longest) and the id's dict entry
 ROW_BYTES = DENSE_DIM * 4 + 8 * 5 + 1 + ID_CHARS + 120
 NEVER = -np.inf
-#: a cached user's bytes beyond its history's characters, and per history entry
+#: a cached user's bytes beyond its item ids' characters, and per id (history, shown, clicked)
 USER_BYTES, HISTORY_ENTRY_BYTES = 400, 60
 #: the dense row of a candidate without any feature (what a row holds until Redis is read)
 _DEFAULT_DENSE = dense_stats_matrix(np.full((1, DENSE_DIM), np.nan))[0]
@@ -287,9 +289,11 @@ class FeatureCache:
 
     # -- users ----------------------------------------------------------------------------------
     def user_features(self, user_id: str) -> dict[str, Any]:
-        """The history the streams wrote for ``user_id``: ``{"history": [item ids]}``, empty when
-        unknown, malformed (counted) or Redis is down. Served from a local LRU once read; a stale
-        entry is re-read in the background (as item rows are)."""
+        """What the streams wrote for ``user_id``: ``{"history": [item ids]}``, and, where the user
+        was shown or clicked items, ``"shown"`` and ``"clicked"`` (item id -> first event time, ms,
+        :mod:`feature_store.user_items`); empty when unknown, malformed (counted) or Redis is down.
+        Served from a local LRU once read; a stale entry is re-read in the background (as item
+        rows are)."""
         self._apply_users()
         hit = self.users.get(user_id)
         if hit is not None:
@@ -311,15 +315,20 @@ class FeatureCache:
         return features
 
     def _read_user(self, user_id: str) -> dict[str, Any] | None:
-        """Read and check one user's features; None when Redis failed (counted)."""
+        """Read and check one user's features (one round trip); None when Redis failed (counted)."""
         try:
-            raw = self.r.get(user_features_key(user_id, self.prefix))
+            pipe = self.r.pipeline(transaction=False)
+            pipe.get(user_features_key(user_id, self.prefix))
+            pipe.zrange(user_items_key(user_id, self.prefix), -USER_ITEM_CAP, -1, withscores=True)
+            raw, pairs = pipe.execute()
         except (redis.RedisError, OSError) as exc:
             self._failed(exc)
             return None
+        shown, clicked = parse_user_items(pairs)
+        items = {name: times for name, times in (("shown", shown), ("clicked", clicked)) if times}
         if raw is None:
             metrics.MISSING.labels("user").inc()
-            return {}
+            return items
         try:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -327,15 +336,15 @@ class FeatureCache:
         history = value.get("history", []) if isinstance(value, dict) else None
         if not isinstance(history, list) or not all(isinstance(h, str) and 0 < len(h) <= ID_CHARS for h in history):
             metrics.ERRORS.labels("bad_user_features").inc()
-            return {}
-        return {"history": history[-MAX_HISTORY:]}
+            return items
+        return {"history": history[-MAX_HISTORY:], **items}
 
     def _put_user(self, user_id: str, features: dict[str, Any]) -> None:
         old = self.users.pop(user_id, None)
         if old is not None:
             self.user_bytes -= old[2]
-        history = features.get("history", [])
-        size = USER_BYTES + len(user_id) + sum(map(len, history)) + HISTORY_ENTRY_BYTES * len(history)
+        ids = [*features.get("history", []), *features.get("shown", ()), *features.get("clicked", ())]
+        size = USER_BYTES + len(user_id) + sum(map(len, ids)) + HISTORY_ENTRY_BYTES * len(ids)
         self.users[user_id] = (time.monotonic(), features, size)
         self.user_bytes += size
         while self.user_bytes > self.user_max_bytes and len(self.users) > 1:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
+from collections.abc import Sequence
 from itertools import chain, repeat
 from typing import Any
 
@@ -26,6 +28,7 @@ import numpy as np
 from feature_store.featurize import FEATURES, featurize_user
 from feature_store.policies import DAMR_BUDGET, budget_count, score_policy
 from feature_store.registry import POLICIES
+from feature_store.user_items import user_item_columns
 from router import metrics
 from router.features import FeatureCache, inline_dense
 from router.holder import ServingModel
@@ -198,21 +201,27 @@ def _budget(body: dict[str, Any], max_candidates: int) -> tuple[float | None, in
     return float(value), None
 
 
-_IN_HISTORY = FEATURES.index("in_history")
+_IN_HISTORY, _SEEN, _CLICKED = (FEATURES.index(name) for name in ("in_history", "user_seen", "user_clicked"))
 
 
-def mark_in_history(dense: np.ndarray, ids: list[str], user_features: dict[str, Any] | None) -> None:
-    """Set the ``in_history`` column of the candidates the user's history holds (the one user-by-item
-    signal a request carries itself; ``user_seen``/``user_clicked`` are not served yet: absent, 0).
+def mark_user_items(dense: np.ndarray, ids: list[str], history: Sequence[str], stored: dict[str, Any],
+                    at_ms: float) -> None:
+    """Set the ``USER_ITEM_FEATURES`` columns of the candidates: ``in_history`` from the history the
+    request is scored with, ``user_seen``/``user_clicked`` from the user's events the streams
+    stored (``stored``: :meth:`router.features.FeatureCache.user_features`) strictly before ``at_ms``.
 
-    >>> dense = np.zeros((2, len(FEATURES)), np.float32)
-    >>> mark_in_history(dense, ["a", "b"], {"history": ["b"]})
-    >>> dense[:, _IN_HISTORY].tolist()
-    [0.0, 1.0]
+    >>> dense = np.zeros((3, len(FEATURES)), np.float32)
+    >>> mark_user_items(dense, ["a", "b", "c"], ["b"], {"shown": {"a": 5.0, "c": 20.0}, "clicked": {"a": 6.0}}, 10.0)
+    >>> dense[:, [_IN_HISTORY, _SEEN, _CLICKED]].tolist()
+    [[0.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
     """
-    history = set((user_features or {}).get("history") or ())
     if history:
-        dense[:, _IN_HISTORY] = np.maximum(dense[:, _IN_HISTORY], [i in history for i in ids])
+        seen = set(history)
+        dense[:, _IN_HISTORY] = np.maximum(dense[:, _IN_HISTORY], [i in seen for i in ids])
+    if "shown" in stored or "clicked" in stored:
+        shown, clicked = user_item_columns(ids, stored.get("shown", {}), stored.get("clicked", {}), at_ms)
+        dense[:, _SEEN] = np.maximum(dense[:, _SEEN], shown)
+        dense[:, _CLICKED] = np.maximum(dense[:, _CLICKED], clicked)
 
 
 def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> dict[str, Any]:
@@ -221,9 +230,10 @@ def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> d
     ctypes = req.content_types or [c.get("content_type", "unknown") for c in req.candidates]
     found = features.lookup(ids, ctypes, req.inline_dense, req.inline_rows)
     items = found.items
-    user_features = req.user_features if req.user_features is not None else features.user_features(req.user_id)
+    stored = features.user_features(req.user_id)  # the request's own history, if given, replaces the stored one
+    user_features = req.user_features if req.user_features is not None else stored
     user = featurize_user(req.user_id, user_features)
-    mark_in_history(items.dense, ids, user_features)
+    mark_user_items(items.dense, ids, user_features.get("history") or (), stored, time.time() * 1000)
     scores, routed = score_policy(
         req.policy, req.k, req.expressive_budget(len(ids)),
         light=lambda: model.light.score(model.light.user_vector(user), model.item_vectors(found), items.dense),

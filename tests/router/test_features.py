@@ -14,8 +14,10 @@ from feature_store.featurize import FEATURES, dense_stats, featurize_items
 from feature_store.item_stats import ItemStats
 from feature_store.model_store import LoadedVersion
 from feature_store.user_features import user_features_key
+from feature_store.user_items import CLICKED, SHOWN, UserItems
 from router.features import ROW_BYTES, FeatureCache, inline_matrix
 from router.holder import build
+from router.prerank import mark_user_items
 from router.stats_reader import ABSENT, MALFORMED, OK, StatsReader
 
 from .conftest import tiers_of
@@ -230,3 +232,24 @@ def test_user_histories_are_cached_refreshed_in_the_background_and_bounded(redis
         cache.user_features(f"x{n}")
     cache.stop()
     assert cache.user_bytes <= 5_000 and "x49" in cache.users and "x0" not in cache.users
+
+
+def test_the_router_serves_the_user_by_item_features_the_streams_assemble(redis_client):
+    """What the streams worker recorded of a user (shown, clicked; one before the request, one after)
+    gives the router the same ``user_seen``/``user_clicked``/``in_history`` as the streams' own read
+    for the sample (before: the router served 0 for the first two, the model trained on their values)."""
+    now_ms = int(time.time() * 1000)
+    UserItems(redis_client, REDIS_PREFIX).record([
+        ("w", "a", SHOWN, now_ms - 60_000), ("w", "a", CLICKED, now_ms - 50_000), ("w", "b", SHOWN, now_ms - 1_000),
+        ("w", "c", SHOWN, now_ms + 60_000)])  # after the request: not seen as of it
+    redis_client.set(user_features_key("w", REDIS_PREFIX), b'{"history": ["d"]}')
+    ids = ["a", "b", "c", "d", "e"]
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX)
+    stored = cache.user_features("w")
+    dense = np.zeros((len(ids), len(FEATURES)), np.float32)
+    mark_user_items(dense, ids, stored["history"], stored, now_ms)
+    streams = UserItems(redis_client, REDIS_PREFIX).read("w", ids, now_ms, stored["history"])
+    for name in ("user_seen", "user_clicked", "in_history"):
+        assert dense[:, FEATURES.index(name)].tolist() == [row[name] for row in streams], name
+    assert dense[:, FEATURES.index("user_seen")].tolist() == [1, 1, 0, 0, 0]
+    assert dense[:, FEATURES.index("user_clicked")].tolist() == [1, 0, 0, 0, 0]
