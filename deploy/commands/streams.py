@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stall-timeout", type=float, default=s.streams_stall_s,
                    help="seconds without progress (x10 while tables recover) before the worker is replaced")
     p.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)  # the supervised child
+    # the supervisor's counts so far, passed to each worker it starts (see streams.worker.watchdog.supervise)
+    p.add_argument("--restarts", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--exits", default="", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,9 +49,10 @@ def run_worker(args: argparse.Namespace) -> int:
     from deploy.settings import Settings
     from streams.join.assembler import AssemblerConfig
     from streams.kafka.topics import create_missing, pipeline_topics, resume_at_log_start, worker_topics
-    from streams.worker.app import JOIN_INPUTS, StreamsConfig, count_deleted, make_app
+    from streams.worker.app import JOIN_INPUTS, StreamsConfig, StreamsWorker, count_deleted
     from streams.worker.log_filter import quiet_repeats
     from streams.worker.process import make_worker_class
+    from streams.worker.watchdog import parse_exits
 
     s = Settings.load()
     start_http_server(args.metrics_port or s.streams_metrics_port, addr=s.metrics_host)
@@ -65,7 +69,7 @@ def run_worker(args: argparse.Namespace) -> int:
             gn_per_exposed=args.gn_per_exposed,
         ),
     )
-    app = make_app(cfg)
+    app = StreamsWorker(cfg, restarts=args.restarts, exits=parse_exits(args.exits)).app
     # every topic the worker uses, changelogs included, replicated as the settings say (Faust creates none)
     create_missing(cfg.bootstrap, {**pipeline_topics(cfg.topic_prefix, cfg.partitions, s.kafka_replication),
                                    **worker_topics(app.conf.id, list(app.tables), cfg.partitions,

@@ -47,13 +47,13 @@ def topic_specs(settings: Settings) -> dict[str, Any]:
     """Every topic the pipeline uses: its own and the streams app's changelogs, as the worker creates them."""
     from feature_store.connection import RedisEndpoint
     from streams.kafka.topics import pipeline_topics, worker_topics
-    from streams.worker.app import StreamsConfig, make_app
+    from streams.worker.app import StreamsConfig, StreamsWorker
 
     with tempfile.TemporaryDirectory() as data_dir:  # the app is built only to read its id and tables
-        app = make_app(StreamsConfig(bootstrap=settings.kafka_bootstrap, redis=RedisEndpoint(settings.redis_url),
+        app = StreamsWorker(StreamsConfig(bootstrap=settings.kafka_bootstrap, redis=RedisEndpoint(settings.redis_url),
                                      redis_prefix=settings.redis_prefix,
                                      topic_prefix=settings.topic_prefix, partitions=settings.kafka_partitions,
-                                     data_dir=Path(data_dir)))
+                                     data_dir=Path(data_dir))).app
         tables = sorted(app.tables)
         app_id = app.conf.id
     return {**pipeline_topics(settings.topic_prefix, settings.kafka_partitions, settings.kafka_replication),

@@ -20,7 +20,8 @@ adapter first hands every group and dead letter the join produced to the produce
 the broker acknowledged them all, then writes the batch's table changes to their changelogs and
 waits for those, then writes the batch's item counts to Redis (each input record once:
 :meth:`streams.join.features.StreamFeatures.write_counts`; while Redis is down the batch waits),
-and only then lets Faust acknowledge the batch's records (Faust commits acknowledged offsets). A
+and only then acknowledges the batch's records (Faust commits acknowledged offsets). The next
+batch is fetched meanwhile (:meth:`StreamsWorker.assemble_batches`: at most two in flight). A
 delivery that fails ends the worker (exit 1, restarted by the supervisor) before anything of the
 batch is acknowledged; a worker killed at any point (SIGKILL included) replays from the last
 commit with tables that are at most as far as the outputs, so a replayed request is emitted again
@@ -39,9 +40,9 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from faust.types import TP
@@ -52,20 +53,17 @@ from streams.contract.schemas import Limits
 from streams.join.assembler import AssemblerConfig
 from streams.join.catalogue import CatalogueFollower
 from streams.join.features import StreamFeatures
-from streams.join.joiner import JoinConfig, Joiner, JoinTables
+from streams.join.joiner import Features, JoinConfig, Joiner, JoinTables
 from streams.join.pool import CandidatePool
 from streams.kafka import decode_guard
-from streams.kafka.batch_producer import BatchProducer, changelog_record
+from streams.kafka.batch_producer import BatchProducer, Record, changelog_record
 from streams.kafka.security import KafkaSecurity
 from streams.kafka.topics import DEFAULT_PARTITIONS, Deleted, record_limits
 from streams.worker.watchdog import (
     EXIT_REASONS,
-    EXITS_ENV,
     RECOVERY_GRACE,
-    RESTARTS_ENV,
     STALLED_EXIT,
     Watchdog,
-    parse_exits,
 )
 
 #: records per batch, and the longest a batch waits to fill
@@ -163,7 +161,7 @@ class InputLag:
     wait that were never fetched: not a trailing transaction marker, which the position skips)
     and the join took nothing from it for ``stall_s``. Faust's consumer has been reported to stop
     fetching some of its partitions after a rebalance (faust-streaming issue 629); the worker then
-    replaces itself (:func:`make_app`), as for a stall: a fresh consumer resumes from the commits.
+    replaces itself (:meth:`StreamsWorker.check_progress`), as for a stall: a fresh consumer resumes from the commits.
     """
 
     def __init__(self, app: faust.App, topics: Sequence[str]) -> None:
@@ -304,147 +302,254 @@ _changes: contextvars.ContextVar[list[tuple[Any, int, str, Any]]] = contextvars.
 BATCH_FAILED_EXIT = 1
 
 
-def make_app(cfg: StreamsConfig) -> faust.App:
-    """Build the app; run it with ``faust.Worker(app).execute_from_commandline()``."""
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    decode_guard.install()
-    app = faust.App(
-        f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}", store="memory://",
-        topic_partitions=cfg.partitions, topic_replication_factor=cfg.replication_factor, web_enabled=False,
-        datadir=str(cfg.data_dir),
-        consumer_auto_offset_reset="earliest", consumer_max_fetch_size=FETCH_BYTES,
-        broker_commit_every=100, broker_commit_interval=1.0, table_cleanup_interval=30.0,
-        # a crashed worker's partitions move to the others (or its restart) within seconds
-        broker_session_timeout=10.0, broker_heartbeat_interval=2.0,
-        broker_credentials=cfg.kafka_security.faust_credentials(),
-        consumer_group_instance_id=cfg.static_member,
-    )
-    t = cfg.topic_prefix
-    raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": cfg.partitions}
-    inputs = app.topic(f"{t}ranking", f"{t}exposure", f"{t}streams-ticks", **raw)
-    ticks = app.topic(f"{t}streams-ticks", **raw)
-    items_topic = app.topic(f"{t}items", **raw)
-    outputs = {"samples": f"{t}samples", "dlq": f"{t}dlq"}
-    # the batch's outputs and table changes, one produce batch per partition (Faust's producer sends the ticks)
-    producer = BatchProducer(cfg.bootstrap, max_bytes=record_limits(cfg.limits)[1],
-                             **cfg.kafka_security.aiokafka_options())
-    tables = JoinTables(
-        pending=FaustTable(app.Table("pending", default=None, partitions=cfg.partitions)),
-        rankings=FaustTable(app.Table("rankings", default=None, partitions=cfg.partitions)),
-        finalized=FaustTable(app.Table("finalized", default=None, partitions=cfg.partitions)),
-        emitted=FaustTable(app.Table("emitted", default=None, partitions=cfg.partitions, value_type=bytes)),
-    )
-    lag = InputLag(app, [f"{t}{name}" for name in JOIN_INPUTS])
-    refuse_gap_acks(lag.topics)
-    features = StreamFeatures(cfg.redis.client(), prefix=cfg.redis_prefix)
-    joiner = Joiner(
-        # a partition that stays behind is held far longer than the worker takes to replace itself for it
-        JoinConfig(t, cfg.assembler, cfg.limits, cfg.corrections, cfg.retention_ms, cfg.max_future_ms,
-                   lagging_hold_ms=int(max(120.0, 4 * cfg.stall_s) * 1000)), tables,
-        lambda kind, key, value: _outbox.get().append((kind, key, value)), features, CandidatePool(), lagging=lag)
-    follower = CatalogueFollower(cfg.bootstrap, f"{t}items", _into_pool(joiner), cfg.kafka_security,
-                                 max_bytes=record_limits(cfg.limits)[1])
-    watchdog = Watchdog(cfg.stall_s)
-    metrics.RESTARTS.set(int(os.environ.get(RESTARTS_ENV, "0")))
-    metrics.export_invalid([f"{t}ranking", f"{t}exposure", f"{t}items"])
-    exits = parse_exits(os.environ.get(EXITS_ENV, ""))
-    for reason in EXIT_REASONS:  # 0 from the start, so that increase() sees the first restart
-        metrics.EXITS.labels(reason).inc(exits.get(reason, 0))
+class Producer(Protocol):
+    """What the worker delivers a batch's records with (:class:`streams.kafka.batch_producer.BatchProducer`)."""
 
-    async def send_outbox() -> None:
-        """Deliver what the batch produced, outputs first and then its table changes, before Faust
-        acknowledges the batch (see the module's delivery note); a failed delivery ends the worker."""
-        out, changes = _outbox.get(), _changes.get()
+    async def start(self) -> None: ...
+
+    async def deliver(self, records: Sequence[Record]) -> None:
+        """Return once the brokers acknowledged every record; raise otherwise."""
+
+
+class BatchFeatures(Features, Protocol):
+    """The join's feature store, plus the per-batch write of item counts
+    (:class:`streams.join.features.StreamFeatures`)."""
+
+    async def write_counts(self, waiting: Callable[[], None] | None = None) -> None: ...
+
+
+#: acknowledges one input event for Faust's commits (``stream.ack``)
+Ack = Callable[[Any], Awaitable[bool]]
+#: makes one changelog-backed Faust table of the app: (name, Faust ``Table`` keyword arguments)
+TableFactory = Callable[..., Any]
+
+
+class StreamsWorker:
+    """One streams worker: the Faust app, its agents and timers, and the batch delivery of the
+    module's note.
+
+    Lifecycle: construct (builds the app, its tables and the join; connects to nothing), then run
+    :attr:`app` with ``faust.Worker(worker.app).execute_from_commandline()``. The agents hand their
+    batches to :meth:`assemble_batches` and :meth:`check_item_batches`; the ``producer`` connects at
+    the first batch.
+    The worker never returns from a failure: it calls ``exit`` (default :func:`os._exit`, at once:
+    Faust's stop may hang on a wedged client) with :data:`BATCH_FAILED_EXIT` when a batch cannot be
+    finished, or :data:`streams.worker.watchdog.STALLED_EXIT` from :meth:`check_progress`.
+
+    Injectable (defaults in brackets): ``producer`` [a :class:`BatchProducer` on ``cfg.bootstrap``],
+    ``features`` [:class:`StreamFeatures` on ``cfg.redis``], ``make_table`` [the app's ``Table``],
+    ``lag`` [:class:`InputLag` of the app's consumer], ``exit`` [:func:`os._exit`]; ``restarts`` and
+    ``exits`` (by reason) are the supervisor's counts so far, exported as metrics.
+    """
+
+    def __init__(self, cfg: StreamsConfig, *, producer: Producer | None = None,
+                 features: BatchFeatures | None = None, make_table: TableFactory | None = None,
+                 lag: InputLag | None = None, exit: Callable[[int], Any] = os._exit,
+                 restarts: int = 0, exits: Mapping[str, int] | None = None) -> None:
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        decode_guard.install()
+        self.cfg, self.exit = cfg, exit
+        self.app = app = faust.App(
+            f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}", store="memory://",
+            topic_partitions=cfg.partitions, topic_replication_factor=cfg.replication_factor, web_enabled=False,
+            datadir=str(cfg.data_dir),
+            consumer_auto_offset_reset="earliest", consumer_max_fetch_size=FETCH_BYTES,
+            broker_commit_every=100, broker_commit_interval=1.0, table_cleanup_interval=30.0,
+            # a crashed worker's partitions move to the others (or its restart) within seconds
+            broker_session_timeout=10.0, broker_heartbeat_interval=2.0,
+            broker_credentials=cfg.kafka_security.faust_credentials(),
+            consumer_group_instance_id=cfg.static_member,
+        )
+        t = cfg.topic_prefix
+        raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": cfg.partitions}
+        self.inputs = app.topic(f"{t}ranking", f"{t}exposure", f"{t}streams-ticks", **raw)
+        self.ticks = app.topic(f"{t}streams-ticks", **raw)
+        self.items_topic = app.topic(f"{t}items", **raw)
+        self.outputs = {"samples": f"{t}samples", "dlq": f"{t}dlq"}
+        # the batch's outputs and table changes, one produce batch per partition (Faust's producer sends the ticks)
+        self.producer: Producer = producer or BatchProducer(
+            cfg.bootstrap, max_bytes=record_limits(cfg.limits)[1], **cfg.kafka_security.aiokafka_options())
+        table = make_table or app.Table
+        tables = JoinTables(
+            pending=FaustTable(table("pending", default=None, partitions=cfg.partitions)),
+            rankings=FaustTable(table("rankings", default=None, partitions=cfg.partitions)),
+            finalized=FaustTable(table("finalized", default=None, partitions=cfg.partitions)),
+            emitted=FaustTable(table("emitted", default=None, partitions=cfg.partitions, value_type=bytes)),
+        )
+        self.lag = lag or InputLag(app, [f"{t}{name}" for name in JOIN_INPUTS])
+        refuse_gap_acks(self.lag.topics)
+        self.features: BatchFeatures = features or StreamFeatures(cfg.redis.client(), prefix=cfg.redis_prefix)
+        self.joiner = Joiner(
+            # a partition that stays behind is held far longer than the worker takes to replace itself for it
+            JoinConfig(t, cfg.assembler, cfg.limits, cfg.corrections, cfg.retention_ms, cfg.max_future_ms,
+                       lagging_hold_ms=int(max(120.0, 4 * cfg.stall_s) * 1000)), tables,
+            lambda kind, key, value: _outbox.get().append((kind, key, value)), self.features, CandidatePool(),
+            lagging=self.lag)
+        self.follower = CatalogueFollower(cfg.bootstrap, f"{t}items", _into_pool(self.joiner), cfg.kafka_security,
+                                          max_bytes=record_limits(cfg.limits)[1])
+        self.watchdog = Watchdog(cfg.stall_s)
+        self.rebuilt_at = float("-inf")
+        metrics.RESTARTS.set(restarts)
+        metrics.export_invalid([f"{t}ranking", f"{t}exposure", f"{t}items"])
+        for reason in EXIT_REASONS:  # 0 from the start, so that increase() sees the first restart
+            metrics.EXITS.labels(reason).inc((exits or {}).get(reason, 0))
+        self._wire()
+
+    def _wire(self) -> None:
+        """Register the agents, tasks and timers with the app."""
+        app = self.app
+        app.agent(self.inputs, name="assemble_agent")(self._assemble_agent)
+        app.agent(self.items_topic, name="catalogue")(self._catalogue_agent)
+        app.on_partitions_assigned.connect(self._on_assigned)
+        app.task(self._follow_catalogue)
+        app.timer(interval=self.cfg.tick_s, name="tick")(self._tick)
+        app.timer(interval=min(5.0, self.cfg.stall_s / 4), name="check_progress")(self.check_progress)
+
+    async def _assemble_agent(self, stream: faust.StreamT) -> None:
+        await self.assemble_batches(event_batches(stream), stream.ack)
+
+    async def _catalogue_agent(self, stream: faust.StreamT) -> None:
+        await self.check_item_batches(event_batches(stream))
+
+    async def assemble_batches(self, batches: AsyncIterator[Sequence[Any]], ack: Ack) -> None:
+        """Join and deliver each batch of ranking, exposure and tick events (Faust events) of
+        ``batches``, pipelined: batch N+1 is fetched while batch N is joined and delivered.
+
+        ``batches`` acknowledges a batch's events when asked for the next batch (Faust's
+        ``take_events``); each event is held past that (one more reference on its message) until
+        :meth:`assemble` delivered every output of its batch, and then released with ``ack``
+        (Faust's ``stream.ack``: the message's last reference makes its offset committable).
+        At most two batches are held: the one being joined and delivered, and the next being
+        fetched; a batch is joined only after the one before it was acknowledged, so batches are
+        joined in order. Cancelled (the worker stops), the batch in progress is cancelled too and
+        stays unacknowledged (a fresh worker replays it)."""
+        previous: asyncio.Task[None] | None = None
         try:
-            await producer.start()  # connects at the first batch of either agent
-            await producer.deliver([(outputs[kind], None, key, value) for kind, key, value in out])
-            out.clear()
-            await producer.deliver([changelog_record(*change) for change in changes])
-            changes.clear()
-        except Exception as exc:  # nothing of the batch is acknowledged: a fresh worker replays it
-            app.log.error("the broker did not take the batch's %s (%r): exiting to be replaced",
-                          "outputs" if out else "table changes", exc)
-            os._exit(BATCH_FAILED_EXIT)
+            async for events in batches:
+                for event in events:
+                    event.message.incref()  # released by _assemble_and_ack, after the delivery
+                if previous is not None:
+                    await previous
+                previous = asyncio.ensure_future(self._assemble_and_ack(events, ack))
+        except BaseException:
+            if previous is not None:
+                previous.cancel()
+            raise
+        if previous is not None:
+            await previous
 
-    def waiting_on_redis() -> None:
-        """The batch waits for Redis to take its counts: no stall, and no input partition is stuck."""
-        watchdog.beat()
-        lag.restart_clocks()
-
-    @app.agent(inputs)
-    async def assemble_agent(stream: faust.StreamT) -> None:
+    async def _assemble_and_ack(self, events: Sequence[Any], ack: Ack) -> None:
+        """:meth:`assemble` one batch with its own outbox, then acknowledge its events."""
         _outbox.set([])
         _changes.set([])
-        rebuilt_at = float("-inf")
-        async for events in stream.take_events(BATCH_RECORDS, within=BATCH_WITHIN_S):
-            watchdog.beat()
-            # after recovery, and then periodically (a rebalance can hand this worker new partitions)
-            if time.monotonic() - rebuilt_at > REBUILD_EVERY_S and app.tables.recovery.completed.is_set():
-                rebuilt_at = time.monotonic()
-                joiner.rebuild()
-                app.log.info("indexed %d pending and %d finalized requests", sum(map(len, joiner.open.values())),
-                             sum(map(len, joiner.closed.values())))
-            try:  # records past offsets never delivered wait until those are read again (see refuse_gap_acks)
-                messages = await lag.took([event.message for event in events])
-            except InputGap as gap:  # nothing past it is committed: a fresh worker reads it from the last commit
-                app.log.error("input offsets never delivered to the join: %s: exiting to be replaced", gap)
-                os._exit(BATCH_FAILED_EXIT)
-            try:
-                await joiner.process(messages)
-            except Exception:  # Faust would acknowledge the batch all the same: never let it, replay it
-                app.log.exception("the join failed on a batch: exiting to be replaced")
-                os._exit(BATCH_FAILED_EXIT)
-            await send_outbox()
-            await features.write_counts(waiting_on_redis)  # its item counts, before the batch is acknowledged
+        if await self.assemble(events):
+            for event in events:
+                await ack(event)
 
-    @app.on_partitions_assigned.connect
-    async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
-        lag.reassigned(assigned)
+    async def assemble(self, events: Sequence[Any]) -> bool:
+        """One batch of the join: take it in, deliver what it produced (:meth:`deliver`), then write
+        its item counts; True when the batch may be acknowledged. Exits the worker instead when
+        offsets before it were never delivered though read again (:class:`InputGap`), the join
+        fails, or the delivery fails (False if ``exit`` returned)."""
+        app = self.app
+        self.watchdog.beat()
+        # after recovery, and then periodically (a rebalance can hand this worker new partitions)
+        if time.monotonic() - self.rebuilt_at > REBUILD_EVERY_S and app.tables.recovery.completed.is_set():
+            self.rebuilt_at = time.monotonic()
+            self.joiner.rebuild()
+            app.log.info("indexed %d pending and %d finalized requests", sum(map(len, self.joiner.open.values())),
+                         sum(map(len, self.joiner.closed.values())))
+        try:  # records past offsets never delivered wait until those are read again (see refuse_gap_acks)
+            messages = await self.lag.took([event.message for event in events])
+        except InputGap as gap:  # nothing past it is committed: a fresh worker reads it from the last commit
+            app.log.error("input offsets never delivered to the join: %s: exiting to be replaced", gap)
+            self.exit(BATCH_FAILED_EXIT)
+            return False
+        try:
+            await self.joiner.process(messages)
+        except Exception:  # the batch cannot be finished: never acknowledge it, replay it
+            app.log.exception("the join failed on a batch: exiting to be replaced")
+            self.exit(BATCH_FAILED_EXIT)
+            return False
+        if not await self.deliver():
+            return False
+        await self.features.write_counts(self._waiting_on_redis)  # before the batch is acknowledged
+        return True
 
-    @app.agent(items_topic)
-    async def catalogue(stream: faust.StreamT) -> None:
+    async def check_item_batches(self, batches: AsyncIterator[Sequence[Any]]) -> None:
+        """Check each batch of ``items`` events and deliver its dead letters, as :meth:`assemble_batches`."""
         _outbox.set([])
         _changes.set([])
-        async for events in stream.take_events(BATCH_RECORDS, within=BATCH_WITHIN_S):
+        async for events in batches:
             for event in events:
                 try:
-                    joiner.check_item(event.message)
+                    self.joiner.check_item(event.message)
                 except Exception as exc:  # a worker never dies of its input
-                    joiner.dead_letter("internal", f"internal: {exc!r}", event.message)
-            await send_outbox()
+                    self.joiner.dead_letter("internal", f"internal: {exc!r}", event.message)
+            await self.deliver()
 
-    @app.task
-    async def follow_catalogue() -> None:
+    async def deliver(self) -> bool:
+        """Deliver what the current batch produced, outputs first and then its table changes, before
+        the batch is acknowledged (see the module's delivery note); True when the brokers took all.
+        A failed delivery exits the worker (:data:`BATCH_FAILED_EXIT`); False if ``exit`` returned."""
+        out, changes = _outbox.get(), _changes.get()
+        try:
+            await self.producer.start()  # connects at the first batch of either agent
+            await self.producer.deliver([(self.outputs[kind], None, key, value) for kind, key, value in out])
+            out.clear()
+            await self.producer.deliver([changelog_record(*change) for change in changes])
+            changes.clear()
+        except Exception as exc:  # nothing of the batch is acknowledged: a fresh worker replays it
+            self.app.log.error("the broker did not take the batch's %s (%r): exiting to be replaced",
+                               "outputs" if out else "table changes", exc)
+            self.exit(BATCH_FAILED_EXIT)
+            return False
+        return True
+
+    def _waiting_on_redis(self) -> None:
+        """The batch waits for Redis to take its counts: no stall, and no input partition is stuck."""
+        self.watchdog.beat()
+        self.lag.restart_clocks()
+
+    async def _on_assigned(self, app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        self.lag.reassigned(assigned)
+
+    async def _follow_catalogue(self) -> None:
         delay = 1.0
         while True:  # the follower returns only when cancelled; a failure is logged and retried
             try:
-                await follower.run()
+                await self.follower.run()
             except Exception as exc:
                 metrics.ERRORS.labels("catalogue").inc()
-                app.log.error("the catalogue follower failed (%r): retrying in %.0fs", exc, delay)
+                self.app.log.error("the catalogue follower failed (%r): retrying in %.0fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(30.0, 2 * delay)
 
-    @app.timer(interval=cfg.tick_s)
-    async def tick() -> None:
-        for partition in range(cfg.partitions):
-            await ticks.send(key=b"tick", value=b"", partition=partition)
+    async def _tick(self) -> None:
+        for partition in range(self.cfg.partitions):
+            await self.ticks.send(key=b"tick", value=b"", partition=partition)
 
-    @app.timer(interval=min(5.0, cfg.stall_s / 4))
-    async def check_progress() -> None:
+    async def check_progress(self) -> None:
+        """Exit with :data:`STALLED_EXIT` when no batch came for ``stall_s`` (x :data:`RECOVERY_GRACE`
+        while the tables recover), or when an input partition is stuck (:meth:`InputLag.stuck`)."""
+        app, lag = self.app, self.lag
         recovering = not app.tables.recovery.completed.is_set()  # tables replaying: the agent waits
-        if watchdog.stalled(RECOVERY_GRACE if recovering else 1.0):
+        if self.watchdog.stalled(RECOVERY_GRACE if recovering else 1.0):
             app.log.error("no message handled for %.0fs (not even our own ticks)%s: exiting to be replaced",
-                          time.monotonic() - watchdog.last, " while recovering" if recovering else "")
-            os._exit(STALLED_EXIT)  # at once: Faust's stop may hang on the same wedged client
-        if recovering:
+                          time.monotonic() - self.watchdog.last, " while recovering" if recovering else "")
+            self.exit(STALLED_EXIT)  # at once: Faust's stop may hang on the same wedged client
+        elif recovering:
             lag.restart_clocks()
-        elif stuck := await lag.stuck(cfg.stall_s):
+        elif stuck := await lag.stuck(self.cfg.stall_s):
             app.log.error("input partitions behind and not fetched for %.0fs: %s: exiting to be replaced",
-                          cfg.stall_s, ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(stuck)))
-            os._exit(STALLED_EXIT)
+                          self.cfg.stall_s, ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(stuck)))
+            self.exit(STALLED_EXIT)
 
-    return app
+
+def event_batches(stream: faust.StreamT) -> AsyncIterator[Sequence[Any]]:
+    """The stream's events in batches of up to :data:`BATCH_RECORDS` (waiting at most
+    :data:`BATCH_WITHIN_S` to fill one); a batch is acknowledged when the next is asked for."""
+    return stream.take_events(BATCH_RECORDS, within=BATCH_WITHIN_S)
 
 
 def _into_pool(joiner: Joiner) -> Callable[[Sequence[Any]], None]:

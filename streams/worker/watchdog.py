@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import signal
 import subprocess
 import time
 
 STALLED_EXIT = 3
 RECOVERY_GRACE = 10.0  # while the tables recover from their changelogs, a stall counts after 10 x stall_s
-RESTARTS_ENV = "HAP_STREAMS_RESTARTS"
 log = logging.getLogger("hap.streams")
 
 
@@ -47,7 +45,6 @@ class Watchdog:
 
 
 EXIT_REASONS = ("stalled", "crashed", "killed", "exited")
-EXITS_ENV = "HAP_STREAMS_EXITS"
 
 
 def exit_reason(code: int) -> str:
@@ -64,7 +61,7 @@ def exit_reason(code: int) -> str:
 
 
 def format_exits(exits: dict[str, int]) -> str:
-    """``stalled=1,crashed=2``: the exits so far, as passed to the next worker in :data:`EXITS_ENV`."""
+    """``stalled=1,crashed=2``: the exits so far, as passed to the next worker (``--exits``)."""
     return ",".join(f"{reason}={n}" for reason, n in exits.items() if n)
 
 
@@ -102,8 +99,8 @@ def supervise(cmd: list[str], policy: RestartPolicy = RestartPolicy()) -> int:
     backoff; returns the last worker's exit code once stopped.
 
     SIGTERM and SIGINT are passed on to the worker and end the supervision. Each exit is logged
-    with its reason and the running count; the next worker gets the count in
-    :data:`RESTARTS_ENV` and the exits by reason in :data:`EXITS_ENV`, and exports them
+    with its reason and the running count; the next worker gets the count as ``--restarts N``
+    and the exits by reason as ``--exits`` (:func:`format_exits`), appended to ``cmd``, and exports them
     (``hap_streams_worker_restarts``, ``hap_streams_worker_exits_total{reason}``).
     """
     stopping = False
@@ -121,7 +118,7 @@ def supervise(cmd: list[str], policy: RestartPolicy = RestartPolicy()) -> int:
     restarts = quick = 0
     while True:
         started = time.monotonic()
-        child = subprocess.Popen(cmd, env={**os.environ, RESTARTS_ENV: str(restarts), EXITS_ENV: format_exits(exits)})
+        child = subprocess.Popen([*cmd, "--restarts", str(restarts), "--exits", format_exits(exits)])
         code = child.wait()
         if stopping:
             return code

@@ -8,12 +8,13 @@ import time
 
 from streams.worker.watchdog import Watchdog
 
-# the n-th worker (HAP_STREAMS_RESTARTS=n) stalls, crashes, is killed, exits 0, then asks the supervisor to stop
+# the n-th worker (``--restarts n``) stalls, crashes, is killed, exits 0, then asks the supervisor to stop
 WORKER = textwrap.dedent("""
     import os, signal, sys, time
-    n = int(os.environ["HAP_STREAMS_RESTARTS"])
+    assert sys.argv[2::2] == ["--restarts", "--exits"], sys.argv
+    n, exits = int(sys.argv[3]), sys.argv[5]
     with open(sys.argv[1], "a") as log:
-        log.write(f"{n} {os.environ['HAP_STREAMS_EXITS'] or '-'} {time.monotonic()}\\n")
+        log.write(f"{n} {exits or '-'} {time.monotonic()}\\n")
     if n == 0:
         sys.exit(3)
     if n == 1:

@@ -1,0 +1,210 @@
+"""The worker's batch delivery without a broker or Redis: a fake producer, fake item statistics and a
+fake Faust stream record what happens, in order. The brokers acknowledge a batch's outputs (dead
+letters, groups), then its changelog records; then its item counts are written; only then is the
+input acknowledged, while the next batch was fetched meanwhile (at most two in flight). A failed
+delivery, offsets never delivered though read again, and a stall exit the worker through the injected
+``exit``, before anything of the batch is acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faust.types import TP
+
+from feature_store.connection import RedisEndpoint
+from streams.contract.schemas import Candidate, RankingEvent, encode
+from streams.worker.app import BATCH_FAILED_EXIT, InputGap, StreamsConfig, StreamsWorker
+from streams.worker.watchdog import STALLED_EXIT
+
+PREFIX = "t."
+
+
+@dataclasses.dataclass
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any = ()
+    refcount: int = 1  # the stream's reference, taken when the consumer handed it the message
+
+    def incref(self) -> None:
+        self.refcount += 1
+
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
+
+
+@dataclasses.dataclass
+class Event:
+    message: Message
+
+
+class Exited(Exception):
+    """What the injected exit raises: ``os._exit`` never returns either."""
+
+
+class Log(list[str]):
+    def exit(self, code: int) -> None:
+        self.append(f"exit {code}")
+        raise Exited(code)
+
+
+class Producer:
+    def __init__(self, log: Log, fail: bool = False) -> None:
+        self.log, self.fail = log, fail
+
+    async def start(self) -> None:
+        pass
+
+    async def deliver(self, records: Sequence[tuple[str, int | None, bytes | None, bytes | None]]) -> None:
+        await asyncio.sleep(0)  # the brokers take their time
+        if self.fail and records:
+            raise ConnectionError("broker down")
+        if records:
+            self.log.append("acked " + ",".join(sorted({topic for topic, *_ in records})))
+
+
+class Features:
+    """The join's feature reads and the item statistics, without Redis."""
+
+    def __init__(self, log: Log) -> None:
+        self.log, self.counted = log, 0
+
+    def count(self, event: Any, dwell_threshold_ms: int, topic: str, partition: int, offset: int) -> None:
+        self.counted += 1
+
+    def set_history(self, user_id: str, history: list[str]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    async def read_groups(self, requests: Sequence[tuple[Sequence[str], int]]) -> list[list[dict[str, float]]]:
+        return [[{} for _ in ids] for ids, _ in requests]
+
+    async def write_counts(self, waiting: Callable[[], None] | None = None) -> None:
+        await asyncio.sleep(0)
+        self.log.append("counts written")
+
+
+class Lag:
+    """The worker's input lag, without a consumer: nothing behind; ``gap``, raised at the next batch."""
+
+    topics = frozenset({f"{PREFIX}ranking", f"{PREFIX}exposure"})
+
+    def __init__(self) -> None:
+        self.gap: InputGap | None = None
+
+    async def took(self, messages: Sequence[Message]) -> list[Message]:
+        if self.gap is not None:
+            raise self.gap
+        return list(messages)
+
+    def __call__(self, topic: str, partition: int) -> bool:
+        return False
+
+    def restart_clocks(self) -> None:
+        pass
+
+    def reassigned(self, partitions: Any) -> None:
+        pass
+
+
+def make_worker(tmp_path: Path, log: Log, *, fail: bool = False, stall_s: float = 30.0) -> tuple[StreamsWorker, Lag]:
+    lag = Lag()
+    cfg = StreamsConfig(bootstrap="127.0.0.1:1", redis=RedisEndpoint("redis://127.0.0.1:1"), redis_prefix="t:",
+                        topic_prefix=PREFIX, data_dir=tmp_path, partitions=2, stall_s=stall_s)
+    worker = StreamsWorker(cfg, producer=Producer(log, fail), features=Features(log), lag=lag,  # type: ignore[arg-type]
+                           exit=log.exit)
+    return worker, lag
+
+
+class Stream:
+    """Faust's acknowledgement: an offset is committable once its message's last reference is released."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+
+    async def ack(self, event: Event) -> bool:
+        event.message.refcount -= 1
+        assert event.message.refcount >= 0
+        if event.message.refcount == 0:
+            self.log.append(f"input acked {event.message.offset}")
+        return event.message.refcount == 0
+
+
+async def batches(stream: Stream, *batches: list[Event]) -> AsyncIterator[list[Event]]:
+    """As Faust's ``take_events``: a batch is fetched when asked for, and its events released when the
+    next batch is asked for."""
+    for batch in batches:
+        await asyncio.sleep(0)  # the fetch takes its time
+        stream.log.append("fetched " + ",".join(str(e.message.offset) for e in batch))
+        yield batch
+        for event in batch:
+            await stream.ack(event)
+
+
+def run(worker: StreamsWorker, log: Log, *events: list[Event]) -> None:
+    stream = Stream(log)
+    asyncio.run(worker.assemble_batches(batches(stream, *events), stream.ack))
+
+
+def ranking(offset: int, rid: str) -> Event:
+    value = encode(RankingEvent(rid, "u1", int(time.time() * 1000), [Candidate("i1", "hot", 0, 0.9, 0, 0.8, "video")]))
+    return Event(Message(f"{PREFIX}ranking", 0, offset, rid.encode(), value))
+
+
+def garbage(offset: int) -> Event:
+    return Event(Message(f"{PREFIX}ranking", 0, offset, b"bad", b"{not json"))
+
+
+def test_outputs_then_changelogs_then_counts_then_the_input_ack(tmp_path: Path) -> None:
+    log = Log()
+    worker, _ = make_worker(tmp_path, log)
+    changelogs = ",".join(sorted(f"{worker.app.conf.id}-{t}-changelog" for t in ("pending", "rankings")))
+    run(worker, log, [garbage(0), ranking(1, "r1")], [ranking(2, "r2")], [ranking(3, "r3")])
+    assert log == [
+        "fetched 0,1",
+        "fetched 2",  # while the first batch is joined and delivered
+        f"acked {PREFIX}dlq", f"acked {changelogs}", "counts written", "input acked 0", "input acked 1",
+        "fetched 3",  # two batches in flight at most: the third waits for the first's acknowledgement
+        f"acked {changelogs}", "counts written", "input acked 2",  # no output: the changes alone
+        f"acked {changelogs}", "counts written", "input acked 3",
+    ]
+
+
+def test_a_failed_delivery_exits_before_the_counts_and_the_ack(tmp_path: Path) -> None:
+    log = Log()
+    worker, _ = make_worker(tmp_path, log, fail=True)
+    with pytest.raises(Exited):
+        run(worker, log, [garbage(0)], [garbage(1)])
+    assert log == ["fetched 0", "fetched 1", f"exit {BATCH_FAILED_EXIT}"]  # nothing acknowledged
+
+
+def test_offsets_never_delivered_though_read_again_exit_before_the_batch_is_joined(tmp_path: Path) -> None:
+    log = Log()
+    worker, lag = make_worker(tmp_path, log)
+    lag.gap = InputGap(TP(f"{PREFIX}ranking", 0), 0, 4)
+    with pytest.raises(Exited):
+        run(worker, log, [garbage(5)])
+    assert log == ["fetched 5", f"exit {BATCH_FAILED_EXIT}"]
+
+
+def test_a_stall_exits(tmp_path: Path) -> None:
+    log = Log()
+    worker, _ = make_worker(tmp_path, log, stall_s=0.01)
+    asyncio.run(worker.check_progress())  # beaten at start: no stall
+    assert log == []
+    time.sleep(0.15)  # past stall_s x RECOVERY_GRACE: the tables never recovered here
+    with pytest.raises(Exited):
+        asyncio.run(worker.check_progress())
+    assert log == [f"exit {STALLED_EXIT}"]
