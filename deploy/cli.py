@@ -1,8 +1,8 @@
 """The `hap` command: one entry point that wires the components together.
 
 Each subcommand lives next to what it drives and exposes ``add_parser(subparsers)`` and
-``run(args) -> int``; this module only collects them. Settings come from ``HAP_*``
-environment variables and the endpoints of a stack started with the same data dir.
+``run(args) -> int``; this module only collects them. Settings come from the environment
+(``deploy.settings``, ``docs/settings.md``) and the endpoints of a stack started with the same data dir.
 """
 
 from __future__ import annotations

@@ -241,6 +241,16 @@ class Variable:
         return self.field is not None and self.default is None
 
 
+def env_name(field: str) -> str:
+    """The variable that sets the :class:`Settings` field ``field``, for messages and help texts
+    (a name is spelled only in :data:`VARIABLES`).
+
+    >>> env_name("kafka_bootstrap")
+    'HAP_KAFKA_BOOTSTRAP'
+    """
+    return next(v.name for v in VARIABLES if v.field == field)
+
+
 #: every ``HAP_*`` variable the settings read, in the order the reference lists them
 VARIABLES: tuple[Variable, ...] = (
     # where things are

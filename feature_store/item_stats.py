@@ -94,9 +94,9 @@ class ItemStats:
         """The hash of the input offsets counted into the item's statistics (source -> offset), in
         the slot of :meth:`key`: its hash tag is the item key's own, or the item key when it has none.
 
-        >>> stats = ItemStats(redis.Redis(), "hap:")  # no connection is made
+        >>> stats = ItemStats(redis.Redis(), "demo:")  # no connection is made
         >>> stats.applied_key("i1"), stats.applied_key("a{b}c")
-        ('{hap:stats:item:i1}:applied', 'hap:stats:item:a{b}c:applied')
+        ('{demo:stats:item:i1}:applied', 'demo:stats:item:a{b}c:applied')
         """
         key = self.key(item_id)
         start = key.find("{")

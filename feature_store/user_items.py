@@ -10,8 +10,8 @@ what the user had done before the request (:func:`user_item_values`, the one rul
 
 Examples
 --------
->>> user_items_key("u1", "hap:")
-'hap:feat:useritem:u1'
+>>> user_items_key("u1", "demo:")
+'demo:feat:useritem:u1'
 >>> user_item_values(exposed_ms=1_000.0, clicked_ms=None, at_ms=2_000, in_history=False)
 {'user_seen': 1.0, 'user_clicked': 0.0, 'in_history': 0.0}
 >>> user_item_values(exposed_ms=2_000.0, clicked_ms=None, at_ms=2_000, in_history=True)["user_seen"]
@@ -76,7 +76,7 @@ def user_item_columns(item_ids: Sequence[str], shown: Mapping[str, float], click
 class UserItems:
     """Writer and as-of reader of the per-user sets in Redis.
 
-    >>> store = UserItems(redis.Redis(), "hap:")                                  # doctest: +SKIP
+    >>> store = UserItems(redis.Redis(), "demo:")                                  # doctest: +SKIP
     >>> store.record([("u1", "n1", SHOWN, 1_000)])                               # doctest: +SKIP
     >>> store.read("u1", ["n1"], at_ms=2_000, history=())[0]["user_seen"]          # doctest: +SKIP
     1.0

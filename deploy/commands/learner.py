@@ -8,7 +8,7 @@ import signal
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from deploy.settings import Settings
+    from deploy.settings import Settings, env_name
     from feature_store.registry import METHODS
 
     s = Settings.load()
@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(as damr@<budget>), beside the serving budget's (damr)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without samples")
-    p.add_argument("--metrics-port", type=int, help="default: HAP_LEARNER_METRICS_PORT or 9102")
+    p.add_argument("--metrics-port", type=int, help=f"default: {env_name('learner_metrics_port')} or 9102")
 
 
 def run(args: argparse.Namespace) -> int:

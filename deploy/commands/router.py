@@ -7,7 +7,7 @@ connections), each loading and hot-swapping versions on its own; the parent supe
 (a worker that exits is restarted; SIGTERM/SIGINT stop them all) and ``/metrics`` on any worker
 answers for all of them (prometheus_client's multiprocess mode over a private directory).
 
-On SIGTERM a router drains before it stops (``--drain``, ``HAP_ROUTER_DRAIN_S``): readiness 503,
+On SIGTERM a router drains before it stops (``--drain``, or its setting): readiness 503,
 requests still served, then the port closes and requests in flight finish (:mod:`router.drain`).
 """
 
@@ -28,13 +28,14 @@ SWITCH_INTERVAL_S = 0.0005
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from deploy.settings import Settings
+    from deploy.settings import Settings, env_name
     from feature_store.registry import POLICIES
 
     s = Settings.load()
     p = sub.add_parser("router", help="serve pre-ranking with DAMR over hot-swapped versions")
-    p.add_argument("--host", help="default: HAP_ROUTER_HOST, else HAP_METRICS_HOST, else 127.0.0.1")
-    p.add_argument("--port", type=int, help="default: HAP_ROUTER_PORT or 8080")
+    p.add_argument("--host",
+                   help=f"default: {env_name('router_host')}, else {env_name('metrics_host')}, else 127.0.0.1")
+    p.add_argument("--port", type=int, help=f"default: {env_name('router_port')} or 8080")
     p.add_argument("--policy", choices=POLICIES, default=s.router_policy)
     p.add_argument("--budget", type=float, default=s.damr_budget,
                    help="expressive budget: fraction of candidates (< 1) or count")
@@ -44,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="processes serving the port (SO_REUSEPORT), one core each")
     p.add_argument("--drain", type=float, default=s.router_drain_s,
                    help="seconds between SIGTERM and closing the port, readiness answering 503 "
-                        "(default: HAP_ROUTER_DRAIN_S, %(default)s)")
+                        f"(default: {env_name('router_drain_s')}, %(default)s)")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for the workers
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from deploy.settings import Settings
+    from deploy.settings import Settings, env_name
 
     s = Settings.load()
     p = sub.add_parser("streams", help="assemble hybrid sample groups from Kafka events")
@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-rn", type=int, default=10)
     p.add_argument("--max-prn", type=int, default=10)
     p.add_argument("--no-corrections", action="store_true", help="dead-letter late feedback instead")
-    p.add_argument("--metrics-port", type=int, default=None, help="default: HAP_STREAMS_METRICS_PORT or 9101")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help=f"default: {env_name('streams_metrics_port')} or 9101")
     p.add_argument("--worker-id", default=s.worker_id)
     p.add_argument("--stall-timeout", type=float, default=s.streams_stall_s,
                    help="seconds without progress (x10 while tables recover) before the worker is replaced")

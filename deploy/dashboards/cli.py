@@ -14,8 +14,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["build", "push"])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help="build: writes grafana/ (dashboards, alert rules, provisioning/) and prometheus/ under it")
-    p.add_argument("--url", default=None, help="Grafana's URL (default: HAP_GRAFANA_URL); the API token is read "
-                   "from HAP_GRAFANA_TOKEN only, never from a flag (argv is visible to every user of the machine)")
+    from deploy.settings import GRAFANA_TOKEN_ENV, GRAFANA_URL_ENV
+
+    p.add_argument("--url", default=None, help=f"Grafana's URL (default: {GRAFANA_URL_ENV}); the API token is read "
+                   f"from {GRAFANA_TOKEN_ENV} only, never from a flag (argv is visible to every user of the machine)")
     p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # removed: refused with a pointer to the env
     p.add_argument("--prometheus-url", default=None, help="URL Grafana uses to reach Prometheus")
 

@@ -14,6 +14,7 @@ import yaml
 from deploy.dashboards.alerts import all_rules, prometheus_rules, provisioning_rules
 from deploy.dashboards.definitions import all_dashboards
 from deploy.dashboards.panels import DATASOURCE
+from deploy.settings import env_name
 
 DEPLOY = Path(__file__).resolve().parents[1]
 GRAFANA_DIR = DEPLOY / "grafana"
@@ -33,7 +34,7 @@ def files() -> dict[str, str]:
     out["grafana/provisioning/alerting/hap-alerts.yaml"] = to_yaml(provisioning_rules())
     out["grafana/provisioning/datasources/hap-prometheus.yaml"] = to_yaml({"apiVersion": 1, "datasources": [{
         "name": "HAP Prometheus", "uid": DATASOURCE["uid"], "type": "prometheus", "access": "proxy",
-        "url": "${HAP_PROMETHEUS_URL}", "isDefault": False}]})
+        "url": "${" + env_name("prometheus_url") + "}", "isDefault": False}]})
     out["grafana/provisioning/dashboards/hap.yaml"] = to_yaml({"apiVersion": 1, "providers": [{
         "name": "hap", "folder": "HAP", "folderUid": FOLDER_UID, "type": "file", "allowUiUpdates": False,
         "options": {"path": DASHBOARDS_PATH}}]})

@@ -4,7 +4,7 @@ under one data dir.
 Lifecycle: :meth:`Stack.up` starts what is not running, waits until each service answers,
 and records the endpoints (and the count of brokers) in ``<data_dir>/endpoints.json`` (which
 every `hap` command reads). :meth:`Stack.down` stops exactly the processes whose pid files ``up`` wrote.
-Services given by ``HAP_KAFKA_BOOTSTRAP`` / ``HAP_REDIS_URL`` are used as they are and
+Services given by the Kafka bootstrap / Redis URL settings are used as they are and
 never started or stopped.
 """
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from deploy.settings import Settings, broker_ports, child_env
+from deploy.settings import Settings, broker_ports, child_env, env_name
 from deploy.stack.process import ManagedProcess, StackError, port_is_free
 from feature_store.connection import RedisEndpoint
 from streams.kafka.security import PLAINTEXT, KafkaSecurity
@@ -76,7 +76,7 @@ class Service:
         self.process.wait_ready(self.healthy, timeout_s)
 
     def port_hint(self) -> str:
-        return f"set HAP_{self.port_setting.upper()} to a free port"
+        return f"set {env_name(self.port_setting)} to a free port"
 
 
 def _voter_count(properties: str) -> int | None:
@@ -132,7 +132,8 @@ class Kafka(Service):
     def port_hint(self) -> str:
         if len(self.nodes) == 1:
             return super().port_hint()
-        return "set HAP_KAFKA_PORT and HAP_KAFKA_CONTROLLER_PORT so that broker i's ports (each + 2i) are free"
+        return (f"set {env_name('kafka_port')} and {env_name('kafka_controller_port')} so that broker i's ports "
+                "(each + 2i) are free")
 
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
@@ -144,25 +145,27 @@ class Kafka(Service):
     def prepare(self) -> None:
         java = shutil.which("java")
         if java is None:
-            raise StackError("Java 17+ is required for Kafka: install a JDK, or set HAP_KAFKA_BOOTSTRAP")
+            raise StackError(f"Java 17+ is required for Kafka: install a JDK, or set {env_name('kafka_bootstrap')}")
         libs = self.settings.kafka_libs
         if not any(libs.glob("kafka_2.13-*.jar")):
-            raise StackError(f"Kafka jars not found in {libs}: run `make setup` or set HAP_KAFKA_HOME")
+            raise StackError(f"Kafka jars not found in {libs}: run `make setup` or set {env_name('kafka_home')}")
         if not port_is_free(self.controller_port):
             raise StackError(
                 f"port {self.controller_port} for the Kafka controller is taken; "
-                + ("set HAP_KAFKA_CONTROLLER_PORT to a free port" if len(self.nodes) == 1 else self.port_hint())
+                + (f"set {env_name('kafka_controller_port')} to a free port" if len(self.nodes) == 1
+                   else self.port_hint())
             )
         sec = self.settings.kafka_security
         if sec.protocol not in ("PLAINTEXT", "SASL_PLAINTEXT") or sec.sasl_mechanism != "PLAIN":
             raise StackError(f"the local broker speaks PLAINTEXT or SASL_PLAINTEXT with PLAIN, not {sec.protocol} "
-                             f"{sec.sasl_mechanism}: point HAP_KAFKA_BOOTSTRAP at a cluster that does")
+                             f"{sec.sasl_mechanism}: point {env_name('kafka_bootstrap')} at a cluster that does")
         self.dir.mkdir(parents=True, exist_ok=True)
         props = self.dir / "server.properties"  # may hold the SASL password: owner-only
         if (self.dir / "data" / "meta.properties").exists() and props.exists() \
                 and _voter_count(props.read_text()) not in (None, len(self.nodes)):
             raise StackError(f"the Kafka data in {self.dir} belongs to a cluster of another size than "
-                             f"{len(self.nodes)} broker(s): use another HAP_DATA_DIR, or the same --brokers as before")
+                             f"{len(self.nodes)} broker(s): use another {env_name('data_dir')}, "
+                             "or the same --brokers as before")
         props.touch(mode=0o600)
         props.chmod(0o600)
         props.write_text(self._properties())
@@ -270,7 +273,7 @@ class Redis(Service):
     def argv(self) -> list[str]:
         server = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(server).exists():
-            raise StackError("redis-server is not installed: run `make setup` or set HAP_REDIS_URL")
+            raise StackError(f"redis-server is not installed: run `make setup` or set {env_name('redis_url')}")
         # append-only file, fsync every second: a restarted Redis keeps models and statistics
         return [
             server, str(self.dir / "redis.conf"), "--port", str(self.port), "--bind", "127.0.0.1",
@@ -314,7 +317,7 @@ class RedisClusterNode(Redis):
 class LocalRedisCluster:
     """A Redis Cluster on this machine: one :class:`RedisClusterNode` per port of ``ports``, formed by
     ``redis-cli --cluster create`` with ``replicas`` replicas per master (six ports, one replica: three
-    masters, three replicas). For tests and trying failovers; ``url`` is its ``HAP_REDIS_URL``.
+    masters, three replicas). For tests and trying failovers; ``url`` is its Redis URL setting.
 
     Examples
     --------

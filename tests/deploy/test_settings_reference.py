@@ -83,3 +83,14 @@ def test_settings_env_names_the_variables_of_fields_for_a_child(tmp_path):
     env = settings_env(topic_prefix="run7.", data_dir=tmp_path, damr_budget=0.3)
     loaded = Settings.load(env)
     assert (loaded.topic_prefix, loaded.data_dir, loaded.damr_budget) == ("run7.", Path(tmp_path), 0.3)
+
+
+def test_no_variable_name_or_key_prefix_is_spelled_outside_the_settings():
+    """Every ``HAP_*`` name and the ``hap:`` key prefix live in ``deploy/settings.py`` (messages and
+    help texts ask :func:`deploy.settings.env_name`); a copy elsewhere in the code goes stale."""
+    root = Path(__file__).resolve().parents[2]
+    allowed = {root / "deploy" / "settings.py", root / "deploy" / "settings_reference.py"}
+    found = [f"{path.relative_to(root)}:{n}" for package in ("streams", "learner", "router", "feature_store", "deploy")
+             for path in sorted((root / package).rglob("*.py")) if path not in allowed
+             for n, line in enumerate(path.read_text().splitlines(), 1) if "HAP_" in line or '"hap:"' in line]
+    assert found == []
