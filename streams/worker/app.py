@@ -129,6 +129,8 @@ class FaustTable:
 #: at most this many times before the worker replaces itself (:class:`InputGap`)
 REFETCH_AFTER_S = 1.0
 REFETCH_ATTEMPTS = 10
+#: a partition with records past the offset the join expects that gave it nothing this long is read again
+REFETCH_IDLE_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -154,8 +156,8 @@ class InputLag:
     """The join's :data:`streams.join.joiner.Lagging`, from the consumer, and the check for an input
     partition the consumer has stopped fetching.
 
-    A partition is behind while the end offset its last fetch reported is past the record the
-    join last took from it (before the join took any: past the consumer's read position); one
+    A partition is behind while the end offset its last fetch reported is past the next offset
+    the join expects from it (:meth:`expected`; unknown: the consumer's read position); one
     not fetched yet is behind; one not assigned here is not. A partition is *stuck* when, with the
     tables recovered, it is behind, the consumer's position has not reached its end (so records
     wait that were never fetched: not a trailing transaction marker, which the position skips)
@@ -183,8 +185,10 @@ class InputLag:
         delivers records past offsets it never delivered: after its seek to the committed offsets
         at the start of a run, records fetched before the seek still come through and move its
         read offset past the ones fetched again, which it then drops as read (seen after every
-        SIGKILL of a worker); and around a rebalance. Records at or below the next offset (a
-        replay from the last commit) are taken.
+        SIGKILL of a worker); and around a rebalance. Records below the next offset were taken
+        already in this assignment (copies read again: Faust's seek to the committed offsets at a
+        rebalance, or :meth:`refetch_idle` while records it had fetched were still on their way):
+        left out, and Faust acknowledges them as usual.
 
         Raises :class:`InputGap` when a partition was read again :data:`REFETCH_ATTEMPTS` times
         without the expected record arriving: the worker then replaces itself."""
@@ -197,6 +201,8 @@ class InputLag:
                     expected = self.taken[tp] = await self._resumed(tp, message.offset)
                 if message.offset > expected:
                     await self._refetch(tp, expected, message, now)
+                    continue
+                if message.offset < expected:  # taken already (a copy read again): Faust acknowledges it as usual
                     continue
                 self.refetches.pop(tp, None)
             self.taken[tp] = message.offset + 1
@@ -257,11 +263,43 @@ class InputLag:
             return False
         if end is None:
             return True
-        position = self.taken.get(tp)
-        if position is None:  # Faust's read position: the committed offset, or the last offset read
+        position = self.expected(tp)
+        if position is None:  # Faust's read position (nothing committed yet)
             read = consumer._read_offset.get(tp)
             position = 0 if read is None else read
         return position < end
+
+    def expected(self, tp: TP) -> int | None:
+        """The next offset the join expects from ``tp``: after the last record it took in this
+        assignment, else where Faust resumed (its copy of the committed offset); None if unknown."""
+        taken = self.taken.get(tp)
+        return taken if taken is not None else self.app.consumer._committed_offset.get(tp)
+
+    async def refetch_idle(self, idle_s: float) -> None:
+        """Read again, from the offset the join expects, each assigned input partition that has
+        records past it and gave the join nothing for ``idle_s`` (at most once per ``idle_s``).
+
+        Faust's consumer can drop records it fetched again after a seek, as read (see
+        :meth:`took`), and when none follow them in the partition, no later record shows the
+        gap: its read offset says the partition is at its end while the join never saw the
+        records (seen in ``tests/scale/test_streams_workers.py`` after a SIGKILL: a ranking
+        partition's 119 last records, whose exposures were dead-lettered as orphans). A partition
+        the consumer does not fetch even then is :meth:`stuck`."""
+        now, consumer = time.monotonic(), self.app.consumer
+        for tp in consumer.assignment():
+            if tp.topic not in self.topics or now - self.moved.setdefault(tp, now) <= idle_s:
+                continue
+            expected, end = self.expected(tp), consumer.highwater(tp)
+            last = self.refetches.get(tp)
+            if expected is None or end is None or expected >= end or (last is not None and now - last.at <= idle_s):
+                continue
+            attempts = 1 if last is None or last.offset != expected else last.attempts + 1
+            self.refetches[tp] = Refetch(expected, now, attempts)
+            metrics.REFETCHES.labels(tp.topic, str(tp.partition)).inc()
+            self.app.log.warning("%s[%s]: %d records past offset %d, none given to the join for %.0fs: reading "
+                                 "again from %d (attempt %d)", tp.topic, tp.partition, end - expected, expected,
+                                 now - self.moved[tp], expected, attempts)
+            await consumer.seek(tp, expected)
 
     def reassigned(self, partitions: Any) -> None:
         """A new assignment: a partition this worker did not hold in the last one may have moved on
@@ -544,6 +582,8 @@ class StreamsWorker:
             app.log.error("input partitions behind and not fetched for %.0fs: %s: exiting to be replaced",
                           self.cfg.stall_s, ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(stuck)))
             self.exit(STALLED_EXIT)
+        else:
+            await lag.refetch_idle(REFETCH_IDLE_S)
 
 
 def event_batches(stream: faust.StreamT) -> AsyncIterator[Sequence[Any]]:

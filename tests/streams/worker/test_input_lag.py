@@ -226,3 +226,38 @@ def test_a_restart_before_faust_copied_the_groups_commit_resumes_there_and_is_no
     lag.reassigned({RANKING, EXPOSURE})
     assert took(lag, [Message(RANKING, 34)]) == [(RANKING, 34)]
     assert took(lag, [Message(EXPOSURE, 12)]) == [] and consumer.seeks == [(EXPOSURE, 10)]
+
+
+def test_copies_of_records_taken_already_are_left_out():
+    """Records below the next offset (read again after a seek, at a rebalance or by refetch_idle) were
+    joined already in this assignment: not joined twice."""
+    consumer = Consumer()
+    consumer._committed_offset[RANKING] = 4
+    lag = InputLag(App(consumer), ["hap.ranking", "hap.exposure"])
+    lag.reassigned({RANKING, EXPOSURE})
+    assert took(lag, left_out(RANKING, 4, 5, 6)) == [(RANKING, 4), (RANKING, 5), (RANKING, 6)]
+    assert took(lag, left_out(RANKING, 5, 6, 7)) == [(RANKING, 7)]
+    assert consumer.seeks == []
+
+
+def test_a_partition_with_records_the_join_never_got_is_read_again_once_idle():
+    """Faust dropped the records it fetched again after a seek, and none follow them: no later record
+    shows the gap and its read offset says the end. After idle_s without a record the partition is read
+    again from the offset the join expects (the committed one before it took any), at most once per
+    idle_s; and it counts as behind meanwhile, so the join holds its windows."""
+    consumer = Consumer()
+    consumer._committed_offset[RANKING], consumer._read_offset[RANKING], consumer.ends[RANKING] = 24, 143, 143
+    consumer._committed_offset[EXPOSURE], consumer.ends[EXPOSURE] = 50, 50  # caught up: never read again
+    lag = InputLag(App(consumer), ["hap.ranking", "hap.exposure"])
+    lag.reassigned({RANKING, EXPOSURE})
+    assert lag("hap.ranking", 0) and not lag("hap.exposure", 0)
+    asyncio.run(lag.refetch_idle(0.05))  # the clocks start now
+    assert consumer.seeks == []
+    asyncio.run(asyncio.sleep(0.1))
+    asyncio.run(lag.refetch_idle(0.05))
+    asyncio.run(lag.refetch_idle(0.05))  # not again within idle_s
+    assert consumer.seeks == [(RANKING, 24)]
+    assert took(lag, left_out(RANKING, 24, 25)) == [(RANKING, 24), (RANKING, 25)]
+    asyncio.run(asyncio.sleep(0.1))
+    asyncio.run(lag.refetch_idle(0.05))
+    assert consumer.seeks[-1] == (RANKING, 26)
