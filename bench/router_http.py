@@ -58,6 +58,7 @@ from deploy.stack.services import Redis  # noqa: E402
 from feature_store.item_stats import WINDOWS, ItemStats  # noqa: E402
 from feature_store.model_store import ModelStore, TierForm  # noqa: E402
 from feature_store.user_features import user_features_key  # noqa: E402
+from feature_store.user_items import CLICKED, SHOWN, UserItems  # noqa: E402
 
 WRK_SCRIPT = """
 local bodies, i = {}, 0
@@ -98,7 +99,8 @@ def ensure_wrk() -> str:
 
 def write_features(client: redis.Redis, key_prefix: str, world, stats_of, n_items: int,  # noqa: ANN001
                    n_users: int) -> None:
-    """Item statistics (one closed bucket per window, the layout of feature_store.item_stats) and histories."""
+    """Item statistics (one closed bucket per window, the layout of feature_store.item_stats), histories and
+    each user's shown / clicked items (feature_store.user_items)."""
     stats, now_ms = ItemStats(client, key_prefix), int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     for i in range(n_items):
@@ -109,10 +111,17 @@ def write_features(client: redis.Redis, key_prefix: str, world, stats_of, n_item
         if i % 2000 == 1999:
             pipe.execute()
     rng = np.random.default_rng(7)
+    events = []
     for u in range(n_users):
         history = [world.item_id(int(i)) for i in rng.choice(n_items, 30, replace=False)]
         pipe.set(user_features_key(f"u{u}", key_prefix), orjson.dumps({"history": history}))
+        # what the streams remember of the user (feature_store.user_items): 300 items shown, 30 of them clicked
+        shown = [world.item_id(int(i)) for i in rng.choice(n_items, 300, replace=False)]
+        at = now_ms - rng.integers(1, 86_400_000, 300)
+        events += [(f"u{u}", item, SHOWN, int(t)) for item, t in zip(shown, at, strict=True)]
+        events += [(f"u{u}", item, CLICKED, int(t) + 1000) for item, t in zip(shown[:30], at[:30], strict=True)]
     pipe.execute()
+    UserItems(client, key_prefix).record(events)
 
 
 def make_bodies(world, stats_of, n: int, inline: bool, count: int = 8) -> list[dict]:  # noqa: ANN001
