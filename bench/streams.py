@@ -17,8 +17,11 @@
    schedule (``lag_sim_max_late_ms`` ≤ 250): one that falls behind sends events whose times
    trail the wall clock, and windows close that much later, whatever the worker does. Else the
    rate is halved, up to three runs; ``lag_rate_events_per_s`` is the rate of the run reported.
+5. With ``--workers 1,2``: `hap streams --workers N` on a backlog of its own for each N (the same
+   traffic as step 1): events/s of the N workers together (``workers_<N>_events_per_s``) and the
+   ratio to the first N (``workers_2_over_1``).
 
-    python bench/streams.py [--requests 2000] [--py-spy prof.txt]   # needs `hap stack up` (or HAP_* endpoints)
+    python bench/streams.py [--requests 2000] [--py-spy prof.txt] [--workers 1,2]   # needs `hap stack up`
 
 ``--py-spy`` profiles the worker of step 1 (py-spy raw format, 100 Hz) and prints its top frames
 and the share of its parts (:data:`PARTS`) to stderr; ``--parts prof.txt`` prints the parts of
@@ -82,17 +85,27 @@ def fresh_topics(env: dict[str, str], bootstrap: str, name: str) -> None:
     ensure_topics(bootstrap, Settings.load(env).topic_prefix, PARTITIONS)
 
 
-def metrics_url(env: dict[str, str]) -> str:
-    return f"http://127.0.0.1:{Settings.load(env).streams_metrics_port}/metrics"
+def metrics_url(env: dict[str, str], n: int = 0) -> str:
+    """Worker ``n``'s metrics (`hap streams --workers N` gives worker n the port + n)."""
+    return f"http://127.0.0.1:{Settings.load(env).streams_metrics_port + n}/metrics"
 
 
-def worker_pid(component: Component) -> int:
-    """The pid of the worker process that `hap streams` (a supervisor) started."""
-    for _ in range(100):
-        if workers := component.children():
-            return workers[0]
+def worker_pids(component: Component, workers: int = 1) -> list[int]:
+    """The pids of the worker processes that `hap streams` (a supervisor) started."""
+    for _ in range(300):
+        if len(pids := component.children()) >= workers:
+            return pids
         time.sleep(0.1)
-    raise RuntimeError("the streams worker process did not start")
+    raise RuntimeError(f"{workers} streams worker processes did not start")
+
+
+def scrape_all(urls: list[str]) -> Metrics:
+    """The workers' metrics as one: each series summed over them."""
+    total: dict = {}
+    for url in urls:
+        for key, value in scrape(url).samples.items():
+            total[key] = total.get(key, 0.0) + value
+    return Metrics(total)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -101,15 +114,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path | None) -> dict[str, float]:
-    """Events/s and requests/s from the first to the last event, and the worker's CPU time per
-    event over the same span; candidate samples/s up to the last group."""
-    url = metrics_url(env)
-    worker = Component("streams", ["streams", *WINDOW], tmp, env).start()
+def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path | None,
+                workers: int = 1) -> dict[str, float]:
+    """Events/s and requests/s from the first to the last event, and the workers' CPU time per
+    event over the same span; candidate samples/s up to the last group (`hap streams --workers
+    ``workers``: their metrics summed)."""
+    urls = [metrics_url(env, n) for n in range(workers)]
+    worker = Component("streams", ["streams", *WINDOW, "--workers", str(workers)], tmp, env).start()
     spy = None
     try:
-        worker.wait_http(url)
-        pid = worker_pid(worker)
+        for url in urls:
+            worker.wait_http(url)
+        pids = worker_pids(worker, workers)
+        pid = pids[0]
         if py_spy:
             spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
                                     "--rate", "100", "--format", "raw", "--nonblocking", "-o", str(py_spy)],
@@ -118,18 +135,18 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
         m = Metrics({})
         deadline = time.monotonic() + 900
         while m.total("hap_streams_events_total") < total_events and time.monotonic() < deadline:
-            m = scrape(url)
+            m = scrape_all(urls)
             if first is None and m.total("hap_streams_events_total"):
-                first, cpu_first = time.monotonic(), cpu_seconds(pid)
+                first, cpu_first = time.monotonic(), sum(map(cpu_seconds, pids))
                 first_events = m.total("hap_streams_events_total")
                 first_requests = m.total("hap_streams_events_total", topic="ranking")
-            last, cpu_last = time.monotonic(), cpu_seconds(pid)
+            last, cpu_last = time.monotonic(), sum(map(cpu_seconds, pids))
             time.sleep(POLL_S)
         done = m
         samples, last_sample = m.total("hap_streams_samples_total"), last
         while time.monotonic() < last_sample + 2:  # groups still closing after the last event
             time.sleep(POLL_S)
-            now = scrape(url).total("hap_streams_samples_total")
+            now = scrape_all(urls).total("hap_streams_samples_total")
             if now > samples:
                 samples, last_sample = now, time.monotonic()
     finally:
@@ -302,6 +319,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--py-spy", type=Path, help="profile the worker of the throughput run into this file")
     parser.add_argument("--parts", type=Path, help="print the parts of this earlier worker profile, and exit")
+    parser.add_argument("--workers", type=lambda v: [int(n) for n in v.split(",")],
+                        help="also run `hap streams --workers N` for each N on a backlog of its own (the same "
+                             "simulated traffic), e.g. 1,2: events/s per N and the ratio to the first N")
     args = parser.parse_args()
     if args.parts:
         print(json.dumps(profile_parts(args.parts)))
@@ -334,6 +354,19 @@ def main() -> None:
             print(f"lag: the simulator fell {lags['lag_sim_max_late_ms']:.0f} ms behind its schedule at "
                   f"{rate:.0f} events/s: again at half that", file=sys.stderr)
             rate /= 2
+        scaling: dict[str, float] = {}
+        for workers in args.workers or ():
+            fresh_topics(env, s.kafka_bootstrap, f"w{workers}")
+            simulate(env, args.requests, 0)
+            scaled = worker_rate(env, total, tmp, None, workers)
+            scaling[f"workers_{workers}_events_per_s"] = round(scaled["events_per_s"], 1)
+            scaling[f"workers_{workers}_cpu_us_per_event"] = round(scaled["worker_cpu_us_per_event"], 1)
+            print(f"{workers} worker(s): {scaled['events_per_s']:.0f} events/s", file=sys.stderr)
+        if args.workers and len(args.workers) > 1:
+            base = scaling[f"workers_{args.workers[0]}_events_per_s"]
+            for workers in args.workers[1:]:
+                scaling[f"workers_{workers}_over_{args.workers[0]}"] = round(
+                    scaling[f"workers_{workers}_events_per_s"] / base, 3)
     if args.py_spy:
         from router_http import top_frames
 
@@ -351,7 +384,7 @@ def main() -> None:
         **ceiling, "faust_ratio": round(ceiling["faust_events_per_s"] / raw, 3),
         "faust_ratio_vs_decode": round(ceiling["faust_events_per_s"] / decoded, 3),
         "worker_vs_faust": round(rates["events_per_s"] / ceiling["faust_events_per_s"], 3),
-        **in_process, **memory, **lags, "join_window_s": window_s,
+        **in_process, **memory, **lags, **scaling, "join_window_s": window_s,
         "lag_within_bound": lags["lag_p99_s"] is not None and lags["lag_p99_s"] <= window_s + 1.0,
         "lag_sim_on_schedule": lags["lag_sim_max_late_ms"] <= SIM_LATE_MS,
         "lag_at_half_worker_rate": lags["lag_rate_events_per_s"] >= round(rates["events_per_s"] / 2, 1),

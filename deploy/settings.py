@@ -137,6 +137,8 @@ class Settings:
     #: worker, not twice). Every worker of the group needs its own ``HAP_WORKER_ID`` then.
     streams_static_membership: bool = False
     streams_stall_s: float = 30.0
+    #: worker processes `hap streams` runs and supervises, of one group (``--workers``)
+    streams_workers: int = 1
     log_level: str = "WARNING"
     learner_method: str = DEFAULT_METHOD
     publish_interval_s: float = 1.0
@@ -318,6 +320,9 @@ VARIABLES: tuple[Variable, ...] = (
              "streams_static_membership"),
     Variable("HAP_STREAMS_STALL_S", "`hap streams --stall-timeout`: seconds without progress (x10 while tables "
              "recover) before the worker is replaced", "streams_stall_s"),
+    Variable("HAP_STREAMS_WORKERS", "`hap streams --workers`: worker processes of one group on this host, "
+             "each supervised and named `<worker id>-<n>`, with its own data dir and metrics port (the "
+             "streams metrics port + n)", "streams_workers"),
     # learner
     Variable("HAP_LEARNER_METHOD", f"`hap learner --method`: the training method, one of {_names(METHODS)}",
              "learner_method"),

@@ -1,4 +1,5 @@
-"""`hap streams`: run one Faust worker (start several with the same topic prefix to scale out)."""
+"""`hap streams`: run Faust workers of one group (``--workers N`` here; start more with the same topic prefix
+elsewhere to scale out)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--worker-id", default=s.worker_id)
     p.add_argument("--stall-timeout", type=float, default=s.streams_stall_s,
                    help="seconds without progress (x10 while tables recover) before the worker is replaced")
+    p.add_argument("--workers", type=int, default=s.streams_workers,
+                   help="worker processes of one group on this host, each supervised, named <worker-id>-<n>, with "
+                        "metrics on <metrics-port>+n")
     p.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)  # the supervised child
     # the supervisor's counts so far, passed to each worker it starts (see streams.worker.watchdog.supervise)
     p.add_argument("--restarts", type=int, default=0, help=argparse.SUPPRESS)
@@ -36,12 +40,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Supervise one worker process (see :mod:`streams.worker.watchdog`); in that process, run the worker."""
-    if not args.worker_process:
-        from streams.worker.watchdog import supervise
+    """Supervise ``--workers`` worker processes (see :mod:`streams.worker.watchdog`); in each, run
+    the worker."""
+    if args.worker_process:
+        return run_worker(args)
+    from deploy.settings import Settings
+    from streams.worker.watchdog import supervise
 
-        return supervise([sys.executable, "-m", "deploy.cli", *sys.argv[1:], "--worker-process"])
-    return run_worker(args)
+    if args.workers < 1:
+        print("hap streams: --workers must be at least 1", file=sys.stderr)
+        return 2
+    command = [sys.executable, "-m", "deploy.cli", *sys.argv[1:], "--worker-process"]
+    if args.workers == 1:
+        return supervise([command])
+    port = args.metrics_port or Settings.load().streams_metrics_port
+    return supervise([[*command, "--workers", "1", "--worker-id", f"{args.worker_id}-{n}",
+                       "--metrics-port", str(port + n)] for n in range(args.workers)])
 
 
 def run_worker(args: argparse.Namespace) -> int:

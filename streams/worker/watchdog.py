@@ -6,7 +6,8 @@ batch of messages the worker's agent handles, its own ticks included (one per pa
 ``tick_s``), beats the :class:`Watchdog`; when no beat came for ``stall_s`` (ten times that
 while the tables recover, when the agent legitimately waits) the worker exits with
 :data:`STALLED_EXIT`, and :func:`supervise` (what `hap streams` runs) starts a fresh one, as it
-does after any other exit (a crash, a kill), with exponential backoff.
+does after any other exit (a crash, a kill), with exponential backoff; it supervises several
+workers of one group at once the same way (``hap streams --workers N``).
 Exiting at once is safe: offsets are committed only after processing and the pending
 requests live in changelog-backed tables, exactly as after a SIGKILL.
 
@@ -23,7 +24,9 @@ import dataclasses
 import logging
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Sequence
 
 STALLED_EXIT = 3
 RECOVERY_GRACE = 10.0  # while the tables recover from their changelogs, a stall counts after 10 x stall_s
@@ -94,44 +97,57 @@ class RestartPolicy:
         return float(min(self.max_s, self.initial_s * 2 ** max(quick_exits - 1, 0)))
 
 
-def supervise(cmd: list[str], policy: RestartPolicy = RestartPolicy()) -> int:
-    """Run ``cmd`` (one worker) and start a fresh one whenever it exits, for any reason, with
-    backoff; returns the last worker's exit code once stopped.
+def supervise(cmds: Sequence[Sequence[str]], policy: RestartPolicy = RestartPolicy()) -> int:
+    """Run each command of ``cmds`` (one worker each, all at once) and start a fresh one whenever it
+    exits, for any reason, with backoff; returns the first worker's last exit code once stopped.
 
-    SIGTERM and SIGINT are passed on to the worker and end the supervision. Each exit is logged
-    with its reason and the running count; the next worker gets the count as ``--restarts N``
-    and the exits by reason as ``--exits`` (:func:`format_exits`), appended to ``cmd``, and exports them
-    (``hap_streams_worker_restarts``, ``hap_streams_worker_exits_total{reason}``).
+    SIGTERM and SIGINT are passed on to every worker and end the supervision. Each exit is logged
+    with its reason and the worker's running count; its next process gets the count as
+    ``--restarts N`` and the exits by reason as ``--exits`` (:func:`format_exits`), appended to its
+    command, and exports them (``hap_streams_worker_restarts``, ``hap_streams_worker_exits_total{reason}``).
     """
-    stopping = False
-    child: subprocess.Popen[bytes] | None = None
+    stopping = threading.Event()
+    children: list[subprocess.Popen[bytes] | None] = [None] * len(cmds)
+    codes = [0] * len(cmds)
 
     def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        if child is not None and child.poll() is None:
-            child.send_signal(signum)
+        stopping.set()
+        for child in children:
+            if child is not None and child.poll() is None:
+                child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    threads = [threading.Thread(target=_keep_running, args=(n, list(cmd), policy, stopping, children, codes),
+                                name=f"supervise-{n}", daemon=True) for n, cmd in enumerate(cmds)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():  # joined in steps: the main thread must stay free to take the signals
+            thread.join(0.2)
+    return codes[0]
+
+
+def _keep_running(n: int, cmd: list[str], policy: RestartPolicy, stopping: threading.Event,
+                  children: list[subprocess.Popen[bytes] | None], codes: list[int]) -> None:
+    """Worker ``n``'s restart loop (see :func:`supervise`)."""
+    name = "the streams worker" if len(children) == 1 else f"streams worker {n}"
     exits = dict.fromkeys(EXIT_REASONS, 0)
     restarts = quick = 0
-    while True:
+    while not stopping.is_set():
         started = time.monotonic()
-        child = subprocess.Popen([*cmd, "--restarts", str(restarts), "--exits", format_exits(exits)])
-        code = child.wait()
-        if stopping:
-            return code
+        child = children[n] = subprocess.Popen([*cmd, "--restarts", str(restarts), "--exits", format_exits(exits)])
+        if stopping.is_set():  # the signal came while it started
+            child.terminate()
+        code = codes[n] = child.wait()
+        if stopping.is_set():
+            return
         ran_s = time.monotonic() - started
         reason = exit_reason(code)
         exits[reason] += 1
         restarts += 1
         quick = 1 if ran_s >= policy.healthy_s else quick + 1
         delay = policy.delay(quick)
-        log.error("the streams worker exited (%s, code %d) after %.1fs; restart %d (%s) in %.1fs",
-                  reason, code, ran_s, restarts, format_exits(exits), delay)
-        deadline = time.monotonic() + delay
-        while not stopping and time.monotonic() < deadline:
-            time.sleep(min(0.1, delay))
-        if stopping:
-            return code
+        log.error("%s exited (%s, code %d) after %.1fs; restart %d (%s) in %.1fs",
+                  name, reason, code, ran_s, restarts, format_exits(exits), delay)
+        stopping.wait(delay)

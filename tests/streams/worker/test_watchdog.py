@@ -29,7 +29,7 @@ WORKER = textwrap.dedent("""
 SUPERVISOR = textwrap.dedent("""
     import sys
     from streams.worker.watchdog import RestartPolicy, supervise
-    code = supervise([sys.executable, "-c", sys.argv[1], sys.argv[2]], RestartPolicy(initial_s=0.2, max_s=0.4))
+    code = supervise([[sys.executable, "-c", sys.argv[1], sys.argv[2]]], RestartPolicy(initial_s=0.2, max_s=0.4))
     print("returned", code)
 """)
 
@@ -57,3 +57,31 @@ def test_supervisor_restarts_after_any_exit_with_backoff_and_counts_them(tmp_pat
     gaps = [float(b[2]) - float(a[2]) for a, b in zip(starts, starts[1:], strict=False)]
     assert [round(g, 1) >= d for g, d in zip(gaps, (0.2, 0.4, 0.4, 0.4), strict=True)] == [True] * 4  # backoff
     assert "restart 4 (stalled=1,crashed=1,killed=1,exited=1)" in out.stderr  # the counted log line
+
+
+# each worker writes its argv and waits; the supervisor of two is then stopped with SIGTERM
+WAITER = textwrap.dedent("""
+    import sys, time
+    with open(sys.argv[1], "a") as log:
+        log.write(" ".join(sys.argv[2:]) + "\\n")
+    time.sleep(30)
+""")
+MANY = textwrap.dedent("""
+    import sys
+    from streams.worker.watchdog import supervise
+    print("returned", supervise([[sys.executable, "-c", sys.argv[1], sys.argv[2], "--worker-id", f"w-{n}"]
+                                 for n in range(2)]))
+""")
+
+
+def test_a_supervisor_of_two_runs_both_and_stops_both(tmp_path):
+    log = tmp_path / "starts.log"
+    proc = subprocess.Popen([sys.executable, "-c", MANY, WAITER, str(log)], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while (not log.exists() or len(log.read_text().splitlines()) < 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    assert sorted(log.read_text().splitlines()) == [
+        "--worker-id w-0 --restarts 0 --exits ", "--worker-id w-1 --restarts 0 --exits "]
+    assert out.strip() == "returned -15"  # both stopped by the signal; none restarted
