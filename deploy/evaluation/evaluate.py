@@ -65,12 +65,15 @@ LEARNED: dict[str, dict[str, Any]] = {
 COUNTERS = {"ctr": "ctr_1d", "popularity": "exp_1d"}
 #: the logistic regression over every as-of feature, trained online (``learner.counters``)
 ONLINE_COUNTERS = "counters"
+#: gradient-boosted trees over the same features, refitted on a schedule (``deploy.evaluation.boosted``):
+#: a reference row, on demand (it needs LightGBM, the eval extra)
+GBDT = "gbdt"
 #: the arms ``hap eval`` runs when ``--methods`` is not given; the others are ablations, on demand
 HEADLINE = ("ctr", ONLINE_COUNTERS, "mixed", "softmax", "ghcl")
 #: closed-loop arms: (method, policy)
 LOOP_ARMS = (("heuristic", "none"), ("ctr", "counter"), *((method, "light") for method in METHODS if method != "ghcl"),
              *(("ghcl", policy) for policy in POLICIES))
-ALL_METHODS = (*COUNTERS, ONLINE_COUNTERS, *LEARNED)
+ALL_METHODS = (*COUNTERS, ONLINE_COUNTERS, GBDT, *LEARNED)
 LOOP_BUDGET = DAMR_BUDGET
 LOOP_KEEP = 200
 
@@ -239,16 +242,21 @@ def _counter_rows(method: str, seed: int, parts: list[Any]) -> list[dict[str, An
                         _per_request=total.per_request())]
 
 
-def run_online_counters(groups: list[Any], seed: int, blocks: int) -> list[dict[str, Any]]:
-    """Rows of the ``counters`` arm (``learner.counters``), scored progressively, per block and overall."""
+def run_feature_arm(method: str, groups: list[Any], seed: int, blocks: int) -> list[dict[str, Any]]:
+    """Rows of an arm over the as-of features alone, ``counters`` (``learner.counters``) or
+    ``gbdt`` (``deploy.evaluation.boosted``), scored progressively, per block and overall."""
+    from deploy.evaluation.boosted import RefittedGBDT
+    from deploy.progress import Progress
     from learner.counters import OnlineCounters
 
-    arm, parts = OnlineCounters(seed=seed), []
-    for start, end in block_bounds(len(groups), blocks):
-        for i in range(start, end, BATCH_GROUPS):
-            arm.step(groups[i:min(i + BATCH_GROUPS, end)])
-        parts.append(arm.take_metrics())
-    return _counter_rows(ONLINE_COUNTERS, seed, parts)
+    arm, parts = (OnlineCounters(seed=seed) if method == ONLINE_COUNTERS else RefittedGBDT(seed=seed)), []
+    with Progress(len(groups), f"train {method}", "groups") as progress:
+        for start, end in block_bounds(len(groups), blocks):
+            for i in range(start, end, BATCH_GROUPS):
+                arm.step(groups[i:min(i + BATCH_GROUPS, end)])
+            parts.append(arm.take_metrics())
+            progress.advance_to(end, f"block {len(parts)}/{blocks}")
+    return _counter_rows(method, seed, parts)
 
 
 def run_learned(groups: list[Any], bodies: list[dict[str, Any]], method: str, seed: int,
@@ -392,8 +400,8 @@ def run(args: argparse.Namespace) -> int:
             groups, bodies = cache[(source, seed)]
             if method in COUNTERS:
                 out = run_counter(groups, method, seed, args.blocks)
-            elif method == ONLINE_COUNTERS:
-                out = run_online_counters(groups, seed, args.blocks)
+            elif method in (ONLINE_COUNTERS, GBDT):
+                out = run_feature_arm(method, groups, seed, args.blocks)
             else:
                 out, cosines = run_learned(groups, bodies, method, seed, args.blocks)
                 conflict[f"{source}/{method}/{seed}"] = cosines
