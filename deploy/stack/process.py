@@ -163,11 +163,14 @@ def _group_alive(pgid: int) -> bool:
 
 
 def children(pid: int) -> list[int]:
-    """The child processes of ``pid`` that have not exited (zombies count as exited), from /proc."""
-    try:
-        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:  # pid is gone
-        return []
+    """The child processes of ``pid`` that have not exited (zombies count as exited), from /proc:
+    those of every thread (a supervisor may start its workers from threads of its own)."""
+    listed = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            listed += (task / "children").read_text().split()
+        except OSError:  # the thread, or pid, is gone
+            continue
     return [child for child in map(int, listed) if _alive(child)]
 
 
