@@ -132,7 +132,9 @@ def test_every_component_on_a_redis_cluster_and_a_failover_of_the_model_keys_mas
     cache = FeatureCache(client, prefix=REDIS_PREFIX)
     raw, state = cache.reader.read(ITEMS, now_ms)
     assert (state == OK).all() and (raw[:, EXP_10M] == 1.0).all(), "the router read other statistics than written"
-    assert cache.user_features("u1") == {"history": ITEMS[:3]}
+    served = cache.user_features("u1")  # the history and the user's shown / clicked items, one pipeline over slots
+    assert served["history"] == ITEMS[:3]
+    assert served["shown"] == dict.fromkeys(ITEMS, float(MINUTE_MS)) and set(served["clicked"]) == set(ITEMS[::2])
 
     # learner: the writer lease and two versions; the router's holder swaps them in
     lease = WriterLease(client, prefix=REDIS_PREFIX, ttl_s=10)
