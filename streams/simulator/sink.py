@@ -4,7 +4,9 @@ Events are emitted in timestamp order from a heap: a request's ranking event at 
 exposures shortly after, feedback seconds later (so feedback of one request interleaves with
 later requests: out of order across requests). A small rate of events is sent twice (the
 duplicates producers really emit). With Kafka, timestamps are wall-clock milliseconds and
-the emitter sleeps to hold the rate; with files, time is simulated and nothing sleeps.
+the emitter sleeps to hold the rate; as fast as possible, it still never sends an event before
+its own time (a producer refuses one further ahead than ``max_future``). With files, time is
+simulated and nothing sleeps.
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
     new requests after that many seconds. ``progress`` is called once per request emitted.
     """
     rng = np.random.default_rng(seed + 7)
+
+    def now_ms() -> float:
+        """The wall clock in event time: on the schedule at a rate, the clock itself as fast as possible."""
+        return start_ms + (time.monotonic() - clock) * 1000 if rate else time.time() * 1000
+
     report = EmitReport()
     heap: list[tuple[int, int, object]] = []
     seq = 0
@@ -115,12 +122,13 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
         if truth:
             truth.write(json.dumps({"request_id": request.ranking.request_id, "exposed": request.exposed}) + "\n")
         report.requests += 1
-        flush_until(t_ms if (realtime and rate) else float("-inf"))
+        # in real time, what is due (never an event ahead of the clock: a producer refuses those)
+        flush_until((t_ms if rate else now_ms()) if realtime else float("-inf"))
         if progress is not None:
             progress(f"{report.ranking + report.exposure + report.feedback} events")
     while heap:
-        if realtime and rate:
-            wait = (heap[0][0] - (start_ms + (time.monotonic() - clock) * 1000)) / 1000
+        if realtime:  # as fast as possible too: the last feedback comes seconds after its request
+            wait = (heap[0][0] - now_ms()) / 1000
             if wait > 0:
                 time.sleep(wait)
         flush_until(heap[0][0])

@@ -41,3 +41,26 @@ def test_an_emitter_that_cannot_hold_its_rate_reports_how_far_it_fell_behind():
 
 def test_an_emitter_without_a_schedule_reports_no_lateness():
     assert emit(requests(3), SlowWriter(0), rate=None, n_requests=3).max_late_ms == 0
+
+
+class ClockedWriter(SlowWriter):
+    """Records how far ahead of the wall clock each event's time was when it was sent."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.ahead_ms: list[float] = []
+
+    def send_ranking(self, event) -> None:
+        self.ahead_ms.append(event.ts_ms - time.time() * 1000)
+
+    send_exposure = send_ranking
+
+
+def test_as_fast_as_possible_no_event_is_sent_ahead_of_its_own_time():
+    """Feedback comes an exponential delay after its request; sent at once it ran up to 20 s ahead of
+    the clock at 2,000 requests, past the 10 s a producer accepts (`hap simulate --rate 0` failed)."""
+    world = World(seed=0, n_users=50, n_items=200, feedback_delay_ms=200)
+    writer = ClockedWriter()
+    report = emit((world.request(i, 20) for i in range(30)), writer, rate=None, n_requests=30)
+    assert len(writer.ahead_ms) == report.ranking + report.exposure + report.feedback > 60
+    assert max(writer.ahead_ms) <= 5  # ms: at most the clock's granularity
