@@ -16,17 +16,14 @@ Examples
 {'user_seen': 1.0, 'user_clicked': 0.0, 'in_history': 0.0}
 >>> user_item_values(exposed_ms=2_000.0, clicked_ms=None, at_ms=2_000, in_history=True)["user_seen"]
 0.0
->>> shown, clicked = parse_user_items([(b"e:n1", 1_000.0), (b"c:n1", 1_500.0), (b"e:n2", 3_000.0)])
->>> user_item_columns(["n1", "n2", "n3"], shown, clicked, at_ms=2_000)
-(array([1., 0., 0.], dtype=float32), array([1., 0., 0.], dtype=float32))
+>>> parse_user_items([(b"e:n1", 1_000.0), (b"c:n1", 1_500.0), (b"e:n2", 3_000.0)])
+({'n1': 1000.0, 'n2': 3000.0}, {'n1': 1500.0})
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from itertools import repeat
+from collections.abc import Iterable, Sequence
 
-import numpy as np
 import redis
 
 #: members kept per user (the oldest first events are dropped beyond it) and the key's lifetime
@@ -60,17 +57,6 @@ def parse_user_items(pairs: Iterable[tuple[bytes | str, float]]) -> tuple[dict[s
         if item and kind in (SHOWN, CLICKED):
             (shown if kind == SHOWN else clicked)[item] = float(ms)
     return shown, clicked
-
-
-def user_item_columns(item_ids: Sequence[str], shown: Mapping[str, float], clicked: Mapping[str, float],
-                      at_ms: float) -> tuple[np.ndarray, np.ndarray]:
-    """The ``user_seen`` and ``user_clicked`` columns of ``item_ids`` as of ``at_ms``: the rule of
-    :func:`user_item_values` (strictly earlier events), over a request's candidates at once."""
-    def before(first: Mapping[str, float]) -> np.ndarray:
-        times = np.fromiter(map(first.get, item_ids, repeat(np.inf)), np.float64, len(item_ids))
-        return (times < at_ms).astype(np.float32)
-
-    return before(shown), before(clicked)
 
 
 class UserItems:
