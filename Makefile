@@ -43,6 +43,7 @@ system-packages:
 	@missing=""; \
 	if [ -z "$$HAP_REDIS_URL" ] && ! command -v redis-server >/dev/null; then missing="$$missing redis-server"; fi; \
 	if ! command -v prometheus >/dev/null; then missing="$$missing prometheus"; fi; \
+	if ! ldconfig -p 2>/dev/null | grep -q 'libgomp\.so\.1'; then missing="$$missing libgomp1"; fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt: installing$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
