@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from feature_store.featurize import FEATURES, featurize_user
+from feature_store.featurize import FEATURES, USER_ITEM_FEATURES, featurize_user
 from feature_store.policies import DAMR_BUDGET, budget_count, score_policy
 from feature_store.registry import POLICIES
+from feature_store.user_items import user_item_values
 from router import metrics
 from router.features import FeatureCache, inline_dense
 from router.holder import ServingModel
@@ -200,7 +201,7 @@ def _budget(body: dict[str, Any], max_candidates: int) -> tuple[float | None, in
     return float(value), None
 
 
-_IN_HISTORY, _SEEN, _CLICKED = (FEATURES.index(name) for name in ("in_history", "user_seen", "user_clicked"))
+_USER_ITEM = [FEATURES.index(name) for name in USER_ITEM_FEATURES]
 
 
 def mark_user_items(dense: np.ndarray, ids: list[str], history: Sequence[str], stored: dict[str, Any],
@@ -211,20 +212,21 @@ def mark_user_items(dense: np.ndarray, ids: list[str], history: Sequence[str], s
 
     >>> dense = np.zeros((3, len(FEATURES)), np.float32)
     >>> mark_user_items(dense, ["a", "b", "c"], ["b"], {"shown": {"a": 5.0, "c": 20.0}, "clicked": {"a": 6.0}}, 10.0)
-    >>> dense[:, [_IN_HISTORY, _SEEN, _CLICKED]].tolist()
-    [[0.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    >>> dense[:, _USER_ITEM].tolist()  # user_seen, user_clicked, in_history
+    [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
     """
     shown, clicked = stored.get("shown", {}), stored.get("clicked", {})
     if not (history or shown or clicked):
         return
-    # the user's few hundred items against the candidates' ids, in C (set operations on dict keys), rather
-    # than a lookup per candidate: 0.1 ms instead of 0.5 at 2000 candidates
+    # only the candidates the user met before, found in C (set operations on dict keys): a few out of
+    # thousands, each given the one as-of rule of feature_store.user_items
     row = dict(zip(ids, range(len(ids)), strict=True))
-    for column, rows in ((_IN_HISTORY, [row[i] for i in row.keys() & set(history)]),
-                         (_SEEN, [row[i] for i in row.keys() & shown.keys() if shown[i] < at_ms]),
-                         (_CLICKED, [row[i] for i in row.keys() & clicked.keys() if clicked[i] < at_ms])):
-        if rows:
-            dense[rows, column] = 1.0
+    seen = set(history)
+    met = list(row.keys() & (seen | shown.keys() | clicked.keys()))
+    if met:
+        values = [user_item_values(shown.get(i), clicked.get(i), at_ms, i in seen) for i in met]
+        cells = np.ix_([row[i] for i in met], _USER_ITEM)
+        dense[cells] = np.maximum(dense[cells], [[v[name] for name in USER_ITEM_FEATURES] for v in values])
 
 
 def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> dict[str, Any]:

@@ -25,8 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-rn", type=int, default=10)
     p.add_argument("--max-prn", type=int, default=10)
     p.add_argument("--no-corrections", action="store_true", help="dead-letter late feedback instead")
-    p.add_argument("--metrics-port", type=int, default=None,
-                   help=f"default: {env_name('streams_metrics_port')} or 9101")
+    p.add_argument("--metrics-port", type=int, default=s.streams_metrics_port,
+                   help=f"worker n of --workers serves on this port + n (default: {env_name('streams_metrics_port')}, "
+                        "%(default)s)")
     p.add_argument("--worker-id", default=s.worker_id)
     p.add_argument("--stall-timeout", type=float, default=s.streams_stall_s,
                    help="seconds without progress (x10 while tables recover) before the worker is replaced")
@@ -44,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
     the worker."""
     if args.worker_process:
         return run_worker(args)
-    from deploy.settings import Settings
     from streams.worker.watchdog import supervise
 
     if args.workers < 1:
@@ -53,9 +53,8 @@ def run(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "deploy.cli", *sys.argv[1:], "--worker-process"]
     if args.workers == 1:
         return supervise([command])
-    port = args.metrics_port or Settings.load().streams_metrics_port
     return supervise([[*command, "--workers", "1", "--worker-id", f"{args.worker_id}-{n}",
-                       "--metrics-port", str(port + n)] for n in range(args.workers)])
+                       "--metrics-port", str(args.metrics_port + n)] for n in range(args.workers)])
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -70,7 +69,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from streams.worker.watchdog import parse_exits
 
     s = Settings.load()
-    start_http_server(args.metrics_port or s.streams_metrics_port, addr=s.metrics_host)
+    start_http_server(args.metrics_port, addr=s.metrics_host)
     cfg = StreamsConfig(
         bootstrap=s.kafka_bootstrap, redis=s.redis, redis_prefix=s.redis_prefix, kafka_security=s.kafka_security,
         topic_prefix=s.topic_prefix,

@@ -80,8 +80,9 @@ class RefittedGBDT:
         return scores
 
     def _refit(self) -> None:
-        while len(self._batches) > 1 and sum(len(b[0]) for b in self._batches[1:]) >= self.window_rows:
-            self._batches.pop(0)  # whole batches, so whole requests: the window holds at least window_rows
+        kept = sum(len(b[0]) for b in self._batches)
+        while len(self._batches) > 1 and kept - len(self._batches[0][0]) >= self.window_rows:
+            kept -= len(self._batches.pop(0)[0])  # whole batches, so whole requests: at least window_rows kept
         self.since_fit = 0
         rows, labels, sizes = (np.concatenate(part) for part in zip(*self._batches, strict=True))
         if labels.all() or not labels.any():  # one class: nothing to rank yet

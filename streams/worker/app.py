@@ -214,20 +214,27 @@ class InputLag:
         """Leave ``message`` out (Faust never acknowledges it, so no commit passes it before the
         copy read again is taken) and, unless that was done less than :data:`REFETCH_AFTER_S` ago
         for the same offset, seek ``tp`` back to ``expected``."""
-        consumer = self.app.consumer
         message.acked = True  # Faust's acknowledgement of it is then a no-op
-        consumer._unacked_messages.discard(message)
+        self.app.consumer._unacked_messages.discard(message)
         last = self.refetches.get(tp)
-        if last is not None and last.offset == expected and now - last.at < REFETCH_AFTER_S:
-            return
+        if last is not None and last.offset == expected:
+            if now - last.at < REFETCH_AFTER_S:
+                return
+            if last.attempts >= REFETCH_ATTEMPTS:
+                raise InputGap(tp, expected, message.offset - 1)
+        await self._read_again(tp, expected, now, f"offsets {expected}-{message.offset - 1} were not delivered "
+                                                  "to the join")
+
+    async def _read_again(self, tp: TP, expected: int, now: float, why: str) -> None:
+        """Seek ``tp`` back to ``expected``, counted (``hap_streams_input_refetches_total``) and logged
+        with ``why``; :attr:`refetches` keeps when, and how many times in a row for that offset."""
+        last = self.refetches.get(tp)
         attempts = 1 if last is None or last.offset != expected else last.attempts + 1
-        if attempts > REFETCH_ATTEMPTS:
-            raise InputGap(tp, expected, message.offset - 1)
         self.refetches[tp] = Refetch(expected, now, attempts)
         metrics.REFETCHES.labels(tp.topic, str(tp.partition)).inc()
-        self.app.log.warning("%s[%s]: offsets %d-%d were not delivered to the join: reading again from %d "
-                             "(attempt %d)", tp.topic, tp.partition, expected, message.offset - 1, expected, attempts)
-        await consumer.seek(tp, expected)
+        self.app.log.warning("%s[%s]: %s: reading again from %d (attempt %d)", tp.topic, tp.partition, why, expected,
+                             attempts)
+        await self.app.consumer.seek(tp, expected)
 
     async def _resumed(self, tp: TP, offset: int) -> int:
         """The first record the join takes from ``tp`` in this assignment is at ``offset``: returns
@@ -293,13 +300,8 @@ class InputLag:
             last = self.refetches.get(tp)
             if expected is None or end is None or expected >= end or (last is not None and now - last.at <= idle_s):
                 continue
-            attempts = 1 if last is None or last.offset != expected else last.attempts + 1
-            self.refetches[tp] = Refetch(expected, now, attempts)
-            metrics.REFETCHES.labels(tp.topic, str(tp.partition)).inc()
-            self.app.log.warning("%s[%s]: %d records past offset %d, none given to the join for %.0fs: reading "
-                                 "again from %d (attempt %d)", tp.topic, tp.partition, end - expected, expected,
-                                 now - self.moved[tp], expected, attempts)
-            await consumer.seek(tp, expected)
+            await self._read_again(tp, expected, now, f"{end - expected} records past offset {expected}, none given "
+                                                      f"to the join for {now - self.moved[tp]:.0f}s")
 
     def reassigned(self, partitions: Any) -> None:
         """A new assignment: a partition this worker did not hold in the last one may have moved on
