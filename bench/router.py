@@ -121,7 +121,7 @@ def forward_timing(trainer: OnlineTrainer, world: World, n: int = 2000, reps: in
     group = torch.zeros(n, dtype=torch.long)
     ut, it = user_tensors([user]), item_tensors(items)
     timings = {
-        "numpy_light_ms": lambda: model.light.score(model.light.user_vector(user), model.light.item_vectors(items)),
+        "numpy_light_ms": lambda: model.light.score(model.light.user_vector(user), model.light.item_vectors(items), items.dense),
         "numpy_expressive_ms": lambda: model.expressive.score(user, items),
         "torch_light_ms": lambda: trainer.light(ut, it, group),
         "torch_expressive_ms": lambda: trainer.expressive(ut, it, group),

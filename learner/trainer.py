@@ -45,7 +45,7 @@ from feature_store.registry import METHODS
 from learner.batching import EASY, HARD, SOURCE_CODE, Batch
 from learner.ghcl import ConflictSampler, contrastive_path_loss, harmonize
 from learner.mixing import MixSelector
-from learner.models import ExpressiveCross, LightTwoTower, Tier, combine
+from learner.models import DENSE_HIDDEN, ExpressiveCross, LightTwoTower, Tier, combine
 from learner.progressive import ProgressiveMetrics
 from streams.contract.schemas import SOURCES, SampleGroup
 
@@ -79,7 +79,7 @@ class OnlineTrainer:
                  gate: bool = True, rn_path: str = "easy", wide_paths: str = "hard", gate_paths: str = "shown",
                  residual_l2: float = RESIDUAL_L2, mix_selection: bool = True, device: str = "cpu",
                  extra_budgets: tuple[float, ...] = (), measure_conflict: bool = False,
-                 keep_requests: bool = False) -> None:
+                 keep_requests: bool = False, dense_hidden: int = DENSE_HIDDEN) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         torch.manual_seed(seed)
@@ -98,7 +98,7 @@ class OnlineTrainer:
         self.residual_l2 = residual_l2
         #: GHCL serves (1 - α) light + α counters, α picked by progressive validation (``learner.mixing``)
         self.mixer = MixSelector() if mix_selection and method == "ghcl" and prior else None
-        self.light = LightTwoTower(dim=dim, prior=prior, gate=gate).to(self.device)
+        self.light = LightTwoTower(dim=dim, prior=prior, gate=gate, dense_hidden=dense_hidden).to(self.device)
         self.expressive = ExpressiveCross(dim=dim, prior=prior, gate=gate).to(self.device)
         self.optimizers = [opt for m in (self.light, self.expressive) for opt in _optimizers(m, lr, emb_lr)]
         self.sampler = ConflictSampler(seed=seed)

@@ -39,8 +39,8 @@ def _history_mean(emb: np.ndarray, history: np.ndarray) -> np.ndarray:
 
 class LightTier:
     """The two-tower tier: ``score = item_vectors @ user_vector`` (the folded linear part is one more
-    component), plus the linear part's user-by-item share and the gate; served as
-    ``(1 - α) · light + α · counter`` (``learner.models.LightTwoTower``)."""
+    component), plus the linear part's user-by-item share, the non-linear wide part and the gate;
+    served as ``(1 - α) · light + α · counter`` (``learner.models.LightTwoTower``)."""
 
     def __init__(self, tensors: Tensors, spec: dict) -> None:
         self.t, self.spec = tensors, spec
@@ -48,6 +48,7 @@ class LightTier:
         self.gate = bool(spec.get("gate"))
         self.head = int(spec["dim"]) + self.prior  # the preference part of a vector
         self.alpha = float(tensors["fallback"][0]) if self.prior and "fallback" in tensors else 0.0
+        self.dense_mlp = self.prior and int(spec.get("dense_hidden", 0)) > 0
         if self.prior:  # the two linear models folded into one: (1 - α) wide + α counter
             a = self.alpha
             self.w = (1 - a) * tensors["wide.linear.weight"][0] + a * tensors.get(
@@ -81,10 +82,15 @@ class LightTier:
     def score(self, user_vec: np.ndarray, item_vecs: np.ndarray, dense: np.ndarray | None = None) -> np.ndarray:
         """Preference dot product (with the linear part's item share), plus the linear part's
         user-by-item share of ``dense`` (the candidates' features; none given: zeros), plus
+        ``(1 - α)`` times the non-linear wide part of ``dense`` (which a tier with one needs), plus
         ``(1 - α) log σ`` of the gate's dot product for a gated tier."""
         score = item_vecs[:, :self.head] @ user_vec[:self.head]
         if self.prior and dense is not None:
             score = score + dense[:, ITEM_DIM:] @ self.w[ITEM_DIM:]
+        if self.dense_mlp:
+            if dense is None:
+                raise ValueError("this light tier has a non-linear wide part: score() needs the candidates' dense rows")
+            score = score + (1 - self.alpha) * _mlp(self.t, "dense_mlp", dense)[:, 0]
         if not self.gate:
             return score
         return score - (1 - self.alpha) * np.logaddexp(0.0, -(item_vecs[:, self.head:] @ user_vec[self.head:]))

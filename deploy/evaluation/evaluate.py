@@ -59,6 +59,7 @@ LEARNED: dict[str, dict[str, Any]] = {
     "ghcl-gate-both": {"method": "ghcl", "gate_paths": "both"},
     "ghcl-no-shrink": {"method": "ghcl", "residual_l2": 0.0},
     "ghcl-no-fallback": {"method": "ghcl", "mix_selection": False},
+    "ghcl-linear-wide": {"method": "ghcl", "dense_hidden": 0},
     **{method: {"method": method} for method in METHODS if method != "ghcl"},
 }
 #: non-learned arms: method name -> the statistic, as of the request, that ranks the items

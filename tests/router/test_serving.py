@@ -1,6 +1,7 @@
 """The router's numpy forward passes give the torch models' scores."""
 
 import numpy as np
+import pytest
 import torch
 
 from feature_store.featurize import featurize_items, featurize_user
@@ -20,6 +21,7 @@ def test_numpy_serving_matches_torch_for_both_tiers():
         light.wide.linear.weight.normal_()
         light.counter.linear.weight.normal_()
         light.fallback.fill_(0.25)  # the served weight of the tier's counters model
+        light.dense_mlp[-1].weight.normal_()  # the non-linear wide part, grown past its zero start
     for model, tier in ((light, LightTier), (ExpressiveCross(dim=8), ExpressiveTier)):
         with torch.no_grad():
             expected = model(user_tensors([user]), item_tensors(items), group).numpy()
@@ -27,3 +29,30 @@ def test_numpy_serving_matches_torch_for_both_tiers():
         got = (served.score(served.user_vector(user), served.item_vectors(items), items.dense)
                if tier is LightTier else served.score(user, items))
         np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_the_non_linear_wide_part_moves_scores_and_needs_the_dense_rows():
+    torch.manual_seed(1)
+    user = featurize_user("u1", {"history": ["a"]})
+    items = featurize_items(["a", "b", "c"], ["news"] * 3, [{"ctr_1d": 0.2, "user_seen": 1.0}, {"exp_1d": 50.0}, {}])
+    light = LightTwoTower(dim=8)
+    with torch.no_grad():
+        light.dense_mlp[-1].weight.normal_()
+    served = LightTier.from_form(*light.export())
+    with_part = served.score(served.user_vector(user), served.item_vectors(items), items.dense)
+    tensors, spec = light.export()
+    tensors["dense_mlp.2.weight"] = np.zeros_like(tensors["dense_mlp.2.weight"])
+    tensors["dense_mlp.2.bias"] = np.zeros_like(tensors["dense_mlp.2.bias"])
+    silent = LightTier.from_form(tensors, spec)
+    without = silent.score(silent.user_vector(user), silent.item_vectors(items), items.dense)
+    assert np.abs(with_part - without).max() > 1e-3
+    with pytest.raises(ValueError, match="dense rows"):
+        served.score(served.user_vector(user), served.item_vectors(items))
+
+
+def test_a_spec_published_before_the_non_linear_wide_part_is_a_linear_tier():
+    _, spec = LightTwoTower(dim=8, dense_hidden=0).export()
+    assert "dense_hidden" not in spec
+    rebuilt = LightTwoTower.from_spec(spec)
+    assert rebuilt.dense_hidden == 0 and rebuilt.spec() == LightTwoTower(dim=8, dense_hidden=0).spec()
+    assert LightTwoTower.from_spec(LightTwoTower(dim=8).spec()).dense_hidden == LightTwoTower(dim=8).dense_hidden > 0

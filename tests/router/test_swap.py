@@ -44,7 +44,7 @@ def test_no_request_sees_mixed_versions_while_versions_swap(redis_client):
     checked = responses[:: max(1, len(responses) // 25)]
     for r in checked:
         model = build(store.load(r["version"]))  # recompute offline with the version the response names
-        light = model.light.score(model.light.user_vector(user), model.light.item_vectors(items))
+        light = model.light.score(model.light.user_vector(user), model.light.item_vectors(items), items.dense)
         routed = route(light, 10, budget_count(40, 0.3))
         final = merge(light, routed, model.expressive.score(user, items.take(routed)))
         assert len(r["items"]) == 10, r
