@@ -36,14 +36,14 @@ SERVE_WAIT_S = 60.0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("replay", help="replay a MIND-layout log through the running pipeline and report live quality")
+    p = sub.add_parser("replay")
     p.add_argument("--dataset", type=Path, required=True, help="directory with behaviors.tsv[.gz] and news.tsv[.gz]")
     p.add_argument("--requests", type=int, default=5000, help="the log's first N requests (in time order)")
-    p.add_argument("--report", type=Path, default=Path("out/replay/report.json"))
+    p.add_argument("--report", type=Path, default=Path("out/replay/report.json"), help="where the report is written")
     p.add_argument("--rate", type=float, default=1000.0, help="events per second sent (0: as fast as possible)")
     p.add_argument("--candidates", type=int, default=400, help="candidates per request (`hap eval`'s default)")
     p.add_argument("--seed", type=int, default=0, help="the replay's and the learner's seed")
-    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="the learner's training method")
     p.add_argument("--window", type=float, help="join window, seconds (default: the streams' setting)")
     p.add_argument("--lateness", type=float, help="allowed lateness, seconds (default: the streams' setting)")
     p.add_argument("--blocks", type=int, default=10, help="time blocks of the offline intervals")
