@@ -71,5 +71,5 @@ class Progress:
         detail = f" ({what})" if what else ""
         line = f"{self.desc}: {self.done}/{self.total} {self.unit}{detail}, {now - self.started:.0f} s"
         # on standard error, in the logs' format: one JSON object where the commands log JSON
-        print(as_log_line(line, f"hap.{self.desc}") if self.stream is sys.stderr else line, file=self.stream,
+        print(as_log_line(line, f"hap.{self.desc.split()[0]}") if self.stream is sys.stderr else line, file=self.stream,
               flush=True)

@@ -25,6 +25,7 @@ from typing import Any
 
 from deploy.demo import Run, pipeline_report, scrape_or_none, start_run
 from deploy.evaluation.evaluate import BATCH_GROUPS, BUDGETS
+from deploy.logging_config import as_log_line
 from deploy.pipeline import Component
 from deploy.progress import Progress
 from feature_store.registry import DEFAULT_METHOD, METHODS
@@ -237,12 +238,14 @@ def replay_report(report: dict[str, Any], timings: Timings, args: argparse.Names
     }
     if args.no_offline:
         return out
-    print(f"offline: hap eval's assembly of the same {sent} requests", file=sys.stderr, flush=True)
-    groups, bodies = offline_groups("replay", args.seed, sent, args.dataset, args.candidates)
-    print(f"offline: hap eval's {args.method} and ctr over the {len(timings.groups)} live groups", file=sys.stderr,
+    print(as_log_line(f"offline: hap eval's assembly of the same {sent} requests", "hap.replay"), file=sys.stderr,
           flush=True)
+    groups, bodies = offline_groups("replay", args.seed, sent, args.dataset, args.candidates)
+    print(as_log_line(f"offline: hap eval's {args.method} and ctr over the {len(timings.groups)} live groups",
+                      "hap.replay"), file=sys.stderr, flush=True)
     on_live = offline_figures(timings.groups, bodies, args.method, args.seed, args.blocks)
-    print(f"offline: hap eval's {args.method} and ctr over its own {len(groups)} groups", file=sys.stderr, flush=True)
+    print(as_log_line(f"offline: hap eval's {args.method} and ctr over its own {len(groups)} groups", "hap.replay"),
+          file=sys.stderr, flush=True)
     offline = offline_figures(groups, bodies, args.method, args.seed, args.blocks)
     live = {**out["live"]["quality"], "ctr": out["live"]["ctr"]}
     out["offline"] = {"live_groups": on_live, "eval": offline,
