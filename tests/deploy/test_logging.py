@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from deploy.logging_config import LoggingSettingError, checked, dict_config, json_formatter, text_formatter
+from deploy.pipeline import Component
 from deploy.settings import env_name
 from deploy.stack.process import free_port
 
@@ -164,3 +165,20 @@ def test_an_uncaught_exception_is_one_json_record():
     assert out.returncode == 1
     [line] = parsed(out.stderr)
     assert line["level"] == "CRITICAL" and "KeyError: 'missing'" in line["exception"]
+
+
+def test_a_streams_worker_on_kafka_writes_only_json_lines(stack_env, tmp_path):
+    """The real worker and its supervisor, Faust's and aiokafka's records included, at INFO."""
+    url = f"http://127.0.0.1:{stack_env['HAP_STREAMS_METRICS_PORT']}/metrics"
+    worker = Component("streams", ["streams"], tmp_path, {**stack_env, LEVEL: "INFO", FORMAT: "json"}).start()
+    try:
+        worker.wait_http(url)
+        deadline = time.monotonic() + 30
+        while "Ready" not in worker.log_file.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+    lines = parsed(worker.log_file.read_text())
+    loggers = {r["logger"].split(".")[0] for r in lines if r["level"] == "INFO"}
+    assert {"faust", "aiokafka"} <= loggers, worker.log_tail()
+    assert any(r["message"].endswith("Ready") for r in lines), worker.log_tail()
