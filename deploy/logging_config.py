@@ -111,6 +111,8 @@ def configure(level: str, fmt: str, stream: TextIO | None = None) -> None:
 
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException | None, tb: TracebackType | None) -> None:
+    if issubclass(kind, SystemExit):  # a thread's exit, as the default hook
+        return
     if issubclass(kind, KeyboardInterrupt):
         sys.__excepthook__(kind, exc or kind(), tb)
         return

@@ -7,6 +7,7 @@ configuration the worker hands Faust."""
 import io
 import json
 import logging
+import logging.config
 import os
 import subprocess
 import sys
@@ -74,14 +75,15 @@ def test_a_json_record_has_time_level_logger_message_and_the_exception():
 
 
 def test_the_configuration_logs_at_its_level_in_its_format():
-    stream = io.StringIO()
+    stream, root = io.StringIO(), logging.getLogger()
+    before = root.level, root.handlers[:]
     logging.config.dictConfig(dict_config("warning", "json", stream))
     try:
         logging.getLogger("hap.x").info("hidden")
         logging.getLogger("faust.x").warning("shown %s", "here")
     finally:
-        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False,
-                                   "root": {"level": "WARNING", "handlers": []}})
+        root.setLevel(before[0])
+        root.handlers[:] = before[1]
     assert [(r["level"], r["logger"], r["message"]) for r in parsed(stream.getvalue())] == [
         ("WARNING", "faust.x", "shown here")]
 
@@ -132,6 +134,7 @@ def test_simulate_progress_lines_are_json_objects_too(tmp_path):
 
 FAUST_PROBE = """
 import logging
+import logging.config
 import sys
 import faust
 from deploy.logging_config import dict_config
