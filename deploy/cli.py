@@ -1,20 +1,29 @@
 """The `hap` command: one entry point that wires the components together.
 
 Each subcommand lives next to what it drives and exposes ``add_parser(subparsers)`` and
-``run(args) -> int``; this module only collects them. Settings come from the environment
-(``deploy.settings``, ``docs/settings.md``) and the endpoints of a stack started with the same data dir.
+``run(args) -> int``; this module only collects them, with each one's line in ``hap --help``
+(:data:`SUMMARIES`). Settings come from the environment (``deploy.settings``, ``docs/settings.md``)
+and the endpoints of a stack started with the same data dir; every command logs as
+the settings ``log_level`` and ``log_format`` say (:mod:`deploy.logging_config`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
+import logging
 import os
 import sys
+from typing import Any
 
-from deploy.settings import BROKERS_ENV, Settings
+from deploy.logging_config import LoggingSettingError, as_log_line, configure
+from deploy.settings import BROKERS_ENV, Settings, env_name
 from deploy.stack import Stack, StackError
+
+#: the distribution whose version `hap --version` prints
+DISTRIBUTION = "hap-prerank"
 
 #: subcommand modules, imported on demand so that `hap stack` never loads torch
 SUBCOMMANDS: dict[str, str] = {
@@ -29,12 +38,58 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "deploy.evaluation.evaluate",
     "dashboards": "deploy.dashboards.cli",
 }
+#: each subcommand's line in `hap --help` and the opening of its own `--help`: spelled here only, so
+#: that `hap --help` says it without importing the module (the modules' ``add_parser`` gives no ``help``)
+SUMMARIES: dict[str, str] = {
+    "stack": "start, stop or check the local Kafka, Redis and Prometheus",
+    "simulate": "emit simulated or replayed cascade traffic",
+    "streams": "join the Kafka events into hybrid sample groups",
+    "learner": "train both tiers online and publish versions to Redis",
+    "router": "serve pre-ranking over HTTP (DAMR, hot-swapped versions)",
+    "models": "list the kept model versions or roll back to one",
+    "dlq": "list, show and replay dead letters (the rejected inputs)",
+    "demo": "run the whole pipeline locally and write a report",
+    "replay": "replay a MIND log through the live pipeline, report quality",
+    "eval": "offline: GHCL against baselines, paired by time block",
+    "dashboards": "build dashboards and alert rules, or push them to Grafana",
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless it says it in words (a default that
+    depends on the settings, or none) or the flag takes no value."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is None or action.nargs == 0:
+            return text
+        return super()._get_help_string(action)
+
+
+class Subcommands(argparse._SubParsersAction):
+    """The subparsers of `hap`: each gets its line of :data:`SUMMARIES` and :class:`HelpFormatter`."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if "help" in kwargs:
+            raise ValueError(f"hap {name}: its help line is spelled in deploy.cli.SUMMARIES, not in add_parser")
+        kwargs.setdefault("description", SUMMARIES[name])
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        return super().add_parser(name, help=SUMMARIES[name], **kwargs)
+
+
+def package_version() -> str:
+    """The installed version of this package, as `hap --version` prints it."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed; `pip install -e .`)"
 
 
 def _stack_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stack", help="local Kafka (KRaft), Redis and Prometheus")
-    p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("--json", action="store_true", help="machine-readable status")
+    p = sub.add_parser("stack")
+    p.add_argument("action", choices=["up", "down", "status"],
+                   help="up: start what is not running; down: stop what `up` started; status: exit 0 when all answer")
+    p.add_argument("--json", action="store_true", help="machine-readable endpoints and status")
     p.add_argument("--no-prometheus", action="store_true", help="start Kafka and Redis only")
     p.add_argument("--brokers", type=int, help=f"up: start a KRaft cluster of this many brokers (default: "
                    f"{BROKERS_ENV} or 1); topics are then replicated min(3, N) times, min ISR one fewer")
@@ -85,12 +140,14 @@ def status_json(name: str, endpoint: str, healthy: bool, managed: bool, running:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; ``only`` limits component imports to the subcommand being run (None: all)."""
-    parser = argparse.ArgumentParser(prog="hap", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="hap", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, action=Subcommands, metavar="COMMAND",
+                                help="`hap COMMAND --help` for its flags")
     _stack_parser(sub)
     for name, module in SUBCOMMANDS.items():
         if only is not None and name != only:
-            sub.add_parser(name, help=f"(see `hap {name} --help`)")
+            sub.add_parser(name)  # its summary, without importing the module
             continue
         mod = importlib.import_module(module)
         mod.add_parser(sub)
@@ -103,10 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     only = argv[0] if argv and argv[0] in SUBCOMMANDS else "stack"
     args = build_parser(only).parse_args(argv)
+    settings = Settings.load()
+    try:
+        configure(settings.log_level, settings.log_format)
+    except LoggingSettingError as exc:
+        print(f"hap: {env_name(exc.field)}: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except StackError as exc:
-        print(f"hap: {exc}", file=sys.stderr)
+        print(as_log_line(f"hap: {exc}", "hap", logging.ERROR), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -26,13 +26,13 @@ from feature_store.registry import DEFAULT_METHOD, METHODS, POLICIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the whole pipeline on the local stack and write a report")
-    p.add_argument("--report", type=Path, default=Path("out/demo/report.json"))
+    p = sub.add_parser("demo")
+    p.add_argument("--report", type=Path, default=Path("out/demo/report.json"), help="where the report is written")
     p.add_argument("--duration", type=float, default=120.0, help="seconds of simulated traffic")
     p.add_argument("--rate", type=float, default=600.0, help="events per second")
-    p.add_argument("--candidates", type=int, default=1000)
+    p.add_argument("--candidates", type=int, default=1000, help="candidates per request")
     p.add_argument("--window", type=float, default=5.0, help="join window, seconds")
-    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="the learner's training method")
     p.add_argument("--keep-stack", action="store_true", help="leave Kafka, Redis and Prometheus running")
 
 

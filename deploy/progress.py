@@ -1,4 +1,5 @@
-"""Progress of a long job: a bar on a terminal, plain periodic lines otherwise (logs, CI).
+"""Progress of a long job: a bar on a terminal, plain periodic lines otherwise (logs, CI), JSON
+objects when the commands log JSON (the setting ``log_format``, :mod:`deploy.logging_config`).
 
 Examples
 --------
@@ -18,6 +19,8 @@ import time
 from typing import TextIO
 
 from tqdm import tqdm
+
+from deploy.logging_config import as_log_line
 
 
 class Progress:
@@ -66,5 +69,7 @@ class Progress:
     def _line(self, now: float, what: str) -> None:
         self.last, self.printed = now, self.done
         detail = f" ({what})" if what else ""
-        print(f"{self.desc}: {self.done}/{self.total} {self.unit}{detail}, {now - self.started:.0f} s",
-              file=self.stream, flush=True)
+        line = f"{self.desc}: {self.done}/{self.total} {self.unit}{detail}, {now - self.started:.0f} s"
+        # on standard error, in the logs' format: one JSON object where the commands log JSON
+        print(as_log_line(line, f"hap.{self.desc.split()[0]}") if self.stream is sys.stderr else line, file=self.stream,
+              flush=True)

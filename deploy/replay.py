@@ -25,6 +25,7 @@ from typing import Any
 
 from deploy.demo import Run, pipeline_report, scrape_or_none, start_run
 from deploy.evaluation.evaluate import BATCH_GROUPS, BUDGETS
+from deploy.logging_config import as_log_line
 from deploy.pipeline import Component
 from deploy.progress import Progress
 from feature_store.registry import DEFAULT_METHOD, METHODS
@@ -36,14 +37,14 @@ SERVE_WAIT_S = 60.0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("replay", help="replay a MIND-layout log through the running pipeline and report live quality")
+    p = sub.add_parser("replay")
     p.add_argument("--dataset", type=Path, required=True, help="directory with behaviors.tsv[.gz] and news.tsv[.gz]")
     p.add_argument("--requests", type=int, default=5000, help="the log's first N requests (in time order)")
-    p.add_argument("--report", type=Path, default=Path("out/replay/report.json"))
+    p.add_argument("--report", type=Path, default=Path("out/replay/report.json"), help="where the report is written")
     p.add_argument("--rate", type=float, default=1000.0, help="events per second sent (0: as fast as possible)")
     p.add_argument("--candidates", type=int, default=400, help="candidates per request (`hap eval`'s default)")
     p.add_argument("--seed", type=int, default=0, help="the replay's and the learner's seed")
-    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="the learner's training method")
     p.add_argument("--window", type=float, help="join window, seconds (default: the streams' setting)")
     p.add_argument("--lateness", type=float, help="allowed lateness, seconds (default: the streams' setting)")
     p.add_argument("--blocks", type=int, default=10, help="time blocks of the offline intervals")
@@ -237,12 +238,14 @@ def replay_report(report: dict[str, Any], timings: Timings, args: argparse.Names
     }
     if args.no_offline:
         return out
-    print(f"offline: hap eval's assembly of the same {sent} requests", file=sys.stderr, flush=True)
-    groups, bodies = offline_groups("replay", args.seed, sent, args.dataset, args.candidates)
-    print(f"offline: hap eval's {args.method} and ctr over the {len(timings.groups)} live groups", file=sys.stderr,
+    print(as_log_line(f"offline: hap eval's assembly of the same {sent} requests", "hap.replay"), file=sys.stderr,
           flush=True)
+    groups, bodies = offline_groups("replay", args.seed, sent, args.dataset, args.candidates)
+    print(as_log_line(f"offline: hap eval's {args.method} and ctr over the {len(timings.groups)} live groups",
+                      "hap.replay"), file=sys.stderr, flush=True)
     on_live = offline_figures(timings.groups, bodies, args.method, args.seed, args.blocks)
-    print(f"offline: hap eval's {args.method} and ctr over its own {len(groups)} groups", file=sys.stderr, flush=True)
+    print(as_log_line(f"offline: hap eval's {args.method} and ctr over its own {len(groups)} groups", "hap.replay"),
+          file=sys.stderr, flush=True)
     offline = offline_figures(groups, bodies, args.method, args.seed, args.blocks)
     live = {**out["live"]["quality"], "ctr": out["live"]["ctr"]}
     out["offline"] = {"live_groups": on_live, "eval": offline,

@@ -140,6 +140,8 @@ class Settings:
     #: worker processes `hap streams` runs and supervises, of one group (``--workers``)
     streams_workers: int = 1
     log_level: str = "WARNING"
+    #: ``text`` or ``json`` (one object per line), for every command (:mod:`deploy.logging_config`)
+    log_format: str = "text"
     learner_method: str = DEFAULT_METHOD
     publish_interval_s: float = 1.0
     #: the learner's writer lease: how long a killed learner blocks its successor, and how long a
@@ -342,7 +344,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HAP_ROUTER_DRAIN_S", "seconds the router's readiness answers 503 after SIGTERM while it still "
              "serves, before its port closes (`hap router --drain`)", "router_drain_s"),
     # the rest
-    Variable("HAP_LOG_LEVEL", "log level of the streams worker (Faust's)", "log_level"),
+    Variable("HAP_LOG_LEVEL", "log level of every `hap` command (`DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`), "
+             "the streams worker's Faust and Kafka clients included", "log_level"),
+    Variable("HAP_LOG_FORMAT", "`text`, or `json`: one JSON object per line with `time`, `level`, `logger`, "
+             "`message` (and `exception`), for every command (`docs/operations.md`, \"Logs\")", "log_format"),
     Variable("HAP_SIM_RATE", "events per second `hap simulate` emits (0: as fast as it can)", "sim_rate"),
 )
 

@@ -14,13 +14,12 @@ import json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dlq", help="list, show and replay dead letters (the rejected inputs)",
-                       description=__doc__)
-    p.add_argument("action", choices=["list", "show", "replay"])
+    p = sub.add_parser("dlq", description=__doc__)
+    p.add_argument("action", choices=["list", "show", "replay"], help="list the letters, show some, or replay some")
     p.add_argument("ids", nargs="*", metavar="PARTITION:OFFSET", help="show/replay: the letters (see `list`)")
-    p.add_argument("--kind", help="only letters of this reason_kind (list, replay --all)")
+    p.add_argument("--kind", help="only letters of this reason_kind (list, replay --all; default: any)")
     p.add_argument("--topic", help="only letters whose input came from this topic, e.g. hap.ranking "
-                   "(list, replay --all)")
+                   "(list, replay --all; default: any)")
     p.add_argument("--all", action="store_true", help="replay: every letter that matches --kind/--topic")
     p.add_argument("--limit", type=int, default=100, help="list: at most this many, newest last (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="list/show: JSON lines")

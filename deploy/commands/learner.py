@@ -12,24 +12,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from feature_store.registry import METHODS
 
     s = Settings.load()
-    p = sub.add_parser("learner", help="train both tiers online from hap.samples and publish to Redis")
-    p.add_argument("--method", choices=METHODS, default=s.learner_method)
+    p = sub.add_parser("learner")
+    p.add_argument("--method", choices=METHODS, default=s.learner_method, help="training method")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when a GPU is visible, else the CPU), cpu or cuda[:n]; weights and "
                         "checkpoints are the same whatever the device")
     p.add_argument("--batch-groups", type=int,
                    help="the most groups one step trains on (default 256): each step takes every group already "
                         "fetched, up to this (big batches while behind, small ones when caught up)")
-    p.add_argument("--publish-interval", type=float, default=s.publish_interval_s)
-    p.add_argument("--publish-steps", type=int, default=50)
-    p.add_argument("--checkpoint-interval", type=float, default=10.0)
-    p.add_argument("--keep-versions", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--publish-interval", type=float, default=s.publish_interval_s,
+                   help="seconds between published versions")
+    p.add_argument("--publish-steps", type=int, default=50, help="publish after this many steps, if sooner")
+    p.add_argument("--checkpoint-interval", type=float, default=10.0, help="seconds between checkpoints")
+    p.add_argument("--keep-versions", type=int, default=5, help="published versions kept in Redis")
+    p.add_argument("--seed", type=int, default=0, help="the trainer's seed")
     p.add_argument("--budgets", type=lambda v: tuple(float(b) for b in v.split(",") if b), default=(),
                    help="comma-separated DAMR budgets whose progressive metrics the manifest also records "
-                        "(as damr@<budget>), beside the serving budget's (damr)")
+                        "(as damr@<budget>), beside the serving budget's (damr) (default: none)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without samples")
+    p.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without samples (default: never)")
     p.add_argument("--metrics-port", type=int, help=f"default: {env_name('learner_metrics_port')} or 9102")
 
 
@@ -41,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
     from learner.service import LearnerConfig, LearnerService
     from learner.trainer import OnlineTrainer
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     s = Settings.load()
     start_http_server(args.metrics_port or s.learner_metrics_port, addr=s.metrics_host)

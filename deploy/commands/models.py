@@ -8,10 +8,11 @@ import time
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list kept model versions or roll back to one")
-    p.add_argument("action", choices=["list", "rollback"])
-    p.add_argument("version", nargs="?", type=int)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("models")
+    p.add_argument("action", choices=["list", "rollback"], help="list: the kept versions, newest first; rollback: "
+                   "serve VERSION (see docs/operations.md)")
+    p.add_argument("version", nargs="?", type=int, help="rollback: the version to serve")
+    p.add_argument("--json", action="store_true", help="list: one JSON array")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,14 +32,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from feature_store.registry import POLICIES
 
     s = Settings.load()
-    p = sub.add_parser("router", help="serve pre-ranking with DAMR over hot-swapped versions")
-    p.add_argument("--host",
-                   help=f"default: {env_name('router_host')}, else {env_name('metrics_host')}, else 127.0.0.1")
-    p.add_argument("--port", type=int, help=f"default: {env_name('router_port')} or 8080")
-    p.add_argument("--policy", choices=POLICIES, default=s.router_policy)
+    p = sub.add_parser("router")
+    p.add_argument("--host", help=f"address to bind (default: {env_name('router_host')}, else "
+                   f"{env_name('metrics_host')}, else 127.0.0.1)")
+    p.add_argument("--port", type=int,
+                   help=f"port of the API and /metrics (default: {env_name('router_port')} or 8080)")
+    p.add_argument("--policy", choices=POLICIES, default=s.router_policy,
+                   help="serving policy of a request that names none")
     p.add_argument("--budget", type=float, default=s.damr_budget,
                    help="expressive budget: fraction of candidates (< 1) or count")
-    p.add_argument("--max-candidates", type=int, default=5000)
+    p.add_argument("--max-candidates", type=int, default=5000, help="a request with more candidates is refused (413)")
     p.add_argument("--poll", type=float, default=2.0, help="manifest polling interval (fallback to pub/sub)")
     p.add_argument("--workers", type=int, default=s.router_workers,
                    help="processes serving the port (SO_REUSEPORT), one core each")
@@ -58,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
     from router.app import make_app
     from router.drain import Drain, serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     s = Settings.load()
     client = s.redis.client(timeout_s=0.5)
     drain = Drain()

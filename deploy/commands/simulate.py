@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from deploy.logging_config import as_log_line
 from deploy.progress import Progress
 from deploy.settings import Settings
 from streams.contract.schemas import ItemUpdate
@@ -20,25 +22,31 @@ from streams.simulator.world import CONTENT_TYPES, World
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("simulate", help="emit simulated or replayed cascade traffic")
-    p.add_argument("--requests", type=int, default=1000)
+    p = sub.add_parser("simulate")
+    p.add_argument("--requests", type=int, default=1000, help="requests to emit (replay: at most the log's)")
     p.add_argument("--rate", type=float, default=Settings.load().sim_rate,
                    help="events per second (0: as fast as possible)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset", type=Path, help="replay a MIND-layout dataset instead of the synthetic world")
-    p.add_argument("--duration", type=float, help="stop starting requests after this many seconds")
-    p.add_argument("--candidates", type=int, default=1000)
-    p.add_argument("--users", type=int, default=2000)
-    p.add_argument("--items", type=int, default=20000)
+    p.add_argument("--seed", type=int, default=0, help="seed of the world, the replay's sampling and the duplicates")
+    p.add_argument("--dataset", type=Path,
+                   help="replay a MIND-layout dataset instead of the synthetic world (default: the synthetic world)")
+    p.add_argument("--duration", type=float,
+                   help="stop starting requests after this many seconds (default: once --requests are sent)")
+    p.add_argument("--candidates", type=int, default=1000, help="candidates per request")
+    p.add_argument("--users", type=int, default=2000, help="users of the synthetic world")
+    p.add_argument("--items", type=int, default=20000, help="items of the synthetic world")
     p.add_argument("--legacy-world", action="store_true",
                    help="the first synthetic world: two factors, no drift, no position bias")
-    p.add_argument("--duplicate-rate", type=float, default=0.01)
+    p.add_argument("--duplicate-rate", type=float, default=0.01,
+                   help="fraction of events sent twice (the worker must de-duplicate them)")
     p.add_argument("--feedback-delay", type=float, default=2.0, help="mean feedback delay, seconds")
-    p.add_argument("--router-url", help="pre-rank through the live router (closes the loop)")
-    p.add_argument("--out", type=Path, help="write JSONL files here instead of Kafka")
-    p.add_argument("--truth", type=Path, help="write ground truth (exposed items, labels) as JSONL")
-    p.add_argument("--report", type=Path, help="write the emitted counts as JSON")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--router-url",
+                   help="pre-rank through the live router at this URL, closing the loop (default: the world's own)")
+    p.add_argument("--out", type=Path, help="write JSONL files into this directory instead of Kafka (default: Kafka)")
+    p.add_argument("--truth", type=Path,
+                   help="write ground truth (exposed items, labels) as JSONL to this file (default: none)")
+    p.add_argument("--report", type=Path,
+                   help="also write the emitted counts as JSON to this file (default: stdout only)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
 
 
 def build_source(args: argparse.Namespace) -> tuple[Iterator[Request], list[ItemUpdate], int, World | None]:
@@ -75,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             progress.close()
         writer.close()
     except ProducerUnavailable as exc:  # the broker went away for good: say so, exit 1
-        print(f"hap simulate: {exc}", file=sys.stderr)
+        print(as_log_line(f"hap simulate: {exc}", "hap.simulate", logging.ERROR), file=sys.stderr)
         return 1
     sent.items = report.items
     summary = dataclasses.asdict(sent)

@@ -13,22 +13,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from deploy.settings import Settings, env_name
 
     s = Settings.load()
-    p = sub.add_parser("streams", help="assemble hybrid sample groups from Kafka events")
+    p = sub.add_parser("streams")
     p.add_argument("--window", type=float, default=s.join_window_s,
                    help="join window: seconds of event time after a request's last event")
-    p.add_argument("--lateness", type=float, default=s.lateness_s)
+    p.add_argument("--lateness", type=float, default=s.lateness_s,
+                   help="allowed lateness: seconds the watermark must pass a request's window by before its group "
+                        "is finalized")
     p.add_argument("--max-future", type=float, default=10.0,
                    help="seconds an event time may run ahead of its arrival; beyond, the event is dead-lettered "
                         "(reason_kind future)")
     p.add_argument("--dwell-threshold", type=float, default=30.0, help="dwell seconds that count as positive")
-    p.add_argument("--gn-per-exposed", type=int, default=2)
-    p.add_argument("--max-rn", type=int, default=10)
-    p.add_argument("--max-prn", type=int, default=10)
+    p.add_argument("--gn-per-exposed", type=int, default=2,
+                   help="global negatives (pool items, never a candidate) sampled per exposed item")
+    p.add_argument("--max-rn", type=int, default=10,
+                   help="ranking negatives per group: unexposed candidates the ranker placed low")
+    p.add_argument("--max-prn", type=int, default=10,
+                   help="pre-ranking negatives per group: unexposed candidates the pre-ranker placed low (not rn)")
     p.add_argument("--no-corrections", action="store_true", help="dead-letter late feedback instead")
     p.add_argument("--metrics-port", type=int, default=s.streams_metrics_port,
                    help=f"worker n of --workers serves on this port + n (default: {env_name('streams_metrics_port')}, "
                         "%(default)s)")
-    p.add_argument("--worker-id", default=s.worker_id)
+    p.add_argument("--worker-id", default=s.worker_id,
+                   help="this worker's name: its data dir and, with static membership, its name in the group")
     p.add_argument("--stall-timeout", type=float, default=s.streams_stall_s,
                    help="seconds without progress (x10 while tables recover) before the worker is replaced")
     p.add_argument("--workers", type=int, default=s.streams_workers,
@@ -60,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
+    from deploy.logging_config import dict_config
     from deploy.settings import Settings
     from streams.join.assembler import AssemblerConfig
     from streams.kafka.topics import create_missing, pipeline_topics, resume_at_log_start, worker_topics
@@ -96,5 +103,7 @@ def run_worker(args: argparse.Namespace) -> int:
     gc.freeze()  # start-up's objects are never traversed again: a full collection took 0.13 s, now 0.01-0.03 s
     _Worker = make_worker_class()
     sys.argv = [sys.argv[0], "worker"]
-    _Worker(app, loglevel=s.log_level, quiet=True).execute_from_commandline()
+    # Faust replaces the process's logging when the worker starts: with the same level and format as every command
+    _Worker(app, loglevel=s.log_level, logging_config=dict_config(s.log_level, s.log_format),
+            quiet=True).execute_from_commandline()
     return 0

@@ -10,8 +10,8 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dashboards", help="build dashboards and alert rules as files, or push them to Grafana")
-    p.add_argument("action", choices=["build", "push"])
+    p = sub.add_parser("dashboards")
+    p.add_argument("action", choices=["build", "push"], help="build: write the files; push: provision Grafana")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help="build: writes grafana/ (dashboards, alert rules, provisioning/) and prometheus/ under it")
     from deploy.settings import GRAFANA_TOKEN_ENV, GRAFANA_URL_ENV
@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", default=None, help=f"Grafana's URL (default: {GRAFANA_URL_ENV}); the API token is read "
                    f"from {GRAFANA_TOKEN_ENV} only, never from a flag (argv is visible to every user of the machine)")
     p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # removed: refused with a pointer to the env
-    p.add_argument("--prometheus-url", default=None, help="URL Grafana uses to reach Prometheus")
+    p.add_argument("--prometheus-url", default=None,
+                   help="URL Grafana uses to reach Prometheus (default: the settings' Prometheus URL)")
 
 
 def run(args: argparse.Namespace) -> int:

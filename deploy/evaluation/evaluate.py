@@ -80,16 +80,17 @@ LOOP_KEEP = 200
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="GHCL against baselines on the replay and the simulator, paired by block")
+    p = sub.add_parser("eval")
     p.add_argument("--dataset", type=Path, help="a MIND-layout dataset to replay (default: synthetic only)")
-    p.add_argument("--out", type=Path, default=Path("out/eval"))
-    p.add_argument("--markdown", type=Path, help="also write the results page here (e.g. docs/results.md)")
+    p.add_argument("--out", type=Path, default=Path("out/eval"), help="directory of results.json and the plots")
+    p.add_argument("--markdown", type=Path,
+                   help="also write the results page here, e.g. docs/results.md (default: none)")
     p.add_argument("--seeds", type=int, default=1, help="training seeds per arm (intervals come from the blocks)")
     p.add_argument("--blocks", type=int, default=10, help="disjoint time blocks of each offline stream")
     p.add_argument("--groups", type=int, default=1600, help="synthetic groups per run")
     p.add_argument("--replay-groups", type=int, default=0, help="replayed requests per run (0: the whole log)")
     p.add_argument("--loop-requests", type=int, default=600, help="closed-loop requests per arm and seed")
-    p.add_argument("--candidates", type=int, default=400)
+    p.add_argument("--candidates", type=int, default=400, help="candidates per request")
     p.add_argument("--methods", default=",".join(HEADLINE),
                    help=f"comma-separated arms to run offline (default: the headline arms); known: "
                         f"{', '.join(ALL_METHODS)}")
