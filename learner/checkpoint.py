@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from learner.trainer import OnlineTrainer
 
 STATE_KEY = "hap_state"
+log = logging.getLogger("hap.learner.checkpoint")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,13 +62,42 @@ def capture(trainer: OnlineTrainer, *, clone: bool = True) -> Snapshot:
     return Snapshot(tensors, copy.deepcopy(meta) if clone else meta)
 
 
+class CheckpointMismatch(ValueError):
+    """The checkpoint holds a tier of another architecture than the trainer's: a tensor the trainer's
+    tier does not have, or one of another shape. ``names`` lists them (``tier.tensor``)."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(f"the checkpoint's tensors {', '.join(names[:5])} do not fit this learner's tiers (a "
+                         f"checkpoint of another architecture: move it aside to start afresh)")
+        self.names = names
+
+
 def restore(trainer: OnlineTrainer, snapshot: Snapshot) -> None:
-    """Put ``trainer`` back in the state ``snapshot`` holds."""
+    """Put ``trainer`` back in the state ``snapshot`` holds.
+
+    A checkpoint written before a tier gained a part (e.g. the light tier's non-linear wide part)
+    lacks that part's tensors: the rest is restored, the new part keeps its initial weights (each
+    starts at 0 in the score) and the optimizers start afresh, with a warning. A checkpoint with a
+    tensor the trainer has not, or of another shape, raises :class:`CheckpointMismatch`.
+    """
     tensors, meta = snapshot.tensors, snapshot.meta
+    foreign, missing = [], []
+    saved_tiers = {}
     for tier_name, tier in trainer.tiers().items():
         prefix = f"model.{tier_name}."
-        tier.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    for i, opt in enumerate(trainer.optimizers):
+        saved = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        own = tier.state_dict()
+        foreign += [f"{tier_name}.{k}" for k, v in saved.items() if k not in own or own[k].shape != v.shape]
+        missing += [f"{tier_name}.{k}" for k in own.keys() - saved.keys()]
+        saved_tiers[tier_name] = saved
+    if foreign:
+        raise CheckpointMismatch(foreign)
+    for tier_name, tier in trainer.tiers().items():
+        tier.load_state_dict(saved_tiers[tier_name], strict=not missing)
+    if missing:
+        log.warning("the checkpoint predates %s: restored the rest, these start from their initial weights and the "
+                    "optimizers afresh", ", ".join(sorted(missing)))
+    for i, opt in enumerate(trainer.optimizers if not missing else ()):
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
             parts = key.split(".")

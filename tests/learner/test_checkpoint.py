@@ -1,5 +1,6 @@
 """A trainer restored from its checkpoint continues exactly as if it had never stopped."""
 
+import pytest
 import torch
 
 from learner import checkpoint
@@ -40,3 +41,26 @@ def test_a_captured_snapshot_written_later_holds_the_state_at_its_capture(tmp_pa
     assert written.keys() == expected.keys()
     assert all(torch.equal(written[k], expected[k]) for k in expected)
     assert not all(torch.equal(a.light.state_dict()[k], b.light.state_dict()[k]) for k in b.light.state_dict())
+
+
+def test_a_checkpoint_from_before_the_non_linear_wide_part_resumes_with_that_part_fresh(tmp_path, caplog):
+    groups = simulated_groups(6)
+    old = OnlineTrainer(seed=1, dense_hidden=0)
+    old.step(groups[:3])
+    checkpoint.save(tmp_path / "ckpt.safetensors", old, {"offsets": {"0": 3}})
+    new = OnlineTrainer(seed=2)
+    assert checkpoint.load(tmp_path / "ckpt.safetensors", new) == {"offsets": {"0": 3}}
+    restored = new.light.state_dict()
+    for name, value in old.light.state_dict().items():
+        assert torch.equal(restored[name], value), name
+    assert float(new.light.dense_mlp[-1].weight.abs().sum()) == 0.0  # the new part adds nothing yet
+    assert new.steps == old.steps and "predates light.dense_mlp" in caplog.text
+    new.step(groups[3:])  # fresh optimizers cover every parameter, the new part included
+    assert float(new.light.dense_mlp[-1].weight.abs().sum()) > 0.0
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
+    checkpoint.save(tmp_path / "ckpt.safetensors", OnlineTrainer(seed=1, dim=8), {})
+    with pytest.raises(checkpoint.CheckpointMismatch, match="light.item_emb.weight") as error:
+        checkpoint.load(tmp_path / "ckpt.safetensors", OnlineTrainer(seed=1))
+    assert "light.item_emb.weight" in error.value.names
