@@ -3,7 +3,8 @@
 Trains both tiers briefly on simulated traffic, then scores fresh simulated requests in-process
 (the request path minus HTTP) with each policy. Quality is recall@k against the ground-truth
 top k of the simulated world, reported relative to ``expressive_all``. Also times the tiers'
-forward passes in numpy (what the router runs) against torch on the same inputs.
+forward passes in numpy (what the router runs) against torch on the same inputs, and the light
+tier's scoring with cached item vectors against the same tier without its non-linear wide part.
 
     python bench/router.py [--requests 60] [--k 100] [--budget 0.2]
 
@@ -36,6 +37,7 @@ from learner.trainer import OnlineTrainer  # noqa: E402
 from router.features import FeatureCache  # noqa: E402
 from router.holder import build  # noqa: E402
 from router.prerank import parse_request, score  # noqa: E402
+from router.serving import LightTier  # noqa: E402
 from streams.join.pool import CandidatePool  # noqa: E402
 from streams.simulator.offline import group_of  # noqa: E402
 from streams.simulator.world import World  # noqa: E402
@@ -111,7 +113,7 @@ def main() -> None:
     print(json.dumps({"results": results, "numpy_vs_torch": forward_timing(trainer, world)}))
 
 
-def forward_timing(trainer: OnlineTrainer, world: World, n: int = 2000, reps: int = 20) -> dict[str, float]:
+def forward_timing(trainer: OnlineTrainer, world: World, n: int = 2000, reps: int = 200) -> dict[str, float]:
     """Per-call ms of each tier's forward pass on n candidates: numpy (served) and torch."""
     from feature_store.featurize import featurize_items, featurize_user
 
@@ -120,8 +122,17 @@ def forward_timing(trainer: OnlineTrainer, world: World, n: int = 2000, reps: in
     model = build(LoadedVersion(1, {k: t.export() for k, t in trainer.tiers().items()}, {"version": 1}))
     group = torch.zeros(n, dtype=torch.long)
     ut, it = user_tensors([user]), item_tensors(items)
+    # the baseline: the same light tier without its non-linear wide part (what versions before it served)
+    tensors, spec = trainer.light.export()
+    linear = LightTier({k: v for k, v in tensors.items() if not k.startswith("dense_mlp.")},
+                       {k: v for k, v in spec.items() if k != "dense_hidden"})
+    user_vec, item_vecs = model.light.user_vector(user), model.light.item_vectors(items)
+    linear_vecs = linear.item_vectors(items)
     timings = {
         "numpy_light_ms": lambda: model.light.score(model.light.user_vector(user), model.light.item_vectors(items), items.dense),
+        # the router's hot path: item vectors cached, the user vector and the scores per request
+        "numpy_light_cached_items_ms": lambda: model.light.score(user_vec, item_vecs, items.dense),
+        "numpy_light_linear_wide_cached_items_ms": lambda: linear.score(user_vec, linear_vecs, items.dense),
         "numpy_expressive_ms": lambda: model.expressive.score(user, items),
         "torch_light_ms": lambda: trainer.light(ut, it, group),
         "torch_expressive_ms": lambda: trainer.expressive(ut, it, group),
@@ -134,6 +145,8 @@ def forward_timing(trainer: OnlineTrainer, world: World, n: int = 2000, reps: in
             for _ in range(reps):
                 fn()
             out[name] = round((time.perf_counter() - t0) * 1000 / reps, 3)
+    out["light_nonlinear_over_linear_wide_cached"] = round(
+        out["numpy_light_cached_items_ms"] / out["numpy_light_linear_wide_cached_items_ms"], 2)
     out["light_torch_over_numpy"] = round(out["torch_light_ms"] / out["numpy_light_ms"], 2)
     out["expressive_torch_over_numpy"] = round(out["torch_expressive_ms"] / out["numpy_expressive_ms"], 2)
     return out

@@ -17,9 +17,9 @@ over every as-of feature, added to the linear wide part and trained with it (rea
 A linear model cannot say "seen before *and* popular today" or "old *and* still clicked"; trees over
 the same features showed those interactions are worth about 0.02 exposed GAUC on EB-NeRD
 (``docs/results.md``). Its last layer starts at 0, so a fresh tier still ranks as the counter.
-It costs one ``(N, DENSE_DIM) @ (DENSE_DIM, DENSE_HIDDEN)`` product per request at serving time
-(it reads the user-by-item columns, so it is not cached with the item vectors). ``dense_hidden=0``
-is the ablation (``ghcl-linear-wide`` in ``hap eval``).
+The router serves it from the cached item vectors (its value with the user-by-item columns at 0)
+and recomputes it per request only for the few candidates the user met (``router.serving``).
+``dense_hidden=0`` is the ablation (``ghcl-linear-wide`` in ``hap eval``).
 
 Plausibility gate: with ``gate=True`` (the default) each tier also has a second head ``g``
 and scores ``s = preference + prior + log σ(g)``. ``log σ`` saturates at 0: among plausible

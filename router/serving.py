@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from feature_store.featurize import ITEM_DIM, ItemBatch, UserInput
+from feature_store.featurize import ITEM_DIM, USER_ITEM_FEATURES, ItemBatch, UserInput
 
 Tensors = dict[str, np.ndarray]
 
@@ -32,6 +32,13 @@ def _wide(t: Tensors, dense: np.ndarray) -> np.ndarray:
     return dense @ t["wide.linear.weight"][0] + t["wide.linear.bias"][0]
 
 
+def _item_only(dense: np.ndarray) -> np.ndarray:
+    """``dense`` with the user-by-item columns zeroed (a copy)."""
+    out = dense.copy()
+    out[:, ITEM_DIM:] = 0.0
+    return out
+
+
 def _history_mean(emb: np.ndarray, history: np.ndarray) -> np.ndarray:
     ids = history[history > 0]
     return emb[ids].mean(0) if len(ids) else np.zeros(emb.shape[1], np.float32)
@@ -49,6 +56,7 @@ class LightTier:
         self.head = int(spec["dim"]) + self.prior  # the preference part of a vector
         self.alpha = float(tensors["fallback"][0]) if self.prior and "fallback" in tensors else 0.0
         self.dense_mlp = self.prior and int(spec.get("dense_hidden", 0)) > 0
+        self._ones = np.ones(len(USER_ITEM_FEATURES), np.float32)
         if self.prior:  # the two linear models folded into one: (1 - α) wide + α counter
             a = self.alpha
             self.w = (1 - a) * tensors["wide.linear.weight"][0] + a * tensors.get(
@@ -77,20 +85,28 @@ class LightTier:
         if not self.prior:
             return v
         linear_item = items.dense[:, :ITEM_DIM] @ self.w[:ITEM_DIM] + self.b
+        if self.dense_mlp:  # the non-linear wide part with no user-by-item signal: the item's alone
+            linear_item += (1 - self.alpha) * self._nonlinear(_item_only(items.dense))
         return np.concatenate([v[:, :d], linear_item[:, None], v[:, d:]], axis=1)
+
+    def _nonlinear(self, dense: np.ndarray) -> np.ndarray:
+        return _mlp(self.t, "dense_mlp", dense)[:, 0]
 
     def score(self, user_vec: np.ndarray, item_vecs: np.ndarray, dense: np.ndarray | None = None) -> np.ndarray:
         """Preference dot product (with the linear part's item share), plus the linear part's
         user-by-item share of ``dense`` (the candidates' features; none given: zeros), plus
-        ``(1 - α)`` times the non-linear wide part of ``dense`` (which a tier with one needs), plus
-        ``(1 - α) log σ`` of the gate's dot product for a gated tier."""
+        the non-linear wide part's change where ``dense`` has user-by-item signal (the item vectors
+        hold its item-only value), plus ``(1 - α) log σ`` of the gate's dot product for a gated tier."""
         score = item_vecs[:, :self.head] @ user_vec[:self.head]
         if self.prior and dense is not None:
             score = score + dense[:, ITEM_DIM:] @ self.w[ITEM_DIM:]
-        if self.dense_mlp:
-            if dense is None:
-                raise ValueError("this light tier has a non-linear wide part: score() needs the candidates' dense rows")
-            score = score + (1 - self.alpha) * _mlp(self.t, "dense_mlp", dense)[:, 0]
+        if self.dense_mlp and dense is not None:
+            # the item vectors hold the non-linear part without user-by-item signal; the few candidates
+            # with one (the user met them) get the difference
+            met = np.flatnonzero(dense[:, ITEM_DIM:] @ self._ones)  # flags are 0 or 1: a sum, 20x faster than any()
+            if len(met):
+                rows = dense[met]
+                score[met] += (1 - self.alpha) * (self._nonlinear(rows) - self._nonlinear(_item_only(rows)))
         if not self.gate:
             return score
         return score - (1 - self.alpha) * np.logaddexp(0.0, -(item_vecs[:, self.head:] @ user_vec[self.head:]))
