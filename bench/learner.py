@@ -11,7 +11,9 @@ this process. Publishing is timed into Redis for full versions and for deltas.
     python bench/learner.py --online-only               # (a) only, e.g. under py-spy
     python bench/learner.py --repeat 5                  # 5 online runs, each paired with a tight one
 
-Ends with one JSON line {"online_samples_per_s", "online_first_step_s", "tight_samples_per_s", "ratio"
+Ends with one JSON line {"online_samples_per_s", "online_first_step_s", "tight_samples_per_s",
+"nonlinear_over_linear_wide" (the tight GHCL loop against the same loop without the light tier's
+non-linear wide part), "ratio"
 (online ÷ tight: the median of the paired runs' ratios, each in "ratios"), "decode_us_per_sample" (and the
 field-by-field checks' "decode_checked_us_per_sample" on the same records),
 "tight_from_bytes_samples_per_s", "tier_compute_samples_per_s", the ratios between them,
@@ -49,8 +51,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def tight(groups, method: str, device: str, batch: int) -> float:
-    trainer = OnlineTrainer(method=method, seed=0, device=device)
+def tight(groups, method: str, device: str, batch: int, **options) -> float:
+    trainer = OnlineTrainer(method=method, seed=0, device=device, **options)
     trainer.step(groups[:batch])  # warm-up (kernels, allocator)
     seen = trainer.samples_seen
     t0 = time.perf_counter()
@@ -210,6 +212,10 @@ def main() -> None:
     figures.update({f"tight_{m}_samples_per_s": round(tight(groups, m, device, batch), 1)
                     for m in ("ghcl", "mixed")})
     figures["tight_samples_per_s"] = figures["tight_ghcl_samples_per_s"]
+    # the baseline of the light tier's non-linear wide part: the same tight loop without it
+    figures["tight_ghcl_linear_wide_samples_per_s"] = round(tight(groups, "ghcl", device, batch, dense_hidden=0), 1)
+    figures["nonlinear_over_linear_wide"] = round(
+        figures["tight_ghcl_samples_per_s"] / figures["tight_ghcl_linear_wide_samples_per_s"], 3)
     encoded = [encode(g) for g in groups]
     figures.update(decode_costs(encoded))
     figures["tight_from_bytes_samples_per_s"] = round(tight_from_bytes(encoded, device, batch), 1)
