@@ -80,6 +80,7 @@ from streams.join.assembler import (
 )
 from streams.join.pool import CandidatePool
 from streams.kafka import decode_guard
+from streams.kafka.batch_producer import partition_of
 
 log = logging.getLogger("hap.streams")
 HISTORY_LEN = 50  # the user history written for the router: most recent positives last
@@ -196,6 +197,50 @@ def never_lagging(topic: str, partition: int) -> bool:
     return False
 
 
+#: topic -> its partition count, None when unknown (then no record of it is checked for its partition)
+PartitionCount = Callable[[str], int | None]
+
+
+def unknown_partitions(topic: str) -> int | None:
+    """The :data:`PartitionCount` of a join whose records carry no real partition (tests, offline runs)."""
+    return None
+
+
+def misrouted(record: Record, request_id: str, partitions: int) -> DeadLetter | None:
+    """The dead letter of a ranking or exposure record that is not on the partition the contract's
+    partitioner gives its request (murmur2 of the ``request_id``'s UTF-8 bytes, as Kafka's Java
+    client, kafka-python and librdkafka's ``murmur2_random``); None when it is where it belongs.
+
+    Such a record cannot be joined: the request's other events are on the partition its key
+    names, in another worker's state. Sarama's default partitioner (FNV-1a), kafka-go's
+    round-robin or a key other than the ``request_id`` put it there.
+
+    >>> from collections import namedtuple
+    >>> Rec = namedtuple("Rec", "topic partition offset key value")
+    >>> partition_of(b"req-1", 4)
+    3
+    >>> misrouted(Rec("hap.exposure", 3, 9, b"req-1", b"{}"), "req-1", 4) is None
+    True
+    >>> letter = misrouted(Rec("hap.exposure", 0, 9, b"req-1", b"{}"), "req-1", 4)
+    >>> letter.reason_kind, letter.details
+    ('misrouted', {'expected_partition': 3, 'partitions': 4})
+    >>> letter.reason[:70]
+    "misrouted: on partition 0 of 4, but murmur2 of its request_id 'req-1' "
+    """
+    right = partition_of(request_id.encode(), partitions)
+    if record.partition == right:
+        return None
+    key = "" if record.key == request_id.encode() else \
+        f" (its Kafka key is {record.key.decode('utf-8', 'replace')!r}, not the request_id)" if record.key else \
+        " (it has no Kafka key)"
+    return DeadLetter(
+        "misrouted", f"misrouted: on partition {record.partition} of {partitions}, but murmur2 of its request_id "
+        f"{request_id!r} gives partition {right}, where the request's other events are{key}: partition with murmur2 "
+        "of the request_id as the Kafka key (docs/contracts.md, Producers)",
+        request_id, record.topic, record.partition, record.offset, record.value or b"",
+        {"expected_partition": right, "partitions": partitions})
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JoinConfig:
     topic_prefix: str = "hap."
@@ -215,9 +260,11 @@ class Joiner:
     """The join of one worker, over the partitions it is assigned (see the module's docstring)."""
 
     def __init__(self, config: JoinConfig, tables: JoinTables, send: Send, features: Features, pool: CandidatePool,
-                 clock: Callable[[], int] = now_ms, lagging: Lagging = never_lagging) -> None:
+                 clock: Callable[[], int] = now_ms, lagging: Lagging = never_lagging,
+                 partitions: PartitionCount = unknown_partitions) -> None:
         self.cfg = config
         self.lagging = lagging
+        self.partitions = partitions
         self.tables = tables
         self.send = send
         self.features = features
@@ -270,6 +317,10 @@ class Joiner:
             self.dead_letter(exc.kind, exc.reason, record)
             return
         rid, partition = event.request_id, record.partition
+        count = self.partitions(record.topic)
+        if count is not None and (letter := misrouted(record, rid, count)) is not None:
+            self.send_dead_letter(letter)  # joins nothing, moves no watermark, counts no item statistic
+            return
         # never past the worker's clock: an event a little ahead (within the bound) closes no window early
         progress = self.progress.get(partition) or self.progress.setdefault(
             partition, {topic: [0, wall] for topic in self.decoders})  # a topic not seen yet holds it back

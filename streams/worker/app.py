@@ -424,7 +424,7 @@ class StreamsWorker:
             JoinConfig(t, cfg.assembler, cfg.limits, cfg.corrections, cfg.retention_ms, cfg.max_future_ms,
                        lagging_hold_ms=int(max(120.0, 4 * cfg.stall_s) * 1000)), tables,
             lambda kind, key, value: _outbox.get().append((kind, key, value)), self.features, CandidatePool(),
-            lagging=self.lag)
+            lagging=self.lag, partitions=self.partition_count)
         self.follower = CatalogueFollower(cfg.bootstrap, f"{t}items", _into_pool(self.joiner), cfg.kafka_security,
                                           max_bytes=record_limits(cfg.limits)[1])
         self.watchdog = Watchdog(cfg.stall_s)
@@ -434,6 +434,11 @@ class StreamsWorker:
         for reason in EXIT_REASONS:  # 0 from the start, so that increase() sees the first restart
             metrics.EXITS.labels(reason).inc((exits or {}).get(reason, 0))
         self._wire()
+
+    def partition_count(self, topic: str) -> int:
+        """The partitions of ``topic``: the consumer's metadata, else the configured count (the join
+        dead-letters a record that is not on its request's partition: ``misrouted``)."""
+        return self.app.consumer.topic_partitions(topic) or self.cfg.partitions
 
     def _wire(self) -> None:
         """Register the agents, tasks and timers with the app."""
