@@ -15,6 +15,10 @@ LAG = Histogram(
 LATE = Counter("hap_streams_late", "Events for requests already finalized", ["outcome"])
 #: ``topic``: of the rejected input ("" for an orphan request, which has none)
 INVALID = Counter("hap_streams_invalid", "Records sent to the dead-letter topic", ["topic", "reason_kind"])
+#: ``topic``: of the dropped event (with the prefix, as ``INVALID``'s)
+DUPLICATES = Counter("hap_streams_duplicate_events",
+                     "Events dropped because their request had taken an event with the same event_id (a producer's "
+                     "retry), within its join and retention windows", ["topic"])
 UNDECODABLE = Counter("hap_streams_undecodable_records",
                       "Kafka records skipped because their batch could not be decoded (the batch is dead-lettered)")
 IMPLIED = Counter("hap_streams_implied_exposures",

@@ -77,6 +77,7 @@ from streams.join.assembler import (
     item_count,
     new_pending,
     relabel,
+    remember_event,
 )
 from streams.join.pool import CandidatePool
 from streams.kafka import decode_guard
@@ -274,6 +275,7 @@ class Joiner:
         self.ticks = f"{t}streams-ticks"
         self.decoders = {f"{t}ranking": decode_ranking_columns, f"{t}exposure": decode_exposure}
         self.events = {topic: metrics.EVENTS.labels(topic.removeprefix(t)) for topic in self.decoders}
+        self.duplicates = {topic: metrics.DUPLICATES.labels(topic) for topic in self.decoders}
         # indexes over the tables (the tables are the truth: :meth:`rebuild` re-derives these)
         self.open: dict[int, set[str]] = collections.defaultdict(set)
         self.closed: dict[int, collections.deque[tuple[int, str]]] = collections.defaultdict(collections.deque)
@@ -326,13 +328,16 @@ class Joiner:
             partition, {topic: [0, wall] for topic in self.decoders})  # a topic not seen yet holds it back
         mark = progress[record.topic]
         mark[0], mark[1] = max(mark[0], min(event.ts_ms, wall)), wall
+        done = self.tables.finalized.get(rid)
+        if event.event_id is not None and self._repeated(rid, done, event.event_id, partition):
+            self.duplicates[record.topic].inc()  # a producer's retry: neither counted nor joined again
+            return
         if isinstance(event, RankingColumns):  # kept until finalized: with the pool's strings, not its own
             ids, types = self.pool.add_many(event.item_ids, event.content_types)
             event = dataclasses.replace(event, item_ids=ids, content_types=types)
         else:
             self.features.count(event, self.cfg.assembler.dwell_threshold_ms, record.topic, partition,
                                 record.offset)
-        done = self.tables.finalized.get(rid)
         if done is not None:
             self.late(rid, done, event, record, wall)
             return
@@ -353,6 +358,21 @@ class Joiner:
         st["partition"] = partition
         self.batch[rid] = st
         self.open[partition].add(rid)
+
+    def _repeated(self, rid: str, done: dict[str, Any] | None, event_id: str, partition: int) -> bool:
+        """Whether request ``rid`` took an event with ``event_id`` before (its open state, or its
+        finalized entry while it is retained); if not, the id is remembered there from now on."""
+        if done is not None:
+            if not remember_event(done, event_id):
+                return True
+            self.tables.finalized.put(rid, done, partition)
+            return False
+        st = self.batch.get(rid) or self.tables.pending.get(rid) or new_pending()
+        if not remember_event(st, event_id):
+            return True
+        st["partition"] = partition
+        self.batch[rid] = st
+        return False
 
     def watermark(self, partition: int, wall: int) -> int | None:
         """The event time up to which every input topic of ``partition`` has come: the slowest of
@@ -456,8 +476,8 @@ class Joiner:
         self.features.set_history(
             ranking.user_id, (list(ranking.user_features.get("history", [])) + st["positive"])[-HISTORY_LEN:])
         self.tables.finalized.put(rid, {"exposed": st["exposed"], "positive": st["positive"],
-                                        "revision": st["revision"], "finalized_ms": wall, "partition": partition},
-                                  partition)
+                                        "revision": st["revision"], "finalized_ms": wall, "partition": partition,
+                                        "event_ids": st.get("event_ids", {})}, partition)
         self.closed[partition].append((wall, rid))
         self._close(rid, partition)
 
