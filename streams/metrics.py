@@ -1,5 +1,7 @@
 """Prometheus metrics of the streams workers."""
 
+from collections.abc import Mapping
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from streams.contract.validate import REASON_KINDS
@@ -31,13 +33,17 @@ RETENTION_LOST = Counter("hap_streams_retention_lost",
 REFETCHES = Counter("hap_streams_input_refetches",
                     "Input partitions read again from the next offset the join expected, after the consumer "
                     "delivered records past offsets it never delivered", ["topic", "partition"])
+CONSUMER_LAG = Gauge("hap_streams_consumer_lag_records",
+                     "Records of an input partition the streams group has not committed yet: the broker's log-end "
+                     "offset minus the group's committed offset (every worker exports its group's)",
+                     ["group", "topic", "partition"])
 MISSING = Counter("hap_feature_store_missing", "Feature lookups that fell back to a default", ["kind"])
 RESTARTS = Gauge("hap_streams_worker_restarts", "Workers the supervisor started before this one (any exit)")
 EXITS = Counter("hap_streams_worker_exits", "Earlier workers' exits that the supervisor restarted, by reason",
                 ["reason"])
 ERRORS = Counter("hap_streams_errors", "Failures of a dependency and what they cost", ["kind"])
 # exported at 0 from the start, so that rate() and increase() see the first one
-for _kind in ("redis", "history_skipped", "catalogue"):
+for _kind in ("redis", "history_skipped", "catalogue", "lag"):
     ERRORS.labels(_kind)
 
 
@@ -46,3 +52,18 @@ def export_invalid(topics: list[str]) -> None:
     for topic in topics:
         for kind in REASON_KINDS:
             INVALID.labels(topic, kind)
+
+
+def export_lag(group: str, lags: Mapping[tuple[str, int], int]) -> None:
+    """Set ``hap_streams_consumer_lag_records`` of ``group`` to ``lags`` (per topic and partition); a
+    partition no longer reported (a topic gone) is removed."""
+    wanted = {(group, topic, str(partition)): value for (topic, partition), value in lags.items()}
+    for labels in [labels for labels in _exported_lag if labels[0] == group and labels not in wanted]:
+        CONSUMER_LAG.remove(*labels)
+        _exported_lag.discard(labels)
+    for labels, value in wanted.items():
+        CONSUMER_LAG.labels(*labels).set(value)
+        _exported_lag.add(labels)
+
+
+_exported_lag: set[tuple[str, str, str]] = set()

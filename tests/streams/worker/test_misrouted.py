@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 
 from deploy.pipeline import Component
@@ -64,6 +64,7 @@ def test_a_record_off_its_requests_partition_is_dead_lettered_and_counted(tmp_pa
 
 
 def test_an_event_produced_to_a_wrong_partition_is_dead_lettered(stack_env, kafka_bootstrap, tmp_path):
+    """(The same run checks the group's consumer lag the worker exports against the broker's offsets.)"""
     from deploy.scrape import scrape
 
     prefix = stack_env["HAP_TOPIC_PREFIX"]
@@ -84,10 +85,38 @@ def test_an_event_produced_to_a_wrong_partition_is_dead_lettered(stack_env, kafk
         dlq = dead_letters(kafka_bootstrap, prefix + "dlq", 1)
         groups = [decode_sample_group(v) for v in read_topic(kafka_bootstrap, prefix + "samples", 1)]
         counted = scrape(url).total("hap_streams_invalid_total", topic=prefix + "exposure", reason_kind="misrouted")
+        exported, broker = lag_against_the_broker(url, kafka_bootstrap, prefix)
     finally:
         worker.stop()
     assert [(key, d["reason_kind"], d["partition"], d["details"]) for key, d in dlq] == [
         (rid.encode(), "misrouted", (right + 1) % 4, {"expected_partition": right, "partitions": 4})]
     assert counted == 1
+    assert exported == broker, (exported, broker)  # every partition of the three input topics (None: not exported)
     # the ranking event alone joined: a group without the misrouted exposure
     assert [(g.request_id, [i.source for i in g.items if i.item_id == "i1"]) for g in groups] == [(rid, [])]
+
+
+def lag_against_the_broker(url: str, bootstrap: str, prefix: str, timeout_s: float = 20.0
+                           ) -> tuple[dict[tuple[str, str], float | None], dict[tuple[str, str], float]]:
+    """The worker's ``hap_streams_consumer_lag_records`` per (topic, partition) and the broker's end minus
+    committed offsets of its group, once they agree (the worker commits each second and reads the lag
+    every 5 s) or at ``timeout_s``."""
+    from deploy.scrape import scrape
+
+    group = f"hap-streams-{prefix.rstrip('.')}"
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    tps = [TopicPartition(prefix + t, p) for t in ("ranking", "exposure", "items") for p in range(4)]
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            text = scrape(url)
+            exported = {(t, str(p)): text.samples.get(("hap_streams_consumer_lag_records", tuple(sorted(
+                {"group": group, "topic": t, "partition": str(p)}.items())))) for t, p in tps}
+            ends, starts = consumer.end_offsets(tps), consumer.beginning_offsets(tps)
+            broker = {(tp.topic, str(tp.partition)): float(ends[tp] - (consumer.committed(tp) or starts[tp]))
+                      for tp in tps}
+            if exported == broker or time.monotonic() > deadline:
+                return exported, broker
+            time.sleep(1.0)
+    finally:
+        consumer.close()
