@@ -1,10 +1,9 @@
 """Prometheus metrics of the streams workers."""
 
-from collections.abc import Mapping
-
 from prometheus_client import Counter, Gauge, Histogram
 
 from streams.contract.validate import REASON_KINDS
+from streams.kafka.lag import LagGauge
 
 EVENTS = Counter("hap_streams_events", "Input events consumed", ["topic"])
 GROUPS = Counter("hap_streams_groups", "Sample groups emitted", ["kind"])
@@ -33,10 +32,10 @@ RETENTION_LOST = Counter("hap_streams_retention_lost",
 REFETCHES = Counter("hap_streams_input_refetches",
                     "Input partitions read again from the next offset the join expected, after the consumer "
                     "delivered records past offsets it never delivered", ["topic", "partition"])
-CONSUMER_LAG = Gauge("hap_streams_consumer_lag_records",
-                     "Records of an input partition the streams group has not committed yet: the broker's log-end "
-                     "offset minus the group's committed offset (every worker exports its group's)",
-                     ["group", "topic", "partition"])
+CONSUMER_LAG = LagGauge(Gauge(
+    "hap_streams_consumer_lag_records", "Records of an input partition the streams group has not committed yet: the "
+    "broker's log-end offset minus the group's committed offset (every worker exports its group's)",
+    ["group", "topic", "partition"]))
 MISSING = Counter("hap_feature_store_missing", "Feature lookups that fell back to a default", ["kind"])
 RESTARTS = Gauge("hap_streams_worker_restarts", "Workers the supervisor started before this one (any exit)")
 EXITS = Counter("hap_streams_worker_exits", "Earlier workers' exits that the supervisor restarted, by reason",
@@ -53,17 +52,3 @@ def export_invalid(topics: list[str]) -> None:
         for kind in REASON_KINDS:
             INVALID.labels(topic, kind)
 
-
-def export_lag(group: str, lags: Mapping[tuple[str, int], int]) -> None:
-    """Set ``hap_streams_consumer_lag_records`` of ``group`` to ``lags`` (per topic and partition); a
-    partition no longer reported (a topic gone) is removed."""
-    wanted = {(group, topic, str(partition)): value for (topic, partition), value in lags.items()}
-    for labels in [labels for labels in _exported_lag if labels[0] == group and labels not in wanted]:
-        CONSUMER_LAG.remove(*labels)
-        _exported_lag.discard(labels)
-    for labels, value in wanted.items():
-        CONSUMER_LAG.labels(*labels).set(value)
-        _exported_lag.add(labels)
-
-
-_exported_lag: set[tuple[str, str, str]] = set()

@@ -4,8 +4,10 @@ committed offset (no commit yet: minus the log start, every record the group has
 The broker is asked, not a consumer's own view, so the figure holds for the whole group however
 its partitions are spread over workers, and a worker whose consumer stopped fetching (or died) still
 shows in what the others export. Every streams worker exports its group's lag on its inputs
-(``hap_streams_consumer_lag_records{group, topic, partition}``, :func:`streams.metrics.export_lag`);
-a dashboard takes the ``max`` over workers.
+(``hap_streams_consumer_lag_records{group, topic, partition}``, read on a Faust timer), the learner
+its group's on the samples topic (``hap_learner_consumer_lag_records``, read by a
+:class:`LagReporter` thread), each through a :class:`LagGauge`; a dashboard takes the ``max`` over
+workers.
 
 Examples
 --------
@@ -15,10 +17,13 @@ Examples
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping, Sequence
 
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
+from prometheus_client import Gauge
 
 from streams.kafka.security import PLAINTEXT, KafkaSecurity
 
@@ -58,3 +63,53 @@ class GroupLag:
 
     def close(self) -> None:
         self.admin.close()
+
+
+class LagGauge:
+    """A Prometheus gauge of lag by ``group``, ``topic`` and ``partition``: :meth:`set` exports a read,
+    and removes the partitions of the group it no longer reports (a topic deleted)."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self.exported: set[tuple[str, str, str]] = set()
+
+    def set(self, group: str, lags: Mapping[Partition, int]) -> None:
+        wanted = {(group, topic, str(partition)): value for (topic, partition), value in lags.items()}
+        for labels in [labels for labels in self.exported if labels[0] == group and labels not in wanted]:
+            self.gauge.remove(*labels)
+            self.exported.discard(labels)
+        for labels, value in wanted.items():
+            self.gauge.labels(*labels).set(value)
+            self.exported.add(labels)
+
+
+class LagReporter(threading.Thread):
+    """Every ``every_s``, reads ``group_id``'s lag on ``topics`` (:class:`GroupLag`) and sets ``gauge``,
+    on a daemon thread of its own; a failed read is logged and retried at the next (the last values
+    stay). :meth:`close` stops it and its connection."""
+
+    def __init__(self, bootstrap: str, group_id: str, topics: Sequence[str], gauge: LagGauge,
+                 security: KafkaSecurity = PLAINTEXT, every_s: float = 5.0) -> None:
+        super().__init__(name="hap-consumer-lag", daemon=True)
+        self.args = (bootstrap, group_id, topics, security)
+        self.gauge, self.every_s = gauge, every_s
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        reader = None
+        try:
+            while not self.stopping.wait(self.every_s):
+                try:
+                    reader = reader or GroupLag(*self.args)
+                    self.gauge.set(reader.group_id, reader.read())
+                except Exception as exc:  # noqa: BLE001 - a metric never stops its component
+                    logging.getLogger("hap.kafka").warning("the consumer lag of %s could not be read: %r",
+                                                           self.args[1], exc)
+        finally:
+            if reader is not None:
+                reader.close()
+
+    def close(self, timeout_s: float = 15.0) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout_s)

@@ -579,7 +579,7 @@ class StreamsWorker:
             metrics.ERRORS.labels("lag").inc()
             self.app.log.warning("the consumer lag could not be read from the broker: %r", exc)
             return
-        metrics.export_lag(group, lags)
+        metrics.CONSUMER_LAG.set(group, lags)
 
     async def _follow_catalogue(self) -> None:
         delay = 1.0
