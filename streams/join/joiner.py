@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import logging
 import time
@@ -207,6 +208,13 @@ def unknown_partitions(topic: str) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=8192)
+def _partition_of(request_id: str, partitions: int) -> int:
+    """:func:`partition_of` of a request id, cached: a request's dozen events come close together, and
+    murmur2 in Python costs about 3 us per key."""
+    return partition_of(request_id.encode(), partitions)
+
+
 def misrouted(record: Record, request_id: str, partitions: int) -> DeadLetter | None:
     """The dead letter of a ranking or exposure record that is not on the partition the contract's
     partitioner gives its request (murmur2 of the ``request_id``'s UTF-8 bytes, as Kafka's Java
@@ -228,7 +236,7 @@ def misrouted(record: Record, request_id: str, partitions: int) -> DeadLetter | 
     >>> letter.reason[:70]
     "misrouted: on partition 0 of 4, but murmur2 of its request_id 'req-1' "
     """
-    right = partition_of(request_id.encode(), partitions)
+    right = _partition_of(request_id, partitions)
     if record.partition == right:
         return None
     key = "" if record.key == request_id.encode() else \
