@@ -488,3 +488,15 @@ def test_a_retried_event_with_an_event_id_is_counted_and_joined_once_while_its_r
     assert restarted.features.counts == [] and restarted.out == [] and dropped() - before == 4
     restarted.run(restarted.record("exposure", encode(dataclasses.replace(x0, event_id="x0-new")), b"r1"))
     assert [d["reason_kind"] for d in restarted.dead_letters()] == ["late"]  # a new event: late, as before
+
+
+def test_a_confluent_frame_and_a_structured_cloudevent_are_dead_lettered_with_a_reason_naming_them():
+    h = Harness()
+    plain = orjson.loads(encode(shown("r1", "c0", 0)))
+    cloud = {"specversion": "1.0", "id": "e1", "source": "/app", "type": "hap.exposure",
+             "data": {k: v for k, v in plain.items() if k != "schema_version"}}
+    h.run(h.record("exposure", b"\x00" + (7).to_bytes(4, "big") + orjson.dumps(plain), b"r1"),
+          h.record("exposure", orjson.dumps(cloud), b"r1"))
+    assert [(d["reason_kind"], d["reason"].split(" is not accepted")[0]) for d in h.dead_letters()] == [
+        ("json", "json: a Confluent Schema Registry frame (magic byte 0, schema id 7)"),
+        ("schema", "schema_version: a structured CloudEvent (specversion '1.0')")]
