@@ -2,6 +2,8 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from streams.kafka.lag import LagGauge
+
 FRESH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
 STEPS = Counter("hap_learner_steps", "Training steps (micro-batches)")
 SAMPLES = Counter("hap_learner_samples", "Samples trained on")
@@ -26,3 +28,6 @@ BATCH_GROUPS = Histogram("hap_learner_batch_groups", "Groups per training step (
 CHECKPOINT_SECONDS = Histogram("hap_learner_checkpoint_seconds", "Time to write one checkpoint durably (on a "
                                "background thread, off the training loop)",
                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
+CONSUMER_LAG = LagGauge(Gauge(
+    "hap_learner_consumer_lag_records", "Sample records the learner's group has not committed yet (it commits with "
+    "each checkpoint): the broker's log-end offset minus the committed offset", ["group", "topic", "partition"]))

@@ -73,6 +73,7 @@ from learner import metrics as m
 from learner.fetcher import Fetcher
 from learner.trainer import OnlineTrainer, StepReport
 from streams.contract.schemas import InvalidEvent, SampleGroup, decode_sample_group
+from streams.kafka.lag import LagReporter
 from streams.kafka.security import KafkaSecurity
 
 log = logging.getLogger("hap.learner")
@@ -216,6 +217,8 @@ class LearnerService:
         self.consumer.assign(self.tps)
         self._seek_to_checkpoint()
         self.fetcher = Fetcher(self.consumer, self._decode, buffer_records=2 * cfg.batch_groups)
+        self.lag = LagReporter(cfg.bootstrap, self.consumer.config["group_id"], [cfg.samples_topic], m.CONSUMER_LAG,
+                               cfg.kafka_security)
         self.versions = 0
         self.nonfinite_steps = 0
         self._base = checkpoint.capture(trainer)  # the state to rewind to after a non-finite step
@@ -259,11 +262,13 @@ class LearnerService:
         gc.freeze()
         try:
             self.fetcher.start()
+            self.lag.start()
             self._run(max_idle_s)
         finally:  # a write in flight completes before the lease goes (its outcome is no longer wanted)
             self._publisher.shutdown()
             self._writer.shutdown()
             self.fetcher.close()
+            self.lag.close()
             self._release_lease()
             gc.unfreeze()  # collectable again: at exit, and for whatever the process runs next
 

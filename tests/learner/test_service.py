@@ -276,6 +276,10 @@ def test_each_step_takes_every_group_available_up_to_the_cap(kafka_bootstrap, re
     trickle_steps = counter("hap_learner_batch_groups_count") - steps_before - backlog_steps
     assert trickle_steps >= 10, trickle_steps  # 40 groups in 2 s: not one batch of 40 (it waited for none)
     assert svc.trainer.samples_seen == sum(len(g.items) for g in groups)
+    # its group's lag was read from the broker meanwhile (every 5 s): at most the whole topic
+    lag = REGISTRY.get_sample_value("hap_learner_consumer_lag_records", {"group": "hap-learner", "topic": topic,
+                                                                         "partition": "0"})
+    assert lag is not None and 0 <= lag <= len(groups)
 
 
 def test_checkpoint_and_publish_run_off_the_training_loop(kafka_bootstrap, redis_url, redis_client, topic_prefix,
