@@ -60,6 +60,7 @@ import hashlib
 import json
 import struct
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -70,8 +71,9 @@ from safetensors.numpy import save as st_save
 MAX_BLOB_BYTES = 256 << 20
 MAX_MANIFEST_BYTES = 4 << 20
 TIERS = ("light", "expressive")
-#: the learner's default: a snapshot (a full version kept for rollback) every hour, kept a day (25 at most)
-SNAPSHOT_EVERY_S = 3600.0
+#: the learner's default: a snapshot (a full version kept for rollback) every 2 hours, kept a day (13 at most:
+#: ~440 MB at the default sizes, docs/operations.md)
+SNAPSHOT_EVERY_S = 7200.0
 SNAPSHOT_KEEP_S = 86400.0
 PENDING_TTL_S = 600  # a blob not yet adopted by the manifest: long enough for any publish to finish
 SUPERSEDED_TTL_S = 60  # a blob no kept version references: time for a router to finish loading it
@@ -305,13 +307,16 @@ class ModelStore:
     ``version_floor``: versions published are above it (the learner passes its checkpoint's last
     version, so a restart after Redis lost its data does not reuse numbers routers have served).
     ``snapshot_every_s`` / ``snapshot_keep_s``: the snapshots kept besides the last ``keep_versions``
-    (``snapshot_every_s`` 0, the default of a store that is not the learner's: none).
+    (``snapshot_every_s`` 0, the default of a store that is not the learner's: none). ``clock``: the
+    wall clock (seconds) versions, rollbacks and pins are stamped with (a simulated day in
+    ``bench/snapshots.py``).
     """
 
     def __init__(self, client: redis.Redis, *, prefix: str, keep_versions: int = 5,
                  superseded_ttl_s: int = SUPERSEDED_TTL_S, pending_ttl_s: int = PENDING_TTL_S,
                  full_every: int = 20, lease: Writer | None = None, version_floor: int = 0,
-                 snapshot_every_s: float = 0.0, snapshot_keep_s: float = SNAPSHOT_KEEP_S) -> None:
+                 snapshot_every_s: float = 0.0, snapshot_keep_s: float = SNAPSHOT_KEEP_S,
+                 clock: Callable[[], float] = time.time) -> None:
         self.r = client
         self.keys = ModelKeys(prefix)
         self.keep_versions = max(1, keep_versions)
@@ -319,6 +324,7 @@ class ModelStore:
         self.pending_ttl_s = pending_ttl_s
         self.full_every = max(1, full_every)
         self.snapshot_every_s, self.snapshot_keep_s = snapshot_every_s, snapshot_keep_s
+        self.clock = clock
         self.lease = lease
         self._swept = False  # unreferenced blobs without a TTL (an older learner's crash) get one once
         self.manifest_key = self.keys.manifest
@@ -367,7 +373,7 @@ class ModelStore:
                               f"versions supersede it)", "pinned", str(pin["version"]))
         previous = self.manifest()
         ours = previous is not None and previous["version"] == self._last_version
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self.clock() * 1000)
         snapshot = self._snapshot_due(previous, now_ms)
         blobs = {}  # every blob is encoded (and its weights checked) before anything is written
         for name, form in tiers.items():
@@ -477,7 +483,7 @@ class ModelStore:
         if version not in kept:
             raise ModelStoreError(f"version {version} is not kept; kept: {sorted(kept)}")
         history = [e for v, e in kept.items() if v != version]
-        rollback = {"of_version": current["version"], "ts_ms": int(time.time() * 1000), "reason": reason}
+        rollback = {"of_version": current["version"], "ts_ms": int(self.clock() * 1000), "reason": reason}
         return current, {**kept[version], "term": current.get("term", 0), "rollback": rollback, "history": history}
 
     def pin(self, version: int, reason: str = "hap models pin") -> dict[str, Any]:
@@ -495,7 +501,7 @@ class ModelStore:
         (41, None)
         """
         current, manifest = self._rollback_manifest(version, reason)
-        record = {"version": version, "ts_ms": int(time.time() * 1000), "reason": reason}
+        record = {"version": version, "ts_ms": int(self.clock() * 1000), "reason": reason}
         self._switch("pin", manifest or current, current["version"], pin=record)
         self.r.publish(self.channel, str(version))
         return record

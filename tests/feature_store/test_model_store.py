@@ -375,36 +375,23 @@ def test_pinning_the_current_version_leaves_the_manifest_and_an_unkept_one_is_re
         publish(store, form(emb, emb[0]), form(emb, emb[0]))
 
 
-class Clock:
-    """``time`` for the model store, at a time the test sets."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def time(self) -> float:
-        return self.now
-
-
-def test_snapshots_reach_back_their_window_beside_the_last_versions(redis_client, monkeypatch):
+def test_snapshots_reach_back_their_window_beside_the_last_versions(redis_client):
     """A version a minute, a snapshot every 10 minutes kept 1 hour, 3 recent versions: after 2 hours the
     history holds the 3 newest and 6 snapshots 10 minutes apart back to an hour; each snapshot is full
     (one blob a tier); a blob of an expired snapshot gets the grace TTL; a snapshot can be pinned."""
-    from feature_store import model_store
-
-    clock = Clock()
-    monkeypatch.setattr(model_store, "time", clock)
+    now = [1_000_000.0]
     store = ModelStore(redis_client, prefix=REDIS_PREFIX, keep_versions=3, full_every=50, snapshot_every_s=600,
-                       snapshot_keep_s=3600)
+                       snapshot_keep_s=3600, clock=lambda: now[0])
     emb = np.zeros((64, 2), np.float32)
     published = {}
     for minute in range(121):
-        clock.now = 1_000_000.0 + 60 * minute
+        now[0] = 1_000_000.0 + 60 * minute
         published[minute] = publish(store, form(emb, emb[0], [minute % 64]), form(emb, emb[0], [minute % 64]))
     kept = store.versions()
     assert [e["version"] for e in kept[:3]] == [published[m] for m in (120, 119, 118)]
     snapshots = kept[3:]
     assert all(e.get("snapshot") for e in snapshots)
-    ages = [(clock.now * 1000 - e["published_ts_ms"]) / 60_000 for e in snapshots]
+    ages = [(now[0] * 1000 - e["published_ts_ms"]) / 60_000 for e in snapshots]
     assert ages == [10, 20, 30, 40, 50, 60], ages
     assert all(len(t["chain"]) == 1 and t["kind"] == "full" for e in snapshots for t in e["tiers"].values())
     ttls = blob_ttls(redis_client)
