@@ -21,7 +21,7 @@ from deploy.stack.process import free_port
 from feature_store.connection import RedisEndpoint
 from feature_store.featurize import hash_id
 from feature_store.lease import WriterLease
-from feature_store.model_store import FencedError, ModelStore
+from feature_store.model_store import FencedError, ModelStore, ModelStoreError
 from learner import checkpoint
 from learner.service import LearnerConfig, LearnerService
 from learner.trainer import OnlineTrainer
@@ -363,3 +363,6 @@ def test_a_pin_holds_publishing_back_while_training_goes_on_and_from_version_res
     manifest = operator.manifest()
     assert manifest["version"] > pinned and manifest["samples_seen"] == sum(len(g.items) for g in groups)
     assert counter("hap_learner_publish_pinned") == 0
+    with pytest.raises(ModelStoreError, match="not kept"):  # a version Redis no longer holds: not started
+        service(kafka_bootstrap, redis_url, topic, tmp_path / "other", from_version=10**6)
+    assert redis_client.get(operator.keys.lease) is None  # the lease released: the next learner starts at once
