@@ -46,7 +46,7 @@ SUMMARIES: dict[str, str] = {
     "streams": "join the Kafka events into hybrid sample groups",
     "learner": "train both tiers online and publish versions to Redis",
     "router": "serve pre-ranking over HTTP (DAMR, hot-swapped versions)",
-    "models": "list the kept model versions or roll back to one",
+    "models": "list the kept model versions, roll back to one or pin one (nothing supersedes it until unpinned)",
     "dlq": "list, show and replay dead letters (the rejected inputs)",
     "demo": "run the whole pipeline locally and write a report",
     "replay": "replay a MIND log through the live pipeline, report quality",

@@ -44,6 +44,7 @@ from typing import Any
 
 from feature_store.connection import RedisEndpoint
 from feature_store.lease import LEASE_TTL_S
+from feature_store.model_store import SNAPSHOT_EVERY_S, SNAPSHOT_KEEP_S
 from feature_store.policies import DAMR_BUDGET
 from feature_store.registry import DEFAULT_METHOD, DEFAULT_POLICY, METHODS, POLICIES
 from streams.kafka.security import KafkaSecurity
@@ -148,6 +149,9 @@ class Settings:
     #: starting learner waits for a held lease (None: for as long as it takes)
     learner_lease_ttl_s: float = LEASE_TTL_S
     learner_lease_wait_s: float | None = None
+    #: the model versions kept for rollback beyond the last few: a snapshot every N minutes, kept H hours
+    model_snapshot_every_min: float = SNAPSHOT_EVERY_S / 60
+    model_snapshot_keep_h: float = SNAPSHOT_KEEP_S / 3600
     router_policy: str = DEFAULT_POLICY
     #: the expressive budget the router serves and the learner's validation measures
     damr_budget: float = DAMR_BUDGET
@@ -334,6 +338,11 @@ VARIABLES: tuple[Variable, ...] = (
              "successor (`docs/operations.md`, the fenced learner)", "learner_lease_ttl_s"),
     Variable("HAP_LEARNER_LEASE_WAIT_S", "how long a starting learner waits for a lease another learner holds, "
              "then exits 1", "learner_lease_wait_s", "unset (or 0): as long as it takes"),
+    Variable("HAP_MODEL_SNAPSHOT_EVERY_MIN", "the learner keeps a snapshot (a full version) every this many minutes "
+             "for rollback, beside its last `--keep-versions`; 0: none (`docs/operations.md`, rolling back)",
+             "model_snapshot_every_min"),
+    Variable("HAP_MODEL_SNAPSHOT_KEEP_H", "hours the snapshots are kept (each costs a full version of Redis "
+             "memory: `docs/operations.md`)", "model_snapshot_keep_h"),
     # router
     Variable("HAP_ROUTER_POLICY", f"`hap router --policy`: the serving policy, one of {_names(POLICIES)}",
              "router_policy"),

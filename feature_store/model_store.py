@@ -14,16 +14,26 @@ its term is the newest, and only if the manifest still holds the version read wh
 publish began; the new version must be higher. Otherwise it raises :class:`FencedError`
 and nothing changes. Versions go down only by :meth:`ModelStore.rollback`, which records
 ``rollback`` (the version it replaced, when, why) in the manifest. Embedding tables travel as
-deltas (rows touched since the previous version) with a full snapshot every ``full_every``
+deltas (rows touched since the previous version) with a full blob every ``full_every``
 versions, so each tier's manifest entry lists its ``chain``: the blobs from the last full
-snapshot up to this version, applied in order. Nothing here unpickles: blobs are safetensors,
+one up to this version, applied in order. Nothing here unpickles: blobs are safetensors,
 the manifest is JSON.
 
 Integrity: each tier entry records the SHA-256 of every blob of its chain (``sha256``); a blob
 is read only if its bytes have that digest, its tensors are finite, and a delta's rows lie in
 its table. Weights that are not finite are refused at publish time, before anything is written.
 
-Memory is bounded by the count of kept versions (``keep_versions``), not by time: a blob is
+Pinning: :meth:`ModelStore.pin` makes a kept version the manifest's (a recorded rollback when it is
+an older one) and sets the pin key ``{hap:model:manifest}:pin`` in the same script; while it is set
+every publish is refused (:class:`FencedError`, ``pinned``, before any blob is written) and so is a
+rollback, until :meth:`ModelStore.unpin`. Routers serve the pinned version even when the manifest
+names another (a writer that bypassed the fence; see :mod:`router.holder`).
+
+Kept history: the last ``keep_versions`` versions, plus snapshots reaching back
+``snapshot_keep_s``: a version is published as a *snapshot* (full in every tier, so it holds one
+blob per tier and no delta chain) when no kept snapshot is younger than ``snapshot_every_s``.
+
+Memory is bounded by the count of kept versions (``keep_versions``, plus the snapshots), not by time: a blob is
 written with a TTL (``pending_ttl_s``) that the manifest's switch removes, so a blob whose
 publish failed expires on its own; a blob that no kept version references any more gets a short
 grace TTL (``superseded_ttl_s``, time for a router to finish loading it) and is gone after it.
@@ -50,6 +60,7 @@ import hashlib
 import json
 import struct
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -60,6 +71,10 @@ from safetensors.numpy import save as st_save
 MAX_BLOB_BYTES = 256 << 20
 MAX_MANIFEST_BYTES = 4 << 20
 TIERS = ("light", "expressive")
+#: the learner's default: a snapshot (a full version kept for rollback) every 2 hours, kept a day (13 at most:
+#: ~440 MB at the default sizes, docs/operations.md)
+SNAPSHOT_EVERY_S = 7200.0
+SNAPSHOT_KEEP_S = 86400.0
 PENDING_TTL_S = 600  # a blob not yet adopted by the manifest: long enough for any publish to finish
 SUPERSEDED_TTL_S = 60  # a blob no kept version references: time for a router to finish loading it
 
@@ -83,7 +98,9 @@ class FencedError(ModelStoreError):
     - ``version_moved`` (retriable): the manifest changed between the read and the switch (a rollback,
       another writer without a lease); the next publish re-reads it;
     - ``lease_lost`` (final): another writer acquired the lease since this one did; stop writing;
-    - ``stale_term`` (final): the manifest was written under a later term than this writer's.
+    - ``stale_term`` (final): the manifest was written under a later term than this writer's;
+    - ``pinned`` (retriable): an operator pinned a version (``hap models pin``); nothing supersedes
+      it until it is unpinned (``detail``: the pinned version).
 
     ``detail`` names what was found (the holder, the term or the version).
 
@@ -94,7 +111,7 @@ class FencedError(ModelStoreError):
     (True, False)
     """
 
-    RETRIABLE = frozenset({"lease_held", "version_moved"})
+    RETRIABLE = frozenset({"lease_held", "version_moved", "pinned"})
 
     def __init__(self, message: str, kind: str, detail: str | None = None) -> None:
         super().__init__(message)
@@ -130,7 +147,7 @@ class ModelKeys:
     >>> keys = ModelKeys("run1:")
     >>> keys.manifest, keys.blob(3, "light"), keys.channel
     ('run1:model:manifest', '{run1:model:manifest}:blob:3:light', 'run1:model:updates')
-    >>> len({key_slot(k.encode()) for k in (keys.manifest, keys.lease, keys.term, keys.blob(3, "light"))})
+    >>> len({key_slot(k.encode()) for k in (keys.manifest, keys.lease, keys.term, keys.pin, keys.blob(3, "light"))})
     1
     """
 
@@ -159,6 +176,11 @@ class ModelKeys:
         return f"{self.tag}:term"
 
     @property
+    def pin(self) -> str:
+        """The pin: ``{"version", "ts_ms", "reason"}`` (JSON) while an operator holds a version."""
+        return f"{self.tag}:pin"
+
+    @property
     def blob_pattern(self) -> str:
         return f"{self.tag}:blob:*"
 
@@ -183,10 +205,13 @@ class Writer(Protocol):
         """The term the lease was acquired with."""
 
 
-# KEYS: manifest, lease, term, then the blobs the new manifest references (checked, then PERSISTed).
-# ARGV: mode (publish | rollback), token ("" without a lease), term, expected version, new version, manifest.
+# KEYS: manifest, lease, term, pin, then the blobs the new manifest references (checked, then PERSISTed).
+# ARGV: mode (publish | rollback | pin), token ("" without a lease), term, expected version, new version,
+# manifest ("": the manifest stays, pinning its current version), the pin's JSON (mode pin).
 _SWITCH = """
 local mode, token, term = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local pin = redis.call('GET', KEYS[4])
+if pin and mode ~= 'pin' then return {'pinned', pin} end
 if mode == 'publish' then
   local holder = redis.call('GET', KEYS[2])
   local newest = redis.call('GET', KEYS[3])
@@ -211,11 +236,12 @@ if mode == 'publish' and written_term > term then return {'stale_term', tostring
 if version ~= tonumber(ARGV[4]) or (mode == 'publish' and tonumber(ARGV[5]) <= version) then
   return {'version_moved', tostring(version)}
 end
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 0 then return {'missing', KEYS[i]} end
 end
-redis.call('SET', KEYS[1], ARGV[6])
-for i = 4, #KEYS do redis.call('PERSIST', KEYS[i]) end
+if ARGV[6] ~= '' then redis.call('SET', KEYS[1], ARGV[6]) end
+for i = 5, #KEYS do redis.call('PERSIST', KEYS[i]) end
+if mode == 'pin' then redis.call('SET', KEYS[4], ARGV[7]) end
 return {'ok', tostring(version)}
 """
 
@@ -280,17 +306,25 @@ class ModelStore:
     without one, a publish succeeds only while nobody holds the lease (tools, tests).
     ``version_floor``: versions published are above it (the learner passes its checkpoint's last
     version, so a restart after Redis lost its data does not reuse numbers routers have served).
+    ``snapshot_every_s`` / ``snapshot_keep_s``: the snapshots kept besides the last ``keep_versions``
+    (``snapshot_every_s`` 0, the default of a store that is not the learner's: none). ``clock``: the
+    wall clock (seconds) versions, rollbacks and pins are stamped with (a simulated day in
+    ``bench/snapshots.py``).
     """
 
     def __init__(self, client: redis.Redis, *, prefix: str, keep_versions: int = 5,
                  superseded_ttl_s: int = SUPERSEDED_TTL_S, pending_ttl_s: int = PENDING_TTL_S,
-                 full_every: int = 20, lease: Writer | None = None, version_floor: int = 0) -> None:
+                 full_every: int = 20, lease: Writer | None = None, version_floor: int = 0,
+                 snapshot_every_s: float = 0.0, snapshot_keep_s: float = SNAPSHOT_KEEP_S,
+                 clock: Callable[[], float] = time.time) -> None:
         self.r = client
         self.keys = ModelKeys(prefix)
         self.keep_versions = max(1, keep_versions)
         self.superseded_ttl_s = superseded_ttl_s
         self.pending_ttl_s = pending_ttl_s
         self.full_every = max(1, full_every)
+        self.snapshot_every_s, self.snapshot_keep_s = snapshot_every_s, snapshot_keep_s
+        self.clock = clock
         self.lease = lease
         self._swept = False  # unreferenced blobs without a TTL (an older learner's crash) get one once
         self.manifest_key = self.keys.manifest
@@ -333,12 +367,18 @@ class ModelStore:
                  trained_until_finalized_ts_ms: int, samples_seen: int, metrics: dict[str, Any] | None) -> int:
         if self.lease is not None and self.lease.token is None:
             raise FencedError("this writer does not hold the lease", "lease_lost")
+        pin = self.pinned()  # refused before anything is written (the switch checks again)
+        if pin is not None:
+            raise FencedError(f"publish refused: version {pin['version']} is pinned (`hap models unpin` lets "
+                              f"versions supersede it)", "pinned", str(pin["version"]))
         previous = self.manifest()
         ours = previous is not None and previous["version"] == self._last_version
+        now_ms = int(self.clock() * 1000)
+        snapshot = self._snapshot_due(previous, now_ms)
         blobs = {}  # every blob is encoded (and its weights checked) before anything is written
         for name, form in tiers.items():
             prev = previous["tiers"].get(name) if ours else None
-            full = prev is None or form.touched_rows is None or len(prev["chain"]) >= self.full_every
+            full = snapshot or prev is None or form.touched_rows is None or len(prev["chain"]) >= self.full_every
             blobs[name] = (_encode(name, form, full), full, prev)
         expected = previous["version"] if previous is not None else 0
         if self.lease is not None:
@@ -359,13 +399,13 @@ class ModelStore:
             entries[name] = {"key": key, "kind": "full" if full else "delta", "spec": tiers[name].spec,
                              "chain": [key] if full else [*prev["chain"], key], "sha256": digests}
         entry = {
-            "version": version, "tiers": entries, "published_ts_ms": int(time.time() * 1000),
+            "version": version, "tiers": entries, "published_ts_ms": now_ms,
             "trained_until_event_ts_ms": trained_until_event_ts_ms,
             "trained_until_finalized_ts_ms": trained_until_finalized_ts_ms,
             "samples_seen": samples_seen, "metrics": metrics or {}, "bytes": written, "term": term,
+            **({"snapshot": True} if snapshot else {}),
         }
-        history = ([_summary(previous)] + previous.get("history", []) if previous else [])[: self.keep_versions - 1]
-        current = {**entry, "history": history}
+        current = {**entry, "history": self._kept_history(previous, now_ms)}
         # adopted blobs lose their TTL in the same step: kept as long as a kept version references them
         self._switch("publish", current, expected, token, term)
         self.r.publish(self.channel, str(version))
@@ -374,21 +414,45 @@ class ModelStore:
         self._last_version = self.newest = version
         return version
 
-    def _switch(self, mode: str, manifest: dict[str, Any], expected: int, token: str = "", term: int = 0) -> None:
-        """Replace the manifest by ``manifest`` if the fence allows it (see the module's docstring)."""
+    def _snapshot_due(self, previous: dict[str, Any] | None, now_ms: int) -> bool:
+        """True when the next version is a snapshot: no kept snapshot is younger than ``snapshot_every_s``."""
+        if self.snapshot_every_s <= 0:
+            return False
+        kept = [] if previous is None else [previous, *previous.get("history", [])]
+        return not any(e.get("snapshot") and now_ms - e["published_ts_ms"] < self.snapshot_every_s * 1000
+                       for e in kept)
+
+    def _kept_history(self, previous: dict[str, Any] | None, now_ms: int) -> list[dict[str, Any]]:
+        """The history of the version that supersedes ``previous``: the ``keep_versions - 1`` newest
+        versions, then the older snapshots published within ``snapshot_keep_s``."""
+        if previous is None:
+            return []
+        entries = [_summary(previous), *previous.get("history", [])]
+        recent, older = entries[: self.keep_versions - 1], entries[self.keep_versions - 1:]
+        horizon = now_ms - self.snapshot_keep_s * 1000
+        return recent + [e for e in older if e.get("snapshot") and e["published_ts_ms"] >= horizon]
+
+    def _switch(self, mode: str, manifest: dict[str, Any], expected: int, token: str = "", term: int = 0,
+                pin: dict[str, Any] | None = None) -> None:
+        """Replace the manifest by ``manifest`` if the fence allows it (see the module's docstring); with
+        ``pin`` (mode ``pin``) also set the pin, and when ``manifest`` is the current one leave it as it is."""
         blobs = sorted({key for tier in manifest["tiers"].values() for key in tier["chain"]})
-        keys = [self.keys.manifest, self.keys.lease, self.keys.term, *blobs]
-        outcome, found = (x.decode() if isinstance(x, bytes) else str(x) for x in self._switch_script(
-            keys, [mode, token, term, expected, manifest["version"], json.dumps(manifest)]))
+        keys = [self.keys.manifest, self.keys.lease, self.keys.term, self.keys.pin, *blobs]
         version = manifest["version"]
+        body = "" if mode == "pin" and version == expected else json.dumps(manifest)
+        outcome, found = (x.decode() if isinstance(x, bytes) else str(x) for x in self._switch_script(
+            keys, [mode, token, term, expected, version, body, json.dumps(pin) if pin else ""]))
         if outcome == "ok":
             return
         if outcome == "missing":
             raise ModelStoreError(f"version {version}: blob {found} has expired or is missing", found)
+        if outcome == "pinned":
+            found = str(_pin_version(found))
         reasons = {"lease_held": f"the writer lease is held by {found}",
                    "lease_lost": f"this writer's lease (term {term}) was taken over: now {found}",
                    "stale_term": f"the manifest was written under term {found}, later than this writer's {term}",
-                   "version_moved": f"the manifest moved to version {found} (expected {expected})"}
+                   "version_moved": f"the manifest moved to version {found} (expected {expected})",
+                   "pinned": f"version {found} is pinned (`hap models unpin` lets versions supersede it)"}
         raise FencedError(f"{mode} of version {version} refused: {reasons[outcome]}", outcome, found)
 
     def rollback(self, version: int, reason: str = "hap models rollback") -> dict[str, Any]:
@@ -396,23 +460,67 @@ class ModelStore:
 
         The manifest records ``rollback``: ``{"of_version"`` (the version it replaced), ``"ts_ms"``,
         ``"reason"}``, which routers require before they take a lower version. It needs no lease
-        (an operator's act) and keeps the manifest's term; a learner's next publish supersedes it.
-        Raises :class:`FencedError` (``version_moved``) if the manifest changed meanwhile.
+        (an operator's act) and keeps the manifest's term; a learner's next publish supersedes it
+        (:meth:`pin` keeps it). Raises :class:`FencedError` (``version_moved``) if the manifest changed
+        meanwhile, (``pinned``) while a version is pinned.
         """
+        current, manifest = self._rollback_manifest(version, reason)
+        if manifest is None:
+            raise ModelStoreError(f"version {version} is already the current one")
+        self._switch("rollback", manifest, current["version"])
+        self.r.publish(self.channel, str(version))
+        return manifest
+
+    def _rollback_manifest(self, version: int, reason: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The current manifest, and the manifest that serves the kept ``version`` instead (None when
+        it is the current one already)."""
         current = self.manifest()
         if current is None:
             raise ModelStoreError("no model published yet")
         if version == current["version"]:
-            raise ModelStoreError(f"version {version} is already the current one")
+            return current, None
         kept = {e["version"]: e for e in [_summary(current), *current.get("history", [])]}
         if version not in kept:
             raise ModelStoreError(f"version {version} is not kept; kept: {sorted(kept)}")
         history = [e for v, e in kept.items() if v != version]
-        rollback = {"of_version": current["version"], "ts_ms": int(time.time() * 1000), "reason": reason}
-        manifest = {**kept[version], "term": current.get("term", 0), "rollback": rollback, "history": history}
-        self._switch("rollback", manifest, current["version"])
+        rollback = {"of_version": current["version"], "ts_ms": int(self.clock() * 1000), "reason": reason}
+        return current, {**kept[version], "term": current.get("term", 0), "rollback": rollback, "history": history}
+
+    def pin(self, version: int, reason: str = "hap models pin") -> dict[str, Any]:
+        """Pin the kept ``version``: it becomes the manifest's (a recorded rollback when it is an older
+        one) and nothing supersedes it until :meth:`unpin`: every publish is refused (``pinned``), the
+        learner trains and checkpoints on. Pinning another version while one is pinned moves the pin.
+        Returns the pin (``{"version", "ts_ms", "reason"}``); raises :class:`ModelStoreError` for a
+        version not kept, :class:`FencedError` (``version_moved``) if a publish came in between.
+
+        Examples
+        --------
+        >>> store.pin(41)["version"], store.pinned()["version"]       # doctest: +SKIP
+        (41, 41)
+        >>> store.unpin()["version"], store.pinned()                  # doctest: +SKIP
+        (41, None)
+        """
+        current, manifest = self._rollback_manifest(version, reason)
+        record = {"version": version, "ts_ms": int(self.clock() * 1000), "reason": reason}
+        self._switch("pin", manifest or current, current["version"], pin=record)
         self.r.publish(self.channel, str(version))
-        return manifest
+        return record
+
+    def unpin(self) -> dict[str, Any] | None:
+        """Remove the pin; returns it (None when no version was pinned). The learner's next publish
+        supersedes the pinned version."""
+        with self.r.pipeline(transaction=True) as pipe:
+            raw, _ = pipe.get(self.keys.pin).delete(self.keys.pin).execute()
+        if raw is None:
+            return None
+        record = _pin_record(raw)
+        self.r.publish(self.channel, str(record.get("version")))
+        return record
+
+    def pinned(self) -> dict[str, Any] | None:
+        """The pin (``{"version", "ts_ms", "reason"}``), or None while no version is pinned."""
+        raw = self.r.get(self.keys.pin)
+        return None if raw is None else _pin_record(raw)
 
     def _expire_unreferenced(self, previous: dict | None, current: dict) -> None:
         """Give the grace TTL to the blobs the new manifest no longer references (and, once per
@@ -555,6 +663,25 @@ def _header(raw: bytes) -> dict[str, Any]:
     if size > len(raw) - 8:
         raise ValueError("header length exceeds the blob")
     return json.loads(raw[8 : 8 + size])
+
+
+def _pin_record(raw: bytes | str) -> dict[str, Any]:
+    """The pin's JSON as a dict; raises :class:`ModelStoreError` for one that is not a pin."""
+    try:
+        record = json.loads(raw)
+        if not isinstance(record, dict) or not isinstance(record.get("version"), int):
+            raise ValueError("no integer version")
+    except ValueError as exc:
+        raise ModelStoreError(f"corrupt pin {raw[:200]!r}: {exc}") from None
+    return record
+
+
+def _pin_version(raw: str) -> int | str:
+    """The version a pin's JSON names (the JSON itself when it names none), for messages."""
+    try:
+        return _pin_record(raw)["version"]
+    except ModelStoreError:
+        return raw
 
 
 def _summary(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from streams.kafka.lag import LagGauge
+
 FRESH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
 STEPS = Counter("hap_learner_steps", "Training steps (micro-batches)")
 SAMPLES = Counter("hap_learner_samples", "Samples trained on")
@@ -15,6 +17,8 @@ VERSION = Gauge("hap_learner_model_version", "Last published model version")
 PUBLISH_SECONDS = Histogram("hap_learner_publish_seconds", "Time to publish one version",
                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2))
 PUBLISH_ERRORS = Counter("hap_learner_publish_errors", "Publishes that failed (Redis unreachable); retried")
+PINNED = Gauge("hap_learner_publish_pinned", "The version pinned (hap models pin) while it holds publishing back "
+               "(training and checkpoints go on); 0 when none")
 PUBLISH_BYTES = Gauge("hap_learner_publish_bytes", "Bytes written by the last publish")
 TRAINED_UNTIL_LAG = Gauge("hap_learner_trained_until_lag_seconds", "Now minus the newest trained event time")
 SAMPLE_TO_TRAINED = Histogram("hap_learner_sample_to_trained_seconds", "Group assembled -> trained on",
@@ -26,3 +30,6 @@ BATCH_GROUPS = Histogram("hap_learner_batch_groups", "Groups per training step (
 CHECKPOINT_SECONDS = Histogram("hap_learner_checkpoint_seconds", "Time to write one checkpoint durably (on a "
                                "background thread, off the training loop)",
                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
+CONSUMER_LAG = LagGauge(Gauge(
+    "hap_learner_consumer_lag_records", "Sample records the learner's group has not committed yet (it commits with "
+    "each checkpoint): the broker's log-end offset minus the committed offset", ["group", "topic", "partition"]))

@@ -30,6 +30,12 @@ Lifecycle and guarantees:
   finished (nothing queues). A version published after the last checkpoint may be superseded
   after a crash by versions retrained from that checkpoint; every version is still
   self-consistent;
+- while a version is pinned (``hap models pin``) nothing is published: each due publish is refused
+  before any blob is written (logged once, ``hap_learner_publish_pinned`` names the version), training
+  and checkpoints go on, and the first publish after ``hap models unpin`` is a full version;
+- ``from_version`` (``hap learner --from-version V``): the weights of the published version V replace
+  the checkpoint's (:mod:`learner.resume`) once; the checkpoint records it, so a restart with the same
+  flag resumes from the checkpoint;
 - while Redis is down, training goes on and publishing is retried every ``publish_s`` (the
   first version after an outage is full, never a delta against what Redis may have lost);
   while Kafka is down, polling waits and offset commits are skipped (the checkpoint holds them);
@@ -67,17 +73,28 @@ from prometheus_client import Counter, Gauge
 
 from feature_store.connection import RedisEndpoint
 from feature_store.lease import LEASE_TTL_S, WriterLease
-from feature_store.model_store import FencedError, ModelStore, ModelStoreError, TierForm
+from feature_store.model_store import (
+    SNAPSHOT_EVERY_S,
+    SNAPSHOT_KEEP_S,
+    FencedError,
+    ModelStore,
+    ModelStoreError,
+    TierForm,
+)
 from learner import checkpoint
 from learner import metrics as m
 from learner.fetcher import Fetcher
+from learner.resume import load_weights
 from learner.trainer import OnlineTrainer, StepReport
 from streams.contract.schemas import InvalidEvent, SampleGroup, decode_sample_group
+from streams.kafka.lag import LagReporter
 from streams.kafka.security import KafkaSecurity
 
 log = logging.getLogger("hap.learner")
 SEEN_IDS = 200_000
 FRESH_SAMPLE = 32
+#: freshness samples held for the next version (while publishing is paused: thinned, every other one)
+FRESH_KEPT = 100_000
 #: the largest magnitude a feature value may have (counts, rates); beyond it a group is invalid
 MAX_FEATURE = 1e12
 
@@ -113,6 +130,12 @@ class LearnerConfig:
     lease_ttl_s: float = LEASE_TTL_S
     #: how long to wait for a lease another learner holds (None: as long as it takes)
     lease_wait_s: float | None = None
+    #: the kept history beyond ``keep_versions``: a snapshot (a full version) every this many seconds ...
+    snapshot_every_s: float = SNAPSHOT_EVERY_S
+    #: ... kept this long (see :class:`feature_store.model_store.ModelStore`)
+    snapshot_keep_s: float = SNAPSHOT_KEEP_S
+    #: start from this published version's weights instead of the checkpoint's (once; see the module)
+    from_version: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -192,7 +215,12 @@ class LearnerService:
         cfg, trainer = self.cfg, self.trainer
         state = checkpoint.load(cfg.checkpoint_path, trainer) or {}
         self.store = ModelStore(client, prefix=cfg.redis_prefix, keep_versions=cfg.keep_versions, lease=self.lease,
-                                version_floor=int(state.get("version", 0)))
+                                version_floor=int(state.get("version", 0)), snapshot_every_s=cfg.snapshot_every_s,
+                                snapshot_keep_s=cfg.snapshot_keep_s)
+        self.from_version: int | None = state.get("from_version")
+        self.pinned: int | None = None  # the version a pin holds publishing back for, as last refused
+        if cfg.from_version is not None:
+            self._resume_from(cfg.from_version)
         self.offsets: dict[int, int] = {int(p): o for p, o in state.get("offsets", {}).items()}
         self.seen: collections.OrderedDict[str, None] = collections.OrderedDict.fromkeys(state.get("seen", []))
         self.trained_until_event = state.get("trained_until_event", 0)
@@ -216,6 +244,8 @@ class LearnerService:
         self.consumer.assign(self.tps)
         self._seek_to_checkpoint()
         self.fetcher = Fetcher(self.consumer, self._decode, buffer_records=2 * cfg.batch_groups)
+        self.lag = LagReporter(cfg.bootstrap, self.consumer.config["group_id"], [cfg.samples_topic], m.CONSUMER_LAG,
+                               cfg.kafka_security)
         self.versions = 0
         self.nonfinite_steps = 0
         self._base = checkpoint.capture(trainer)  # the state to rewind to after a non-finite step
@@ -227,6 +257,19 @@ class LearnerService:
         self._publishing: _Job | None = None
         self._checkpointing: Future[dict[str, Any]] | None = None
         self._published_steps = trainer.steps
+
+    def _resume_from(self, version: int) -> None:
+        """Take ``version``'s weights from the model store (:mod:`learner.resume`), unless the checkpoint
+        already continues from it; raises :class:`ModelStoreError` (not kept) or
+        :class:`learner.resume.ResumeError`."""
+        if self.from_version == version:
+            log.info("the checkpoint already continues from version %d: resuming from the checkpoint", version)
+            return
+        loaded = self.store.load(version)
+        load_weights(self.trainer, loaded.tiers, version=version)
+        self.from_version = version
+        log.warning("resuming from the weights of version %d (published %s ms, %d samples); offsets and group ids "
+                    "from the checkpoint", version, loaded.manifest["published_ts_ms"], loaded.manifest["samples_seen"])
 
     def _seek_to_checkpoint(self) -> None:
         """Seek each partition to the checkpoint's offset, or to its log start where retention
@@ -259,11 +302,13 @@ class LearnerService:
         gc.freeze()
         try:
             self.fetcher.start()
+            self.lag.start()
             self._run(max_idle_s)
         finally:  # a write in flight completes before the lease goes (its outcome is no longer wanted)
             self._publisher.shutdown()
             self._writer.shutdown()
             self.fetcher.close()
+            self.lag.close()
             self._release_lease()
             gc.unfreeze()  # collectable again: at exit, and for whatever the process runs next
 
@@ -415,7 +460,7 @@ class LearnerService:
         state: dict[str, Any] = {
             "offsets": {str(p): o for p, o in self.offsets.items()}, "seen": list(self.seen),
             "trained_until_event": self.trained_until_event,
-            "trained_until_finalized": self.trained_until_finalized,
+            "trained_until_finalized": self.trained_until_finalized, "from_version": self.from_version,
         }
         self._base, self._since_base = snapshot, []
         self._checkpointing = self._writer.submit(self._write_checkpoint, snapshot, state)
@@ -447,6 +492,8 @@ class LearnerService:
                 self._published_steps = job.steps
             else:
                 self.fresh = job.fresh + self.fresh
+                if len(self.fresh) > FRESH_KEPT:
+                    self.fresh = self.fresh[::2]
         written = self._checkpointing
         if written is not None and (wait or written.done()):
             self._checkpointing = None
@@ -461,8 +508,12 @@ class LearnerService:
         when another learner took the lease over (see :meth:`_collect`)."""
         try:
             future.result()
+            self._pin_seen(None)
             return True
         except FencedError as exc:
+            if exc.kind == "pinned":
+                self._pin_seen(int(exc.detail or 0))
+                return False
             if not exc.retriable:
                 raise self._fenced(exc) from None
             FENCED.labels(exc.kind).inc()
@@ -474,6 +525,17 @@ class LearnerService:
             m.PUBLISH_ERRORS.inc()
             log.warning("publish failed, retrying in %.1fs: %s", self.cfg.publish_s, exc)
         return False
+
+    def _pin_seen(self, version: int | None) -> None:
+        """Log a pin that holds publishing back, and its end, once each (``hap_learner_publish_pinned``)."""
+        if version != self.pinned:
+            if version is not None:
+                log.warning("version %d is pinned: publishing nothing until `hap models unpin`; training and "
+                            "checkpoints go on", version)
+            else:
+                log.warning("version %s unpinned: publishing again", self.pinned)
+        self.pinned = version
+        m.PINNED.set(version or 0)
 
     def _commit(self, offsets: dict[str, int]) -> None:
         """Commit offsets a checkpoint holds to Kafka (for lag monitoring: the checkpoint is the

@@ -137,8 +137,9 @@ async def readyz(request: web.Request) -> web.Response:
     return _json({"ready": True, "version": model.version, "staleness_s": holder.staleness_s})
 
 
-def describe(model: ServingModel) -> dict:
-    """What ``GET /v1/model`` says of the served version: its manifest's identity, never the weights."""
+def describe(model: ServingModel, pin: dict | None = None) -> dict:
+    """What ``GET /v1/model`` says of the served version: its manifest's identity, never the weights;
+    ``pinned``: whether it is the version ``pin`` (``hap models pin``) holds."""
     manifest = model.loaded.manifest
     out = {
         "version": model.version,
@@ -149,6 +150,7 @@ def describe(model: ServingModel) -> dict:
         "published_ts_ms": manifest.get("published_ts_ms"),
         "samples_seen": manifest.get("samples_seen"),
         "loaded_ts_ms": int(model.loaded_at * 1000),
+        "pinned": pin is not None and pin.get("version") == model.version,
     }
     if isinstance(manifest.get("rollback"), dict):
         out["rollback"] = manifest["rollback"]
@@ -156,10 +158,11 @@ def describe(model: ServingModel) -> dict:
 
 
 async def model_info(request: web.Request) -> web.Response:
-    model = request.app[HOLDER].current
+    holder = request.app[HOLDER]
+    model = holder.current
     if model is None:
         return _json({"error": "no model version loaded yet"}, 503)
-    return _json(describe(model))
+    return _json(describe(model, holder.pin))
 
 
 async def metrics_endpoint(_request: web.Request) -> web.Response:

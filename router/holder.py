@@ -13,6 +13,13 @@ served one is taken only when it records ``rollback`` of the served version or a
 and is refused, logged once and counted (``hap_router_errors_total{kind="stale_version"}``)
 while the served version goes on (:func:`backwards`).
 
+A pin (``hap models pin``) is honoured: while one is set the router serves the pinned version,
+from the manifest's kept history when the manifest names another (a writer that bypassed the fence,
+e.g. an older learner during a rolling update); a pinned version that is not kept any more is
+logged, counted (``kind="pin_unavailable"``) once, and the router keeps the version it serves (or,
+serving none, takes the manifest's). ``hap_router_model_pinned`` is 1 while the served version is
+the pinned one; :attr:`ModelHolder.pin` holds the pin.
+
 Every version is verified before it is swapped in (:func:`verify`): the manifest's fields the
 router reads, each tier's tensor names and shapes against the architecture its spec describes
 (the learner's own model built from the spec and exported: the same code path that produced
@@ -168,6 +175,32 @@ def backwards(manifest: dict[str, Any], served: int | None) -> str | None:
     if isinstance(replaced, int) and replaced >= served:
         return None
     return f"version {version} is lower than the served {served} and records no rollback of it"
+
+
+def pinned_manifest(manifest: dict[str, Any], pin: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The manifest to serve under ``pin``: ``manifest`` itself when nothing is pinned or it is the
+    pinned version, the kept entry of the pinned version (recorded as a rollback of the manifest's,
+    so :func:`backwards` takes it) when it names another, None when the pinned version is not kept.
+
+    Examples
+    --------
+    >>> m = {"version": 5, "history": [{"version": 3}]}
+    >>> pinned_manifest(m, None)["version"], pinned_manifest(m, {"version": 5})["version"]
+    (5, 5)
+    >>> pinned_manifest(m, {"version": 3, "ts_ms": 1, "reason": "r"})["rollback"]["of_version"]
+    5
+    >>> pinned_manifest(m, {"version": 2}) is None
+    True
+    """
+    if pin is None or manifest.get("version") == pin["version"]:
+        return manifest
+    history = manifest.get("history")
+    for entry in history if isinstance(history, list) else []:
+        if isinstance(entry, dict) and entry.get("version") == pin["version"]:
+            reason = f"pinned: {pin.get('reason')}"
+            return {**entry, "rollback": {"of_version": manifest["version"], "ts_ms": pin.get("ts_ms"),
+                                          "reason": reason}}
+    return None
 
 
 def build(loaded: LoadedVersion) -> ServingModel:
@@ -345,6 +378,9 @@ class ModelHolder:
         self.current: ServingModel | None = None
         self.last_contact = time.monotonic()
         self.rejected: tuple[Any, str] | None = None  # the last manifest rejected (not retried): _identity
+        #: the pin (``{"version", "ts_ms", "reason"}``) as last read, None while no version is pinned
+        self.pin: dict[str, Any] | None = None
+        self._pin_unavailable: int | None = None  # the pinned version found missing, -1: a corrupt pin (logged once)
         #: called with a verified version before it is swapped in (the app warms its item vectors)
         self.prepare: Callable[[ServingModel], Any] | None = None
         self._stop = threading.Event()
@@ -371,8 +407,11 @@ class ModelHolder:
         manifest: dict[str, Any] | None = None
         try:
             manifest = self.store.manifest()
+            self._read_pin()
             self.last_contact = time.monotonic()
             served = self.current.version if self.current is not None else None
+            if manifest is not None:
+                manifest = self._under_pin(manifest, served)
             if manifest is None or manifest["version"] == served or _identity(manifest) == self.rejected:
                 return False
             stale = backwards(manifest, served)
@@ -398,9 +437,50 @@ class ModelHolder:
         self._prepare(model)
         self.current = model  # the swap: one reference assignment, atomic between requests
         self._observe(model, time.perf_counter() - started)
+        self._observe_pin()
         if served is not None and model.version < served:
             log.warning("rolled back from version %s to %s: %s", served, model.version, manifest["rollback"])
         return True
+
+    def _read_pin(self) -> None:
+        """Read the pin into :attr:`pin` (logged when it changes); a corrupt one is counted
+        (``kind="pin"``) and ignored: the manifest, which no publish can move while the key exists,
+        is served."""
+        try:
+            pin = self.store.pinned()
+        except ModelStoreError as exc:
+            if self._pin_unavailable != -1:  # once, not at every poll
+                self._pin_unavailable = -1
+                metrics.ERRORS.labels("pin").inc()
+                log.error("ignoring the pin: %s", exc)
+            pin = None
+        if pin != self.pin:
+            if pin is not None:
+                log.warning("version %s pinned (%s): serving it until it is unpinned", pin["version"],
+                            pin.get("reason"))
+            else:
+                log.warning("version %s unpinned", self.pin and self.pin["version"])
+        self.pin = pin
+        self._observe_pin()
+
+    def _observe_pin(self) -> None:
+        pinned = self.pin is not None and self.current is not None and self.current.version == self.pin["version"]
+        metrics.PINNED.set(1 if pinned else 0)
+
+    def _under_pin(self, manifest: dict[str, Any], served: int | None) -> dict[str, Any] | None:
+        """What to serve of ``manifest`` under the pin (see :func:`pinned_manifest`); None (keep the
+        served version) when the pinned version is not kept and a version is served."""
+        target = pinned_manifest(manifest, self.pin)
+        if target is not None:
+            return target
+        assert self.pin is not None
+        if self._pin_unavailable != self.pin["version"]:
+            self._pin_unavailable = self.pin["version"]
+            metrics.ERRORS.labels("pin_unavailable").inc()
+            log.error("version %s is pinned but not kept (the manifest holds %s): %s", self.pin["version"],
+                      manifest["version"], f"keeping version {served}" if served is not None else
+                      "serving the manifest's")
+        return manifest if served is None else None
 
     def _prepare(self, model: ServingModel) -> None:
         """Run the prepare hook; a failure there is counted and the version serves anyway (cold)."""

@@ -21,6 +21,8 @@ EXPRESSIVE_FRACTION = Histogram("hap_router_expressive_fraction", "Share of cand
 VERSION = Gauge("hap_router_model_version", "Model version being served", multiprocess_mode="livemin")
 MODEL_AGE = Gauge("hap_router_model_age_seconds", "Now minus the served version's trained-until event time",
                   multiprocess_mode="livemax")
+PINNED = Gauge("hap_router_model_pinned", "1 while the served version is the one pinned (hap models pin)",
+               multiprocess_mode="livemax")
 STALENESS = Gauge("hap_router_staleness_seconds", "Seconds since the router last reached the model store",
                   multiprocess_mode="livemax")
 FRESHNESS = Histogram("hap_router_freshness_seconds", "Sample group finalized -> served by a version trained on it",

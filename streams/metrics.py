@@ -3,6 +3,7 @@
 from prometheus_client import Counter, Gauge, Histogram
 
 from streams.contract.validate import REASON_KINDS
+from streams.kafka.lag import LagGauge
 
 EVENTS = Counter("hap_streams_events", "Input events consumed", ["topic"])
 GROUPS = Counter("hap_streams_groups", "Sample groups emitted", ["kind"])
@@ -15,6 +16,10 @@ LAG = Histogram(
 LATE = Counter("hap_streams_late", "Events for requests already finalized", ["outcome"])
 #: ``topic``: of the rejected input ("" for an orphan request, which has none)
 INVALID = Counter("hap_streams_invalid", "Records sent to the dead-letter topic", ["topic", "reason_kind"])
+#: ``topic``: of the dropped event (with the prefix, as ``INVALID``'s)
+DUPLICATES = Counter("hap_streams_duplicate_events",
+                     "Events dropped because their request had taken an event with the same event_id (a producer's "
+                     "retry), within its join and retention windows", ["topic"])
 UNDECODABLE = Counter("hap_streams_undecodable_records",
                       "Kafka records skipped because their batch could not be decoded (the batch is dead-lettered)")
 IMPLIED = Counter("hap_streams_implied_exposures",
@@ -27,13 +32,17 @@ RETENTION_LOST = Counter("hap_streams_retention_lost",
 REFETCHES = Counter("hap_streams_input_refetches",
                     "Input partitions read again from the next offset the join expected, after the consumer "
                     "delivered records past offsets it never delivered", ["topic", "partition"])
+CONSUMER_LAG = LagGauge(Gauge(
+    "hap_streams_consumer_lag_records", "Records of an input partition the streams group has not committed yet: the "
+    "broker's log-end offset minus the group's committed offset (every worker exports its group's)",
+    ["group", "topic", "partition"]))
 MISSING = Counter("hap_feature_store_missing", "Feature lookups that fell back to a default", ["kind"])
 RESTARTS = Gauge("hap_streams_worker_restarts", "Workers the supervisor started before this one (any exit)")
 EXITS = Counter("hap_streams_worker_exits", "Earlier workers' exits that the supervisor restarted, by reason",
                 ["reason"])
 ERRORS = Counter("hap_streams_errors", "Failures of a dependency and what they cost", ["kind"])
 # exported at 0 from the start, so that rate() and increase() see the first one
-for _kind in ("redis", "history_skipped", "catalogue"):
+for _kind in ("redis", "history_skipped", "catalogue", "lag"):
     ERRORS.labels(_kind)
 
 
@@ -42,3 +51,4 @@ def export_invalid(topics: list[str]) -> None:
     for topic in topics:
         for kind in REASON_KINDS:
             INVALID.labels(topic, kind)
+

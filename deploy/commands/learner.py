@@ -32,6 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without samples (default: never)")
     p.add_argument("--metrics-port", type=int, help=f"default: {env_name('learner_metrics_port')} or 9102")
+    p.add_argument("--from-version", type=int, metavar="V",
+                   help="start from the weights of the published version V (kept: `hap models list`) instead of "
+                        "the checkpoint's; offsets come from the checkpoint, the optimizers start afresh; applied "
+                        "once (the checkpoint records it); default: none, the checkpoint's weights")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from deploy.settings import Settings
+    from feature_store.model_store import ModelStoreError
+    from learner.resume import ResumeError
     from learner.service import LearnerConfig, LearnerService
     from learner.trainer import OnlineTrainer
 
@@ -51,11 +57,16 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_path=s.data_dir / "learner" / "checkpoint.safetensors",
         publish_s=args.publish_interval, publish_steps=args.publish_steps,
         checkpoint_s=args.checkpoint_interval, keep_versions=args.keep_versions,
-        lease_ttl_s=s.learner_lease_ttl_s, lease_wait_s=s.learner_lease_wait_s,
+        lease_ttl_s=s.learner_lease_ttl_s, lease_wait_s=s.learner_lease_wait_s, from_version=args.from_version,
+        snapshot_every_s=s.model_snapshot_every_min * 60, snapshot_keep_s=s.model_snapshot_keep_h * 3600,
         **({} if args.batch_groups is None else {"batch_groups": args.batch_groups}),
     )
-    service = LearnerService(cfg, OnlineTrainer(method=args.method, seed=args.seed, device=args.device,
-                                                 damr_budget=s.damr_budget, extra_budgets=args.budgets))
+    try:
+        service = LearnerService(cfg, OnlineTrainer(method=args.method, seed=args.seed, device=args.device,
+                                                     damr_budget=s.damr_budget, extra_budgets=args.budgets))
+    except (ModelStoreError, ResumeError) as exc:  # --from-version: a version not kept, another architecture
+        logging.getLogger("hap.learner").error("not started: %s", exc)
+        return 2
     for sig in (signal.SIGTERM, signal.SIGINT):  # graceful: train what was polled, publish, checkpoint
         signal.signal(sig, lambda *_: service.stop())
     service.run(max_idle_s=args.exit_when_idle)

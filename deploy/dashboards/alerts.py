@@ -68,6 +68,11 @@ ALERTS: list[Alert] = [
     Alert("hap-dead-letters", "HapDeadLetters", "Dead-letter rate", "sum(rate(hap_streams_invalid_total[5m]))", ">",
           1.0, "More than one event per second goes to the dead-letter topic: check the producers "
           "(hap_streams_invalid_total by reason_kind)."),
+    Alert("hap-streams-consumer-lag", "HapStreamsConsumerLag", "Streams consumer lag",
+          "sum by (group, topic) (max by (group, topic, partition) (hap_streams_consumer_lag_records))", ">", 50_000,
+          "The streams group {{ $labels.group }} has left more than 50,000 records of {{ $labels.topic }} "
+          "uncommitted for 10 minutes (a worker takes 2,000-4,000 events/s): the workers do not keep up, or a "
+          "partition is not read (hap_streams_consumer_lag_records by partition; the worker log).", for_="10m"),
     Alert("hap-publish-failing", "HapLearnerCannotPublish", "Learner cannot publish",
           "sum(rate(hap_learner_publish_errors_total[5m]))", ">", 0.1,
           "The learner's publishes to Redis fail: it keeps training and retries; the served model ages."),

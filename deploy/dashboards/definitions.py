@@ -16,6 +16,19 @@ def pipeline() -> dict[str, Any]:
         Panel("Dead letters by reason", (("sum by (reason_kind) (rate(hap_streams_invalid_total[rate]))",
                                           "{{reason_kind}}"),), "ops"),
         Panel("Late events", (("sum by (outcome) (rate(hap_streams_late_total[rate]))", "{{outcome}}"),), "ops"),
+        Panel("Consumer lag by group and topic (records not committed)", (
+            ("sum by (group, topic) (max by (group, topic, partition) (hap_streams_consumer_lag_records))",
+             "{{group}} {{topic}}"),
+            ("sum by (group, topic) (max by (group, topic, partition) (hap_learner_consumer_lag_records))",
+             "{{group}} {{topic}}"),
+            ('sum by (consumergroup, topic) (kafka_consumergroup_lag{consumergroup=~"hap-streams-.*"})',
+             "{{topic}} (Kafka Exporter)")), "short",
+              description="Per group and topic: the broker's log-end offsets minus the group's committed offsets, "
+                          "summed over partitions. The streams group on its inputs (every worker exports its "
+                          "group's figures; max over workers), the learner on hap.samples (it commits with each "
+                          "checkpoint), and on Kubernetes Strimzi's Kafka Exporter, which reports while no worker "
+                          "runs. Growing: the consumers do not keep up or a partition is not read. Per partition: "
+                          "hap_streams_consumer_lag_records, hap_learner_consumer_lag_records."),
         Panel("Learner lag behind the newest event", (("max(hap_learner_trained_until_lag_seconds)", "lag"),), "s"),
         Panel("Missing features (defaults used)", (
             ("sum by (kind) (rate(hap_feature_store_missing_total[rate]))", "streams {{kind}}"),

@@ -10,7 +10,7 @@ JSON Schema can say them, in the schema too.
 Examples
 --------
 >>> check({"item_id": "i1", "content_type": "video", "ts_ms": 5}, ITEM, "", Limits())
-{'item_id': 'i1', 'content_type': 'video', 'ts_ms': 5, 'features': {}}
+{'item_id': 'i1', 'content_type': 'video', 'ts_ms': 5, 'features': {}, 'event_id': None}
 >>> json_schema("items")["required"]
 ['schema_version', 'item_id', 'content_type', 'ts_ms']
 """
@@ -320,6 +320,10 @@ def check_record(obj: dict[str, Any], fields: list[Field]) -> tuple[Any, ...] | 
 
 
 _TS = "milliseconds since the Unix epoch (UTC)"
+#: on every input event: the producer's id of the event, the same on each retry of it
+_EVENT_ID = Field("event_id", "str", "Optional producer-side id of the event, unique per event and the same on every "
+                  "retry of it: a repeat of an event its request took is dropped, counted once (see the join "
+                  "rules: retries); also for tracing.", required=False, nullable=True)
 CANDIDATE = [
     Field("item_id", "str", "The candidate item."),
     Field("channel", "str", "Retrieval channel that produced it (e.g. \"hot\", \"cf\").", max_chars=NAME_CHARS),
@@ -339,6 +343,7 @@ RANKING = [
           cap="max_candidates"),
     Field("user_features", "user_features", "Optional user features; `history`: recent item ids, most recent last.",
           required=False),
+    _EVENT_ID,
 ]
 EXPOSURE = [
     Field("type", "enum", "`exposure`: the item was shown; `feedback`: the user reacted to it.",
@@ -355,13 +360,15 @@ EXPOSURE = [
     Field("share", "bool", "Feedback: shared.", required=False),
     Field("dwell_ms", "int", "Feedback: time spent on the item.", required=False, nullable=True, minimum=0,
           unit="milliseconds"),
-    Field("event_id", "str", "Optional producer-side id of the event (for tracing).", required=False, nullable=True),
+    _EVENT_ID,
 ]
 ITEM = [
     Field("item_id", "str", "The item; the Kafka key."),
     Field("content_type", "str", "Item category.", max_chars=NAME_CHARS),
     Field("ts_ms", "int", "Event time of the update.", minimum=0, unit=_TS),
     Field("features", "numbers", "Optional numeric item attributes.", required=False),
+    Field("event_id", "str", "Optional producer-side id of the update, for tracing (an update is idempotent: a retry "
+          "changes nothing).", required=False, nullable=True),
 ]
 SAMPLE_ITEM = [
     Field("source", "enum", "Why the item is in the group: exp_pos, exp_neg, rn, prn or gn (see the join rules).",

@@ -86,6 +86,7 @@ class RankingEvent:
     ts_ms: int
     candidates: list[Candidate]
     user_features: dict[str, Any] = dataclasses.field(default_factory=dict)
+    event_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -109,6 +110,7 @@ class RankingColumns:
     prerank_pos: list[int]
     rank_pos: list[int | None]
     content_types: list[str]
+    event_id: str | None = None
 
     @classmethod
     def of(cls, source: RankingEvent | RankingColumns | dict[str, Any]) -> RankingColumns:
@@ -119,7 +121,7 @@ class RankingColumns:
             return cls(**source)
         c = source.candidates
         return cls(source.request_id, source.user_id, source.ts_ms, source.user_features, [x.item_id for x in c],
-                   [x.prerank_pos for x in c], [x.rank_pos for x in c], [x.content_type for x in c])
+                   [x.prerank_pos for x in c], [x.rank_pos for x in c], [x.content_type for x in c], source.event_id)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -148,6 +150,7 @@ class ItemUpdate:
     content_type: str
     ts_ms: int
     features: dict[str, float] = dataclasses.field(default_factory=dict)
+    event_id: str | None = None
 
 
 class SampleItem(msgspec.Struct, frozen=True, gc=False):
@@ -245,7 +248,7 @@ def _ranking(obj: dict[str, Any], limits: Limits) -> RankingEvent:
     v = check(obj, RANKING, "", limits)
     candidates = [Candidate(*c) for c in v["candidates"]]  # CANDIDATE lists the fields in Candidate's order
     _unique([c.item_id for c in candidates], "candidates")
-    return RankingEvent(v["request_id"], v["user_id"], v["ts_ms"], candidates, v["user_features"])
+    return RankingEvent(v["request_id"], v["user_id"], v["ts_ms"], candidates, v["user_features"], v["event_id"])
 
 
 class _WireCandidate(msgspec.Struct, kw_only=True, gc=False):
@@ -270,6 +273,7 @@ class _WireRanking(msgspec.Struct, kw_only=True, gc=False):
     ts_ms: wire_type(RANKING, "ts_ms")
     candidates: list[_WireCandidate]
     user_features: dict[str, Any] | None = None
+    event_id: wire_type(RANKING, "event_id") = None
 
 
 _RANKING_DECODER = msgspec.json.Decoder(_WireRanking)
@@ -299,7 +303,7 @@ def decode_ranking_columns(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Ranki
     return RankingColumns(event.request_id, event.user_id, event.ts_ms,
                           user_features({"user_features": event.user_features}, "user_features", limits.max_history),
                           ids, [c.prerank_pos for c in candidates], [c.rank_pos for c in candidates],
-                          [c.content_type for c in candidates])
+                          [c.content_type for c in candidates], event.event_id)
 
 
 class _WireExposure(msgspec.Struct, kw_only=True, gc=False):

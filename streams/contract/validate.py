@@ -17,12 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 #: the fixed set of dead-letter kinds (``reason_kind`` of a DLQ record and of ``hap_streams_invalid_total``)
-REASON_KINDS = ("json", "schema", "oversized", "future", "late", "orphan", "oversized_request", "undecodable",
-                "internal")
+REASON_KINDS = ("json", "schema", "oversized", "future", "misrouted", "late", "orphan", "oversized_request",
+                "undecodable", "internal")
 #: how far ahead of its arrival an event time may be (the worker's default bound, and the producer SDK's)
 MAX_FUTURE_MS = 10_000
 #: kinds whose reason names no field (``json: ...``, ``oversized: ...``)
-_NO_FIELD_KINDS = ("json", "oversized", "oversized_request", "undecodable", "internal")
+_NO_FIELD_KINDS = ("json", "oversized", "misrouted", "oversized_request", "undecodable", "internal")
 
 
 class InvalidEvent(ValueError):

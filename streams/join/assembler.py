@@ -70,6 +70,31 @@ def new_pending() -> dict[str, Any]:
             "revision": 0}
 
 
+#: the event ids a request's state remembers (the newest; a retry of an older one counts again): with
+#: ``max_request_items`` exposures and a few feedback events each, a whole request's, in about 22 KB of state
+MAX_EVENT_IDS = 1000
+
+
+def remember_event(state: dict[str, Any], event_id: str, cap: int = MAX_EVENT_IDS) -> bool:
+    """Remember ``event_id`` in a request's state (its 8-byte BLAKE2b digest, newest ``cap`` kept);
+    False when the state has it already: a producer's retry of an event taken before.
+
+    >>> st = new_pending()
+    >>> remember_event(st, "e1"), remember_event(st, "e2"), remember_event(st, "e1")
+    (True, True, False)
+    >>> remember_event(st, "e3", cap=2), remember_event(st, "e1", cap=2)  # e1 was forgotten for e3
+    (True, True)
+    """
+    ids = state.setdefault("event_ids", {})  # digest -> 1, oldest first (a JSON object keeps its order)
+    digest = hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
+    if digest in ids:
+        return False
+    ids[digest] = 1
+    while len(ids) > cap:
+        del ids[next(iter(ids))]
+    return True
+
+
 def add_ranking(state: dict[str, Any], event: RankingEvent | RankingColumns, wall_ms: int) -> None:
     """Mark the ranking event as in (the event itself is kept once, by the caller)."""
     state["ranking"] = True

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import logging
 import time
@@ -77,9 +78,11 @@ from streams.join.assembler import (
     item_count,
     new_pending,
     relabel,
+    remember_event,
 )
 from streams.join.pool import CandidatePool
 from streams.kafka import decode_guard
+from streams.kafka.batch_producer import partition_of
 
 log = logging.getLogger("hap.streams")
 HISTORY_LEN = 50  # the user history written for the router: most recent positives last
@@ -196,6 +199,57 @@ def never_lagging(topic: str, partition: int) -> bool:
     return False
 
 
+#: topic -> its partition count, None when unknown (then no record of it is checked for its partition)
+PartitionCount = Callable[[str], int | None]
+
+
+def unknown_partitions(topic: str) -> int | None:
+    """The :data:`PartitionCount` of a join whose records carry no real partition (tests, offline runs)."""
+    return None
+
+
+@functools.lru_cache(maxsize=8192)
+def _partition_of(request_id: str, partitions: int) -> int:
+    """:func:`partition_of` of a request id, cached: a request's dozen events come close together, and
+    murmur2 in Python costs about 3 us per key."""
+    return partition_of(request_id.encode(), partitions)
+
+
+def misrouted(record: Record, request_id: str, partitions: int) -> DeadLetter | None:
+    """The dead letter of a ranking or exposure record that is not on the partition the contract's
+    partitioner gives its request (murmur2 of the ``request_id``'s UTF-8 bytes, as Kafka's Java
+    client, kafka-python and librdkafka's ``murmur2_random``); None when it is where it belongs.
+
+    Such a record cannot be joined: the request's other events are on the partition its key
+    names, in another worker's state. Sarama's default partitioner (FNV-1a), kafka-go's
+    round-robin or a key other than the ``request_id`` put it there.
+
+    >>> from collections import namedtuple
+    >>> Rec = namedtuple("Rec", "topic partition offset key value")
+    >>> partition_of(b"req-1", 4)
+    3
+    >>> misrouted(Rec("hap.exposure", 3, 9, b"req-1", b"{}"), "req-1", 4) is None
+    True
+    >>> letter = misrouted(Rec("hap.exposure", 0, 9, b"req-1", b"{}"), "req-1", 4)
+    >>> letter.reason_kind, letter.details
+    ('misrouted', {'expected_partition': 3, 'partitions': 4})
+    >>> letter.reason[:70]
+    "misrouted: on partition 0 of 4, but murmur2 of its request_id 'req-1' "
+    """
+    right = _partition_of(request_id, partitions)
+    if record.partition == right:
+        return None
+    key = "" if record.key == request_id.encode() else \
+        f" (its Kafka key is {record.key.decode('utf-8', 'replace')!r}, not the request_id)" if record.key else \
+        " (it has no Kafka key)"
+    return DeadLetter(
+        "misrouted", f"misrouted: on partition {record.partition} of {partitions}, but murmur2 of its request_id "
+        f"{request_id!r} gives partition {right}, where the request's other events are{key}: partition with murmur2 "
+        "of the request_id as the Kafka key (docs/contracts.md, Producers)",
+        request_id, record.topic, record.partition, record.offset, record.value or b"",
+        {"expected_partition": right, "partitions": partitions})
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JoinConfig:
     topic_prefix: str = "hap."
@@ -215,9 +269,11 @@ class Joiner:
     """The join of one worker, over the partitions it is assigned (see the module's docstring)."""
 
     def __init__(self, config: JoinConfig, tables: JoinTables, send: Send, features: Features, pool: CandidatePool,
-                 clock: Callable[[], int] = now_ms, lagging: Lagging = never_lagging) -> None:
+                 clock: Callable[[], int] = now_ms, lagging: Lagging = never_lagging,
+                 partitions: PartitionCount = unknown_partitions) -> None:
         self.cfg = config
         self.lagging = lagging
+        self.partitions = partitions
         self.tables = tables
         self.send = send
         self.features = features
@@ -227,6 +283,7 @@ class Joiner:
         self.ticks = f"{t}streams-ticks"
         self.decoders = {f"{t}ranking": decode_ranking_columns, f"{t}exposure": decode_exposure}
         self.events = {topic: metrics.EVENTS.labels(topic.removeprefix(t)) for topic in self.decoders}
+        self.duplicates = {topic: metrics.DUPLICATES.labels(topic) for topic in self.decoders}
         # indexes over the tables (the tables are the truth: :meth:`rebuild` re-derives these)
         self.open: dict[int, set[str]] = collections.defaultdict(set)
         self.closed: dict[int, collections.deque[tuple[int, str]]] = collections.defaultdict(collections.deque)
@@ -270,18 +327,25 @@ class Joiner:
             self.dead_letter(exc.kind, exc.reason, record)
             return
         rid, partition = event.request_id, record.partition
+        count = self.partitions(record.topic)
+        if count is not None and (letter := misrouted(record, rid, count)) is not None:
+            self.send_dead_letter(letter)  # joins nothing, moves no watermark, counts no item statistic
+            return
         # never past the worker's clock: an event a little ahead (within the bound) closes no window early
         progress = self.progress.get(partition) or self.progress.setdefault(
             partition, {topic: [0, wall] for topic in self.decoders})  # a topic not seen yet holds it back
         mark = progress[record.topic]
         mark[0], mark[1] = max(mark[0], min(event.ts_ms, wall)), wall
+        done = self.tables.finalized.get(rid)
+        if event.event_id is not None and self._repeated(rid, done, event.event_id, partition):
+            self.duplicates[record.topic].inc()  # a producer's retry: neither counted nor joined again
+            return
         if isinstance(event, RankingColumns):  # kept until finalized: with the pool's strings, not its own
             ids, types = self.pool.add_many(event.item_ids, event.content_types)
             event = dataclasses.replace(event, item_ids=ids, content_types=types)
         else:
             self.features.count(event, self.cfg.assembler.dwell_threshold_ms, record.topic, partition,
                                 record.offset)
-        done = self.tables.finalized.get(rid)
         if done is not None:
             self.late(rid, done, event, record, wall)
             return
@@ -302,6 +366,21 @@ class Joiner:
         st["partition"] = partition
         self.batch[rid] = st
         self.open[partition].add(rid)
+
+    def _repeated(self, rid: str, done: dict[str, Any] | None, event_id: str, partition: int) -> bool:
+        """Whether request ``rid`` took an event with ``event_id`` before (its open state, or its
+        finalized entry while it is retained); if not, the id is remembered there from now on."""
+        if done is not None:
+            if not remember_event(done, event_id):
+                return True
+            self.tables.finalized.put(rid, done, partition)
+            return False
+        st = self.batch.get(rid) or self.tables.pending.get(rid) or new_pending()
+        if not remember_event(st, event_id):
+            return True
+        st["partition"] = partition
+        self.batch[rid] = st
+        return False
 
     def watermark(self, partition: int, wall: int) -> int | None:
         """The event time up to which every input topic of ``partition`` has come: the slowest of
@@ -405,8 +484,8 @@ class Joiner:
         self.features.set_history(
             ranking.user_id, (list(ranking.user_features.get("history", [])) + st["positive"])[-HISTORY_LEN:])
         self.tables.finalized.put(rid, {"exposed": st["exposed"], "positive": st["positive"],
-                                        "revision": st["revision"], "finalized_ms": wall, "partition": partition},
-                                  partition)
+                                        "revision": st["revision"], "finalized_ms": wall, "partition": partition,
+                                        "event_ids": st.get("event_ids", {})}, partition)
         self.closed[partition].append((wall, rid))
         self._close(rid, partition)
 

@@ -57,6 +57,7 @@ from streams.join.joiner import Features, JoinConfig, Joiner, JoinTables
 from streams.join.pool import CandidatePool
 from streams.kafka import decode_guard
 from streams.kafka.batch_producer import BatchProducer, Record, changelog_record
+from streams.kafka.lag import GroupLag
 from streams.kafka.security import KafkaSecurity
 from streams.kafka.topics import DEFAULT_PARTITIONS, Deleted, record_limits
 from streams.worker.watchdog import (
@@ -75,6 +76,8 @@ FETCH_BYTES = 8 << 20
 REBUILD_EVERY_S = 30.0
 #: the join's input topics (after the prefix), whose offsets the worker never commits past unread
 JOIN_INPUTS = ("ranking", "exposure")
+#: how often the worker reads its group's consumer lag from the broker (``hap_streams_consumer_lag_records``)
+LAG_EVERY_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -424,16 +427,22 @@ class StreamsWorker:
             JoinConfig(t, cfg.assembler, cfg.limits, cfg.corrections, cfg.retention_ms, cfg.max_future_ms,
                        lagging_hold_ms=int(max(120.0, 4 * cfg.stall_s) * 1000)), tables,
             lambda kind, key, value: _outbox.get().append((kind, key, value)), self.features, CandidatePool(),
-            lagging=self.lag)
+            lagging=self.lag, partitions=self.partition_count)
         self.follower = CatalogueFollower(cfg.bootstrap, f"{t}items", _into_pool(self.joiner), cfg.kafka_security,
                                           max_bytes=record_limits(cfg.limits)[1])
         self.watchdog = Watchdog(cfg.stall_s)
+        self.group_lag: GroupLag | None = None  # connects at the first read
         self.rebuilt_at = float("-inf")
         metrics.RESTARTS.set(restarts)
         metrics.export_invalid([f"{t}ranking", f"{t}exposure", f"{t}items"])
         for reason in EXIT_REASONS:  # 0 from the start, so that increase() sees the first restart
             metrics.EXITS.labels(reason).inc((exits or {}).get(reason, 0))
         self._wire()
+
+    def partition_count(self, topic: str) -> int:
+        """The partitions of ``topic``: the consumer's metadata, else the configured count (the join
+        dead-letters a record that is not on its request's partition: ``misrouted``)."""
+        return self.app.consumer.topic_partitions(topic) or self.cfg.partitions
 
     def _wire(self) -> None:
         """Register the agents, tasks and timers with the app."""
@@ -444,6 +453,7 @@ class StreamsWorker:
         app.task(self._follow_catalogue)
         app.timer(interval=self.cfg.tick_s, name="tick")(self._tick)
         app.timer(interval=min(5.0, self.cfg.stall_s / 4), name="check_progress")(self.check_progress)
+        app.timer(interval=LAG_EVERY_S, name="consumer_lag")(self.export_lag)
 
     async def _assemble_agent(self, stream: faust.StreamT) -> None:
         await self.assemble_batches(event_batches(stream), stream.ack)
@@ -553,6 +563,23 @@ class StreamsWorker:
 
     async def _on_assigned(self, app: faust.App, assigned: Any, **kwargs: Any) -> None:
         self.lag.reassigned(assigned)
+
+    async def export_lag(self) -> None:
+        """Export the group's lag on its inputs, read from the broker on a thread of its own
+        (:class:`streams.kafka.lag.GroupLag`); a failed read is logged and counted
+        (``hap_streams_errors_total{kind="lag"}``), the last values stay."""
+        cfg, group = self.cfg, self.app.conf.id
+        try:
+            if self.group_lag is None:
+                self.group_lag = await asyncio.to_thread(
+                    GroupLag, cfg.bootstrap, group, [f"{cfg.topic_prefix}{t}" for t in (*JOIN_INPUTS, "items")],
+                    cfg.kafka_security)
+            lags = await asyncio.to_thread(self.group_lag.read)
+        except Exception as exc:  # noqa: BLE001 - a metric never stops the worker
+            metrics.ERRORS.labels("lag").inc()
+            self.app.log.warning("the consumer lag could not be read from the broker: %r", exc)
+            return
+        metrics.CONSUMER_LAG.set(group, lags)
 
     async def _follow_catalogue(self) -> None:
         delay = 1.0

@@ -124,6 +124,10 @@ def test_topics_are_replicated_and_co_partitioned(rendered):
     kafka = _kind(rendered, "Kafka")[0]["spec"]["kafka"]["config"]
     assert (kafka["default.replication.factor"], kafka["min.insync.replicas"]) == (3, 2)
     assert kafka["offsets.topic.replication.factor"] == 3
+    exporter = _kind(rendered, "Kafka")[0]["spec"]["kafkaExporter"]  # consumer lag while no worker runs
+    assert exporter["groupRegex"] == ".*" and any(
+        m["spec"]["selector"].get("matchLabels") == {"strimzi.io/name": "hap-kafka-exporter"}
+        for m in _kind(rendered, "PodMonitor"))
     assert sum(p["spec"]["replicas"] for p in _kind(rendered, "KafkaNodePool")
                if "broker" in p["spec"]["roles"]) >= settings.kafka_brokers >= 3
     streams = next(s for s in _kind(rendered, "StatefulSet") if s["metadata"]["name"] == "hap-streams")

@@ -333,3 +333,70 @@ def test_an_incremental_load_after_redis_lost_its_data_never_mixes_two_models(re
     for tier in ("light", "expressive"):
         np.testing.assert_array_equal(loaded.tiers[tier][0]["emb"], other)
         np.testing.assert_array_equal(loaded.tiers[tier][0]["w"], w * 3)
+
+
+def test_a_pinned_version_is_served_and_nothing_supersedes_it_until_unpinned(redis_client):
+    lease = WriterLease(redis_client, prefix=REDIS_PREFIX)
+    assert lease.acquire()
+    learner = ModelStore(redis_client, prefix=REDIS_PREFIX, lease=lease)
+    emb = np.zeros((4, 2), np.float32)
+    v1, v2, v3 = (publish(learner, form(emb + n, emb[0], [0]), form(emb, emb[0], [0])) for n in range(3))
+    operator = ModelStore(redis_client, prefix=REDIS_PREFIX)
+    pin = operator.pin(v1, reason="bad model")
+    assert (pin["version"], pin["reason"]) == (v1, "bad model") and operator.pinned() == pin
+    manifest = operator.manifest()
+    assert manifest["version"] == v1 and manifest["rollback"]["of_version"] == v3  # routers take it (recorded)
+    blobs = set(redis_client.keys(KEYS.blob_pattern))
+    with pytest.raises(FencedError) as info:
+        publish(learner, form(emb + 9, emb[0], [1]), form(emb, emb[0], [1]))
+    assert (info.value.kind, info.value.retriable, info.value.detail) == ("pinned", True, str(v1))
+    assert set(redis_client.keys(KEYS.blob_pattern)) == blobs  # refused before any blob was written
+    with pytest.raises(FencedError, match=f"version {v1} is pinned"):
+        operator.rollback(v2)
+    assert operator.manifest() == manifest and operator.load().tiers["light"][0]["emb"].sum() == 0
+    moved = operator.pin(v2)  # pinning another kept version moves the pin
+    assert operator.manifest()["version"] == v2 and operator.pinned() == moved
+    assert operator.unpin() == moved and operator.pinned() is None and operator.unpin() is None
+    v4 = publish(learner, form(emb + 4, emb[0], [1]), form(emb, emb[0], [1]))
+    assert v4 > v3 and learner.manifest()["tiers"]["light"]["kind"] == "full"  # publishing resumes, above all
+
+
+def test_pinning_the_current_version_leaves_the_manifest_and_an_unkept_one_is_refused(redis_client):
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX, keep_versions=2)
+    emb = np.zeros((4, 2), np.float32)
+    versions = [publish(store, form(emb, emb[0]), form(emb, emb[0])) for _ in range(3)]
+    before = redis_client.get(KEYS.manifest)
+    with pytest.raises(ModelStoreError, match="not kept"):
+        store.pin(versions[0])
+    assert store.pinned() is None
+    store.pin(versions[-1])
+    assert redis_client.get(KEYS.manifest) == before and store.pinned()["version"] == versions[-1]
+    with pytest.raises(FencedError, match="pinned"):
+        publish(store, form(emb, emb[0]), form(emb, emb[0]))
+
+
+def test_snapshots_reach_back_their_window_beside_the_last_versions(redis_client):
+    """A version a minute, a snapshot every 10 minutes kept 1 hour, 3 recent versions: after 2 hours the
+    history holds the 3 newest and 6 snapshots 10 minutes apart back to an hour; each snapshot is full
+    (one blob a tier); a blob of an expired snapshot gets the grace TTL; a snapshot can be pinned."""
+    now = [1_000_000.0]
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX, keep_versions=3, full_every=50, snapshot_every_s=600,
+                       snapshot_keep_s=3600, clock=lambda: now[0])
+    emb = np.zeros((64, 2), np.float32)
+    published = {}
+    for minute in range(121):
+        now[0] = 1_000_000.0 + 60 * minute
+        published[minute] = publish(store, form(emb, emb[0], [minute % 64]), form(emb, emb[0], [minute % 64]))
+    kept = store.versions()
+    assert [e["version"] for e in kept[:3]] == [published[m] for m in (120, 119, 118)]
+    snapshots = kept[3:]
+    assert all(e.get("snapshot") for e in snapshots)
+    ages = [(now[0] * 1000 - e["published_ts_ms"]) / 60_000 for e in snapshots]
+    assert ages == [10, 20, 30, 40, 50, 60], ages
+    assert all(len(t["chain"]) == 1 and t["kind"] == "full" for e in snapshots for t in e["tiers"].values())
+    ttls = blob_ttls(redis_client)
+    referenced = {key for e in kept for t in e["tiers"].values() for key in t["chain"]}
+    assert {k for k, ttl in ttls.items() if ttl == -1} == referenced
+    oldest = snapshots[-1]["version"]
+    store.pin(oldest)
+    assert store.load().version == oldest and store.manifest()["rollback"]["of_version"] == published[120]

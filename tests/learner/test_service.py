@@ -21,7 +21,7 @@ from deploy.stack.process import free_port
 from feature_store.connection import RedisEndpoint
 from feature_store.featurize import hash_id
 from feature_store.lease import WriterLease
-from feature_store.model_store import FencedError, ModelStore
+from feature_store.model_store import FencedError, ModelStore, ModelStoreError
 from learner import checkpoint
 from learner.service import LearnerConfig, LearnerService
 from learner.trainer import OnlineTrainer
@@ -276,6 +276,10 @@ def test_each_step_takes_every_group_available_up_to_the_cap(kafka_bootstrap, re
     trickle_steps = counter("hap_learner_batch_groups_count") - steps_before - backlog_steps
     assert trickle_steps >= 10, trickle_steps  # 40 groups in 2 s: not one batch of 40 (it waited for none)
     assert svc.trainer.samples_seen == sum(len(g.items) for g in groups)
+    # its group's lag was read from the broker meanwhile (every 5 s): at most the whole topic
+    lag = REGISTRY.get_sample_value("hap_learner_consumer_lag_records", {"group": "hap-learner", "topic": topic,
+                                                                         "partition": "0"})
+    assert lag is not None and 0 <= lag <= len(groups)
 
 
 def test_checkpoint_and_publish_run_off_the_training_loop(kafka_bootstrap, redis_url, redis_client, topic_prefix,
@@ -330,3 +334,39 @@ def committed(bootstrap: str, topic: str) -> int | None:
         return consumer.committed(TopicPartition(topic, 0))
     finally:
         consumer.close()
+
+
+def test_a_pin_holds_publishing_back_while_training_goes_on_and_from_version_resumes_its_weights(
+        kafka_bootstrap, redis_url, redis_client, topic_prefix, tmp_path):
+    topic = f"{topic_prefix}samples"
+    KafkaAdminClient(bootstrap_servers=kafka_bootstrap).create_topics([NewTopic(topic, 1, 1)])
+    groups = simulated_groups(24, seed=14, n_candidates=30)
+    for part in (groups[:4], groups[4:8]):  # a version at each stop at least
+        produce(kafka_bootstrap, topic, part)
+        service(kafka_bootstrap, redis_url, topic, tmp_path, batch_groups=2).run(max_idle_s=1.0)
+    operator = ModelStore(redis_client, prefix=REDIS_PREFIX)
+    pinned = operator.versions()[1]["version"]  # an older kept version: a rollback that holds
+    operator.pin(pinned)
+    weights = operator.load(pinned).tiers
+    produce(kafka_bootstrap, topic, groups[8:16])
+    resumed = service(kafka_bootstrap, redis_url, topic, tmp_path, batch_groups=2, from_version=pinned)
+    for name, tier in resumed.trainer.tiers().items():  # the pinned version's weights, not the checkpoint's
+        for key, value in tier.export()[0].items():
+            np.testing.assert_array_equal(value, weights[name][0][key], err_msg=f"{name}.{key}")
+    resumed.run(max_idle_s=1.5)
+    assert operator.manifest()["version"] == pinned  # trained on, published nothing
+    assert counter("hap_learner_publish_pinned") == pinned
+    state = checkpoint.read_state(resumed.cfg.checkpoint_path)
+    assert set(state["seen"]) == {g.group_id for g in groups[:16]} and state["from_version"] == pinned
+    operator.unpin()
+    produce(kafka_bootstrap, topic, groups[16:])
+    again = service(kafka_bootstrap, redis_url, topic, tmp_path, batch_groups=2, from_version=pinned)
+    light = again.trainer.tiers()["light"].export()[0]
+    assert any(not np.array_equal(v, weights["light"][0][k]) for k, v in light.items())  # the checkpoint's: once
+    again.run(max_idle_s=1.5)
+    manifest = operator.manifest()
+    assert manifest["version"] > pinned and manifest["samples_seen"] == sum(len(g.items) for g in groups)
+    assert counter("hap_learner_publish_pinned") == 0
+    with pytest.raises(ModelStoreError, match="not kept"):  # a version Redis no longer holds: not started
+        service(kafka_bootstrap, redis_url, topic, tmp_path / "other", from_version=10**6)
+    assert redis_client.get(operator.keys.lease) is None  # the lease released: the next learner starts at once

@@ -113,7 +113,7 @@ def test_every_response_names_the_served_version_and_v1_model_says_what_is_loade
     assert info["tiers"]["expressive"]["kind"] == "full"
     assert info["trained_until_event_ts_ms"] == manifest["trained_until_event_ts_ms"]
     assert info["published_ts_ms"] == manifest["published_ts_ms"] <= info["loaded_ts_ms"]
-    assert "rollback" not in info
+    assert "rollback" not in info and info["pinned"] is False
 
 
 def test_a_draining_router_is_not_ready_but_still_serves(redis_client):

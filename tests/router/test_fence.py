@@ -86,3 +86,34 @@ def test_a_manifest_that_goes_backwards_after_the_check_is_not_loaded(redis_clie
     monkeypatch.setattr(holder.store, "manifest", read)
     assert not holder.refresh() and holder.current.version == v2  # the old manifest now: refused, counted
     assert stale_versions() - before == 1
+
+
+def test_the_pinned_version_is_served_even_when_a_writer_bypasses_the_pin(redis_client):
+    """``hap models pin`` of an older version: taken as a rollback; a manifest that a writer unaware of
+    the pin (an older learner) switches to a newer version is not served while the pin holds; a pinned
+    version no longer kept is counted once and the served one kept; unpinned, the newest is taken."""
+    store = ModelStore(redis_client, prefix=REDIS_PREFIX, keep_versions=3)
+    v1, v2 = publish(redis_client, 1, store), publish(redis_client, 2, store)
+    holder = ModelHolder(redis_client, prefix=REDIS_PREFIX)
+    assert holder.refresh() and holder.current.version == v2
+    ModelStore(redis_client, prefix=REDIS_PREFIX).pin(v1, reason="test")
+    assert holder.refresh() and holder.current.version == v1 and holder.pin["version"] == v1
+    assert REGISTRY.get_sample_value("hap_router_model_pinned") == 1
+    pin = redis_client.get(store.keys.pin)
+
+    def publish_over_the_pin(seed: int) -> int:  # an older learner, which does not know the pin
+        redis_client.delete(store.keys.pin)
+        try:
+            return publish(redis_client, seed, store)
+        finally:
+            redis_client.set(store.keys.pin, pin)
+
+    v3 = publish_over_the_pin(3)
+    assert not holder.refresh() and holder.current.version == v1  # v1 is kept in v3's history: still served
+    before = REGISTRY.get_sample_value("hap_router_errors_total", {"kind": "pin_unavailable"}) or 0.0
+    publish_over_the_pin(4), publish_over_the_pin(5)  # v1 leaves the history
+    assert not holder.refresh() and not holder.refresh() and holder.current.version == v1
+    assert REGISTRY.get_sample_value("hap_router_errors_total", {"kind": "pin_unavailable"}) - before == 1
+    assert ModelStore(redis_client, prefix=REDIS_PREFIX).unpin()["version"] == v1
+    assert holder.refresh() and holder.current.version > v3 and holder.pin is None
+    assert REGISTRY.get_sample_value("hap_router_model_pinned") == 0

@@ -458,3 +458,45 @@ def test_padded_feedback_on_unexposed_items_keeps_the_pending_state_small_and_is
         assert letter["details"]["original_sha256"] == hashlib.sha256(raw).hexdigest()
     assert base64.b64decode(letters["small"]["original"]) == records[-1].value
     assert letters["small"]["offset"] == records[-1].offset
+
+
+def test_a_retried_event_with_an_event_id_is_counted_and_joined_once_while_its_request_is_retained():
+    from prometheus_client import REGISTRY
+
+    def dropped() -> float:
+        return REGISTRY.get_sample_value("hap_streams_duplicate_events_total", {"topic": "hap.exposure"}) or 0.0
+
+    before = dropped()
+    h = Harness()
+    first = dataclasses.replace(ranking("r1"), event_id="rk")
+    x0 = dataclasses.replace(shown("r1", "c0", 0), event_id="x0")
+    f0 = dataclasses.replace(click("r1", "c0"), event_id="f0")
+    x1 = shown("r1", "c1", 1)  # no event_id: a repeat cannot be told from a retry, both count
+    h.run(h.record("ranking", encode(first), b"r1"), *(h.record("exposure", encode(e), b"r1")
+                                                       for e in (x0, x0, f0, x1, f0, x1)))
+    assert h.features.counts == [("c0", "exposure"), ("c0", "feedback"), ("c1", "exposure"), ("c1", "exposure")]
+    assert dropped() - before == 2
+    h.tick(T0 + 5_000)
+    [group] = h.groups()
+    assert {i.item_id: i.label for i in group.items if i.source.startswith("exp_")} == {"c0": 1, "c1": 0}
+    # retried after the group was emitted (and by a worker that took the tables over): still dropped, not
+    # counted, not dead-lettered as late; before, each was counted again and the exposure a late dead letter
+    restarted = Harness(tables=copy.deepcopy(h.tables))
+    restarted.joiner.rebuild()
+    restarted.run(*(restarted.record("exposure", encode(e), b"r1") for e in (x0, f0)),
+                  restarted.record("ranking", encode(first), b"r1"))
+    assert restarted.features.counts == [] and restarted.out == [] and dropped() - before == 4
+    restarted.run(restarted.record("exposure", encode(dataclasses.replace(x0, event_id="x0-new")), b"r1"))
+    assert [d["reason_kind"] for d in restarted.dead_letters()] == ["late"]  # a new event: late, as before
+
+
+def test_a_confluent_frame_and_a_structured_cloudevent_are_dead_lettered_with_a_reason_naming_them():
+    h = Harness()
+    plain = orjson.loads(encode(shown("r1", "c0", 0)))
+    cloud = {"specversion": "1.0", "id": "e1", "source": "/app", "type": "hap.exposure",
+             "data": {k: v for k, v in plain.items() if k != "schema_version"}}
+    h.run(h.record("exposure", b"\x00" + (7).to_bytes(4, "big") + orjson.dumps(plain), b"r1"),
+          h.record("exposure", orjson.dumps(cloud), b"r1"))
+    assert [(d["reason_kind"], d["reason"].split(" is not accepted")[0]) for d in h.dead_letters()] == [
+        ("json", "json: a Confluent Schema Registry frame (magic byte 0, schema id 7)"),
+        ("schema", "schema_version: a structured CloudEvent (specversion '1.0')")]

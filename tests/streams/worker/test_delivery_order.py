@@ -19,6 +19,7 @@ from faust.types import TP
 
 from feature_store.connection import RedisEndpoint
 from streams.contract.schemas import Candidate, RankingEvent, encode
+from streams.kafka.batch_producer import partition_of
 from streams.worker.app import BATCH_FAILED_EXIT, InputGap, StreamsConfig, StreamsWorker
 from streams.worker.watchdog import STALLED_EXIT
 
@@ -160,7 +161,7 @@ def run(worker: StreamsWorker, log: Log, *events: list[Event]) -> None:
 
 def ranking(offset: int, rid: str) -> Event:
     value = encode(RankingEvent(rid, "u1", int(time.time() * 1000), [Candidate("i1", "hot", 0, 0.9, 0, 0.8, "video")]))
-    return Event(Message(f"{PREFIX}ranking", 0, offset, rid.encode(), value))
+    return Event(Message(f"{PREFIX}ranking", partition_of(rid.encode(), 2), offset, rid.encode(), value))
 
 
 def garbage(offset: int) -> Event:
