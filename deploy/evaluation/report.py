@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,24 @@ def _loop_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+#: what each plot shows, under it on the page
+CAPTIONS = {
+    "forest": "Paired Δ exposed GAUC of every arm against the `ctr` counter (left) and against `mixed` light (right): "
+              "point = mean of the per-block differences, bar = 95% t-interval over the time blocks. A bar clear of 0 "
+              "is a difference the data supports.",
+    "damr_budget": "The DAMR budget curve: exposed GAUC against the expressive tier's evaluations per request (the "
+                   "leftmost point is the light tier alone, the rightmost the expressive tier on every candidate). "
+                   "Band: 95% t-interval of the paired per-block gain over the same method's light tier. Dashed: "
+                   "the counters.",
+    "conflict": "Cosine between the easy-path and hard-path gradients per training step (5-step moving average): "
+                "below 0 the paths conflict and harmonization projects the easy one.",
+    "closed_loop": "Closed loop: Δ true engagement per request against the heuristic, paired under common random "
+                   "numbers (second half, 95% t-interval over blocks of requests).",
+}
+#: the plots shown first on the page (the verdict's evidence); the rest come after the tables
+SUMMARY_PLOTS = ("forest", "damr_budget")
+
+
 def _plots(out: Path, rows: list[dict[str, Any]], conflict: dict[str, list[float]], sources: list[str]) -> list[str]:
     names = []
     fig, axes = plt.subplots(1, len(sources), figsize=(6 * len(sources), 4), squeeze=False)
@@ -156,41 +175,49 @@ def _plots(out: Path, rows: list[dict[str, Any]], conflict: dict[str, list[float
     for ax, source in zip(axes[0], sources, strict=True):
         arms = _overall(rows, source)
         for method in sorted({m for m, p, _ in arms if p != "counter"}):
-            points = sorted((b, np.mean([r["gauc"] for r in rs])) for (m, p, b), rs in arms.items() if m == method)
-            ax.plot([b for b, _ in points], [g for _, g in points], "o-", label=method, ms=3)
+            light = (method, "light", 0.0)
+            points = []
+            for (m, p, b), rs in sorted(arms.items(), key=lambda kv: kv[0][2]):
+                if m == method:
+                    _, half = ci95(paired_blocks(rows, source, (m, p, b), light)) if p != "light" else (0.0, 0.0)
+                    points.append((np.mean([r["expressive_evals_per_request"] for r in rs]),
+                                   np.mean([r["gauc"] for r in rs]), 0.0 if half != half else half))
+            x, y, h = (np.array(v) for v in zip(*points, strict=True))
+            line, = ax.plot(x, y, "o-", label=method, ms=3)
+            ax.fill_between(x, y - h, y + h, color=line.get_color(), alpha=0.2, lw=0)
         for (m, p, _), rs in arms.items():
             if p == "counter":
                 ax.axhline(np.mean([r["gauc"] for r in rs]), ls="--", lw=0.8, color="k" if m == "ctr" else "grey",
                            label=f"{m} (counter)")
-        ax.set_xlabel("expressive budget (0 = light, 1 = expressive_all)")
+        ax.set_xlabel("expressive evaluations per request (0 = light alone)")
         ax.set_ylabel("exposed GAUC")
-        ax.set_title(f"{source}: DAMR budget")
+        ax.set_title(f"{source}: DAMR budget curve")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "damr_budget.png", dpi=110)
     plt.close(fig)
     names.append("damr_budget")
 
-    fig, axes = plt.subplots(1, len(sources), figsize=(6 * len(sources), 4), squeeze=False)
-    for ax, source in zip(axes[0], sources, strict=True):
-        arms = [a for a in _overall(rows, source) if a[1] in ("light", "counter") or a == ("ghcl", "damr", 0.3)]
-        labels, means, halves = [], [], []
-        for arm in arms:
-            if arm == REFERENCES[0]:
-                continue
-            mean, half = ci95(paired_blocks(rows, source, arm, REFERENCES[0]))
-            labels.append(f"{arm[0]}/{arm[1]}" + (f"@{arm[2]:g}" if arm[1] == "damr" else ""))
-            means.append(mean)
-            halves.append(0.0 if half != half else half)
-        ax.barh(labels, means, xerr=halves, capsize=3)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_xlabel("Δ exposed GAUC vs ctr, paired per block (95% CI)")
-        ax.set_title(f"{source}: paired against the counter")
-        ax.tick_params(axis="y", labelsize=7)
+    references = [REFERENCES[0], ("mixed", "light", 0.0)]
+    fig, axes = plt.subplots(len(sources), len(references), figsize=(6 * len(references), 0.5 + 4 * len(sources)),
+                             squeeze=False)
+    for row, source in zip(axes, sources, strict=True):
+        overall = _overall(rows, source)
+        arms = [a for a in overall if a[1] in ("light", "counter", "expressive_all") or a[1:] == ("damr", 0.3)]
+        for ax, ref in zip(row, references, strict=True):
+            shown = [a for a in arms if a != ref] if ref in overall else []
+            stats = [ci95(paired_blocks(rows, source, a, ref)) for a in shown]
+            ys = np.arange(len(shown))[::-1]
+            ax.errorbar([m for m, _ in stats], ys, xerr=[0.0 if h != h else h for _, h in stats], fmt="o",
+                        capsize=3, ms=4)
+            ax.set_yticks(ys, [f"{m}/{p}" + (f"@{b:g}" if p == "damr" else "") for m, p, b in shown], fontsize=7)
+            ax.axvline(0, color="k", lw=0.8)
+            ax.set_xlabel(f"Δ exposed GAUC vs {ref[0]}/{ref[1]}, paired per block (95% CI)")
+            ax.set_title(f"{source}: against {ref[0]}" if shown else f"{source}: no {ref[0]} arm in this run")
     fig.tight_layout()
-    fig.savefig(out / "paired_blocks.png", dpi=110)
+    fig.savefig(out / "forest.png", dpi=110)
     plt.close(fig)
-    names.append("paired_blocks")
+    names.append("forest")
 
     loop = [r for r in rows if r.get("closed_loop")]
     if loop:
@@ -230,6 +257,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], conflict: dict[str, list
              "pre-ranker's other job, keeping implausible candidates out. Recall@10: positives in the top 10 of "
              "the request's hybrid set; Consistency@10: the ranking stage's top 10 found there. `ctr` and "
              "`popularity` are counters as of the request (`policy` = counter).", ""]
+    intro = len(lines)
     for source in sources:
         lines += [f"## Offline, {source}", "", "### Real labels", "", *_real_label_table(rows, source), "",
                   *_damr_share(rows, source), "", "### Held out from tuning", "", *_held_out_table(rows, source), "",
@@ -242,10 +270,35 @@ def write_report(out: Path, rows: list[dict[str, Any]], conflict: dict[str, list
                   f"{LOOP_BLOCK} requests of the second half, 95% t-interval over the blocks of all seeds.", "",
                   *_loop_table(rows), ""]
     names = _plots(out, rows, conflict, sources)
-    rel = markdown.parent if markdown else out
-    lines += ["## Plots", ""] + [f"![{n}]({(out / f'{n}.png').relative_to(rel) if markdown else f'{n}.png'})"
-                                 for n in names]
+    rel = markdown.parent if markdown else out  # image paths are relative to the page
+
+    def figure(name: str) -> list[str]:
+        path = os.path.relpath(out / f"{name}.png", rel.resolve()) if markdown else f"{name}.png"
+        return [f"![{name}]({path})", "",
+                f"*{CAPTIONS[name]}*", ""]
+
+    summary = ["## Summary plots", ""] + [line for n in SUMMARY_PLOTS if n in names for line in figure(n)]
+    lines[intro:intro] = summary
+    lines += ["## Other plots", ""] + [line for n in names if n not in SUMMARY_PLOTS for line in figure(n)]
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     if markdown:
         markdown.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the page and plots again from a saved ``results.json`` (its rows, conflict series and command)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m deploy.evaluation.report", description=main.__doc__)
+    parser.add_argument("results", type=Path, help="a results.json written by hap eval")
+    parser.add_argument("--markdown", type=Path, help="also write the page here (e.g. docs/results.md)")
+    args = parser.parse_args(argv)
+    saved = json.loads(args.results.read_text())
+    write_report(args.results.parent, saved["rows"], saved["conflict"], args.markdown, saved["command"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,6 +6,8 @@ import numpy as np
 
 from deploy.cli import main
 from deploy.evaluation.evaluate import LOOP_ARMS
+from deploy.evaluation.report import CAPTIONS
+from deploy.evaluation.report import main as report_main
 
 
 def test_eval_writes_rows_per_arm_block_and_seed_and_a_results_page(tmp_path):
@@ -36,8 +38,15 @@ def test_eval_writes_rows_per_arm_block_and_seed_and_a_results_page(tmp_path):
     page = (tmp_path / "results.md").read_text()
     assert "| ghcl | damr | 0.2 |" in page and "| ctr | counter | 0 |" in page and "Δ vs heuristic/none" in page
     assert "![closed_loop](results/closed_loop.png)" in page
-    assert all((out / f"{n}.png").stat().st_size > 1000 for n in ("conflict", "damr_budget", "paired_blocks",
+    assert all((out / f"{n}.png").stat().st_size > 1000 for n in ("conflict", "damr_budget", "forest",
                                                                   "closed_loop"))
+    # the verdict's evidence comes first, each plot with its caption, the rest after the tables
+    assert page.index("![forest]") < page.index("## Offline") < page.index("![conflict]")
+    assert all(f"*{caption}*" in page for caption in CAPTIONS.values())
+    # the page is a function of the saved results: regenerated from results.json, the same text
+    regenerated = tmp_path / "again.md"
+    assert report_main([str(out / "results.json"), "--markdown", str(regenerated)]) == 0
+    assert regenerated.read_text() == page
 
 
 def test_unknown_method_is_refused(tmp_path):
