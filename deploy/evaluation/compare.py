@@ -5,8 +5,8 @@ also across runs of the same log (an arm run on its own, e.g. ``gbdt``, against 
 run's ``ghcl`` rows): per-block differences of exposed GAUC, a 95% t-interval over all blocks
 and over the blocks after the dev split (``deploy.evaluation.report.DEV_SHARE``).
 
-    python -m deploy.evaluation.compare docs/results/gbdt/ebnerd.json docs/results/results.json \\
-        --arm gbdt/counter/0 --reference ghcl/light/0
+    python -m deploy.evaluation.compare docs/results/results.json docs/results/results.json \\
+        --arm ghcl/light/0 --reference ghcl-linear-wide/light/0
 """
 
 from __future__ import annotations
