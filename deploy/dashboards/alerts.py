@@ -9,6 +9,9 @@ Examples
 'up{job="hap"} < 1'
 >>> prometheus_rules()["groups"][0]["rules"][0]["alert"]
 'HapComponentDown'
+>>> stale = next(a for a in ALERTS if a.name == "HapModelStale")
+>>> stale.promql(), stale.runbook_url()
+('hap_router_model_age_seconds > 300 unless hap_router_model_pinned > 0', 'docs/operations.md#hapmodelstale')
 """
 
 from __future__ import annotations
