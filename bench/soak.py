@@ -107,7 +107,7 @@ def sample(parts: dict[str, Component], urls: dict[str, str], previous: Metrics 
     router = scrape(urls["router"])
     row = {f"rss_{name}_mb": rss_mb(part.proc.pid) for name, part in parts.items() if part.proc}
     row.update(lag_p99_s=window.quantile(LAG, 0.99), events=streams.total("hap_streams_events_total"),
-               restarts=streams.total("hap_streams_worker_restarts"),
+               restarts=streams.total("hap_streams_worker_restarts_total"),
                model_age_s=router.total("hap_router_model_age_seconds"),
                version=router.total("hap_router_model_version"))
     row["written"], row["committed"] = written_committed

@@ -8,7 +8,8 @@ drains before it stops (:mod:`router.drain`). Every response carries the served 
 ``GET /v1/model`` says what is loaded. Every 5xx is counted in ``hap_router_errors_total``: a 503
 (no version loaded yet, on ``/v1/prerank``, ``/v1/model`` or ``/readyz``) as ``not_ready``, the
 ``/readyz`` 503 of a draining router as ``draining``, a failure inside a handler as ``internal``
-(answered 500 with a JSON error body), any other 5xx as ``http_5xx``.
+(answered 500 with a JSON error body), any other 5xx as ``http_5xx``. Every response, whatever its
+status, is counted in ``hap_router_responses_total{path, code}``.
 """
 
 from __future__ import annotations
@@ -92,6 +93,20 @@ async def track_in_flight(request: web.Request, handler: Handler) -> web.StreamR
         drain.in_flight -= 1
     if drain.draining:
         response.force_close()
+    return response
+
+
+@web.middleware
+async def count_responses(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every answer by route and status code (``path="other"`` for one the router does not serve)."""
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else "other"
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        metrics.RESPONSES.labels(path, str(exc.status)).inc()
+        raise
+    metrics.RESPONSES.labels(path, str(response.status)).inc()
     return response
 
 
@@ -195,7 +210,8 @@ def make_app(client: redis.Redis, *, prefix: str, policy: str = "damr", budget: 
     threads start and stop with the app.
     Each new version computes the item vectors of the rows the feature cache holds before it serves.
     ``drain``: the state :func:`router.drain.serve` sets on SIGTERM (readiness answers 503 then)."""
-    app = web.Application(client_max_size=max_bytes, middlewares=[track_in_flight, count_server_errors])
+    app = web.Application(client_max_size=max_bytes, middlewares=[count_responses, track_in_flight,
+                                                                           count_server_errors])
     app[DRAIN] = drain or Drain()
     app[HOLDER] = holder or ModelHolder(client, prefix=prefix, poll_s=poll_s)
     app[FEATURES] = features or FeatureCache(client, prefix=prefix)

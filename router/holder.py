@@ -529,6 +529,7 @@ class ModelHolder:
                 if self.current is not None:
                     trained = self.current.loaded.manifest["trained_until_event_ts_ms"] / 1000
                     metrics.MODEL_AGE.set(max(0.0, time.time() - trained))
+                metrics.STORE_CONTACT_AGE.set(self.staleness_s)
                 metrics.STALENESS.set(self.staleness_s)
             except Exception:  # noqa: BLE001 - a gauge must never end the loop
                 metrics.ERRORS.labels("swap_loop").inc()

@@ -23,7 +23,12 @@ MODEL_AGE = Gauge("hap_router_model_age_seconds", "Now minus the served version'
                   multiprocess_mode="livemax")
 PINNED = Gauge("hap_router_model_pinned", "1 while the served version is the one pinned (hap models pin)",
                multiprocess_mode="livemax")
-STALENESS = Gauge("hap_router_staleness_seconds", "Seconds since the router last reached the model store",
+#: the seconds since the model store (Redis) last answered the swap loop's read: not the model's age
+STORE_CONTACT_AGE = Gauge("hap_router_model_store_contact_age_seconds",
+                          "Seconds since the model store last answered the router (it polls every few seconds)",
+                          multiprocess_mode="livemax")
+#: deprecated: the old name of STORE_CONTACT_AGE (same value), exported for one more release
+STALENESS = Gauge("hap_router_staleness_seconds", "Deprecated: hap_router_model_store_contact_age_seconds",
                   multiprocess_mode="livemax")
 FRESHNESS = Histogram("hap_router_freshness_seconds", "Sample group finalized -> served by a version trained on it",
                       buckets=FRESH_BUCKETS)
@@ -35,4 +40,6 @@ SWAPS = Counter("hap_router_swaps", "Model versions swapped in")
 SWAP_SECONDS = Histogram("hap_router_swap_seconds", "Time to load and swap a version",
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5))
 ERRORS = Counter("hap_router_errors", "Errors by kind", ["kind"])
+#: every answer, errors included; ``path``: the route (``other`` for a path the router does not serve)
+RESPONSES = Counter("hap_router_responses", "HTTP responses by route and status code", ["path", "code"])
 MISSING = Counter("hap_router_missing_features", "Features that fell back to defaults", ["kind"])

@@ -37,7 +37,9 @@ CONSUMER_LAG = LagGauge(Gauge(
     "broker's log-end offset minus the group's committed offset (every worker exports its group's)",
     ["group", "topic", "partition"]))
 MISSING = Counter("hap_feature_store_missing", "Feature lookups that fell back to a default", ["kind"])
-RESTARTS = Gauge("hap_streams_worker_restarts", "Workers the supervisor started before this one (any exit)")
+#: counted across the worker's processes: each replacement starts it at the supervisor's count (``--restarts``)
+RESTARTS = Counter("hap_streams_worker_restarts", "Workers the supervisor started to replace one that exited (any "
+                   "exit); reset only when the supervisor restarts")
 EXITS = Counter("hap_streams_worker_exits", "Earlier workers' exits that the supervisor restarted, by reason",
                 ["reason"])
 ERRORS = Counter("hap_streams_errors", "Failures of a dependency and what they cost", ["kind"])

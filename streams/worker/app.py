@@ -433,7 +433,7 @@ class StreamsWorker:
         self.watchdog = Watchdog(cfg.stall_s)
         self.group_lag: GroupLag | None = None  # connects at the first read
         self.rebuilt_at = float("-inf")
-        metrics.RESTARTS.set(restarts)
+        metrics.RESTARTS.inc(restarts)
         metrics.export_invalid([f"{t}ranking", f"{t}exposure", f"{t}items"])
         for reason in EXIT_REASONS:  # 0 from the start, so that increase() sees the first restart
             metrics.EXITS.labels(reason).inc((exits or {}).get(reason, 0))

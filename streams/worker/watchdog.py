@@ -104,7 +104,7 @@ def supervise(cmds: Sequence[Sequence[str]], policy: RestartPolicy = RestartPoli
     SIGTERM and SIGINT are passed on to every worker and end the supervision. Each exit is logged
     with its reason and the worker's running count; its next process gets the count as
     ``--restarts N`` and the exits by reason as ``--exits`` (:func:`format_exits`), appended to its
-    command, and exports them (``hap_streams_worker_restarts``, ``hap_streams_worker_exits_total{reason}``).
+    command, and exports them (``hap_streams_worker_restarts_total``, ``hap_streams_worker_exits_total{reason}``).
     """
     stopping = threading.Event()
     children: list[subprocess.Popen[bytes] | None] = [None] * len(cmds)

@@ -127,7 +127,7 @@ def test_broker_stop_or_sigkill_mid_stream_loses_nothing(stack_env, kafka_servic
         expected = truth(tmp_path / "truth.jsonl")
         groups = p.groups(len(expected))
         assert {g.request_id for g in groups} == set(expected)  # nothing lost
-        restarts = scrape(p.url["streams"]).total("hap_streams_worker_restarts")
+        restarts = scrape(p.url["streams"]).total("hap_streams_worker_restarts_total")
         p.trained_exactly_once(groups)
         assert p.parts["streams"].alive and p.parts["router"].alive
     assert restarts >= 1  # the stalled worker was replaced by a fresh one, and that lost nothing either

@@ -89,6 +89,41 @@ def test_every_5xx_is_counted_and_a_failure_is_a_json_500(redis_client, monkeypa
     assert errors("internal") - before == 1
 
 
+def test_every_response_is_counted_by_route_and_status_code(redis_client, monkeypatch):
+    from router import metrics
+
+    def counts() -> dict[tuple[str, str], float]:
+        return {(s.labels["path"], s.labels["code"]): s.value for family in metrics.RESPONSES.collect()
+                for s in family.samples if s.name.endswith("_total")}
+
+    async def not_ready():
+        async with serve(redis_client) as http:
+            return [(await http.post("/v1/prerank", json=body())).status, (await http.get("/v1/model")).status]
+
+    async def ready():
+        async with serve(redis_client, max_candidates=100, max_bytes=64 << 10) as http:
+            statuses = [(await http.post("/v1/prerank", json=body())).status for _ in range(3)]
+            statuses.append((await http.post("/v1/prerank", data=b"{nope")).status)
+            statuses.append((await http.post("/v1/prerank", json=body(101))).status)  # too many candidates
+            statuses.append((await http.post("/v1/prerank", data=b"x" * (65 << 10))).status)  # body too large
+            statuses.append((await http.get("/nowhere")).status)
+            statuses.append((await http.get("/v1/prerank")).status)  # the route, not its method
+            monkeypatch.setattr("router.app.score", lambda *a: 1 / 0)
+            statuses.append((await http.post("/v1/prerank", json=body())).status)
+            return statuses
+
+    before = counts()
+    assert asyncio.run(not_ready()) == [503, 503]
+    publish(redis_client, 1)
+    assert asyncio.run(ready()) == [200, 200, 200, 400, 413, 413, 404, 405, 500]
+    grew = {key: n - before.get(key, 0.0) for key, n in counts().items() if n != before.get(key, 0.0)}
+    readyz = {key: grew.pop(key) for key in list(grew) if key[0] == "/readyz"}  # serve() polls it until ready
+    assert readyz and set(readyz) <= {("/readyz", "200"), ("/readyz", "503")}
+    assert grew == {("/v1/prerank", "503"): 1, ("/v1/model", "503"): 1, ("/v1/prerank", "200"): 3,
+                    ("/v1/prerank", "400"): 1, ("/v1/prerank", "413"): 2, ("/v1/prerank", "500"): 1,
+                    ("other", "404"): 1, ("other", "405"): 1}
+
+
 def test_every_response_names_the_served_version_and_v1_model_says_what_is_loaded(redis_client):
     async def before_a_model():
         async with serve(redis_client) as http:

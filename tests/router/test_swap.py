@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import redis
+from prometheus_client import REGISTRY
 
 from deploy.settings import REDIS_PREFIX
 from feature_store.featurize import featurize_user
@@ -65,8 +66,12 @@ def test_redis_outage_keeps_the_last_good_version_serving(own_redis):
             await asyncio.sleep(0.5)
             during = [await http.post("/v1/prerank", json=body()) for _ in range(5)]
             ready = await (await http.get("/readyz")).json()
-            return [(r.status, (await r.json())["version"]) for r in during], ready
+            await asyncio.sleep(0.3)  # the swap loop (polling every 0.1 s) sets the gauges after each failed read
+            gauges = [REGISTRY.get_sample_value(name) for name in ("hap_router_model_store_contact_age_seconds",
+                                                                  "hap_router_staleness_seconds")]
+            return [(r.status, (await r.json())["version"]) for r in during], ready, gauges
 
-    during, ready = asyncio.run(go())
+    during, ready, (contact_age, old_name) = asyncio.run(go())
     assert during == [(200, version)] * 5
     assert ready["version"] == version and ready["staleness_s"] >= 0.3
+    assert contact_age >= 0.5 and old_name >= 0.5  # both names, the old one kept for a release

@@ -80,7 +80,7 @@ def test_two_workers_see_the_whole_catalogue_and_one_sigkilled_loses_no_request(
         ids = {r: {g.group_id for g in firsts if g.request_id == r} for r in expected}
         assert all(len(i) == 1 for i in ids.values())  # a group replayed by the survivor keeps its id
         assert max(Counter(g.group_id for g in groups).values()) <= 2  # one crash: at most one replay per group
-        restarts = scrape(urls[1]).total("hap_streams_worker_restarts")  # a stuck partition replaces a worker
+        restarts = scrape(urls[1]).total("hap_streams_worker_restarts_total")  # a stuck partition replaces a worker
         trained_exactly_once(learner, f"http://127.0.0.1:{env['HAP_LEARNER_METRICS_PORT']}/metrics",
                              tmp_path / "data", groups)
         print(f"worker RSS before the kill: {rss[0]:.0f} and {rss[1]:.0f} MB; "

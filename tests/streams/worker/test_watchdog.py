@@ -85,3 +85,22 @@ def test_a_supervisor_of_two_runs_both_and_stops_both(tmp_path):
     assert sorted(log.read_text().splitlines()) == [
         "--worker-id w-0 --restarts 0 --exits ", "--worker-id w-1 --restarts 0 --exits "]
     assert out.strip() == "returned -15"  # both stopped by the signal; none restarted
+
+
+def test_a_worker_exports_the_supervisors_counts_as_counters(tmp_path):
+    """A replacement worker (``--restarts 3 --exits ...``) exports them as counters: Prometheus sees them grow from
+    the previous worker's values (the supervisor's counts), so increase() counts restarts across processes."""
+    from prometheus_client import REGISTRY
+
+    from feature_store.connection import RedisEndpoint
+    from streams.worker.app import StreamsConfig, StreamsWorker
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = value("hap_streams_worker_restarts_total"), value("hap_streams_worker_exits_total", reason="crashed")
+    cfg = StreamsConfig(bootstrap="127.0.0.1:1", redis=RedisEndpoint("redis://127.0.0.1:1"), redis_prefix="t:",
+                        topic_prefix="t.", partitions=1, data_dir=tmp_path)
+    StreamsWorker(cfg, restarts=3, exits={"crashed": 2, "stalled": 1})
+    after = value("hap_streams_worker_restarts_total"), value("hap_streams_worker_exits_total", reason="crashed")
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 2)
