@@ -129,7 +129,8 @@ def forward_timing(trainer: OnlineTrainer, world: World, n: int = 2000, reps: in
     user_vec, item_vecs = model.light.user_vector(user), model.light.item_vectors(items)
     linear_vecs = linear.item_vectors(items)
     timings = {
-        "numpy_light_ms": lambda: model.light.score(model.light.user_vector(user), model.light.item_vectors(items), items.dense),
+        "numpy_light_ms": lambda: model.light.score(model.light.user_vector(user), model.light.item_vectors(items),
+                                                    items.dense),
         # the router's hot path: item vectors cached, the user vector and the scores per request
         "numpy_light_cached_items_ms": lambda: model.light.score(user_vec, item_vecs, items.dense),
         "numpy_light_linear_wide_cached_items_ms": lambda: linear.score(user_vec, linear_vecs, items.dense),

@@ -36,6 +36,20 @@ SERVER_PORTS = range(5000, 12000)
 _handed_out: set[int] = set()
 
 
+def poll_until(check: Callable[[], bool], timeout_s: float, every_s: float = 0.1) -> bool:
+    """True once ``check()`` is, polling every ``every_s``; False after ``timeout_s``.
+
+    >>> poll_until(lambda: True, 0.0)
+    True
+    """
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every_s)
+    return True
+
+
 def free_port() -> int:
     """A port that is free now and that this process has not handed out before (for tests and side-by-side
     stacks), from :data:`SERVER_PORTS`, starting at a random place.

@@ -16,6 +16,7 @@ from kafka import KafkaConsumer, TopicPartition
 from deploy.pipeline import Component
 from deploy.scrape import scrape
 from deploy.settings import REDIS_PREFIX
+from deploy.stack.process import poll_until
 from feature_store.model_store import ModelStore
 from streams.contract.schemas import decode_sample_group
 from streams.kafka.producer import EventProducer, ProducerUnavailable
@@ -119,7 +120,7 @@ def test_broker_stop_or_sigkill_mid_stream_loses_nothing(stack_env, kafka_servic
         assert p.sim.alive  # (mid-stream)
         # it comes back once the stalled worker has exited to be replaced (a fixed pause outlasted that by
         # seconds, and a replacement that waited longer on a dead broker gave up its bootstrap and was replaced again)
-        assert _wait_for(lambda: worker not in p.parts["streams"].children(), 60), \
+        assert poll_until(lambda: worker not in p.parts["streams"].children(), 60), \
             "the streams worker did not exit while the broker was away: " + p.parts["streams"].log_tail()
         kafka_service.start(timeout_s=90)
         p.load.start()
@@ -142,18 +143,10 @@ def _worker_of(streams: Component) -> int:
         seen[0] = streams.children()
         return len(seen[0]) == 1
 
-    assert _wait_for(one, 10), f"the streams supervisor runs {seen[0]}, not one worker"
+    assert poll_until(one, 10), f"the streams supervisor runs {seen[0]}, not one worker"
     return seen[0].pop()
 
 
-def _wait_for(check, timeout_s: float) -> bool:  # noqa: ANN001
-    """True once ``check()`` is, polling every 0.1 s; False after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def test_redis_stop_and_sigkill_mid_stream_keep_serving_and_lose_nothing(stack_env, redis_service, tmp_path):

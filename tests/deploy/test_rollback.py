@@ -4,7 +4,6 @@ router serves it throughout; `hap models unpin`, and publishing (and the router)
 
 import json
 import os
-import time
 import urllib.request
 
 import redis
@@ -12,6 +11,7 @@ from kafka import KafkaProducer
 
 from deploy.pipeline import Component
 from deploy.settings import REDIS_PREFIX
+from deploy.stack.process import poll_until
 from feature_store.model_store import ModelStore
 from learner import checkpoint
 from streams.contract.schemas import encode
@@ -35,13 +35,6 @@ def prerank_version(router: str) -> int:
         return json.loads(resp.read())["version"]
 
 
-def wait_for(check, timeout_s: float = 30) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def test_a_pin_holds_through_training_and_a_learner_sigkill_until_unpinned(stack_env, tmp_path):
@@ -65,7 +58,7 @@ def test_a_pin_holds_through_training_and_a_learner_sigkill_until_unpinned(stack
     try:
         for n in range(3):  # three versions at least
             send(groups[10 * n:10 * n + 10])
-            assert wait_for(lambda n=n: len(store.versions()) > n), learner.log_tail()
+            assert poll_until(lambda n=n: len(store.versions()) > n, 30), learner.log_tail()
         router.wait_http(f"{router_url}/readyz")
         newest = store.manifest()["version"]
         pinned = store.versions()[-1]["version"]  # the oldest kept: a rollback
@@ -74,14 +67,14 @@ def test_a_pin_holds_through_training_and_a_learner_sigkill_until_unpinned(stack
         assert done.returncode == 0 and f"serving version {pinned}, pinned" in done.stdout, done.stdout + done.stderr
 
         send(groups[30:60])  # the learner trains on and checkpoints ...
-        assert wait_for(lambda: {g.group_id for g in groups[:60]} <= set(
-            (checkpoint.read_state(ckpt) or {}).get("seen", []))), learner.log_tail()
+        assert poll_until(lambda: {g.group_id for g in groups[:60]} <= set(
+            (checkpoint.read_state(ckpt) or {}).get("seen", [])), 30), learner.log_tail()
         assert learner.wait_metric(metrics, "hap_learner_publish_pinned", pinned, timeout_s=10) == pinned
         learner.kill()  # ... and is SIGKILLed, then resumes from the pinned version's weights
         restarted = Component("learner", [*LEARNER, "--from-version", str(pinned)], tmp_path, env).start()
         send(groups[60:])
-        assert wait_for(lambda: {g.group_id for g in groups} <= set(
-            (checkpoint.read_state(ckpt) or {}).get("seen", []))), restarted.log_tail()
+        assert poll_until(lambda: {g.group_id for g in groups} <= set(
+            (checkpoint.read_state(ckpt) or {}).get("seen", [])), 30), restarted.log_tail()
         assert checkpoint.read_state(ckpt)["from_version"] == pinned
         assert restarted.wait_metric(metrics, "hap_learner_publish_pinned", pinned, timeout_s=10) == pinned
         assert store.manifest()["version"] == pinned and store.pinned()["reason"] == "fault test"  # nothing superseded
@@ -93,8 +86,8 @@ def test_a_pin_holds_through_training_and_a_learner_sigkill_until_unpinned(stack
         done = hap(cli, "models", "unpin")
         assert done.returncode == 0 and f"version {pinned} unpinned" in done.stdout, done.stdout + done.stderr
         send(simulated_groups(100, seed=16, n_candidates=30)[90:])  # new groups: something to publish
-        assert wait_for(lambda: store.manifest()["version"] > newest), restarted.log_tail()
-        assert wait_for(lambda: get(f"{router_url}/v1/model")["version"] > newest, 10)
+        assert poll_until(lambda: store.manifest()["version"] > newest, 30), restarted.log_tail()
+        assert poll_until(lambda: get(f"{router_url}/v1/model")["version"] > newest, 10)
         assert get(f"{router_url}/v1/model")["pinned"] is False
     finally:
         producer.close()

@@ -208,7 +208,8 @@ def test_a_request_with_inline_statistics_scores_as_the_per_item_featurization(r
     items = featurize_items([c["item_id"] for c in cands], [c["content_type"] for c in cands], stats)
     user = featurize_user("u", {"history": ["q1", "q2"]})
     expected, routed = score_policy(
-        "damr", 10, 18, light=lambda: model.light.score(model.light.user_vector(user), model.light.item_vectors(items), items.dense),
+        "damr", 10, 18,
+        light=lambda: model.light.score(model.light.user_vector(user), model.light.item_vectors(items), items.dense),
         expressive=lambda rows: model.expressive.score(user, items.take(rows)))
     top = np.argsort(-expected, kind="stable")[:10]
     assert [i["item_id"] for i in out["items"]] == [f"q{n}" for n in top]

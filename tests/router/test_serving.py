@@ -1,7 +1,6 @@
 """The router's numpy forward passes give the torch models' scores."""
 
 import numpy as np
-import pytest
 import torch
 
 from feature_store.featurize import featurize_items, featurize_user

@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 from deploy.pipeline import Component
 from deploy.scrape import scrape
 from deploy.settings import REDIS_PREFIX
-from deploy.stack.process import free_port
+from deploy.stack.process import free_port, poll_until
 from feature_store.lease import LEASE_TTL_S, WriterLease
 from feature_store.model_store import ModelStore
 from streams.contract.schemas import encode
@@ -31,13 +31,6 @@ def metric(url: str, name: str) -> float:
         return -1.0
 
 
-def wait_for(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_one_writer_at_a_time_and_a_killed_one_is_replaced_with_a_higher_term(kafka_bootstrap, redis_url,
@@ -81,7 +74,7 @@ def test_one_writer_at_a_time_and_a_killed_one_is_replaced_with_a_higher_term(ka
         second.wait_http(urls[1])
         assert second.wait_metric(urls[1], "hap_learner_lease_waiting", 1) == 1, second.log_tail()
         published = metric(urls[0], "hap_learner_model_version")
-        assert wait_for(lambda: metric(urls[0], "hap_learner_model_version") >= published + 3, 60)  # first goes on
+        assert poll_until(lambda: metric(urls[0], "hap_learner_model_version") >= published + 3, 60)  # first goes on
         assert "waiting to start: the model-store writer lease is held by" in second.log_tail(50)
         assert metric(urls[1], "hap_learner_steps_total") <= 0  # never trained: it has not read the checkpoint
         assert {t for _, t in seen} == {term}  # only the holder published
@@ -91,7 +84,7 @@ def test_one_writer_at_a_time_and_a_killed_one_is_replaced_with_a_higher_term(ka
         assert second.wait_metric(urls[1], "hap_learner_lease_term", term + 1, timeout_s=LEASE_TTL_S + 30) == term + 1
         takeover_s = time.monotonic() - killed
         assert metric(urls[1], "hap_learner_lease_waiting") == 0
-        assert wait_for(lambda: bool(seen) and seen[-1][1] == term + 1, 60), second.log_tail()
+        assert poll_until(lambda: bool(seen) and seen[-1][1] == term + 1, 60), second.log_tail()
         assert takeover_s <= LEASE_TTL_S + 5, takeover_s  # the TTL, one retry interval, scrape delays
 
         redis_client.delete(store.keys.lease)  # the second's lease expires under it; another writer takes it
