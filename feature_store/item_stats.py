@@ -132,12 +132,16 @@ class ItemStats:
         pipe.execute()
         self._pruned_once(keys, latest)
 
-    def record_once(self, counts: Sequence[Count]) -> int:
+    def record_once(self, counts: Sequence[Count], horizon_ms: int | None = None) -> int:
         """Count ``counts`` as :meth:`record` does, each input record at most once: an item's hash
         remembers, per source, the last offset counted into it (:meth:`applied_key`), and a record at
         or below it is skipped, so a replay after a crash adds nothing. Atomic per item (a script);
         after a failure, writing the same counts again completes what it had not. Returns the input
-        records counted now, per item."""
+        records counted now, per item.
+
+        ``horizon_ms``: prune as of this time at the latest (the newest time the statistics were
+        read as of) rather than the newest count: reads that wait for a partition behind the others
+        (in a replay in log time, hours of event time behind) still find their buckets."""
         by_item: dict[str, dict[tuple[str, int], Counter[str]]] = {}
         latest = None
         for item_id, kind, ts_ms, source, offset in counts:
@@ -157,6 +161,8 @@ class ItemStats:
         except redis.exceptions.NoScriptError:  # a Redis Cluster's pipeline does not load scripts itself
             self.r.script_load(_RECORD_ONCE_SCRIPT)
             applied = self._run_record_once(calls)  # the records written before are skipped: once each
+        if latest is not None and horizon_ms is not None:
+            latest = min(latest, horizon_ms)
         self._pruned_once({self.key(item_id) for item_id in by_item}, latest)
         return applied
 

@@ -104,6 +104,9 @@ class StreamFeatures:
         self._spans: dict[int, dict[str, tuple[dict[str, float], float | None]]] = {}
         self._io = ThreadPoolExecutor(1, thread_name_prefix="hap-redis")
         self._writing: Future[None] | None = None  # the histories' write in flight
+        #: the newest time statistics were read as of: buckets are pruned relative to it, not to the
+        #: newest count (0 before the first read: nothing is pruned)
+        self.read_until = 0
 
     def count(self, event: Any, dwell_threshold_ms: int, topic: str, partition: int, offset: int) -> None:
         """Buffer the counters an exposure or feedback event adds, as those of the input record at
@@ -131,7 +134,7 @@ class StreamFeatures:
         loop = asyncio.get_running_loop()
         try:
             if self.buffer:
-                await loop.run_in_executor(self._io, self.stats.record_once, self.buffer)
+                await loop.run_in_executor(self._io, self.stats.record_once, self.buffer, self.read_until)
                 self.buffer = []
             await loop.run_in_executor(self._io, self.user_items.record, self.pairs)
         except (redis.RedisError, OSError) as exc:
@@ -184,6 +187,7 @@ class StreamFeatures:
                 for row, pair_row in zip(items, pairs, strict=True)]
 
     def _read_items(self, requests: Sequence[tuple[Sequence[str], int]]) -> list[list[dict[str, float]]]:
+        self.read_until = max(self.read_until, *(at_ms for _, at_ms in requests), 0)
         newest = max((at_ms // _SPAN_MS for _, at_ms in requests), default=0)
         for old in [span for span in self._spans if span < newest - 1]:
             del self._spans[old]

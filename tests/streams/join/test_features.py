@@ -139,3 +139,14 @@ def test_with_redis_down_a_read_keeps_the_buffered_counts_for_write_counts():
     features.count(ExposureEvent("r", "u", "i1", T + 1_000, "exposure", position=0), 30_000, "hap.exposure", 0, 1)
     [[stats]] = asyncio.run(features.read_groups([(["i1"], T + MINUTE, "u", [])]))
     assert stats["exp_10m"] == 0.0 and len(features.buffer) == 1 and len(features.pairs) == 1
+
+
+def test_buckets_a_pending_read_needs_are_not_pruned_by_counts_hours_ahead(redis_client):
+    """A partition ahead of another by hours of event time (a replay in log time) writes counts far past
+    the requests still waiting for the slower one: pruning goes by the newest time read, not the newest count."""
+    features = StreamFeatures(redis_client, prefix=REDIS_PREFIX)
+    counted(features, [(ExposureEvent("r", "u", "i1", T + 1_000, "exposure", position=0), 1)])
+    asyncio.run(features.read_groups([(["i1"], T + 30_000, "u", [])]))
+    counted(features, [(ExposureEvent("r9", "u", "i1", T + 3 * 3_600_000, "exposure", position=0), 2)])
+    [[m10], [h1], [d1]] = asyncio.run(features.read_groups([(["i1"], T + at * MINUTE, "u", []) for at in (5, 20, 70)]))
+    assert m10["exp_10m"] == h1["exp_1h"] == d1["exp_1d"] == 1.0  # each window once its bucket closed
