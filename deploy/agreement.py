@@ -105,3 +105,52 @@ def agreement(live: dict[str, dict[str, Any]], reference: dict[str, dict[str, An
         out[name] = {"live": quality.get("gauc"), "offline": reference[name]["gauc"],
                      **compare(quality.get("gauc"), live_ci, reference[name]["gauc"], reference[name]["gauc_ci95"])}
     return out
+
+
+#: two feature values read by the two paths agree within this (float32 on the wire, sums of counts)
+FEATURE_TOLERANCE = 1e-4
+#: differing values listed in the report, to read what differs
+MAX_EXAMPLES = 10
+
+
+def feature_agreement(live: list[Any], offline: list[Any]) -> dict[str, Any]:
+    """Per feature (``feature_store.featurize.FEATURES``), the share of exposed items of the requests
+    both runs assembled whose value in the live group equals (within :data:`FEATURE_TOLERANCE`,
+    relative) the value `hap eval` read as of the request (``feature_store.asof``); first groups
+    only (a correction carries its group's features). ``since_last_m`` absent on both sides agrees.
+    ``examples`` lists the first differing values.
+
+    >>> from streams.contract.schemas import SampleGroup, SampleItem
+    >>> def group(exp):
+    ...     return SampleGroup("g", "r1", "u", 0, 0, [SampleItem("n1", "exp_neg", 0, None, None, "t",
+    ...                                                         {"exp_1d": exp})], {})
+    >>> feature_agreement([group(3.0)], [group(3.0)])["by_feature"]["exp_1d"]
+    1.0
+    >>> feature_agreement([group(3.0)], [group(0.0)])["examples"][0]["offline"]
+    0.0
+    """
+    from feature_store.featurize import FEATURES
+
+    def exposed(groups: list[Any]) -> dict[tuple[str, str], dict[str, float]]:
+        return {(g.request_id, it.item_id): it.features for g in groups if not g.correction
+                for it in g.items if it.source in ("exp_pos", "exp_neg")}
+
+    mine, theirs = exposed(live), exposed(offline)
+    both = [k for k in mine if k in theirs]
+    by_feature, differ = {}, []
+    for name in FEATURES:
+        same = 0
+        for k in both:
+            if _same(mine[k].get(name), theirs[k].get(name)):
+                same += 1
+            elif len(differ) < MAX_EXAMPLES:
+                differ.append({"request_id": k[0], "item_id": k[1], "feature": name, "live": mine[k].get(name),
+                               "offline": theirs[k].get(name)})
+        by_feature[name] = round(same / len(both), 4) if both else None
+    return {"items": len(both), "by_feature": by_feature, "examples": differ}
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(a - b) <= FEATURE_TOLERANCE * max(1.0, abs(a), abs(b))

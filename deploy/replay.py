@@ -30,6 +30,8 @@ from deploy.pipeline import Component
 from deploy.progress import Progress
 from feature_store.registry import DEFAULT_METHOD, METHODS
 
+#: how the replayed events are stamped: the log's own times (shifted), or the wall clock when sent
+CLOCKS = ("log", "wall")
 #: seconds between two progress polls
 POLL_S = 2.0
 #: seconds the router is given to serve the last version (its freshness is observed when it loads one)
@@ -42,6 +44,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--requests", type=int, default=5000, help="the log's first N requests (in time order)")
     p.add_argument("--report", type=Path, default=Path("out/replay/report.json"), help="where the report is written")
     p.add_argument("--rate", type=float, default=1000.0, help="events per second sent (0: as fast as possible)")
+    p.add_argument("--clock", choices=CLOCKS, default="log",
+                   help="log (default): events carry the log's own times shifted by whole hours so the log ends "
+                        "before sending starts (`hap simulate --log-time`), so the item statistics' windows close "
+                        "by the log's clock as in `hap eval`; wall: events carry the wall clock at --rate (a week of "
+                        "log in minutes: the day window's buckets never close)")
     p.add_argument("--candidates", type=int, default=400, help="candidates per request (`hap eval`'s default)")
     p.add_argument("--seed", type=int, default=0, help="the replay's and the learner's seed")
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="the learner's training method")
@@ -88,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     sim = Component("simulate", [
         "simulate", "--dataset", str(args.dataset), "--requests", str(args.requests), "--rate", str(args.rate),
         "--candidates", str(args.candidates), "--seed", str(args.seed), "--duplicate-rate", "0", "--no-progress",
-        "--report", str(out / "simulate.json")], logs, pipeline.env)
+        *(["--log-time"] if args.clock == "log" else []), "--report", str(out / "simulate.json")], logs, pipeline.env)
     try:
         for c in components:
             c.start()
@@ -214,7 +221,7 @@ def read_groups(settings: Any, topic: str, timeout_s: float = 60.0) -> list[Any]
 
 def replay_report(report: dict[str, Any], timings: Timings, args: argparse.Namespace) -> dict[str, Any]:
     """The demo's report of the run, with coverage, throughput and the offline comparison added."""
-    from deploy.agreement import agreement, offline_figures, summarize
+    from deploy.agreement import agreement, feature_agreement, offline_figures, summarize
     from deploy.evaluation.evaluate import offline_groups, run_counter
 
     sent = report["events"]["ranking"]
@@ -235,7 +242,11 @@ def replay_report(report: dict[str, Any], timings: Timings, args: argparse.Names
                        "send_s": round(timings.send_s, 1), "assembled_s": round(timings.assembled_s, 1),
                        "trained_s": round(timings.trained_s, 1)},
         **report,
+        "clock": args.clock,
     }
+    if args.clock == "log":  # event time is the log's (days back): its age at load is no model age
+        out["log_shift_ms"] = json.loads((args.report.parent / "simulate.json").read_text()).get("log_shift_ms")
+        out["model_age_s"] = {"p50": None, "p99": None}
     if args.no_offline:
         return out
     print(as_log_line(f"offline: hap eval's assembly of the same {sent} requests", "hap.replay"), file=sys.stderr,
@@ -249,7 +260,8 @@ def replay_report(report: dict[str, Any], timings: Timings, args: argparse.Names
     offline = offline_figures(groups, bodies, args.method, args.seed, args.blocks)
     live = {**out["live"]["quality"], "ctr": out["live"]["ctr"]}
     out["offline"] = {"live_groups": on_live, "eval": offline,
-                      "exposed_with_stats": {"live": _with_stats(timings.groups), "eval": _with_stats(groups)}}
+                      "exposed_with_stats": {"live": _with_stats(timings.groups), "eval": _with_stats(groups)},
+                      "features_equal": feature_agreement(timings.groups, groups)}
     out["agreement"] = {"live_vs_offline_live_groups": agreement(live, on_live, on_live),
                         "live_vs_eval": agreement(live, offline, on_live)}
     return out
@@ -274,6 +286,12 @@ def summary(report: dict[str, Any]) -> str:
             f = off.get(key, {}).get(name)
             cells.append(f"{_fmt(f['gauc'])} ± {_fmt(f['gauc_ci95'])}" if f else "-")
         lines.append(f"  {name:16} {cells[0]:8} {cells[1]:21} {cells[2]}")
+    equal = off.get("features_equal")
+    if equal and equal["items"]:
+        shares = equal["by_feature"]
+        lines.append(f"exposed items whose features equal hap eval's as-of ones ({equal['items']} items): "
+                     + ", ".join(f"{k} {shares[k]:.1%}" for k in ("exp_1d", "ctr_1d", "exp_10m", "age_h",
+                                                                   "since_last_m", "user_seen")))
     lines.append(f"freshness p50/p99: {report['freshness_s']['p50']}/{report['freshness_s']['p99']} s; "
                  f"{t['events_per_s']} events/s sent, {t['groups_per_s']} groups/s, "
                  f"{t['samples_trained_per_s']} samples/s trained")
@@ -306,6 +324,7 @@ def _check_alive(components: list[Component]) -> None:
 
 def _argv(args: argparse.Namespace) -> list[str]:
     out = ["hap", "replay", "--dataset", str(args.dataset), "--requests", str(args.requests), "--rate", str(args.rate),
+           "--clock", args.clock,
            "--candidates", str(args.candidates), "--seed", str(args.seed), "--method", args.method,
            "--blocks", str(args.blocks), "--report", str(args.report)]
     out += ["--window", str(args.window)] if args.window is not None else []

@@ -109,7 +109,7 @@ class ItemStats:
         The key's TTL is renewed by every write, so a hash lives as long as its item is shown; its
         buckets that left their window an hour before the newest event are pruned once an hour (of
         event time) per item, so an item shown for days keeps a bounded hash (the buckets of its
-        windows plus up to two hours').
+        windows, the minute buckets of ``since_last_m``'s look-back, plus up to two hours').
         """
         increments: Counter[tuple[str, str]] = Counter()  # a popular item's events: one increment per bucket
         first: dict[str, int] = {}  # key -> the earliest exposure of this write
@@ -132,12 +132,16 @@ class ItemStats:
         pipe.execute()
         self._pruned_once(keys, latest)
 
-    def record_once(self, counts: Sequence[Count]) -> int:
+    def record_once(self, counts: Sequence[Count], horizon_ms: int | None = None) -> int:
         """Count ``counts`` as :meth:`record` does, each input record at most once: an item's hash
         remembers, per source, the last offset counted into it (:meth:`applied_key`), and a record at
         or below it is skipped, so a replay after a crash adds nothing. Atomic per item (a script);
         after a failure, writing the same counts again completes what it had not. Returns the input
-        records counted now, per item."""
+        records counted now, per item.
+
+        ``horizon_ms``: prune as of this time at the latest (the newest time the statistics were
+        read as of) rather than the newest count: reads that wait for a partition behind the others
+        (in a replay in log time, hours of event time behind) still find their buckets."""
         by_item: dict[str, dict[tuple[str, int], Counter[str]]] = {}
         latest = None
         for item_id, kind, ts_ms, source, offset in counts:
@@ -157,6 +161,8 @@ class ItemStats:
         except redis.exceptions.NoScriptError:  # a Redis Cluster's pipeline does not load scripts itself
             self.r.script_load(_RECORD_ONCE_SCRIPT)
             applied = self._run_record_once(calls)  # the records written before are skipped: once each
+        if latest is not None and horizon_ms is not None:
+            latest = min(latest, horizon_ms)
         self._pruned_once({self.key(item_id) for item_id in by_item}, latest)
         return applied
 
@@ -184,7 +190,8 @@ class ItemStats:
         return [window_stats(raw, at_ms) for raw in pipe.execute()]
 
     def prune(self, item_id: str, now_ms: int) -> int:
-        """Delete the item's buckets older than their window; returns how many were removed."""
+        """Delete the item's buckets older than their window (minute buckets: older than the look-back
+        of ``since_last_m`` too); returns how many were removed."""
         return self._prune([self.key(item_id)], now_ms)
 
     def _prune(self, keys: list[str], now_ms: int) -> int:
@@ -224,7 +231,7 @@ def window_stats(raw: dict[bytes, bytes], at_ms: int) -> dict[str, float]:
     for field, value in raw.items():
         name = field.decode()
         if name == FIRST_FIELD:
-            counts["age_h"] = max(0.0, at_ms - float(value)) / 3_600_000
+            counts["age_h"] = age_h(float(value), at_ms)
             continue
         prefix, kind, bucket = name.split(":")
         window, lo, hi = ranges[prefix]
@@ -242,11 +249,30 @@ def window_stats(raw: dict[bytes, bytes], at_ms: int) -> dict[str, float]:
     return counts
 
 
+def age_h(first_ms: float | None, at_ms: int) -> float:
+    """The item's age in hours as of ``at_ms`` from its first exposure (0 before it, or never shown).
+
+    >>> age_h(0.0, 5_400_000), age_h(None, 5_400_000), age_h(6_000_000.0, 5_400_000)
+    (1.5, 0.0, 0.0)
+    """
+    return 0.0 if first_ms is None else max(0.0, at_ms - first_ms) / 3_600_000
+
+
+def first_exposure_ms(raw: dict[bytes, bytes]) -> float | None:
+    """The event time of the item's first exposure in its hash as ``HGETALL`` returns it (None: none)."""
+    value = raw.get(FIRST_FIELD.encode())
+    return None if value is None else float(value)
+
+
+#: minute buckets a reader needs, back from its time: the 10 min window's, and the look-back of ``since_last_m``
+_KEPT = {p: max(n, SINCE_LAST_MAX_M) if p == WINDOWS["10m"][0] else n for p, _, n in WINDOWS.values()}
+
+
 def _expired(field: str, now_ms: int) -> bool:
     if field == FIRST_FIELD:
         return False
     prefix, _, bucket = field.split(":")
-    for _, (p, length, n) in WINDOWS.items():
+    for _, (p, length, _n) in WINDOWS.items():
         if p == prefix:
-            return int(bucket) < now_ms // length - n
+            return int(bucket) < now_ms // length - _KEPT[p]
     return True

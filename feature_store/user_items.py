@@ -1,9 +1,11 @@
 """What one user did with one item: shown before, clicked before; a bounded store in Redis.
 
 One sorted set per user, ``{prefix}feat:useritem:{id}``: member ``e:{item}`` (shown) or
-``c:{item}`` (clicked), scored by the event time (ms) of the first such event (``ZADD NX``: the
-first write wins). Bounded: at most ``USER_ITEM_CAP`` members per user (the oldest are removed
-first) and ``USER_ITEM_TTL_S`` after the user's last event the key expires. Read *as of* a time,
+``c:{item}`` (clicked), scored by the event time (ms) of the first such event (``ZADD LT``: the
+earliest time wins, so a write of a later event that comes first, e.g. from a partition ahead of
+another, is corrected by the earlier one; Redis 6.2 or later). Bounded: at most ``USER_ITEM_CAP``
+members per user (the oldest are removed first) and ``USER_ITEM_TTL_S`` after the user's last
+event the key expires. Read *as of* a time,
 only events strictly before it count, so a sample assembled after its own exposures still sees
 what the user had done before the request (:func:`user_item_values`, the one rule, which
 ``feature_store.asof`` applies in memory for a replay).
@@ -84,7 +86,7 @@ class UserItems:
         pipe = self.r.pipeline(transaction=False)
         for user_id, members in by_user.items():
             key = user_items_key(user_id, self.prefix)
-            pipe.zadd(key, members, nx=True)
+            pipe.zadd(key, members, lt=True)  # the earliest time wins, whatever order the writes come in
             pipe.zremrangebyrank(key, 0, -self.cap - 1)
             pipe.expire(key, self.ttl_s)
         pipe.execute()

@@ -17,7 +17,7 @@ from streams.contract.schemas import ItemUpdate
 from streams.kafka.producer import EventProducer, ProducerUnavailable
 from streams.simulator.cascade import Request, router_preranker
 from streams.simulator.replay import MindReplay
-from streams.simulator.sink import EmitReport, FileWriter, Writer, emit, emit_items
+from streams.simulator.sink import EmitReport, FileWriter, Writer, emit, emit_items, log_time_shift_ms
 from streams.simulator.world import CONTENT_TYPES, World
 
 
@@ -29,6 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the world, the replay's sampling and the duplicates")
     p.add_argument("--dataset", type=Path,
                    help="replay a MIND-layout dataset instead of the synthetic world (default: the synthetic world)")
+    p.add_argument("--log-time", action="store_true",
+                   help="with --dataset: stamp events with the log's own times, shifted by one constant (a whole "
+                        "number of hours) so that the last request sent lies one minute to an hour before sending "
+                        "starts; the rate paces the sending only, event-time windows close by the log's clock "
+                        "(default: the wall clock, a log played at --rate)")
     p.add_argument("--duration", type=float,
                    help="stop starting requests after this many seconds (default: once --requests are sent)")
     p.add_argument("--candidates", type=int, default=1000, help="candidates per request")
@@ -49,22 +54,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
 
 
-def build_source(args: argparse.Namespace) -> tuple[Iterator[Request], list[ItemUpdate], int, World | None]:
-    """The request stream, the item catalogue, the number of requests and the world (synthetic only)."""
+def build_source(args: argparse.Namespace) -> tuple[Iterator[Request], list[ItemUpdate], int, int | None]:
+    """The request stream, the item catalogue, the number of requests and, with ``--log-time``,
+    the shift of the log's times (:func:`streams.simulator.sink.log_time_shift_ms`)."""
     if args.dataset:
         replay = MindReplay(args.dataset, seed=args.seed, n_candidates=args.candidates)
         items = [ItemUpdate(str(i), replay.content_type(str(i)), 0) for i in replay.pool]
-        return replay.requests(), items, min(args.requests, len(replay)), None
+        n = min(args.requests, len(replay))
+        shift = log_time_shift_ms(replay.time_ms(n - 1)) if args.log_time and n else None
+        return replay.requests(), items, n, shift
+    if args.log_time:
+        raise SystemExit("hap simulate: --log-time needs --dataset (the synthetic world has no clock of its own)")
     world = World(seed=args.seed, n_users=args.users, n_items=args.items,
                   feedback_delay_ms=1000 * args.feedback_delay, legacy=args.legacy_world)
     preranker = router_preranker(args.router_url) if args.router_url else None
     requests = (world.request(i, args.candidates, preranker) for i in range(args.requests))
     items = [ItemUpdate(world.item_id(i), CONTENT_TYPES[t], 0) for i, t in enumerate(world.item_types)]
-    return requests, items, args.requests, world
+    return requests, items, args.requests, None
 
 
 def run(args: argparse.Namespace) -> int:
-    requests, items, n, _world = build_source(args)
+    requests, items, n, shift = build_source(args)
     writer: Writer
     if args.out:
         writer = FileWriter(args.out)
@@ -78,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         progress = None if args.no_progress else Progress(n, "simulate", "requests")  # plain lines when not a tty
         sent = emit(requests, writer, rate=args.rate or None, n_requests=n, duplicate_rate=args.duplicate_rate,
                     seed=args.seed, truth_file=args.truth, realtime=args.out is None,
-                    progress=progress.update if progress else None, duration_s=args.duration)
+                    progress=progress.update if progress else None, duration_s=args.duration,
+                    log_shift_ms=shift)
         if progress is not None:
             progress.close()
         writer.close()

@@ -13,8 +13,9 @@ user histories (last writer wins) are handed to the thread once per tick
 (:meth:`StreamFeatures.flush`) and skipped while Redis is down (counted). The statistics of a
 batch of groups are read in one pipeline (:meth:`StreamFeatures.read_groups`) that the caller
 awaits. Statistics as of a time sum the buckets closed before its minute (its *span*), so each
-item's are read once per span and kept for the requests of that span (up to ``max_cached``
-items per span, the current span and the one before): a count that arrives later for an
+item's are read once per span and kept for the requests of that span, with its first exposure
+time so that its age is each request's own (up to ``max_cached`` items per span, the current
+span and the one before): a count that arrives later for an
 already closed bucket shows from the next span on. Reads while Redis is down fall back to the
 no-statistics default (counted, never kept), and a request's statistics are still read as of
 its own time.
@@ -40,7 +41,7 @@ import orjson
 import redis
 
 from feature_store.backoff import Backoff
-from feature_store.item_stats import WINDOWS, Count, ItemStats, window_stats
+from feature_store.item_stats import WINDOWS, Count, ItemStats, age_h, first_exposure_ms, window_stats
 from feature_store.user_features import user_features_key
 from feature_store.user_items import CLICKED, SHOWN, UserItems, user_item_values
 from streams import metrics
@@ -99,9 +100,13 @@ class StreamFeatures:
         self.buffer: list[Count] = []
         self.histories: dict[str, list[str]] = {}
         self.max_cached = max_cached
-        self._spans: dict[int, dict[str, dict[str, float]]] = {}  # span -> item id -> statistics read in it
+        #: span -> item id -> (statistics as of the span's start, first exposure ms) read in it
+        self._spans: dict[int, dict[str, tuple[dict[str, float], float | None]]] = {}
         self._io = ThreadPoolExecutor(1, thread_name_prefix="hap-redis")
         self._writing: Future[None] | None = None  # the histories' write in flight
+        #: the newest time statistics were read as of: buckets are pruned relative to it, not to the
+        #: newest count (0 before the first read: nothing is pruned)
+        self.read_until = 0
 
     def count(self, event: Any, dwell_threshold_ms: int, topic: str, partition: int, offset: int) -> None:
         """Buffer the counters an exposure or feedback event adds, as those of the input record at
@@ -115,22 +120,28 @@ class StreamFeatures:
         events (first time per member: a replay changes nothing); returns when they are stored.
         While Redis is unreachable it retries after each backoff and calls
         ``waiting`` before each wait (the worker feeds its watchdog: waiting on Redis is no stall)."""
-        loop = asyncio.get_running_loop()
         while self.buffer or self.pairs:
-            if self.redis.ready:
-                try:
-                    if self.buffer:
-                        await loop.run_in_executor(self._io, self.stats.record_once, self.buffer)
-                        self.buffer = []
-                    await loop.run_in_executor(self._io, self.user_items.record, self.pairs)
-                except (redis.RedisError, OSError) as exc:
-                    self._failed(exc)
-                else:
-                    self.pairs = []
-                    return
+            if await self._write_once():
+                return
             if waiting is not None:
                 waiting()
             await asyncio.sleep(max(0.0, self.redis.until - time.monotonic()))
+
+    async def _write_once(self) -> bool:
+        """Store the buffered counts and user-by-item events if Redis is not backing off; True when stored."""
+        if not self.redis.ready:
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            if self.buffer:
+                await loop.run_in_executor(self._io, self.stats.record_once, self.buffer, self.read_until)
+                self.buffer = []
+            await loop.run_in_executor(self._io, self.user_items.record, self.pairs)
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc)
+            return False
+        self.pairs = []
+        return True
 
     def set_history(self, user_id: str, history: list[str]) -> None:
         """Buffer the user's recent positives, for the router (written at the next :meth:`flush`)."""
@@ -153,7 +164,11 @@ class StreamFeatures:
 
     async def read_groups(self, requests: Sequence[GroupRequest]) -> list[list[dict[str, float]]]:
         """The features of each request's items as of its time (``(item ids, at ms, user id, history)``
-        each), read on the Redis thread."""
+        each), read on the Redis thread after the counts buffered so far are stored (one try: while
+        Redis is down :meth:`write_counts` retries them), so the statistics count every event the
+        join took in before the read, those of the batch that closed the window included."""
+        if self.buffer or self.pairs:
+            await self._write_once()
         return await asyncio.get_running_loop().run_in_executor(self._io, self._read, requests)
 
     def _read(self, requests: Sequence[GroupRequest]) -> list[list[dict[str, float]]]:
@@ -172,6 +187,7 @@ class StreamFeatures:
                 for row, pair_row in zip(items, pairs, strict=True)]
 
     def _read_items(self, requests: Sequence[tuple[Sequence[str], int]]) -> list[list[dict[str, float]]]:
+        self.read_until = max(self.read_until, *(at_ms for _, at_ms in requests), 0)
         newest = max((at_ms // _SPAN_MS for _, at_ms in requests), default=0)
         for old in [span for span in self._spans if span < newest - 1]:
             del self._spans[old]
@@ -189,7 +205,8 @@ class StreamFeatures:
                 self._failed(exc)
             else:
                 for item_id, span in wanted:
-                    stats = read[item_id, span] = window_stats(raw[item_id], span * _SPAN_MS)
+                    stats = read[item_id, span] = (window_stats(raw[item_id], span * _SPAN_MS),
+                                                   first_exposure_ms(raw[item_id]))
                     cached = self._spans.setdefault(span, {})
                     if len(cached) < self.max_cached:
                         cached[item_id] = stats
@@ -199,11 +216,12 @@ class StreamFeatures:
             cached = self._spans.get(span, {})
             row = []
             for item_id in ids:
-                stats = cached.get(item_id) or read.get((item_id, span))
-                if stats is None:
+                found = cached.get(item_id) or read.get((item_id, span))
+                if found is None:
                     down += 1
-                    stats = window_stats({}, at_ms)
-                row.append(stats)
+                    row.append(window_stats({}, at_ms))
+                else:  # the windows are the span's; the age is the request's own
+                    row.append({**found[0], "age_h": age_h(found[1], at_ms)})
             out.append(row)
         if down:
             metrics.MISSING.labels("redis_down").inc(down)

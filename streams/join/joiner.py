@@ -396,6 +396,15 @@ class Joiner:
                   if wall - seen < idle_ms or (wall - seen < hold_ms and self.lagging(topic, partition))]
         return min(active) if active else None
 
+    def floor(self, wall: int) -> int | None:
+        """The slowest watermark of this worker's partitions that are not quiet (None: all quiet).
+        A window closes by it, not only by its own partition's: the item statistics its group reads
+        as of the request count the exposures of every partition, so none may be behind the request
+        (a replay in log time sends a day of events in seconds; a partition a few hundred ms behind
+        is minutes of event time)."""
+        marks = [m for m in (self.watermark(p, wall) for p in self.progress) if m is not None]
+        return min(marks) if marks else None
+
     def flush(self) -> None:
         """Write the pending state of every request the batch changed, once."""
         for rid, st in self.batch.items():
@@ -408,8 +417,11 @@ class Joiner:
         wall = self.clock()
         self.features.flush()
         due: list[tuple[str, dict[str, Any], int]] = []
+        floor = self.floor(wall)
         for partition in partitions:
             watermark = self.watermark(partition, wall)
+            if watermark is not None and floor is not None:
+                watermark = min(watermark, floor)
             for rid in list(self.open[partition]):
                 st = self.batch.get(rid) or self.tables.pending.get(rid)
                 if st is None:

@@ -81,6 +81,10 @@ class MindReplay:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def time_ms(self, index: int) -> int:
+        """The log's own time (ms since the epoch, local time as written) of request ``index`` in time order."""
+        return int(datetime.strptime(self.rows[index][2], TIME_FORMAT).timestamp() * 1000)
+
     def content_type(self, item_id: str) -> str:
         """The item's category, or :data:`UNKNOWN_TYPE` where ``news.tsv`` leaves it out or empty."""
         return self.categories.get(item_id, UNKNOWN_TYPE)

@@ -7,6 +7,13 @@ duplicates producers really emit). With Kafka, timestamps are wall-clock millise
 the emitter sleeps to hold the rate; as fast as possible, it still never sends an event before
 its own time (a producer refuses one further ahead than ``max_future``). With files, time is
 simulated and nothing sleeps.
+
+In *log time* (``log_shift_ms`` given: a replayed log whose requests carry their own times), each
+event is stamped with its request's log time plus ``log_shift_ms`` plus its offset, so the
+events keep the log's spacing (a week stays a week of event time) while the rate paces only how
+fast they are sent; the caller picks the shift so that the log ends before sending starts
+(:func:`log_time_shift_ms`): every event is in the past, and a consumer's event-time windows close by
+the log's own clock.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import IO, Protocol
 
 import numpy as np
 
+from feature_store.item_stats import WINDOWS
 from streams.contract.schemas import ExposureEvent, ItemUpdate, RankingEvent, encode
 from streams.simulator.cascade import Request
 
@@ -66,18 +74,44 @@ class EmitReport:
     seconds: float = 0.0
     #: in real time at a rate: the most an event was sent after its own event time (ms), i.e. how far
     #: the emitter fell behind its schedule; event times then trail the wall clock by as much, and
-    #: a consumer's event-time windows close that much later (0 otherwise)
+    #: a consumer's event-time windows close that much later (0 otherwise, and in log time)
     max_late_ms: float = 0.0
+    #: in log time: the constant added to the log's own times (ms); None when events carry the wall clock
+    log_shift_ms: int | None = None
+
+
+#: in log time, how long before sending starts the last request sent is stamped: its exposures and
+#: feedback (seconds after it) are in the past too
+LOG_END_MARGIN_MS = 60_000
+#: a log-time shift is a multiple of this: every bucket length of the item statistics divides it
+BUCKET_ALIGN_MS = max(length for _, length, _ in WINDOWS.values())
+
+
+def log_time_shift_ms(last_log_ms: int, now_ms: int | None = None, margin_ms: int = LOG_END_MARGIN_MS) -> int:
+    """The shift that stamps a log whose last request is at ``last_log_ms`` so that it ends at
+    least ``margin_ms`` (and less than an hour more) before ``now_ms`` (default: the wall clock):
+    a whole number of the item statistics' longest bucket (an hour), so that every bucket holds
+    the events it holds in the log's own time and the windows read as of a request are those of
+    an as-of replay of the unshifted log (``feature_store.asof``).
+
+    >>> log_time_shift_ms(1_000_000, now_ms=5 * 3_600_000)
+    14400000
+    """
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    return (now - margin_ms - last_log_ms) // BUCKET_ALIGN_MS * BUCKET_ALIGN_MS
 
 
 def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_requests: int,
          events_per_request: float = 12.0, duplicate_rate: float = 0.0, seed: int = 0,
          truth_file: Path | None = None, realtime: bool = True, progress: Callable[[str], None] | None = None,
-         duration_s: float | None = None) -> EmitReport:
+         duration_s: float | None = None, log_shift_ms: int | None = None) -> EmitReport:
     """Emit ``requests`` (at most ``n_requests``) through ``writer``; returns the counts sent.
 
     ``rate`` is events per second (None: as fast as possible). ``duration_s`` stops starting
     new requests after that many seconds. ``progress`` is called once per request emitted.
+    ``log_shift_ms``: stamp each request at its own time plus this (log time, see the module);
+    requests must then come in time order. In real time an event is still never sent ahead of
+    the clock (the emitter waits for it).
     """
     rng = np.random.default_rng(seed + 7)
 
@@ -85,7 +119,7 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
         """The wall clock in event time: on the schedule at a rate, the clock itself as fast as possible."""
         return start_ms + (time.monotonic() - clock) * 1000 if rate else time.time() * 1000
 
-    report = EmitReport()
+    report = EmitReport(log_shift_ms=log_shift_ms)
     heap: list[tuple[int, int, object]] = []
     seq = 0
     start_ms = int(time.time() * 1000) if realtime else 0
@@ -97,7 +131,11 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
         while heap and heap[0][0] <= now_ms:
             ts, _, event = heapq.heappop(heap)
             _send(writer, event, report)
-            if realtime and rate:
+            if realtime and log_shift_ms is not None:
+                wait = (ts - time.time() * 1000) / 1000
+                if wait > 0:  # a shift that leaves the log's end in the future: never ahead of the clock
+                    time.sleep(wait)
+            elif realtime and rate:
                 report.max_late_ms = max(report.max_late_ms, start_ms + (time.monotonic() - clock) * 1000 - ts)
             if rng.random() < duplicate_rate:
                 _send(writer, event, report)
@@ -108,12 +146,15 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
         if realtime and rate:
             now = start_ms + (time.monotonic() - clock) * 1000
             if t_ms > now:
-                flush_until(t_ms)
+                if log_shift_ms is None:  # in log time what is due goes out by the log's times (below)
+                    flush_until(t_ms)
                 time.sleep(max(0.0, (t_ms - (start_ms + (time.monotonic() - clock) * 1000)) / 1000))
         if duration_s is not None and time.monotonic() - clock > duration_s:
             break
         if realtime and not rate:
             t_ms = int(time.time() * 1000)
+        if log_shift_ms is not None:
+            t_ms = request.ranking.ts_ms + log_shift_ms
         seq += 1
         heapq.heappush(heap, (t_ms, seq, dataclasses.replace(request.ranking, ts_ms=t_ms)))
         for offset, event in request.events:
@@ -122,12 +163,16 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
         if truth:
             truth.write(json.dumps({"request_id": request.ranking.request_id, "exposed": request.exposed}) + "\n")
         report.requests += 1
-        # in real time, what is due (never an event ahead of the clock: a producer refuses those)
-        flush_until((t_ms if rate else now_ms()) if realtime else float("-inf"))
+        # in real time, what is due (never an event ahead of the clock: a producer refuses those); in
+        # log time, what comes before this request in the log
+        if log_shift_ms is not None:
+            flush_until(t_ms)
+        else:
+            flush_until((t_ms if rate else now_ms()) if realtime else float("-inf"))
         if progress is not None:
             progress(f"{report.ranking + report.exposure + report.feedback} events")
     while heap:
-        if realtime:  # as fast as possible too: the last feedback comes seconds after its request
+        if realtime and log_shift_ms is None:  # as fast as possible too: the last feedback comes seconds later
             wait = (heap[0][0] - now_ms()) / 1000
             if wait > 0:
                 time.sleep(wait)

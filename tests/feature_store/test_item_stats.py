@@ -1,7 +1,7 @@
 """Windowed item statistics in a real Redis, read as of a point in time."""
 
 from deploy.settings import REDIS_PREFIX
-from feature_store.featurize import smoothed_ctr
+from feature_store.featurize import SINCE_LAST_MAX_M, smoothed_ctr
 from feature_store.item_stats import ItemStats
 
 MIN = 60_000
@@ -31,7 +31,9 @@ def test_an_item_shown_for_days_keeps_a_bounded_hash(redis_client):
     for minute in range(0, 3 * 24 * 60, 7):  # three days of exposures, every 7 minutes
         stats.record([("n3", "exp", minute * MIN)])
     fields = redis_client.hkeys(stats.key("n3"))
-    # what the windows need (10 minute, 6 ten-minute and 24 hour buckets) plus up to two hours' worth
-    assert len(fields) <= (10 + 120 // 7 + 1) + (6 + 12 + 1) + (24 + 2 + 1), len(fields)  # three days: ~1,800
+    # what the windows need (10 minute, 6 ten-minute and 24 hour buckets; minutes for since_last_m's look-back)
+    # plus up to two hours' worth
+    bound = (SINCE_LAST_MAX_M // 7 + 120 // 7 + 1) + (6 + 12 + 1) + (24 + 2 + 1)
+    assert len(fields) <= bound, len(fields)  # three days: ~1,800
     last_day = range(2 * 24 * 60, 3 * 24 * 60, 7)
     assert stats.read(["n3"], at_ms=3 * 24 * 60 * MIN)[0]["exp_1d"] == len(last_day)

@@ -25,3 +25,14 @@ def test_the_store_keeps_at_most_cap_items_per_user_and_expires(redis_client):
     assert kept == [f"{SHOWN}:n{i}" for i in range(7, 12)]  # the oldest went first
     assert 0 < redis_client.ttl(key) <= 60
     assert store.read("u1", ["n0", "n11"], 20_000, ())[0]["user_seen"] == 0.0  # forgotten beyond the cap
+
+
+def test_an_earlier_event_written_after_a_later_one_sets_the_first_time(redis_client):
+    """Writes come in partition order, not event order (a partition ahead of another, a replay in log
+    time): the earliest time wins, as in the as-of replay (`feature_store.asof`); before, the first
+    write did, and a request between the two read the user as never shown the item."""
+    store = UserItems(redis_client, REDIS_PREFIX)
+    store.record([("u1", "n1", SHOWN, 9_000)])
+    store.record([("u1", "n1", SHOWN, 1_000)])
+    assert store.read("u1", ["n1"], 5_000, ())[0]["user_seen"] == 1.0
+    assert redis_client.zscore(user_items_key("u1", REDIS_PREFIX), f"{SHOWN}:n1") == 1_000

@@ -117,3 +117,36 @@ def test_user_by_item_signals_are_written_with_the_counts_and_read_as_of_the_req
     assert (before["user_seen"], before["user_clicked"]) == (0.0, 0.0)  # its own exposure is not before it
     assert (after["user_seen"], after["user_clicked"]) == (1.0, 1.0)
     assert (other["user_seen"], other["in_history"]) == (0.0, 1.0)
+
+
+def test_a_read_counts_the_events_taken_in_before_it_and_ages_items_as_of_each_request(redis_client):
+    """The batch that closes a window brings events the group's statistics must count: a read stores
+    the buffered counts first (before, they were written after the batch's groups, which in a replay
+    in log time missed minutes of events). Windows are the minute's; the age is the request's own."""
+    features = StreamFeatures(redis_client, prefix=REDIS_PREFIX)
+    features.count(ExposureEvent("r", "u", "i1", T + 1_000, "exposure", position=0), 30_000, "hap.exposure", 0, 1)
+    features.count(ExposureEvent("r", "u", "i1", T + 2_000, "feedback", click=True), 30_000, "hap.exposure", 0, 2)
+    [[early], [late]] = asyncio.run(features.read_groups([(["i1"], T + MINUTE + 1_000, "u2", []),
+                                                          (["i1"], T + MINUTE + 37_000, "u", [])]))
+    assert early["exp_10m"] == late["exp_10m"] == 1.0 and early["clk_10m"] == 1.0
+    assert (early["age_h"], late["age_h"]) == (MINUTE / 3_600_000, (MINUTE + 36_000) / 3_600_000)
+    assert late["user_seen"] == 1.0 and features.buffer == [] and features.pairs == []
+
+
+def test_with_redis_down_a_read_keeps_the_buffered_counts_for_write_counts():
+    down = redis.Redis(port=free_port(), socket_connect_timeout=0.2)
+    features = StreamFeatures(down, prefix=REDIS_PREFIX, backoff_s=60)
+    features.count(ExposureEvent("r", "u", "i1", T + 1_000, "exposure", position=0), 30_000, "hap.exposure", 0, 1)
+    [[stats]] = asyncio.run(features.read_groups([(["i1"], T + MINUTE, "u", [])]))
+    assert stats["exp_10m"] == 0.0 and len(features.buffer) == 1 and len(features.pairs) == 1
+
+
+def test_buckets_a_pending_read_needs_are_not_pruned_by_counts_hours_ahead(redis_client):
+    """A partition ahead of another by hours of event time (a replay in log time) writes counts far past
+    the requests still waiting for the slower one: pruning goes by the newest time read, not the newest count."""
+    features = StreamFeatures(redis_client, prefix=REDIS_PREFIX)
+    counted(features, [(ExposureEvent("r", "u", "i1", T + 1_000, "exposure", position=0), 1)])
+    asyncio.run(features.read_groups([(["i1"], T + 30_000, "u", [])]))
+    counted(features, [(ExposureEvent("r9", "u", "i1", T + 3 * 3_600_000, "exposure", position=0), 2)])
+    [[m10], [h1], [d1]] = asyncio.run(features.read_groups([(["i1"], T + at * MINUTE, "u", []) for at in (5, 20, 70)]))
+    assert m10["exp_10m"] == h1["exp_1h"] == d1["exp_1d"] == 1.0  # each window once its bucket closed

@@ -168,6 +168,25 @@ def test_requests_on_several_partitions_close_with_their_partitions_ticks():
     assert [g.request_id for g in h.groups()] == ["p1", "p0"]
 
 
+def test_a_window_waits_for_every_partition_that_is_behind_in_event_time():
+    """The group's item statistics count the exposures of every partition before its request: a replay
+    in log time sends hours of events in seconds, and a partition a little behind is minutes of event
+    time behind; its window closed by its own partition's watermark read statistics short of them."""
+    h = Harness()
+
+    def on(partition: int, rid: str, ts: int) -> list[Rec]:
+        return [h.record("ranking", encode(ranking(rid, ts=ts)), rid.encode(), partition),
+                h.record("exposure", encode(shown(rid, "c0", 0, ts=ts)), rid.encode(), partition)]
+
+    h.now = T0 + 60_000  # every event in the past
+    h.run(*on(0, "r0", T0), *on(0, "r0-next", T0 + 5_000), *on(1, "r1", T0 - 5_000))
+    h.tick(T0 + 60_100)  # partition 0 is past r0's window; partition 1, active, is not
+    assert h.groups() == []
+    h.run(*on(1, "r1-next", T0 + 5_000))  # partition 1 catches up
+    h.tick(T0 + 60_200)
+    assert "r0" in {g.request_id for g in h.groups()}
+
+
 def test_orphans_are_dead_lettered_and_feedback_on_a_candidate_implies_its_exposure():
     h = Harness()
     stray = click("r1", "not-a-candidate")

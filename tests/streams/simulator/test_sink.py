@@ -64,3 +64,41 @@ def test_as_fast_as_possible_no_event_is_sent_ahead_of_its_own_time():
     report = emit((world.request(i, 20) for i in range(30)), writer, rate=None, n_requests=30)
     assert len(writer.ahead_ms) == report.ranking + report.exposure + report.feedback > 60
     assert max(writer.ahead_ms) <= 5  # ms: at most the clock's granularity
+
+
+class LoggedWriter(SlowWriter):
+    """Keeps every event sent, with how far ahead of the wall clock its time was."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.events: list = []
+        self.ahead_ms: list[float] = []
+
+    def send_ranking(self, event) -> None:
+        self.events.append(event)
+        self.ahead_ms.append(event.ts_ms - time.time() * 1000)
+
+    send_exposure = send_ranking
+
+
+def test_in_log_time_events_keep_the_logs_times_shifted_by_whole_hours_all_in_the_past(tmp_path):
+    from streams.simulator.replay import MindReplay
+    from streams.simulator.sink import BUCKET_ALIGN_MS, log_time_shift_ms
+
+    from ...mind_log import write_mind_log
+
+    replay = MindReplay(write_mind_log(tmp_path, requests=40), n_candidates=20)  # 30 s apart: 20 minutes
+    requests = list(replay.requests())
+    shift = log_time_shift_ms(replay.time_ms(len(requests) - 1))
+    writer = LoggedWriter()
+    report = emit(iter(requests), writer, rate=5000, n_requests=len(requests), log_shift_ms=shift)
+    assert report.log_shift_ms == shift and shift % BUCKET_ALIGN_MS == 0
+    assert max(writer.ahead_ms) < -60_000  # the last request a minute (or more) before sending started
+    sent = {(e.request_id, getattr(e, "item_id", None), getattr(e, "type", "ranking")): e.ts_ms for e in writer.events}
+    for r in requests:  # each event at its request's log time + shift + its own offset
+        assert sent[r.ranking.request_id, None, "ranking"] == r.ranking.ts_ms + shift
+        for offset, e in r.events:
+            assert sent[e.request_id, e.item_id, e.type] == r.ranking.ts_ms + shift + offset
+    times = [e.ts_ms for e in writer.events]
+    assert times == sorted(times)  # in the log's order
+    assert times[-1] - times[0] >= 39 * 30_000  # the log's span kept, though sent in well under a second
