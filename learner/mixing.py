@@ -1,9 +1,8 @@
 """How much to fall back from the learned light tier to its counters model: chosen by progressive validation.
 
-The light tier serves ``base + β · delta + log σ(gate)`` with ``base`` its learned order (its score
-without the gate, which saturates on exposed items and is served whatever ``β``) and ``delta`` the
-counters model's score minus it (``learner.models.LightTwoTower``: ``(1 - β) · order + β ·
-counter + log σ(gate)``). Both train on their own losses (``β`` plays no part in training), but where the
+The light tier serves ``base + β · delta`` with ``base`` its full learned score and ``delta`` the
+counters model's score minus it (``learner.models.LightTwoTower``: ``(1 - β) · light + β ·
+counter``). Both train on their own losses (``β`` plays no part in training), but where the
 learned tier has found nothing the counters model does not know (a log where users do not come
 back), its extra parts add noise to the ranking the counters model makes. :class:`MixSelector`
 keeps, for each ``β`` of a small grid, a running (exponentially decayed) count of the exposed

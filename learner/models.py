@@ -172,17 +172,15 @@ class Tier(nn.Module):
 class LightTwoTower(Tier):
     """User tower (id + mean of history items) and item tower (id, content type, statistics).
 
-    ``light = order + log σ(<u_g, v_g>)``, ``order = <u_p, v_p> + wide(x)``, with ``(u_p, u_g)``
-    the user tower's output and ``(v_p, v_g)`` the item tower's. With the wide part the tier also
-    holds a second linear model over the same features, ``counter(x)`` (trained on its own, as the
-    ``counters`` arm), and serves ``(1 - α) · order + α · counter + log σ(gate)`` with
-    ``α = fallback`` chosen by progressive validation (``learner.mixing``; 0 unless a trainer sets
-    it): the fallback replaces the learned order among plausible items, never the gate that keeps
-    implausible candidates down (a counters model trained on exposed items alone cannot). Both
-    linear parts fold into one: served as two dot products of one user vector
-    ``[(1 - α) u_p, 1, u_g]`` and cached item vectors ``[v_p, wide_item(i), v_g]`` (the folded
-    linear part's item-only share), plus the wide part's user-by-item share per candidate: item
-    vectors depend on the item alone, so a router caches them per model version.
+    ``light = <u_p, v_p> + wide(x) + log σ(<u_g, v_g>)`` with ``(u_p, u_g)`` the user tower's
+    output and ``(v_p, v_g)`` the item tower's. With the wide part the tier also holds a second
+    linear model over the same features, ``counter(x)`` (trained on its own, as the ``counters``
+    arm), and serves ``(1 - α) · light + α · counter`` with ``α = fallback`` chosen by progressive
+    validation (``learner.mixing``; 0 unless a trainer sets it). Both linear parts fold into one:
+    served as two dot products of one user vector ``[(1 - α) u_p, 1, u_g]`` and cached item
+    vectors ``[v_p, wide_item(i), v_g]`` (the folded linear part's
+    item-only share), plus the wide part's user-by-item share per candidate: item vectors depend
+    on the item alone, so a router caches them per model version.
     """
 
     name = "light"
@@ -254,20 +252,15 @@ class LightTwoTower(Tier):
 
     def forward(self, users: Tensors, items: Tensors, group: torch.Tensor) -> torch.Tensor:
         """Served scores of ``items``; ``group[i]`` is the row in ``users`` of item ``i``'s request."""
-        return self.served(self.parts(users, items, group), self.counter_score(items))
+        return self.served(combine(*self.parts(users, items, group)), self.counter_score(items))
 
     def counter_score(self, items: Tensors) -> torch.Tensor | None:
         """The tier's counters model's score per item (``None`` without the wide part)."""
         return self.counter(items["dense"]) if self.prior else None
 
-    def served(self, parts: tuple[torch.Tensor, ...], counter: torch.Tensor | None) -> torch.Tensor:
-        """``(1 - α) · order + α · counter + log σ(gate)`` of :meth:`parts` (``order = wide +
-        preference``), ``α`` the ``fallback`` buffer."""
-        wide, preference, gate = parts
-        order = wide + preference
-        if counter is not None:
-            order = order + self.fallback * (counter - order)
-        return combine(order, torch.zeros_like(order), gate)
+    def served(self, light: torch.Tensor, counter: torch.Tensor | None) -> torch.Tensor:
+        """``(1 - α) · light + α · counter``, ``α`` the ``fallback`` buffer."""
+        return light if counter is None else light + self.fallback * (counter - light)
 
 
 def combine(wide: torch.Tensor, preference: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:

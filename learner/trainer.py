@@ -133,9 +133,8 @@ class OnlineTrainer:
         rows, with gradients."""
         parts = self.light.parts(batch.users, batch.items, batch.group)
         counter = self.light.counter_score(batch.items)
-        detached = tuple(None if p is None else p.detach() for p in parts)
-        order = detached[0] + detached[1]  # what the fallback replaces (the gate is served whatever it is)
-        light = self.light.served(detached, None if counter is None else counter.detach())  # the served score
+        full = combine(*parts).detach()
+        light = self.light.served(full, None if counter is None else counter.detach())  # the served score
         if expressive_rows is None:
             expressive = self.expressive(batch.users, batch.items, batch.group)
             scored = expressive.detach()
@@ -148,8 +147,8 @@ class OnlineTrainer:
         if self.mixer is not None:  # this batch was scored before training on it: evidence for the next
             exposed = batch.mask(REAL_NEGATIVE) | (batch.source == SOURCE_CODE["exp_pos"])
             positive = (batch.source == SOURCE_CODE["exp_pos"])[exposed]
-            self.mixer.update(order[exposed].cpu().numpy().astype(np.float64),
-                              (counter.detach() - order)[exposed].cpu().numpy().astype(np.float64),
+            self.mixer.update(full[exposed].cpu().numpy().astype(np.float64),
+                              (counter.detach() - full)[exposed].cpu().numpy().astype(np.float64),
                               batch.group[exposed].cpu().numpy(), positive.cpu().numpy())
             self.light.fallback.fill_(self.mixer.beta)
         return parts, counter, expressive

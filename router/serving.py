@@ -47,7 +47,7 @@ def _history_mean(emb: np.ndarray, history: np.ndarray) -> np.ndarray:
 class LightTier:
     """The two-tower tier: ``score = item_vectors @ user_vector`` (the folded linear part is one more
     component), plus the linear part's user-by-item share, the non-linear wide part and the gate;
-    served as ``(1 - α) · order + α · counter + log σ(gate)`` (``learner.models.LightTwoTower``)."""
+    served as ``(1 - α) · light + α · counter`` (``learner.models.LightTwoTower``)."""
 
     def __init__(self, tensors: Tensors, spec: dict) -> None:
         self.t, self.spec = tensors, spec
@@ -96,8 +96,7 @@ class LightTier:
         """Preference dot product (with the linear part's item share), plus the linear part's
         user-by-item share of ``dense`` (the candidates' features; none given: zeros), plus
         the non-linear wide part's change where ``dense`` has user-by-item signal (the item vectors
-        hold its item-only value), plus ``log σ`` of the gate's dot product for a gated tier (the
-        fallback weight ``α`` mixes the order, never the gate)."""
+        hold its item-only value), plus ``(1 - α) log σ`` of the gate's dot product for a gated tier."""
         score = item_vecs[:, :self.head] @ user_vec[:self.head]
         if self.prior and dense is not None:
             score = score + dense[:, ITEM_DIM:] @ self.w[ITEM_DIM:]
@@ -110,7 +109,7 @@ class LightTier:
                 score[met] += (1 - self.alpha) * (self._nonlinear(rows) - self._nonlinear(_item_only(rows)))
         if not self.gate:
             return score
-        return score - np.logaddexp(0.0, -(item_vecs[:, self.head:] @ user_vec[self.head:]))
+        return score - (1 - self.alpha) * np.logaddexp(0.0, -(item_vecs[:, self.head:] @ user_vec[self.head:]))
 
 
 class ExpressiveTier:
