@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     window = [*(["--window", str(args.window)] if args.window is not None else []),
               *(["--lateness", str(args.lateness)] if args.lateness is not None else [])]
     components = [
-        Component("streams", ["streams", *window], logs, pipeline.env),
+        # in log time a window must wait for every partition (JoinConfig.align_partitions)
+        Component("streams", ["streams", *window, *(["--align-partitions"] if args.clock == "log" else [])], logs,
+                  pipeline.env),
         Component("learner", ["learner", "--method", args.method, "--seed", str(args.seed),
                               "--batch-groups", str(BATCH_GROUPS), "--budgets", ",".join(map(str, BUDGETS))],
                   logs, pipeline.env),

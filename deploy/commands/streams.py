@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-future", type=float, default=10.0,
                    help="seconds an event time may run ahead of its arrival; beyond, the event is dead-lettered "
                         "(reason_kind future)")
+    p.add_argument("--align-partitions", action="store_true",
+                   help="close each window by the slowest active input partition too (for a replay in log time, "
+                        "which `hap replay --clock log` sets; off: by its own partition, as in production)")
     p.add_argument("--dwell-threshold", type=float, default=30.0, help="dwell seconds that count as positive")
     p.add_argument("--gn-per-exposed", type=int, default=2,
                    help="global negatives (pool items, never a candidate) sampled per exposed item")
@@ -82,7 +85,7 @@ def run_worker(args: argparse.Namespace) -> int:
         topic_prefix=s.topic_prefix,
         partitions=s.kafka_partitions, replication_factor=s.kafka_replication.factor,
         data_dir=Path(s.data_dir) / f"streams-{args.worker_id}", corrections=not args.no_corrections,
-        stall_s=args.stall_timeout, max_future_ms=int(args.max_future * 1000),
+        stall_s=args.stall_timeout, max_future_ms=int(args.max_future * 1000), align_partitions=args.align_partitions,
         static_member=f"{s.topic_prefix}{args.worker_id}" if s.streams_static_membership else None,
         assembler=AssemblerConfig(
             window_ms=int(args.window * 1000), lateness_ms=int(args.lateness * 1000),

@@ -263,6 +263,12 @@ class JoinConfig:
     #: partition's windows open; past it the topic counts as idle, so that nothing holds a
     #: partition for ever (the worker replaces itself well before, :class:`streams.worker.app.InputLag`)
     lagging_hold_ms: int = 120_000
+    #: close a window by the slowest active partition of the worker, not only by its own: for a replay in
+    #: log time (``hap replay --clock log``), where a partition a few hundred ms behind is minutes of event
+    #: time and a group's statistics must count every partition's exposures before its request. Off in
+    #: production: partitions move together in wall time, and waiting for the slowest would hold every
+    #: window by up to the idle time of the quietest active partition
+    align_partitions: bool = False
 
 
 class Joiner:
@@ -417,7 +423,7 @@ class Joiner:
         wall = self.clock()
         self.features.flush()
         due: list[tuple[str, dict[str, Any], int]] = []
-        floor = self.floor(wall)
+        floor = self.floor(wall) if self.cfg.align_partitions else None
         for partition in partitions:
             watermark = self.watermark(partition, wall)
             if watermark is not None and floor is not None:

@@ -103,6 +103,8 @@ class StreamsConfig:
     static_member: str | None = None
     #: an event time further ahead of its arrival than this is dead-lettered (``future``)
     max_future_ms: int = 10_000
+    #: windows close by the slowest active partition (``JoinConfig.align_partitions``: log-time replays)
+    align_partitions: bool = False
 
 
 class FaustTable:
@@ -425,7 +427,8 @@ class StreamsWorker:
         self.joiner = Joiner(
             # a partition that stays behind is held far longer than the worker takes to replace itself for it
             JoinConfig(t, cfg.assembler, cfg.limits, cfg.corrections, cfg.retention_ms, cfg.max_future_ms,
-                       lagging_hold_ms=int(max(120.0, 4 * cfg.stall_s) * 1000)), tables,
+                       lagging_hold_ms=int(max(120.0, 4 * cfg.stall_s) * 1000),
+                       align_partitions=cfg.align_partitions), tables,
             lambda kind, key, value: _outbox.get().append((kind, key, value)), self.features, CandidatePool(),
             lagging=self.lag, partitions=self.partition_count)
         self.follower = CatalogueFollower(cfg.bootstrap, f"{t}items", _into_pool(self.joiner), cfg.kafka_security,

@@ -17,6 +17,13 @@ from streams.kafka.producer import EventProducer
 from streams.kafka.topics import ensure_topics
 
 
+#: queries that cannot have data in this test, by a part of their expression, and why
+NO_DATA_HERE = {
+    "kafka_consumergroup_lag": "Strimzi's Kafka Exporter exports it; the local stack does not run one",
+    "offset 2m": "compares with what was served 2 minutes earlier; the test's traffic is shorter",
+}
+
+
 def query(prometheus_url: str, expr: str) -> list:
     url = f"{prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     with urllib.request.urlopen(url, timeout=5) as resp:
@@ -64,7 +71,9 @@ def test_every_panel_has_data(kafka_bootstrap, redis_url, prometheus_url, hap_se
         for _ in range(30):
             assert post(f"{router}/v1/prerank", orjson.dumps(body)) == 200
         deadline = time.monotonic() + 45  # a few scrapes (every 2 s); slower on a loaded machine
-        empty = all_queries("1m")
+        for _, _, expr in all_queries("1m"):
+            query(prometheus_url, expr)  # every query parses (Prometheus answers 400 otherwise)
+        empty = [(d, p, e) for d, p, e in all_queries("1m") if not any(m in e for m in NO_DATA_HERE)]
         while empty and time.monotonic() < deadline:
             time.sleep(2)
             empty = [(d, p, e) for d, p, e in empty if not query(prometheus_url, e)]
