@@ -32,6 +32,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 
 import redis
 
@@ -121,13 +122,13 @@ class WriterLease:
                                     holder)
             raise self.lost
 
-    def keep(self) -> None:
+    def keep(self, on_error: Callable[[Exception], None] | None = None) -> None:
         """Renew in a daemon thread every third of the TTL until :meth:`release` or a loss (then
-        ``lost`` is set); Redis errors are logged and retried."""
-        self._thread = threading.Thread(target=self._keep, daemon=True, name="hap-lease")
+        ``lost`` is set); Redis errors are logged, passed to ``on_error`` (e.g. a counter) and retried."""
+        self._thread = threading.Thread(target=self._keep, args=(on_error,), daemon=True, name="hap-lease")
         self._thread.start()
 
-    def _keep(self) -> None:
+    def _keep(self, on_error: Callable[[Exception], None] | None) -> None:
         while not self._stop.wait(self.ttl_ms / 3000):
             try:
                 self.renew()
@@ -135,6 +136,8 @@ class WriterLease:
                 return
             except (redis.RedisError, OSError) as exc:
                 log.warning("writer lease not renewed (retried in %.1fs): %s", self.ttl_ms / 3000, exc)
+                if on_error is not None:
+                    on_error(exc)
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still this holder's (a graceful stop)."""

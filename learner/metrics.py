@@ -17,6 +17,8 @@ VERSION = Gauge("hap_learner_model_version", "Last published model version")
 PUBLISH_SECONDS = Histogram("hap_learner_publish_seconds", "Time to publish one version",
                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2))
 PUBLISH_ERRORS = Counter("hap_learner_publish_errors", "Publishes that failed (Redis unreachable); retried")
+LEASE_RENEW_ERRORS = Counter("hap_learner_lease_renew_errors",
+                             "Writer-lease renewals that failed (Redis unreachable); retried every third of the TTL")
 PINNED = Gauge("hap_learner_publish_pinned", "The version pinned (hap models pin) while it holds publishing back "
                "(training and checkpoints go on); 0 when none")
 PUBLISH_BYTES = Gauge("hap_learner_publish_bytes", "Bytes written by the last publish")

@@ -189,7 +189,7 @@ class LearnerService:
         LEASE_WAITING.set(0)
         LEASE_TERM.set(self.lease.term)
         log.info("holding the model-store writer lease as %s, term %d", self.lease.holder, self.lease.term)
-        self.lease.keep()
+        self.lease.keep(on_error=lambda _: m.LEASE_RENEW_ERRORS.inc())
 
     def _release_lease(self) -> None:
         LEASE_TERM.set(0)

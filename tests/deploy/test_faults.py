@@ -181,9 +181,13 @@ def test_redis_stop_and_sigkill_mid_stream_keep_serving_and_lose_nothing(stack_e
             time.sleep(0.2)
         p.stopping.set()
         errors = scrape(p.url["streams"]).by_label("hap_streams_errors_total", "kind")
-        publish_errors = scrape(p.url["learner"]).total("hap_learner_publish_errors_total")
+        learner = scrape(p.url["learner"])
+        felt = learner.total("hap_learner_publish_errors_total") + learner.total("hap_learner_lease_renew_errors_total")
         p.trained_exactly_once(groups)
-    assert errors.get("redis", 0) > 0 and publish_errors > 0  # both felt the outage, and rode it out
+    # both felt the outage, and rode it out: the learner at least through its lease (renewed every third of its
+    # TTL); a publish fails only if it had trained groups to publish meanwhile, while the streams, which store
+    # every count before going on, emit none until Redis is back
+    assert errors.get("redis", 0) > 0 and felt > 0
     assert served_while_down and all(status == 200 for status, _ in served_while_down)
     assert all(status == 200 for status, _ in p.answers)  # never a 5xx, before, during or after
     assert max(v for _, v in p.answers) > version_before  # fresh versions again after the outage
