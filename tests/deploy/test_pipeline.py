@@ -16,7 +16,6 @@ from streams.contract.schemas import ExposureEvent
 from streams.kafka.producer import EventProducer
 from streams.kafka.topics import ensure_topics
 
-
 #: queries that cannot have data in this test, by a part of their expression, and why
 NO_DATA_HERE = {
     "kafka_consumergroup_lag": "Strimzi's Kafka Exporter exports it; the local stack does not run one",

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from learner.batching import Batch
-from learner.progressive import ProgressiveMetrics
 from learner.models import combine
+from learner.progressive import ProgressiveMetrics
 from learner.trainer import METHODS, OnlineTrainer
 from streams.contract.schemas import SOURCES
 
