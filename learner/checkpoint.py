@@ -97,6 +97,7 @@ def restore(trainer: OnlineTrainer, snapshot: Snapshot) -> None:
     if missing:
         log.warning("the checkpoint predates %s: restored the rest, these start from their initial weights and the "
                     "optimizers afresh", ", ".join(sorted(missing)))
+        trainer.reset_optimizers()
     for i, opt in enumerate(trainer.optimizers if not missing else ()):
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():

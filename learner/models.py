@@ -150,8 +150,13 @@ class Tier(nn.Module):
     @classmethod
     def from_spec(cls, spec: dict) -> Tier:
         """The (untrained) tier whose exported spec is ``spec``: what a reader checks shapes against."""
-        return cls(dim=int(spec["dim"]), hidden=int(spec["hidden"]), prior=spec.get("prior_feature") is not None,
-                   gate=bool(spec.get("gate")))
+        return cls(**cls.spec_arguments(spec))
+
+    @classmethod
+    def spec_arguments(cls, spec: dict) -> dict:
+        """The constructor's keywords that ``spec`` records (a tier with more adds its own)."""
+        return {"dim": int(spec["dim"]), "hidden": int(spec["hidden"]),
+                "prior": spec.get("prior_feature") is not None, "gate": bool(spec.get("gate"))}
 
     def _init_prior(self, prior: bool) -> None:
         self.prior = prior
@@ -206,7 +211,7 @@ class LightTwoTower(Tier):
             #: the counters model inside the tier, and its served weight α (``learner.mixing``)
             self.counter = Wide()
         if self.dense_hidden:
-            #: the non-linear wide part: an MLP over every as-of feature, starting near 0
+            #: the non-linear wide part: an MLP over every as-of feature
             self.dense_mlp = _mlp([DENSE_DIM, self.dense_hidden, 1])
             _shrink_last(self.dense_mlp, 0.0)  # exactly 0 at the start: the fresh tier ranks as before
         self.register_buffer("fallback", torch.zeros(1))
@@ -217,9 +222,8 @@ class LightTwoTower(Tier):
         return {**super().spec(), "dense_hidden": self.dense_hidden} if self.dense_hidden else super().spec()
 
     @classmethod
-    def from_spec(cls, spec: dict) -> LightTwoTower:
-        return cls(dim=int(spec["dim"]), hidden=int(spec["hidden"]), prior=spec.get("prior_feature") is not None,
-                   gate=bool(spec.get("gate")), dense_hidden=int(spec.get("dense_hidden", 0)))
+    def spec_arguments(cls, spec: dict) -> dict:
+        return {**super().spec_arguments(spec), "dense_hidden": int(spec.get("dense_hidden", 0))}
 
     def user_vectors(self, users: Tensors) -> torch.Tensor:
         x = torch.cat([self.user_emb(users["user_idx"]), _history_mean(self.item_emb, users["history"])], -1)

@@ -53,6 +53,4 @@ def load_weights(trainer: OnlineTrainer, tiers: dict[str, tuple[dict[str, np.nda
         for name, tier in own.items():
             device = next(tier.parameters()).device
             tier.load_state_dict({k: torch.from_numpy(np.array(v)).to(device) for k, v in tiers[name][0].items()})
-    for opt in trainer.optimizers:  # their moments and accumulators belong to the replaced weights
-        fresh = type(opt)([{"params": group["params"]} for group in opt.param_groups], **opt.defaults)
-        opt.load_state_dict(fresh.state_dict())
+    trainer.reset_optimizers()  # their moments and accumulators belong to the replaced weights

@@ -284,6 +284,13 @@ class OnlineTrainer:
     def tiers(self) -> dict[str, Tier]:
         return {"light": self.light, "expressive": self.expressive}
 
+    def reset_optimizers(self) -> None:
+        """Start every optimizer afresh (no moments, no accumulators): for weights that replaced
+        those the state belonged to."""
+        for opt in self.optimizers:
+            fresh = type(opt)([{"params": group["params"]} for group in opt.param_groups], **opt.defaults)
+            opt.load_state_dict(fresh.state_dict())
+
 
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` is CUDA when a GPU is visible, else the CPU; ``"cpu"`` and ``"cuda[:n]"`` as given.

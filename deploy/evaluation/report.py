@@ -273,7 +273,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], conflict: dict[str, list
     rel = markdown.parent if markdown else out  # image paths are relative to the page
 
     def figure(name: str) -> list[str]:
-        path = os.path.relpath(out / f"{name}.png", rel.resolve()) if markdown else f"{name}.png"
+        path = os.path.relpath(out / f"{name}.png", rel) if markdown else f"{name}.png"
         return [f"![{name}]({path})", "",
                 f"*{CAPTIONS[name]}*", ""]
 
