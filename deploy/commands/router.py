@@ -1,7 +1,8 @@
 """`hap router`: the DAMR pre-ranking service.
 
-A router process uses one core on purpose: the math libraries' thread pools are pinned to one
-thread before numpy loads (a second OpenBLAS thread only competes with the request thread).
+A router process uses one core on purpose: the math libraries' thread pools (OpenBLAS under numpy)
+are limited to one thread once the app is built (:func:`pin_math_threads`): a second OpenBLAS
+thread spins between the request's small products and takes the core the request thread needs.
 ``--workers N`` uses N cores: N processes serve one port (``SO_REUSEPORT``, the kernel spreads
 connections), each loading and hot-swapping versions on its own; the parent supervises them
 (a worker that exits is restarted; SIGTERM/SIGINT stop them all) and ``/metrics`` on any worker
@@ -19,10 +20,6 @@ import logging
 import os
 import sys
 
-#: set before numpy is first imported (``hap`` imports this module before any component)
-PINNED_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
-for _name in PINNED_THREADS:
-    os.environ.setdefault(_name, "1")
 #: how long a thread holding the GIL keeps it from a waiting one (Python's default: 5 ms)
 SWITCH_INTERVAL_S = 0.0005
 
@@ -65,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     drain = Drain()
     app = make_app(client, prefix=s.redis_prefix, policy=args.policy, budget=args.budget,
                    max_candidates=args.max_candidates, poll_s=args.poll, drain=drain)
+    pin_math_threads()
     gc.collect()
     gc.freeze()  # what start-up built is never traversed again; a request's objects die by reference count
     gc.set_threshold(50_000, 20, 100)  # fewer young collections under thousands of candidates per request
@@ -73,6 +71,19 @@ def run(args: argparse.Namespace) -> int:
     asyncio.run(serve(app, drain, host=args.host or s.router_host, port=args.port or s.router_port,
                       drain_s=args.drain, reuse_port=args.reuse_port))
     return 0
+
+
+def pin_math_threads() -> None:
+    """Limit every loaded math library's thread pool (OpenBLAS, OpenMP, MKL) to one thread.
+
+    Done at run time with threadpoolctl, since setting ``OPENBLAS_NUM_THREADS`` works only before
+    numpy is first imported, and ``hap`` imports numpy before it knows the subcommand: the router
+    then ran a second OpenBLAS thread that spun after each product, as busy as the request thread
+    (docs/performance.md, issue 34). It holds for the whole process.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
 
 
 def supervise(args: argparse.Namespace) -> int:
