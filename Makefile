@@ -52,8 +52,12 @@ system-packages:
 demo: setup
 	$(VENV)/bin/hap demo --report out/demo/report.json
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist), each with its own stack (its own broker,
+# Redis and Prometheus on free ports), a test file's tests on one of them; most integration tests
+# wait on windows, timeouts and restarts, so two share a 2-core machine well. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The tests that start no service (no Kafka, Redis or Prometheus, no setup beyond the venv): every test that
 # takes a stack fixture is marked `integration` by tests/conftest.py and left out here.
