@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -78,6 +79,12 @@ class EmitReport:
     max_late_ms: float = 0.0
     #: in log time: the constant added to the log's own times (ms); None when events carry the wall clock
     log_shift_ms: int | None = None
+    #: requests generated before the clock started (``pregenerate``), and the seconds that took
+    pregenerated: int = 0
+    pregenerate_s: float = 0.0
+    #: the rate the emitter held: requests started per second, from the first request's start to the last's,
+    #: times the events per request sent (0 for a single request); at a rate it kept, the rate asked for
+    achieved_events_per_s: float = 0.0
 
 
 #: in log time, how long before sending starts the last request sent is stamped: its exposures and
@@ -104,22 +111,29 @@ def log_time_shift_ms(last_log_ms: int, now_ms: int | None = None, margin_ms: in
 def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_requests: int,
          events_per_request: float = 12.0, duplicate_rate: float = 0.0, seed: int = 0,
          truth_file: Path | None = None, realtime: bool = True, progress: Callable[[str], None] | None = None,
-         duration_s: float | None = None, log_shift_ms: int | None = None) -> EmitReport:
+         duration_s: float | None = None, log_shift_ms: int | None = None, pregenerate: int = 0) -> EmitReport:
     """Emit ``requests`` (at most ``n_requests``) through ``writer``; returns the counts sent.
 
     ``rate`` is events per second (None: as fast as possible). ``duration_s`` stops starting
     new requests after that many seconds. ``progress`` is called once per request emitted.
     ``log_shift_ms``: stamp each request at its own time plus this (log time, see the module);
     requests must then come in time order. In real time an event is still never sent ahead of
-    the clock (the emitter waits for it).
+    the clock (the emitter waits for it). ``pregenerate``: take the first that many requests from
+    ``requests`` before the clock starts, so that generating them (milliseconds each for the
+    synthetic world) does not count against the schedule; the rest are generated as they are due.
     """
     rng = np.random.default_rng(seed + 7)
+    started = time.monotonic()
+    requests = iter(requests)
+    ahead = list(itertools.islice(requests, min(pregenerate, n_requests)))
+    requests = itertools.chain(ahead, requests)
 
     def now_ms() -> float:
         """The wall clock in event time: on the schedule at a rate, the clock itself as fast as possible."""
         return start_ms + (time.monotonic() - clock) * 1000 if rate else time.time() * 1000
 
-    report = EmitReport(log_shift_ms=log_shift_ms)
+    report = EmitReport(log_shift_ms=log_shift_ms, pregenerated=len(ahead),
+                        pregenerate_s=round(time.monotonic() - started, 3))
     heap: list[tuple[int, int, object]] = []
     seq = 0
     start_ms = int(time.time() * 1000) if realtime else 0
@@ -163,6 +177,9 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
         if truth:
             truth.write(json.dumps({"request_id": request.ranking.request_id, "exposed": request.exposed}) + "\n")
         report.requests += 1
+        last_start = time.monotonic()
+        if report.requests == 1:
+            first_start = last_start
         # in real time, what is due (never an event ahead of the clock: a producer refuses those); in
         # log time, what comes before this request in the log
         if log_shift_ms is not None:
@@ -180,6 +197,10 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
     if truth:
         truth.close()
     report.seconds = time.monotonic() - clock
+    if report.requests > 1 and last_start > first_start:
+        events = report.ranking + report.exposure + report.feedback - report.duplicates
+        report.achieved_events_per_s = round(events / report.requests * (report.requests - 1)
+                                             / (last_start - first_start), 1)
     return report
 
 

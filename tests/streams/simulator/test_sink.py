@@ -102,3 +102,23 @@ def test_in_log_time_events_keep_the_logs_times_shifted_by_whole_hours_all_in_th
     times = [e.ts_ms for e in writer.events]
     assert times == sorted(times)  # in the log's order
     assert times[-1] - times[0] >= 39 * 30_000  # the log's span kept, though sent in well under a second
+
+
+def slow_requests(n: int, generate_s: float):
+    """Requests that take ``generate_s`` each to make (the synthetic world takes milliseconds for one of
+    500 candidates)."""
+    for request in requests(n):
+        time.sleep(generate_s)
+        yield request
+
+
+def test_requests_generated_before_the_clock_starts_do_not_hold_the_schedule_back():
+    rate = 12_000  # events/s: one request (12 events on average) due every millisecond
+    late = emit(slow_requests(40, 0.01), SlowWriter(0), rate=rate, n_requests=40)
+    assert late.max_late_ms > 200  # generated as they fall due, 10 ms each: 40 requests fall ~360 ms behind
+    report = emit(slow_requests(40, 0.01), SlowWriter(0), rate=rate, n_requests=40, pregenerate=40)
+    assert (report.pregenerated, report.requests) == (40, 40) and report.pregenerate_s >= 0.4
+    assert report.max_late_ms < 50
+    # the events sent up to the last request's start, per second: the schedule's rate (a few events of the
+    # last requests' exposures, due 50 ms after them, are still to come then)
+    assert 0.5 * rate < report.achieved_events_per_s < 1.5 * rate
