@@ -111,7 +111,8 @@ def log_time_shift_ms(last_log_ms: int, now_ms: int | None = None, margin_ms: in
 def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_requests: int,
          events_per_request: float = 12.0, duplicate_rate: float = 0.0, seed: int = 0,
          truth_file: Path | None = None, realtime: bool = True, progress: Callable[[str], None] | None = None,
-         duration_s: float | None = None, log_shift_ms: int | None = None, pregenerate: int = 0) -> EmitReport:
+         duration_s: float | None = None, log_shift_ms: int | None = None, pregenerate: int = 0,
+         slots: Iterable[int] | None = None, start: Callable[[], float] | None = None) -> EmitReport:
     """Emit ``requests`` (at most ``n_requests``) through ``writer``; returns the counts sent.
 
     ``rate`` is events per second (None: as fast as possible). ``duration_s`` stops starting
@@ -121,6 +122,12 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
     the clock (the emitter waits for it). ``pregenerate``: take the first that many requests from
     ``requests`` before the clock starts, so that generating them (milliseconds each for the
     synthetic world) does not count against the schedule; the rest are generated as they are due.
+
+    Several emitters can share one schedule (:func:`streams.simulator.world.World.user_of` splits the
+    requests): ``slots`` gives each request's place in it (default 0, 1, 2, ...: request ``i`` is due
+    ``i * events_per_request / rate`` seconds after the start) and ``start``, called once the
+    requests are pre-generated, the wall time (ms) at which the schedule starts (it may wait for the
+    other emitters; default: now).
     """
     rng = np.random.default_rng(seed + 7)
     started = time.monotonic()
@@ -136,10 +143,12 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
                         pregenerate_s=round(time.monotonic() - started, 3))
     heap: list[tuple[int, int, object]] = []
     seq = 0
-    start_ms = int(time.time() * 1000) if realtime else 0
+    start_ms = (int(start()) if start else int(time.time() * 1000)) if realtime else 0
     spacing_ms = 1000.0 * events_per_request / rate if rate else 0.0
     truth = truth_file.open("w") if truth_file else None
-    clock = time.monotonic()
+    if realtime and (wait_s := start_ms / 1000 - time.time()) > 0:
+        time.sleep(wait_s)
+    clock = time.monotonic() + (start_ms / 1000 - time.time() if realtime else 0.0)  # start_ms on the monotonic clock
 
     def flush_until(now_ms: float) -> None:
         while heap and heap[0][0] <= now_ms:
@@ -155,7 +164,7 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
                 _send(writer, event, report)
                 report.duplicates += 1
 
-    for index, request in zip(range(n_requests), requests, strict=False):
+    for index, request in zip(range(n_requests) if slots is None else slots, requests, strict=False):
         t_ms = start_ms + int(index * spacing_ms)
         if realtime and rate:
             now = start_ms + (time.monotonic() - clock) * 1000

@@ -1,5 +1,6 @@
 """The emitter's schedule: in real time at a rate, how far it fell behind is reported."""
 
+import dataclasses
 import time
 
 from streams.simulator.sink import emit
@@ -122,3 +123,26 @@ def test_requests_generated_before_the_clock_starts_do_not_hold_the_schedule_bac
     # the events sent up to the last request's start, per second: the schedule's rate (a few events of the
     # last requests' exposures, due 50 ms after them, are still to come then)
     assert 0.5 * rate < report.achieved_events_per_s < 1.5 * rate
+
+
+def test_emitters_split_by_user_send_what_one_emitter_sends_each_request_at_its_place():
+    """`hap simulate --processes N`: each emitter takes the requests of its users (their histories whole),
+    in their places of the one schedule, from one start."""
+    n, parts, rate = 30, 3, 12_000  # a request due every millisecond
+    world = World(seed=4, n_users=7, n_items=200, feedback_delay_ms=10)
+    one = [(r.ranking, r.events) for r in (world.request(i, 20) for i in range(n))]
+    start_ms = time.time() * 1000 + 100
+    sent: dict[tuple, tuple] = {}
+    for part in range(parts):
+        world = World(seed=4, n_users=7, n_items=200, feedback_delay_ms=10)
+        slots = [i for i in range(n) if world.user_of(i) % parts == part]
+        writer = LoggedWriter()
+        emit((world.request(i, 20) for i in slots), writer, rate=rate, n_requests=len(slots), slots=slots,
+             start=lambda: start_ms)
+        sent |= {(e.request_id, getattr(e, "item_id", None), getattr(e, "type", "ranking")): e for e in writer.events}
+    for index, (ranking, events) in enumerate(one):  # the same events, each at its slot's time plus its offset
+        due = int(start_ms) + index  # slot i: i * 12 events / 12,000 events/s
+        assert sent[ranking.request_id, None, "ranking"] == dataclasses.replace(ranking, ts_ms=due)
+        for offset, e in events:
+            assert sent[e.request_id, e.item_id, e.type] == dataclasses.replace(e, ts_ms=due + offset)
+    assert len(sent) == sum(1 + len(events) for _, events in one)
