@@ -46,7 +46,7 @@ __all__ = [
     "SCHEMA_VERSION", "SOURCES", "Limits", "InvalidEvent", "Candidate", "RankingEvent", "ExposureEvent",
     "ItemUpdate", "SampleItem", "SampleGroup", "RankingColumns", "decode_ranking", "decode_ranking_columns",
     "decode_exposure", "decode_item", "decode_sample_group", "check_sample_group", "encode", "encode_typed",
-    "is_positive",
+    "is_positive", "with_ts",
 ]
 
 DEFAULT_LIMITS = Limits()
@@ -206,6 +206,23 @@ _ENCODER = msgspec.json.Encoder()
 def encode(record: Any) -> bytes:
     """Compact JSON with ``schema_version`` first (a dataclass or a ``msgspec.Struct``, natively)."""
     return _VERSION_PREFIX + _ENCODER.encode(record)[1:]
+
+
+_UNSTAMPED = b'"ts_ms":0,'
+
+
+def with_ts(template: bytes, ts_ms: int) -> bytes:
+    """The wire bytes of a ranking event encoded with ``ts_ms=0`` (``template``), its time set to ``ts_ms``:
+    as encoding it with that time would write it. Its own ``ts_ms`` comes first after its two ids, and no
+    string can hold ``"ts_ms":0,`` unescaped.
+
+    >>> ev = RankingEvent("r1", "u1", 0, [Candidate("i1", "hot", 0, 0.9, content_type="video")])
+    >>> with_ts(encode(ev), 1234) == encode(dataclasses.replace(ev, ts_ms=1234))
+    True
+    """
+    if _UNSTAMPED not in template:
+        raise ValueError("not the encoding of an event with ts_ms=0")
+    return template.replace(_UNSTAMPED, b'"ts_ms":%d,' % ts_ms, 1)
 
 
 def _check_size(raw: bytes, limits: Limits) -> None:

@@ -3,6 +3,7 @@
 import dataclasses
 import time
 
+from streams.contract.schemas import RankingEvent
 from streams.simulator.sink import emit
 from streams.simulator.world import World
 
@@ -146,3 +147,29 @@ def test_emitters_split_by_user_send_what_one_emitter_sends_each_request_at_its_
         for offset, e in events:
             assert sent[e.request_id, e.item_id, e.type] == dataclasses.replace(e, ts_ms=due + offset)
     assert len(sent) == sum(1 + len(events) for _, events in one)
+
+
+class RawWriter(LoggedWriter):
+    """A producer that also takes pre-encoded records (as the SDK's ``send_raw``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw: list[tuple[str, str, bytes]] = []
+
+    def send_raw(self, topic: str, key: str, value: bytes) -> None:
+        self.raw.append((topic, key, value))
+
+
+def test_pre_generated_ranking_events_go_out_checked_and_encoded_once_with_their_own_time():
+    from streams.contract.schemas import decode_ranking
+    from streams.kafka.producer import encode_checked
+
+    made = list(requests(5))
+    writer = RawWriter()
+    report = emit(iter(made), writer, rate=12_000, n_requests=5, pregenerate=3)
+    assert report.ranking == 5 and [key for _, key, _ in writer.raw] == [r.ranking.request_id for r in made[:3]]
+    for (topic, _, value), request in zip(writer.raw, made, strict=False):
+        sent = decode_ranking(value)
+        assert topic == "ranking" and value == encode_checked(dataclasses.replace(request.ranking, ts_ms=sent.ts_ms))
+        assert abs(sent.ts_ms - time.time() * 1000) < 5_000
+    assert [e.request_id for e in writer.events if isinstance(e, RankingEvent)] == ["req-3", "req-4"]  # made late
