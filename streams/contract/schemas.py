@@ -17,6 +17,7 @@ streams.contract.validate.InvalidEvent: user_id: expected string, got NoneType
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -25,6 +26,7 @@ import orjson
 from streams.contract.fields import (
     CANDIDATE,
     EXPOSURE,
+    ID_CHARS,
     ITEM,
     RANKING,
     SAMPLE_GROUP,
@@ -43,7 +45,8 @@ FEEDBACK_KINDS = ("click", "like", "comment", "share")
 __all__ = [
     "SCHEMA_VERSION", "SOURCES", "Limits", "InvalidEvent", "Candidate", "RankingEvent", "ExposureEvent",
     "ItemUpdate", "SampleItem", "SampleGroup", "RankingColumns", "decode_ranking", "decode_ranking_columns",
-    "decode_exposure", "decode_item", "decode_sample_group", "check_sample_group", "encode", "is_positive",
+    "decode_exposure", "decode_item", "decode_sample_group", "check_sample_group", "encode", "encode_typed",
+    "is_positive", "with_ts",
 ]
 
 DEFAULT_LIMITS = Limits()
@@ -205,6 +208,23 @@ def encode(record: Any) -> bytes:
     return _VERSION_PREFIX + _ENCODER.encode(record)[1:]
 
 
+_UNSTAMPED = b'"ts_ms":0,'
+
+
+def with_ts(template: bytes, ts_ms: int) -> bytes:
+    """The wire bytes of a ranking event encoded with ``ts_ms=0`` (``template``), its time set to ``ts_ms``:
+    as encoding it with that time would write it. Its own ``ts_ms`` comes first after its two ids, and no
+    string can hold ``"ts_ms":0,`` unescaped.
+
+    >>> ev = RankingEvent("r1", "u1", 0, [Candidate("i1", "hot", 0, 0.9, content_type="video")])
+    >>> with_ts(encode(ev), 1234) == encode(dataclasses.replace(ev, ts_ms=1234))
+    True
+    """
+    if _UNSTAMPED not in template:
+        raise ValueError("not the encoding of an event with ts_ms=0")
+    return template.replace(_UNSTAMPED, b'"ts_ms":%d,' % ts_ms, 1)
+
+
 def _check_size(raw: bytes, limits: Limits) -> None:
     if len(raw) > limits.max_message_bytes:
         raise InvalidEvent(f"oversized: {len(raw)} bytes exceed the cap of {limits.max_message_bytes}", "oversized")
@@ -346,6 +366,65 @@ def decode_exposure(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> ExposureEven
     if event.type == "exposure" and event.position is None:
         raise InvalidEvent("position: required for an exposure")
     return event
+
+
+#: a number the wire can carry: a Python float may be NaN or infinite (``encode`` writes those as null), JSON's not
+_FINITE = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+#: user features as :func:`.validate.user_features` takes them: numbers or null, and the history's item ids
+_USER_FEATURES = dict[str, _FINITE | None | list[Annotated[str, msgspec.Meta(min_length=1, max_length=ID_CHARS)]]]
+
+
+def _typed(record: type, wire: type[msgspec.Struct], **types: Any) -> type[msgspec.Struct]:
+    """A struct of ``record``'s fields, in its order (so it encodes as ``record`` does), each with the type and
+    default of ``wire``'s field of that name (numbers finite), or of ``types``: ``msgspec.convert`` fills it from
+    a record's attributes and checks every bound in C. A field of ``record`` that ``wire`` lacks is an error."""
+    fields = {f.name: f for f in msgspec.structs.fields(wire)}
+
+    def typed(name: str) -> Any:
+        t = types.get(name, fields[name].type)
+        return _FINITE if t is float else _FINITE | None if t == float | None else t
+
+    return msgspec.defstruct(f"_Typed{record.__name__}", [(f.name, typed(f.name), fields[f.name].default)
+                                                          for f in dataclasses.fields(record)], kw_only=True, gc=False)
+
+
+_TypedCandidate = _typed(Candidate, _WireCandidate)
+_TYPED: dict[type, type[msgspec.Struct]] = {
+    RankingEvent: _typed(RankingEvent, _WireRanking, candidates=list[_TypedCandidate],
+                         user_features=_USER_FEATURES | None),
+    ExposureEvent: _typed(ExposureEvent, _WireExposure),
+}
+
+
+def encode_typed(event: RankingEvent | ExposureEvent, limits: Limits = DEFAULT_LIMITS) -> bytes | None:
+    """The wire bytes of ``event`` when typed structs take it, in C, and the rules across fields hold
+    (unique item ids, an exposure's position, the caps); None when they do not. Never wider than the
+    decoders: bytes returned here, :func:`decode_ranking_columns` / :func:`decode_exposure` accept; a None
+    says nothing (:func:`encode` and the decoder then say whether and why they refuse). The bytes are
+    :func:`encode`'s but that a number field given an int carries it as a float (``3.0``).
+
+    One conversion and one encoding of the struct, no JSON parsed: what the producer SDK checks with.
+
+    >>> encode_typed(ExposureEvent("r1", "u1", "i1", 5, "exposure", position=0))[:40]
+    b'{"schema_version":1,"request_id":"r1","u'
+    >>> encode_typed(ExposureEvent("r1", "u1", "i1", 5, "exposure")) is None  # no position
+    True
+    """
+    try:
+        typed = msgspec.convert(event, _TYPED[type(event)], from_attributes=True)
+    except msgspec.ValidationError:
+        return None
+    if type(event) is RankingEvent:
+        candidates = typed.candidates
+        if len(candidates) > limits.max_candidates or len({c.item_id for c in candidates}) != len(candidates):
+            return None
+        for name, value in (typed.user_features or {}).items():  # the history is a list, every other feature not
+            if (name == "history") != (type(value) is list) or name == "history" and len(value) > limits.max_history:
+                return None
+    elif typed.type == "exposure" and typed.position is None:
+        return None
+    raw = encode(typed)
+    return raw if len(raw) <= limits.max_message_bytes else None
 
 
 def decode_item(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> ItemUpdate:

@@ -1,14 +1,19 @@
 """``EventProducer``: the client event producers use to write ranking, exposure and item events.
 
 Batching, ``acks=all`` with idempotence, retries with backoff, delivery metrics, flush on close.
-Every event is validated before it is sent, by the very decoders the streams worker runs on what
-it consumes (:mod:`streams.contract.schemas`), plus the worker's bound on event times ahead of now
+Every event is validated before it is sent, against the worker's contract
+(:mod:`streams.contract.schemas`), plus the worker's bound on event times ahead of now
 (:data:`streams.contract.validate.MAX_FUTURE_MS`: microseconds sent as milliseconds are refused):
-what the SDK accepts, the worker accepts. A refused event raises
+what the SDK accepts, the worker accepts. A ranking or exposure event is checked in one pass in C,
+converted into the typed structs of the worker's decoders and encoded from them
+(:func:`streams.contract.schemas.encode_typed`, never wider than the decoders); only one those
+decline (and an item update) is encoded and run through the worker's decoder, whose refusal is the
+SDK's. A refused event raises
 :class:`streams.contract.validate.InvalidEvent` (a ``ValueError``) with ``field`` (the field path,
 e.g. ``candidates[3].item_id``), ``kind`` (``schema`` or ``future``) and ``reason``; nothing is
 sent then. Keys are ``request_id`` (ranking, exposure) or ``item_id`` (items), so a request's
-events share a partition (kafka-python's default partitioner is murmur2, as Java's and the contract's).
+events share a partition: murmur2 of the key, as kafka-python's default partitioner, Java's and the
+contract's (:class:`KeyPartitioner`, which remembers the hashes of recent keys: a request's events share one).
 
 Compression: none by default (``compression=None``). The payloads are small JSON records and the
 broker link is rarely the bottleneck; gzip cost the SDK 2.5x its throughput in ``bench/produce.py``.
@@ -36,6 +41,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,6 +49,8 @@ from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.partitioner import DefaultPartitioner, Partitioner
+from kafka.partitioner.default import murmur2
 from prometheus_client import Counter
 
 from streams.contract.schemas import (
@@ -53,12 +61,13 @@ from streams.contract.schemas import (
     decode_item,
     decode_ranking_columns,
     encode,
+    encode_typed,
 )
 from streams.contract.validate import MAX_FUTURE_MS, InvalidEvent, check_not_future
 from streams.kafka.security import PLAINTEXT, KafkaSecurity
 from streams.kafka.topics import record_limits
 
-__all__ = ["EventProducer", "InvalidEvent", "ProducerUnavailable", "encode_checked"]
+__all__ = ["EventProducer", "InvalidEvent", "KeyPartitioner", "ProducerUnavailable", "encode_checked"]
 
 #: the sent and error counters catch up with the broker's answers every this many events (and on flush)
 SWEEP_EVERY = 1000
@@ -82,10 +91,37 @@ def encode_checked(event: RankingEvent | ExposureEvent | ItemUpdate, *, now_ms: 
     ...     print(e.field, e.kind)
     position schema
     """
-    raw = encode(event)
-    _DECODERS[type(event)](raw)
+    raw = encode_typed(event) if type(event) is not ItemUpdate else None
+    if raw is None:  # the worker's decoder says why (or accepts what the typed structs declined)
+        raw = encode(event)
+        _DECODERS[type(event)](raw)
     check_not_future(event.ts_ms, int(time.time() * 1000) if now_ms is None else now_ms, max_future_ms)
     return raw
+
+
+class KeyPartitioner(Partitioner):
+    """kafka-python's default partitioner (murmur2 of the key, modulo the topic's partitions; no key: one
+    at random), with the hashes of the last ``keys`` keys remembered: murmur2 runs in Python (a few µs a
+    key) and the events of one request share its key. Same partitions as the default:
+
+    >>> class Cluster:  # what the partitioners ask of kafka-python's ClusterMetadata: a topic of 4 partitions
+    ...     def topics(self): return {"t"}
+    ...     def partitions_for_topic(self, topic): return {0, 1, 2, 3}
+    ...     available_partitions_for_topic = partitions_for_topic
+    >>> keys = [f"req-{i}".encode() for i in range(100)]
+    >>> ours = [KeyPartitioner().partition("t", None, k, None, None, Cluster()) for k in keys]
+    >>> ours == [DefaultPartitioner().partition("t", None, k, None, None, Cluster()) for k in keys]
+    True
+    """
+
+    def __init__(self, keys: int = 1 << 16) -> None:
+        self._hash = functools.lru_cache(maxsize=keys)(murmur2)
+
+    def partition(self, topic: str, key: Any, serialized_key: bytes | None, value: Any, serialized_value: Any,
+                  cluster: Any) -> int:
+        if serialized_key is None:
+            return DefaultPartitioner().partition(topic, key, serialized_key, value, serialized_value, cluster)
+        return (self._hash(serialized_key) & 0x7FFFFFFF) % len(cluster.partitions_for_topic(topic))
 
 
 class ProducerUnavailable(RuntimeError):
@@ -110,7 +146,8 @@ class EventProducer:
                 bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms,
                 batch_size=batch_size, compression_type=self.compression, retries=retries,
                 retry_backoff_ms=200, request_timeout_ms=30_000, max_block_ms=10_000,
-                max_request_size=record_limits()[0], **security.client_options(), **kafka_config,
+                max_request_size=record_limits()[0], partitioner=KeyPartitioner(), **security.client_options(),
+                **kafka_config,
             )
         except KafkaError:
             raise ProducerUnavailable(f"no Kafka broker answers at {bootstrap}") from None
@@ -146,19 +183,27 @@ class EventProducer:
         """Count the events the broker answered, oldest first, up to the first one still in flight.
 
         One look per event from the sending thread instead of two callbacks per event on the I/O
-        thread (which took a quarter of the SDK's throughput in ``bench/produce.py``)."""
+        thread (which took a quarter of the SDK's throughput in ``bench/produce.py``); the counters
+        move once per topic and sweep."""
         pending = self._pending
+        acknowledged: dict[str, list[int]] = {}  # topic -> [events, bytes]
         while pending and pending[0][0].is_done:
             future, topic, size = pending.popleft()
             if future.failed():
                 self._failed(topic)
             else:
-                sent, sent_bytes = self._counters(topic)
-                sent.inc()
-                sent_bytes.inc(size)
+                counts = acknowledged.get(topic)
+                if counts is None:
+                    counts = acknowledged[topic] = [0, 0]
+                counts[0] += 1
+                counts[1] += size
+        for topic, (events, size) in acknowledged.items():
+            sent, sent_bytes = self._counters(topic)
+            sent.inc(events)
+            sent_bytes.inc(size)
 
     def _counters(self, topic: str) -> tuple[Any, Any]:
-        """The topic's sent and bytes counters (looked up once per topic, not per event)."""
+        """The topic's sent and bytes counters (looked up once per topic, not per sweep)."""
         counters = self._by_topic.get(topic)
         if counters is None:
             counters = self._by_topic[topic] = (SENT.labels(topic), BYTES.labels(topic))

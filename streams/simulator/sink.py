@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -29,8 +30,18 @@ from typing import IO, Protocol
 import numpy as np
 
 from feature_store.item_stats import WINDOWS
-from streams.contract.schemas import ExposureEvent, ItemUpdate, RankingEvent, encode
+from streams.contract.schemas import ExposureEvent, ItemUpdate, RankingEvent, encode, with_ts
+from streams.kafka.producer import encode_checked
 from streams.simulator.cascade import Request
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Stamped:
+    """A pre-generated ranking event and its wire bytes at ``ts_ms=0``, checked by the producer SDK before the
+    clock started (:func:`streams.contract.schemas.with_ts` sets its time as it goes out)."""
+
+    event: RankingEvent
+    template: bytes
 
 
 class Writer(Protocol):
@@ -78,6 +89,12 @@ class EmitReport:
     max_late_ms: float = 0.0
     #: in log time: the constant added to the log's own times (ms); None when events carry the wall clock
     log_shift_ms: int | None = None
+    #: requests generated before the clock started (``pregenerate``), and the seconds that took
+    pregenerated: int = 0
+    pregenerate_s: float = 0.0
+    #: the rate the emitter held: requests started per second, from the first request's start to the last's,
+    #: times the events per request sent (0 for a single request); at a rate it kept, the rate asked for
+    achieved_events_per_s: float = 0.0
 
 
 #: in log time, how long before sending starts the last request sent is stamped: its exposures and
@@ -104,28 +121,48 @@ def log_time_shift_ms(last_log_ms: int, now_ms: int | None = None, margin_ms: in
 def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_requests: int,
          events_per_request: float = 12.0, duplicate_rate: float = 0.0, seed: int = 0,
          truth_file: Path | None = None, realtime: bool = True, progress: Callable[[str], None] | None = None,
-         duration_s: float | None = None, log_shift_ms: int | None = None) -> EmitReport:
+         duration_s: float | None = None, log_shift_ms: int | None = None, pregenerate: int = 0,
+         slots: Iterable[int] | None = None, start: Callable[[], float] | None = None) -> EmitReport:
     """Emit ``requests`` (at most ``n_requests``) through ``writer``; returns the counts sent.
 
     ``rate`` is events per second (None: as fast as possible). ``duration_s`` stops starting
     new requests after that many seconds. ``progress`` is called once per request emitted.
     ``log_shift_ms``: stamp each request at its own time plus this (log time, see the module);
     requests must then come in time order. In real time an event is still never sent ahead of
-    the clock (the emitter waits for it).
+    the clock (the emitter waits for it). ``pregenerate``: take the first that many requests from
+    ``requests`` before the clock starts, so that generating them (milliseconds each for the
+    synthetic world) does not count against the schedule; the rest are generated as they are due.
+
+    Several emitters can share one schedule (:func:`streams.simulator.world.World.user_of` splits the
+    requests): ``slots`` gives each request's place in it (default 0, 1, 2, ...: request ``i`` is due
+    ``i * events_per_request / rate`` seconds after the start) and ``start``, called once the
+    requests are pre-generated, the wall time (ms) at which the schedule starts (it may wait for the
+    other emitters; default: now).
     """
     rng = np.random.default_rng(seed + 7)
+    started = time.monotonic()
+    requests = iter(requests)
+    ahead = list(itertools.islice(requests, min(pregenerate, n_requests)))
+    # a producer's pre-generated ranking events are checked and encoded now, each once (hundreds of µs at 500
+    # candidates); sent, they carry their time (never ahead of the clock, never negative: what the check adds)
+    raw = realtime and hasattr(writer, "send_raw")
+    templates = [encode_checked(dataclasses.replace(r.ranking, ts_ms=0)) if raw else None for r in ahead]
+    paired = itertools.chain(zip(ahead, templates, strict=True), ((r, None) for r in requests))
 
     def now_ms() -> float:
         """The wall clock in event time: on the schedule at a rate, the clock itself as fast as possible."""
         return start_ms + (time.monotonic() - clock) * 1000 if rate else time.time() * 1000
 
-    report = EmitReport(log_shift_ms=log_shift_ms)
+    report = EmitReport(log_shift_ms=log_shift_ms, pregenerated=len(ahead),
+                        pregenerate_s=round(time.monotonic() - started, 3))
     heap: list[tuple[int, int, object]] = []
     seq = 0
-    start_ms = int(time.time() * 1000) if realtime else 0
+    start_ms = (int(start()) if start else int(time.time() * 1000)) if realtime else 0
     spacing_ms = 1000.0 * events_per_request / rate if rate else 0.0
     truth = truth_file.open("w") if truth_file else None
-    clock = time.monotonic()
+    if realtime and (wait_s := start_ms / 1000 - time.time()) > 0:
+        time.sleep(wait_s)
+    clock = time.monotonic() + (start_ms / 1000 - time.time() if realtime else 0.0)  # start_ms on the monotonic clock
 
     def flush_until(now_ms: float) -> None:
         while heap and heap[0][0] <= now_ms:
@@ -141,7 +178,7 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
                 _send(writer, event, report)
                 report.duplicates += 1
 
-    for index, request in zip(range(n_requests), requests, strict=False):
+    for index, (request, template) in zip(range(n_requests) if slots is None else slots, paired, strict=False):
         t_ms = start_ms + int(index * spacing_ms)
         if realtime and rate:
             now = start_ms + (time.monotonic() - clock) * 1000
@@ -156,13 +193,17 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
         if log_shift_ms is not None:
             t_ms = request.ranking.ts_ms + log_shift_ms
         seq += 1
-        heapq.heappush(heap, (t_ms, seq, dataclasses.replace(request.ranking, ts_ms=t_ms)))
+        ranking = dataclasses.replace(request.ranking, ts_ms=t_ms)
+        heapq.heappush(heap, (t_ms, seq, ranking if template is None else _Stamped(ranking, template)))
         for offset, event in request.events:
             seq += 1
             heapq.heappush(heap, (t_ms + offset, seq, dataclasses.replace(event, ts_ms=t_ms + offset)))
         if truth:
             truth.write(json.dumps({"request_id": request.ranking.request_id, "exposed": request.exposed}) + "\n")
         report.requests += 1
+        last_start = time.monotonic()
+        if report.requests == 1:
+            first_start = last_start
         # in real time, what is due (never an event ahead of the clock: a producer refuses those); in
         # log time, what comes before this request in the log
         if log_shift_ms is not None:
@@ -180,11 +221,18 @@ def emit(requests: Iterable[Request], writer: Writer, *, rate: float | None, n_r
     if truth:
         truth.close()
     report.seconds = time.monotonic() - clock
+    if report.requests > 1 and last_start > first_start:
+        events = report.ranking + report.exposure + report.feedback - report.duplicates
+        report.achieved_events_per_s = round(events / report.requests * (report.requests - 1)
+                                             / (last_start - first_start), 1)
     return report
 
 
 def _send(writer: Writer, event: object, report: EmitReport) -> None:
-    if isinstance(event, RankingEvent):
+    if type(event) is _Stamped:
+        writer.send_raw("ranking", event.event.request_id, with_ts(event.template, event.event.ts_ms))  # type: ignore[attr-defined]
+        report.ranking += 1
+    elif isinstance(event, RankingEvent):
         writer.send_ranking(event)
         report.ranking += 1
     else:

@@ -113,6 +113,17 @@ class World:
                     channels.append(channel)
         return np.array(chosen), channels
 
+    def user_of(self, index: int) -> int:
+        """The user of request ``index`` (its generator's first draw, as :meth:`request` makes it), without
+        the request: emitters that split the requests by user each keep their users' histories whole,
+        so that together they send what one emitter would.
+
+        >>> w = World(seed=1, n_users=50, n_items=400)
+        >>> [w.user_of(i) for i in range(3)] == [int(w.request(i, 20).ranking.user_id[1:]) for i in range(3)]
+        True
+        """
+        return int(np.random.default_rng((self.seed, index)).integers(len(self.users)))
+
     def request(self, index: int, n_candidates: int = 1000, preranker: PreRanker | None = None) -> Request:
         """Simulate request ``index`` (its id is ``req-<index>``); ``preranker`` defaults to a
         noisy popularity heuristic, which also stands in whenever ``preranker`` fails."""

@@ -1,7 +1,9 @@
 """The emitter's schedule: in real time at a rate, how far it fell behind is reported."""
 
+import dataclasses
 import time
 
+from streams.contract.schemas import RankingEvent
 from streams.simulator.sink import emit
 from streams.simulator.world import World
 
@@ -102,3 +104,72 @@ def test_in_log_time_events_keep_the_logs_times_shifted_by_whole_hours_all_in_th
     times = [e.ts_ms for e in writer.events]
     assert times == sorted(times)  # in the log's order
     assert times[-1] - times[0] >= 39 * 30_000  # the log's span kept, though sent in well under a second
+
+
+def slow_requests(n: int, generate_s: float):
+    """Requests that take ``generate_s`` each to make (the synthetic world takes milliseconds for one of
+    500 candidates)."""
+    for request in requests(n):
+        time.sleep(generate_s)
+        yield request
+
+
+def test_requests_generated_before_the_clock_starts_do_not_hold_the_schedule_back():
+    rate = 12_000  # events/s: one request (12 events on average) due every millisecond
+    late = emit(slow_requests(40, 0.01), SlowWriter(0), rate=rate, n_requests=40)
+    assert late.max_late_ms > 200  # generated as they fall due, 10 ms each: 40 requests fall ~360 ms behind
+    report = emit(slow_requests(40, 0.01), SlowWriter(0), rate=rate, n_requests=40, pregenerate=40)
+    assert (report.pregenerated, report.requests) == (40, 40) and report.pregenerate_s >= 0.4
+    assert report.max_late_ms < 50
+    # the events sent up to the last request's start, per second: the schedule's rate (a few events of the
+    # last requests' exposures, due 50 ms after them, are still to come then)
+    assert 0.5 * rate < report.achieved_events_per_s < 1.5 * rate
+
+
+def test_emitters_split_by_user_send_what_one_emitter_sends_each_request_at_its_place():
+    """`hap simulate --processes N`: each emitter takes the requests of its users (their histories whole),
+    in their places of the one schedule, from one start."""
+    n, parts, rate = 30, 3, 12_000  # a request due every millisecond
+    world = World(seed=4, n_users=7, n_items=200, feedback_delay_ms=10)
+    one = [(r.ranking, r.events) for r in (world.request(i, 20) for i in range(n))]
+    start_ms = time.time() * 1000 + 100
+    sent: dict[tuple, tuple] = {}
+    for part in range(parts):
+        world = World(seed=4, n_users=7, n_items=200, feedback_delay_ms=10)
+        slots = [i for i in range(n) if world.user_of(i) % parts == part]
+        writer = LoggedWriter()
+        emit((world.request(i, 20) for i in slots), writer, rate=rate, n_requests=len(slots), slots=slots,
+             start=lambda: start_ms)
+        sent |= {(e.request_id, getattr(e, "item_id", None), getattr(e, "type", "ranking")): e for e in writer.events}
+    for index, (ranking, events) in enumerate(one):  # the same events, each at its slot's time plus its offset
+        due = int(start_ms) + index  # slot i: i * 12 events / 12,000 events/s
+        assert sent[ranking.request_id, None, "ranking"] == dataclasses.replace(ranking, ts_ms=due)
+        for offset, e in events:
+            assert sent[e.request_id, e.item_id, e.type] == dataclasses.replace(e, ts_ms=due + offset)
+    assert len(sent) == sum(1 + len(events) for _, events in one)
+
+
+class RawWriter(LoggedWriter):
+    """A producer that also takes pre-encoded records (as the SDK's ``send_raw``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw: list[tuple[str, str, bytes]] = []
+
+    def send_raw(self, topic: str, key: str, value: bytes) -> None:
+        self.raw.append((topic, key, value))
+
+
+def test_pre_generated_ranking_events_go_out_checked_and_encoded_once_with_their_own_time():
+    from streams.contract.schemas import decode_ranking
+    from streams.kafka.producer import encode_checked
+
+    made = list(requests(5))
+    writer = RawWriter()
+    report = emit(iter(made), writer, rate=12_000, n_requests=5, pregenerate=3)
+    assert report.ranking == 5 and [key for _, key, _ in writer.raw] == [r.ranking.request_id for r in made[:3]]
+    for (topic, _, value), request in zip(writer.raw, made, strict=False):
+        sent = decode_ranking(value)
+        assert topic == "ranking" and value == encode_checked(dataclasses.replace(request.ranking, ts_ms=sent.ts_ms))
+        assert abs(sent.ts_ms - time.time() * 1000) < 5_000
+    assert [e.request_id for e in writer.events if isinstance(e, RankingEvent)] == ["req-3", "req-4"]  # made late
