@@ -54,6 +54,43 @@ class Reducer:
         dist.all_reduce(out)
         return out
 
+    def maximum(self, values: torch.Tensor) -> torch.Tensor:
+        """``values``' largest over the ranks, element by element."""
+        if self.world == 1:
+            return values
+        out = values.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        return out
+
+    def gather_bytes(self, data: bytes) -> list[bytes]:
+        """Every rank's ``data``, in rank order, on every rank (what the service's checkpoint gathers:
+        each rank's partitions' offsets and seen ids, as JSON)."""
+        if self.world == 1:
+            return [data]
+        sizes = self._gather(torch.tensor([len(data)], dtype=torch.long)).tolist()
+        buffer = torch.zeros(max(sizes), dtype=torch.uint8)
+        buffer[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else buffer[:0]
+        parts = [torch.empty_like(buffer) for _ in range(self.world)]
+        dist.all_gather(parts, buffer)
+        return [part[:size].numpy().tobytes() for part, size in zip(parts, sizes, strict=True)]
+
+    def share_bytes(self, data: bytes) -> bytes:
+        """Rank 0's ``data`` on every rank (what the others pass is ignored)."""
+        if self.world == 1:
+            return data
+        size = torch.tensor([len(data)], dtype=torch.long)
+        dist.broadcast(size, 0)
+        buffer = torch.zeros(int(size), dtype=torch.uint8)
+        if self.rank == 0 and data:
+            buffer[:] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        dist.broadcast(buffer, 0)
+        return buffer.numpy().tobytes()
+
+    def share(self, tensor: torch.Tensor) -> None:
+        """Overwrite ``tensor`` with rank 0's (in place; one shape on every rank)."""
+        if self.world > 1:
+            dist.broadcast(tensor, 0)
+
     def sum_gradients(self, params: list[torch.Tensor], grads: list[torch.Tensor | None],
                       sparse: list[bool]) -> list[torch.Tensor | None]:
         """Each parameter's gradient summed over the ranks: a dense one whole, a ``sparse`` one (an id

@@ -21,7 +21,8 @@ Examples
 >>> mix.add(mix.evidence(base, delta, group=np.array([0, 0, 1, 1]), positive=np.array([1, 0, 1, 0], bool)))
 >>> mix.beta
 0.0
->>> later = mix.evidence(1 - base, np.array([2.0, -2.0, 2.0, -2.0]), np.array([0, 0, 1, 1]), np.array([1, 0, 1, 0], bool))
+>>> later = mix.evidence(1 - base, np.array([2.0, -2.0, 2.0, -2.0]), np.array([0, 0, 1, 1]),
+...                      np.array([1, 0, 1, 0], bool))
 >>> for _ in range(50):  # now the learned score is wrong by 1 and the other right by 3
 ...     mix.add(later)
 >>> mix.beta  # the smallest weight that orders both pairs

@@ -130,6 +130,17 @@ class OnlineTrainer:
         summed = self.reducer.sum(torch.as_tensor(np.stack([self.metrics[n].counts() for n in names])))
         return {n: self.metrics[n].with_counts(c).report() for n, c in zip(names, summed.numpy(), strict=True)}
 
+    def fold_metrics(self) -> None:
+        """Move every rank's progressive counts to rank 0 (their sum, what :meth:`quality` reports,
+        is unchanged): rank 0's checkpoint then holds them all."""
+        if self.reducer.world == 1:
+            return
+        names = list(self.metrics)
+        summed = self.reducer.sum(torch.as_tensor(np.stack([self.metrics[n].counts() for n in names])))
+        fresh, _ = self._new_metrics()
+        self.metrics = {n: self.metrics[n].with_counts(c) if self.reducer.rank == 0 else fresh[n]
+                        for n, c in zip(names, summed.numpy(), strict=True)}
+
     # -- progressive validation ---------------------------------------------------------
     def _scored(self, batch: Batch, expressive_rows: torch.Tensor | None = None
                 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None, torch.Tensor, torch.Tensor]:
