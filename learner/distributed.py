@@ -15,7 +15,9 @@ learner runs the same code. Over an initialised process group (gloo on CPU, laun
   ``all_gather``-ed, then the rows of all ranks are summed (``coalesce``).
 
 Collectives block until every rank calls them: ranks step in lockstep (a rank with no group
-steps on an empty batch).
+steps on an empty batch). The service adds its own (``learner.service``): what the ranks polled,
+rank 0's decisions, every rank's partitions' state at a checkpoint (:meth:`Reducer.gather_bytes`),
+rank 0's checkpoint at start-up (:meth:`Reducer.share_bytes`, :meth:`Reducer.share`).
 
 Examples
 --------

@@ -117,7 +117,7 @@ def _launch(nproc: int) -> int:
 def _join_ranks(device: str) -> tuple[Reducer, str]:
     """The data-parallel ranks this process is one of (torchrun's environment: ``WORLD_SIZE``,
     ``RANK``, ``MASTER_ADDR``...), or one rank; and the device to train on (on GPUs, a rank's own:
-    ``cuda:LOCAL_RANK``; gloo on CPUs, NCCL on GPUs)."""
+    ``cuda:LOCAL_RANK``; gloo for host tensors, NCCL for GPU ones)."""
     import torch.distributed as dist
 
     from learner.distributed import Reducer
@@ -125,6 +125,16 @@ def _join_ranks(device: str) -> tuple[Reducer, str]:
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Reducer(), device
+    _end_with_parent()
     cuda = resolve_device(device).type == "cuda"
-    dist.init_process_group("nccl" if cuda else "gloo")
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")  # counts and state stay on the host
     return Reducer(distributed=True), f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else device
+
+
+def _end_with_parent() -> None:
+    """Be SIGKILLed when the process that started this one ends (Linux): torchrun starts each rank
+    in a session of its own, so a launcher SIGKILLed would otherwise leave its ranks running."""
+    import ctypes
+
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
