@@ -126,20 +126,22 @@ class OnlineTrainer:
     def quality(self) -> dict[str, dict]:
         """Each scorer's progressive metrics (:meth:`ProgressiveMetrics.report`), their counts summed
         over the ranks (every rank calls it at once)."""
-        names = list(self.metrics)
-        summed = self.reducer.sum(torch.as_tensor(np.stack([self.metrics[n].counts() for n in names])))
-        return {n: self.metrics[n].with_counts(c).report() for n, c in zip(names, summed.numpy(), strict=True)}
+        return {n: self.metrics[n].with_counts(c).report() for n, c in self._summed_counts().items()}
 
     def fold_metrics(self) -> None:
         """Move every rank's progressive counts to rank 0 (their sum, what :meth:`quality` reports,
         is unchanged): rank 0's checkpoint then holds them all."""
         if self.reducer.world == 1:
             return
-        names = list(self.metrics)
-        summed = self.reducer.sum(torch.as_tensor(np.stack([self.metrics[n].counts() for n in names])))
         fresh, _ = self._new_metrics()
         self.metrics = {n: self.metrics[n].with_counts(c) if self.reducer.rank == 0 else fresh[n]
-                        for n, c in zip(names, summed.numpy(), strict=True)}
+                        for n, c in self._summed_counts().items()}
+
+    def _summed_counts(self) -> dict[str, np.ndarray]:
+        """Each scorer's progressive counts (:meth:`ProgressiveMetrics.counts`) summed over the ranks."""
+        names = list(self.metrics)
+        summed = self.reducer.sum(torch.as_tensor(np.stack([self.metrics[n].counts() for n in names])))
+        return dict(zip(names, summed.numpy(), strict=True))
 
     # -- progressive validation ---------------------------------------------------------
     def _scored(self, batch: Batch, expressive_rows: torch.Tensor | None = None
