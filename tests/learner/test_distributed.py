@@ -9,6 +9,7 @@ arithmetic: a softmax path cannot see a bias) by a full step of the noise's sign
 import socket
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 import torch
@@ -29,7 +30,10 @@ SPLITS = ((3, 3), (4, 2), (1, 5), (5, 0))
 
 
 def _batches():
-    groups = simulated_groups(sum(map(sum, SPLITS)), seed=5, n_candidates=50)
+    # every other random negative made a constructed ranking negative (rn), the kind sampling drops
+    groups = [msgspec.structs.replace(g, items=[msgspec.structs.replace(it, source="rn") if it.source == "gn" and n % 2
+                                                else it for n, it in enumerate(g.items)])
+              for g in simulated_groups(sum(map(sum, SPLITS)), seed=5, n_candidates=50)]
     out, at = [], 0
     for split in SPLITS:
         out.append([groups[at + sum(split[:r]): at + sum(split[:r + 1])] for r in range(WORLD)])
