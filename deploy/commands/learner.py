@@ -94,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _launch(nproc: int) -> int:
     """Run this command as ``nproc`` ranks on this machine (torchrun's launcher, a local rendezvous);
-    the exit status is the job's: one rank failing stops every rank."""
+    the exit status is the job's: one rank failing stops every rank (1); SIGTERM stops every rank
+    gracefully (0)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser
     from torch.distributed.run import run as torchrun
@@ -111,6 +113,10 @@ def _launch(nproc: int) -> int:
     except ChildFailedError as exc:
         logging.getLogger("hap.learner").error("a rank failed; the job stopped: %s", exc.get_first_failure()[1])
         return 1
+    except SignalException as exc:  # SIGTERM or SIGINT, handed on to every rank: each stopped as one learner
+        # does (trained what it took; rank 0 published and checkpointed), within torchrun's 30 s
+        logging.getLogger("hap.learner").warning("stopped by signal %d", exc.sigval)
+        return 0
     return 0
 
 
