@@ -1,6 +1,6 @@
 """Data-parallel GHCL: two gloo ranks, each on its share of every batch, take the steps one trainer
 takes on the whole batches (weights, optimizer state, sampling, mixing weight, conflict EMA,
-touched rows, progressive metrics).
+touched rows, progressive metrics), starting from rank 0's state handed to every rank.
 
 In float64: float32's rounding differs between a sum over a whole batch and the sum of its two
 halves' sums, and Adam and Adagrad move a coordinate whose gradient is rounding noise (0 in exact
@@ -44,7 +44,10 @@ def _batches():
 def _run(reducer: Reducer, share: list[int] | None) -> tuple[dict[str, torch.Tensor], dict]:
     """Train on every batch (``share``: this rank's part of each; None: all of it); the state after,
     the id tables cut to the rows trained (every other row is as initialised, from one seed)."""
-    trainer = OnlineTrainer(seed=0, reducer=reducer)
+    # each rank starts from its own seed, then takes rank 0's weights and state, as the service does
+    # with rank 0's checkpoint at start-up
+    trainer = OnlineTrainer(seed=reducer.rank, reducer=reducer)
+    assert checkpoint.share(trainer, {"from": reducer.rank}) == {"from": 0}
     trainer.sampler.max_share = 0.6  # constructed negatives are dropped from the first step: sampling counts
     for batch in _batches():
         trainer.step(batch[share] if share is not None else [g for part in batch for g in part])
