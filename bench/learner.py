@@ -10,6 +10,7 @@ this process. Publishing is timed into Redis for full versions and for deltas.
     python bench/learner.py --no-stack --device cuda    # (b) and (c) only: no Kafka or Redis needed
     python bench/learner.py --online-only               # (a) only, e.g. under py-spy
     python bench/learner.py --repeat 5                  # 5 online runs, each paired with a tight one
+    python bench/learner.py --nproc 1,2 --groups 800    # `hap learner --nproc N` on a backlog, per N
 
 Ends with one JSON line {"online_samples_per_s", "online_first_step_s", "tight_samples_per_s",
 "nonlinear_over_linear_wide" (the tight GHCL loop against the same loop without the light tier's
@@ -17,7 +18,8 @@ non-linear wide part: the median of three alternated pairs), "ratio"
 (online ÷ tight: the median of the paired runs' ratios, each in "ratios"), "decode_us_per_sample" (and the
 field-by-field checks' "decode_checked_us_per_sample" on the same records),
 "tight_from_bytes_samples_per_s", "tier_compute_samples_per_s", the ratios between them,
-"publish_ms_p50", "delta_bytes", "full_bytes", ...}.
+"publish_ms_p50", "delta_bytes", "full_bytes", ...}; with ``--nproc`` only {"ranks_samples_per_s": {N:
+...}, "ranks_speedup": {N: samples/s over the first N's}}.
 """
 
 from __future__ import annotations
@@ -159,6 +161,59 @@ def online(groups, settings, batch: int, device: str) -> tuple[float, float]:
     return samples / elapsed, started[0] - t0
 
 
+def ranks(groups, settings, batch: int, nproc: int, threads: int) -> float:
+    """Samples/s of `hap learner --nproc N` (N processes, ``threads`` torch threads each) over a
+    backlog in ``hap.samples`` (4 partitions): from its first step until its ranks trained the last
+    sample, as their metrics say (scraped every 50 ms; the start-up, rendezvous and checkpoint load
+    are not counted)."""
+    from kafka import KafkaProducer
+
+    from deploy.pipeline import Component
+    from deploy.scrape import scrape
+    from deploy.stack.process import free_port
+    from streams.kafka.topics import ensure_topics
+
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    ensure_topics(settings.kafka_bootstrap, prefix)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20)
+    for g in groups:
+        producer.send(f"{prefix}samples", key=g.request_id.encode(), value=encode(g))
+    producer.close()
+    samples = sum(len(g.items) for g in groups)
+    port = free_port()
+    urls = [f"http://127.0.0.1:{port + r}/metrics" for r in range(nproc)]  # rank r's metrics port
+
+    def total(name: str) -> float:
+        try:
+            return sum(scrape(url).total(name) for url in urls)
+        except OSError:
+            return 0.0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"HAP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "HAP_REDIS_URL": settings.redis.url,
+               "HAP_TOPIC_PREFIX": prefix, "HAP_REDIS_PREFIX": f"{prefix}:", "HAP_DATA_DIR": tmp,
+               "HAP_LEARNER_METRICS_PORT": str(port)}
+        learner = Component("learner", ["learner", "--nproc", str(nproc), "--threads", str(threads),
+                                        "--batch-groups", str(batch), "--device", "cpu", "--exit-when-idle", "5"],
+                            Path(tmp), env).start()
+        try:
+            while total("hap_learner_steps_total") < 1:
+                if not learner.alive:
+                    raise RuntimeError(f"hap learner --nproc {nproc} exited: {learner.log_tail()}")
+                time.sleep(0.05)
+            t0, first = time.perf_counter(), total("hap_learner_samples_total")
+            while (trained := total("hap_learner_samples_total")) < samples:
+                if not learner.alive:
+                    raise RuntimeError(f"hap learner --nproc {nproc} trained {trained} of {samples} samples: "
+                                       f"{learner.log_tail()}")
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - t0
+        finally:
+            learner.stop()
+    _drop_keys(settings.redis.client(), f"{prefix}:")
+    return (samples - first) / elapsed
+
+
 def _drop_keys(client, prefix: str) -> None:
     """Delete what a bench run published under ``prefix`` (full versions are tens of MB each)."""
     for key in client.scan_iter(match=f"*{prefix}*", count=1000):
@@ -195,6 +250,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on the CPU")
     parser.add_argument("--no-stack", action="store_true", help="skip the figures that need Kafka and Redis")
     parser.add_argument("--online-only", action="store_true", help="only the online figure (to profile the service)")
+    parser.add_argument("--nproc", type=lambda v: [int(n) for n in v.split(",")],
+                        help="only the data-parallel figure: `hap learner --nproc N` on a backlog for each N of this "
+                             "comma-separated list, --threads threads per rank (e.g. 1,2)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="online and tight GHCL runs, alternated, each pair giving one ratio (the median is "
                              "reported)")
@@ -204,6 +262,11 @@ def main() -> None:
     groups = simulated_groups(args.groups, seed=11)
     figures: dict[str, object] = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
                                   "batch_groups": batch, "threads": args.threads}
+    if args.nproc:
+        rates = {n: ranks(groups, Settings.load(), batch, n, args.threads) for n in args.nproc}
+        print(json.dumps({**figures, "ranks_samples_per_s": {n: round(r, 1) for n, r in rates.items()},
+                          "ranks_speedup": {n: round(r / rates[args.nproc[0]], 3) for n, r in rates.items()}}))
+        return
     if args.online_only:
         rate, first_step_s = online(groups, Settings.load(), batch, device)
         print(json.dumps({**figures, "online_samples_per_s": round(rate, 1),

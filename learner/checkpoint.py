@@ -114,6 +114,28 @@ def restore(trainer: OnlineTrainer, snapshot: Snapshot) -> None:
         trainer.mixer.load(meta["mixer"])
 
 
+def share(trainer: OnlineTrainer, state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Rank 0's trainer and checkpoint ``state`` on every rank of ``trainer.reducer`` (at start-up,
+    once rank 0 read the checkpoint): every rank starts from the same weights, optimizers, sampler
+    and counters. Returns rank 0's ``state``."""
+    reducer = trainer.reducer
+    if reducer.world == 1:
+        return state
+    header = b""
+    if reducer.rank == 0:
+        snapshot = capture(trainer, clone=False)
+        header = json.dumps({"meta": snapshot.meta, "state": state, "tensors": {
+            k: [list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in snapshot.tensors.items()}}).encode()
+    shared = json.loads(reducer.share_bytes(header))
+    tensors = snapshot.tensors if reducer.rank == 0 else {
+        k: torch.empty(shape, dtype=getattr(torch, dtype)) for k, (shape, dtype) in shared["tensors"].items()}
+    for name in sorted(tensors):
+        reducer.share(tensors[name])
+    if reducer.rank != 0:
+        restore(trainer, Snapshot(tensors, shared["meta"]))
+    return shared["state"]
+
+
 def weights_finite(trainer: OnlineTrainer) -> bool:
     """True when every weight of every tier is finite (no NaN, no inf) and none is absurdly large.
 

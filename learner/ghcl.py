@@ -30,11 +30,15 @@ import torch.nn.functional as F
 
 
 def contrastive_path_loss(scores: torch.Tensor, group: torch.Tensor, positive: torch.Tensor,
-                          negative: torch.Tensor, n_groups: int, temperature: float = 1.0) -> torch.Tensor:
+                          negative: torch.Tensor, n_groups: int, temperature: float = 1.0,
+                          count: float | None = None) -> torch.Tensor:
     """Mean over positives of ``-log softmax`` of the positive among itself and its group's negatives.
 
     ``-log(e^{s_p} / (e^{s_p} + sum_n e^{s_n})) = softplus(logsumexp_n s_n - s_p)``; positives
-    whose group has no negative of the path are left out. Returns 0 when none is left.
+    whose group has no negative of the path are left out. Returns 0 when none is left. With
+    ``count`` the sum is divided by it instead of by this batch's positives left in
+    (:func:`path_positives`): data-parallel ranks divide by their total, so that their losses add
+    up to the mean over all of their batches.
     """
     s = scores / temperature
     neg = group_logsumexp(s[negative], group[negative], n_groups)
@@ -43,7 +47,20 @@ def contrastive_path_loss(scores: torch.Tensor, group: torch.Tensor, positive: t
     valid = torch.isfinite(lse)
     if not valid.any():
         return s.sum() * 0.0
-    return F.softplus(lse[valid] - s[pos_idx][valid]).mean()
+    terms = F.softplus(lse[valid] - s[pos_idx][valid])
+    return terms.mean() if count is None else terms.sum() / count
+
+
+def path_positives(group: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, n_groups: int) -> int:
+    """The positives :func:`contrastive_path_loss` averages over: those whose group has a negative.
+
+    >>> path_positives(torch.tensor([0, 0, 1]), torch.tensor([True, False, True]),
+    ...                torch.tensor([False, True, False]), 2)
+    1
+    """
+    has_negative = torch.zeros(n_groups, dtype=torch.bool, device=group.device)
+    has_negative[group[negative]] = True
+    return int((positive & has_negative[group]).sum())
 
 
 def group_logsumexp(values: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -102,7 +119,12 @@ class ConflictSampler:
     def update(self, cosine: float) -> None:
         self.conflict_ema = self.decay * self.conflict_ema + (1 - self.decay) * max(0.0, -cosine)
 
-    def keep(self, droppable: torch.Tensor) -> torch.Tensor:
-        """A CPU mask keeping every item that is not ``droppable`` and a ``share`` of those that are."""
-        draw = torch.as_tensor(self.rng.random(len(droppable)) < self.share)
+    def keep(self, droppable: torch.Tensor, start: int = 0, total: int | None = None) -> torch.Tensor:
+        """A CPU mask keeping every item that is not ``droppable`` and a ``share`` of those that are.
+
+        Data-parallel ranks (one sampler each, in the same state) draw the numbers of the step's
+        ``total`` items and take those from ``start`` on: together, the draws of one sampler over
+        all of their items in rank order."""
+        n = len(droppable)
+        draw = torch.as_tensor(self.rng.random(n if total is None else total)[start: start + n] < self.share)
         return ~droppable.cpu() | draw

@@ -18,11 +18,13 @@ Examples
 >>> mix = MixSelector()
 >>> base = np.array([1.0, 0.0, 1.0, 0.0])           # the learned score of 4 exposed items, 2 requests
 >>> delta = np.array([-3.0, 3.0, 0.0, 0.0])          # moving towards the other gets request 0 wrong
->>> mix.update(base, delta, group=np.array([0, 0, 1, 1]), positive=np.array([1, 0, 1, 0], bool))
+>>> mix.add(mix.evidence(base, delta, group=np.array([0, 0, 1, 1]), positive=np.array([1, 0, 1, 0], bool)))
 >>> mix.beta
 0.0
+>>> later = mix.evidence(1 - base, np.array([2.0, -2.0, 2.0, -2.0]), np.array([0, 0, 1, 1]),
+...                      np.array([1, 0, 1, 0], bool))
 >>> for _ in range(50):  # now the learned score is wrong by 1 and the other right by 3
-...     mix.update(1 - base, np.array([2.0, -2.0, 2.0, -2.0]), np.array([0, 0, 1, 1]), np.array([1, 0, 1, 0], bool))
+...     mix.add(later)
 >>> mix.beta  # the smallest weight that orders both pairs
 0.5
 """
@@ -57,18 +59,26 @@ class MixSelector:
         self.correct = np.asarray(state["correct"], np.float64)
         self.pairs, self.beta = float(state["pairs"]), float(state["beta"])
 
-    def update(self, base: np.ndarray, delta: np.ndarray, group: np.ndarray, positive: np.ndarray) -> None:
-        """Count a batch of exposed items (``base`` and ``delta`` of their scores; ``group``: their
-        request; ``positive``: clicked), scored by weights that have not trained on it."""
+    def evidence(self, base: np.ndarray, delta: np.ndarray, group: np.ndarray, positive: np.ndarray) -> np.ndarray:
+        """A batch of exposed items (``base`` and ``delta`` of their scores; ``group``: their request;
+        ``positive``: clicked), scored by weights that have not trained on it: the pairs each ``β``
+        orders correctly, then the pairs (what :meth:`add` takes; the evidence of disjoint batches
+        adds up)."""
         n_pos = np.bincount(group, weights=positive)
         n_neg = np.bincount(group, weights=~positive)
         pairs = float((n_pos * n_neg).sum())
         if pairs == 0:
-            return
+            return np.zeros(len(self.betas) + 1)
         negative = ~positive
         correct = [float(group_pair_counts(base + b * delta, group, positive)[negative].sum())
                    for b in self.betas]
-        self.correct = self.decay * self.correct + np.asarray(correct)
-        self.pairs = self.decay * self.pairs + pairs
+        return np.asarray([*correct, pairs])
+
+    def add(self, evidence: np.ndarray) -> None:
+        """Count a batch's :meth:`evidence` (nothing without a pair)."""
+        if evidence[-1] == 0:
+            return
+        self.correct = self.decay * self.correct + evidence[:-1]
+        self.pairs = self.decay * self.pairs + float(evidence[-1])
         best = np.flatnonzero(self.correct >= self.correct.max() - 1e-9)[0]  # ties: the smallest β
         self.beta = float(self.betas[best])

@@ -50,6 +50,7 @@ from torch import nn
 from feature_store.featurize import (
     CONTENT_TYPE_BUCKETS,
     DENSE_DIM,
+    HISTORY_LEN,
     ID_BUCKETS,
     ITEM_DIM,
     PRIOR_FEATURE,
@@ -68,7 +69,7 @@ def user_tensors(users: list[UserInput]) -> Tensors:
     """Stack user inputs into ``user_idx (G,)`` and ``history (G, H)``."""
     return {
         "user_idx": torch.as_tensor(np.array([u.user_idx for u in users], dtype=np.int64)),
-        "history": torch.as_tensor(np.stack([u.history for u in users])),
+        "history": torch.as_tensor(np.array([u.history for u in users], np.int64).reshape(len(users), HISTORY_LEN)),
     }
 
 
@@ -76,7 +77,7 @@ def item_tensors(items: ItemBatch) -> Tensors:
     return {
         "item_idx": torch.as_tensor(items.item_idx),
         "ctype_idx": torch.as_tensor(items.ctype_idx),
-        "dense": torch.as_tensor(items.dense),
+        "dense": torch.as_tensor(items.dense, dtype=torch.get_default_dtype()),  # float32 unless told otherwise
     }
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 NEGATIVE_SOURCES = ("exp_neg", "rn", "prn", "gn")
+_COUNTS = ("gauc_sum", "gauc_weight", "recall_sum", "recall_groups", "consistency_sum", "consistency_groups")
 
 
 def group_pair_counts(scores: np.ndarray, group: np.ndarray, positive: np.ndarray) -> np.ndarray:
@@ -132,12 +133,34 @@ class ProgressiveMetrics:
         for name, (good, n) in other.pairs.items():
             self.pairs[name][0] += good
             self.pairs[name][1] += n
-        for field in ("gauc_sum", "gauc_weight", "recall_sum", "recall_groups", "consistency_sum",
-                      "consistency_groups"):
+        for field in _COUNTS:
             setattr(self, field, getattr(self, field) + getattr(other, field))
         self.request_weight += other.request_weight
         self.request_auc += other.request_auc
         return self
+
+    def counts(self) -> np.ndarray:
+        """Every running count (``float64``, in a fixed order): the counts of disjoint groups add up
+        (data-parallel ranks sum theirs, :meth:`with_counts` reads the sum back)."""
+        return np.array([*(v for pair in self.pairs.values() for v in pair),
+                         *(getattr(self, f) for f in _COUNTS)], np.float64)
+
+    def with_counts(self, counts: np.ndarray) -> ProgressiveMetrics:
+        """New metrics of this ``k`` and ``top_n`` holding ``counts`` (:meth:`counts`' order; no
+        per-request lists).
+
+        >>> a = ProgressiveMetrics(k=1)
+        >>> a.update(np.array([0.9, 0.1]), np.array([0, 0]), np.array(["exp_pos", "exp_neg"]))
+        >>> a.with_counts(2 * a.counts()).report() == a.report() | {"groups": 2}
+        True
+        """
+        out = ProgressiveMetrics(self.k, self.top_n)
+        values = iter(counts.tolist())
+        for name in NEGATIVE_SOURCES:
+            out.pairs[name] = [next(values), int(next(values))]
+        for field in _COUNTS:
+            setattr(out, field, type(getattr(self, field))(next(values)))
+        return out
 
     def per_request(self) -> tuple[np.ndarray, np.ndarray]:
         """``(weight, auc)`` of every request kept (``keep_requests``), in stream order."""

@@ -11,6 +11,17 @@ Lifecycle and guarantees:
   (``hap learner`` exits 1);
 - the consumer is assigned every partition of the samples topic and seeks to the offsets
   stored in the checkpoint (the checkpoint, not Kafka, is the source of truth);
+- data-parallel ranks (``trainer.reducer``, ``hap learner --nproc N`` or torchrun): rank ``r`` of
+  ``N`` is assigned the partitions ``p`` with ``p mod N = r`` (:mod:`learner.partitions`); the
+  ranks run the loop in lockstep (each iteration they add up what they polled; a step when any
+  has a group, every rank on its own groups, possibly none; publishing and checkpoints when rank
+  0's clocks say so) and take the same step (:mod:`learner.distributed`). Rank 0 alone holds the
+  writer lease, reads the checkpoint (every rank starts from its weights and state), publishes and
+  writes the checkpoint, whose offsets and seen ids are those of every rank's partitions, gathered
+  at the checkpoint (a barrier): one file, renamed into place last, so a checkpoint counts only once
+  complete. One rank dying stops every rank (the others' next collective fails); restarted, the
+  job resumes from the last checkpoint, with any number of ranks. A step that comes out non-finite
+  is undone as below, its groups (every rank's) counted, not retried one by one;
 - while :meth:`LearnerService.run` runs, the objects of start-up are frozen out of the cycle
   collector (``gc.freeze``; the process is the learner's);
 - records are polled, decoded and validated ahead of the loop by a thread of its own
@@ -59,6 +70,7 @@ import collections
 import contextlib
 import dataclasses
 import gc
+import json
 import logging
 import math
 import time
@@ -68,6 +80,7 @@ from typing import Any
 
 import numpy as np
 import redis
+import torch
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import Counter, Gauge
 
@@ -84,6 +97,7 @@ from feature_store.model_store import (
 from learner import checkpoint
 from learner import metrics as m
 from learner.fetcher import Fetcher
+from learner.partitions import owned
 from learner.resume import load_weights
 from learner.trainer import OnlineTrainer, StepReport
 from streams.contract.schemas import InvalidEvent, SampleGroup, decode_sample_group
@@ -153,9 +167,14 @@ class LearnerService:
     def __init__(self, cfg: LearnerConfig, trainer: OnlineTrainer) -> None:
         self.cfg = cfg
         self.trainer = trainer
+        #: the data-parallel ranks (``trainer.reducer``); rank 0, the leader, alone holds the writer
+        #: lease, reads and writes the checkpoint and publishes
+        self.reducer = trainer.reducer
+        self.leader = self.reducer.rank == 0
         client = cfg.redis.client()
         self.lease = WriterLease(client, prefix=cfg.redis_prefix, ttl_s=cfg.lease_ttl_s)
-        self._acquire_lease()
+        if self.leader:
+            self._acquire_lease()
         try:
             self._open(client)
         except BaseException:
@@ -192,6 +211,8 @@ class LearnerService:
         self.lease.keep(on_error=lambda _: m.LEASE_RENEW_ERRORS.inc())
 
     def _release_lease(self) -> None:
+        if not self.leader:
+            return
         LEASE_TERM.set(0)
         try:
             self.lease.release()
@@ -200,7 +221,7 @@ class LearnerService:
 
     def _check_lease(self) -> None:
         """Raise (see :meth:`_fenced`) when the renewal thread found the lease lost."""
-        if self.lease.lost is not None:
+        if self.leader and self.lease.lost is not None:
             raise self._fenced(self.lease.lost)
 
     def _fenced(self, exc: FencedError) -> FencedError:
@@ -211,18 +232,20 @@ class LearnerService:
         return exc
 
     def _open(self, client: redis.Redis) -> None:
-        """Read the checkpoint (under the lease), open the store and the consumer."""
+        """Read the checkpoint (under the lease; the leader, which hands it to every rank), open the
+        store and the consumer of this rank's partitions."""
         cfg, trainer = self.cfg, self.trainer
-        state = checkpoint.load(cfg.checkpoint_path, trainer) or {}
+        state = (checkpoint.load(cfg.checkpoint_path, trainer) or {}) if self.leader else {}
         self.store = ModelStore(client, prefix=cfg.redis_prefix, keep_versions=cfg.keep_versions, lease=self.lease,
                                 version_floor=int(state.get("version", 0)), snapshot_every_s=cfg.snapshot_every_s,
                                 snapshot_keep_s=cfg.snapshot_keep_s)
         self.from_version: int | None = state.get("from_version")
         self.pinned: int | None = None  # the version a pin holds publishing back for, as last refused
-        if cfg.from_version is not None:
+        if cfg.from_version is not None and self.leader:
             self._resume_from(cfg.from_version)
-        self.offsets: dict[int, int] = {int(p): o for p, o in state.get("offsets", {}).items()}
-        self.seen: collections.OrderedDict[str, None] = collections.OrderedDict.fromkeys(state.get("seen", []))
+            state["from_version"] = self.from_version
+        state = checkpoint.share(trainer, state) or {}
+        self.from_version = state.get("from_version")
         self.trained_until_event = state.get("trained_until_event", 0)
         self.trained_until_finalized = state.get("trained_until_finalized", 0)
         self.fresh: list[tuple[int, int]] = []  # (finalized, event) ms of groups trained since the last publish
@@ -240,12 +263,23 @@ class LearnerService:
             partitions = self.consumer.partitions_for_topic(cfg.samples_topic) or set()
         if not partitions:
             raise RuntimeError(f"topic {cfg.samples_topic} does not exist at {cfg.bootstrap}")
-        self.tps = [TopicPartition(cfg.samples_topic, p) for p in sorted(partitions)]
+        if len(partitions) < self.reducer.world:
+            raise RuntimeError(f"{self.reducer.world} ranks but {len(partitions)} partitions of {cfg.samples_topic}: "
+                               f"a rank needs at least one")
+        mine = owned(partitions, self.reducer.rank, self.reducer.world)
+        self.offsets: dict[int, int] = {int(p): o for p, o in state.get("offsets", {}).items() if int(p) in mine}
+        # group id -> its partition, of this rank's partitions (a checkpoint from before partitions were
+        # recorded: every id for every rank, as partition -1)
+        ids = state.get("seen", [])
+        self.seen: collections.OrderedDict[str, int] = collections.OrderedDict(
+            (i, p) for i, p in zip(ids, state.get("seen_partitions", [-1] * len(ids)), strict=True)
+            if p in mine or p == -1)
+        self.tps = [TopicPartition(cfg.samples_topic, p) for p in mine]
         self.consumer.assign(self.tps)
         self._seek_to_checkpoint()
         self.fetcher = Fetcher(self.consumer, self._decode, buffer_records=2 * cfg.batch_groups)
         self.lag = LagReporter(cfg.bootstrap, self.consumer.config["group_id"], [cfg.samples_topic], m.CONSUMER_LAG,
-                               cfg.kafka_security)
+                               cfg.kafka_security) if self.leader else None
         self.versions = 0
         self.nonfinite_steps = 0
         self._base = checkpoint.capture(trainer)  # the state to rewind to after a non-finite step
@@ -302,44 +336,64 @@ class LearnerService:
         gc.freeze()
         try:
             self.fetcher.start()
-            self.lag.start()
+            if self.lag is not None:
+                self.lag.start()
             self._run(max_idle_s)
         finally:  # a write in flight completes before the lease goes (its outcome is no longer wanted)
             self._publisher.shutdown()
             self._writer.shutdown()
             self.fetcher.close()
-            self.lag.close()
+            if self.lag is not None:
+                self.lag.close()
             self._release_lease()
             gc.unfreeze()  # collectable again: at exit, and for whatever the process runs next
 
     def _run(self, max_idle_s: float | None) -> None:
+        """The loop; with several ranks every rank runs it in lockstep: each iteration they add up
+        what they polled and whether one is stopping (a step when any has a group, every rank on its
+        own groups, possibly none), then do what the leader's clocks say is due."""
         last_publish = last_checkpoint = last_data = time.monotonic()
         steps_at_publish = self.trainer.steps
-        while self.running:
+        while True:
             self._check_lease()
             self._collect()
             groups, polled = self._poll()
+            total, polled, stopping = self._sum(len(groups), polled, not self.running)
             now = time.monotonic()
             if polled:
                 last_data = now
-            if groups:
+            if total:
                 self._train(groups)
+            if stopping:
+                break
             due = now - last_publish >= self.cfg.publish_s or \
                 self.trainer.steps - steps_at_publish >= self.cfg.publish_steps
-            if due and self.trainer.steps > self._published_steps and self._publishing is None:
+            publish, save, idle = self._leaders(
+                due and self.trainer.steps > self._published_steps and self._publishing is None,
+                now - last_checkpoint >= self.cfg.checkpoint_s and self._checkpointing is None,
+                max_idle_s is not None and now - last_data > max_idle_s)
+            if publish:
                 self._start_publish()
                 steps_at_publish, last_publish = self.trainer.steps, now
-            if now - last_checkpoint >= self.cfg.checkpoint_s and self._checkpointing is None:
+            if save:
                 self._start_checkpoint()
                 last_checkpoint = now
-            if max_idle_s is not None and now - last_data > max_idle_s:
+            if idle:
                 break
         # a graceful stop: every group taken is trained already (each take is trained at once)
         self._collect(wait=True)
-        if self.trainer.steps > self._published_steps:
+        if self._leaders(self.trainer.steps > self._published_steps)[0]:
             self._start_publish()
         self._start_checkpoint()
         self._collect(wait=True)
+
+    def _sum(self, *values: int) -> list[int]:
+        """``values`` added up over the ranks."""
+        return [int(v) for v in self.reducer.sum(torch.tensor(values, dtype=torch.long)).tolist()]
+
+    def _leaders(self, *flags: bool) -> list[bool]:
+        """The leader's ``flags`` on every rank."""
+        return [bool(f) for f in self._sum(*(f and self.leader for f in flags))]
 
     def _poll(self) -> tuple[list[SampleGroup], bool]:
         """Every group already fetched, up to ``batch_groups``: adaptive batching (big batches
@@ -352,7 +406,7 @@ class LearnerService:
             if expected is not None and offset > expected:  # reset past deleted records
                 self._lost_to_retention(partition, expected, offset)
             self.offsets[partition] = offset + 1
-            if group is not None and self._first_seen(group):
+            if group is not None and self._first_seen(group, partition):
                 groups.append(group)
         return groups, bool(records)
 
@@ -372,13 +426,13 @@ class LearnerService:
             return None
         return group
 
-    def _first_seen(self, group: SampleGroup) -> bool:
+    def _first_seen(self, group: SampleGroup, partition: int) -> bool:
         """False for a group already trained on (a duplicate, counted)."""
         if group.group_id in self.seen:
             self.duplicates += 1
             m.DUPLICATES.inc()
             return False
-        self.seen[group.group_id] = None
+        self.seen[group.group_id] = partition
         while len(self.seen) > SEEN_IDS:
             self.seen.popitem(last=False)
         return True
@@ -388,7 +442,7 @@ class LearnerService:
         groups that cannot be trained on (counted) are left out."""
         m.BATCH_GROUPS.observe(len(groups))
         trained = groups if self._step_or_undo(groups) else []
-        if not trained and len(groups) > 1:
+        if not trained and len(groups) > 1 and self.reducer.world == 1:  # ranks step together: the step is lost
             trained = [g for g in groups if self._step_or_undo([g])]
         if len(trained) < len(groups):
             NONFINITE_GROUPS.inc(len(groups) - len(trained))
@@ -426,13 +480,17 @@ class LearnerService:
         weights), then hand the version to the publisher thread: encoding, the finite check, the
         blobs, the fenced manifest switch and the notification run while training goes on."""
         touched = self.trainer.take_touched()
+        quality = self.trainer.quality()  # every rank's counts
+        until_event, until_finalized = self.reducer.maximum(
+            torch.tensor([self.trained_until_event, self.trained_until_finalized], dtype=torch.float64)).tolist()
+        if not self.leader:
+            return
         tiers = {name: TierForm(*tier.export(), touched[name]) for name, tier in self.trainer.tiers().items()}
-        fresh, self.fresh = sorted(self.fresh), []
+        fresh, self.fresh = sorted(self.fresh), []  # the leader's groups' freshness samples
         picks = np.linspace(0, len(fresh) - 1, min(FRESH_SAMPLE, len(fresh))).astype(int) if fresh else []
-        quality = {n: q.report() for n, q in self.trainer.metrics.items()}
         fields = {
-            "trained_until_event_ts_ms": int(self.trained_until_event),
-            "trained_until_finalized_ts_ms": int(self.trained_until_finalized),
+            "trained_until_event_ts_ms": int(until_event),
+            "trained_until_finalized_ts_ms": int(until_finalized),
             "samples_seen": self.trainer.samples_seen,
             "metrics": {"quality": quality, "steps": self.trainer.steps, "method": self.trainer.method,
                         "finalized_sample_ms": [fresh[i][0] for i in picks],
@@ -456,14 +514,19 @@ class LearnerService:
         was trained on, on the loop; the writer thread writes it durably, and only then are the
         offsets committed to Kafka (:meth:`_collect`). The capture is also the state a non-finite
         step rewinds to."""
+        self.trainer.fold_metrics()  # every rank's progressive counts in the leader's checkpoint
         snapshot = checkpoint.capture(self.trainer)
         state: dict[str, Any] = {
             "offsets": {str(p): o for p, o in self.offsets.items()}, "seen": list(self.seen),
+            "seen_partitions": list(self.seen.values()),
             "trained_until_event": self.trained_until_event,
             "trained_until_finalized": self.trained_until_finalized, "from_version": self.from_version,
         }
         self._base, self._since_base = snapshot, []
-        self._checkpointing = self._writer.submit(self._write_checkpoint, snapshot, state)
+        if self.reducer.world > 1:  # every rank's partitions: the barrier at which the checkpoint is taken
+            state = _merged([json.loads(part) for part in self.reducer.gather_bytes(json.dumps(state).encode())])
+        if self.leader:
+            self._checkpointing = self._writer.submit(self._write_checkpoint, snapshot, state)
 
     def _write_checkpoint(self, snapshot: checkpoint.Snapshot, state: dict[str, Any]) -> dict[str, Any]:
         """Write the checkpoint (on the writer thread); never after the lease was lost (the
@@ -544,6 +607,18 @@ class LearnerService:
 
         self.fetcher.commit({TopicPartition(self.cfg.samples_topic, int(p)): OffsetAndMetadata(o, "", -1)
                              for p, o in offsets.items()})
+
+
+def _merged(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """The checkpoint state of several ranks' (each of its own partitions): offsets and seen ids of
+    all, the latest trained-until times."""
+    return {
+        **states[0], "offsets": {p: o for s in states for p, o in s["offsets"].items()},
+        "seen": [i for s in states for i in s["seen"]],
+        "seen_partitions": [p for s in states for p in s["seen_partitions"]],
+        "trained_until_event": max(s["trained_until_event"] for s in states),
+        "trained_until_finalized": max(s["trained_until_finalized"] for s in states),
+    }
 
 
 def feature_problem(group: SampleGroup) -> str | None:

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from feature_store.policies import DAMR_BUDGET, budget_count, score_policy
 from feature_store.registry import METHODS
 from learner.batching import EASY, HARD, SOURCE_CODE, Batch
-from learner.ghcl import ConflictSampler, contrastive_path_loss, harmonize
+from learner.distributed import Reducer
+from learner.ghcl import ConflictSampler, contrastive_path_loss, harmonize, path_positives
 from learner.mixing import MixSelector
 from learner.models import DENSE_HIDDEN, ExpressiveCross, LightTwoTower, Tier, combine
 from learner.progressive import ProgressiveMetrics
@@ -79,11 +80,13 @@ class OnlineTrainer:
                  gate: bool = True, rn_path: str = "easy", wide_paths: str = "hard", gate_paths: str = "shown",
                  residual_l2: float = RESIDUAL_L2, mix_selection: bool = True, device: str = "cpu",
                  extra_budgets: tuple[float, ...] = (), measure_conflict: bool = False,
-                 keep_requests: bool = False, dense_hidden: int = DENSE_HIDDEN) -> None:
+                 keep_requests: bool = False, dense_hidden: int = DENSE_HIDDEN, reducer: Reducer | None = None) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         torch.manual_seed(seed)
         self.device = resolve_device(device)
+        #: the data-parallel ranks this trainer steps with (``learner.distributed``; one by default)
+        self.reducer = reducer or Reducer()
         self.method = method
         self.temperature = temperature
         self.harmonize_gradients = harmonize_gradients
@@ -120,13 +123,34 @@ class OnlineTrainer:
         self.metrics, self.expressive_evals = self._new_metrics()
         return taken
 
+    def quality(self) -> dict[str, dict]:
+        """Each scorer's progressive metrics (:meth:`ProgressiveMetrics.report`), their counts summed
+        over the ranks (every rank calls it at once)."""
+        return {n: self.metrics[n].with_counts(c).report() for n, c in self._summed_counts().items()}
+
+    def fold_metrics(self) -> None:
+        """Move every rank's progressive counts to rank 0 (their sum, what :meth:`quality` reports,
+        is unchanged): rank 0's checkpoint then holds them all."""
+        if self.reducer.world == 1:
+            return
+        fresh, _ = self._new_metrics()
+        self.metrics = {n: self.metrics[n].with_counts(c) if self.reducer.rank == 0 else fresh[n]
+                        for n, c in self._summed_counts().items()}
+
+    def _summed_counts(self) -> dict[str, np.ndarray]:
+        """Each scorer's progressive counts (:meth:`ProgressiveMetrics.counts`) summed over the ranks."""
+        names = list(self.metrics)
+        summed = self.reducer.sum(torch.as_tensor(np.stack([self.metrics[n].counts() for n in names])))
+        return dict(zip(names, summed.numpy(), strict=True))
+
     # -- progressive validation ---------------------------------------------------------
     def _scored(self, batch: Batch, expressive_rows: torch.Tensor | None = None
-                ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None, torch.Tensor]:
+                ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """Both tiers' scores of ``batch`` for training, after the progressive metrics recorded
         them (the weights are still those from before this batch; one forward pass serves both):
         the light tier's as its parts (``LightTwoTower.parts``) and its counters model's score, the
-        expressive tier's whole.
+        expressive tier's whole; last, the batch's evidence for the mixing weight (empty without a
+        mixer), which :meth:`_totals` adds up over the ranks.
 
         With ``expressive_rows`` (a mask) the expressive tier is trained on those rows only: it
         scores the whole batch for the metrics without gradients, and returns the scores of the
@@ -144,14 +168,24 @@ class OnlineTrainer:
             items = {k: v[expressive_rows] for k, v in batch.items.items()}
             expressive = self.expressive(batch.users, items, batch.group[expressive_rows])
         self._record(batch, light.cpu().numpy(), scored.cpu().numpy())
+        evidence = torch.zeros(0, dtype=torch.float64)
         if self.mixer is not None:  # this batch was scored before training on it: evidence for the next
             exposed = batch.mask(REAL_NEGATIVE) | (batch.source == SOURCE_CODE["exp_pos"])
             positive = (batch.source == SOURCE_CODE["exp_pos"])[exposed]
-            self.mixer.update(full[exposed].cpu().numpy().astype(np.float64),
-                              (counter.detach() - full)[exposed].cpu().numpy().astype(np.float64),
-                              batch.group[exposed].cpu().numpy(), positive.cpu().numpy())
+            evidence = torch.as_tensor(self.mixer.evidence(
+                full[exposed].cpu().numpy().astype(np.float64),
+                (counter.detach() - full)[exposed].cpu().numpy().astype(np.float64),
+                batch.group[exposed].cpu().numpy(), positive.cpu().numpy()))
+        return parts, counter, expressive, evidence
+
+    def _totals(self, counts: list[int], evidence: torch.Tensor) -> list[float]:
+        """``counts`` (the step's losses' denominators) summed over the ranks; the mixing weight's
+        ``evidence`` too, added to the selector (``learner.mixing``): one reduction."""
+        summed = self.reducer.sum(torch.cat([torch.tensor(counts, dtype=torch.float64), evidence]))
+        if self.mixer is not None:
+            self.mixer.add(summed[len(counts):].numpy())
             self.light.fallback.fill_(self.mixer.beta)
-        return parts, counter, expressive
+        return summed[:len(counts)].tolist()
 
     def _record(self, batch: Batch, light: np.ndarray, expressive: np.ndarray) -> None:
         group, names = batch.group.cpu().numpy(), np.array(SOURCES)[batch.source.cpu().numpy()]
@@ -170,48 +204,70 @@ class OnlineTrainer:
 
     # -- training -----------------------------------------------------------------------
     def step(self, groups: list[SampleGroup]) -> StepReport:
-        """Evaluate (progressive validation), then train one micro-batch of groups."""
+        """Evaluate (progressive validation), then train one micro-batch of groups: with several
+        ranks (``reducer``), every rank at once, each on its own groups (possibly none), and every
+        rank takes the step one trainer would take on all of their groups."""
         batch = Batch.from_groups(groups).to(self.device)
-        train = {"ghcl": self._train_ghcl, "mixed": self._train_mixed, "softmax": self._train_softmax}[self.method]
-        report = train(batch)
+        start, total = self.reducer.offset(len(batch.label))
+        if self.method == "ghcl":
+            report = self._train_ghcl(batch, start, total)
+        elif self.method == "mixed":
+            report = self._train_single(batch, "mixed", [total], lambda scores, n: F.binary_cross_entropy_with_logits(
+                scores, batch.label, reduction="sum") / max(n, 1.0))
+        else:
+            positive, negative = batch.source == SOURCE_CODE["exp_pos"], batch.mask(NEGATIVE)
+            report = self._train_single(
+                batch, "softmax", [path_positives(batch.group, positive, negative, batch.n_groups)],
+                lambda scores, n: contrastive_path_loss(scores, batch.group, positive, negative, batch.n_groups,
+                                                        self.temperature, count=n))
         self.steps += 1
-        self.samples_seen += report.samples
+        self.samples_seen += total
         return report
 
-    def _train_mixed(self, batch: Batch) -> StepReport:
-        return self._train_single(batch, "mixed",
-                                  lambda scores: F.binary_cross_entropy_with_logits(scores, batch.label))
-
-    def _train_softmax(self, batch: Batch) -> StepReport:
-        positive, negative = batch.source == SOURCE_CODE["exp_pos"], batch.mask(NEGATIVE)
-        return self._train_single(batch, "softmax", lambda scores: contrastive_path_loss(
-            scores, batch.group, positive, negative, batch.n_groups, self.temperature))
-
-    def _train_single(self, batch: Batch, name: str, loss_of: Callable[[torch.Tensor], torch.Tensor]) -> StepReport:
-        """Both tiers on one loss of their scores (the baselines)."""
-        losses = {}
-        parts, _, expressive = self._scored(batch)
-        for key, model, scores in zip((name, "expressive"), (self.light, self.expressive),
-                                      (combine(*parts), expressive), strict=True):
-            loss = loss_of(scores)
+    def _train_single(self, batch: Batch, name: str, counts: list[int],
+                      loss_of: Callable[[torch.Tensor, float], torch.Tensor]) -> StepReport:
+        """Both tiers on one loss of their scores (the baselines); ``loss_of`` takes the scores and
+        the loss's denominator over every rank (``counts`` of this rank, summed)."""
+        parts, _, expressive, evidence = self._scored(batch)
+        (denominator,) = self._totals(counts, evidence)
+        values = []
+        for model, scores in zip((self.light, self.expressive), (combine(*parts), expressive), strict=True):
+            loss = loss_of(scores, denominator)
             model.zero_grad()
             loss.backward()
-            losses[key] = loss.item()
+            values.append(loss.detach())
+        losses = dict(zip((name, "expressive"), self.reducer.sum(torch.stack(values)).tolist(), strict=True))
+        self._sum_gradients(self.light, self.expressive)
         cosine = self._measure_conflict(batch) if self.measure_conflict else None
         self._apply()
         return StepReport(len(batch.label), losses, cosine, {}, 1.0)
 
+    def _sum_gradients(self, *modules: torch.nn.Module) -> None:
+        """Replace the gradients of ``modules``' parameters with their sums over the ranks."""
+        if self.reducer.world == 1:
+            return
+        params, sparse = _parameters(*modules)
+        for param, grad in zip(params, self.reducer.sum_gradients(params, [p.grad for p in params], sparse),
+                               strict=True):
+            param.grad = grad
+
     def _measure_conflict(self, batch: Batch) -> float:
-        """Cosine of the GHCL paths' gradients at the current weights (observed, not applied)."""
+        """Cosine of the GHCL paths' gradients at the current weights (observed, not applied; each
+        path's loss the mean over this rank's positives)."""
         scores = self.light(batch.users, batch.items, batch.group)
         positive = batch.source == SOURCE_CODE["exp_pos"]
         paths = [contrastive_path_loss(scores, batch.group, positive, batch.mask(m), batch.n_groups)
                  for m in (EASY, HARD)]
-        g_easy, g_hard, _ = path_gradients(self.light, *paths)
-        return _cosine(g_easy, g_hard)
+        params, sparse = _parameters(self.light)
+        g_easy, g_hard = (self.reducer.sum_gradients(params, grads, sparse)
+                          for grads in path_gradients(self.light, *paths))
+        return _cosine(*flat_gradients(self.light, g_easy, g_hard)[:2])
 
-    def _train_ghcl(self, batch: Batch) -> StepReport:
-        keep = self.sampler.keep(batch.mask(DROPPABLE)).to(batch.source.device) if self.conflict_sampling else None
+    def _train_ghcl(self, batch: Batch, start: int, total: int) -> StepReport:
+        """GHCL's step; ``start`` and ``total``: this rank's first item among the step's items of
+        every rank, and their number (:meth:`learner.distributed.Reducer.offset`)."""
+        keep = (self.sampler.keep(batch.mask(DROPPABLE), start, total).to(batch.source.device)
+                if self.conflict_sampling else None)
 
         def mask(codes: tuple[int, ...]) -> torch.Tensor:
             return batch.mask(codes) if keep is None else batch.mask(codes) & keep
@@ -220,7 +276,17 @@ class OnlineTrainer:
         rn = (SOURCE_CODE["rn"],)
         easy_codes, hard_codes = (EASY + rn, REAL_NEGATIVE) if self.rn_path == "easy" else (EASY, HARD)
         hard_rows = mask(hard_codes) | positive  # the expressive tier's training set: the hard path
-        (wide, preference, gate), counter, x = self._scored(batch, hard_rows)
+        (wide, preference, gate), counter, x, evidence = self._scored(batch, hard_rows)
+        exposed = positive | batch.mask(REAL_NEGATIVE)
+        # every loss is a sum over this rank's items divided by its count over every rank: the
+        # ranks' gradients add up to the gradient of the mean over all of their items
+        n_easy, n_hard, n_exposed, n_counter, n_x = self._totals([
+            path_positives(batch.group, positive, mask(easy_codes), batch.n_groups),
+            path_positives(batch.group, positive, mask(hard_codes), batch.n_groups),
+            int(exposed.sum()),
+            path_positives(batch.group, positive, mask(REAL_NEGATIVE), batch.n_groups),
+            path_positives(batch.group[hard_rows], positive[hard_rows], mask(hard_codes)[hard_rows], batch.n_groups),
+        ], evidence)
         # each path moves only the parts it is meant to: the wide part learns from real labels,
         # the gate from the constructed negatives (unless an ablation lets both paths move them)
         shown = self.gate_paths == "shown"
@@ -229,35 +295,44 @@ class OnlineTrainer:
         gate_hard = None if gate is None else gate if self.gate_paths == "both" else gate.detach()
         args = (batch.group, positive)
         easy = contrastive_path_loss(combine(wide_easy, preference, gate_easy), *args, mask(easy_codes),
-                                     batch.n_groups, self.temperature)
+                                     batch.n_groups, self.temperature, count=n_easy)
         hard = contrastive_path_loss(combine(wide, preference, gate_hard), *args, mask(hard_codes), batch.n_groups,
-                                     self.temperature)
+                                     self.temperature, count=n_hard)
         if shown and gate is not None:  # the gate learns "was shown" (every exposed item) against the constructed
-            easy = easy + F.binary_cross_entropy_with_logits(gate, (positive | batch.mask(REAL_NEGATIVE)).float())
+            easy = easy + F.binary_cross_entropy_with_logits(gate, exposed.to(gate.dtype), reduction="sum") / total
         if self.residual_l2 > 0:  # shrink the learned residual towards the wide part on real-label items
-            exposed = positive | batch.mask(REAL_NEGATIVE)
-            hard = hard + self.residual_l2 * (preference[exposed] ** 2).mean()
-        g_easy, g_hard, rows = path_gradients(self.light, easy, hard)
+            hard = hard + self.residual_l2 * (preference[exposed] ** 2).sum() / n_exposed
+        x_loss = contrastive_path_loss(x, batch.group[hard_rows], positive[hard_rows], mask(hard_codes)[hard_rows],
+                                       batch.n_groups, self.temperature, count=n_x)
+        # every gradient of the step, then their sums over the ranks (one reduction), then the step
+        raw_easy, raw_hard = path_gradients(self.light, easy, hard)
+        if counter is not None:  # the tier's counters model: its own real-label softmax, as the counters arm,
+            # applied beside the harmonized paths (it would otherwise loosen the cap on the easy path)
+            loss = contrastive_path_loss(counter, *args, mask(REAL_NEGATIVE), batch.n_groups, count=n_counter)
+            self.light.counter.zero_grad()
+            if loss.requires_grad:
+                loss.backward(inputs=list(self.light.counter.parameters()))
+        self.expressive.zero_grad()
+        x_loss.backward()
+        light, sparse = _parameters(self.light)
+        grads = self.reducer.sum_gradients(light + light, [*raw_easy, *raw_hard], sparse + sparse)
+        self._sum_gradients(*([self.light.counter] if counter is not None else []), self.expressive)
+        g_easy, g_hard, rows = flat_gradients(self.light, grads[:len(light)], grads[len(light):])
         if self.harmonize_gradients:
             combined, cosine = harmonize(g_easy, g_hard)
         else:
             combined, cosine = g_easy + g_hard, _cosine(g_easy, g_hard)
         self.sampler.update(cosine)
+        counter_grads = [p.grad for p in self.light.counter.parameters()] if counter is not None else []
         set_gradients(self.light, combined, rows)
-        if counter is not None:  # the tier's counters model: its own real-label softmax, as the counters arm,
-            # applied beside the harmonized paths (it would otherwise loosen the cap on the easy path)
-            loss = contrastive_path_loss(counter, *args, mask(REAL_NEGATIVE), batch.n_groups)
-            if loss.requires_grad:
-                params = list(self.light.counter.parameters())
-                for param, grad in zip(params, torch.autograd.grad(loss, params), strict=True):
-                    param.grad = grad
-        x_loss = contrastive_path_loss(x, batch.group[hard_rows], positive[hard_rows], mask(hard_codes)[hard_rows],
-                                       batch.n_groups, self.temperature)
-        self.expressive.zero_grad()
-        x_loss.backward()
+        for param, grad in zip(self.light.counter.parameters() if counter is not None else (), counter_grads,
+                               strict=True):
+            if grad is not None:
+                param.grad = grad
+        losses = self.reducer.sum(torch.stack([easy.detach(), hard.detach(), x_loss.detach()])).tolist()
         self._apply()
         return StepReport(
-            len(batch.label), {"easy": easy.item(), "hard": hard.item(), "expressive": x_loss.item()},
+            len(batch.label), dict(zip(("easy", "hard", "expressive"), losses, strict=True)),
             cosine, {"easy": float(g_easy.norm()), "hard": float(g_hard.norm())}, self.sampler.share,
         )
 
@@ -312,17 +387,33 @@ def _optimizers(model: Tier, lr: float, emb_lr: float) -> list[torch.optim.Optim
     return [torch.optim.Adagrad(emb, lr=emb_lr), torch.optim.Adam(dense, lr=lr)]
 
 
-def path_gradients(tier: Tier, *losses: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Each loss's gradient over ``tier``'s parameters, flattened over the same coordinates, and
-    the rows those coordinates cover (last; ``None`` for a dense parameter).
+def _parameters(*modules: torch.nn.Module) -> tuple[list[torch.Tensor], list[bool]]:
+    """The parameters of ``modules`` and, for each, whether it is an id table (sparse gradients)."""
+    params, sparse = [], []
+    for module in modules:
+        tables = getattr(module, "embeddings", ())
+        for name, param in module.named_parameters():
+            params.append(param)
+            sparse.append(name in tables)
+    return params, sparse
+
+
+def path_gradients(tier: Tier, *losses: torch.Tensor) -> list[list[torch.Tensor | None]]:
+    """Each loss's gradients over ``tier``'s parameters (``None`` for a parameter it does not use)."""
+    params = list(tier.parameters())
+    return [list(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)) for loss in losses]
+
+
+def flat_gradients(tier: Tier, *grads: list[torch.Tensor | None]) -> tuple[torch.Tensor, ...]:
+    """Each list of gradients over ``tier``'s parameters (:func:`path_gradients`) flattened over the
+    same coordinates, and the rows those coordinates cover (last; ``None`` for a dense parameter).
 
     A dense parameter is taken whole; an id table (``tier.embeddings``, sparse gradients) only
-    at the rows some loss touches. Every other row has a zero gradient in every loss, so norms,
+    at the rows some list touches. Every other row has a zero gradient in every list, so norms,
     dot products and combinations are those of the full flat gradients, at a cost that grows
     with the batch rather than with the tables.
     """
     names, params = zip(*tier.named_parameters(), strict=True)
-    grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in losses]
     rows: list[torch.Tensor | None] = []
     for i, name in enumerate(names):
         if name not in tier.embeddings:
