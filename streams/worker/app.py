@@ -63,7 +63,7 @@ from streams.kafka.batch_producer import BatchProducer, Record, changelog_record
 from streams.kafka.lag import GroupLag
 from streams.kafka.security import KafkaSecurity
 from streams.kafka.topics import DEFAULT_PARTITIONS, Deleted, record_limits
-from streams.worker.tables import FaustTable, held, table_options
+from streams.worker.tables import FaustTable, check_store, held
 from streams.worker.watchdog import (
     EXIT_REASONS,
     RECOVERY_GRACE,
@@ -378,7 +378,8 @@ class StreamsWorker:
         decode_guard.install()
         self.cfg, self.exit = cfg, exit
         self.app = app = faust.App(
-            f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}", store=cfg.store,
+            f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}",
+            store=check_store(cfg.store),
             topic_partitions=cfg.partitions, topic_replication_factor=cfg.replication_factor, web_enabled=False,
             datadir=str(cfg.data_dir),
             consumer_auto_offset_reset="earliest", consumer_max_fetch_size=FETCH_BYTES,
@@ -397,13 +398,12 @@ class StreamsWorker:
         # the batch's outputs and table changes, one produce batch per partition (Faust's producer sends the ticks)
         self.producer: Producer = producer or BatchProducer(
             cfg.bootstrap, max_bytes=record_limits(cfg.limits)[1], **cfg.kafka_security.aiokafka_options())
-        table, options = make_table or app.Table, table_options(cfg.store)
+        table = make_table or app.Table
         tables = JoinTables(
-            pending=FaustTable(table("pending", default=None, partitions=cfg.partitions, **options)),
-            rankings=FaustTable(table("rankings", default=None, partitions=cfg.partitions, **options)),
-            finalized=FaustTable(table("finalized", default=None, partitions=cfg.partitions, **options)),
-            emitted=FaustTable(table("emitted", default=None, partitions=cfg.partitions, value_type=bytes,
-                                     **options)),
+            pending=FaustTable(table("pending", default=None, partitions=cfg.partitions)),
+            rankings=FaustTable(table("rankings", default=None, partitions=cfg.partitions)),
+            finalized=FaustTable(table("finalized", default=None, partitions=cfg.partitions)),
+            emitted=FaustTable(table("emitted", default=None, partitions=cfg.partitions, value_type=bytes)),
         )
         self.lag = lag or InputLag(app, [f"{t}{name}" for name in JOIN_INPUTS])
         refuse_gap_acks(self.lag.topics)

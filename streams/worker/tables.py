@@ -3,7 +3,8 @@
 The tables are changelog-backed Faust tables on Faust's RocksDB store (``rocksdb://``, driven through
 ``rocksdict``) by default: each partition of each table is a RocksDB database on local disk under the
 worker's data dir (``<data dir>/v1/tables/<table>-<partition>.db``), and memory holds only
-RocksDB's bounded buffers and caches (:data:`ROCKSDB_OPTIONS`), whatever the rate and the retention.
+RocksDB's cache and buffers, one budget for all of them (:data:`ROCKSDB_MEMORY`), whatever the rate
+and the retention.
 ``memory://`` keeps everything on the heap (tests, short runs). The changelogs in Kafka stay the truth.
 
 A batch's writes are held (:class:`FaustTable`, per agent: :data:`held`) until the batch's outputs and
@@ -17,12 +18,15 @@ the whole changelog as a new worker on an empty directory does.
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import shutil
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from faust.stores import rocksdb
 
 from streams import metrics
 from streams.kafka.security import KafkaSecurity
@@ -32,9 +36,42 @@ STORES = ("rocksdb://", "memory://")
 
 #: RocksDB options of each partition's database (Faust's ``RocksDBOptions``; its defaults are a 2 GiB block
 #: cache and three 64 MiB write buffers per database, and a worker has four tables x its partitions, standbys
-#: included): at most 2 x 8 MiB of write buffers and an 8 MiB block cache each
+#: included): 8 MiB memtables, at most two each
 ROCKSDB_OPTIONS: Mapping[str, int] = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2,
-                                      "block_cache_size": 8 << 20, "target_file_size_base": 32 << 20}
+                                      "target_file_size_base": 32 << 20}
+#: the RocksDB memory of a worker process, all its databases together: one block cache, which the memtables
+#: are charged to (at most :data:`ROCKSDB_WRITE_BUFFERS` of it; past that RocksDB flushes the largest)
+ROCKSDB_MEMORY = 128 << 20
+ROCKSDB_WRITE_BUFFERS = 64 << 20
+
+
+@functools.cache
+def shared_memory() -> tuple[Any, Any]:
+    """The process's RocksDB block cache and write buffer manager (:data:`ROCKSDB_MEMORY`)."""
+    import rocksdict
+
+    cache = rocksdict.Cache(ROCKSDB_MEMORY)
+    return cache, rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(ROCKSDB_WRITE_BUFFERS, False, cache)
+
+
+class BoundedRocksDBOptions(rocksdb.RocksDBOptions):
+    """Faust's RocksDB options (:data:`ROCKSDB_OPTIONS`) with every database of the process on one block cache
+    and one write buffer budget (:func:`shared_memory`): the worker's RocksDB memory is bounded whatever its
+    partitions, where Faust gives each database a cache and buffers of its own."""
+
+    def as_options(self) -> Any:
+        import rocksdict
+
+        options = super().as_options()
+        cache, buffers = shared_memory()
+        table = rocksdict.BlockBasedOptions()  # Faust's, on the shared cache
+        table.set_bloom_filter(self.bloom_filter_size, block_based=True)
+        table.set_block_cache(cache)
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        options.set_block_based_table_factory(table)
+        options.set_write_buffer_manager(buffers)
+        return options
+
 
 #: the writes of the current agent's batch, per table: key -> (partition, value or None for a delete); each
 #: agent has its own (the catalogue agent's delivery never takes the join's writes)
@@ -53,17 +90,15 @@ def count_recovered(table: Any) -> None:
     table.apply_changelog_batch = counted
 
 
-def table_options(store: str) -> dict[str, Any]:
-    """The keyword arguments of each join table for ``store`` (one of :data:`STORES`).
+def check_store(store: str) -> str:
+    """``store`` if the worker runs on it (one of :data:`STORES`); else ``ValueError``.
 
-    >>> table_options("memory://")
-    {}
-    >>> table_options("rocksdb://")["options"]["block_cache_size"] == 8 << 20
-    True
+    >>> check_store("memory://")
+    'memory://'
     """
     if store not in STORES:
         raise ValueError(f"unknown table store {store!r}: one of {', '.join(STORES)}")
-    return {"options": dict(ROCKSDB_OPTIONS)} if store == "rocksdb://" else {}
+    return store
 
 
 class FaustTable:
@@ -75,10 +110,10 @@ class FaustTable:
     current event: a batch spans partitions), through its bloom filters."""
 
     def __init__(self, table: Any) -> None:
-        from faust.stores import rocksdb
-
         self.table = table
         self.rocks = isinstance(table.data, rocksdb.Store)
+        if self.rocks:  # before it opens a database
+            table.data.rocksdb_options = BoundedRocksDBOptions(**ROCKSDB_OPTIONS)
         count_recovered(table)
 
     def _held(self) -> dict[str, tuple[int, Any]] | None:
@@ -148,7 +183,6 @@ def persisted_offset(path: Path) -> int | None:
     """The changelog offset a partition's RocksDB state at ``path`` holds up to (Faust's persisted offset),
     read without taking its lock; None when it has none."""
     import rocksdict
-    from faust.stores import rocksdb
 
     db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True),
                          access_type=rocksdict.AccessType.read_only())
@@ -164,7 +198,6 @@ def discard_stale(tables: Iterable[Any], bootstrap: str, security: KafkaSecurity
     offsets the changelog does not have (its topic was deleted and created again: a new Kafka under an
     old data dir); returns their paths. Such state would make Faust's recovery refuse to start (its
     consistency check), and it belongs to another pipeline: the partition is rebuilt from its changelog."""
-    from faust.stores import rocksdb
     from kafka import KafkaConsumer, TopicPartition
 
     found = {}

@@ -21,6 +21,7 @@ from feature_store.connection import RedisEndpoint
 from streams.contract.schemas import Candidate, RankingEvent, encode
 from streams.kafka.batch_producer import partition_of
 from streams.worker.app import BATCH_FAILED_EXIT, InputGap, StreamsConfig, StreamsWorker
+from streams.worker.tables import BoundedRocksDBOptions
 from streams.worker.watchdog import STALLED_EXIT
 
 PREFIX = "t."
@@ -203,6 +204,7 @@ def test_a_batchs_changes_reach_the_local_store_with_their_changelog_offset_afte
     assert {p: pending.data.persisted_offset(TP(topic, p)) for p in (0, 1)} == {
         p: worker.producer.offsets[topic, p] for p in (0, 1)}  # type: ignore[attr-defined]
     assert (tmp_path / "v1" / "tables" / "pending-0.db").is_dir()  # under the worker's data dir
+    assert all(isinstance(t.data.rocksdb_options, BoundedRocksDBOptions) for t in worker.app.tables.values())
     again = Log()
     failing, _ = make_worker(tmp_path / "2", again, fail="changelog")
     with pytest.raises(Exited):
