@@ -638,9 +638,11 @@ class Joiner:
                     self.adopted[rid] = now + ADOPTION_GRACE_MS
         opened = set().union(*self.open.values())
         self.adopted = {rid: at for rid, at in self.adopted.items() if rid in opened}  # none of a revoked partition
-        for rid, done in sorted(self.tables.finalized.items(), key=lambda kv: kv[1]["finalized_ms"] if kv[1] else 0):
-            if done is not None:
-                self.closed[done["partition"]].append((done["finalized_ms"], rid))
+        # what the index needs of each entry, not the entries (read from RocksDB: tens of thousands of them)
+        closed = sorted((done["finalized_ms"], rid, done["partition"])
+                        for rid, done in self.tables.finalized.items() if done is not None)
+        for finalized_ms, rid, partition in closed:
+            self.closed[partition].append((finalized_ms, rid))
 
     def _correctable(self, exposed: Iterable[str], positive: list[str]) -> bool:
         """Whether a late click can still correct a request's group: corrections on, and an exposed item
