@@ -4,10 +4,12 @@ second process. Is memory flat and is lag bounded?
 1. `hap streams`, `hap learner` and `hap router` run as real processes on fresh topics;
    `hap simulate --duration` produces at ``--rate`` events/s (default: the streams bench's rate).
 2. A second process posts pre-ranking requests to the router at ``--router-rps``.
-3. Every ``--every`` seconds: each component's RSS, the input backlog (the streams consumer
-   group's lag: events produced and not yet committed), the event-to-sample lag p99 over that interval (join window
-   included: ``--window``, short by default), the served model's age, and Redis' memory (``used_memory``) with
-   the count of model blobs in it; one progress line each.
+3. Every ``--every`` seconds: each component's RSS (and each streams worker's, ``--workers``), the input rate
+   over the interval, the streams workers' state on disk (their tables' RocksDB files, ``HAP_STREAMS_STORE``),
+   the input backlog (the streams consumer group's lag: events produced and not yet committed), the
+   event-to-sample lag p99 over that interval (join window included: ``--window``, short by default), the
+   served model's age, and Redis' memory (``used_memory``) with the count of model blobs in it; one progress
+   line each.
 
     python bench/soak.py [--minutes 5] [--rate 1000]   # needs a stack: `hap stack up`
 
@@ -16,9 +18,11 @@ second process. Is memory flat and is lag bounded?
 sampling ``used_memory`` and the blob count; ``--superseded-ttl 3600`` replays the old retention.
 
 Memory is reported as a ratio against the same run's own baseline (RSS once warmed up, after
-the first fifth), lag as the backlog and the worst interval p99. Writes ``soak.png`` (RSS, lag
-and backlog over time) under ``--out`` and ends with one JSON line {"rss_growth",
-"backlog_events_max", "lag_p99_s_max", "router_p99_ms", "redis_used_mb_max", ...}.
+the first fifth; and the streams workers' from minute 3 to the end), lag as the backlog and the worst
+interval p99. Writes ``soak.png`` (RSS per component and streams worker, input rate, state on disk, lag
+and backlog over time) under ``--out`` and ends with one JSON line {"rss_growth", "streams_workers":
+{"rss_mb_max", "rss_growth_from_3min", "state_disk_mb_end", ...}, "backlog_events_max", "lag_p99_s_max",
+"router_p99_ms", "redis_used_mb_max", ...}.
 """
 
 from __future__ import annotations
@@ -100,6 +104,31 @@ def redis_memory(client: redis.Redis, prefix: str) -> tuple[float, int]:
     return used, sum(1 for _ in client.scan_iter(match=ModelKeys(prefix).blob_pattern, count=1000))
 
 
+def disk_mb(path: Path) -> float:
+    """MB of the files under ``path`` (a streams worker's data dir: its tables' RocksDB state)."""
+    total = 0
+    for f in path.rglob("*"):
+        try:
+            total += f.stat().st_size if f.is_file() else 0
+        except FileNotFoundError:  # RocksDB compacted it away meanwhile
+            pass
+    return total / 1e6
+
+
+def worker_rows(streams: Component, data_dir: Path) -> dict[str, float]:
+    """Each streams worker's RSS (the supervisor's children, by their start order) and its state on disk
+    (``<data dir>/streams-<worker id>``, in name order)."""
+    row: dict[str, float] = {}
+    for n, pid in enumerate(sorted(streams.children())):
+        try:
+            row[f"rss_worker{n}_mb"] = rss_mb(pid)
+        except FileNotFoundError:  # restarting
+            pass
+    for n, path in enumerate(sorted(data_dir.glob("streams-*"))):
+        row[f"disk_worker{n}_mb"] = disk_mb(path)
+    return row
+
+
 def sample(parts: dict[str, Component], urls: dict[str, str], previous: Metrics | None,
            written_committed: tuple[int, int]) -> tuple[dict, Metrics]:
     streams = scrape(urls["streams"])
@@ -122,12 +151,22 @@ def plot(rows: list[dict], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     t = [r["t_s"] / 60 for r in rows]
-    fig, (mem, lag) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    fig, (mem, state, lag) = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
     for name in PARTS:
         mem.plot(t, [r[f"rss_{name}_mb"] for r in rows], label=name)
+    workers = sorted({k for r in rows for k in r if k.startswith("rss_worker")})
+    for key in workers if len(workers) > 1 else ():
+        mem.plot(t, [r.get(key, 0) for r in rows], label=key.removeprefix("rss_").removesuffix("_mb"), linestyle=":")
     mem.plot(t, [r["redis_used_mb"] for r in rows], label="redis used_memory", linestyle="--")
     mem.set_ylabel("RSS (MB)")
     mem.legend()
+    for key in sorted({k for r in rows for k in r if k.startswith("disk_worker")}):
+        state.plot(t, [r.get(key, 0) for r in rows], label=f"{key.removeprefix('disk_').removesuffix('_mb')} on disk")
+    state.set_ylabel("streams state (MB)")
+    state.legend(loc="upper left")
+    rate = state.twinx()
+    rate.plot(t, [r["input_events_per_s"] for r in rows], color="grey", linestyle=":", label="input events/s")
+    rate.set_ylabel("input events/s")
     lag.plot(t, [r["lag_p99_s"] or 0 for r in rows], label="event->sample p99 (interval)")
     lag.plot(t, [r["model_age_s"] for r in rows], label="served model age")
     lag.set_ylabel("seconds")
@@ -181,6 +220,26 @@ def store_soak(args: argparse.Namespace, settings: Settings) -> dict:
             "model_blobs_max": max(r["model_blobs"] for r in rows)}
 
 
+def streams_workers(rows: list[dict], workers: int) -> list[dict]:
+    """Per streams worker: its RSS (max, at minute 3, at the end, and the growth between), its state on disk
+    (max, at the end), and both per 1,000 input events/s of the whole run (divided among the workers)."""
+    after3 = [r for r in rows if r["t_s"] >= 180] or rows[-1:]
+    rate = (rows[-1]["written"] - rows[0]["written"]) / max(1e-9, rows[-1]["t_s"] - rows[0]["t_s"]) / workers
+    out = []
+    for n in range(workers):
+        rss = [r.get(f"rss_worker{n}_mb", 0.0) for r in rows]
+        disk = [r.get(f"disk_worker{n}_mb", 0.0) for r in rows]
+        at3 = after3[0].get(f"rss_worker{n}_mb") or None
+        out.append({"input_events_per_s": round(rate, 1), "rss_mb_max": round(max(rss), 1),
+                    "rss_mb_at_3min": round(at3, 1) if at3 else None, "rss_mb_end": round(rss[-1], 1),
+                    "rss_growth_from_3min": round(max(r.get(f"rss_worker{n}_mb", 0.0) for r in after3) / at3, 3)
+                    if at3 else None,
+                    "state_disk_mb_max": round(max(disk), 1), "state_disk_mb_end": round(disk[-1], 1),
+                    "rss_mb_per_1k_events_per_s": round(rss[-1] / rate * 1000, 1) if rate else None,
+                    "disk_mb_per_1k_events_per_s": round(disk[-1] / rate * 1000, 1) if rate else None})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0)
@@ -188,6 +247,7 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--candidates", type=int, default=1000, help="candidates per router request")
     parser.add_argument("--router-rps", type=float, default=50.0, help="router requests per second")
+    parser.add_argument("--workers", type=int, default=1, help="streams worker processes (`hap streams --workers`)")
     parser.add_argument("--window", type=float, default=2.0,
                         help="join window, s: short, so that the lag shows processing rather than waiting")
     parser.add_argument("--out", type=Path, default=Path(".hap/bench"))
@@ -209,7 +269,7 @@ def main() -> None:
                            router_port=ports["router"])
         ensure_topics(s.kafka_bootstrap, topics, security=s.kafka_security)
         urls = {name: f"http://127.0.0.1:{port}/metrics" for name, port in ports.items()}
-        streams = ["streams", "--window", str(args.window), "--lateness", "1"]
+        streams = ["streams", "--window", str(args.window), "--lateness", "1", "--workers", str(args.workers)]
         parts = {"streams": Component("streams", streams, tmp, env),
                  "learner": Component("learner", ["learner"], tmp, env),
                  "router": Component("router", ["router"], tmp, env)}
@@ -232,18 +292,26 @@ def main() -> None:
                                    **s.kafka_security.client_options())
             inputs = [topics + t for t in ("ranking", "exposure")]
             store = s.redis.client()
+            start = {"written": offsets(reader, inputs)[0], "t_s": round(time.time() - started, 1)}
             while time.time() - started < duration:
                 time.sleep(args.every)
                 row, previous = sample(parts, urls, previous, offsets(reader, inputs))
+                row.update(worker_rows(parts["streams"], tmp))
                 row["redis_used_mb"], row["model_blobs"] = redis_memory(store, s.redis_prefix)
                 row["t_s"] = round(time.time() - started, 1)
+                before = rows[-1] if rows else start
+                row["input_events_per_s"] = (row["written"] - before["written"]) / max(1e-9, row["t_s"] - before["t_s"])
                 rows.append(row)
                 dead = [name for name, part in parts.items() if not part.alive]
                 print(f"[{row['t_s']:6.0f}s] events {row['events']:.0f} backlog {row['backlog']:.0f}  "
                       f"lag p99 {row['lag_p99_s'] or 0:.2f}s  "
                       f"version {row['version']:.0f}  age {row['model_age_s']:.1f}s  "
-                      f"redis {row['redis_used_mb']:.0f}MB ({row['model_blobs']} blobs)  RSS "
-                      + " ".join(f"{n} {row[f'rss_{n}_mb']:.0f}MB" for n in PARTS), file=sys.stderr, flush=True)
+                      f"redis {row['redis_used_mb']:.0f}MB ({row['model_blobs']} blobs)  "
+                      f"in {row['input_events_per_s']:.0f}/s  RSS "
+                      + " ".join(f"{n} {row[f'rss_{n}_mb']:.0f}MB" for n in PARTS)
+                      + "  workers " + " ".join(f"{row.get(f'rss_worker{n}_mb', 0):.0f}MB/"
+                                                f"{row.get(f'disk_worker{n}_mb', 0):.0f}MB on disk"
+                                                for n in range(args.workers)), file=sys.stderr, flush=True)
                 if dead:
                     raise SystemExit(f"soak: {', '.join(dead)} died; see {tmp}")
             latencies, failures = results.get(timeout=60)
@@ -266,6 +334,7 @@ def main() -> None:
         "backlog_events_first": rows[0]["backlog"], "backlog_events_max": max(r["backlog"] for r in rows),
         "backlog_events_last": rows[-1]["backlog"], "join_window_s": args.window,
         "rss_growth": growth, "rss_end_mb": {n: round(rows[-1][f"rss_{n}_mb"], 1) for n in PARTS},
+        "streams_workers": streams_workers(rows, args.workers), "store": s.streams_store,
         "lag_p99_s_first": lags[0] if lags else None, "lag_p99_s_max": max(lags) if lags else None,
         "lag_p99_s_last": lags[-1] if lags else None,
         "model_age_s_max": max(r["model_age_s"] for r in rows), "versions": rows[-1]["version"],

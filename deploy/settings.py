@@ -138,6 +138,9 @@ class Settings:
     #: worker, not twice). Every worker of the group needs its own ``HAP_WORKER_ID`` then.
     streams_static_membership: bool = False
     streams_stall_s: float = 30.0
+    #: where the streams workers' tables keep their state: ``rocksdb://`` (local disk, under the worker's
+    #: data dir) or ``memory://`` (the heap; rebuilt from the changelogs at every start)
+    streams_store: str = "rocksdb://"
     #: worker processes `hap streams` runs and supervises, of one group (``--workers``)
     streams_workers: int = 1
     log_level: str = "WARNING"
@@ -329,6 +332,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HAP_STREAMS_WORKERS", "`hap streams --workers`: worker processes of one group on this host, "
              "each supervised and named `<worker id>-<n>`, with its own data dir and metrics port (the "
              "streams metrics port + n)", "streams_workers"),
+    Variable("HAP_STREAMS_STORE", "where the streams workers' tables keep their state: `rocksdb://` (local disk "
+             "under the worker's data dir: memory bounded whatever the rate; a restart on the same dir reads only "
+             "the changelog past it) or `memory://` (the heap)", "streams_store"),
     # learner
     Variable("HAP_LEARNER_METHOD", f"`hap learner --method`: the training method, one of {_names(METHODS)}",
              "learner_method"),

@@ -54,3 +54,7 @@ def export_invalid(topics: list[str]) -> None:
         for kind in REASON_KINDS:
             INVALID.labels(topic, kind)
 
+#: per table: what a start or rebalance read of its changelog (a worker on its own state directory reads
+#: only the records past what its local store holds; one on an empty directory, all of them)
+CHANGELOG_RECOVERED = Counter("hap_streams_changelog_recovered_records",
+                              "Changelog records the worker applied to its tables while recovering them", ["table"])

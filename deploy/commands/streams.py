@@ -76,6 +76,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from streams.worker.app import JOIN_INPUTS, StreamsConfig, StreamsWorker, count_deleted
     from streams.worker.log_filter import quiet_repeats
     from streams.worker.process import make_worker_class
+    from streams.worker.tables import discard_stale
     from streams.worker.watchdog import parse_exits
 
     s = Settings.load()
@@ -85,7 +86,8 @@ def run_worker(args: argparse.Namespace) -> int:
         topic_prefix=s.topic_prefix,
         partitions=s.kafka_partitions, replication_factor=s.kafka_replication.factor,
         data_dir=Path(s.data_dir) / f"streams-{args.worker_id}", corrections=not args.no_corrections,
-        stall_s=args.stall_timeout, max_future_ms=int(args.max_future * 1000), align_partitions=args.align_partitions,
+        stall_s=args.stall_timeout, store=s.streams_store, max_future_ms=int(args.max_future * 1000),
+        align_partitions=args.align_partitions,
         static_member=f"{s.topic_prefix}{args.worker_id}" if s.streams_static_membership else None,
         assembler=AssemblerConfig(
             window_ms=int(args.window * 1000), lateness_ms=int(args.lateness * 1000),
@@ -98,6 +100,7 @@ def run_worker(args: argparse.Namespace) -> int:
     create_missing(cfg.bootstrap, {**pipeline_topics(cfg.topic_prefix, cfg.partitions, s.kafka_replication),
                                    **worker_topics(app.conf.id, list(app.tables), cfg.partitions,
                                                    s.kafka_replication)}, cfg.kafka_security)
+    discard_stale(app.tables.values(), cfg.bootstrap, cfg.kafka_security)  # a new Kafka under an old data dir
     # before the group's consumer starts: offsets retention deleted are counted, never an offset-out-of-range reset
     count_deleted(resume_at_log_start(cfg.bootstrap, app.conf.id, [f"{cfg.topic_prefix}{t}" for t in JOIN_INPUTS],
                                       cfg.kafka_security))

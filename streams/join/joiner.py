@@ -50,6 +50,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
+import zstandard
+
 from streams import metrics
 from streams.contract.dlq import DeadLetter, request_id_of
 from streams.contract.schemas import (
@@ -86,6 +88,25 @@ from streams.kafka.batch_producer import partition_of
 
 log = logging.getLogger("hap.streams")
 HISTORY_LEN = 50  # the user history written for the router: most recent positives last
+
+#: the level the ``emitted`` groups are compressed at: a group's JSON repeats its feature names per item
+#: (``bench/retained.py`` measures what it keeps)
+GROUP_ZSTD_LEVEL = 3
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def pack_group(value: bytes) -> bytes:
+    """An encoded group as the ``emitted`` table keeps it: a zstd frame.
+
+    >>> unpack_group(pack_group(b'{"group_id": "g"}')), unpack_group(b'{"group_id": "g"}')  # older: raw JSON
+    (b'{"group_id": "g"}', b'{"group_id": "g"}')
+    """
+    return zstandard.ZstdCompressor(level=GROUP_ZSTD_LEVEL).compress(value)
+
+
+def unpack_group(stored: bytes) -> bytes:
+    """The encoded group of an ``emitted`` entry (one written before groups were packed: as it is)."""
+    return zstandard.ZstdDecompressor().decompress(stored) if stored[:4] == _ZSTD_MAGIC else stored
 
 
 #: the bytes of feedback on unexposed items a request's pending state copies, in all (for the dead
@@ -160,8 +181,10 @@ class JoinTables:
 
     pending: ChangelogTable  #: join state of open requests (:func:`streams.join.assembler.new_pending`)
     rankings: ChangelogTable  #: :class:`RankingColumns` of open requests, written once each
-    finalized: ChangelogTable  #: exposed, positive, revision, finalized_ms, partition: kept ``retention_ms``
-    emitted: ChangelogTable  #: the encoded last group of each finalized request (what a correction relabels)
+    #: exposed (ids), positive, revision, finalized_ms, partition, event_ids: kept ``retention_ms``
+    finalized: ChangelogTable
+    #: the last group of each finalized request a correction may still relabel, compressed (:func:`pack_group`)
+    emitted: ChangelogTable
 
     @classmethod
     def in_memory(cls) -> JoinTables:
@@ -481,8 +504,8 @@ class Joiner:
                 {"items": len(group.items), "bytes": len(value)}))
             self._forget(rid, st, partition, wall)
             return
-        self._send_group(rid, group, value, partition)
         st["exposed"].update(dict.fromkeys(choice.implied))  # so that a late click on one corrects the group
+        self._send_group(rid, group, value, partition, self._correctable(st["exposed"], st["positive"]))
         metrics.IMPLIED.inc(len(choice.implied))
         unexposed = st.pop("unexposed_feedback", {})
         st.pop("unexposed_bytes", None)
@@ -501,7 +524,7 @@ class Joiner:
         ranking = choice.ranking
         self.features.set_history(
             ranking.user_id, (list(ranking.user_features.get("history", [])) + st["positive"])[-HISTORY_LEN:])
-        self.tables.finalized.put(rid, {"exposed": st["exposed"], "positive": st["positive"],
+        self.tables.finalized.put(rid, {"exposed": list(st["exposed"]), "positive": st["positive"],
                                         "revision": st["revision"], "finalized_ms": wall, "partition": partition,
                                         "event_ids": st.get("event_ids", {})}, partition)
         self.closed[partition].append((wall, rid))
@@ -521,7 +544,7 @@ class Joiner:
     def _forget(self, rid: str, st: dict[str, Any], partition: int, wall: int) -> None:
         """Finalize a request without a group: nothing of it is kept but the mark that makes its later
         events ``late`` for ``retention_ms``."""
-        self.tables.finalized.put(rid, {"exposed": {}, "positive": [], "revision": st["revision"],
+        self.tables.finalized.put(rid, {"exposed": [], "positive": [], "revision": st["revision"],
                                         "finalized_ms": wall, "partition": partition}, partition)
         self.closed[partition].append((wall, rid))
         self.open[partition].discard(rid)
@@ -540,9 +563,10 @@ class Joiner:
             if self.cfg.corrections and positive and event.item_id in done["exposed"] \
                     and event.item_id not in done["positive"] and emitted is not None:
                 done = {**done, "positive": [*done["positive"], event.item_id], "revision": done["revision"] + 1}
-                group = relabel(decode_sample_group(emitted, self.cfg.limits), set(done["positive"]),
+                group = relabel(decode_sample_group(unpack_group(emitted), self.cfg.limits), set(done["positive"]),
                                 done["revision"], wall)
-                self._send_group(rid, group, encode(group), record.partition)
+                self._send_group(rid, group, encode(group), record.partition,
+                                 self._correctable(done["exposed"], done["positive"]))
                 self.tables.finalized.put(rid, done, record.partition)
                 metrics.LATE.labels("correction").inc()
                 return
@@ -614,13 +638,25 @@ class Joiner:
                     self.adopted[rid] = now + ADOPTION_GRACE_MS
         opened = set().union(*self.open.values())
         self.adopted = {rid: at for rid, at in self.adopted.items() if rid in opened}  # none of a revoked partition
-        for rid, done in sorted(self.tables.finalized.items(), key=lambda kv: kv[1]["finalized_ms"] if kv[1] else 0):
-            if done is not None:
-                self.closed[done["partition"]].append((done["finalized_ms"], rid))
+        # what the index needs of each entry, not the entries (read from RocksDB: tens of thousands of them)
+        closed = sorted((done["finalized_ms"], rid, done["partition"])
+                        for rid, done in self.tables.finalized.items() if done is not None)
+        for finalized_ms, rid, partition in closed:
+            self.closed[partition].append((finalized_ms, rid))
 
-    def _send_group(self, rid: str, group: SampleGroup, value: bytes, partition: int) -> None:
+    def _correctable(self, exposed: Iterable[str], positive: list[str]) -> bool:
+        """Whether a late click can still correct a request's group: corrections on, and an exposed item
+        (or one exposed by implication) not positive yet."""
+        return self.cfg.corrections and not set(exposed) <= set(positive)
+
+    def _send_group(self, rid: str, group: SampleGroup, value: bytes, partition: int, correctable: bool) -> None:
+        """Send a request's group; while a correction may relabel it, keep it (packed) in ``emitted``, for as
+        long as its finalized entry is kept; else keep nothing of it."""
         self.send("samples", rid.encode(), value)
-        self.tables.emitted.put(rid, value, partition)  # what a correction relabels, kept while finalized is
+        if correctable:
+            self.tables.emitted.put(rid, pack_group(value), partition)
+        elif group.correction:  # its last exposed item turned positive: nothing left to correct
+            self.tables.emitted.delete(rid, partition)
         metrics.GROUPS.labels("correction" if group.correction else "group").inc()
         for source, n in collections.Counter(item.source for item in group.items).items():
             metrics.SAMPLES.labels(source).inc(n)

@@ -17,8 +17,9 @@ table changes name their changelog partition and are serialized by the table's o
 Lifecycle: :meth:`start` (connects; calls after the first wait for its connection),
 :meth:`deliver` any number of times (calls at the same time are independent: order is kept
 among one call's records of a partition), :meth:`stop` once. :meth:`deliver` returns when the
-broker acknowledged every record (``acks=all``, idempotent) and raises otherwise (a record then
-may or may not be stored: the caller replays the batch).
+broker acknowledged every record (``acks=all``, idempotent), with the offset of the last record it
+stored in each partition (the streams worker keeps its changelogs' with its tables' local state),
+and raises otherwise (a record then may or may not be stored: the caller replays the batch).
 
 Examples
 --------
@@ -104,10 +105,11 @@ class BatchProducer:
         if self.producer is not None:
             await self.producer.stop()
 
-    async def deliver(self, records: Sequence[Record]) -> None:
+    async def deliver(self, records: Sequence[Record]) -> dict[tuple[str, int], int]:
         """Send ``records`` and wait until the broker acknowledged them all (order is kept within a
-        partition); raises :class:`RecordTooLarge` before producing anything when one of them exceeds
-        ``max_bytes``, else what aiokafka raises when it could not."""
+        partition); returns the offset of the last record stored per (topic, partition). Raises
+        :class:`RecordTooLarge` before producing anything when one of them exceeds ``max_bytes``,
+        else what aiokafka raises when it could not."""
         assert self.producer is not None, "deliver() before start()"
         for topic, partition, key, value in records:  # aiokafka's batches take any first record: the guard is here
             size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
@@ -121,13 +123,20 @@ class BatchProducer:
                     counts[topic] = len(await self.producer.partitions_for(topic))
                 partition = partition_of(key, counts[topic])
             by_partition[topic, partition].append((key, value))
-        sent = []
+        sent, counts_sent = [], []  # a batch's future gives its first record's offset; its count, the last's
         for (topic, partition), pairs in by_partition.items():
-            batch = self.producer.create_batch()
+            batch, count = self.producer.create_batch(), 0
             for key, value in pairs:
                 if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start the next
                     sent.append(await self.producer.send_batch(batch, topic, partition=partition))
-                    batch = self.producer.create_batch()
+                    counts_sent.append(count)
+                    batch, count = self.producer.create_batch(), 0
                     batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any record
+                count += 1
             sent.append(await self.producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*sent)
+            counts_sent.append(count)
+        last: dict[tuple[str, int], int] = {}
+        for meta, count in zip(await asyncio.gather(*sent), counts_sent, strict=True):
+            key = (meta.topic, meta.partition)
+            last[key] = max(last.get(key, -1), meta.offset + count - 1)
+        return last

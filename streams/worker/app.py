@@ -8,8 +8,10 @@ Topology (all input topics keyed by ``request_id`` and co-partitioned):
   the changelog-backed tables ``pending`` (each open request's join state, written once per
   batch), ``rankings`` (each open request's ranking event as columns, written once),
   ``finalized`` and ``emitted`` (each finalized request's labels and its last group, for
-  late-event detection and corrections, kept ``retention_ms``). A restarted or rebalanced
-  worker recovers them from their changelogs.
+  late-event detection and corrections, kept ``retention_ms``), on local disk (RocksDB) or on the
+  heap (:mod:`streams.worker.tables`). A rebalanced worker, or one restarted on an empty data dir,
+  recovers them from their changelogs; one restarted on its own data dir reads only the changelog
+  records past what its local state holds.
 - ``catalogue`` consumes the partitions of ``items`` the group assigns to this worker and
   dead-letters the invalid records; the candidate pool is filled from every partition of
   ``items`` by a :class:`streams.join.catalogue.CatalogueFollower` outside the group, so each of N
@@ -18,8 +20,9 @@ Topology (all input topics keyed by ``request_id`` and co-partitioned):
 Delivery: at-least-once, and the tables never run ahead of the outputs. For each batch the
 adapter first hands every group and dead letter the join produced to the producer and waits until
 the broker acknowledged them all, then writes the batch's table changes to their changelogs and
-waits for those, then writes the batch's item counts to Redis (each input record once:
-:meth:`streams.join.features.StreamFeatures.write_counts`; while Redis is down the batch waits),
+waits for those, then to the tables' local store, then writes the batch's item counts to Redis
+(each input record once: :meth:`streams.join.features.StreamFeatures.write_counts`; while Redis
+is down the batch waits),
 and only then acknowledges the batch's records (Faust commits acknowledged offsets). The next
 batch is fetched meanwhile (:meth:`StreamsWorker.assemble_batches`: at most two in flight). A
 delivery that fails ends the worker (exit 1, restarted by the supervisor) before anything of the
@@ -60,6 +63,7 @@ from streams.kafka.batch_producer import BatchProducer, Record, changelog_record
 from streams.kafka.lag import GroupLag
 from streams.kafka.security import KafkaSecurity
 from streams.kafka.topics import DEFAULT_PARTITIONS, Deleted, record_limits
+from streams.worker.tables import FaustTable, check_store, held
 from streams.worker.watchdog import (
     EXIT_REASONS,
     RECOVERY_GRACE,
@@ -105,29 +109,9 @@ class StreamsConfig:
     max_future_ms: int = 10_000
     #: windows close by the slowest active partition (``JoinConfig.align_partitions``: log-time replays)
     align_partitions: bool = False
-
-
-class FaustTable:
-    """A Faust table as a :class:`streams.join.joiner.ChangelogTable`: reads and writes go to its local
-    store at once; each write's changelog record (to the partition the caller names, which a batch
-    of events does not have) is held in the batch's outbox until the batch's outputs are delivered."""
-
-    def __init__(self, table: Any) -> None:
-        self.table = table
-
-    def get(self, key: str) -> Any:
-        return self.table.data.get(key)
-
-    def items(self) -> Any:
-        return self.table.data.items()
-
-    def put(self, key: str, value: Any, partition: int) -> None:
-        self.table.data[key] = value
-        _changes.get().append((self.table, partition, key, value))
-
-    def delete(self, key: str, partition: int) -> None:
-        if self.table.data.pop(key, None) is not None:
-            _changes.get().append((self.table, partition, key, None))
+    #: where the tables' state lives (:mod:`streams.worker.tables`): ``rocksdb://`` (local disk under
+    #: ``data_dir``) or ``memory://`` (the heap)
+    store: str = "rocksdb://"
 
 
 #: a partition whose expected record has not arrived this long after it was read again is read again,
@@ -339,8 +323,6 @@ class InputLag:
 
 #: what the join produced in the current agent's batch: (topic kind, key, value); each agent has its own
 _outbox: contextvars.ContextVar[list[tuple[str, bytes | None, bytes]]] = contextvars.ContextVar("outbox")
-#: the table changes of the current agent's batch: (table, changelog partition, key, value or None)
-_changes: contextvars.ContextVar[list[tuple[Any, int, str, Any]]] = contextvars.ContextVar("changes")
 #: the exit code of a worker that could not finish a batch: the join failed (not on an input record:
 #: those are dead-lettered), or the broker did not take its outputs or changelog (the supervisor
 #: restarts it; the batch is replayed)
@@ -352,8 +334,9 @@ class Producer(Protocol):
 
     async def start(self) -> None: ...
 
-    async def deliver(self, records: Sequence[Record]) -> None:
-        """Return once the brokers acknowledged every record; raise otherwise."""
+    async def deliver(self, records: Sequence[Record]) -> Mapping[tuple[str, int], int] | None:
+        """Return once the brokers acknowledged every record, with the offset of the last record of each
+        (topic, partition) if known; raise otherwise."""
 
 
 class BatchFeatures(Features, Protocol):
@@ -395,7 +378,8 @@ class StreamsWorker:
         decode_guard.install()
         self.cfg, self.exit = cfg, exit
         self.app = app = faust.App(
-            f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}", store="memory://",
+            f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}",
+            store=check_store(cfg.store),
             topic_partitions=cfg.partitions, topic_replication_factor=cfg.replication_factor, web_enabled=False,
             datadir=str(cfg.data_dir),
             consumer_auto_offset_reset="earliest", consumer_max_fetch_size=FETCH_BYTES,
@@ -494,7 +478,7 @@ class StreamsWorker:
     async def _assemble_and_ack(self, events: Sequence[Any], ack: Ack) -> None:
         """:meth:`assemble` one batch with its own outbox, then acknowledge its events."""
         _outbox.set([])
-        _changes.set([])
+        held.set({})
         if await self.assemble(events):
             for event in events:
                 await ack(event)
@@ -532,7 +516,7 @@ class StreamsWorker:
     async def check_item_batches(self, batches: AsyncIterator[Sequence[Any]]) -> None:
         """Check each batch of ``items`` events and deliver its dead letters, as :meth:`assemble_batches`."""
         _outbox.set([])
-        _changes.set([])
+        held.set({})
         async for events in batches:
             for event in events:
                 try:
@@ -542,19 +526,27 @@ class StreamsWorker:
             await self.deliver()
 
     async def deliver(self) -> bool:
-        """Deliver what the current batch produced, outputs first and then its table changes, before
-        the batch is acknowledged (see the module's delivery note); True when the brokers took all.
-        A failed delivery exits the worker (:data:`BATCH_FAILED_EXIT`); False if ``exit`` returned."""
-        out, changes = _outbox.get(), _changes.get()
+        """Deliver what the current batch produced, outputs first and then its table changes, and then
+        write those to the tables' local store, before the batch is acknowledged (see the module's
+        delivery note and :mod:`streams.worker.tables`); True when all was taken. A failed delivery
+        or store write exits the worker (:data:`BATCH_FAILED_EXIT`); False if ``exit`` returned."""
+        out, writes = _outbox.get(), held.get()
+        step = "outputs"
         try:
             await self.producer.start()  # connects at the first batch of either agent
             await self.producer.deliver([(self.outputs[kind], None, key, value) for kind, key, value in out])
             out.clear()
-            await self.producer.deliver([changelog_record(*change) for change in changes])
-            changes.clear()
+            step = "table changes"
+            offsets = await self.producer.deliver([
+                changelog_record(table.table, partition, key, value)
+                for table, changes in writes.items() for key, (partition, value) in changes.items()]) or {}
+            step = "table changes to the local store"
+            for table, changes in writes.items():
+                topic = table.changelog_topic()
+                table.store(changes, {p: offset for (t, p), offset in offsets.items() if t == topic})
+            writes.clear()
         except Exception as exc:  # nothing of the batch is acknowledged: a fresh worker replays it
-            self.app.log.error("the broker did not take the batch's %s (%r): exiting to be replaced",
-                               "outputs" if out else "table changes", exc)
+            self.app.log.error("the batch's %s could not be delivered (%r): exiting to be replaced", step, exc)
             self.exit(BATCH_FAILED_EXIT)
             return False
         return True

@@ -210,3 +210,14 @@ def test_router_rollouts_drain_within_the_termination_grace(rendered):
     drain_s = generate.deployed_settings().router_drain_s
     assert drain_s > 0
     assert pod["terminationGracePeriodSeconds"] >= pre_stop_s + drain_s + GRACE_S
+
+
+def test_streams_tables_keep_their_state_on_a_volume_of_their_own(rendered):
+    """The streams workers' RocksDB state (HAP_STREAMS_STORE) is under the data dir, on a claim of each pod's:
+    a restarted pod reads only the changelog past it."""
+    streams = next(s for s in _kind(rendered, "StatefulSet") if s["metadata"]["name"] == "hap-streams")
+    config = next(c for c in _kind(rendered, "ConfigMap") if c["metadata"]["name"].startswith("hap-config"))["data"]
+    claims = {c["metadata"]["name"] for c in streams["spec"].get("volumeClaimTemplates", [])}
+    mounts = {m["name"]: m["mountPath"] for m in streams["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert any(mounts.get(claim) == config["HAP_DATA_DIR"] for claim in claims), "the tables' volume"
+    assert Settings.load(config).streams_store == "rocksdb://"

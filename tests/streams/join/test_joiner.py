@@ -24,7 +24,7 @@ from streams.contract.schemas import (
     encode,
 )
 from streams.join.assembler import AssemblerConfig, group_id
-from streams.join.joiner import ADOPTION_GRACE_MS, JoinConfig, Joiner, JoinTables, MemoryTable
+from streams.join.joiner import ADOPTION_GRACE_MS, JoinConfig, Joiner, JoinTables, MemoryTable, unpack_group
 from streams.join.pool import CandidatePool
 
 T0 = 1_700_000_000_000
@@ -144,7 +144,8 @@ def test_a_request_joins_into_one_labelled_group_when_its_window_closes():
     assert h.features.histories == {"user-r1": ["old", "c1"]}
     assert h.features.counts == [("c0", "exposure"), ("c1", "exposure"), ("c1", "feedback")]
     assert h.tables.pending.get("r1") is None and h.tables.rankings.get("r1") is None  # open state forgotten
-    assert h.tables.finalized.get("r1")["positive"] == ["c1"] and h.tables.emitted.get("r1") == h.out[0][2]
+    assert h.tables.finalized.get("r1")["positive"] == ["c1"]
+    assert unpack_group(h.tables.emitted.get("r1")) == h.out[0][2]
     assert h.dead_letters() == []
 
 
@@ -250,6 +251,28 @@ def test_without_corrections_a_late_positive_is_dead_lettered():
     h.tick(T0 + 5_000)
     h.run(h.record("exposure", encode(click("r1", "c0", T0 + 4_000)), b"r1"))
     assert len(h.groups()) == 1 and [d["reason_kind"] for d in h.dead_letters()] == ["late"]
+
+
+def test_a_finalized_request_keeps_only_what_late_events_and_corrections_use():
+    """Its exposed ids (no positions), positives, revision and event ids; its group only while a late click can
+    still correct it (an exposed item not positive yet, corrections on), and compressed."""
+    h = Harness()
+    h.run(*request(h, "r1", shown("r1", "c0", 0), shown("r1", "c1", 1), click("r1", "c1")),
+          *request(h, "r2", shown("r2", "c0", 0), click("r2", "c0")))
+    h.tick(T0 + 5_000)
+    done = h.tables.finalized.get("r1")
+    assert done["exposed"] == ["c0", "c1"] and done["positive"] == ["c1"] and done["revision"] == 0
+    packed = h.tables.emitted.get("r1")
+    assert unpack_group(packed) == next(v for _, k, v in h.out if k == b"r1")
+    assert len(packed) < len(unpack_group(packed)) / 3
+    assert h.tables.emitted.get("r2") is None  # every exposed item positive: nothing a late click could correct
+    h.run(h.record("exposure", encode(click("r1", "c0", T0 + 4_000)), b"r1"))  # corrects r1: its last negative
+    assert [g.group_id for g in h.groups() if g.correction] == [group_id("r1", 1)]
+    assert h.tables.emitted.get("r1") is None and h.tables.finalized.get("r1")["revision"] == 1
+    off = Harness(dataclasses.replace(CONFIG, corrections=False))
+    off.run(*request(off, "r1", shown("r1", "c0", 0)))
+    off.tick(T0 + 5_000)
+    assert off.tables.finalized.get("r1") is not None and off.tables.emitted.get("r1") is None
 
 
 def test_finalized_requests_are_forgotten_after_the_retention():
@@ -441,7 +464,7 @@ def test_a_request_with_more_items_than_a_group_may_hold_is_dead_lettered_and_it
     h.tick(T0 + 5_000)
     assert [g.request_id for g in h.groups()] == ["r2"]
     assert len(h.dead_letters()) == 6
-    assert h.tables.finalized.get("r1")["exposed"] == {}  # bounded: nothing of the request kept
+    assert h.tables.finalized.get("r1")["exposed"] == []  # bounded: nothing of the request kept
 
 
 def test_a_group_bigger_than_the_learner_takes_is_dead_lettered_not_emitted():

@@ -36,23 +36,25 @@ def test_records_are_acknowledged_in_order_within_their_partitions(kafka_bootstr
     records = [(topic, None, f"req-{i % 7}".encode(), b"x" * 3000 + str(i).encode()) for i in range(60)]
     records += [(topic, 1, b"req-t", None)]
 
-    async def deliver() -> None:
+    async def deliver() -> dict[tuple[str, int], int]:
         producer = BatchProducer(kafka_bootstrap, max_bytes=16 * 1024)
         await asyncio.gather(producer.start(), producer.start())  # the worker calls it before every batch
         try:
-            await producer.deliver(records)
+            return await producer.deliver(records)
         finally:
             await producer.stop()
 
-    asyncio.run(deliver())
+    last = asyncio.run(deliver())
     consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, consumer_timeout_ms=5000, enable_auto_commit=False)
     partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
     consumer.assign(partitions)
     consumer.seek_to_beginning()
-    got = {tp.partition: [] for tp in partitions}
+    got, offsets = {tp.partition: [] for tp in partitions}, {}
     for message in consumer:
         got[message.partition].append((message.key, message.value))
+        offsets[topic, message.partition] = message.offset
     consumer.close()
+    assert last == offsets  # the offset of each partition's last record, several batches of it included
     for tp in partitions:
         expected = [(k, v) for _, p, k, v in records
                     if (p if p is not None else partition_of(k, len(partitions))) == tp.partition]

@@ -21,6 +21,7 @@ from feature_store.connection import RedisEndpoint
 from streams.contract.schemas import Candidate, RankingEvent, encode
 from streams.kafka.batch_producer import partition_of
 from streams.worker.app import BATCH_FAILED_EXIT, InputGap, StreamsConfig, StreamsWorker
+from streams.worker.tables import BoundedRocksDBOptions
 from streams.worker.watchdog import STALLED_EXIT
 
 PREFIX = "t."
@@ -60,18 +61,23 @@ class Log(list[str]):
 
 
 class Producer:
-    def __init__(self, log: Log, fail: bool = False) -> None:
-        self.log, self.fail = log, fail
+    def __init__(self, log: Log, fail: bool | str = False) -> None:
+        self.log, self.fail = log, fail  # "changelog": the outputs are taken, the changelog records not
+        self.offsets: dict[tuple[str, int], int] = {}
 
     async def start(self) -> None:
         pass
 
-    async def deliver(self, records: Sequence[tuple[str, int | None, bytes | None, bytes | None]]) -> None:
+    async def deliver(self, records: Sequence[tuple[str, int | None, bytes | None, bytes | None]]
+                      ) -> dict[tuple[str, int], int]:
         await asyncio.sleep(0)  # the brokers take their time
-        if self.fail and records:
+        if self.fail and records and (self.fail is True or records[0][0].endswith("-changelog")):
             raise ConnectionError("broker down")
         if records:
             self.log.append("acked " + ",".join(sorted({topic for topic, *_ in records})))
+        for topic, partition, *_ in records:  # the offset of each partition's last record, from 100 on
+            self.offsets[topic, partition or 0] = self.offsets.get((topic, partition or 0), 99) + 1
+        return {tp: self.offsets[tp] for tp in {(topic, partition or 0) for topic, partition, *_ in records}}
 
 
 class Features:
@@ -120,10 +126,11 @@ class Lag:
         pass
 
 
-def make_worker(tmp_path: Path, log: Log, *, fail: bool = False, stall_s: float = 30.0) -> tuple[StreamsWorker, Lag]:
+def make_worker(tmp_path: Path, log: Log, *, fail: bool | str = False, stall_s: float = 30.0,
+                store: str = "rocksdb://") -> tuple[StreamsWorker, Lag]:
     lag = Lag()
     cfg = StreamsConfig(bootstrap="127.0.0.1:1", redis=RedisEndpoint("redis://127.0.0.1:1"), redis_prefix="t:",
-                        topic_prefix=PREFIX, data_dir=tmp_path, partitions=2, stall_s=stall_s)
+                        topic_prefix=PREFIX, data_dir=tmp_path, partitions=2, stall_s=stall_s, store=store)
     worker = StreamsWorker(cfg, producer=Producer(log, fail), features=Features(log), lag=lag,  # type: ignore[arg-type]
                            exit=log.exit)
     return worker, lag
@@ -181,6 +188,38 @@ def test_outputs_then_changelogs_then_counts_then_the_input_ack(tmp_path: Path) 
         f"acked {changelogs}", "counts written", "input acked 2",  # no output: the changes alone
         f"acked {changelogs}", "counts written", "input acked 3",
     ]
+
+
+def test_a_batchs_changes_reach_the_local_store_with_their_changelog_offset_after_the_delivery(tmp_path: Path) -> None:
+    """RocksDB: the pending state and ranking of each request, and each partition's changelog offset (Faust's
+    persisted offset, where a restart on this state resumes the changelog), written once the changelog has them;
+    a changelog delivery that fails leaves the store as it was (a killed worker's state is never ahead)."""
+    log = Log()
+    worker, _ = make_worker(tmp_path, log)
+    run(worker, log, [ranking(0, "r1"), ranking(1, "r2")], [ranking(2, "r3")])
+    pending = worker.app.tables["pending"]
+    stored = {rid: pending.data._get_bucket_for_key(pending.data._encode_key(rid)) for rid in ("r1", "r2", "r3")}
+    assert all(found is not None for found in stored.values())
+    topic = pending.changelog_topic.get_topic_name()
+    assert {p: pending.data.persisted_offset(TP(topic, p)) for p in (0, 1)} == {
+        p: worker.producer.offsets[topic, p] for p in (0, 1)}  # type: ignore[attr-defined]
+    assert (tmp_path / "v1" / "tables" / "pending-0.db").is_dir()  # under the worker's data dir
+    assert all(isinstance(t.data.rocksdb_options, BoundedRocksDBOptions) for t in worker.app.tables.values())
+    again = Log()
+    failing, _ = make_worker(tmp_path / "2", again, fail="changelog")
+    with pytest.raises(Exited):
+        run(failing, again, [ranking(0, "r1")])
+    rankings = failing.app.tables["rankings"]
+    assert rankings.data._get_bucket_for_key(rankings.data._encode_key("r1")) is None
+    assert again[-1] == f"exit {BATCH_FAILED_EXIT}" and not any(line.startswith("input acked") for line in again)
+
+
+def test_the_memory_store_keeps_the_same_order(tmp_path: Path) -> None:
+    log = Log()
+    worker, _ = make_worker(tmp_path, log, store="memory://")
+    run(worker, log, [ranking(0, "r1")])
+    assert log[-2:] == ["counts written", "input acked 0"]
+    assert worker.app.tables["pending"].data["r1"]["ranking"] is True
 
 
 def test_a_failed_delivery_exits_before_the_counts_and_the_ack(tmp_path: Path) -> None:
