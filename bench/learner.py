@@ -110,14 +110,10 @@ def tier_compute(groups, tier: str, device: str, batch: int) -> float:
     return sum(len(b.label) for b in batches) / (time.perf_counter() - t0)
 
 
-def online(groups, settings, batch: int, device: str) -> tuple[float, float]:
-    """Samples/s of the online service over a backlog: from its start until it trained the last
-    sample (its stop, which waits for the final checkpoint and publish, is a shutdown cost: not
-    counted); and the seconds from its start to its first step (connecting, the first fetch). Its
-    trainer is warmed up by one step first, as :func:`tight`'s is."""
+def backlog(groups, settings) -> tuple[str, int]:
+    """``groups`` written to the samples topic under a fresh topic prefix; the prefix and their samples."""
     from kafka import KafkaProducer
 
-    from learner.service import LearnerConfig, LearnerService
     from streams.kafka.topics import ensure_topics
 
     prefix = f"bench{uuid.uuid4().hex[:6]}."
@@ -126,7 +122,17 @@ def online(groups, settings, batch: int, device: str) -> tuple[float, float]:
     for g in groups:
         producer.send(f"{prefix}samples", key=g.request_id.encode(), value=encode(g))
     producer.close()
-    samples = sum(len(g.items) for g in groups)
+    return prefix, sum(len(g.items) for g in groups)
+
+
+def online(groups, settings, batch: int, device: str) -> tuple[float, float]:
+    """Samples/s of the online service over a backlog: from its start until it trained the last
+    sample (its stop, which waits for the final checkpoint and publish, is a shutdown cost: not
+    counted); and the seconds from its start to its first step (connecting, the first fetch). Its
+    trainer is warmed up by one step first, as :func:`tight`'s is."""
+    from learner.service import LearnerConfig, LearnerService
+
+    prefix, samples = backlog(groups, settings)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = LearnerConfig(settings.kafka_bootstrap, settings.redis, f"{prefix}samples",
                             Path(tmp) / "ckpt.safetensors", batch_groups=batch, checkpoint_s=10.0,
@@ -166,20 +172,11 @@ def ranks(groups, settings, batch: int, nproc: int, threads: int) -> float:
     backlog in ``hap.samples`` (4 partitions): from its first step until its ranks trained the last
     sample, as their metrics say (scraped every 50 ms; the start-up, rendezvous and checkpoint load
     are not counted)."""
-    from kafka import KafkaProducer
-
     from deploy.pipeline import Component
     from deploy.scrape import scrape
     from deploy.stack.process import free_port
-    from streams.kafka.topics import ensure_topics
 
-    prefix = f"bench{uuid.uuid4().hex[:6]}."
-    ensure_topics(settings.kafka_bootstrap, prefix)
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20)
-    for g in groups:
-        producer.send(f"{prefix}samples", key=g.request_id.encode(), value=encode(g))
-    producer.close()
-    samples = sum(len(g.items) for g in groups)
+    prefix, samples = backlog(groups, settings)
     port = free_port()
     urls = [f"http://127.0.0.1:{port + r}/metrics" for r in range(nproc)]  # rank r's metrics port
 
