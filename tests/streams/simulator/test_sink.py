@@ -1,6 +1,7 @@
 """The emitter's schedule: in real time at a rate, how far it fell behind is reported."""
 
 import dataclasses
+import gc
 import time
 
 from streams.contract.schemas import RankingEvent
@@ -124,6 +125,30 @@ def test_requests_generated_before_the_clock_starts_do_not_hold_the_schedule_bac
     # the events sent up to the last request's start, per second: the schedule's rate (a few events of the
     # last requests' exposures, due 50 ms after them, are still to come then)
     assert 0.5 * rate < report.achieved_events_per_s < 1.5 * rate
+
+
+class FreezeWatcher(SlowWriter):
+    """Records how many objects the cycle collector leaves alone (frozen) at each send."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.frozen: list[int] = []
+
+    def send_ranking(self, event) -> None:
+        self.frozen.append(gc.get_freeze_count())
+
+
+def test_pre_generated_requests_are_out_of_the_cycle_collectors_way_while_on_the_clock_and_only_then():
+    assert gc.get_freeze_count() == 0  # no other code of this process left objects frozen
+    writer = FreezeWatcher()
+    emit(requests(20), writer, rate=12_000, n_requests=20, pregenerate=20)
+    # a full collection walks every live object: tens of thousands of pre-generated ones at 500 candidates
+    # made the simulator 330-360 ms late at 10,000 events/s (docs/performance.md)
+    assert writer.frozen and min(writer.frozen) > 0
+    assert gc.get_freeze_count() == 0  # the process is as it was once the emitter returns
+    writer = FreezeWatcher()
+    emit(requests(20), writer, rate=12_000, n_requests=20)  # nothing made ahead: nothing frozen
+    assert writer.frozen and max(writer.frozen) == 0
 
 
 def test_emitters_split_by_user_send_what_one_emitter_sends_each_request_at_its_place():
