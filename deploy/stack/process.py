@@ -80,6 +80,8 @@ class ManagedProcess:
         self.marker = str(workdir.absolute())
         self.pid_file = workdir / f"{name}.pid"
         self.log_file = workdir / f"{name}.log"
+        #: where this start's lines begin in the log (which earlier starts appended to); 0 before a start
+        self.log_start = 0
 
     def start(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         """Launch ``argv`` in the background unless this process already runs."""
@@ -87,6 +89,7 @@ class ManagedProcess:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
+            self.log_start = log.tell()
             proc = subprocess.Popen(
                 argv,
                 stdout=log,
@@ -126,12 +129,16 @@ class ManagedProcess:
         raise StackError(f"{self.name} not ready after {timeout_s:.0f}s; see {self.log_file}")
 
     def last_error(self, limit: int = 300) -> str:
-        """The log's last line that reports an error (else its last line), cut to ``limit`` characters: the
-        reason a server exited, kept in the message where a log is gone once a CI run ends."""
+        """The last line this start logged that reports an error (else its last line), cut to ``limit``
+        characters: the reason a server exited, kept in the message where a log is gone once a CI run
+        ends. Lines of earlier starts are not read: a stopped server's shutdown lines are no reason."""
         try:
-            lines = [line.strip() for line in self.log_file.read_text(errors="replace").splitlines() if line.strip()]
+            with self.log_file.open("rb") as log:
+                log.seek(self.log_start)
+                text = log.read().decode(errors="replace")
         except OSError:
             return "no log"
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         errors = [line for line in lines if any(w in line for w in ("ERROR", "FATAL", "Exception", "rror:"))]
         return ((errors or lines or ["empty log"])[-1])[:limit]
 

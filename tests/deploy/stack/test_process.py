@@ -16,3 +16,12 @@ def test_a_server_that_exits_during_start_up_says_why_in_the_error(tmp_path):
     server.start(["sh", "-c", "echo starting; echo 'ERROR Address already in use' ; echo bye; exit 1"])
     with pytest.raises(StackError, match="exited during start-up \\(ERROR Address already in use\\); see"):
         server.wait_ready(lambda: False, timeout_s=10)
+
+
+def test_the_reason_given_is_this_starts_not_an_earlier_runs(tmp_path):
+    server = ManagedProcess("restarted", tmp_path / "restarted")
+    server.workdir.mkdir(parents=True)
+    server.log_file.write_text("ERROR an earlier run's shutdown\n")  # the log is appended across starts
+    server.start(["sh", "-c", "echo 'this start: no config'; exit 1"])
+    with pytest.raises(StackError, match="exited during start-up \\(this start: no config\\); see"):
+        server.wait_ready(lambda: False, timeout_s=10)
