@@ -79,15 +79,23 @@ def router_load(url: str, stop_at: float, candidates: int, rps: float, out: mult
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and its descendants (`hap streams` supervises a worker process)."""
-    total = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            total += int(line.split()[1]) / 1024
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            total += rss_mb(int(child))
-    return total
+    """Resident memory of ``pid`` and its descendants (`hap streams` supervises a worker process); a
+    thread or process that ends while it is read counts for nothing (0)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for c in _read_or_empty(task / "children").split()]
+    except OSError:  # the process itself ended
+        return 0.0
+    own = sum(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
+    return own + sum(rss_mb(child) for child in children)
+
+
+def _read_or_empty(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:  # a thread that ended between the listing and the read
+        return ""
 
 
 def offsets(consumer: KafkaConsumer, topics: list[str]) -> tuple[int, int]:
