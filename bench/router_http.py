@@ -19,7 +19,8 @@ the router's, Redis's, wrk's and everything else's ("others": what no bench cont
 
 Ends with one JSON line: {"http": [{"router", "candidates", "concurrency", "bodies", "repetition", "rps",
 "p50_ms", "p90_ms", "p99_ms", "p99_over_p50", "errors", "load1", "cores": {"busy", "router", "redis",
-"wrk", "others"}}], "summary": [{"router", "candidates", "bodies", "concurrency", "repetitions",
+"wrk", "others"}, "router_cpu_ms_per_request"}], "summary": [{"router", "candidates", "bodies", "concurrency",
+"repetitions",
 "p50_ms_median", "p99_ms_median", "p99_ms_worst", "p99_over_p50_worst", "load1_max", "others_cores_max",
 "in_process_p50_ms", "in_process_p99_ms"}], "in_process": [...], "ratios": [{"other", ...,
 "rps_other_over_this", "p99_other_over_this"}], "machine": {...}}. ``--workers 1,2`` adds `hap router
@@ -256,6 +257,9 @@ def measure_http(routers: Routers, env: dict, wrk: str, script: Path, cases: dic
                                "p99_ms": out["p99_us"] / 1000,
                                "p99_over_p50": round(out["p99_us"] / max(out["p50_us"], 1), 2),
                                "errors": out["errors"]} | load.since()
+                        # the router's CPU per request: its cores over its requests/s (a spinning thread shows here)
+                        cpu = 1000 * row["cores"]["router"] / max(row["rps"], 0.1)
+                        row["router_cpu_ms_per_request"] = round(cpu, 2)
                         rows.append(row)
                         print(json.dumps(row), file=sys.stderr)
     finally:
