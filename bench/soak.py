@@ -21,8 +21,8 @@ sampling ``used_memory`` and the blob count; ``--superseded-ttl 3600`` replays t
 
 Memory is reported as a ratio against the same run's own baseline (RSS once warmed up, after
 the first fifth; and the streams workers' from minute 3 to the end), lag as the backlog and the worst
-interval p99. Writes ``soak.png`` (RSS per component and streams worker, input rate, state on disk, lag
-and backlog over time) under ``--out`` and ends with one JSON line {"rss_growth", "streams_workers":
+interval p99. Writes each component's log and ``soak.png`` (RSS per component and streams worker, input rate,
+state on disk, lag and backlog over time) under ``--out`` and ends with one JSON line {"rss_growth", "streams_workers":
 {"rss_mb_max", "rss_growth_from_3min", "state_disk_mb_end", ...}, "backlog_events_max", "lag_p99_s_max",
 "router_p99_ms", "redis_used_mb_max", ...}.
 """
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import shutil
 import sys
 import tempfile
 import time
@@ -335,6 +336,7 @@ def main() -> None:
         finally:
             for part in [sim, *parts.values()]:
                 part.stop()
+                shutil.copy(part.log_file, args.out)  # the temporary dir goes with the soak: its logs stay
         chart = plot(rows, args.out)
     warm = rows[max(1, len(rows) // 5) - 1]
     growth = {n: round(rows[-1][f"rss_{n}_mb"] / warm[f"rss_{n}_mb"], 3) for n in PARTS}

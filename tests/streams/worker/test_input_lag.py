@@ -36,6 +36,7 @@ class Consumer:
         self._acked_index: dict[TP, set[int]] = collections.defaultdict(set)
         self.group_commits: dict[TP, int] = {}  # what the group's coordinator holds
         self.seeks: list[tuple[TP, int]] = []  # where the partitions were read again from
+        self.in_thread = False  # in a call on Faust's consumer thread (call_thread)
         self._unacked_messages: set[Message] = set()
         self._thread = self  # Faust's consumer thread: it calls the aiokafka consumer's methods
 
@@ -43,7 +44,11 @@ class Consumer:
         return self
 
     async def call_thread(self, method: Any, *args: Any) -> Any:
-        return method(*args)
+        self.in_thread = True
+        try:
+            return method(*args)
+        finally:
+            self.in_thread = False
 
     def committed(self, tp: TP) -> int | None:
         return self.group_commits.get(tp)
@@ -61,7 +66,8 @@ class Consumer:
     async def position(self, tp: TP) -> int:
         return self.positions[tp]
 
-    async def seek(self, tp: TP, offset: int) -> None:
+    def seek(self, tp: TP, offset: int) -> None:  # the consumer thread's (aiokafka's, not thread-safe)
+        assert self.in_thread, "aiokafka's seek called off the consumer's thread"
         self.seeks.append((tp, offset))
 
 
@@ -261,3 +267,28 @@ def test_a_partition_with_records_the_join_never_got_is_read_again_once_idle():
     asyncio.run(asyncio.sleep(0.1))
     asyncio.run(lag.refetch_idle(0.05))
     assert consumer.seeks[-1] == (RANKING, 26)
+
+
+def test_a_partition_waiting_behind_full_batches_is_not_read_again():
+    """A worker behind takes full batches: a partition's records can wait behind the others' in the stream for
+    longer than idle_s. Its clock stands still meanwhile (before: read again every idle_s, the copies made the
+    worker fall further behind); once the join takes less than a full batch, the clock runs from then."""
+    consumer = Consumer()
+    consumer._committed_offset[RANKING], consumer._read_offset[RANKING], consumer.ends[RANKING] = 24, 143, 143
+    consumer._committed_offset[EXPOSURE], consumer.ends[EXPOSURE] = 0, 5000
+    lag = InputLag(App(consumer), ["hap.ranking", "hap.exposure"])
+    lag.reassigned({RANKING, EXPOSURE})
+    asyncio.run(lag.refetch_idle(0.05))  # the clocks start now
+    full = left_out(EXPOSURE, *range(app_module.BATCH_RECORDS))
+    for _ in range(3):
+        asyncio.run(asyncio.sleep(0.04))
+        assert len(took(lag, full)) == app_module.BATCH_RECORDS
+        full = left_out(EXPOSURE, *range(full[-1].offset + 1, full[-1].offset + 1 + app_module.BATCH_RECORDS))
+        asyncio.run(lag.refetch_idle(0.05))
+        assert asyncio.run(lag.stuck(0.05)) == []
+    assert consumer.seeks == []  # 0.12 s without a ranking record, behind full batches
+    took(lag, left_out(EXPOSURE, full[0].offset))  # caught up, the exposures at their end
+    consumer.ends[EXPOSURE] = full[0].offset + 1
+    asyncio.run(asyncio.sleep(0.1))
+    asyncio.run(lag.refetch_idle(0.05))
+    assert consumer.seeks == [(RANKING, 24)]
