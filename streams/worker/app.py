@@ -231,11 +231,7 @@ class InputLag:
         metrics.REFETCHES.labels(tp.topic, str(tp.partition)).inc()
         self.app.log.warning("%s[%s]: %s: reading again from %d (attempt %d)", tp.topic, tp.partition, why, expected,
                              attempts)
-        # on the consumer's thread, as Faust's seek is not: aiokafka's fetcher is not thread-safe (a seek from
-        # this thread while it handed out records raised KeyError there, and the worker exited)
-        consumer = self.app.consumer
-        await consumer._thread.call_thread(consumer._thread.seek, tp, expected)
-        consumer._read_offset[tp] = expected  # what Faust's seek also does: its read position
+        await self.app.consumer.seek(tp, expected)
 
     async def _resumed(self, tp: TP, offset: int) -> int:
         """The first record the join takes from ``tp`` in this assignment is at ``offset``: returns

@@ -36,7 +36,6 @@ class Consumer:
         self._acked_index: dict[TP, set[int]] = collections.defaultdict(set)
         self.group_commits: dict[TP, int] = {}  # what the group's coordinator holds
         self.seeks: list[tuple[TP, int]] = []  # where the partitions were read again from
-        self.in_thread = False  # in a call on Faust's consumer thread (call_thread)
         self._unacked_messages: set[Message] = set()
         self._thread = self  # Faust's consumer thread: it calls the aiokafka consumer's methods
 
@@ -44,11 +43,7 @@ class Consumer:
         return self
 
     async def call_thread(self, method: Any, *args: Any) -> Any:
-        self.in_thread = True
-        try:
-            return method(*args)
-        finally:
-            self.in_thread = False
+        return method(*args)
 
     def committed(self, tp: TP) -> int | None:
         return self.group_commits.get(tp)
@@ -66,8 +61,7 @@ class Consumer:
     async def position(self, tp: TP) -> int:
         return self.positions[tp]
 
-    def seek(self, tp: TP, offset: int) -> None:  # the consumer thread's (aiokafka's, not thread-safe)
-        assert self.in_thread, "aiokafka's seek called off the consumer's thread"
+    async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
 
 
