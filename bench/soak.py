@@ -6,7 +6,9 @@ second process. Is memory flat and is lag bounded?
 2. A second process posts pre-ranking requests to the router at ``--router-rps``.
 3. Every ``--every`` seconds: each component's RSS (and each streams worker's, ``--workers``), the input rate
    over the interval, the streams workers' state on disk (their tables' RocksDB files, ``HAP_STREAMS_STORE``),
-   the input backlog (the streams consumer group's lag: events produced and not yet committed), the
+   the streams workers' RocksDB cache and the memtables charged to it (``hap_streams_rocksdb_memory_bytes``, all
+   workers), the input
+   backlog (the streams consumer group's lag: events produced and not yet committed), the
    event-to-sample lag p99 over that interval (join window included: ``--window``, short by default), the
    served model's age, and Redis' memory (``used_memory``) with the count of model blobs in it; one progress
    line each.
@@ -19,8 +21,8 @@ sampling ``used_memory`` and the blob count; ``--superseded-ttl 3600`` replays t
 
 Memory is reported as a ratio against the same run's own baseline (RSS once warmed up, after
 the first fifth; and the streams workers' from minute 3 to the end), lag as the backlog and the worst
-interval p99. Writes ``soak.png`` (RSS per component and streams worker, input rate, state on disk, lag
-and backlog over time) under ``--out`` and ends with one JSON line {"rss_growth", "streams_workers":
+interval p99. Writes each component's log and ``soak.png`` (RSS per component and streams worker, input rate,
+state on disk, lag and backlog over time) under ``--out`` and ends with one JSON line {"rss_growth", "streams_workers":
 {"rss_mb_max", "rss_growth_from_3min", "state_disk_mb_end", ...}, "backlog_events_max", "lag_p99_s_max",
 "router_p99_ms", "redis_used_mb_max", ...}.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import shutil
 import sys
 import tempfile
 import time
@@ -146,6 +149,8 @@ def sample(parts: dict[str, Component], urls: dict[str, str], previous: Metrics 
     row.update(lag_p99_s=window.quantile(LAG, 0.99), events=streams.total("hap_streams_events_total"),
                restarts=streams.total("hap_streams_worker_restarts_total"),
                model_age_s=router.total("hap_router_model_age_seconds"),
+               rocksdb_cache_mb=streams.total("hap_streams_rocksdb_memory_bytes", part="cache") / 1e6,
+               rocksdb_memtables_mb=streams.total("hap_streams_rocksdb_memory_bytes", part="memtables") / 1e6,
                version=router.total("hap_router_model_version"))
     row["written"], row["committed"] = written_committed
     row["backlog"] = row["written"] - row["committed"]
@@ -166,6 +171,7 @@ def plot(rows: list[dict], out: Path) -> Path:
     for key in workers if len(workers) > 1 else ():
         mem.plot(t, [r.get(key, 0) for r in rows], label=key.removeprefix("rss_").removesuffix("_mb"), linestyle=":")
     mem.plot(t, [r["redis_used_mb"] for r in rows], label="redis used_memory", linestyle="--")
+    mem.plot(t, [r["rocksdb_cache_mb"] for r in rows], label="streams RocksDB cache", linestyle="--")
     mem.set_ylabel("RSS (MB)")
     mem.legend()
     for key in sorted({k for r in rows for k in r if k.startswith("disk_worker")}):
@@ -319,7 +325,10 @@ def main() -> None:
                       + " ".join(f"{n} {row[f'rss_{n}_mb']:.0f}MB" for n in PARTS)
                       + "  workers " + " ".join(f"{row.get(f'rss_worker{n}_mb', 0):.0f}MB/"
                                                 f"{row.get(f'disk_worker{n}_mb', 0):.0f}MB on disk"
-                                                for n in range(args.workers)), file=sys.stderr, flush=True)
+                                                for n in range(args.workers))
+                      + f"  rocksdb cache {row['rocksdb_cache_mb']:.0f}MB"
+                      + f" (memtables {row['rocksdb_memtables_mb']:.0f}MB)",
+                      file=sys.stderr, flush=True)
                 if dead:
                     raise SystemExit(f"soak: {', '.join(dead)} died; see {tmp}")
             latencies, failures = results.get(timeout=60)
@@ -327,6 +336,7 @@ def main() -> None:
         finally:
             for part in [sim, *parts.values()]:
                 part.stop()
+                shutil.copy(part.log_file, args.out)  # the temporary dir goes with the soak: its logs stay
         chart = plot(rows, args.out)
     warm = rows[max(1, len(rows) // 5) - 1]
     growth = {n: round(rows[-1][f"rss_{n}_mb"] / warm[f"rss_{n}_mb"], 3) for n in PARTS}
@@ -343,6 +353,7 @@ def main() -> None:
         "backlog_events_last": rows[-1]["backlog"], "join_window_s": args.window,
         "rss_growth": growth, "rss_end_mb": {n: round(rows[-1][f"rss_{n}_mb"], 1) for n in PARTS},
         "streams_workers": streams_workers(rows, args.workers), "store": s.streams_store,
+        "rocksdb_cache_mb_max": round(max(r["rocksdb_cache_mb"] for r in rows), 1),
         "lag_p99_s_first": lags[0] if lags else None, "lag_p99_s_max": max(lags) if lags else None,
         "lag_p99_s_last": lags[-1] if lags else None,
         "model_age_s_max": max(r["model_age_s"] for r in rows), "versions": rows[-1]["version"],

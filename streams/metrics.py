@@ -56,5 +56,9 @@ def export_invalid(topics: list[str]) -> None:
 
 #: per table: what a start or rebalance read of its changelog (a worker on its own state directory reads
 #: only the records past what its local store holds; one on an empty directory, all of them)
+ROCKSDB_MEMORY = Gauge("hap_streams_rocksdb_memory_bytes",
+                       "RocksDB memory of the worker process, all its tables' databases together: `cache` is "
+                       "everything charged to its one block cache (memtables, index and filter blocks included), "
+                       "`memtables` the write buffers alone", ["part"])
 CHANGELOG_RECOVERED = Counter("hap_streams_changelog_recovered_records",
                               "Changelog records the worker applied to its tables while recovering them", ["table"])

@@ -41,6 +41,7 @@ import asyncio
 import contextvars
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -150,9 +151,13 @@ class InputLag:
     not fetched yet is behind; one not assigned here is not. A partition is *stuck* when, with the
     tables recovered, it is behind, the consumer's position has not reached its end (so records
     wait that were never fetched: not a trailing transaction marker, which the position skips)
-    and the join took nothing from it for ``stall_s``. Faust's consumer has been reported to stop
-    fetching some of its partitions after a rebalance (faust-streaming issue 629); the worker then
-    replaces itself (:meth:`StreamsWorker.check_progress`), as for a stall: a fresh consumer resumes from the commits.
+    and the join took nothing from it for ``stall_s``. A partition's clock stands still while the join takes
+    full batches (:data:`BATCH_RECORDS`): the stream then holds more records than one batch, and a partition's
+    may wait behind the others' (a worker behind by seconds saw partitions "idle" for 6-13 s, read them
+    again, fell further behind on the copies, and crashed its consumer on one of the seeks). Faust's
+    consumer has been reported to stop fetching some of its partitions after a rebalance
+    (faust-streaming issue 629); the worker then replaces itself (:meth:`StreamsWorker.check_progress`),
+    as for a stall: a fresh consumer resumes from the commits.
     """
 
     def __init__(self, app: faust.App, topics: Sequence[str]) -> None:
@@ -162,6 +167,7 @@ class InputLag:
         self.moved: dict[TP, float] = {}  #: per partition, when the join last took a record (or the clock started)
         self.assigned: set[TP] = set()  #: the partitions of the current assignment
         self.refetches: dict[TP, Refetch] = {}  #: per partition, the last time it was read again
+        self.full_at = -math.inf  #: when the join last took a full batch
 
     async def took(self, messages: list[Any]) -> list[Any]:
         """The records of ``messages`` the join takes, in order; a record of an input partition past
@@ -182,6 +188,8 @@ class InputLag:
         Raises :class:`InputGap` when a partition was read again :data:`REFETCH_ATTEMPTS` times
         without the expected record arriving: the worker then replaces itself."""
         now, taken = time.monotonic(), []
+        if len(messages) >= BATCH_RECORDS:
+            self.full_at = now
         for message in messages:
             tp = message.tp
             if tp.topic in self.topics:
@@ -283,7 +291,7 @@ class InputLag:
         the consumer does not fetch even then is :meth:`stuck`."""
         now, consumer = time.monotonic(), self.app.consumer
         for tp in consumer.assignment():
-            if tp.topic not in self.topics or now - self.moved.setdefault(tp, now) <= idle_s:
+            if tp.topic not in self.topics or now - self.idle_since(tp, now) <= idle_s:
                 continue
             expected, end = self.expected(tp), consumer.highwater(tp)
             last = self.refetches.get(tp)
@@ -291,6 +299,11 @@ class InputLag:
                 continue
             await self._read_again(tp, expected, now, f"{end - expected} records past offset {expected}, none given "
                                                       f"to the join for {now - self.moved[tp]:.0f}s")
+
+    def idle_since(self, tp: TP, now: float) -> float:
+        """Since when ``tp`` counts as giving the join nothing: its last record taken (or its clock's start), or
+        the join's last full batch if later (see the class)."""
+        return max(self.moved.setdefault(tp, now), self.full_at)
 
     def reassigned(self, partitions: Any) -> None:
         """A new assignment: a partition this worker did not hold in the last one may have moved on
@@ -312,7 +325,7 @@ class InputLag:
         now, consumer = time.monotonic(), self.app.consumer
         out = []
         for tp in consumer.assignment():
-            if tp.topic not in self.topics or now - self.moved.setdefault(tp, now) <= stall_s:
+            if tp.topic not in self.topics or now - self.idle_since(tp, now) <= stall_s:
                 continue
             if self(tp.topic, tp.partition):
                 end, position = consumer.highwater(tp), await consumer.position(tp)

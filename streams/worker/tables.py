@@ -40,18 +40,26 @@ STORES = ("rocksdb://", "memory://")
 ROCKSDB_OPTIONS: Mapping[str, int] = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2,
                                       "target_file_size_base": 32 << 20}
 #: the RocksDB memory of a worker process, all its databases together: one block cache, which the memtables
-#: are charged to (at most :data:`ROCKSDB_WRITE_BUFFERS` of it; past that RocksDB flushes the largest)
-ROCKSDB_MEMORY = 128 << 20
-ROCKSDB_WRITE_BUFFERS = 64 << 20
+#: (at most :data:`ROCKSDB_WRITE_BUFFERS` of it; past that RocksDB flushes the largest) and the SST files'
+#: index and filter blocks are charged to. At 1,000 events/s the memtables held 40-58 MB of a 64 MiB cap
+#: and the cache filled 128 MiB only after 6-10 minutes (``bench/soak.py``): half that is full within the
+#: first minutes, so the worker's RSS is flat from there
+ROCKSDB_MEMORY = 64 << 20
+ROCKSDB_WRITE_BUFFERS = 32 << 20
 
 
 @functools.cache
 def shared_memory() -> tuple[Any, Any]:
-    """The process's RocksDB block cache and write buffer manager (:data:`ROCKSDB_MEMORY`)."""
+    """The process's RocksDB block cache and write buffer manager (:data:`ROCKSDB_MEMORY`), each exported as
+    ``hap_streams_rocksdb_memory_bytes{part}`` (``cache``: everything charged to the cache, memtables
+    included; ``memtables``: the write buffers alone)."""
     import rocksdict
 
     cache = rocksdict.Cache(ROCKSDB_MEMORY)
-    return cache, rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(ROCKSDB_WRITE_BUFFERS, False, cache)
+    buffers = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(ROCKSDB_WRITE_BUFFERS, False, cache)
+    metrics.ROCKSDB_MEMORY.labels("cache").set_function(cache.get_usage)
+    metrics.ROCKSDB_MEMORY.labels("memtables").set_function(buffers.get_usage)
+    return cache, buffers
 
 
 class BoundedRocksDBOptions(rocksdb.RocksDBOptions):
@@ -67,6 +75,10 @@ class BoundedRocksDBOptions(rocksdb.RocksDBOptions):
         table = rocksdict.BlockBasedOptions()  # Faust's, on the shared cache
         table.set_bloom_filter(self.bloom_filter_size, block_based=True)
         table.set_block_cache(cache)
+        # index and filter blocks in the cache too (RocksDB's default keeps them beside it, per open file: a
+        # heap that grows with the state on disk); level 0's pinned, as every read looks at each of its files
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
         table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
         options.set_block_based_table_factory(table)
         options.set_write_buffer_manager(buffers)

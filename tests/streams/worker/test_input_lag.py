@@ -261,3 +261,28 @@ def test_a_partition_with_records_the_join_never_got_is_read_again_once_idle():
     asyncio.run(asyncio.sleep(0.1))
     asyncio.run(lag.refetch_idle(0.05))
     assert consumer.seeks[-1] == (RANKING, 26)
+
+
+def test_a_partition_waiting_behind_full_batches_is_not_read_again():
+    """A worker behind takes full batches: a partition's records can wait behind the others' in the stream for
+    longer than idle_s. Its clock stands still meanwhile (before: read again every idle_s, the copies made the
+    worker fall further behind); once the join takes less than a full batch, the clock runs from then."""
+    consumer = Consumer()
+    consumer._committed_offset[RANKING], consumer._read_offset[RANKING], consumer.ends[RANKING] = 24, 143, 143
+    consumer._committed_offset[EXPOSURE], consumer.ends[EXPOSURE] = 0, 5000
+    lag = InputLag(App(consumer), ["hap.ranking", "hap.exposure"])
+    lag.reassigned({RANKING, EXPOSURE})
+    asyncio.run(lag.refetch_idle(0.05))  # the clocks start now
+    full = left_out(EXPOSURE, *range(app_module.BATCH_RECORDS))
+    for _ in range(3):
+        asyncio.run(asyncio.sleep(0.04))
+        assert len(took(lag, full)) == app_module.BATCH_RECORDS
+        full = left_out(EXPOSURE, *range(full[-1].offset + 1, full[-1].offset + 1 + app_module.BATCH_RECORDS))
+        asyncio.run(lag.refetch_idle(0.05))
+        assert asyncio.run(lag.stuck(0.05)) == []
+    assert consumer.seeks == []  # 0.12 s without a ranking record, behind full batches
+    took(lag, left_out(EXPOSURE, full[0].offset))  # caught up, the exposures at their end
+    consumer.ends[EXPOSURE] = full[0].offset + 1
+    asyncio.run(asyncio.sleep(0.1))
+    asyncio.run(lag.refetch_idle(0.05))
+    assert consumer.seeks == [(RANKING, 24)]
