@@ -9,10 +9,12 @@ import copy
 import dataclasses
 import hashlib
 import os
+import threading
 from collections import Counter
 from typing import Any
 
 import orjson
+import zstandard
 
 from streams.contract.schemas import (
     Candidate,
@@ -24,7 +26,16 @@ from streams.contract.schemas import (
     encode,
 )
 from streams.join.assembler import AssemblerConfig, group_id
-from streams.join.joiner import ADOPTION_GRACE_MS, JoinConfig, Joiner, JoinTables, MemoryTable, unpack_group
+from streams.join.joiner import (
+    ADOPTION_GRACE_MS,
+    GROUP_ZSTD_LEVEL,
+    JoinConfig,
+    Joiner,
+    JoinTables,
+    MemoryTable,
+    pack_group,
+    unpack_group,
+)
 from streams.join.pool import CandidatePool
 
 T0 = 1_700_000_000_000
@@ -556,3 +567,17 @@ def test_a_confluent_frame_and_a_structured_cloudevent_are_dead_lettered_with_a_
     assert [(d["reason_kind"], d["reason"].split(" is not accepted")[0]) for d in h.dead_letters()] == [
         ("json", "json: a Confluent Schema Registry frame (magic byte 0, schema id 7)"),
         ("schema", "schema_version: a structured CloudEvent (specversion '1.0')")]
+
+
+def test_a_packed_group_is_the_frame_a_fresh_compressor_makes_in_every_thread() -> None:
+    """The ``emitted`` table's format does not depend on the compressor kept per thread: each frame is the one
+    a compressor made for it alone gives (workers before and after read each other's entries), also after
+    other groups and in another thread."""
+    groups = [os.urandom(n) + b'{"items": []}' * n for n in (0, 10, 5000)]
+    fresh = [zstandard.ZstdCompressor(level=GROUP_ZSTD_LEVEL).compress(g) for g in groups]
+    assert [pack_group(g) for g in groups] == fresh == [pack_group(g) for g in groups]
+    other: list[bytes] = []
+    thread = threading.Thread(target=lambda: other.extend(pack_group(g) for g in reversed(groups)))
+    thread.start()
+    thread.join()
+    assert other == fresh[::-1] and [unpack_group(p) for p in fresh] == groups
