@@ -224,7 +224,7 @@ class InputLag:
         metrics.REFETCHES.labels(tp.topic, str(tp.partition)).inc()
         self.app.log.warning("%s[%s]: %s: reading again from %d (attempt %d)", tp.topic, tp.partition, why, expected,
                              attempts)
-        await self.app.consumer.seek(tp, expected)
+        await seek_on_consumer_thread(self.app.consumer, tp, expected)
 
     async def _resumed(self, tp: TP, offset: int) -> int:
         """The first record the join takes from ``tp`` in this assignment is at ``offset``: returns
@@ -626,6 +626,16 @@ class StreamsWorker:
             self.exit(STALLED_EXIT)
         else:
             await lag.refetch_idle(REFETCH_IDLE_S)
+
+
+async def seek_on_consumer_thread(consumer: Any, tp: TP, offset: int) -> None:
+    """Faust's ``consumer.seek(tp, offset)``, with aiokafka's seek run on the consumer's own thread, where its
+    fetcher runs: Faust calls it from the event loop's thread, which raced the fetcher's drain of the same
+    partition (``KeyError`` in aiokafka's ``fetched_records``: Faust's fetcher crashed and the worker stopped
+    consuming; seen in ``bench/streams.py`` runs on a loaded machine, where partitions are read again)."""
+    thread = consumer._thread
+    await thread.call_thread(thread.seek, tp, offset)
+    consumer._read_offset[tp] = offset if offset else None  # as Faust's seek: the records are read again
 
 
 def event_batches(stream: faust.StreamT) -> AsyncIterator[Sequence[Any]]:
