@@ -379,7 +379,9 @@ class Joiner:
             partition, {topic: [0, wall] for topic in self.decoders})  # a topic not seen yet holds it back
         mark = progress[record.topic]
         mark[0], mark[1] = max(mark[0], min(event.ts_ms, wall)), wall
-        done = self.tables.finalized.get(rid)
+        # a request this batch holds a pending state of is not finalized (finalizing it drops it from the
+        # batch): no table read (on RocksDB a miss looks in every partition's database)
+        done = None if rid in self.batch else self.tables.finalized.get(rid)
         if event.event_id is not None and self._repeated(rid, done, event.event_id, partition):
             self.duplicates[record.topic].inc()  # a producer's retry: neither counted nor joined again
             return

@@ -84,6 +84,18 @@ class CountingTable(MemoryTable):
         super().put(key, value, partition)
 
 
+class ReadCountingTable(MemoryTable):
+    """A memory table that counts its reads by key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: Counter[str] = Counter()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.reads[key] += 1
+        return super().get(key, default)
+
+
 class Harness:
     def __init__(self, config: JoinConfig = CONFIG, tables: JoinTables | None = None) -> None:
         self.tables = tables or JoinTables(CountingTable(), MemoryTable(), MemoryTable(), MemoryTable())
@@ -168,6 +180,19 @@ def test_the_pending_state_is_written_once_per_batch_not_once_per_event():
     assert h.tables.pending.writes == {"r1": 2}  # two batches, eleven events
     h.tick(T0 + 5_000)
     assert Counter(i.source for i in h.groups()[0].items)["exp_pos"] == 1
+
+
+def test_a_batch_looks_a_pending_request_up_among_the_finalized_once():
+    """The finalized table is read for a request's first event of a batch only: once the batch holds its
+    pending state it is not finalized (on RocksDB a miss looks in every partition's database). A late
+    event of a request finalized in an earlier batch still finds it."""
+    finalized = ReadCountingTable()
+    h = Harness(tables=JoinTables(CountingTable(), MemoryTable(), finalized, MemoryTable()))
+    h.run(*request(h, "r1", *[shown("r1", f"c{i}", i) for i in range(10)]))
+    assert finalized.reads["r1"] == 1  # eleven events
+    h.tick(T0 + 5_000)
+    h.run(*[h.record("exposure", encode(click("r1", item)), b"r1") for item in ("c3", "c4")])
+    assert finalized.reads["r1"] == 3 and [g.correction for g in h.groups()] == [False, True, True]
 
 
 def test_requests_on_several_partitions_close_with_their_partitions_ticks():
