@@ -27,7 +27,10 @@
 
 ``--py-spy`` profiles the worker of step 1 (py-spy raw format, 100 Hz) and prints its top frames
 and the share of its parts (:data:`PARTS`) to stderr; ``--parts prof.txt`` prints the parts of
-an earlier profile. On a shared machine the rates move with the other load; the CPU time per
+an earlier profile. ``--threads`` prints the worker's CPU per event by thread (the event loop, the Redis
+thread, Faust's consumer thread; ``/proc`` over the measured span, named by ``py-spy dump``);
+``--throughput-only`` runs steps 1 and 2 only; ``--keep DIR`` keeps the workers' logs and data dirs under
+``DIR``. On a shared machine the rates move with the other load; the CPU time per
 event of the worker and of the decoding consumer (``cpu_ratio_vs_decode``, theirs over the
 worker's) much less.
 Ends with one JSON line {"events_per_s", "requests_per_s", "candidate_samples_per_s",
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -112,14 +116,44 @@ def scrape_all(urls: list[str]) -> Metrics:
     return Metrics(total)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds_of(stat: Path) -> float:
+    """User and system CPU time in a ``/proc`` ``stat`` file."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (all its threads)."""
+    return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """User and system CPU time of each thread of a process so far, by its OS thread id."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = cpu_seconds_of(task / "stat")
+        except (FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
+            pass
+    return out
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Each Python thread of a process by its OS thread id: its name and the frame near the bottom of its
+    stack that says what it runs (``py-spy dump``)."""
+    dump = subprocess.run([str(Path(sys.executable).with_name("py-spy")), "dump", "--json", "--pid", str(pid)],
+                          capture_output=True, text=True, timeout=60)
+    names = {}
+    for thread in json.loads(dump.stdout or "[]"):
+        frames = [f["name"] for f in reversed(thread.get("frames", []))]
+        what = next((f for f in frames if f not in ("_bootstrap", "_bootstrap_inner", "run", "<module>",
+                                                     "_run_module_as_main", "_run_code", "main")), "")
+        names[thread["os_thread_id"]] = f"{thread.get('thread_name') or '?'}: {what}"
+    return names
+
+
 def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path | None,
-                workers: int = 1) -> dict[str, float]:
+                workers: int = 1, threads: bool = False) -> dict[str, float]:
     """Events/s and requests/s from the first to the last event, and the workers' CPU time per
     event over the same span; candidate samples/s up to the last group (`hap streams --workers
     ``workers``: their metrics summed)."""
@@ -142,11 +176,22 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
             m = scrape_all(urls)
             if first is None and m.total("hap_streams_events_total"):
                 first, cpu_first = time.monotonic(), sum(map(cpu_seconds, pids))
+                threads_first = thread_cpu(pid) if threads else {}
                 first_events = m.total("hap_streams_events_total")
                 first_requests = m.total("hap_streams_events_total", topic="ranking")
             last, cpu_last = time.monotonic(), sum(map(cpu_seconds, pids))
+            threads_last = thread_cpu(pid) if threads else {}
             time.sleep(POLL_S)
         done = m
+        events = done.total("hap_streams_events_total") - first_events
+        if threads:
+            names = thread_names(pid)
+            for tid, cpu in sorted(threads_last.items(), key=lambda t: t[1] - threads_first.get(t[0], 0.0),
+                                   reverse=True):
+                used = cpu - threads_first.get(tid, 0.0)
+                if used > 0:
+                    print(f"worker thread CPU: {1e6 * used / events:6.1f} us/event  {tid} "
+                          f"{names.get(tid, '(not Python)')}", file=sys.stderr)
         samples, last_sample = m.total("hap_streams_samples_total"), last
         while time.monotonic() < last_sample + 2:  # groups still closing after the last event
             time.sleep(POLL_S)
@@ -162,8 +207,7 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
     return {"events_per_s": (done.total("hap_streams_events_total") - first_events) / elapsed,
             "requests_per_s": (done.total("hap_streams_events_total", topic="ranking") - first_requests) / elapsed,
             "candidate_samples_per_s": samples / max(last_sample - first, 1e-3),
-            "worker_cpu_us_per_event": 1e6 * (cpu_last - cpu_first) / (done.total("hap_streams_events_total")
-                                                                        - first_events),
+            "worker_cpu_us_per_event": 1e6 * (cpu_last - cpu_first) / events,
             "worker_seconds": elapsed}
 
 
@@ -322,6 +366,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--py-spy", type=Path, help="profile the worker of the throughput run into this file")
     parser.add_argument("--parts", type=Path, help="print the parts of this earlier worker profile, and exit")
+    parser.add_argument("--threads", action="store_true",
+                        help="print the worker's CPU per event by thread (step 1), named by `py-spy dump`")
+    parser.add_argument("--keep", type=Path, help="the workers' logs and data dirs go under this dir, kept")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="steps 1 and 2 only (the worker, the plain consumers, the join alone, the bare Faust "
+                             "agent): no memory or lag run")
     parser.add_argument("--workers", type=lambda v: [int(n) for n in v.split(",")],
                         help="also run `hap streams --workers N` for each N on a backlog of its own (the same "
                              "simulated traffic), e.g. 1,2: events/s per N and the ratio to the first N")
@@ -330,14 +380,17 @@ def main() -> None:
         print(json.dumps(profile_parts(args.parts)))
         return
     s = Settings.load()
-    with tempfile.TemporaryDirectory() as tmp_dir:
+    with (contextlib.nullcontext(tempfile.mkdtemp(dir=args.keep)) if args.keep
+          else tempfile.TemporaryDirectory()) as tmp_dir:
         tmp = Path(tmp_dir)
+        if args.keep:
+            print(f"logs and data under {tmp} (kept)", file=sys.stderr)
         env = settings_env(kafka_bootstrap=s.kafka_bootstrap, redis_url=s.redis_url, data_dir=tmp,
                            streams_metrics_port=free_port())
         fresh_topics(env, s.kafka_bootstrap, "s")
         report, _ = simulate(env, args.requests, 0)
         total = report["ranking"] + report["exposure"] + report["feedback"]
-        rates = worker_rate(env, total, tmp, args.py_spy)
+        rates = worker_rate(env, total, tmp, args.py_spy, threads=args.threads)
         prefix = Settings.load(env).topic_prefix
         topics = [f"{prefix}{t}" for t in ("ranking", "exposure")]
         raw, raw_cpu = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=False))
@@ -345,12 +398,15 @@ def main() -> None:
         decoded, decode_cpu = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=True, keep=kept))
         in_process = join_in_process(kept, prefix)
         ceiling = faust_ceiling(env, total)
-        fresh_topics(env, s.kafka_bootstrap, "m")
-        memory = rss_per_pending(env, max(200, args.requests // 2), tmp)
-        rate = rates["events_per_s"] / 2
-        per_request = total / report["ranking"]
-        fresh_topics(env, s.kafka_bootstrap, "l")
-        lags = lag(env, max(100, min(args.requests // 3, int(rate * LAG_S / per_request))), rate, tmp)
+        memory: dict[str, float] = {}
+        lags: dict[str, float | None] = {"lag_p99_s": None, "lag_rate_events_per_s": 0.0, "lag_sim_max_late_ms": 0.0}
+        if not args.throughput_only:
+            fresh_topics(env, s.kafka_bootstrap, "m")
+            memory = rss_per_pending(env, max(200, args.requests // 2), tmp)
+            rate = rates["events_per_s"] / 2
+            per_request = total / report["ranking"]
+            fresh_topics(env, s.kafka_bootstrap, "l")
+            lags = lag(env, max(100, min(args.requests // 3, int(rate * LAG_S / per_request))), rate, tmp)
         if lags["lag_sim_max_late_ms"] > SIM_LATE_MS:
             print(f"lag: the simulator fell {lags['lag_sim_max_late_ms']:.0f} ms behind its schedule at "
                   f"{rate:.0f} events/s: the lag figure does not count", file=sys.stderr)

@@ -104,6 +104,8 @@ class StreamFeatures:
         self._spans: dict[int, dict[str, tuple[dict[str, float], float | None]]] = {}
         self._io = ThreadPoolExecutor(1, thread_name_prefix="hap-redis")
         self._writing: Future[None] | None = None  # the histories' write in flight
+        #: held by the write of the buffered counts in progress (:meth:`write_counts`, :meth:`read_groups`)
+        self.writes = asyncio.Lock()
         #: the newest time statistics were read as of: buckets are pruned relative to it, not to the
         #: newest count (0 before the first read: nothing is pruned)
         self.read_until = 0
@@ -119,28 +121,38 @@ class StreamFeatures:
         """Store the buffered counts, each input record once (see the module), and the user-by-item
         events (first time per member: a replay changes nothing); returns when they are stored.
         While Redis is unreachable it retries after each backoff and calls
-        ``waiting`` before each wait (the worker feeds its watchdog: waiting on Redis is no stall)."""
-        while self.buffer or self.pairs:
-            if await self._write_once():
-                return
-            if waiting is not None:
-                waiting()
-            await asyncio.sleep(max(0.0, self.redis.until - time.monotonic()))
+        ``waiting`` before each wait (the worker feeds its watchdog: waiting on Redis is no stall).
+
+        One write at a time (:attr:`writes`), in the order they were asked for, and a failed one's
+        counts go back to the front of the buffer: counts of one input partition are stored in
+        offset order whatever the batches in flight (the item hashes skip a record at or below the
+        last offset they counted, so a later batch's counts stored first would drop an earlier's)."""
+        async with self.writes:
+            while self.buffer or self.pairs:
+                if await self._write_once():
+                    return
+                if waiting is not None:
+                    waiting()
+                await asyncio.sleep(max(0.0, self.redis.until - time.monotonic()))
 
     async def _write_once(self) -> bool:
-        """Store the buffered counts and user-by-item events if Redis is not backing off; True when stored."""
+        """Store the buffered counts and user-by-item events if Redis is not backing off; True when
+        stored. The caller holds :attr:`writes`; what is buffered meanwhile waits for the next write,
+        and what could not be stored goes back in front of it."""
         if not self.redis.ready:
             return False
         loop = asyncio.get_running_loop()
+        counts, pairs = self.buffer, self.pairs
+        self.buffer, self.pairs = [], []
         try:
-            if self.buffer:
-                await loop.run_in_executor(self._io, self.stats.record_once, self.buffer, self.read_until)
-                self.buffer = []
-            await loop.run_in_executor(self._io, self.user_items.record, self.pairs)
+            if counts:
+                await loop.run_in_executor(self._io, self.stats.record_once, counts, self.read_until)
+                counts = []
+            await loop.run_in_executor(self._io, self.user_items.record, pairs)
         except (redis.RedisError, OSError) as exc:
+            self.buffer, self.pairs = counts + self.buffer, pairs + self.pairs
             self._failed(exc)
             return False
-        self.pairs = []
         return True
 
     def set_history(self, user_id: str, history: list[str]) -> None:
@@ -167,8 +179,9 @@ class StreamFeatures:
         each), read on the Redis thread after the counts buffered so far are stored (one try: while
         Redis is down :meth:`write_counts` retries them), so the statistics count every event the
         join took in before the read, those of the batch that closed the window included."""
-        if self.buffer or self.pairs:
-            await self._write_once()
+        async with self.writes:  # after the writes asked for before (another batch's counts), in order
+            if self.buffer or self.pairs:
+                await self._write_once()
         return await asyncio.get_running_loop().run_in_executor(self._io, self._read, requests)
 
     def _read(self, requests: Sequence[GroupRequest]) -> list[list[dict[str, float]]]:

@@ -24,7 +24,8 @@ waits for those, then to the tables' local store, then writes the batch's item c
 (each input record once: :meth:`streams.join.features.StreamFeatures.write_counts`; while Redis
 is down the batch waits),
 and only then acknowledges the batch's records (Faust commits acknowledged offsets). The next
-batch is fetched meanwhile (:meth:`StreamsWorker.assemble_batches`: at most two in flight). A
+batch is fetched meanwhile, and joined while this one's counts are written
+(:meth:`StreamsWorker.assemble_batches`: at most three batches held, counts stored in batch order). A
 delivery that fails ends the worker (exit 1, restarted by the supervisor) before anything of the
 batch is acknowledged; a worker killed at any point (SIGKILL included) replays from the last
 commit with tables that are at most as far as the outputs, so a replayed request is emitted again
@@ -231,7 +232,7 @@ class InputLag:
         metrics.REFETCHES.labels(tp.topic, str(tp.partition)).inc()
         self.app.log.warning("%s[%s]: %s: reading again from %d (attempt %d)", tp.topic, tp.partition, why, expected,
                              attempts)
-        await self.app.consumer.seek(tp, expected)
+        await seek_on_consumer_thread(self.app.consumer, tp, expected)
 
     async def _resumed(self, tp: TP, offset: int) -> int:
         """The first record the join takes from ``tp`` in this assignment is at ``offset``: returns
@@ -463,42 +464,57 @@ class StreamsWorker:
 
     async def assemble_batches(self, batches: AsyncIterator[Sequence[Any]], ack: Ack) -> None:
         """Join and deliver each batch of ranking, exposure and tick events (Faust events) of
-        ``batches``, pipelined: batch N+1 is fetched while batch N is joined and delivered.
+        ``batches``, pipelined: batch N+1 is fetched while batch N is joined and delivered, and
+        joined while batch N's item counts are written to Redis.
 
         ``batches`` acknowledges a batch's events when asked for the next batch (Faust's
         ``take_events``); each event is held past that (one more reference on its message) until
-        :meth:`assemble` delivered every output of its batch, and then released with ``ack``
-        (Faust's ``stream.ack``: the message's last reference makes its offset committable).
-        At most two batches are held: the one being joined and delivered, and the next being
-        fetched; a batch is joined only after the one before it was acknowledged, so batches are
-        joined in order. Cancelled (the worker stops), the batch in progress is cancelled too and
-        stays unacknowledged (a fresh worker replays it)."""
-        previous: asyncio.Task[None] | None = None
+        :meth:`assemble` delivered every output of its batch and wrote its item counts, and then
+        released with ``ack`` (Faust's ``stream.ack``: the message's last reference makes its offset
+        committable). A batch is joined only once the batch before it delivered its outputs and
+        changelog records and wrote its table changes to the store (so the join reads the tables as
+        the batches before left them, in order), and once the batch before that one was acknowledged:
+        at most three batches are held, the one whose counts are being written, the one being joined
+        and delivered, and the next being fetched (while Redis is down, consumption pauses there).
+        The item counts of the batches are stored in the order of the batches
+        (:class:`streams.join.features.StreamFeatures`). Cancelled (the worker stops), the batches in
+        progress are cancelled too and stay unacknowledged (a fresh worker replays them)."""
+        held_batches: list[asyncio.Task[None]] = []  # batches taken and not acknowledged yet, oldest first
+        stored: asyncio.Future[None] | None = None  # the newest batch's table changes are in the store
         try:
             async for events in batches:
                 for event in events:
-                    event.message.incref()  # released by _assemble_and_ack, after the delivery
-                if previous is not None:
-                    await previous
-                previous = asyncio.ensure_future(self._assemble_and_ack(events, ack))
+                    event.message.incref()  # released by _assemble_and_ack, after the delivery and the counts
+                if stored is not None:
+                    await stored
+                while held_batches and (len(held_batches) > 1 or held_batches[0].done()):
+                    await held_batches.pop(0)
+                stored = asyncio.get_running_loop().create_future()
+                held_batches.append(asyncio.ensure_future(self._assemble_and_ack(events, ack, stored)))
         except BaseException:
-            if previous is not None:
-                previous.cancel()
+            for task in held_batches:
+                task.cancel()
             raise
-        if previous is not None:
-            await previous
+        for task in held_batches:
+            await task
 
-    async def _assemble_and_ack(self, events: Sequence[Any], ack: Ack) -> None:
-        """:meth:`assemble` one batch with its own outbox, then acknowledge its events."""
+    async def _assemble_and_ack(self, events: Sequence[Any], ack: Ack, stored: asyncio.Future[None]) -> None:
+        """:meth:`assemble` one batch with its own outbox, then acknowledge its events; ``stored`` is
+        set once its table changes are in the store (or it ended without)."""
         _outbox.set([])
         held.set({})
-        if await self.assemble(events):
-            for event in events:
-                await ack(event)
+        try:
+            if await self.assemble(events, stored):
+                for event in events:
+                    await ack(event)
+        finally:
+            if not stored.done():
+                stored.set_result(None)
 
-    async def assemble(self, events: Sequence[Any]) -> bool:
-        """One batch of the join: take it in, deliver what it produced (:meth:`deliver`), then write
-        its item counts; True when the batch may be acknowledged. Exits the worker instead when
+    async def assemble(self, events: Sequence[Any], stored: asyncio.Future[None] | None = None) -> bool:
+        """One batch of the join: take it in, deliver what it produced (:meth:`deliver`; then
+        ``stored`` is set, if given), then write its item counts; True when the batch may be
+        acknowledged. Exits the worker instead when
         offsets before it were never delivered though read again (:class:`InputGap`), the join
         fails, or the delivery fails (False if ``exit`` returned)."""
         app = self.app
@@ -523,6 +539,8 @@ class StreamsWorker:
             return False
         if not await self.deliver():
             return False
+        if stored is not None:  # the next batch may be joined now
+            stored.set_result(None)
         await self.features.write_counts(self._waiting_on_redis)  # before the batch is acknowledged
         return True
 
@@ -621,6 +639,16 @@ class StreamsWorker:
             self.exit(STALLED_EXIT)
         else:
             await lag.refetch_idle(REFETCH_IDLE_S)
+
+
+async def seek_on_consumer_thread(consumer: Any, tp: TP, offset: int) -> None:
+    """Faust's ``consumer.seek(tp, offset)``, with aiokafka's seek run on the consumer's own thread, where its
+    fetcher runs: Faust calls it from the event loop's thread, which raced the fetcher's drain of the same
+    partition (``KeyError`` in aiokafka's ``fetched_records``: Faust's fetcher crashed and the worker stopped
+    consuming; seen in ``bench/streams.py`` runs on a loaded machine, where partitions are read again)."""
+    thread = consumer._thread
+    await thread.call_thread(thread.seek, tp, offset)
+    consumer._read_offset[tp] = offset if offset else None  # as Faust's seek: the records are read again
 
 
 def event_batches(stream: faust.StreamT) -> AsyncIterator[Sequence[Any]]:

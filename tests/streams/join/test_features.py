@@ -3,6 +3,7 @@ replay adds nothing, an outage is waited out), histories off the event loop, sta
 each request's minute and kept for it; with Redis down, defaults."""
 
 import asyncio
+import threading
 import time
 
 import orjson
@@ -150,3 +151,55 @@ def test_buckets_a_pending_read_needs_are_not_pruned_by_counts_hours_ahead(redis
     counted(features, [(ExposureEvent("r9", "u", "i1", T + 3 * 3_600_000, "exposure", position=0), 2)])
     [[m10], [h1], [d1]] = asyncio.run(features.read_groups([(["i1"], T + at * MINUTE, "u", []) for at in (5, 20, 70)]))
     assert m10["exp_10m"] == h1["exp_1h"] == d1["exp_1d"] == 1.0  # each window once its bucket closed
+
+
+class HeldStats:
+    """Item statistics whose writes wait until released (Redis taking its time), then fail or store:
+    what each write was handed, as it was when handed (the real ``record_once`` reads its counts
+    before its round trips), in the order stored."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.release, self.failures = threading.Event(), failures
+        self.stored: list[list[int]] = []
+
+    def record_once(self, counts: list, horizon_ms: int | None = None) -> int:
+        offsets = [offset for *_, offset in counts]
+        self.release.wait(10)
+        if self.failures:
+            self.failures -= 1
+            raise redis.ConnectionError("down")
+        self.stored.append(offsets)
+        return len(offsets)
+
+
+def test_counts_taken_in_while_a_write_is_in_flight_are_neither_lost_nor_stored_before_it():
+    """The worker joins batch N+1 while batch N's counts are written: the counts N+1 adds meanwhile are
+    stored by the next write, after N's, also when N's first try fails (back in front of the buffer:
+    the item hashes skip a record at or below the last offset counted, so N+1's first would drop N's).
+    Broker- and Redis-free: a fake item-statistics writer."""
+    features = StreamFeatures(redis.Redis(port=free_port()), prefix=REDIS_PREFIX, backoff_s=0.01)
+    stats = features.stats = HeldStats()  # type: ignore[assignment]
+    features.user_items = type("NoPairs", (), {"record": lambda self, pairs: None})()  # type: ignore[assignment]
+
+    def count(offset: int) -> None:
+        features.count(ExposureEvent("r", "u", "i1", T + offset, "exposure", position=0), 30_000, "hap.exposure",
+                       0, offset)
+
+    async def in_flight(failures: int, concurrent: bool) -> None:
+        stats.failures, stats.stored = failures, []
+        stats.release.clear()
+        count(1)
+        first = asyncio.ensure_future(features.write_counts())  # batch N's counts, in flight
+        await asyncio.sleep(0.05)
+        count(2)  # batch N+1 joined meanwhile
+        second = asyncio.ensure_future(features.write_counts()) if concurrent else None
+        await asyncio.sleep(0.05)
+        stats.release.set()
+        await asyncio.wait_for(first, 10)
+        await asyncio.wait_for(second or features.write_counts(), 10)  # batch N+1's own, after it was delivered
+
+    asyncio.run(in_flight(failures=0, concurrent=False))
+    assert [offset for write in stats.stored for offset in write] == [1, 2]
+    asyncio.run(in_flight(failures=1, concurrent=True))  # N's first try fails while N+1's write waits
+    assert [offset for write in stats.stored for offset in write] == [1, 2]
+    assert features.buffer == [] and features.pairs == []

@@ -9,10 +9,12 @@ import copy
 import dataclasses
 import hashlib
 import os
+import threading
 from collections import Counter
 from typing import Any
 
 import orjson
+import zstandard
 
 from streams.contract.schemas import (
     Candidate,
@@ -24,7 +26,16 @@ from streams.contract.schemas import (
     encode,
 )
 from streams.join.assembler import AssemblerConfig, group_id
-from streams.join.joiner import ADOPTION_GRACE_MS, JoinConfig, Joiner, JoinTables, MemoryTable, unpack_group
+from streams.join.joiner import (
+    ADOPTION_GRACE_MS,
+    GROUP_ZSTD_LEVEL,
+    JoinConfig,
+    Joiner,
+    JoinTables,
+    MemoryTable,
+    pack_group,
+    unpack_group,
+)
 from streams.join.pool import CandidatePool
 
 T0 = 1_700_000_000_000
@@ -71,6 +82,18 @@ class CountingTable(MemoryTable):
     def put(self, key: str, value: Any, partition: int) -> None:
         self.writes[key] += 1
         super().put(key, value, partition)
+
+
+class ReadCountingTable(MemoryTable):
+    """A memory table that counts its reads by key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: Counter[str] = Counter()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.reads[key] += 1
+        return super().get(key, default)
 
 
 class Harness:
@@ -157,6 +180,19 @@ def test_the_pending_state_is_written_once_per_batch_not_once_per_event():
     assert h.tables.pending.writes == {"r1": 2}  # two batches, eleven events
     h.tick(T0 + 5_000)
     assert Counter(i.source for i in h.groups()[0].items)["exp_pos"] == 1
+
+
+def test_a_batch_looks_a_pending_request_up_among_the_finalized_once():
+    """The finalized table is read for a request's first event of a batch only: once the batch holds its
+    pending state it is not finalized (on RocksDB a miss looks in every partition's database). A late
+    event of a request finalized in an earlier batch still finds it."""
+    finalized = ReadCountingTable()
+    h = Harness(tables=JoinTables(CountingTable(), MemoryTable(), finalized, MemoryTable()))
+    h.run(*request(h, "r1", *[shown("r1", f"c{i}", i) for i in range(10)]))
+    assert finalized.reads["r1"] == 1  # eleven events
+    h.tick(T0 + 5_000)
+    h.run(*[h.record("exposure", encode(click("r1", item)), b"r1") for item in ("c3", "c4")])
+    assert finalized.reads["r1"] == 3 and [g.correction for g in h.groups()] == [False, True, True]
 
 
 def test_requests_on_several_partitions_close_with_their_partitions_ticks():
@@ -556,3 +592,17 @@ def test_a_confluent_frame_and_a_structured_cloudevent_are_dead_lettered_with_a_
     assert [(d["reason_kind"], d["reason"].split(" is not accepted")[0]) for d in h.dead_letters()] == [
         ("json", "json: a Confluent Schema Registry frame (magic byte 0, schema id 7)"),
         ("schema", "schema_version: a structured CloudEvent (specversion '1.0')")]
+
+
+def test_a_packed_group_is_the_frame_a_fresh_compressor_makes_in_every_thread() -> None:
+    """The ``emitted`` table's format does not depend on the compressor kept per thread: each frame is the one
+    a compressor made for it alone gives (workers before and after read each other's entries), also after
+    other groups and in another thread."""
+    groups = [os.urandom(n) + b'{"items": []}' * n for n in (0, 10, 5000)]
+    fresh = [zstandard.ZstdCompressor(level=GROUP_ZSTD_LEVEL).compress(g) for g in groups]
+    assert [pack_group(g) for g in groups] == fresh == [pack_group(g) for g in groups]
+    other: list[bytes] = []
+    thread = threading.Thread(target=lambda: other.extend(pack_group(g) for g in reversed(groups)))
+    thread.start()
+    thread.join()
+    assert other == fresh[::-1] and [unpack_group(p) for p in fresh] == groups

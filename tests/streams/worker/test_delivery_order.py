@@ -103,6 +103,16 @@ class Features:
         self.log.append("counts written")
 
 
+class SlowCounts(Features):
+    """Item counts that take Redis a while to store: the worker joins the next batch meanwhile."""
+
+    async def write_counts(self, waiting: Callable[[], None] | None = None) -> None:
+        self.log.append("counts writing")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        self.log.append("counts written")
+
+
 class Lag:
     """The worker's input lag, without a consumer: nothing behind; ``gap``, raised at the next batch."""
 
@@ -127,11 +137,11 @@ class Lag:
 
 
 def make_worker(tmp_path: Path, log: Log, *, fail: bool | str = False, stall_s: float = 30.0,
-                store: str = "rocksdb://") -> tuple[StreamsWorker, Lag]:
+                store: str = "rocksdb://", features: type[Features] = Features) -> tuple[StreamsWorker, Lag]:
     lag = Lag()
     cfg = StreamsConfig(bootstrap="127.0.0.1:1", redis=RedisEndpoint("redis://127.0.0.1:1"), redis_prefix="t:",
                         topic_prefix=PREFIX, data_dir=tmp_path, partitions=2, stall_s=stall_s, store=store)
-    worker = StreamsWorker(cfg, producer=Producer(log, fail), features=Features(log), lag=lag,  # type: ignore[arg-type]
+    worker = StreamsWorker(cfg, producer=Producer(log, fail), features=features(log), lag=lag,  # type: ignore[arg-type]
                            exit=log.exit)
     return worker, lag
 
@@ -188,6 +198,23 @@ def test_outputs_then_changelogs_then_counts_then_the_input_ack(tmp_path: Path) 
         f"acked {changelogs}", "counts written", "input acked 2",  # no output: the changes alone
         f"acked {changelogs}", "counts written", "input acked 3",
     ]
+
+
+def test_the_next_batch_is_joined_while_the_counts_are_written_after_the_tables_are_stored(tmp_path: Path) -> None:
+    """Batch N+1 is joined and delivered while batch N's item counts are written, never before batch N's
+    changelog records were acknowledged and its changes stored (the join reads the tables as N left them);
+    each batch's input is acknowledged only after its own counts; a third batch waits for the first's
+    acknowledgement (at most three held: counting, joining, fetched)."""
+    log = Log()
+    worker, _ = make_worker(tmp_path, log, features=SlowCounts)
+    changelogs = ",".join(sorted(f"{worker.app.conf.id}-{t}-changelog" for t in ("pending", "rankings")))
+    run(worker, log, [ranking(0, "r1")], [garbage(1)], [ranking(2, "r3")])
+    assert log.index(f"acked {changelogs}") < log.index(f"acked {PREFIX}dlq") < log.index("counts written")
+    assert log.index("counts written") < log.index("input acked 0")  # the first batch's own counts first
+    second_counts = [n for n, line in enumerate(log) if line == "counts written"][1]
+    assert second_counts < log.index("input acked 1")
+    assert log.index("input acked 0") < len(log) - 1 - log[::-1].index(f"acked {changelogs}")  # third batch
+    assert [line for line in log if line.startswith("input acked")] == [f"input acked {n}" for n in range(3)]
 
 
 def test_a_batchs_changes_reach_the_local_store_with_their_changelog_offset_after_the_delivery(tmp_path: Path) -> None:

@@ -38,12 +38,17 @@ class Consumer:
         self.seeks: list[tuple[TP, int]] = []  # where the partitions were read again from
         self._unacked_messages: set[Message] = set()
         self._thread = self  # Faust's consumer thread: it calls the aiokafka consumer's methods
+        self.on_thread = False  # in a call on that thread (call_thread)
 
     def _ensure_consumer(self) -> Consumer:
         return self
 
     async def call_thread(self, method: Any, *args: Any) -> Any:
-        return method(*args)
+        self.on_thread = True
+        try:
+            return method(*args)
+        finally:
+            self.on_thread = False
 
     def committed(self, tp: TP) -> int | None:
         return self.group_commits.get(tp)
@@ -61,7 +66,10 @@ class Consumer:
     async def position(self, tp: TP) -> int:
         return self.positions[tp]
 
-    async def seek(self, tp: TP, offset: int) -> None:
+    def seek(self, tp: TP, offset: int) -> None:
+        """aiokafka's seek, through Faust's consumer thread: called from the event loop's thread, it raced the
+        fetcher's drain of the partition (``KeyError`` in ``fetched_records``: Faust's fetcher crashed)."""
+        assert self.on_thread, "seek on the consumer's thread, where aiokafka's fetcher runs"
         self.seeks.append((tp, offset))
 
 
