@@ -65,6 +65,8 @@ log = logging.getLogger("hap.router")
 #: bytes a row may hold at most: its arrays, the id (at its longest) and the id's dict entry
 ROW_BYTES = DENSE_DIM * 4 + 8 * 5 + 1 + ID_CHARS + 120
 NEVER = -np.inf
+#: a lookup's stamp of a row whose features came inline (never the table's: its stamps start at 1)
+INLINE = -1
 #: a cached user's bytes beyond its item ids' characters, and per id (history, shown, clicked)
 USER_BYTES, HISTORY_ENTRY_BYTES = 400, 60
 #: the dense row of a candidate without any feature (what a row holds until Redis is read)
@@ -82,8 +84,8 @@ REFRESH_GATHER_S = 0.02
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Lookup:
-    """A request's candidates as arrays: features, their slots, and each row's stamp (-1: inline
-    features, never cached)."""
+    """A request's candidates as arrays: features, their slots, and each row's stamp (``INLINE``: the
+    features came with the request)."""
 
     items: ItemBatch
     slots: np.ndarray
@@ -161,7 +163,7 @@ class FeatureCache:
         stamps = self.stamp[slots]
         if inline_rows is not None and len(inline_rows):
             dense[inline_rows] = inline
-            stamps[inline_rows] = -1
+            stamps[inline_rows] = INLINE
         return Lookup(ItemBatch(self.item_idx[slots], ctypes, dense), slots, stamps)
 
     def rows_of(self, found: Lookup, item_ids: Sequence[str]) -> np.ndarray:
