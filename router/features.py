@@ -19,7 +19,8 @@ thread only compares and copies them. Only items
 never seen before are read synchronously (in one round trip for all of them). A lookup never
 fails a request: when Redis is down, unseen items get the defaults (counted as
 ``missing_features{kind="item"}``) and stale rows keep serving; while Redis is failing, lookups
-skip it for ``backoff_s``.
+skip it for ``backoff_s``, and queue no refresh (each request queued its stale rows again, and
+the thread dropped them, for as long as the backoff lasted).
 ``missing_features{kind="item_stats"}`` counts items with no statistics at all (not items whose
 windows are merely empty); a malformed statistics hash or user history gives the defaults,
 counted as ``errors{kind="bad_item_stats"|"bad_user_features"}``.
@@ -157,7 +158,7 @@ class FeatureCache:
         if len(cold):
             self._read_now(slots[cold], [item_ids[i] for i in cold.tolist()], now)
         stale = from_store & (due != NEVER) & (due < now) & ~self.pending[slots]
-        if stale.any():
+        if stale.any() and self.redis.ready:  # while Redis backs off, stale rows serve without a read queued
             self._enqueue(slots[stale], [item_ids[i] for i in np.flatnonzero(stale).tolist()])
         dense = self.dense[slots]
         stamps = self.stamp[slots]

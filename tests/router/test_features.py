@@ -140,6 +140,25 @@ def test_a_redis_outage_gives_counted_defaults_and_keeps_stale_rows(own_redis):
     assert count("missing_features", "item") - before == 2
 
 
+def test_stale_rows_queue_no_refresh_while_redis_backs_off(own_redis):
+    client = redis.Redis.from_url(own_redis.endpoint(), socket_timeout=0.2, socket_connect_timeout=0.2)
+    ItemStats(client, prefix=REDIS_PREFIX).record([("k1", "exp", int(time.time() * 1000) - 5 * MIN)])
+    cache = FeatureCache(client, prefix=REDIS_PREFIX, ttl_s=0.01, backoff_s=60)
+    known = cache.lookup(["k1"], ["video"]).items.dense.copy()
+    own_redis.process.stop()
+    time.sleep(0.05)
+    cache.lookup(["never-seen"], ["video"])  # its read fails: Redis backs off
+    assert not cache.redis.ready
+    queued = []
+    cache._enqueue = lambda slots, ids: queued.append(ids)
+    for _ in range(20):
+        served = cache.lookup(["k1"], ["video"])  # stale, served as it was
+        time.sleep(0.01)
+    cache.stop()
+    np.testing.assert_array_equal(served.items.dense, known)
+    assert queued == []
+
+
 def test_the_table_is_bounded_in_bytes_and_evicts_the_least_recently_used(redis_client):
     cache = FeatureCache(redis_client, prefix=REDIS_PREFIX, max_bytes=1, capacity=None)
     assert cache.capacity * ROW_BYTES >= 1  # the floor of rows
