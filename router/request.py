@@ -104,7 +104,8 @@ def _typed(body: Body, *, max_candidates: int, policy: str, budget: float) -> Pr
     rows = dense = None
     if feats.count(None) < n:  # some candidates carry statistics (their bounds were checked while decoding)
         rows = np.flatnonzero(np.fromiter(map(bool, feats), bool, n))
-        dense = inline_matrix([feats[i] for i in rows.tolist()]) if len(rows) else None
+        if len(rows):
+            dense = inline_matrix(feats if len(rows) == n else [feats[i] for i in rows.tolist()])
     return PrerankRequest(body.request_id, body.user_id, uf, cands, body.k, chosen, float(budget), fraction, count,
                           ids, list(map(_CONTENT_TYPE, cands)), rows if dense is not None else None, dense)
 
