@@ -12,11 +12,15 @@ drawn between ``ttl_s / 2`` and ``ttl_s`` at each read (spread, so that the thou
 request brought in do not all expire, and load Redis and the process, in the same instant). A
 stale row is still served, and its id is queued for a background thread that reads it again from
 Redis; the thread never touches the arrays: the request thread applies finished reads at the
-start of its next lookup (one vectorised write), so a request always sees whole rows. Only items
+start of its next lookup (one vectorised write), so a request always sees whole rows. The thread
+gathers the stale rows of the requests of ``REFRESH_GATHER_S`` into one read (a round trip and a
+reply's parse cost about as much as 30 rows) and turns them into dense rows itself, so the request
+thread only compares and copies them. Only items
 never seen before are read synchronously (in one round trip for all of them). A lookup never
 fails a request: when Redis is down, unseen items get the defaults (counted as
 ``missing_features{kind="item"}``) and stale rows keep serving; while Redis is failing, lookups
-skip it for ``backoff_s``.
+skip it for ``backoff_s``, and queue no refresh (each request queued its stale rows again, and
+the thread dropped them, for as long as the backoff lasted).
 ``missing_features{kind="item_stats"}`` counts items with no statistics at all (not items whose
 windows are merely empty); a malformed statistics hash or user history gives the defaults,
 counted as ``errors{kind="bad_item_stats"|"bad_user_features"}``.
@@ -62,6 +66,8 @@ log = logging.getLogger("hap.router")
 #: bytes a row may hold at most: its arrays, the id (at its longest) and the id's dict entry
 ROW_BYTES = DENSE_DIM * 4 + 8 * 5 + 1 + ID_CHARS + 120
 NEVER = -np.inf
+#: a lookup's stamp of a row whose features came inline (never the table's: its stamps start at 1)
+INLINE = -1
 #: a cached user's bytes beyond its item ids' characters, and per id (history, shown, clicked)
 USER_BYTES, HISTORY_ENTRY_BYTES = 400, 60
 #: the dense row of a candidate without any feature (what a row holds until Redis is read)
@@ -71,12 +77,16 @@ MIN_ROWS = 20_000
 #: items per round trip of a background refresh: parsing a reply holds the GIL (~2.5 us per item), so a
 #: request waits behind at most ~0.6 ms of it instead of ~5 ms for a request's 2000 stale rows at once
 REFRESH_BATCH = 256
+#: how long the refresh thread lets stale rows queue before it reads them: the rows of every request
+#: in that time go in one round trip instead of one each (issue 34: the round trip, not the rows, was
+#: most of the refresh's CPU at 30 rows per read)
+REFRESH_GATHER_S = 0.02
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Lookup:
-    """A request's candidates as arrays: features, their slots, and each row's stamp (-1: inline
-    features, never cached)."""
+    """A request's candidates as arrays: features, their slots, and each row's stamp (``INLINE``: the
+    features came with the request)."""
 
     items: ItemBatch
     slots: np.ndarray
@@ -113,6 +123,8 @@ class FeatureCache:
         self._queue: collections.deque[tuple[np.ndarray, np.ndarray, list[str]]] = collections.deque()
         self._done: collections.deque[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = \
             collections.deque()
+        #: scratch: each slot's row in the request in hand (:meth:`rows_of`)
+        self._row_of_slot = np.zeros(cap, np.int64)
         #: user id -> (monotonic time read, features); LRU, at most ``user_max_bytes`` (estimated)
         self.users: collections.OrderedDict[str, tuple[float, dict[str, Any], int]] = collections.OrderedDict()
         self.user_bytes, self.user_max_bytes = 0, user_max_bytes
@@ -136,7 +148,7 @@ class FeatureCache:
         if len(new):
             slots[new] = self._allocate([item_ids[i] for i in new.tolist()], protect=slots[slots >= 0])
         self.last_used[slots] = now
-        ctypes = np.fromiter(map(_ctype, content_types), np.int64, n)
+        ctypes = ctype_codes(content_types)
         self.ctype_idx[slots] = ctypes
         from_store = np.ones(n, bool)
         if inline_rows is not None and len(inline_rows):
@@ -146,14 +158,20 @@ class FeatureCache:
         if len(cold):
             self._read_now(slots[cold], [item_ids[i] for i in cold.tolist()], now)
         stale = from_store & (due != NEVER) & (due < now) & ~self.pending[slots]
-        if stale.any():
+        if stale.any() and self.redis.ready:  # while Redis backs off, stale rows serve without a read queued
             self._enqueue(slots[stale], [item_ids[i] for i in np.flatnonzero(stale).tolist()])
         dense = self.dense[slots]
         stamps = self.stamp[slots]
         if inline_rows is not None and len(inline_rows):
             dense[inline_rows] = inline
-            stamps[inline_rows] = -1
+            stamps[inline_rows] = INLINE
         return Lookup(ItemBatch(self.item_idx[slots], ctypes, dense), slots, stamps)
+
+    def rows_of(self, found: Lookup, item_ids: Sequence[str]) -> np.ndarray:
+        """The rows of ``found`` (the latest lookup) holding ``item_ids``, each one of its candidates:
+        a scatter of the lookup's slots instead of a dict of every candidate's row."""
+        self._row_of_slot[found.slots] = np.arange(len(found.slots))
+        return self._row_of_slot[np.fromiter(map(self.slot_of.__getitem__, item_ids), np.int64, len(item_ids))]
 
     def item_batch(self, item_ids: Sequence[str], content_types: Sequence[str],
                    inline: Sequence[dict[str, float] | None]) -> tuple[ItemBatch, np.ndarray]:
@@ -170,7 +188,7 @@ class FeatureCache:
         new = np.flatnonzero(slots < 0)
         if len(new):
             slots[new] = self._allocate([item_ids[i] for i in new.tolist()], protect=slots[slots >= 0])
-        self._write(slots, _raw_of(stats), np.ones(len(slots), np.int8), time.monotonic())
+        self._write(slots, inline_matrix(stats), np.ones(len(slots), np.int8), time.monotonic())
 
     def _allocate(self, ids: list[str], protect: np.ndarray) -> np.ndarray:
         if len(ids) > len(self.free):
@@ -207,10 +225,9 @@ class FeatureCache:
         self.stamp[slots] = np.arange(self._next_stamp, self._next_stamp + len(slots))
         self._next_stamp += len(slots)
 
-    def _write(self, slots: np.ndarray, raw: np.ndarray, state: np.ndarray, at: float) -> None:
-        """Rows read from Redis into the table (data first, then the stamp). Only a row whose values
+    def _write(self, slots: np.ndarray, dense: np.ndarray, state: np.ndarray, at: float) -> None:
+        """Dense rows read from Redis into the table (data first, then the stamp). Only a row whose values
         changed gets a new stamp: a refresh that read the same statistics keeps its item vectors."""
-        dense = dense_stats_matrix(raw)
         changed = slots[(self.dense[slots] != dense).any(axis=1)]
         self.dense[slots] = dense
         self.refresh_at[slots] = at + self.ttl_s * self._jitter.uniform(0.5, 1.0, len(slots))
@@ -230,7 +247,7 @@ class FeatureCache:
             except (redis.RedisError, OSError) as exc:
                 self._failed(exc)
             else:
-                self._write(slots, raw, state, now)
+                self._write(slots, dense_stats_matrix(raw), state, now)
                 return
         metrics.MISSING.labels("item").inc(len(ids))
 
@@ -250,12 +267,12 @@ class FeatureCache:
     def _apply_done(self) -> None:
         """Apply the background reads that finished (rows evicted or rewritten since are skipped)."""
         while self._done:
-            slots, stamps, raw, state = self._done.popleft()
+            slots, stamps, dense, state = self._done.popleft()
             same = self.stamp[slots] == stamps
-            if raw is None or state is None:  # the read failed: the rows stay as they are, and stale
+            if dense is None or state is None:  # the read failed: the rows stay as they are, and stale
                 self.pending[slots[same]] = False
                 continue
-            self._write(slots[same], raw[same], state[same], time.monotonic())
+            self._write(slots[same], dense[same], state[same], time.monotonic())
 
     def start(self) -> None:
         """Start the refresh thread (done on the first stale row; idempotent)."""
@@ -271,21 +288,36 @@ class FeatureCache:
         while not self._stop.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
+            if self._queue:
+                self._stop.wait(REFRESH_GATHER_S)  # the next requests' stale rows join this read
             while self._queue and not self._stop.is_set():
-                slots, stamps, ids = self._queue.popleft()
-                raw = state = None
+                slots, stamps, ids = self._gather()
+                dense = state = None
                 if self.redis.ready:
                     try:
                         raw, state = self.reader.read(ids, int(time.time() * 1000), batch=REFRESH_BATCH)
+                        dense = dense_stats_matrix(raw)
                     except (redis.RedisError, OSError) as exc:
                         self._failed(exc)
                     except Exception:  # noqa: BLE001 - the refresh must outlive anything it reads
                         metrics.ERRORS.labels("feature_refresh").inc()
                         log.exception("feature refresh")
-                self._done.append((slots, stamps, raw, state))
+                self._done.append((slots, stamps, dense, state))
             while self._user_queue and not self._stop.is_set():
                 user_id = self._user_queue.popleft()
                 self._user_done.append((user_id, self._read_user(user_id) if self.redis.ready else None))
+
+    def _gather(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Queued reads taken together (at least one, then others while fewer than ``REFRESH_BATCH`` rows)."""
+        parts = [self._queue.popleft()]
+        rows = len(parts[0][2])
+        while self._queue and rows < REFRESH_BATCH:
+            parts.append(self._queue.popleft())
+            rows += len(parts[-1][2])
+        if len(parts) == 1:
+            return parts[0]
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                [item_id for p in parts for item_id in p[2]])
 
     # -- users ----------------------------------------------------------------------------------
     def user_features(self, user_id: str) -> dict[str, Any]:
@@ -378,11 +410,26 @@ def inline_dense(names: list[str], values: np.ndarray, counts: np.ndarray) -> np
 
 
 def _raw_of(stats: Sequence[dict[str, float]]) -> np.ndarray:
-    """``(N, DENSE_DIM)`` float64 of feature dicts in ``FEATURES`` order, NaN where absent."""
-    raw = np.empty((len(stats), DENSE_DIM), np.float64)
-    for j, name in enumerate(FEATURES):
-        raw[:, j] = np.fromiter(map(dict.get, stats, repeat(name), repeat(np.nan)), np.float64, len(stats))
+    """``(N, DENSE_DIM)`` float64 of feature dicts in ``FEATURES`` order, NaN where absent: one C-level
+    pass per feature some dict names (not per feature there is: a client sends a few)."""
+    raw = np.full((len(stats), DENSE_DIM), np.nan)
+    for name in _COLUMN.keys() & set().union(*stats):
+        raw[:, _COLUMN[name]] = np.fromiter(map(dict.get, stats, repeat(name), repeat(np.nan)), np.float64,
+                                            len(stats))
     return raw
+
+
+def ctype_codes(content_types: Sequence[str]) -> np.ndarray:
+    """The content types' embedding rows, hashed once per distinct type (a request has one or a few).
+
+    >>> ctype_codes(["video", "news", "video"]).tolist() == [_ctype("video"), _ctype("news"), _ctype("video")]
+    True
+    """
+    n = len(content_types)
+    if n and content_types.count(content_types[0]) == n:
+        return np.full(n, _ctype(content_types[0]), np.int64)
+    codes = {kind: _ctype(kind) for kind in dict.fromkeys(content_types)}
+    return np.fromiter(map(codes.__getitem__, content_types), np.int64, n)
 
 
 @functools.lru_cache(maxsize=4096)

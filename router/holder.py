@@ -51,10 +51,18 @@ from typing import Any
 import numpy as np
 import redis
 
-from feature_store.featurize import CONTENT_TYPE_BUCKETS, DENSE_DIM, HISTORY_LEN, ID_BUCKETS, ItemBatch, UserInput
+from feature_store.featurize import (
+    CONTENT_TYPE_BUCKETS,
+    DENSE_DIM,
+    HISTORY_LEN,
+    ID_BUCKETS,
+    ITEM_DIM,
+    ItemBatch,
+    UserInput,
+)
 from feature_store.model_store import LoadedVersion, ModelStore, ModelStoreError
 from router import metrics
-from router.features import NEVER, FeatureCache, Lookup
+from router.features import INLINE, NEVER, FeatureCache, Lookup
 from router.serving import ExpressiveTier, LightTier
 
 log = logging.getLogger("hap.router")
@@ -76,12 +84,17 @@ class VersionRejected(Exception):
 
 class ItemVectors:
     """Light item vectors of one version, in rows aligned with the feature table's slots: a row
-    is valid while its stamp and content type are the ones it was computed from."""
+    is valid while its stamp and content type are the ones it was computed from; a row computed
+    from inline statistics (stamp ``INLINE``) while the item and its statistics' item columns (all a
+    light item vector reads) are the ones it was computed from, so a client that sends the same
+    statistics again gets the cached vector, and one that sends others a new one."""
 
     def __init__(self) -> None:
         self.vec = np.zeros((0, 0), np.float32)
         self.stamp = np.zeros(0, np.int64)  # 0: nothing cached (feature stamps start at 1)
         self.ctype = np.zeros(0, np.int64)
+        self.item = np.zeros(0, np.int64)  # of inline rows: the item and the item columns of its statistics
+        self.dense = np.zeros((0, ITEM_DIM), np.float32)
 
     def ensure(self, rows: int, width: int) -> None:
         """Room for ``rows`` slots of vectors ``width`` wide (grows by doubling; lazily paged)."""
@@ -89,20 +102,39 @@ class ItemVectors:
             return
         size = max(rows, 2 * len(self.stamp), 1024)
         vec, stamp, ctype = np.zeros((size, width), np.float32), np.zeros(size, np.int64), np.zeros(size, np.int64)
+        item, dense = np.zeros(size, np.int64), np.zeros((size, ITEM_DIM), np.float32)
         if width == self.vec.shape[1]:
-            vec[:len(self.stamp)], stamp[:len(self.stamp)], ctype[:len(self.stamp)] = self.vec, self.stamp, self.ctype
-        self.vec, self.stamp, self.ctype = vec, stamp, ctype
+            n = len(self.stamp)
+            vec[:n], stamp[:n], ctype[:n], item[:n], dense[:n] = self.vec, self.stamp, self.ctype, self.item, self.dense
+        self.vec, self.stamp, self.ctype, self.item, self.dense = vec, stamp, ctype, item, dense
 
-    def store(self, slots: np.ndarray, stamps: np.ndarray, ctypes: np.ndarray, vectors: np.ndarray) -> None:
-        """Cache ``vectors`` of ``slots`` (rows with a negative stamp, inline features, are not cached)."""
-        keep = stamps > 0
-        if not keep.any():
+    def store(self, slots: np.ndarray, stamps: np.ndarray, items: ItemBatch, vectors: np.ndarray) -> None:
+        """Cache ``vectors`` of ``slots``, computed from ``items`` (their features, stamped ``stamps``)."""
+        if not len(slots):
             return
-        slots = slots[keep]
         self.ensure(int(slots.max()) + 1, vectors.shape[1])
-        self.vec[slots] = vectors[keep]
-        self.ctype[slots] = ctypes[keep]
-        self.stamp[slots] = stamps[keep]
+        self.vec[slots] = vectors
+        self.ctype[slots] = items.ctype_idx
+        self.stamp[slots] = stamps
+        inline = stamps == INLINE
+        if inline.any():
+            self.item[slots[inline]] = items.item_idx[inline]
+            self.dense[slots[inline]] = items.dense[inline, :ITEM_DIM]
+
+    def valid(self, found: Lookup) -> tuple[np.ndarray, np.ndarray]:
+        """``(valid, rows)``: which of ``found``'s candidates have their vector cached, and the cache's row
+        of each (0 for a slot past the cache)."""
+        slots, stamps, items = found.slots, found.stamps, found.items
+        inside = slots < len(self.stamp)
+        safe = np.where(inside, slots, 0)
+        kind = inside & (self.ctype[safe] == items.ctype_idx)
+        valid = kind & (self.stamp[safe] == stamps) & (stamps > 0)
+        inline = np.flatnonzero(kind & (stamps == INLINE) & (self.stamp[safe] == INLINE))
+        if len(inline):
+            cached = safe[inline]
+            valid[inline] = (self.item[cached] == items.item_idx[inline]) & (
+                self.dense[cached] == items.dense[inline, :ITEM_DIM]).all(axis=1)
+        return valid, safe
 
 
 @dataclasses.dataclass(eq=False)
@@ -120,24 +152,24 @@ class ServingModel:
         return self.loaded.version
 
     def item_vectors(self, found: Lookup) -> np.ndarray:
-        """Light item vectors of a lookup's candidates: cached rows where the features' stamp and
-        content type are unchanged, the rest computed in one batch and cached."""
-        cache, slots, stamps, ctypes = self.vectors, found.slots, found.stamps, found.items.ctype_idx
+        """Light item vectors of a lookup's candidates: cached rows where the features (their stamp, or
+        the inline statistics themselves) and content type are unchanged, the rest computed in one batch
+        and cached."""
+        cache, slots = self.vectors, found.slots
         if not len(cache.stamp):
             fresh = self.light.item_vectors(found.items)
-            cache.store(slots, stamps, ctypes, fresh)
+            cache.store(slots, found.stamps, found.items, fresh)
             return fresh
-        inside = slots < len(cache.stamp)
-        safe = np.where(inside, slots, 0)
-        valid = inside & (cache.stamp[safe] == stamps) & (cache.ctype[safe] == ctypes) & (stamps > 0)
+        valid, safe = cache.valid(found)
         if valid.all():
             return cache.vec[slots]
         misses = np.flatnonzero(~valid)
-        fresh = self.light.item_vectors(found.items.take(misses))
+        missed = found.items.take(misses)
+        fresh = self.light.item_vectors(missed)
         out = cache.vec[safe] if cache.vec.shape[1] == fresh.shape[1] else np.empty((len(slots), fresh.shape[1]),
                                                                                      np.float32)
         out[misses] = fresh
-        cache.store(slots[misses], stamps[misses], ctypes[misses], fresh)
+        cache.store(slots[misses], found.stamps[misses], missed, fresh)
         return out
 
     def warm(self, table: FeatureCache, chunk: int = 8192) -> int:
@@ -152,7 +184,7 @@ class ServingModel:
             part = slice(start, start + chunk)
             rows = slots[part]
             items = ItemBatch(table.item_idx[rows], table.ctype_idx[rows], table.dense[rows])
-            self.vectors.store(rows, stamps[part], items.ctype_idx, self.light.item_vectors(items))
+            self.vectors.store(rows, stamps[part], items, self.light.item_vectors(items))
         return len(slots)
 
 

@@ -17,7 +17,6 @@ Examples
 
 from __future__ import annotations
 
-from itertools import chain
 from operator import attrgetter
 from typing import Annotated, Any
 
@@ -27,12 +26,14 @@ import orjson
 
 from feature_store.policies import DAMR_BUDGET
 from feature_store.registry import POLICIES
-from router.features import inline_dense
+from router.features import inline_matrix
 from router.limits import ID_CHARS, MAX_HISTORY, MAX_STATS, MAX_VALUE, NAME_CHARS
 from router.prerank import PrerankRequest, _budget, parse_request
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_CHARS)]
 Name = Annotated[str, msgspec.Meta(max_length=NAME_CHARS)]
+#: an inline statistic: a number a float32 holds (checked while decoding; infinities and NaN are not JSON)
+Stat = Annotated[float, msgspec.Meta(ge=-MAX_VALUE, le=MAX_VALUE)]
 #: the largest ``k`` the schema takes (``orjson`` reads integers up to 2**64 - 1 as such, larger ones as
 #: floats, which ``k`` refuses; the few in between go through the checked path)
 K_MAX = 2**63 - 1
@@ -44,7 +45,7 @@ class Candidate(msgspec.Struct, gc=False):
 
     item_id: Id
     content_type: Name = "unknown"
-    features: Annotated[dict[Name, float], msgspec.Meta(max_length=MAX_STATS)] | None = None
+    features: Annotated[dict[Name, Stat], msgspec.Meta(max_length=MAX_STATS)] | None = None
 
 
 class Body(msgspec.Struct):
@@ -100,17 +101,13 @@ def _typed(body: Body, *, max_candidates: int, policy: str, budget: float) -> Pr
     if uf is not None and not _history_ok(uf.get("history", [])):
         return None
     feats = list(map(_FEATURES, cands))
-    rows = np.flatnonzero(np.fromiter(map(bool, feats), bool, n))
-    dense = None
-    if len(rows):
-        present = [feats[i] for i in rows.tolist()]
-        values = np.fromiter(chain.from_iterable(map(dict.values, present)), np.float64)
-        if not (np.abs(values) <= MAX_VALUE).all():  # also false for inf and NaN
-            return None
-        dense = inline_dense(list(chain.from_iterable(present)), values,
-                             np.fromiter(map(len, present), np.int64, len(present)))
+    rows = dense = None
+    if feats.count(None) < n:  # some candidates carry statistics (their bounds were checked while decoding)
+        rows = np.flatnonzero(np.fromiter(map(bool, feats), bool, n))
+        if len(rows):
+            dense = inline_matrix(feats if len(rows) == n else [feats[i] for i in rows.tolist()])
     return PrerankRequest(body.request_id, body.user_id, uf, cands, body.k, chosen, float(budget), fraction, count,
-                          ids, list(map(_CONTENT_TYPE, cands)), rows if len(rows) else None, dense)
+                          ids, list(map(_CONTENT_TYPE, cands)), rows if dense is not None else None, dense)
 
 
 def _history_ok(history: Any) -> bool:

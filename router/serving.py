@@ -11,12 +11,19 @@ import numpy as np
 from feature_store.featurize import ITEM_DIM, USER_ITEM_FEATURES, ItemBatch, UserInput
 
 Tensors = dict[str, np.ndarray]
+Layers = list[tuple[np.ndarray, np.ndarray]]
 
 
-def _mlp(t: Tensors, prefix: str, x: np.ndarray) -> np.ndarray:
-    layers = sorted({int(k.split(".")[1]) for k in t if k.startswith(prefix + ".")})
-    for n, i in enumerate(layers):
-        x = x @ t[f"{prefix}.{i}.weight"].T + t[f"{prefix}.{i}.bias"]
+def _layers(t: Tensors, prefix: str) -> Layers:
+    """The ``(weight.T, bias)`` of each linear layer under ``prefix``, in order (found once per version,
+    not per call)."""
+    index = sorted({int(k.split(".")[1]) for k in t if k.startswith(prefix + ".")})
+    return [(t[f"{prefix}.{i}.weight"].T, t[f"{prefix}.{i}.bias"]) for i in index]
+
+
+def _mlp(layers: Layers, x: np.ndarray) -> np.ndarray:
+    for n, (weight_t, bias) in enumerate(layers):
+        x = x @ weight_t + bias
         if n < len(layers) - 1:
             np.maximum(x, 0.0, out=x)
     return x
@@ -57,6 +64,8 @@ class LightTier:
         self.alpha = float(tensors["fallback"][0]) if self.prior and "fallback" in tensors else 0.0
         self.dense_mlp = self.prior and int(spec.get("dense_hidden", 0)) > 0
         self._ones = np.ones(len(USER_ITEM_FEATURES), np.float32)
+        self._user_tower, self._item_tower = _layers(tensors, "user_tower"), _layers(tensors, "item_tower")
+        self._dense_mlp = _layers(tensors, "dense_mlp")
         if self.prior:  # the two linear models folded into one: (1 - α) wide + α counter
             a = self.alpha
             self.w = (1 - a) * tensors["wide.linear.weight"][0] + a * tensors.get(
@@ -71,7 +80,7 @@ class LightTier:
     def user_vector(self, user: UserInput) -> np.ndarray:
         x = np.concatenate([self.t["user_emb.weight"][user.user_idx], _history_mean(self.t["item_emb.weight"],
                                                                                    user.history)])
-        u = _mlp(self.t, "user_tower", x[None, :])[0]
+        u = _mlp(self._user_tower, x[None, :])[0]
         d = int(self.spec["dim"])
         return u if not self.prior else np.concatenate([u[:d] * (1 - self.alpha), np.ones(1, u.dtype), u[d:]])
 
@@ -80,7 +89,7 @@ class LightTier:
             [self.t["item_emb.weight"][items.item_idx], self.t["ctype_emb.weight"][items.ctype_idx],
              items.dense[:, :ITEM_DIM]], axis=1,
         )
-        v = _mlp(self.t, "item_tower", x)
+        v = _mlp(self._item_tower, x)
         d = int(self.spec["dim"])
         if not self.prior:
             return v
@@ -90,7 +99,7 @@ class LightTier:
         return np.concatenate([v[:, :d], linear_item[:, None], v[:, d:]], axis=1)
 
     def _nonlinear(self, dense: np.ndarray) -> np.ndarray:
-        return _mlp(self.t, "dense_mlp", dense)[:, 0]
+        return _mlp(self._dense_mlp, dense)[:, 0]
 
     def score(self, user_vec: np.ndarray, item_vecs: np.ndarray, dense: np.ndarray | None = None) -> np.ndarray:
         """Preference dot product (with the linear part's item share), plus the linear part's
@@ -118,6 +127,7 @@ class ExpressiveTier:
     def __init__(self, tensors: Tensors, spec: dict) -> None:
         self.t, self.spec = tensors, spec
         self.prior = _has_wide(spec)
+        self._mlp = _layers(tensors, "mlp")
 
     @classmethod
     def from_form(cls, tensors: Tensors, spec: dict) -> ExpressiveTier:
@@ -143,6 +153,6 @@ class ExpressiveTier:
             [user_vec, attended, target, self.t["ctype_emb.weight"][items.ctype_idx], target * attended,
              target * user_vec, items.dense], axis=1,
         )
-        out = _mlp(self.t, "mlp", x)
+        out = _mlp(self._mlp, x)
         score = out[:, 0] + _wide(self.t, items.dense) if self.prior else out[:, 0]
         return score - np.logaddexp(0.0, -out[:, 1]) if self.spec.get("gate") else score

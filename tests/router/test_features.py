@@ -79,7 +79,9 @@ def dense_stats_matrix_of(raw: np.ndarray) -> np.ndarray:
     return dense_stats_matrix(raw)
 
 
-def test_lookup_matches_featurize_items_and_counts_only_items_without_statistics(redis_client):
+def test_lookup_matches_featurize_items_and_counts_only_items_without_statistics(redis_client, monkeypatch):
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now)  # an item's age is read as of the read: the same time in both
     now_ms = int(time.time() * 1000)
     ids = fill(redis_client, now_ms) + ["absent-1", "absent-2"]
     cache = FeatureCache(redis_client, prefix=REDIS_PREFIX)
@@ -138,6 +140,25 @@ def test_a_redis_outage_gives_counted_defaults_and_keeps_stale_rows(own_redis):
     assert count("missing_features", "item") - before == 2
 
 
+def test_stale_rows_queue_no_refresh_while_redis_backs_off(own_redis):
+    client = redis.Redis.from_url(own_redis.endpoint(), socket_timeout=0.2, socket_connect_timeout=0.2)
+    ItemStats(client, prefix=REDIS_PREFIX).record([("k1", "exp", int(time.time() * 1000) - 5 * MIN)])
+    cache = FeatureCache(client, prefix=REDIS_PREFIX, ttl_s=0.01, backoff_s=60)
+    known = cache.lookup(["k1"], ["video"]).items.dense.copy()
+    own_redis.process.stop()
+    time.sleep(0.05)
+    cache.lookup(["never-seen"], ["video"])  # its read fails: Redis backs off
+    assert not cache.redis.ready
+    queued = []
+    cache._enqueue = lambda slots, ids: queued.append(ids)
+    for _ in range(20):
+        served = cache.lookup(["k1"], ["video"])  # stale, served as it was
+        time.sleep(0.01)
+    cache.stop()
+    np.testing.assert_array_equal(served.items.dense, known)
+    assert queued == []
+
+
 def test_the_table_is_bounded_in_bytes_and_evicts_the_least_recently_used(redis_client):
     cache = FeatureCache(redis_client, prefix=REDIS_PREFIX, max_bytes=1, capacity=None)
     assert cache.capacity * ROW_BYTES >= 1  # the floor of rows
@@ -175,6 +196,66 @@ def test_cached_item_vectors_follow_their_features(redis_client):
     assert warmed.warm(cache) == 20
     np.testing.assert_allclose(warmed.vectors.vec[changed.slots], warmed.light.item_vectors(changed.items),
                                atol=1e-6)
+
+
+def test_inline_statistics_sent_again_reuse_their_item_vectors_and_changed_ones_do_not(redis_client):
+    model = build(LoadedVersion(1, tiers_of(seed=3), {"version": 1}))
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX)
+    ids = [f"w{n}" for n in range(20)]
+    stats = [{"exp_1h": float(n), "ctr_1d": 0.1} for n in range(20)]
+    computed, asked = model.light.item_vectors, []
+    model.light.item_vectors = lambda items: asked.append(len(items)) or computed(items)
+
+    def vectors(stats: list[dict], ids: list[str] = ids) -> tuple[np.ndarray, np.ndarray]:
+        """The served vectors of a request with these inline statistics, and the vectors computed afresh."""
+        found = cache.lookup(ids, ["video"] * len(ids), inline_matrix(stats), np.arange(len(ids)))
+        return model.item_vectors(found), computed(found.items)
+
+    first, expected = vectors(stats)
+    np.testing.assert_allclose(first, expected, atol=1e-6)
+    assert asked == [20]
+    again, _ = vectors(stats)  # the same statistics: every vector from the cache
+    assert np.array_equal(again, first) and asked == [20]
+    changed = [{"exp_1h": 500.0, "ctr_1d": 0.1}] * 3 + stats[3:]
+    got, expected = vectors(changed)  # three rows changed: only they are computed again
+    assert asked == [20, 3]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert np.array_equal(got[3:], first[3:]) and not np.allclose(got[:3], first[:3])
+    table = cache.lookup(ids, ["video"] * 20)  # the table's features (none in Redis: the defaults)
+    np.testing.assert_allclose(model.item_vectors(table), computed(table.items), atol=1e-6)
+    assert asked == [20, 3, 20]
+    vectors(changed)  # inline again: the table's vectors were cached in between
+    # a slot another item holds now: the same statistics do not give that item the cached vector
+    slot = cache.slot_of.pop("w5")
+    cache.slot_of["other"], cache.id_of[slot], cache.item_idx[slot] = slot, "other", 12345
+    got, expected = vectors(changed[5:6], ["other"])
+    assert asked == [20, 3, 20, 20, 1]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_the_refresh_reads_the_stale_rows_of_several_requests_in_one_round_trip(redis_client, monkeypatch):
+    import router.features
+
+    monkeypatch.setattr(router.features, "REFRESH_GATHER_S", 0.5, raising=False)
+    now_ms = int(time.time() * 1000)
+    ItemStats(redis_client, prefix=REDIS_PREFIX).record([(f"g{n}", "exp", now_ms - 5 * MIN) for n in range(30)])
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX, ttl_s=0.05)
+    parts = [[f"g{n}" for n in range(start, start + 10)] for start in (0, 10, 20)]
+    for part in parts:
+        cache.lookup(part, ["video"] * 10)  # never seen: read at once
+    time.sleep(0.1)
+    reads = []
+    read = cache.reader.read
+    monkeypatch.setattr(cache.reader, "read", lambda ids, *a, **kw: reads.append(list(ids)) or read(ids, *a, **kw))
+    for part in parts:  # three requests, each finding its ten rows stale
+        cache.lookup(part, ["video"] * 10)
+    deadline = time.monotonic() + 10
+    while cache.pending.any() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        cache.lookup(["g0"], ["video"])  # applies the finished reads
+    cache.stop()
+    assert len(reads) == 1 and sorted(reads[0]) == sorted(sum(parts, []))
+    assert not cache.pending.any()
 
 
 def test_rows_read_together_go_stale_spread_over_the_second_half_of_the_ttl(redis_client, monkeypatch):
