@@ -189,7 +189,8 @@ class StreamFeatures:
         pairs: list[list[dict[str, float]]] = []
         if self.redis.ready:
             try:
-                pairs = [self.user_items.read(user, ids, at_ms, history) for ids, at_ms, user, history in requests]
+                pairs = self.user_items.read_many([(user, ids, at_ms, history)
+                                                   for ids, at_ms, user, history in requests])
             except (redis.RedisError, OSError) as exc:
                 self._failed(exc)
                 pairs = []

@@ -36,3 +36,17 @@ def test_an_earlier_event_written_after_a_later_one_sets_the_first_time(redis_cl
     store.record([("u1", "n1", SHOWN, 1_000)])
     assert store.read("u1", ["n1"], 5_000, ())[0]["user_seen"] == 1.0
     assert redis_client.zscore(user_items_key("u1", REDIS_PREFIX), f"{SHOWN}:n1") == 1_000
+
+
+def test_many_requests_are_read_in_one_round_trip_each_as_alone(redis_client, monkeypatch):
+    store = UserItems(redis_client, REDIS_PREFIX)
+    store.record([("u1", "n1", SHOWN, 1_000), ("u2", "n2", CLICKED, 1_000)])
+    requests = [("u1", ["n1", "n2"], 2_000, ()), ("u3", [], 2_000, ()), ("u2", ["n2"], 2_000, ["n2"])]
+    alone = [store.read(*request) for request in requests]
+
+    def one_each(*args, **kwargs):
+        raise AssertionError("one ZMSCORE round trip per request")
+
+    monkeypatch.setattr(redis_client, "zmscore", one_each)  # the pipeline's own commands stay
+    assert store.read_many(requests) == alone
+    assert alone[0][0]["user_seen"] == 1.0 and alone[1] == [] and alone[2][0]["user_clicked"] == 1.0
