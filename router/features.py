@@ -398,17 +398,6 @@ def inline_matrix(stats: Sequence[dict[str, float]]) -> np.ndarray:
 _COLUMN = {name: j for j, name in enumerate(FEATURES)}
 
 
-def inline_dense(names: list[str], values: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Dense rows of inline statistics given flat: every (name, value) of every row in order, and
-    how many each row has; one scatter into the raw matrix (names outside the features are ignored)."""
-    raw = np.full((len(counts), DENSE_DIM), np.nan)
-    cols = np.fromiter(map(_COLUMN.get, names, repeat(-1)), np.int64, len(names))
-    rows = np.repeat(np.arange(len(counts)), counts)
-    known = cols >= 0
-    raw[rows[known], cols[known]] = values[known]
-    return dense_stats_matrix(raw)
-
-
 def _raw_of(stats: Sequence[dict[str, float]]) -> np.ndarray:
     """``(N, DENSE_DIM)`` float64 of feature dicts in ``FEATURES`` order, NaN where absent: one C-level
     pass per feature some dict names (not per feature there is: a client sends a few)."""

@@ -31,7 +31,7 @@ from feature_store.policies import DAMR_BUDGET, budget_count, score_policy
 from feature_store.registry import POLICIES
 from feature_store.user_items import user_item_values
 from router import metrics
-from router.features import FeatureCache, inline_dense
+from router.features import FeatureCache, inline_matrix
 from router.holder import ServingModel
 from router.limits import ID_CHARS, MAX_HISTORY, MAX_STATS, MAX_VALUE, NAME_CHARS
 
@@ -151,8 +151,7 @@ def _candidates_fast(cands: list[Any], strict: bool = True) -> tuple[list[str], 
         return None
     if strict and not (np.abs(array) <= MAX_VALUE).all():  # one array operation; also false for inf and NaN
         return None
-    counts = np.fromiter(map(len, present), np.int64, len(present))
-    return ids, ctypes, rows, inline_dense(names, array, counts)
+    return ids, ctypes, rows, inline_matrix(present)
 
 
 def _candidates_slow(cands: list[Any]) -> None:

@@ -41,9 +41,9 @@ ROCKSDB_OPTIONS: Mapping[str, int] = {"write_buffer_size": 8 << 20, "max_write_b
                                       "target_file_size_base": 32 << 20}
 #: the RocksDB memory of a worker process, all its databases together: one block cache, which the memtables
 #: (at most :data:`ROCKSDB_WRITE_BUFFERS` of it; past that RocksDB flushes the largest) and the SST files'
-#: index and filter blocks are charged to. At 1,000 events/s the memtables held 40-58 MB of a 64 MiB cap
-#: and the cache filled 128 MiB only after 6-10 minutes (``bench/soak.py``): half that is full within the
-#: first minutes, so the worker's RSS is flat from there
+#: index and filter blocks are charged to. At 1,000 events/s (``bench/soak.py``) a 128 MiB cache held 108-118 MB
+#: after 6 minutes and was still filling, its memtables 40-58 MB of a 64 MiB cap; this half of it is full by
+#: minute 2 (44-68 MB from then on, memtables included)
 ROCKSDB_MEMORY = 64 << 20
 ROCKSDB_WRITE_BUFFERS = 32 << 20
 
