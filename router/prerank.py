@@ -34,6 +34,7 @@ from router import metrics
 from router.features import FeatureCache, inline_matrix
 from router.holder import ServingModel
 from router.limits import ID_CHARS, MAX_HISTORY, MAX_STATS, MAX_VALUE, NAME_CHARS
+from router.timing import RequestTiming
 
 
 class BadRequest(ValueError):
@@ -235,8 +236,10 @@ def mark_user_items(dense: np.ndarray, ids: list[str], history: Sequence[str], s
         dense[cells] = np.maximum(dense[cells], [[v[name] for name in USER_ITEM_FEATURES] for v in values])
 
 
-def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> dict[str, Any]:
-    """Rank the candidates with ``model`` only (one consistent version)."""
+def score(model: ServingModel, features: FeatureCache, req: PrerankRequest,
+          timing: RequestTiming | None = None) -> dict[str, Any]:
+    """Rank the candidates with ``model`` only (one consistent version); ``timing``: marked at the end
+    of the ``features``, ``tiers`` and ``rank`` stages."""
     ids = req.item_ids or [c["item_id"] for c in req.candidates]
     ctypes = req.content_types or [c.get("content_type", "unknown") for c in req.candidates]
     found = features.lookup(ids, ctypes, req.inline_dense, req.inline_rows)
@@ -246,11 +249,15 @@ def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> d
     user = featurize_user(req.user_id, user_features)
     mark_user_items(items.dense, ids, user_features.get("history") or (), stored, time.time() * 1000,
                     functools.partial(features.rows_of, found))
+    if timing is not None:
+        timing.mark("features")
     scores, routed = score_policy(
         req.policy, req.k, req.expressive_budget(len(ids)),
         light=lambda: model.light.score(model.light.user_vector(user), model.item_vectors(found), items.dense),
         expressive=lambda rows: model.expressive.score(user, items if rows is None else items.take(rows)),
     )
+    if timing is not None:
+        timing.mark("tiers")
     if not np.isfinite(scores).all():  # never a null score: a non-finite one ranks last, counted
         metrics.ERRORS.labels("nonfinite_score").inc()
         scores = np.where(np.isfinite(scores), scores, np.finfo(np.float64).min)
@@ -260,9 +267,12 @@ def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> d
     expressive = np.zeros(len(ids), bool)
     expressive[routed] = True
     tiers = np.where(expressive[top], "expressive", "light").tolist()
-    return {
+    answer = {
         "request_id": req.request_id, "version": model.version, "policy": req.policy,
         "expressive_evals": int(len(routed)),
         "items": [{"item_id": ids[i], "score": s, "tier": t}
                   for i, s, t in zip(top, scores[top].tolist(), tiers, strict=True)],
     }
+    if timing is not None:
+        timing.mark("rank")
+    return answer
