@@ -18,6 +18,7 @@ from feature_store.user_items import CLICKED, SHOWN, UserItems
 from router.features import ROW_BYTES, FeatureCache, inline_matrix
 from router.holder import build
 from router.prerank import mark_user_items
+from router.stats_reader import _WIDTH as WIDTH
 from router.stats_reader import ABSENT, MALFORMED, OK, StatsReader
 
 from .conftest import tiers_of
@@ -55,6 +56,21 @@ def test_array_read_equals_window_stats_in_both_read_paths(redis_client):
         raw, state = reader.read(ids, now_ms)
         np.testing.assert_array_equal(dense_stats_matrix_of(raw), expected)
         assert state.tolist() == [OK] * 31 + [ABSENT]
+
+
+def test_the_scripts_reply_is_the_rows_as_doubles_read_without_parsing_text(redis_client):
+    """Issue 34: a text reply cost the refresh thread a Python object and a parse per number (a quarter
+    of its CPU, holding the GIL); the rows come as little-endian doubles, the counts exact past 2**31."""
+    now_ms = 1_000 * 3_600_000 + 123_456
+    ids = fill(redis_client, now_ms)
+    ItemStats(redis_client, prefix=REDIS_PREFIX).record([("big", "exp", now_ms - MIN)] * 3)
+    redis_client.hincrby(ItemStats(redis_client, prefix=REDIS_PREFIX).key("big"), f"m:exp:{now_ms // MIN - 1}",
+                         2**40)
+    reader = StatsReader(redis_client, prefix=REDIS_PREFIX)
+    reply = reader.script(keys=[reader.stats.key(i) for i in [*ids, "big"]], args=[now_ms, *reader.window_args])
+    assert isinstance(reply, bytes) and len(reply) == (len(ids) + 1) * 8 * WIDTH
+    raw, state = reader.read([*ids, "big"], now_ms)
+    assert state[-1] == OK and raw[-1, FEATURES.index("exp_10m")] == 2**40 + 3
 
 
 def test_malformed_statistics_hash_is_a_counted_default_in_both_read_paths(redis_client):
