@@ -3,6 +3,7 @@ refreshes happen in the background (stale rows keep serving), Redis outages and 
 give counted defaults, the table stays within its byte bound, and cached item vectors follow the
 features they were computed from."""
 
+import functools
 import time
 
 import numpy as np
@@ -351,3 +352,25 @@ def test_the_router_serves_the_user_by_item_features_the_streams_assemble(redis_
         assert dense[:, FEATURES.index(name)].tolist() == [row[name] for row in streams], name
     assert dense[:, FEATURES.index("user_seen")].tolist() == [1, 1, 0, 0, 0]
     assert dense[:, FEATURES.index("user_clicked")].tolist() == [1, 0, 0, 0, 0]
+
+
+def test_the_users_items_among_the_candidates_are_found_from_the_table_as_from_the_candidates(redis_client):
+    """``rows_among`` (a probe per item of the user's) marks what the per-candidate probe marks: items of
+    the user that are candidates, in the table but not in this request (a row of an earlier, larger
+    request left in the scratch), or never seen."""
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX)
+    rng = np.random.default_rng(5)
+    universe = [f"i{n}" for n in range(3000)]
+    cache.lookup(universe[:2500], ["video"] * 2500)  # an earlier request: every slot's scratch row set
+    for trial in range(20):
+        ids = [universe[i] for i in rng.choice(3000, int(rng.integers(1, 400)), replace=False)]
+        found = cache.lookup(ids, ["video"] * len(ids))
+        mine = [universe[i] for i in rng.choice(3000, 300, replace=False)] + ["never-seen"]
+        stored = {"shown": dict.fromkeys(mine[:200], 5.0), "clicked": dict.fromkeys(mine[150:250], 6.0)}
+        history = mine[250:]
+        by_table, by_candidates = (np.zeros((len(ids), len(FEATURES)), np.float32) for _ in range(2))
+        mark_user_items(by_table, ids, history, stored, 10.0, functools.partial(cache.rows_among, found))
+        mark_user_items(by_candidates, ids, history, stored, 10.0)
+        np.testing.assert_array_equal(by_table, by_candidates, err_msg=f"trial {trial}")
+        met, rows = cache.rows_among(found, mine)
+        assert sorted(met) == sorted(set(mine) & set(ids)) and [ids[r] for r in rows] == met
