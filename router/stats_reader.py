@@ -4,9 +4,10 @@
 time, for many items in one round trip: a Lua script sums each item's buckets into the windows'
 counts (the rule of :func:`feature_store.item_stats.window_stats`: the buckets closed before
 ``at_ms``) and returns them as one string of little-endian doubles (Lua's ``struct.pack``), so
-the router reads one reply as an array without parsing a number (issue 34: parsing the same reply
-as text, a number at a time, was a quarter of the background refresh's CPU, all of it holding
-the GIL a request waited for); it also gives the item's age (from the hash's ``first`` field) and the minutes since its
+the router reads one reply as an array without parsing a number (issue 34: the same reply as
+text, split and parsed a number at a time, cost a 256-row read 0.85 ms of the router's CPU
+instead of 0.51, holding the GIL a request waits for, and Redis 6.3 ms instead of 3.9 to
+format); it also gives the item's age (from the hash's ``first`` field) and the minutes since its
 last exposure (the latest closed minute bucket with an exposure), as ``window_stats`` does. Each
 item gets a state: ``ABSENT`` (no statistics at all), ``OK``, or ``MALFORMED`` (a
 field or value the layout does not allow; the item gets the defaults and is counted, it never

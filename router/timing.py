@@ -37,6 +37,7 @@ class GcClock:
         self.seconds = 0.0
         self.collections = 0
         self._started = 0.0
+        self._users = 0  # apps running with it (several in one process in tests)
 
     def __call__(self, phase: str, _info: dict) -> None:
         if phase == "start":
@@ -46,11 +47,15 @@ class GcClock:
             self.collections += 1
 
     def install(self) -> None:
+        """Start timing collections (once per app that runs; the first installs the callback)."""
+        self._users += 1
         if self not in gc.callbacks:
             gc.callbacks.append(self)
 
     def uninstall(self) -> None:
-        if self in gc.callbacks:
+        """Stop, once every app that installed it has (the last removes the callback)."""
+        self._users = max(0, self._users - 1)
+        if not self._users and self in gc.callbacks:
             gc.callbacks.remove(self)
 
 

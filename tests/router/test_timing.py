@@ -61,3 +61,12 @@ def test_the_span_tells_a_background_threads_cpu_and_a_collection_from_its_own()
     assert collected["gc"] > 0
     assert spun["others"] >= 25 and spun["cpu"] < 10
     assert GC not in gc.callbacks
+
+
+def test_the_collector_clock_stays_while_any_app_runs():
+    GC.install()
+    GC.install()  # two apps in one process
+    GC.uninstall()
+    assert GC in gc.callbacks
+    GC.uninstall()
+    assert GC not in gc.callbacks
