@@ -3,11 +3,13 @@
 A :class:`RequestTiming` starts once the body is read and is marked at the end of each stage
 (``decode``, ``features``, ``tiers``, ``rank``, ``encode``). Each stage's seconds go to
 ``hap_router_stage_seconds{stage}``; with ``hap router --server-timing`` the answer also names
-them in a ``Server-Timing`` header (W3C Server Timing, milliseconds), with, over the same span,
-``cpu`` (the request thread's CPU), ``others`` (the CPU of the process's other threads: the
-feature refresh, the version swap) and ``gc`` (the cycle collector's time, :data:`GC`): a slow
-request whose ``cpu`` is low waited for the GIL or for a core, and ``others`` says whether a
-background thread held the GIL meanwhile. The clocks cost about 4 us per request.
+them in a ``Server-Timing`` header (W3C Server Timing, milliseconds): each stage's wall time, then
+its CPU (``decode-cpu``, ...), and over the request's span ``cpu`` (the request thread's CPU),
+``others`` (the CPU of the process's other threads: the feature refresh, the version swap) and
+``gc`` (the cycle collector's time, :data:`GC`): a slow request whose ``cpu`` is low waited for
+the GIL or for a core, and ``others`` says whether a background thread held the GIL meanwhile.
+Timing a request costs 15-30 us (most of it the five histogram observations), under 1% of a
+2,000-candidate request.
 
 >>> timing = RequestTiming()
 >>> for stage in STAGES:
