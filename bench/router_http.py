@@ -23,8 +23,14 @@ Ends with one JSON line: {"http": [{"router", "candidates", "concurrency", "bodi
 "repetitions",
 "p50_ms_median", "p99_ms_median", "p99_ms_worst", "p99_over_p50_worst", "load1_max", "others_cores_max",
 "in_process_p50_ms", "in_process_p99_ms"}], "in_process": [...], "ratios": [{"other", ...,
-"rps_other_over_this", "p99_other_over_this"}], "machine": {...}}. ``--workers 1,2`` adds `hap router
---workers 2` ("this-w2") to the routers measured side by side.
+"rps_other_over_this", "p99_other_over_this"}], "traces": [...], "machine": {...}}. ``--workers 1,2`` adds
+`hap router --workers 2` ("this-w2") to the routers measured side by side.
+
+``--trace`` starts this tree's routers with ``--server-timing`` and, after each case's wrk runs, sends
+the case's bodies one at a time for ``--duration`` s: "traces" gives per case the mean of each stage
+(router.timing), of the request thread's CPU, the other threads' CPU ("others": the feature refresh),
+the collector's time and "outside" (the client's latency beyond the router's span) over the slowest 1%
+of requests and over the middle ones, to tell where a tail comes from.
 """
 
 from __future__ import annotations
@@ -226,12 +232,52 @@ class Load:
         return {"load1": round(self.load1, 2), "cores": {k: round(v, 2) for k, v in cores.items()}}
 
 
+def trace_requests(port: int, files: list[Path], seconds: float) -> dict:
+    """Send the case's bodies one at a time for ``seconds`` to a router started with ``--server-timing``;
+    per request, the client's latency, the router's stages and CPU (router.timing) and "outside": the
+    client's latency beyond the router's span (HTTP, the event loop, the client). Returns the mean of each
+    field over the slowest 1% of requests and over the middle ones (45th to 55th percentile), and the share
+    of the slowest 1% during which a collection ran or other threads took more than 0.5 ms of CPU."""
+    import http.client
+
+    from router.timing import parse_server_timing
+
+    bodies = [f.read_bytes() for f in files]
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    samples = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        t0 = time.perf_counter()
+        conn.request("POST", "/v1/prerank", body=bodies[len(samples) % len(bodies)],
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        client_ms = (time.perf_counter() - t0) * 1000
+        stages = parse_server_timing(resp.getheader("Server-Timing") or "")
+        samples.append({"client": client_ms, **stages, "outside": client_ms - stages.get("total", 0.0)})
+    conn.close()
+    samples.sort(key=lambda x: x["client"])
+    n = len(samples)
+    slow, middle = samples[n - max(1, n // 100):], samples[int(n * 0.45):max(int(n * 0.55), int(n * 0.45) + 1)]
+
+    def mean(group: list[dict]) -> dict:
+        return {k: round(float(np.mean([x.get(k, 0.0) for x in group])), 3) for k in samples[0]}
+
+    return {"requests": n, "p50_ms": round(samples[n // 2]["client"], 3),
+            "p99_ms": round(samples[min(n - 1, int(n * 0.99))]["client"], 3), "slowest_1pct": mean(slow),
+            "middle": mean(middle), "slowest_with_gc": round(sum(x.get("gc", 0) > 0 for x in slow) / len(slow), 2),
+            "slowest_with_others_over_0_5ms": round(sum(x.get("others", 0) > 0.5 for x in slow) / len(slow), 2)}
+
+
 def measure_http(routers: Routers, env: dict, wrk: str, script: Path, cases: dict, redis_pid: int,  # noqa: ANN001
-                 args) -> list[dict]:  # noqa: ANN001
+                 args, traces: list[dict]) -> list[dict]:  # noqa: ANN001
     """Every router started at once; each case run ``args.repeat`` times on each in turn, so a noisy
-    minute hits all of them."""
+    minute hits all of them. With ``args.trace``, each case is then traced on this tree's routers
+    (:func:`trace_requests`) into ``traces``."""
     ports = {name: free_port() for name in routers}
-    procs = {name: start_router(tree, env, ports[name], extra) for name, (tree, extra) in routers.items()}
+    traced = ("--server-timing",) if args.trace else ()
+    procs = {name: start_router(tree, env, ports[name], extra + (traced if tree == ROOT else ()))
+             for name, (tree, extra) in routers.items()}
     time.sleep(3)  # every worker of a multi-worker router up, not only the first to answer
     spies = {}
     if args.py_spy:
@@ -262,6 +308,13 @@ def measure_http(routers: Routers, env: dict, wrk: str, script: Path, cases: dic
                         row["router_cpu_ms_per_request"] = round(cpu, 2)
                         rows.append(row)
                         print(json.dumps(row), file=sys.stderr)
+            if args.trace:
+                for name in (name for name in routers if routers[name][0] == ROOT):
+                    load = Load(procs[name].pid, redis_pid)
+                    trace = {"router": name, "candidates": n, "bodies": kind} | trace_requests(ports[name], files,
+                                                                                             args.duration)
+                    traces.append(trace | load.since())
+                    print(json.dumps({"trace": traces[-1]}), file=sys.stderr)
     finally:
         for name, spy in spies.items():
             spy.send_signal(2)
@@ -338,6 +391,9 @@ def main() -> None:
     parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1],
                         help="also measure `hap router --workers N` for each N > 1 here (e.g. 1,2)")
     parser.add_argument("--py-spy", type=Path, help="profile each router with py-spy into this path (.NAME.txt)")
+    parser.add_argument("--trace", action="store_true",
+                        help="after each case's wrk runs, send its bodies one at a time for --duration s to this "
+                             "tree's router and report the stages of the slowest 1%% against the middle ones")
     args = parser.parse_args()
     wrk = ensure_wrk()
     import torch
@@ -374,7 +430,8 @@ def main() -> None:
             routers = {"this": (ROOT, ())}
             routers |= {f"this-w{w}": (ROOT, ("--workers", str(w))) for w in args.workers if w > 1}
             routers |= {"compare": (args.compare.resolve(), ())} if args.compare else {}
-            http = measure_http(routers, router_env, wrk, script, cases, server.process.pid(), args)
+            traces: list[dict] = []
+            http = measure_http(routers, router_env, wrk, script, cases, server.process.pid(), args, traces)
             in_process = measure_in_process(client, settings.redis_prefix, bodies, args.in_process_reps)
         finally:
             server.process.stop()
@@ -385,8 +442,14 @@ def main() -> None:
             "rps_other_over_this": round(row["rps"] / max(mine["rps"], 1e-9), 2),
             "p99_other_over_this": round(row["p99_ms"] / max(mine["p99_ms"], 1e-9), 3)})
     machine = {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "version": version}
+    for t in traces:
+        print(f"trace {t['router']} {t['candidates']} {t['bodies']}: {t['requests']} requests, p50 {t['p50_ms']} "
+              f"p99 {t['p99_ms']} ms; slowest 1% with gc {t['slowest_with_gc']}, with others > 0.5 ms "
+              f"{t['slowest_with_others_over_0_5ms']}", file=sys.stderr)
+        for group in ("slowest_1pct", "middle"):
+            print(f"  {group:13} " + " ".join(f"{k} {v:.2f}" for k, v in t[group].items()), file=sys.stderr)
     print(json.dumps({"http": http, "summary": summarize(http, in_process), "in_process": in_process,
-                      "ratios": ratios, "machine": machine}))
+                      "ratios": ratios, "traces": traces, "machine": machine}))
 
 
 if __name__ == "__main__":

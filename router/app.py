@@ -33,6 +33,7 @@ from router.features import FeatureCache
 from router.holder import ModelHolder, ServingModel
 from router.prerank import BadRequest, TooManyCandidates, score
 from router.request import decode_request
+from router.timing import GC, RequestTiming
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 HOLDER: web.AppKey[ModelHolder] = web.AppKey("holder", ModelHolder)
@@ -41,6 +42,8 @@ LIMITS: web.AppKey[dict] = web.AppKey("limits", dict)
 DRAIN: web.AppKey[Drain] = web.AppKey("drain", Drain)
 #: the response header naming the model version served
 VERSION_HEADER = "X-Model-Version"
+#: the response header of a request's stage timings (``server_timing=True``: router.timing)
+SERVER_TIMING_HEADER = "Server-Timing"
 log = logging.getLogger("hap.router")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -57,8 +60,8 @@ async def prerank(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         metrics.ERRORS.labels("too_large").inc()
         return _json({"error": f"body exceeds {limits['max_bytes']} bytes"}, 413)
-    started = time.perf_counter()  # service time starts once the body is in
-    metrics.READ_SECONDS.observe(started - entered)
+    timing = RequestTiming()  # service time starts once the body is in
+    metrics.READ_SECONDS.observe(timing.started - entered)
     try:
         req = decode_request(raw, max_candidates=limits["max_candidates"], policy=limits["policy"],
                              budget=limits["budget"])
@@ -72,10 +75,14 @@ async def prerank(request: web.Request) -> web.Response:
     model = request.app[HOLDER].current
     if model is None:  # counted by count_server_errors, as every 5xx
         return _json({"error": "no model version loaded yet"}, 503)
-    result = score(model, request.app[FEATURES], req)
+    timing.mark("decode")
+    result = score(model, request.app[FEATURES], req, timing)
     response = _json(result)
+    timing.mark("encode")
     response.headers[VERSION_HEADER] = str(model.version)  # the version that scored it, even across a swap
-    metrics.REQUEST_SECONDS.labels(req.policy).observe(time.perf_counter() - started)
+    if limits["server_timing"]:
+        response.headers[SERVER_TIMING_HEADER] = timing.header()
+    metrics.REQUEST_SECONDS.labels(req.policy).observe(time.perf_counter() - timing.started)
     metrics.CANDIDATES.observe(len(req.candidates))
     metrics.EXPRESSIVE_FRACTION.observe(result["expressive_evals"] / len(req.candidates))
     return response
@@ -205,18 +212,21 @@ async def watch_loop_lag(interval_s: float = 0.05) -> None:
 def make_app(client: redis.Redis, *, prefix: str, policy: str = "damr", budget: float = DAMR_BUDGET,
              max_candidates: int = 5000, max_bytes: int = 4 << 20, poll_s: float = 2.0,
              holder: ModelHolder | None = None, features: FeatureCache | None = None,
-             drain: Drain | None = None) -> web.Application:
+             drain: Drain | None = None, server_timing: bool = False) -> web.Application:
     """Build the service over the Redis keys under ``prefix``; the holder's and the feature cache's
     threads start and stop with the app.
     Each new version computes the item vectors of the rows the feature cache holds before it serves.
-    ``drain``: the state :func:`router.drain.serve` sets on SIGTERM (readiness answers 503 then)."""
+    ``drain``: the state :func:`router.drain.serve` sets on SIGTERM (readiness answers 503 then).
+    ``server_timing``: each pre-ranking answer names its stages' and CPU's milliseconds in a
+    ``Server-Timing`` header (:mod:`router.timing`)."""
     app = web.Application(client_max_size=max_bytes, middlewares=[count_responses, track_in_flight,
                                                                            count_server_errors])
     app[DRAIN] = drain or Drain()
     app[HOLDER] = holder or ModelHolder(client, prefix=prefix, poll_s=poll_s)
     app[FEATURES] = features or FeatureCache(client, prefix=prefix)
     app[HOLDER].prepare = lambda model: model.warm(app[FEATURES])
-    app[LIMITS] = {"policy": policy, "budget": budget, "max_candidates": max_candidates, "max_bytes": max_bytes}
+    app[LIMITS] = {"policy": policy, "budget": budget, "max_candidates": max_candidates, "max_bytes": max_bytes,
+                   "server_timing": server_timing}
     app.router.add_post("/v1/prerank", prerank)
     app.router.add_get("/v1/model", model_info)
     app.router.add_get("/healthz", healthz)
@@ -227,9 +237,11 @@ def make_app(client: redis.Redis, *, prefix: str, policy: str = "damr", budget: 
     async def lifecycle(app: web.Application):  # noqa: ANN202
         app[HOLDER].start()
         app[FEATURES].start()
+        GC.install()
         watcher = asyncio.create_task(watch_loop_lag())
         yield
         watcher.cancel()
+        GC.uninstall()
         app[HOLDER].stop()
         app[FEATURES].stop()
 

@@ -12,6 +12,10 @@ READ_SECONDS = Histogram("hap_router_body_read_seconds", "From the handler's sta
 LOOP_LAG = Histogram("hap_router_event_loop_lag_seconds",
                      "How late the event loop runs a 50 ms timer: what a request arriving now would queue",
                      buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+#: each stage of a pre-ranking request (router.timing.STAGES): decode, features, tiers, rank, encode
+STAGE_SECONDS = Histogram("hap_router_stage_seconds", "Seconds of each stage of a pre-ranking request", ["stage"],
+                          buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025,
+                                   0.05, 0.1, 0.5))
 FEATURE_EVICTIONS = Counter("hap_router_feature_evictions", "Item rows evicted from the feature table (full)")
 CANDIDATES = Histogram("hap_router_candidates", "Candidates per request",
                        buckets=(10, 100, 250, 500, 1000, 2000, 3000, 5000))

@@ -34,6 +34,7 @@ from router import metrics
 from router.features import FeatureCache, inline_matrix
 from router.holder import ServingModel
 from router.limits import ID_CHARS, MAX_HISTORY, MAX_STATS, MAX_VALUE, NAME_CHARS
+from router.timing import RequestTiming
 
 
 class BadRequest(ValueError):
@@ -205,12 +206,14 @@ _USER_ITEM = [FEATURES.index(name) for name in USER_ITEM_FEATURES]
 
 
 def mark_user_items(dense: np.ndarray, ids: list[str], history: Sequence[str], stored: dict[str, Any],
-                    at_ms: float, rows_of: Callable[[list[str]], Sequence[int]] | None = None) -> None:
+                    at_ms: float,
+                    among: Callable[[list[str]], tuple[list[str], Sequence[int]]] | None = None) -> None:
     """Set the ``USER_ITEM_FEATURES`` columns of the candidates: ``in_history`` from the history the
     request is scored with, ``user_seen``/``user_clicked`` from the user's events the streams
     stored (``stored``: :meth:`router.features.FeatureCache.user_features`) strictly before ``at_ms``.
-    ``rows_of`` gives the rows of some of ``ids`` (:meth:`router.features.FeatureCache.rows_of`; by
-    default a dict of every candidate's row, built here).
+    ``among`` gives those of some item ids that are candidates, with their rows
+    (:meth:`router.features.FeatureCache.rows_among`, a probe per item of the user's; by default the
+    user's items probed with every candidate, and a dict of every candidate's row, built here).
 
     >>> dense = np.zeros((3, len(FEATURES)), np.float32)
     >>> mark_user_items(dense, ["a", "b", "c"], ["b"], {"shown": {"a": 5.0, "c": 20.0}, "clicked": {"a": 6.0}}, 10.0)
@@ -220,23 +223,26 @@ def mark_user_items(dense: np.ndarray, ids: list[str], history: Sequence[str], s
     shown, clicked = stored.get("shown", {}), stored.get("clicked", {})
     if not (history or shown or clicked):
         return
-    # only the candidates the user met before, found in C (a set of the user's items probed with every
-    # candidate): a few out of thousands, each given the one as-of rule of feature_store.user_items
+    # only the candidates the user met before (a few out of thousands), each given the one as-of rule of
+    # feature_store.user_items
     seen = set(history)
-    met = list((seen | shown.keys() | clicked.keys()).intersection(ids))
+    mine = seen | shown.keys() | clicked.keys()
+    if among is None:
+        met = list(mine.intersection(ids))
+        row = dict(zip(ids, range(len(ids)), strict=True))
+        rows = [row[i] for i in met]
+    else:
+        met, rows = among(list(mine))
     if met:
         values = [user_item_values(shown.get(i), clicked.get(i), at_ms, i in seen) for i in met]
-        if rows_of is None:
-            row = dict(zip(ids, range(len(ids)), strict=True))
-            rows = [row[i] for i in met]
-        else:
-            rows = rows_of(met)
         cells = np.ix_(rows, _USER_ITEM)
         dense[cells] = np.maximum(dense[cells], [[v[name] for name in USER_ITEM_FEATURES] for v in values])
 
 
-def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> dict[str, Any]:
-    """Rank the candidates with ``model`` only (one consistent version)."""
+def score(model: ServingModel, features: FeatureCache, req: PrerankRequest,
+          timing: RequestTiming | None = None) -> dict[str, Any]:
+    """Rank the candidates with ``model`` only (one consistent version); ``timing``: marked at the end
+    of the ``features``, ``tiers`` and ``rank`` stages."""
     ids = req.item_ids or [c["item_id"] for c in req.candidates]
     ctypes = req.content_types or [c.get("content_type", "unknown") for c in req.candidates]
     found = features.lookup(ids, ctypes, req.inline_dense, req.inline_rows)
@@ -245,12 +251,16 @@ def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> d
     user_features = req.user_features if req.user_features is not None else stored
     user = featurize_user(req.user_id, user_features)
     mark_user_items(items.dense, ids, user_features.get("history") or (), stored, time.time() * 1000,
-                    functools.partial(features.rows_of, found))
+                    functools.partial(features.rows_among, found))
+    if timing is not None:
+        timing.mark("features")
     scores, routed = score_policy(
         req.policy, req.k, req.expressive_budget(len(ids)),
         light=lambda: model.light.score(model.light.user_vector(user), model.item_vectors(found), items.dense),
         expressive=lambda rows: model.expressive.score(user, items if rows is None else items.take(rows)),
     )
+    if timing is not None:
+        timing.mark("tiers")
     if not np.isfinite(scores).all():  # never a null score: a non-finite one ranks last, counted
         metrics.ERRORS.labels("nonfinite_score").inc()
         scores = np.where(np.isfinite(scores), scores, np.finfo(np.float64).min)
@@ -260,9 +270,12 @@ def score(model: ServingModel, features: FeatureCache, req: PrerankRequest) -> d
     expressive = np.zeros(len(ids), bool)
     expressive[routed] = True
     tiers = np.where(expressive[top], "expressive", "light").tolist()
-    return {
+    answer = {
         "request_id": req.request_id, "version": model.version, "policy": req.policy,
         "expressive_evals": int(len(routed)),
         "items": [{"item_id": ids[i], "score": s, "tier": t}
                   for i, s, t in zip(top, scores[top].tolist(), tiers, strict=True)],
     }
+    if timing is not None:
+        timing.mark("rank")
+    return answer

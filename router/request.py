@@ -100,12 +100,11 @@ def _typed(body: Body, *, max_candidates: int, policy: str, budget: float) -> Pr
     uf = body.user_features
     if uf is not None and not _history_ok(uf.get("history", [])):
         return None
-    feats = list(map(_FEATURES, cands))
     rows = dense = None
-    if feats.count(None) < n:  # some candidates carry statistics (their bounds were checked while decoding)
+    if any(map(_FEATURES, cands)):  # some candidates carry statistics (their bounds were checked while decoding)
+        feats = list(map(_FEATURES, cands))
         rows = np.flatnonzero(np.fromiter(map(bool, feats), bool, n))
-        if len(rows):
-            dense = inline_matrix(feats if len(rows) == n else [feats[i] for i in rows.tolist()])
+        dense = inline_matrix(feats if len(rows) == n else [feats[i] for i in rows.tolist()])
     return PrerankRequest(body.request_id, body.user_id, uf, cands, body.k, chosen, float(budget), fraction, count,
                           ids, list(map(_CONTENT_TYPE, cands)), rows if dense is not None else None, dense)
 

@@ -3,8 +3,11 @@
 :class:`StatsReader` reads the windowed counters :mod:`feature_store.item_stats` writes, as of a
 time, for many items in one round trip: a Lua script sums each item's buckets into the windows'
 counts (the rule of :func:`feature_store.item_stats.window_stats`: the buckets closed before
-``at_ms``) and returns them as one string, so the router parses one reply instead of every
-field; it also gives the item's age (from the hash's ``first`` field) and the minutes since its
+``at_ms``) and returns them as one string of little-endian doubles (Lua's ``struct.pack``), so
+the router reads one reply as an array without parsing a number (issue 34: the same reply as
+text, split and parsed a number at a time, cost a 256-row read 0.85 ms of the router's CPU
+instead of 0.51, holding the GIL a request waits for, and Redis 6.3 ms instead of 3.9 to
+format); it also gives the item's age (from the hash's ``first`` field) and the minutes since its
 last exposure (the latest closed minute bucket with an exposure), as ``window_stats`` does. Each
 item gets a state: ``ABSENT`` (no statistics at all), ``OK``, or ``MALFORMED`` (a
 field or value the layout does not allow; the item gets the defaults and is counted, it never
@@ -77,12 +80,11 @@ for i, key in ipairs(KEYS) do
     for j = 1, NCOUNTS do sums[j] = 0 end
     age, since = 0, -1
   end
-  out[#out + 1] = tostring(state)
-  for j = 1, NCOUNTS do out[#out + 1] = string.format('%.17g', sums[j]) end
-  out[#out + 1] = string.format('%.17g', age)
-  out[#out + 1] = tostring(since)
+  sums[NCOUNTS + 1] = age
+  sums[NCOUNTS + 2] = since
+  out[i] = struct.pack(ROW_FORMAT, state, unpack(sums))
 end
-return table.concat(out, ' ')
+return table.concat(out)
 """
 
 
@@ -91,7 +93,8 @@ def _script_source() -> str:
     minute_prefix, minute_ms, _ = WINDOWS["10m"]
     return (_SCRIPT.replace("KINDS_LIST", kinds).replace("NCOUNTS", str(_NCOUNTS)).replace("NKINDS", str(len(KINDS)))
             .replace("MINUTE_PREFIX", minute_prefix).replace("MINUTE_MS", str(minute_ms))
-            .replace("SINCE_MAX", str(SINCE_LAST_MAX_M)).replace("FIRST_FIELD", FIRST_FIELD))
+            .replace("SINCE_MAX", str(SINCE_LAST_MAX_M)).replace("FIRST_FIELD", FIRST_FIELD)
+            .replace("ROW_FORMAT", f"'<{'d' * _WIDTH}'"))
 
 
 class StatsReader:
@@ -124,7 +127,7 @@ class StatsReader:
             except redis.ResponseError:
                 self.scripts_work = False  # a cluster, or scripting disabled: read the hashes instead
             else:
-                table = np.array(reply.split(), np.float64).reshape(len(item_ids), _WIDTH)
+                table = np.frombuffer(reply, "<f8").reshape(len(item_ids), _WIDTH)
                 return table[:, 1:], table[:, 0].astype(np.int8)
         return self._read_hashes(item_ids, at_ms)
 

@@ -45,6 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drain", type=float, default=s.router_drain_s,
                    help="seconds between SIGTERM and closing the port, readiness answering 503 "
                         f"(default: {env_name('router_drain_s')}, %(default)s)")
+    p.add_argument("--server-timing", action="store_true",
+                   help="name each answer's stage and CPU milliseconds in a Server-Timing header")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for the workers
 
 
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     client = s.redis.client(timeout_s=0.5)
     drain = Drain()
     app = make_app(client, prefix=s.redis_prefix, policy=args.policy, budget=args.budget,
-                   max_candidates=args.max_candidates, poll_s=args.poll, drain=drain)
+                   max_candidates=args.max_candidates, poll_s=args.poll, drain=drain,
+                   server_timing=args.server_timing)
     pin_math_threads()
     gc.collect()
     gc.freeze()  # what start-up built is never traversed again; a request's objects die by reference count
@@ -104,7 +107,7 @@ def supervise(args: argparse.Namespace) -> int:
                "--host", args.host or s.router_host, "--port", str(args.port or s.router_port),
                "--policy", args.policy, "--budget", str(args.budget),
                "--max-candidates", str(args.max_candidates), "--poll", str(args.poll), "--workers", "1",
-               "--drain", str(args.drain), "--reuse-port"]
+               "--drain", str(args.drain), "--reuse-port", *(["--server-timing"] if args.server_timing else [])]
     metrics_dir = tempfile.mkdtemp(prefix="hap-router-metrics-")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     stopping = False

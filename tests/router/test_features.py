@@ -3,6 +3,7 @@ refreshes happen in the background (stale rows keep serving), Redis outages and 
 give counted defaults, the table stays within its byte bound, and cached item vectors follow the
 features they were computed from."""
 
+import functools
 import time
 
 import numpy as np
@@ -18,6 +19,7 @@ from feature_store.user_items import CLICKED, SHOWN, UserItems
 from router.features import ROW_BYTES, FeatureCache, inline_matrix
 from router.holder import build
 from router.prerank import mark_user_items
+from router.stats_reader import _WIDTH as WIDTH
 from router.stats_reader import ABSENT, MALFORMED, OK, StatsReader
 
 from .conftest import tiers_of
@@ -55,6 +57,21 @@ def test_array_read_equals_window_stats_in_both_read_paths(redis_client):
         raw, state = reader.read(ids, now_ms)
         np.testing.assert_array_equal(dense_stats_matrix_of(raw), expected)
         assert state.tolist() == [OK] * 31 + [ABSENT]
+
+
+def test_the_scripts_reply_is_the_rows_as_doubles_read_without_parsing_text(redis_client):
+    """Issue 34: a text reply cost the refresh thread a Python object and a parse per number (a quarter
+    of its CPU, holding the GIL); the rows come as little-endian doubles, the counts exact past 2**31."""
+    now_ms = 1_000 * 3_600_000 + 123_456
+    ids = fill(redis_client, now_ms)
+    ItemStats(redis_client, prefix=REDIS_PREFIX).record([("big", "exp", now_ms - MIN)] * 3)
+    redis_client.hincrby(ItemStats(redis_client, prefix=REDIS_PREFIX).key("big"), f"m:exp:{now_ms // MIN - 1}",
+                         2**40)
+    reader = StatsReader(redis_client, prefix=REDIS_PREFIX)
+    reply = reader.script(keys=[reader.stats.key(i) for i in [*ids, "big"]], args=[now_ms, *reader.window_args])
+    assert isinstance(reply, bytes) and len(reply) == (len(ids) + 1) * 8 * WIDTH
+    raw, state = reader.read([*ids, "big"], now_ms)
+    assert state[-1] == OK and raw[-1, FEATURES.index("exp_10m")] == 2**40 + 3
 
 
 def test_malformed_statistics_hash_is_a_counted_default_in_both_read_paths(redis_client):
@@ -335,3 +352,25 @@ def test_the_router_serves_the_user_by_item_features_the_streams_assemble(redis_
         assert dense[:, FEATURES.index(name)].tolist() == [row[name] for row in streams], name
     assert dense[:, FEATURES.index("user_seen")].tolist() == [1, 1, 0, 0, 0]
     assert dense[:, FEATURES.index("user_clicked")].tolist() == [1, 0, 0, 0, 0]
+
+
+def test_the_users_items_among_the_candidates_are_found_from_the_table_as_from_the_candidates(redis_client):
+    """``rows_among`` (a probe per item of the user's) marks what the per-candidate probe marks: items of
+    the user that are candidates, in the table but not in this request (a row of an earlier, larger
+    request left in the scratch), or never seen."""
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX)
+    rng = np.random.default_rng(5)
+    universe = [f"i{n}" for n in range(3000)]
+    cache.lookup(universe[:2500], ["video"] * 2500)  # an earlier request: every slot's scratch row set
+    for trial in range(20):
+        ids = [universe[i] for i in rng.choice(3000, int(rng.integers(1, 400)), replace=False)]
+        found = cache.lookup(ids, ["video"] * len(ids))
+        mine = [universe[i] for i in rng.choice(3000, 300, replace=False)] + ["never-seen"]
+        stored = {"shown": dict.fromkeys(mine[:200], 5.0), "clicked": dict.fromkeys(mine[150:250], 6.0)}
+        history = mine[250:]
+        by_table, by_candidates = (np.zeros((len(ids), len(FEATURES)), np.float32) for _ in range(2))
+        mark_user_items(by_table, ids, history, stored, 10.0, functools.partial(cache.rows_among, found))
+        mark_user_items(by_candidates, ids, history, stored, 10.0)
+        np.testing.assert_array_equal(by_table, by_candidates, err_msg=f"trial {trial}")
+        met, rows = cache.rows_among(found, mine)
+        assert sorted(met) == sorted(set(mine) & set(ids)) and [ids[r] for r in rows] == met
