@@ -65,6 +65,7 @@ from streams.kafka.batch_producer import BatchProducer, Record
 from streams.kafka.lag import GroupLag
 from streams.kafka.security import KafkaSecurity
 from streams.kafka.topics import DEFAULT_PARTITIONS, Deleted, record_limits
+from streams.worker import drain
 from streams.worker.tables import FaustTable, check_store, held
 from streams.worker.watchdog import (
     EXIT_REASONS,
@@ -390,6 +391,7 @@ class StreamsWorker:
                  restarts: int = 0, exits: Mapping[str, int] | None = None) -> None:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         decode_guard.install()
+        drain.install()
         self.cfg, self.exit = cfg, exit
         self.app = app = faust.App(
             f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}",
