@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -42,8 +44,9 @@ def main() -> None:
     if args.stepped_drain:
         drain.install()
     s = Settings.load()
+    datadir = tempfile.mkdtemp(prefix="hap-faust-ceiling-")  # Faust's own state: removed at the end
     app = faust.App(f"hap-faust-ceiling-{uuid.uuid4().hex[:8]}", broker=f"kafka://{s.kafka_bootstrap}",
-                    store="memory://", web_enabled=False, consumer_auto_offset_reset="earliest",
+                    store="memory://", web_enabled=False, consumer_auto_offset_reset="earliest", datadir=datadir,
                     consumer_max_fetch_size=FETCH_BYTES)
     raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": args.partitions}
     inputs = app.topic(f"{args.prefix}ranking", f"{args.prefix}exposure", **raw)
@@ -60,6 +63,7 @@ def main() -> None:
                 out = {"faust_events_per_s": round(n / (time.monotonic() - started), 1),
                        "faust_cpu_us_per_event": round(1e6 * (time.process_time() - cpu) / n, 1)}
                 os.write(1, (json.dumps(out) + "\n").encode())  # the worker redirects sys.stdout to its log
+                shutil.rmtree(datadir, ignore_errors=True)
                 os._exit(0)
 
     sys.argv = [sys.argv[0], "worker"]
