@@ -9,7 +9,9 @@
    its CPU time per record next to orjson's parse of them. The ceiling of Faust's stream: a bare
    Faust agent (``bench/faust_ceiling.py``) that takes the same records in the worker's batches
    and does nothing with them (``faust_events_per_s``; ``faust_ratio``, ``faust_ratio_vs_decode``
-   as the worker's; ``worker_vs_faust``: the worker's share of it).
+   as the worker's; ``worker_vs_faust``: the worker's share of it); and the same agent with the
+   worker's hand-over from Faust's consumer to its streams (``streams/worker/drain.py``):
+   ``faust_stepped_events_per_s``, ``worker_vs_faust_stepped``.
 3. Memory: a fresh worker with a join window longer than the run (nothing closes) is fed fresh
    traffic; its RSS growth divided by its pending requests.
 4. Lag: fresh traffic at half the worker's rate: p50/p99 of event-to-sample lag (the worker's
@@ -315,12 +317,15 @@ def profile_parts(raw: Path) -> dict[str, float]:
     return {name: round(100 * n / samples, 1) for name, n in counts.items()}
 
 
-def faust_ceiling(env: dict[str, str], total: int) -> dict[str, float]:
-    """Records/s and CPU per record of a bare Faust agent over the same topics (``bench/faust_ceiling.py``)."""
+def faust_ceiling(env: dict[str, str], total: int, stepped: bool = False) -> dict[str, float]:
+    """Records/s and CPU per record of a bare Faust agent over the same topics (``bench/faust_ceiling.py``);
+    ``stepped``: with the worker's hand-over from Faust's consumer to its streams, named ``faust_stepped_*``."""
     out = subprocess.run([sys.executable, str(Path(__file__).with_name("faust_ceiling.py")), "--prefix",
-                          Settings.load(env).topic_prefix, "--records", str(total), "--partitions", str(PARTITIONS)],
+                          Settings.load(env).topic_prefix, "--records", str(total), "--partitions", str(PARTITIONS),
+                          *(["--stepped-drain"] if stepped else [])],
                          env={**os.environ, **env}, capture_output=True, text=True, timeout=600, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    return {k.replace("faust_", "faust_stepped_"): v for k, v in found.items()} if stepped else found
 
 
 def rss_per_pending(env: dict[str, str], requests: int, tmp: Path) -> dict[str, float]:
@@ -398,6 +403,7 @@ def main() -> None:
         decoded, decode_cpu = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=True, keep=kept))
         in_process = join_in_process(kept, prefix)
         ceiling = faust_ceiling(env, total)
+        stepped = faust_ceiling(env, total, stepped=True)
         memory: dict[str, float] = {}
         lags: dict[str, float | None] = {"lag_p99_s": None, "lag_rate_events_per_s": 0.0, "lag_sim_max_late_ms": 0.0}
         if not args.throughput_only:
@@ -440,6 +446,7 @@ def main() -> None:
         **ceiling, "faust_ratio": round(ceiling["faust_events_per_s"] / raw, 3),
         "faust_ratio_vs_decode": round(ceiling["faust_events_per_s"] / decoded, 3),
         "worker_vs_faust": round(rates["events_per_s"] / ceiling["faust_events_per_s"], 3),
+        **stepped, "worker_vs_faust_stepped": round(rates["events_per_s"] / stepped["faust_stepped_events_per_s"], 3),
         **in_process, **memory, **lags, **scaling, "join_window_s": window_s,
         "lag_within_bound": lags["lag_p99_s"] is not None and lags["lag_p99_s"] <= window_s + 1.0,
         "lag_sim_on_schedule": lags["lag_sim_max_late_ms"] <= SIM_LATE_MS,

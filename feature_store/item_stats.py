@@ -158,7 +158,7 @@ class ItemStats:
             calls.append(([self.key(item_id), self.applied_key(item_id)], args))
         try:
             applied = self._run_record_once(calls)
-        except redis.exceptions.NoScriptError:  # a Redis Cluster's pipeline does not load scripts itself
+        except redis.exceptions.NoScriptError:  # not loaded yet, or Redis lost its scripts (a restart, a failover)
             self.r.script_load(_RECORD_ONCE_SCRIPT)
             applied = self._run_record_once(calls)  # the records written before are skipped: once each
         if latest is not None and horizon_ms is not None:
@@ -167,9 +167,13 @@ class ItemStats:
         return applied
 
     def _run_record_once(self, calls: list[tuple[list[str], list[Any]]]) -> int:
+        """The script's calls by its SHA alone (``EVALSHA``), in one pipeline: redis-py's pipeline with a
+        registered script asks Redis whether it is loaded (``SCRIPT EXISTS``) on every execute; here a
+        missing script raises ``NoScriptError`` (:meth:`record_once` loads it then and writes again)."""
         pipe = self.r.pipeline(transaction=False)
+        sha = self._record_once.sha
         for keys, args in calls:
-            self._record_once(keys=keys, args=args, client=pipe)
+            pipe.evalsha(sha, len(keys), *keys, *args)
         return sum(pipe.execute())
 
     def _pruned_once(self, keys: set[str], latest: int | None) -> None:

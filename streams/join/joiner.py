@@ -164,7 +164,9 @@ class ChangelogTable(Protocol):
     """Mapping-like join state whose writes name the partition of their changelog record (a
     batch spans partitions; a request's partition is that of its input records)."""
 
-    def get(self, key: str) -> Any: ...
+    def get(self, key: str, partition: int | None = None) -> Any:
+        """The value of ``key``, None if none; ``partition``: the changelog partition its writes name, when
+        known (a request's: its records'), where a store kept by partition reads it alone."""
 
     def items(self) -> Iterable[tuple[str, Any]]: ...
 
@@ -181,6 +183,9 @@ class MemoryTable(dict[str, Any]):
     >>> t.get("r1"), t.delete("r1", 3), t.get("r1")
     ({'revision': 0}, None, None)
     """
+
+    def get(self, key: str, partition: int | None = None) -> Any:  # type: ignore[override]
+        return dict.get(self, key)
 
     def put(self, key: str, value: Any, partition: int) -> None:
         self[key] = value
@@ -381,7 +386,7 @@ class Joiner:
         mark[0], mark[1] = max(mark[0], min(event.ts_ms, wall)), wall
         # a request this batch holds a pending state of is not finalized (finalizing it drops it from the
         # batch): no table read (on RocksDB a miss looks in every partition's database)
-        done = None if rid in self.batch else self.tables.finalized.get(rid)
+        done = None if rid in self.batch else self.tables.finalized.get(rid, partition)
         if event.event_id is not None and self._repeated(rid, done, event.event_id, partition):
             self.duplicates[record.topic].inc()  # a producer's retry: neither counted nor joined again
             return
@@ -394,11 +399,11 @@ class Joiner:
         if done is not None:
             self.late(rid, done, event, record, wall)
             return
-        st = self.batch.get(rid) or self.tables.pending.get(rid) or new_pending()
+        st = self.batch.get(rid) or self.tables.pending.get(rid, partition) or new_pending()
         if isinstance(event, RankingColumns):
             # a duplicate ranking event changes nothing, unless its table entry is what a crash lost: a broker
             # SIGKILLed between the two changelog writes leaves a state that saw the event without the event
-            if not st["ranking"] or self.tables.rankings.get(rid) is None:
+            if not st["ranking"] or self.tables.rankings.get(rid, partition) is None:
                 self.tables.rankings.put(rid, event, partition)
             add_ranking(st, event, wall)
         else:
@@ -420,7 +425,7 @@ class Joiner:
                 return True
             self.tables.finalized.put(rid, done, partition)
             return False
-        st = self.batch.get(rid) or self.tables.pending.get(rid) or new_pending()
+        st = self.batch.get(rid) or self.tables.pending.get(rid, partition) or new_pending()
         if not remember_event(st, event_id):
             return True
         st["partition"] = partition
@@ -468,7 +473,7 @@ class Joiner:
             if watermark is not None and floor is not None:
                 watermark = min(watermark, floor)
             for rid in list(self.open[partition]):
-                st = self.batch.get(rid) or self.tables.pending.get(rid)
+                st = self.batch.get(rid) or self.tables.pending.get(rid, partition)
                 if st is None:
                     self.open[partition].discard(rid)
                     self.adopted.pop(rid, None)
@@ -485,7 +490,7 @@ class Joiner:
                 self._close(rid, partition)
                 continue
             try:
-                ranking = RankingColumns.of(self.tables.rankings.get(rid))
+                ranking = RankingColumns.of(self.tables.rankings.get(rid, partition))
                 chosen.append((rid, st, partition, choose(st, ranking, self.cfg.assembler, self.pool)))
             except Exception as exc:  # never retried for ever: dead-lettered with its state
                 self._failed(rid, st, partition, exc)
@@ -575,7 +580,7 @@ class Joiner:
             positive = is_positive(event, self.cfg.assembler.dwell_threshold_ms)
             # the emitted group is what a correction relabels: a crash can lose it (its changelog write, or
             # the finalized entry's delete) while the finalized entry stays; then the click is dead-lettered
-            emitted = self.tables.emitted.get(rid)
+            emitted = self.tables.emitted.get(rid, record.partition)
             if self.cfg.corrections and positive and event.item_id in done["exposed"] \
                     and event.item_id not in done["positive"] and emitted is not None:
                 done = {**done, "positive": [*done["positive"], event.item_id], "revision": done["revision"] + 1}

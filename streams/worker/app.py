@@ -61,10 +61,11 @@ from streams.join.features import StreamFeatures
 from streams.join.joiner import Features, JoinConfig, Joiner, JoinTables
 from streams.join.pool import CandidatePool
 from streams.kafka import decode_guard
-from streams.kafka.batch_producer import BatchProducer, Record, changelog_record
+from streams.kafka.batch_producer import BatchProducer, Record
 from streams.kafka.lag import GroupLag
 from streams.kafka.security import KafkaSecurity
 from streams.kafka.topics import DEFAULT_PARTITIONS, Deleted, record_limits
+from streams.worker import drain
 from streams.worker.tables import FaustTable, check_store, held
 from streams.worker.watchdog import (
     EXIT_REASONS,
@@ -390,6 +391,7 @@ class StreamsWorker:
                  restarts: int = 0, exits: Mapping[str, int] | None = None) -> None:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         decode_guard.install()
+        drain.install()
         self.cfg, self.exit = cfg, exit
         self.app = app = faust.App(
             f"{cfg.app_id}-{cfg.topic_prefix.rstrip('.')}", broker=f"kafka://{cfg.bootstrap}",
@@ -568,13 +570,12 @@ class StreamsWorker:
             await self.producer.deliver([(self.outputs[kind], None, key, value) for kind, key, value in out])
             out.clear()
             step = "table changes"
-            offsets = await self.producer.deliver([
-                changelog_record(table.table, partition, key, value)
-                for table, changes in writes.items() for key, (partition, value) in changes.items()]) or {}
+            records = {table: table.changelog_records(changes) for table, changes in writes.items()}
+            offsets = await self.producer.deliver([record for rs in records.values() for record in rs]) or {}
             step = "table changes to the local store"
             for table, changes in writes.items():
                 topic = table.changelog_topic()
-                table.store(changes, {p: offset for (t, p), offset in offsets.items() if t == topic})
+                table.store(changes, records[table], {p: offset for (t, p), offset in offsets.items() if t == topic})
             writes.clear()
         except Exception as exc:  # nothing of the batch is acknowledged: a fresh worker replays it
             self.app.log.error("the batch's %s could not be delivered (%r): exiting to be replaced", step, exc)

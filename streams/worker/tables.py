@@ -22,13 +22,14 @@ import functools
 import logging
 import shutil
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from faust.stores import rocksdb
 
 from streams import metrics
+from streams.kafka.batch_producer import Record, changelog_record
 from streams.kafka.security import KafkaSecurity
 
 #: the URL of each store the worker runs on (``StreamsConfig.store``)
@@ -117,9 +118,11 @@ class FaustTable:
     """A Faust table as a :class:`streams.join.joiner.ChangelogTable`.
 
     Reads see the current batch's writes (:data:`held`), then the store; writes are held until
-    :meth:`store` (after the batch's delivery). A RocksDB store is read by key across the
+    :meth:`store` (after the batch's delivery). A RocksDB store is read in the database of the partition
+    the caller names (the join knows each request's: its records'); without one, by key across the
     partitions this worker has open (Faust's own lookup, which otherwise takes the partition of the
-    current event: a batch spans partitions), through its bloom filters."""
+    current event: a batch spans partitions), through their bloom filters: a key that is in none, as
+    most of the join's reads of ``finalized``, was looked for in every one."""
 
     def __init__(self, table: Any) -> None:
         self.table = table
@@ -131,18 +134,23 @@ class FaustTable:
     def _held(self) -> dict[str, tuple[int, Any]] | None:
         return held.get({}).get(self)
 
-    def get(self, key: str) -> Any:
+    def get(self, key: str, partition: int | None = None) -> Any:
         writes = self._held()
         if writes is not None and key in writes:
             return writes[key][1]
-        return self._stored(key)
+        return self._stored(key, partition)
 
-    def _stored(self, key: str) -> Any:
+    def _stored(self, key: str, partition: int | None) -> Any:
         data = self.table.data
         if not self.rocks:
             return data.get(key)
-        found = data._get_bucket_for_key(data._encode_key(key))
-        return None if found is None else data._decode_value(found.value)
+        raw = data._encode_key(key)
+        if partition is None:
+            found = data._get_bucket_for_key(raw)
+            value = None if found is None else found.value
+        else:
+            value = data._db_for_partition(partition).get(raw)
+        return None if value is None else data._decode_value(value)
 
     def items(self) -> Iterator[tuple[str, Any]]:
         writes = self._held() or {}
@@ -162,11 +170,18 @@ class FaustTable:
     def changelog_topic(self) -> str:
         return self.table.changelog_topic.get_topic_name()
 
-    def store(self, writes: Mapping[str, tuple[int, Any]], offsets: Mapping[int, int]) -> None:
-        """Write ``writes`` (key -> (partition, value or None)) to the store, delivered to the changelog,
-        whose offsets reached ``offsets`` (partition -> the last record's; a partition not named keeps
-        its offset: a restart then reads more of the changelog, never less). RocksDB: one atomic
-        write per partition, values and offset together."""
+    def changelog_records(self, writes: Mapping[str, tuple[int, Any]]) -> list[Record]:
+        """The changelog records of ``writes`` (key -> (partition, value or None)), in their order: each
+        key and value encoded once, for the changelog and for :meth:`store`."""
+        return [changelog_record(self.table, partition, key, value) for key, (partition, value) in writes.items()]
+
+    def store(self, writes: Mapping[str, tuple[int, Any]], records: Sequence[Record],
+              offsets: Mapping[int, int]) -> None:
+        """Write ``writes`` (key -> (partition, value or None)) to the store, delivered to the changelog as
+        ``records`` (:meth:`changelog_records`), whose offsets reached ``offsets`` (partition -> the last
+        record's; a partition not named keeps its offset: a restart then reads more of the changelog, never
+        less). RocksDB: one atomic write per partition, values and offset together, of the records' bytes
+        (as Faust's recovery writes a changelog record: the same bytes, encoded once)."""
         data = self.table.data
         if not self.rocks:
             for key, (_, value) in writes.items():
@@ -178,12 +193,11 @@ class FaustTable:
         import rocksdict
 
         batches: dict[int, Any] = defaultdict(lambda: rocksdict.WriteBatch(raw_mode=True))
-        for key, (partition, value) in writes.items():
-            raw = data._encode_key(key)
+        for _, partition, raw, value in records:
             if value is None:
                 batches[partition].delete(raw)
             else:
-                batches[partition].put(raw, data._encode_value(value))
+                batches[partition].put(raw, value)
             data._key_index[raw] = partition
         for partition, offset in offsets.items():
             batches[partition].put(data.offset_key, str(offset).encode())

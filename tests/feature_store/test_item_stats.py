@@ -37,3 +37,23 @@ def test_an_item_shown_for_days_keeps_a_bounded_hash(redis_client):
     assert len(fields) <= bound, len(fields)  # three days: ~1,800
     last_day = range(2 * 24 * 60, 3 * 24 * 60, 7)
     assert stats.read(["n3"], at_ms=3 * 24 * 60 * MIN)[0]["exp_1d"] == len(last_day)
+
+
+def script_commands(client) -> dict[str, int]:
+    """Calls so far of ``SCRIPT EXISTS`` and ``SCRIPT LOAD`` (Redis's command statistics)."""
+    stats = client.info("commandstats")
+    return {name: stats.get(f"cmdstat_script|{name}", {}).get("calls", 0) for name in ("exists", "load")}
+
+
+def test_counts_go_by_the_script_s_sha_which_is_loaded_only_when_redis_lacks_it(redis_client):
+    stats = ItemStats(redis_client, prefix=REDIS_PREFIX)
+    redis_client.script_flush()
+    before = script_commands(redis_client)
+    counts = [("n4", "exp", 5 * MIN, "hap.exposure:0", 1), ("n4", "clk", 5 * MIN, "hap.exposure:0", 2)]
+    assert stats.record_once(counts) == 2  # loaded once: Redis had not got it
+    assert stats.record_once(counts) == 0 and stats.record_once([("n4", "exp", 6 * MIN, "hap.exposure:0", 3)]) == 1
+    redis_client.script_flush()  # Redis lost its scripts (a restart): loaded again, nothing counted twice
+    assert stats.record_once([*counts, ("n4", "exp", 7 * MIN, "hap.exposure:0", 4)]) == 1
+    after = script_commands(redis_client)
+    assert after["exists"] - before["exists"] == 0 and after["load"] - before["load"] == 2
+    assert stats.read(["n4"], at_ms=10 * MIN)[0]["exp_10m"] == 3

@@ -85,15 +85,17 @@ class CountingTable(MemoryTable):
 
 
 class ReadCountingTable(MemoryTable):
-    """A memory table that counts its reads by key."""
+    """A memory table that counts its reads by key, and the partitions they name."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reads: Counter[str] = Counter()
+        self.partitions: Counter[int | None] = Counter()
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: str, partition: int | None = None) -> Any:
         self.reads[key] += 1
-        return super().get(key, default)
+        self.partitions[partition] += 1
+        return super().get(key, partition)
 
 
 class Harness:
@@ -193,6 +195,19 @@ def test_a_batch_looks_a_pending_request_up_among_the_finalized_once():
     h.tick(T0 + 5_000)
     h.run(*[h.record("exposure", encode(click("r1", item)), b"r1") for item in ("c3", "c4")])
     assert finalized.reads["r1"] == 3 and [g.correction for g in h.groups()] == [False, True, True]
+
+
+def test_every_table_read_names_the_request_s_partition():
+    """The join reads a request's entries in the partition of its records (a store kept by partition, as
+    RocksDB, then looks in that partition's database alone): joining, finalizing, and a late click's
+    correction."""
+    tables = JoinTables(ReadCountingTable(), ReadCountingTable(), ReadCountingTable(), ReadCountingTable())
+    h = Harness(tables=tables)
+    h.run(*[dataclasses.replace(r, partition=2) for r in request(h, "r1", shown("r1", "c0", 0), shown("r1", "c1", 1))])
+    h.tick(T0 + 5_000, partition=2)
+    h.run(dataclasses.replace(h.record("exposure", encode(click("r1", "c1")), b"r1"), partition=2))
+    assert [g.correction for g in h.groups()] == [False, True]
+    assert all(set(t.partitions) == {2} for t in (tables.pending, tables.rankings, tables.finalized, tables.emitted))
 
 
 def test_requests_on_several_partitions_close_with_their_partitions_ticks():

@@ -19,7 +19,9 @@ from streams.worker.tables import (
     ROCKSDB_OPTIONS,
     ROCKSDB_WRITE_BUFFERS,
     BoundedRocksDBOptions,
+    FaustTable,
     discard_stale,
+    held,
     persisted_offset,
 )
 
@@ -66,3 +68,57 @@ def test_rocksdb_memory_is_charged_to_one_budget_and_exported(tmp_path):
     db.close()
     assert 0 < memtables <= ROCKSDB_WRITE_BUFFERS and 0 < cache <= ROCKSDB_MEMORY
     assert outside < 32_000
+
+
+class CountingDB:
+    """A partition's RocksDB database that counts the reads made of it."""
+
+    def __init__(self, db) -> None:
+        self.db, self.reads = db, 0
+
+    def get(self, key):
+        self.reads += 1
+        return self.db.get(key)
+
+    def key_may_exist(self, key):
+        self.reads += 1
+        return self.db.key_may_exist(key)
+
+    def write(self, batch) -> None:
+        self.db.write(batch)
+
+
+def rocksdb_table(tmp_path, partitions: int = 4):
+    import faust
+
+    app = faust.App("hap-tables-probe", store="rocksdb://", datadir=str(tmp_path), web_enabled=False)
+    table = FaustTable(app.Table("pending", default=None, partitions=partitions))
+    dbs = {p: CountingDB(table.table.data._db_for_partition(p)) for p in range(partitions)}
+    table.table.data._dbs.update(dbs)
+    return table, dbs
+
+
+def write(table: FaustTable, writes: dict) -> None:
+    table.store(writes, table.changelog_records(writes), {})
+
+
+def test_a_read_naming_its_partition_looks_in_that_partition_s_database_alone(tmp_path):
+    table, dbs = rocksdb_table(tmp_path)
+    write(table, {"r1": (2, {"exposed": {"i1": 0}}), "r2": (1, {"exposed": {}})})
+    held.set({})
+    assert table.get("r1", 2) == {"exposed": {"i1": 0}} and table.get("r9", 2) is None
+    assert table.get("r2", 2) is None  # written to partition 1: not looked for elsewhere
+    assert [db.reads for db in dbs.values()] == [0, 0, 3, 0]
+    assert table.get("r9") is None and all(db.reads for db in dbs.values())  # no partition: every database
+
+
+def test_the_store_holds_the_changelog_record_s_bytes_as_faust_encodes_them(tmp_path):
+    table, dbs = rocksdb_table(tmp_path)
+    value = {"exposed": {"i1": 0}, "positive": ["i1"], "revision": 1}
+    records = table.changelog_records({"r1": (3, value), "r2": (0, None)})
+    data = table.table.data
+    assert records == [(table.changelog_topic(), 3, data._encode_key("r1"), data._encode_value(value)),
+                       (table.changelog_topic(), 0, data._encode_key("r2"), None)]
+    table.store({"r1": (3, value), "r2": (0, None)}, records, {3: 41})
+    assert dbs[3].db.get(data._encode_key("r1")) == data._encode_value(value)
+    assert dbs[3].db.get(rocksdb.Store.offset_key) == b"41"
