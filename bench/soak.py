@@ -309,7 +309,11 @@ def main() -> None:
             start = {"written": offsets(reader, inputs)[0], "t_s": round(time.time() - started, 1)}
             while time.time() - started < duration:
                 time.sleep(args.every)
-                row, previous = sample(parts, urls, previous, offsets(reader, inputs))
+                try:
+                    row, previous = sample(parts, urls, previous, offsets(reader, inputs))
+                except (urllib.error.URLError, ConnectionError) as exc:  # a worker restarting: back soon
+                    print(f"[{time.time() - started:6.0f}s] no sample: {exc}", file=sys.stderr, flush=True)
+                    continue
                 row.update(worker_rows(parts["streams"], tmp))
                 row["redis_used_mb"], row["model_blobs"] = redis_memory(store, s.redis_prefix)
                 row["t_s"] = round(time.time() - started, 1)

@@ -74,13 +74,14 @@ def run_worker(args: argparse.Namespace) -> int:
     from streams.join.assembler import AssemblerConfig
     from streams.kafka.topics import create_missing, pipeline_topics, resume_at_log_start, worker_topics
     from streams.worker.app import JOIN_INPUTS, StreamsConfig, StreamsWorker, count_deleted
-    from streams.worker.heap import return_freed_memory
+    from streams.worker.heap import return_freed_memory, trim_every
     from streams.worker.log_filter import quiet_repeats
     from streams.worker.process import make_worker_class
     from streams.worker.tables import discard_stale
     from streams.worker.watchdog import parse_exits
 
     return_freed_memory()  # before start-up allocates: RSS follows what the worker holds, not its past peaks
+    trim_every()  # and the free pages a backlog's small blocks leave behind go back too
     s = Settings.load()
     start_http_server(args.metrics_port, addr=s.metrics_host)
     cfg = StreamsConfig(
