@@ -2,7 +2,9 @@
 
 1. Simulated traffic (500 candidates per request) is written to fresh topics; one `hap streams`
    worker (a real process, window 0.5 s) assembles it: events/s, requests/s (ranking events)
-   from its first to its last event, and candidate samples/s up to its last group.
+   from its first to its last event, and candidate samples/s up to its last group; its RSS, the
+   highest while it works the backlog off, at the end, and 35 s later (``worker_rss_mb_peak``,
+   ``_drained``, ``_after_35s``: what it keeps of a backlog).
 2. Two plain aiokafka consumers read the same topics in this process: one only counts records
    (the raw ceiling), one also decodes every record with the worker's JSON codec (orjson). The
    join alone (the worker's ``Joiner``, in memory, no Kafka, no Redis) over the same records:
@@ -66,6 +68,7 @@ from deploy.scrape import Metrics, scrape  # noqa: E402
 from deploy.settings import Settings, settings_env  # noqa: E402
 from deploy.stack.process import free_port  # noqa: E402
 from streams.kafka.topics import ensure_topics  # noqa: E402
+from streams.worker.heap import TRIM_EVERY_S  # noqa: E402
 
 WINDOW = ["--window", "0.5", "--lateness", "0"]
 PARTITIONS = 4  # of every topic the bench creates (the worker's default)
@@ -76,6 +79,9 @@ LAG_S = 30  # seconds of traffic in the lag run, at most
 SIM_LATE_MS = 250.0
 #: simulator processes of the lag run (each pre-generates its share of the requests, then sends it)
 LAG_EMITTERS = 2
+#: seconds after the backlog's last event at which the worker's RSS is read again (its heap trim's
+#: period, :data:`streams.worker.heap.TRIM_EVERY_S`, and 5 s)
+SETTLE_S = TRIM_EVERY_S + 5
 
 
 def simulate(env: dict[str, str], requests: int, rate: float, processes: int = 1) -> tuple[dict, float]:
@@ -129,6 +135,12 @@ def cpu_seconds(pid: int) -> float:
     return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (MB)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
+
+
 def thread_cpu(pid: int) -> dict[int, float]:
     """User and system CPU time of each thread of a process so far, by its OS thread id."""
     out = {}
@@ -155,10 +167,11 @@ def thread_names(pid: int) -> dict[int, str]:
 
 
 def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path | None,
-                workers: int = 1, threads: bool = False) -> dict[str, float]:
+                workers: int = 1, threads: bool = False, settle: bool = False) -> dict[str, float]:
     """Events/s and requests/s from the first to the last event, and the workers' CPU time per
     event over the same span; candidate samples/s up to the last group (`hap streams --workers
-    ``workers``: their metrics summed)."""
+    ``workers``: their metrics summed). With ``settle``, the workers' RSS too: the highest while they
+    worked the backlog off, at its end, and :data:`SETTLE_S` after it (what they keep of it)."""
     urls = [metrics_url(env, n) for n in range(workers)]
     worker = Component("streams", ["streams", *WINDOW, "--workers", str(workers)], tmp, env).start()
     spy = None
@@ -172,6 +185,7 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
                                     "--rate", "100", "--format", "raw", "--nonblocking", "-o", str(py_spy)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         first = last = None
+        peak = 0.0
         m = Metrics({})
         deadline = time.monotonic() + 900
         while m.total("hap_streams_events_total") < total_events and time.monotonic() < deadline:
@@ -183,8 +197,10 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
                 first_requests = m.total("hap_streams_events_total", topic="ranking")
             last, cpu_last = time.monotonic(), sum(map(cpu_seconds, pids))
             threads_last = thread_cpu(pid) if threads else {}
+            peak = max(peak, sum(map(rss_mb, pids))) if settle else peak
             time.sleep(POLL_S)
         done = m
+        drained = sum(map(rss_mb, pids)) if settle else 0.0
         events = done.total("hap_streams_events_total") - first_events
         if threads:
             names = thread_names(pid)
@@ -200,13 +216,18 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
             now = scrape_all(urls).total("hap_streams_samples_total")
             if now > samples:
                 samples, last_sample = now, time.monotonic()
+        if settle:
+            time.sleep(max(0.0, last + SETTLE_S - time.monotonic()))
+            settled = sum(map(rss_mb, pids))
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
             spy.wait(60)
         worker.stop()
     elapsed = max(last - first, 1e-3)
-    return {"events_per_s": (done.total("hap_streams_events_total") - first_events) / elapsed,
+    memory = {"worker_rss_mb_peak": round(peak), "worker_rss_mb_drained": round(drained),
+              f"worker_rss_mb_after_{SETTLE_S:.0f}s": round(settled)} if settle else {}
+    return {**memory, "events_per_s": (done.total("hap_streams_events_total") - first_events) / elapsed,
             "requests_per_s": (done.total("hap_streams_events_total", topic="ranking") - first_requests) / elapsed,
             "candidate_samples_per_s": samples / max(last_sample - first, 1e-3),
             "worker_cpu_us_per_event": 1e6 * (cpu_last - cpu_first) / events,
@@ -395,7 +416,7 @@ def main() -> None:
         fresh_topics(env, s.kafka_bootstrap, "s")
         report, _ = simulate(env, args.requests, 0)
         total = report["ranking"] + report["exposure"] + report["feedback"]
-        rates = worker_rate(env, total, tmp, args.py_spy, threads=args.threads)
+        rates = worker_rate(env, total, tmp, args.py_spy, threads=args.threads, settle=True)
         prefix = Settings.load(env).topic_prefix
         topics = [f"{prefix}{t}" for t in ("ranking", "exposure")]
         raw, raw_cpu = asyncio.run(consumer_rate(s.kafka_bootstrap, topics, total, decode=False))
