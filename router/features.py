@@ -177,6 +177,7 @@ class FeatureCache:
             raise DuplicateCandidate(*first_duplicate(item_ids))
         if len(new):
             slots[new] = self._allocate(new_ids, protect=known)
+            self._row_of_slot[slots] = np.arange(n)  # each slot's row, for rows_among
         self.last_used[slots] = now
         ctypes = ctype_codes(content_types)
         self.ctype_idx[slots] = ctypes
@@ -198,12 +199,11 @@ class FeatureCache:
         return Lookup(ItemBatch(self.item_idx[slots], ctypes, dense), slots, stamps)
 
     def rows_among(self, found: Lookup, item_ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
-        """Those of ``item_ids`` that are candidates of ``found`` (the latest lookup), and their rows: a
-        probe of the table per id and a scatter of the lookup's slots, not a probe per candidate (issue 34:
-        a user's few hundred items against 5,000 candidates)."""
+        """Those of ``item_ids`` that are candidates of ``found`` (the latest lookup, which left each of its
+        slots' row in the scratch array), and their rows: a probe of the table per id, not a probe per
+        candidate (issue 34: a user's few hundred items against 5,000 candidates)."""
         n = len(found.slots)
         slots = np.fromiter(map(self.slot_of.get, item_ids, repeat(-1)), np.int64, len(item_ids))
-        self._row_of_slot[found.slots] = np.arange(n)
         rows = self._row_of_slot[slots]  # a stale row of another request where the slot is not a candidate
         rows[slots < 0] = 0
         np.minimum(rows, n - 1, out=rows)

@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -216,6 +217,7 @@ def _budget(body: dict[str, Any], max_candidates: int) -> tuple[float | None, in
 
 
 _USER_ITEM = [FEATURES.index(name) for name in USER_ITEM_FEATURES]
+_USER_ITEM_VALUES = itemgetter(*USER_ITEM_FEATURES)  # a candidate's user_item_values in _USER_ITEM's order
 
 
 def mark_user_items(dense: np.ndarray, ids: list[str], history: Sequence[str], stored: dict[str, Any],
@@ -249,7 +251,7 @@ def mark_user_items(dense: np.ndarray, ids: list[str], history: Sequence[str], s
     if met:
         values = [user_item_values(shown.get(i), clicked.get(i), at_ms, i in seen) for i in met]
         cells = np.ix_(rows, _USER_ITEM)
-        dense[cells] = np.maximum(dense[cells], [[v[name] for name in USER_ITEM_FEATURES] for v in values])
+        dense[cells] = np.maximum(dense[cells], list(map(_USER_ITEM_VALUES, values)))
 
 
 def score(model: ServingModel, features: FeatureCache, req: PrerankRequest,
