@@ -30,7 +30,7 @@ from feature_store.policies import DAMR_BUDGET
 from feature_store.registry import POLICIES
 from router.features import inline_matrix
 from router.limits import ID_CHARS, MAX_HISTORY, MAX_STATS, MAX_VALUE, NAME_CHARS
-from router.prerank import PrerankRequest, _budget, parse_request
+from router.prerank import BadRequest, PrerankRequest, _budget, parse_request
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_CHARS)]
 Name = Annotated[str, msgspec.Meta(max_length=NAME_CHARS)]
@@ -114,7 +114,10 @@ def _typed(body: Body, *, max_candidates: int, policy: str, budget: float) -> Pr
     if chosen not in POLICIES:
         return None
     sent = {key: getattr(body, key) for key in _BUDGET_KEYS if getattr(body, key) is not msgspec.UNSET}
-    fraction, count = _budget(sent, max_candidates) if sent else (None, None)
+    try:
+        fraction, count = _budget(sent, max_candidates) if sent else (None, None)
+    except BadRequest:  # the checked path names it, or a repeated id it finds first (this path has not looked)
+        return None
     uf = body.user_features
     if uf is not None and not _history_ok(uf.get("history", [])):
         return None

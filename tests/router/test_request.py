@@ -65,6 +65,7 @@ def test_edge_bodies_decode_as_the_checked_path_does(change: dict) -> None:
     [{"item_id": "a", "features": {"exp_1d": True}}], [{"item_id": "a", "features": {"exp_1d": 1e39}}],
     [{"item_id": "a", "features": {"exp_1d": 3, "clk_1d": 0.5, "other": 1.0}}, {"item_id": "b", "features": {}}],
     [{"item_id": "a", "features": None}, {"item_id": "a"}], [{"item_id": "a", "content_type": None}],
+    [{"item_id": "a", "features": None}, {"item_id": "b"}, {"item_id": "a"}],
     [{"item_id": "a", "content_type": ""}], [{"item_id": 3}], [{"item_id": f"i{i}"} for i in range(CAP + 1)],
 ])
 def test_edge_candidates_decode_as_the_checked_path_does(candidates: list) -> None:
@@ -92,6 +93,14 @@ def test_raw_edge_bodies_decode_as_the_checked_path_does(raw: bytes) -> None:
 ])
 def test_ids_only_and_other_bodies_decode_to_the_same_request(candidates: list) -> None:
     same(json.dumps({**body(0), "candidates": candidates}).encode())
+
+
+@pytest.mark.parametrize("change", [{"budget": 2}, {"budget_count": -1}, {"budget": 0.1, "budget_fraction": 0.1},
+                                    {"policy": "nope"}, {"user_features": {"history": [1]}}, {"k": 0}])
+def test_a_repeated_id_is_named_before_the_bodys_other_mistakes(change: dict) -> None:
+    """parse_request checks the candidates first: the typed decode, which leaves repeats to the lookup,
+    must not answer another mistake of the same body instead."""
+    same(json.dumps({**body(0), "candidates": [{"item_id": "a"}, {"item_id": "a"}], **change}).encode())
 
 
 def test_the_typed_decode_leaves_repeated_ids_to_the_lookup() -> None:
