@@ -22,7 +22,7 @@ Ends with one JSON line: {"http": [{"router", "candidates", "concurrency", "bodi
 "wrk", "others"}, "router_cpu_ms_per_request"}], "summary": [{"router", "candidates", "bodies", "concurrency",
 "repetitions",
 "p50_ms_median", "p99_ms_median", "p99_ms_worst", "p99_over_p50_worst", "load1_max", "others_cores_max",
-"in_process_p50_ms", "in_process_p99_ms"}], "in_process": [...], "ratios": [{"other", ...,
+"in_process_p50_ms", "in_process_p99_ms"}], "in_process": [{..., "stage_cpu_ms_median"}], "ratios": [{"other", ...,
 "rps_other_over_this", "p99_other_over_this"}], "traces": [...], "machine": {...}}. ``--workers 1,2`` adds
 `hap router --workers 2` ("this-w2") to the routers measured side by side.
 
@@ -41,6 +41,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import collections  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
@@ -328,11 +329,13 @@ def measure_http(routers: Routers, env: dict, wrk: str, script: Path, cases: dic
 
 
 def measure_in_process(client: redis.Redis, key_prefix: str, bodies: dict, reps: int) -> list[dict]:
-    """The request path without HTTP: the body decoded as the router decodes it, scored, the answer encoded."""
+    """The request path without HTTP: the body decoded as the router decodes it, scored, the answer encoded;
+    each row also gives the median thread CPU of each stage (router.timing.STAGES)."""
     from router.features import FeatureCache
     from router.holder import build
     from router.prerank import score
     from router.request import decode_request
+    from router.timing import RequestTiming
 
     model = build(ModelStore(client, prefix=key_prefix).load())
     features = FeatureCache(client, prefix=key_prefix)
@@ -341,14 +344,21 @@ def measure_in_process(client: redis.Redis, key_prefix: str, bodies: dict, reps:
         raws = [orjson.dumps(body) for body in group]
         for raw in raws:  # warm, as the HTTP runs are
             score(model, features, decode_request(raw, max_candidates=5000))
-        latencies = []
+        latencies, cpu = [], collections.defaultdict(list)
         for r in range(reps):
             t0 = time.perf_counter()
-            orjson.dumps(score(model, features, decode_request(raws[r % len(raws)], max_candidates=5000)))
+            timing = RequestTiming()
+            req = decode_request(raws[r % len(raws)], max_candidates=5000)
+            timing.mark("decode")
+            orjson.dumps(score(model, features, req, timing))
+            timing.mark("encode")
             latencies.append((time.perf_counter() - t0) * 1000)
+            for stage, seconds in timing.stages_cpu.items():
+                cpu[stage.removesuffix("-cpu")].append(seconds * 1000)
         p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
         rows.append({"candidates": n, "bodies": kind, "p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3),
-                     "p99_ms": round(float(p99), 3), "rps": round(1000 / float(np.mean(latencies)), 1)})
+                     "p99_ms": round(float(p99), 3), "rps": round(1000 / float(np.mean(latencies)), 1),
+                     "stage_cpu_ms_median": {stage: round(float(np.median(v)), 3) for stage, v in cpu.items()}})
         print(json.dumps({"in_process": rows[-1]}), file=sys.stderr)
     features.stop()
     return rows

@@ -31,7 +31,7 @@ from router import metrics
 from router.drain import Drain
 from router.features import FeatureCache
 from router.holder import ModelHolder, ServingModel
-from router.prerank import BadRequest, TooManyCandidates, score
+from router.prerank import BadRequest, TooManyCandidates, check_distinct, score
 from router.request import decode_request
 from router.timing import GC, RequestTiming
 
@@ -62,9 +62,12 @@ async def prerank(request: web.Request) -> web.Response:
         return _json({"error": f"body exceeds {limits['max_bytes']} bytes"}, 413)
     timing = RequestTiming()  # service time starts once the body is in
     metrics.READ_SECONDS.observe(timing.started - entered)
+    model = request.app[HOLDER].current
     try:
         req = decode_request(raw, max_candidates=limits["max_candidates"], policy=limits["policy"],
                              budget=limits["budget"])
+        if model is None:  # refused as a client mistake before the 503, as score would refuse it
+            check_distinct(req.item_ids)
     except orjson.JSONDecodeError as exc:
         metrics.ERRORS.labels("bad_request").inc()
         return _json({"error": f"body: invalid JSON ({exc})"}, 400)
@@ -72,11 +75,14 @@ async def prerank(request: web.Request) -> web.Response:
         status = 413 if isinstance(exc, TooManyCandidates) else 400
         metrics.ERRORS.labels("too_large" if status == 413 else "bad_request").inc()
         return _json({"error": str(exc)}, status)
-    model = request.app[HOLDER].current
     if model is None:  # counted by count_server_errors, as every 5xx
         return _json({"error": "no model version loaded yet"}, 503)
     timing.mark("decode")
-    result = score(model, request.app[FEATURES], req, timing)
+    try:
+        result = score(model, request.app[FEATURES], req, timing)
+    except BadRequest as exc:  # repeated ids, found by the feature lookup
+        metrics.ERRORS.labels("bad_request").inc()
+        return _json({"error": str(exc)}, 400)
     response = _json(result)
     timing.mark("encode")
     response.headers[VERSION_HEADER] = str(model.version)  # the version that scored it, even across a swap

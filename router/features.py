@@ -83,6 +83,28 @@ REFRESH_BATCH = 256
 REFRESH_GATHER_S = 0.02
 
 
+class DuplicateCandidate(ValueError):
+    """Two candidates of a lookup name the same item: ``index`` repeats the id of ``first``."""
+
+    def __init__(self, index: int, first: int) -> None:
+        super().__init__(f"candidates[{index}].item_id: duplicate of candidates[{first}]")
+        self.index, self.first = index, first
+
+
+def first_duplicate(item_ids: Sequence[str]) -> tuple[int, int]:
+    """The first index whose id an earlier one has, and that earlier one's (ids known to repeat).
+
+    >>> first_duplicate(["a", "b", "c", "b", "a"])
+    (3, 1)
+    """
+    seen: dict[str, int] = {}
+    for i, item_id in enumerate(item_ids):
+        first = seen.setdefault(item_id, i)
+        if first != i:
+            return i, first
+    raise ValueError("the ids are distinct")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Lookup:
     """A request's candidates as arrays: features, their slots, and each row's stamp (``INLINE``: the
@@ -123,7 +145,7 @@ class FeatureCache:
         self._queue: collections.deque[tuple[np.ndarray, np.ndarray, list[str]]] = collections.deque()
         self._done: collections.deque[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = \
             collections.deque()
-        #: scratch: each slot's row in the request in hand (:meth:`rows_among`)
+        #: scratch: each slot's row in the request in hand (:meth:`rows_among`; the duplicate check of :meth:`lookup`)
         self._row_of_slot = np.zeros(cap, np.int64)
         #: user id -> (monotonic time read, features); LRU, at most ``user_max_bytes`` (estimated)
         self.users: collections.OrderedDict[str, tuple[float, dict[str, Any], int]] = collections.OrderedDict()
@@ -139,14 +161,23 @@ class FeatureCache:
     def lookup(self, item_ids: Sequence[str], content_types: Sequence[str],
                inline: np.ndarray | None = None, inline_rows: np.ndarray | None = None) -> Lookup:
         """The candidates' features: ``inline`` (dense rows of ``inline_rows``) first, then the
-        table, then (for items never seen) Redis."""
+        table, then (for items never seen) Redis. Raises :class:`DuplicateCandidate` (before it
+        changes anything) when two ids are the same: the request's decode leaves that check here,
+        where the ids' slots find it without a set of the ids."""
         self._apply_done()
         now = time.monotonic()
         n = len(item_ids)
         slots = np.fromiter(map(self.slot_of.get, item_ids, repeat(-1)), np.int64, n)
         new = np.flatnonzero(slots < 0)
+        new_ids = [item_ids[i] for i in new.tolist()]
+        known = slots[slots >= 0] if len(new) else slots
+        # the ids are distinct when their slots are (a scatter, not a set of n strings) and the unseen ones are
+        self._row_of_slot[known] = order = np.arange(len(known))
+        if (self._row_of_slot[known] != order).any() or len(set(new_ids)) != len(new_ids):
+            raise DuplicateCandidate(*first_duplicate(item_ids))
         if len(new):
-            slots[new] = self._allocate([item_ids[i] for i in new.tolist()], protect=slots[slots >= 0])
+            slots[new] = self._allocate(new_ids, protect=known)
+            self._row_of_slot[slots] = np.arange(n)  # each slot's row, for rows_among
         self.last_used[slots] = now
         ctypes = ctype_codes(content_types)
         self.ctype_idx[slots] = ctypes
@@ -168,12 +199,11 @@ class FeatureCache:
         return Lookup(ItemBatch(self.item_idx[slots], ctypes, dense), slots, stamps)
 
     def rows_among(self, found: Lookup, item_ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
-        """Those of ``item_ids`` that are candidates of ``found`` (the latest lookup), and their rows: a
-        probe of the table per id and a scatter of the lookup's slots, not a probe per candidate (issue 34:
-        a user's few hundred items against 5,000 candidates)."""
+        """Those of ``item_ids`` that are candidates of ``found`` (the latest lookup, which left each of its
+        slots' row in the scratch array), and their rows: a probe of the table per id, not a probe per
+        candidate (issue 34: a user's few hundred items against 5,000 candidates)."""
         n = len(found.slots)
         slots = np.fromiter(map(self.slot_of.get, item_ids, repeat(-1)), np.int64, len(item_ids))
-        self._row_of_slot[found.slots] = np.arange(n)
         rows = self._row_of_slot[slots]  # a stale row of another request where the slot is not a candidate
         rows[slots < 0] = 0
         np.minimum(rows, n - 1, out=rows)

@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from feature_store.policies import DAMR_BUDGET, budget_count, score_policy
 from feature_store.registry import POLICIES
 from feature_store.user_items import user_item_values
 from router import metrics
-from router.features import FeatureCache, inline_matrix
+from router.features import DuplicateCandidate, FeatureCache, first_duplicate, inline_matrix
 from router.holder import ServingModel
 from router.limits import ID_CHARS, MAX_HISTORY, MAX_STATS, MAX_VALUE, NAME_CHARS
 from router.timing import RequestTiming
@@ -164,7 +165,7 @@ def _candidates_slow(cands: list[Any]) -> None:
             raise BadRequest(f"candidates[{i}].item_id: expected a non-empty string of at most {ID_CHARS} characters")
         first = seen.setdefault(c["item_id"], i)
         if first != i:
-            raise BadRequest(f"candidates[{i}].item_id: duplicate of candidates[{first}]")
+            raise BadRequest(str(DuplicateCandidate(i, first)))
         ctype = c.get("content_type", "unknown")
         if not isinstance(ctype, str) or len(ctype) > NAME_CHARS:
             raise BadRequest(f"candidates[{i}].content_type: expected a string of at most {NAME_CHARS} characters")
@@ -173,6 +174,19 @@ def _candidates_slow(cands: list[Any]) -> None:
                 len(name) <= NAME_CHARS and _number(v) for name, v in feats.items())):
             raise BadRequest(f"candidates[{i}].features: expected an object of at most {MAX_STATS} finite numbers "
                              f"of magnitude at most {MAX_VALUE:.4g}, named in at most {NAME_CHARS} characters")
+
+
+def check_distinct(item_ids: Sequence[str]) -> None:
+    """Raise :class:`BadRequest` naming the first repeated id, as ``parse_request`` does (a request that
+    :func:`score` does not look up: the lookup checks the ids it maps).
+
+    >>> check_distinct(["a", "b", "a"])
+    Traceback (most recent call last):
+    ...
+    router.prerank.BadRequest: candidates[2].item_id: duplicate of candidates[0]
+    """
+    if len(set(item_ids)) != len(item_ids):
+        raise BadRequest(str(DuplicateCandidate(*first_duplicate(item_ids))))
 
 
 def _number(value: Any) -> bool:
@@ -203,6 +217,7 @@ def _budget(body: dict[str, Any], max_candidates: int) -> tuple[float | None, in
 
 
 _USER_ITEM = [FEATURES.index(name) for name in USER_ITEM_FEATURES]
+_USER_ITEM_VALUES = itemgetter(*USER_ITEM_FEATURES)  # a candidate's user_item_values in _USER_ITEM's order
 
 
 def mark_user_items(dense: np.ndarray, ids: list[str], history: Sequence[str], stored: dict[str, Any],
@@ -236,16 +251,20 @@ def mark_user_items(dense: np.ndarray, ids: list[str], history: Sequence[str], s
     if met:
         values = [user_item_values(shown.get(i), clicked.get(i), at_ms, i in seen) for i in met]
         cells = np.ix_(rows, _USER_ITEM)
-        dense[cells] = np.maximum(dense[cells], [[v[name] for name in USER_ITEM_FEATURES] for v in values])
+        dense[cells] = np.maximum(dense[cells], list(map(_USER_ITEM_VALUES, values)))
 
 
 def score(model: ServingModel, features: FeatureCache, req: PrerankRequest,
           timing: RequestTiming | None = None) -> dict[str, Any]:
     """Rank the candidates with ``model`` only (one consistent version); ``timing``: marked at the end
-    of the ``features``, ``tiers`` and ``rank`` stages."""
+    of the ``features``, ``tiers`` and ``rank`` stages. Raises :class:`BadRequest` when two candidates
+    name the same item (a request of :func:`router.request.decode_request` leaves that check to the lookup)."""
     ids = req.item_ids or [c["item_id"] for c in req.candidates]
     ctypes = req.content_types or [c.get("content_type", "unknown") for c in req.candidates]
-    found = features.lookup(ids, ctypes, req.inline_dense, req.inline_rows)
+    try:
+        found = features.lookup(ids, ctypes, req.inline_dense, req.inline_rows)
+    except DuplicateCandidate as exc:
+        raise BadRequest(str(exc)) from None
     items = found.items
     stored = features.user_features(req.user_id)  # the request's own history, if given, replaces the stored one
     user_features = req.user_features if req.user_features is not None else stored

@@ -52,6 +52,30 @@ def test_client_mistakes_are_4xx_with_reasons(redis_client):
     assert big == 413
 
 
+def test_repeated_ids_are_a_400_with_or_without_a_model_and_the_router_serves_on(redis_client):
+    """The typed decode leaves the duplicate check to the feature lookup: the answer is parse_request's,
+    before a model is loaded (ahead of the 503) and after, for ids the table holds and ids it does not."""
+    dup = {**body(4), "candidates": [{"item_id": "i1"}, {"item_id": "x"}, {"item_id": "i2"}, {"item_id": "x"}]}
+
+    async def go():
+        async with serve(redis_client) as http:
+            before = await http.post("/v1/prerank", json=dup)
+            out = [(before.status, (await before.json())["error"])]
+            publish(redis_client, 1)
+            while (await http.get("/readyz")).status != 200:
+                await asyncio.sleep(0.05)
+            await http.post("/v1/prerank", json=body(4))  # i0..i3 now in the table
+            for sent in (dup, {**body(4), "candidates": [*body(4)["candidates"], {"item_id": "i0"}]}):
+                answer = await http.post("/v1/prerank", json=sent)
+                out.append((answer.status, (await answer.json())["error"]))
+            return out, (await http.post("/v1/prerank", json=body(4))).status
+
+    out, after = asyncio.run(go())
+    assert out == [(400, "candidates[3].item_id: duplicate of candidates[1]")] * 2 + [
+        (400, "candidates[4].item_id: duplicate of candidates[0]")]
+    assert after == 200
+
+
 def test_not_ready_before_the_first_version(redis_client):
     async def go():
         async with serve(redis_client) as http:

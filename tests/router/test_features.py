@@ -7,6 +7,7 @@ import functools
 import time
 
 import numpy as np
+import pytest
 import redis
 from prometheus_client import REGISTRY
 
@@ -16,7 +17,7 @@ from feature_store.item_stats import ItemStats
 from feature_store.model_store import LoadedVersion
 from feature_store.user_features import user_features_key
 from feature_store.user_items import CLICKED, SHOWN, UserItems
-from router.features import ROW_BYTES, FeatureCache, inline_matrix
+from router.features import ROW_BYTES, DuplicateCandidate, FeatureCache, inline_matrix
 from router.holder import build
 from router.prerank import mark_user_items
 from router.stats_reader import _WIDTH as WIDTH
@@ -374,3 +375,24 @@ def test_the_users_items_among_the_candidates_are_found_from_the_table_as_from_t
         np.testing.assert_array_equal(by_table, by_candidates, err_msg=f"trial {trial}")
         met, rows = cache.rows_among(found, mine)
         assert sorted(met) == sorted(set(mine) & set(ids)) and [ids[r] for r in rows] == met
+
+
+@pytest.mark.parametrize(("ids", "first"), [
+    (["a", "b", "a"], (2, 0)),  # both seen before: their slots repeat
+    (["x1", "x2", "b", "x1"], (3, 0)),  # both unseen
+    (["b", "x3", "c", "x3", "b"], (3, 1)),  # unseen and seen: the first repeat is named
+])
+def test_the_lookup_refuses_repeated_ids_before_it_changes_the_table(redis_client, ids, first):
+    """The typed decode leaves the duplicate check to the lookup (router.request): a repeated id, seen or
+    not, is refused with the index and first index parse_request names, and no slot is allocated for it."""
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX, capacity=1000)
+    cache.put(["a", "b", "c"], [{}] * 3)
+    cache.lookup(["a", "b", "c", "d"], ["video"] * 4)  # d: seen, and a stale scratch row for the check below
+    table = dict(cache.slot_of)
+    with pytest.raises(DuplicateCandidate, match=rf"^candidates\[{first[0]}\]\.item_id: duplicate of "
+                                                 rf"candidates\[{first[1]}\]$") as refused:
+        cache.lookup(ids, ["video"] * len(ids))
+    assert (refused.value.index, refused.value.first) == first
+    assert cache.slot_of == table
+    found = cache.lookup(["d", "c", "b", "a"], ["video"] * 4)  # distinct ids after a refusal: still served
+    assert found.slots.tolist() == [table[i] for i in "dcba"]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from router.limits import MAX_HISTORY
-from router.prerank import BadRequest, parse_request
+from router.prerank import BadRequest, PrerankRequest, check_distinct, parse_request
 from router.request import decode_request
 
 from .conftest import body
@@ -29,8 +29,15 @@ def outcome(decode) -> tuple:  # noqa: ANN001 - a thunk decoding one body
             req.budget_fraction, req.budget_count, req.item_ids, req.content_types, rows, dense)
 
 
+def decoded_and_distinct(raw: bytes) -> PrerankRequest:
+    """The typed decode plus the duplicate check it leaves to the feature lookup (router.prerank.score)."""
+    req = decode_request(raw, max_candidates=CAP, policy="light", budget=0.3)
+    check_distinct(req.item_ids)
+    return req
+
+
 def same(raw: bytes) -> None:
-    typed = outcome(lambda: decode_request(raw, max_candidates=CAP, policy="light", budget=0.3))
+    typed = outcome(lambda: decoded_and_distinct(raw))
     checked = outcome(lambda: parse_request(orjson.loads(raw), max_candidates=CAP, policy="light", budget=0.3))
     assert typed == checked, raw
 
@@ -58,6 +65,7 @@ def test_edge_bodies_decode_as_the_checked_path_does(change: dict) -> None:
     [{"item_id": "a", "features": {"exp_1d": True}}], [{"item_id": "a", "features": {"exp_1d": 1e39}}],
     [{"item_id": "a", "features": {"exp_1d": 3, "clk_1d": 0.5, "other": 1.0}}, {"item_id": "b", "features": {}}],
     [{"item_id": "a", "features": None}, {"item_id": "a"}], [{"item_id": "a", "content_type": None}],
+    [{"item_id": "a", "features": None}, {"item_id": "b"}, {"item_id": "a"}],
     [{"item_id": "a", "content_type": ""}], [{"item_id": 3}], [{"item_id": f"i{i}"} for i in range(CAP + 1)],
 ])
 def test_edge_candidates_decode_as_the_checked_path_does(candidates: list) -> None:
@@ -75,3 +83,28 @@ def test_edge_candidates_decode_as_the_checked_path_does(candidates: list) -> No
 ])
 def test_raw_edge_bodies_decode_as_the_checked_path_does(raw: bytes) -> None:
     same(raw)
+
+
+@pytest.mark.parametrize("candidates", [
+    [{"item_id": "a"}, {"item_id": "b", "content_type": "news"}],  # ids only: the lighter schema
+    [{"item_id": "a"}, {"item_id": "b", "features": {"exp_1d": 2.0}}],  # statistics on a later candidate
+    [{"item_id": "a", "features": None}, {"item_id": "b", "features": {}}],  # none, though the field is there
+    [{"item_id": "a", "rank": 3}, {"item_id": "b"}],  # a field neither schema names: ignored, as parse_request does
+])
+def test_ids_only_and_other_bodies_decode_to_the_same_request(candidates: list) -> None:
+    same(json.dumps({**body(0), "candidates": candidates}).encode())
+
+
+@pytest.mark.parametrize("change", [{"budget": 2}, {"budget_count": -1}, {"budget": 0.1, "budget_fraction": 0.1},
+                                    {"policy": "nope"}, {"user_features": {"history": [1]}}, {"k": 0}])
+def test_a_repeated_id_is_named_before_the_bodys_other_mistakes(change: dict) -> None:
+    """parse_request checks the candidates first: the typed decode, which leaves repeats to the lookup,
+    must not answer another mistake of the same body instead."""
+    same(json.dumps({**body(0), "candidates": [{"item_id": "a"}, {"item_id": "a"}], **change}).encode())
+
+
+def test_the_typed_decode_leaves_repeated_ids_to_the_lookup() -> None:
+    raw = json.dumps({**body(0), "candidates": [{"item_id": "a"}, {"item_id": "b"}, {"item_id": "a"}]}).encode()
+    assert decode_request(raw, max_candidates=CAP).item_ids == ["a", "b", "a"]
+    with pytest.raises(BadRequest, match=r"^candidates\[2\]\.item_id: duplicate of candidates\[0\]$"):
+        decoded_and_distinct(raw)
