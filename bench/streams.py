@@ -82,6 +82,7 @@ LAG_EMITTERS = 2
 #: seconds after the backlog's last event at which the worker's RSS is read again (its heap trim's
 #: period, :data:`streams.worker.heap.TRIM_EVERY_S`, and 5 s)
 SETTLE_S = TRIM_EVERY_S + 5
+RSS = "process_resident_memory_bytes"  # each worker's, from its metrics
 
 
 def simulate(env: dict[str, str], requests: int, rate: float, processes: int = 1) -> tuple[dict, float]:
@@ -135,12 +136,6 @@ def cpu_seconds(pid: int) -> float:
     return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process (MB)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return next(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
-
-
 def thread_cpu(pid: int) -> dict[int, float]:
     """User and system CPU time of each thread of a process so far, by its OS thread id."""
     out = {}
@@ -170,8 +165,9 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
                 workers: int = 1, threads: bool = False, settle: bool = False) -> dict[str, float]:
     """Events/s and requests/s from the first to the last event, and the workers' CPU time per
     event over the same span; candidate samples/s up to the last group (`hap streams --workers
-    ``workers``: their metrics summed). With ``settle``, the workers' RSS too: the highest while they
-    worked the backlog off, at its end, and :data:`SETTLE_S` after it (what they keep of it)."""
+    ``workers``: their metrics summed); the workers' RSS (their ``process_resident_memory_bytes``), the
+    highest while they worked the backlog off and at its end, and with ``settle`` :data:`SETTLE_S` after it
+    too (what they keep of it)."""
     urls = [metrics_url(env, n) for n in range(workers)]
     worker = Component("streams", ["streams", *WINDOW, "--workers", str(workers)], tmp, env).start()
     spy = None
@@ -185,7 +181,7 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
                                     "--rate", "100", "--format", "raw", "--nonblocking", "-o", str(py_spy)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         first = last = None
-        peak = 0.0
+        peak = 0.0  # the workers' RSS, bytes
         m = Metrics({})
         deadline = time.monotonic() + 900
         while m.total("hap_streams_events_total") < total_events and time.monotonic() < deadline:
@@ -197,10 +193,10 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
                 first_requests = m.total("hap_streams_events_total", topic="ranking")
             last, cpu_last = time.monotonic(), sum(map(cpu_seconds, pids))
             threads_last = thread_cpu(pid) if threads else {}
-            peak = max(peak, sum(map(rss_mb, pids))) if settle else peak
+            peak = max(peak, m.total(RSS))
             time.sleep(POLL_S)
         done = m
-        drained = sum(map(rss_mb, pids)) if settle else 0.0
+        drained = m.total(RSS)
         events = done.total("hap_streams_events_total") - first_events
         if threads:
             names = thread_names(pid)
@@ -218,15 +214,16 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
                 samples, last_sample = now, time.monotonic()
         if settle:
             time.sleep(max(0.0, last + SETTLE_S - time.monotonic()))
-            settled = sum(map(rss_mb, pids))
+            settled = scrape_all(urls).total(RSS)
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
             spy.wait(60)
         worker.stop()
     elapsed = max(last - first, 1e-3)
-    memory = {"worker_rss_mb_peak": round(peak), "worker_rss_mb_drained": round(drained),
-              f"worker_rss_mb_after_{SETTLE_S:.0f}s": round(settled)} if settle else {}
+    memory = {"worker_rss_mb_peak": round(peak / 2**20), "worker_rss_mb_drained": round(drained / 2**20)}
+    if settle:
+        memory[f"worker_rss_mb_after_{SETTLE_S:.0f}s"] = round(settled / 2**20)
     return {**memory, "events_per_s": (done.total("hap_streams_events_total") - first_events) / elapsed,
             "requests_per_s": (done.total("hap_streams_events_total", topic="ranking") - first_requests) / elapsed,
             "candidate_samples_per_s": samples / max(last_sample - first, 1e-3),
@@ -356,7 +353,7 @@ def rss_per_pending(env: dict[str, str], requests: int, tmp: Path) -> dict[str, 
     try:
         worker.wait_http(url)
         time.sleep(3)
-        before = scrape(url).total("process_resident_memory_bytes")
+        before = scrape(url).total(RSS)
         report, _ = simulate(env, requests, 0)
         total = report["ranking"] + report["exposure"] + report["feedback"]
         worker.wait_metric(url, "hap_streams_events_total", total, timeout_s=600)
@@ -365,7 +362,7 @@ def rss_per_pending(env: dict[str, str], requests: int, tmp: Path) -> dict[str, 
     finally:
         worker.stop()
     pending = m.total("hap_streams_pending_requests")
-    grown = m.total("process_resident_memory_bytes") - before
+    grown = m.total(RSS) - before
     return {"rss_per_pending_kb": round(grown / max(pending, 1) / 1024, 1), "rss_pending_requests": pending,
             "rss_before_mb": round(before / 2**20, 1), "rss_after_mb": round((before + grown) / 2**20, 1)}
 
