@@ -7,20 +7,25 @@ whenever the row's contents do, so a cached item vector knows whether it is stil
 request maps its ids to slots with one C-level pass (``map(dict.get)``) and gathers its rows
 with one fancy index: no Python loop per candidate.
 
-Refresh without a tail (stale-while-revalidate): a row is re-read once it is older than a time
-drawn between ``ttl_s / 2`` and ``ttl_s`` at each read (spread, so that the thousands of rows one
-request brought in do not all expire, and load Redis and the process, in the same instant). A
-stale row is still served, and its id is queued for a background thread that reads it again from
-Redis; the thread never touches the arrays: the request thread applies finished reads at the
-start of its next lookup (one vectorised write), so a request always sees whole rows. The thread
-gathers the stale rows of the requests of ``REFRESH_GATHER_S`` into one read (a round trip and a
-reply's parse cost about as much as 30 rows) and turns them into dense rows itself, so the request
-thread only compares and copies them. Only items
-never seen before are read synchronously (in one round trip for all of them). A lookup never
-fails a request: when Redis is down, unseen items get the defaults (counted as
-``missing_features{kind="item"}``) and stale rows keep serving; while Redis is failing, lookups
-skip it for ``backoff_s``, and queue no refresh (each request queued its stale rows again, and
-the thread dropped them, for as long as the backoff lasted).
+Refresh without a tail (stale-while-revalidate): a row is re-read once per bucket of the item
+statistics (a minute, ``stats_period_s``), since its windows sum closed buckets only and a re-read
+before the next close would read the same counts (issue 34: re-reading every 2.5-5 s was the
+5,000-candidate tail, and ~16 reads of every row a minute). See :func:`next_read_s`: a row is due
+``stats_settle_s`` or more after the first close its read did not see settled (time for the close's
+late writes), at its slot's own phase of the period, so a table's rows spread their re-reads evenly
+over the minute instead of all expiring, and loading Redis and the process, in one instant. So a
+closed minute's counts reach a row within one period of the close (late writes that land more than
+``stats_settle_s`` after it: within two). A stale row is still served, and its id is queued for a
+background thread that reads it again from Redis; the thread never touches the arrays: the request
+thread applies finished reads at the start of its next lookup (one vectorised write), so a request
+always sees whole rows. The thread gathers the stale rows of the requests of ``REFRESH_GATHER_S``
+into one read (a round trip and a reply's parse cost about as much as 30 rows) and turns them into
+dense rows itself, so the request thread only compares and copies them. Only items never seen before
+are read synchronously (in one round trip for all of them). A lookup never fails a request: when
+Redis is down, unseen items get the defaults (counted as ``missing_features{kind="item"}``) and
+stale rows keep serving; while Redis is failing, lookups skip it for ``backoff_s``, and queue no
+refresh (each request queued its stale rows again, and the thread dropped them, for as long as the
+backoff lasted).
 ``missing_features{kind="item_stats"}`` counts items with no statistics at all (not items whose
 windows are merely empty); a malformed statistics hash or user history gives the defaults,
 counted as ``errors{kind="bad_item_stats"|"bad_user_features"}``.
@@ -56,6 +61,7 @@ from feature_store.featurize import (
     dense_stats_matrix,
     hash_id,
 )
+from feature_store.item_stats import WINDOWS
 from feature_store.user_features import user_features_key
 from feature_store.user_items import USER_ITEM_CAP, parse_user_items, user_items_key
 from router import metrics
@@ -81,6 +87,30 @@ REFRESH_BATCH = 256
 #: in that time go in one round trip instead of one each (issue 34: the round trip, not the rows, was
 #: most of the refresh's CPU at 30 rows per read)
 REFRESH_GATHER_S = 0.02
+
+
+#: item statistics change when a bucket closes (the windows sum closed buckets only): a minute
+STATS_PERIOD_S = WINDOWS["10m"][1] / 1000
+#: a close's late writes (the streams' lag, p99 ~1.2 s at half their top rate) land within this
+STATS_SETTLE_S = 5.0
+#: the golden ratio's fraction: slot n's phase is frac(n * it), so any run of slots spreads evenly
+_PHASE_STEP = (5 ** 0.5 - 1) / 2
+
+
+def next_read_s(read_s: float, slots: np.ndarray, period_s: float = STATS_PERIOD_S,
+                settle_s: float = STATS_SETTLE_S) -> np.ndarray:
+    """When rows read at wall time ``read_s`` are due for a re-read (wall time, s): after the first
+    bucket close that read did not see settled (``settle_s`` after the close), at each slot's own
+    phase in ``[settle_s, period_s)`` after it. A row is read once per period, and rows read together
+    come due spread over the period.
+
+    >>> next_read_s(125.0, np.array([0, 1, 2]), 60.0, 5.0).round(1)  # 5 s after the close at 120: settled
+    array([185., 219., 198.])
+    >>> next_read_s(122.0, np.array([0, 1, 2]), 60.0, 5.0).round(1)  # 2 s after it: read again once settled
+    array([125., 159., 138.])
+    """
+    close = (np.floor((read_s - settle_s) / period_s) + 1) * period_s
+    return close + settle_s + (period_s - settle_s) * ((slots * _PHASE_STEP) % 1.0)
 
 
 class DuplicateCandidate(ValueError):
@@ -120,10 +150,12 @@ class FeatureCache:
 
     def __init__(self, client: redis.Redis, *, max_bytes: int = 64 << 20, ttl_s: float = 5.0,
                  backoff_s: float = 1.0, prefix: str, capacity: int | None = None,
-                 user_max_bytes: int = 16 << 20) -> None:
+                 user_max_bytes: int = 16 << 20, stats_period_s: float = STATS_PERIOD_S,
+                 stats_settle_s: float = STATS_SETTLE_S) -> None:
         self.r = client
         self.prefix = prefix
-        self.ttl_s = ttl_s
+        self.ttl_s = ttl_s  # user histories' (an item row's re-read: :func:`next_read_s`)
+        self.stats_period_s, self.stats_settle_s = stats_period_s, stats_settle_s
         self.capacity = capacity or max(MIN_ROWS, max_bytes // ROW_BYTES)
         cap = self.capacity
         self.dense = np.tile(_DEFAULT_DENSE, (cap, 1))
@@ -132,7 +164,6 @@ class FeatureCache:
         self.stamp = np.zeros(cap, np.int64)
         #: monotonic time after which a row read from Redis is stale; NEVER: not read yet
         self.refresh_at = np.full(cap, NEVER)
-        self._jitter = np.random.default_rng()
         self.last_used = np.zeros(cap, np.float64)
         self.pending = np.zeros(cap, bool)  # queued for a background refresh
         self.occupied = np.zeros(cap, bool)
@@ -143,8 +174,8 @@ class FeatureCache:
         self.reader = StatsReader(client, prefix)
         self.redis = Backoff(backoff_s)
         self._queue: collections.deque[tuple[np.ndarray, np.ndarray, list[str]]] = collections.deque()
-        self._done: collections.deque[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = \
-            collections.deque()
+        self._done: collections.deque[
+            tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, int]] = collections.deque()
         #: scratch: each slot's row in the request in hand (:meth:`rows_among`; the duplicate check of :meth:`lookup`)
         self._row_of_slot = np.zeros(cap, np.int64)
         #: user id -> (monotonic time read, features); LRU, at most ``user_max_bytes`` (estimated)
@@ -187,7 +218,7 @@ class FeatureCache:
         due = self.refresh_at[slots]
         cold = np.flatnonzero(from_store & (due == NEVER))
         if len(cold):
-            self._read_now(slots[cold], [item_ids[i] for i in cold.tolist()], now)
+            self._read_now(slots[cold], [item_ids[i] for i in cold.tolist()])
         stale = from_store & (due != NEVER) & (due < now) & ~self.pending[slots]
         if stale.any() and self.redis.ready:  # while Redis backs off, stale rows serve without a read queued
             self._enqueue(slots[stale], [item_ids[i] for i in np.flatnonzero(stale).tolist()])
@@ -225,7 +256,7 @@ class FeatureCache:
         new = np.flatnonzero(slots < 0)
         if len(new):
             slots[new] = self._allocate([item_ids[i] for i in new.tolist()], protect=slots[slots >= 0])
-        self._write(slots, inline_matrix(stats), np.ones(len(slots), np.int8), time.monotonic())
+        self._write(slots, inline_matrix(stats), np.ones(len(slots), np.int8), int(time.time() * 1000))
 
     def _allocate(self, ids: list[str], protect: np.ndarray) -> np.ndarray:
         if len(ids) > len(self.free):
@@ -262,12 +293,14 @@ class FeatureCache:
         self.stamp[slots] = np.arange(self._next_stamp, self._next_stamp + len(slots))
         self._next_stamp += len(slots)
 
-    def _write(self, slots: np.ndarray, dense: np.ndarray, state: np.ndarray, at: float) -> None:
-        """Dense rows read from Redis into the table (data first, then the stamp). Only a row whose values
-        changed gets a new stamp: a refresh that read the same statistics keeps its item vectors."""
+    def _write(self, slots: np.ndarray, dense: np.ndarray, state: np.ndarray, read_ms: int) -> None:
+        """Dense rows read from Redis as of ``read_ms`` (wall time) into the table (data first, then
+        the stamp). Only a row whose values changed gets a new stamp: a refresh that read the same
+        statistics keeps its item vectors."""
         changed = slots[(self.dense[slots] != dense).any(axis=1)]
         self.dense[slots] = dense
-        self.refresh_at[slots] = at + self.ttl_s * self._jitter.uniform(0.5, 1.0, len(slots))
+        due_s = next_read_s(read_ms / 1000, slots, self.stats_period_s, self.stats_settle_s)
+        self.refresh_at[slots] = time.monotonic() + (due_s - time.time())
         self.pending[slots] = False
         self._restamp(changed)
         absent = int((state == ABSENT).sum())
@@ -277,14 +310,15 @@ class FeatureCache:
         if malformed:
             metrics.ERRORS.labels("bad_item_stats").inc(malformed)
 
-    def _read_now(self, slots: np.ndarray, ids: list[str], now: float) -> None:
+    def _read_now(self, slots: np.ndarray, ids: list[str]) -> None:
         if self.redis.ready:
+            read_ms = int(time.time() * 1000)
             try:
-                raw, state = self.reader.read(ids, int(time.time() * 1000))
+                raw, state = self.reader.read(ids, read_ms)
             except (redis.RedisError, OSError) as exc:
                 self._failed(exc)
             else:
-                self._write(slots, dense_stats_matrix(raw), state, now)
+                self._write(slots, dense_stats_matrix(raw), state, read_ms)
                 return
         metrics.MISSING.labels("item").inc(len(ids))
 
@@ -304,12 +338,12 @@ class FeatureCache:
     def _apply_done(self) -> None:
         """Apply the background reads that finished (rows evicted or rewritten since are skipped)."""
         while self._done:
-            slots, stamps, dense, state = self._done.popleft()
+            slots, stamps, dense, state, read_ms = self._done.popleft()
             same = self.stamp[slots] == stamps
             if dense is None or state is None:  # the read failed: the rows stay as they are, and stale
                 self.pending[slots[same]] = False
                 continue
-            self._write(slots[same], dense[same], state[same], time.monotonic())
+            self._write(slots[same], dense[same], state[same], read_ms)
 
     def start(self) -> None:
         """Start the refresh thread (done on the first stale row; idempotent)."""
@@ -330,16 +364,17 @@ class FeatureCache:
             while self._queue and not self._stop.is_set():
                 slots, stamps, ids = self._gather()
                 dense = state = None
+                read_ms = int(time.time() * 1000)
                 if self.redis.ready:
                     try:
-                        raw, state = self.reader.read(ids, int(time.time() * 1000), batch=REFRESH_BATCH)
+                        raw, state = self.reader.read(ids, read_ms, batch=REFRESH_BATCH)
                         dense = dense_stats_matrix(raw)
                     except (redis.RedisError, OSError) as exc:
                         self._failed(exc)
                     except Exception:  # noqa: BLE001 - the refresh must outlive anything it reads
                         metrics.ERRORS.labels("feature_refresh").inc()
                         log.exception("feature refresh")
-                self._done.append((slots, stamps, dense, state))
+                self._done.append((slots, stamps, dense, state, read_ms))
             while self._user_queue and not self._stop.is_set():
                 user_id = self._user_queue.popleft()
                 self._user_done.append((user_id, self._read_user(user_id) if self.redis.ready else None))

@@ -17,7 +17,7 @@ from feature_store.item_stats import ItemStats
 from feature_store.model_store import LoadedVersion
 from feature_store.user_features import user_features_key
 from feature_store.user_items import CLICKED, SHOWN, UserItems
-from router.features import ROW_BYTES, DuplicateCandidate, FeatureCache, inline_matrix
+from router.features import ROW_BYTES, STATS_SETTLE_S, DuplicateCandidate, FeatureCache, inline_matrix
 from router.holder import build
 from router.prerank import mark_user_items
 from router.stats_reader import _WIDTH as WIDTH
@@ -123,10 +123,10 @@ def test_a_stale_row_serves_while_it_is_refreshed_in_the_background(redis_client
     now_ms = int(time.time() * 1000)
     stats = ItemStats(redis_client, prefix=REDIS_PREFIX)
     stats.record([("s1", "exp", now_ms - 5 * MIN)])
-    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX, ttl_s=0.05)
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX, stats_period_s=0.05, stats_settle_s=0.0)
     first = cache.lookup(["s1"], ["video"]).items.dense.copy()
     stats.record([("s1", "exp", now_ms - 5 * MIN)] * 50)
-    time.sleep(0.1)
+    time.sleep(0.15)  # past the next close (a period at most) and the row's phase after it
     served = cache.lookup(["s1"], ["video"])  # stale: served as it was, the read is queued
     np.testing.assert_array_equal(served.items.dense, first)
     deadline = time.monotonic() + 10
@@ -143,7 +143,7 @@ def test_a_stale_row_serves_while_it_is_refreshed_in_the_background(redis_client
 def test_a_redis_outage_gives_counted_defaults_and_keeps_stale_rows(own_redis):
     client = redis.Redis.from_url(own_redis.endpoint(), socket_timeout=0.2, socket_connect_timeout=0.2)
     ItemStats(client, prefix=REDIS_PREFIX).record([("k1", "exp", int(time.time() * 1000) - 5 * MIN)] * 3)
-    cache = FeatureCache(client, prefix=REDIS_PREFIX, ttl_s=0.01)
+    cache = FeatureCache(client, prefix=REDIS_PREFIX, stats_period_s=0.01, stats_settle_s=0.0)
     known = cache.lookup(["k1"], ["video"]).items.dense.copy()
     own_redis.process.stop()
     time.sleep(0.05)
@@ -161,7 +161,7 @@ def test_a_redis_outage_gives_counted_defaults_and_keeps_stale_rows(own_redis):
 def test_stale_rows_queue_no_refresh_while_redis_backs_off(own_redis):
     client = redis.Redis.from_url(own_redis.endpoint(), socket_timeout=0.2, socket_connect_timeout=0.2)
     ItemStats(client, prefix=REDIS_PREFIX).record([("k1", "exp", int(time.time() * 1000) - 5 * MIN)])
-    cache = FeatureCache(client, prefix=REDIS_PREFIX, ttl_s=0.01, backoff_s=60)
+    cache = FeatureCache(client, prefix=REDIS_PREFIX, stats_period_s=0.01, stats_settle_s=0.0, backoff_s=60)
     known = cache.lookup(["k1"], ["video"]).items.dense.copy()
     own_redis.process.stop()
     time.sleep(0.05)
@@ -257,11 +257,11 @@ def test_the_refresh_reads_the_stale_rows_of_several_requests_in_one_round_trip(
     monkeypatch.setattr(router.features, "REFRESH_GATHER_S", 0.5, raising=False)
     now_ms = int(time.time() * 1000)
     ItemStats(redis_client, prefix=REDIS_PREFIX).record([(f"g{n}", "exp", now_ms - 5 * MIN) for n in range(30)])
-    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX, ttl_s=0.05)
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX, stats_period_s=0.05, stats_settle_s=0.0)
     parts = [[f"g{n}" for n in range(start, start + 10)] for start in (0, 10, 20)]
     for part in parts:
         cache.lookup(part, ["video"] * 10)  # never seen: read at once
-    time.sleep(0.1)
+    time.sleep(0.15)
     reads = []
     read = cache.reader.read
     monkeypatch.setattr(cache.reader, "read", lambda ids, *a, **kw: reads.append(list(ids)) or read(ids, *a, **kw))
@@ -276,17 +276,26 @@ def test_the_refresh_reads_the_stale_rows_of_several_requests_in_one_round_trip(
     assert not cache.pending.any()
 
 
-def test_rows_read_together_go_stale_spread_over_the_second_half_of_the_ttl(redis_client, monkeypatch):
-    clock = [1000.0]
-    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the cache's clock (threading keeps its own)
-    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX, ttl_s=1.0)
+def test_rows_are_read_again_once_per_bucket_close_spread_over_the_minute(redis_client, monkeypatch):
+    """Counts change when a minute bucket closes: a row is not read again before the next close has
+    settled, and the rows read together come due spread over the minute after it, not in one instant."""
+    clock = [6010.0]  # wall and monotonic alike: 10 s after the close at 6000 (a whole minute)
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the cache's clocks (threading keeps its own)
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    cache = FeatureCache(redis_client, prefix=REDIS_PREFIX)
     ids = [f"j{n}" for n in range(1000)]
-    cache.put(ids, [{"exp_1h": 1.0}] * 1000)
-    clock[0] += 0.75  # half-way through [ttl / 2, ttl]
-    found = cache.lookup(ids, ["video"] * 1000)
-    stale = int(cache.pending[found.slots].sum())  # queued for a re-read by this lookup
+    cache.put(ids, [{"exp_1h": 1.0}] * 1000)  # read 10 s after a close: it saw it settled
+    due = cache.refresh_at[[cache.slot_of[i] for i in ids]]
+    assert due.min() >= 6060 + STATS_SETTLE_S and due.max() < 6120  # once, after the next close settled
+    share = [float((due < 6060 + STATS_SETTLE_S + f * (60 - STATS_SETTLE_S)).mean()) for f in (0.25, 0.5, 0.75)]
+    np.testing.assert_allclose(share, [0.25, 0.5, 0.75], atol=0.02)  # evenly over the rest of the minute
+    clock[0] = 6062.0  # 2 s after a close: the read may miss its late writes
+    cache.put(ids, [{"exp_1h": 2.0}] * 1000)
+    due = cache.refresh_at[[cache.slot_of[i] for i in ids]]
+    assert due.min() >= 6060 + STATS_SETTLE_S and due.max() < 6120  # read again once it settled
+    stale = cache.lookup(ids, ["video"] * 1000)  # none due yet: nothing queued
     cache.stop()
-    assert 200 < stale < 800, stale  # not the whole request's rows in one instant (nor none)
+    assert not cache.pending[stale.slots].any()
 
 
 def test_a_request_with_inline_statistics_scores_as_the_per_item_featurization(redis_client):
