@@ -24,8 +24,15 @@
    :data:`LAG_EMITTERS` processes (`hap simulate --pregenerate, --processes`);
    ``lag_achieved_events_per_s`` is the rate it held.
 5. With ``--workers 1,2``: `hap streams --workers N` on a backlog of its own for each N (the same
-   traffic as step 1): events/s of the N workers together (``workers_<N>_events_per_s``) and the
-   ratio to the first N (``workers_2_over_1``).
+   traffic as step 1, simulated once and copied into each run's topics by a plain producer, several
+   times faster than the workers take it), copied once their group has formed (every worker holds
+   ranking partitions), timed from when it is all there: events/s of the N workers together
+   (``workers_<N>_events_per_s``) and the ratio to the first N (``workers_2_over_1``). For N > 1
+   also on a backlog that is there before they start (``workers_<N>_started_on_backlog_...``): the
+   local broker completes a new group's first rebalance at once
+   (``group.initial.rebalance.delay.ms=0``; Kafka's default waits 3 s for more members), so the
+   first worker to join takes every partition and works until the others join and the group
+   rebalances mid-backlog.
 
     python bench/streams.py [--requests 2000] [--py-spy prof.txt] [--workers 1,2]   # needs `hap stack up`
 
@@ -56,10 +63,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -67,7 +75,7 @@ from deploy.pipeline import Component  # noqa: E402
 from deploy.scrape import Metrics, scrape  # noqa: E402
 from deploy.settings import Settings, settings_env  # noqa: E402
 from deploy.stack.process import free_port  # noqa: E402
-from streams.kafka.topics import ensure_topics  # noqa: E402
+from streams.kafka.topics import INPUTS, ensure_topics  # noqa: E402
 from streams.worker.heap import TRIM_EVERY_S  # noqa: E402
 
 WINDOW = ["--window", "0.5", "--lateness", "0"]
@@ -116,13 +124,39 @@ def worker_pids(component: Component, workers: int = 1) -> list[int]:
     raise RuntimeError(f"{workers} streams worker processes did not start")
 
 
-def scrape_all(urls: list[str]) -> Metrics:
+def scrape_each(urls: list[str]) -> list[Metrics]:
+    """Each worker's metrics."""
+    return [scrape(url) for url in urls]
+
+
+def summed(each: list[Metrics]) -> Metrics:
     """The workers' metrics as one: each series summed over them."""
     total: dict = {}
-    for url in urls:
-        for key, value in scrape(url).samples.items():
+    for metrics in each:
+        for key, value in metrics.samples.items():
             total[key] = total.get(key, 0.0) + value
     return Metrics(total)
+
+
+def scrape_all(urls: list[str]) -> Metrics:
+    """The workers' metrics as one: each series summed over them."""
+    return summed(scrape_each(urls))
+
+
+def formed(each: list[Metrics]) -> bool:
+    """The workers' group has formed: every worker holds ranking partitions, all of them between them."""
+    held = [m.total("hap_streams_assigned_partitions", topic="ranking") for m in each]
+    return min(held) > 0 and sum(held) == PARTITIONS
+
+
+def wait_formed(urls: list[str], timeout_s: float = 120.0) -> float:
+    """Wait until the workers' group has formed (:func:`formed`); returns how long that took."""
+    started = time.monotonic()
+    while not formed(scrape_each(urls)):
+        if time.monotonic() > started + timeout_s:
+            raise RuntimeError(f"the group of {len(urls)} streams workers did not form in {timeout_s:.0f} s")
+        time.sleep(POLL_S)
+    return time.monotonic() - started
 
 
 def cpu_seconds_of(stat: Path) -> float:
@@ -162,18 +196,25 @@ def thread_names(pid: int) -> dict[int, str]:
 
 
 def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path | None,
-                workers: int = 1, threads: bool = False, settle: bool = False) -> dict[str, float]:
+                workers: int = 1, threads: bool = False, settle: bool = False,
+                backlog: Callable[[], object] | None = None) -> dict[str, float]:
     """Events/s and requests/s from the first to the last event, and the workers' CPU time per
     event over the same span; candidate samples/s up to the last group (`hap streams --workers
     ``workers``: their metrics summed); the workers' RSS (their ``process_resident_memory_bytes``), the
     highest while they worked the backlog off and at its end, and with ``settle`` :data:`SETTLE_S` after it
-    too (what they keep of it)."""
+    too (what they keep of it). The input is there before the workers start, or, with ``backlog``,
+    produced by it once their group has formed (``formed_after_s``: how long that took), and the workers
+    are timed from when it is all there (what they took while it was produced is left out)."""
     urls = [metrics_url(env, n) for n in range(workers)]
     worker = Component("streams", ["streams", *WINDOW, "--workers", str(workers)], tmp, env).start()
     spy = None
+    forming: dict[str, float] = {}
     try:
         for url in urls:
             worker.wait_http(url)
+        if backlog is not None:  # the polling below times the workers from when it is all there
+            forming["formed_after_s"] = wait_formed(urls)
+            backlog()
         pids = worker_pids(worker, workers)
         pid = pids[0]
         if py_spy:
@@ -224,7 +265,7 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
     memory = {"worker_rss_mb_peak": round(peak / 2**20), "worker_rss_mb_drained": round(drained / 2**20)}
     if settle:
         memory[f"worker_rss_mb_after_{SETTLE_S:.0f}s"] = round(settled / 2**20)
-    return {**memory, "events_per_s": (done.total("hap_streams_events_total") - first_events) / elapsed,
+    return {**memory, **forming, "events_per_s": (done.total("hap_streams_events_total") - first_events) / elapsed,
             "requests_per_s": (done.total("hap_streams_events_total", topic="ranking") - first_requests) / elapsed,
             "candidate_samples_per_s": samples / max(last_sample - first, 1e-3),
             "worker_cpu_us_per_event": 1e6 * (cpu_last - cpu_first) / events,
@@ -257,6 +298,43 @@ async def consumer_rate(bootstrap: str, topics: list[str], total: int, decode: b
     finally:
         await consumer.stop()
     return count / elapsed, 1e6 * cpu / count
+
+
+async def read_topics(bootstrap: str, topics: list[str]) -> list:
+    """Every record of ``topics``, as a plain consumer reads them (partitions assigned, no group)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list = []
+        left = {tp for tp, end in ends.items() if end > 0}
+        while left:
+            for tp, batch in (await consumer.getmany(timeout_ms=1000, max_records=5000)).items():
+                records += batch
+                if batch[-1].offset + 1 >= ends[tp]:
+                    left.discard(tp)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def copy_records(bootstrap: str, records: list, source: str, target: str) -> None:
+    """``records`` (of topics named ``source`` + name) into the same partitions of ``target`` + name,
+    keys, values, headers and timestamps as they were, as fast as a plain producer sends them."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20,
+                                max_request_size=16 << 20)
+    await producer.start()
+    try:
+        for r in records:
+            await producer.send(target + r.topic.removeprefix(source), r.value, key=r.key, partition=r.partition,
+                                timestamp_ms=r.timestamp, headers=list(r.headers) or None)
+        await producer.flush()
+    finally:
+        await producer.stop()
 
 
 class _NoStatistics:
@@ -435,18 +513,35 @@ def main() -> None:
             print(f"lag: the simulator fell {lags['lag_sim_max_late_ms']:.0f} ms behind its schedule at "
                   f"{rate:.0f} events/s: the lag figure does not count", file=sys.stderr)
         scaling: dict[str, float] = {}
+        if args.workers:  # one backlog, copied into the topics of each run
+            fresh_topics(env, s.kafka_bootstrap, "wsrc")
+            scaled_report, _ = simulate(env, args.requests, 0)
+            source = Settings.load(env).topic_prefix
+            backlog = asyncio.run(read_topics(s.kafka_bootstrap, [f"{source}{t}" for t in INPUTS]))
+            scaled_total = scaled_report["ranking"] + scaled_report["exposure"] + scaled_report["feedback"]
+
+            def copy_backlog() -> None:
+                asyncio.run(copy_records(s.kafka_bootstrap, backlog, source, Settings.load(env).topic_prefix))
+
         for workers in args.workers or ():
-            fresh_topics(env, s.kafka_bootstrap, f"w{workers}")
-            simulate(env, args.requests, 0)
-            scaled = worker_rate(env, total, tmp, None, workers)
-            scaling[f"workers_{workers}_events_per_s"] = round(scaled["events_per_s"], 1)
-            scaling[f"workers_{workers}_cpu_us_per_event"] = round(scaled["worker_cpu_us_per_event"], 1)
-            print(f"{workers} worker(s): {scaled['events_per_s']:.0f} events/s", file=sys.stderr)
+            runs = {f"workers_{workers}": True}  # the group formed first, then the backlog
+            if workers > 1:  # and on a backlog that is there first: the first to join takes every partition
+                runs[f"workers_{workers}_started_on_backlog"] = False  # until the others join and it rebalances
+            for name, form_first in runs.items():
+                fresh_topics(env, s.kafka_bootstrap, name)
+                if not form_first:
+                    copy_backlog()
+                scaled = worker_rate(env, scaled_total, tmp, None, workers,
+                                     backlog=copy_backlog if form_first else None)
+                scaling |= {f"{name}_{key}": round(scaled[key], 1)
+                            for key in ("events_per_s", "formed_after_s") if key in scaled}
+                scaling[f"{name}_cpu_us_per_event"] = round(scaled["worker_cpu_us_per_event"], 1)
+                print(f"{name}: {scaled['events_per_s']:.0f} events/s", file=sys.stderr)
         if args.workers and len(args.workers) > 1:
             base = scaling[f"workers_{args.workers[0]}_events_per_s"]
             for workers in args.workers[1:]:
-                scaling[f"workers_{workers}_over_{args.workers[0]}"] = round(
-                    scaling[f"workers_{workers}_events_per_s"] / base, 3)
+                for name in (f"workers_{workers}", f"workers_{workers}_started_on_backlog"):
+                    scaling[f"{name}_over_{args.workers[0]}"] = round(scaling[f"{name}_events_per_s"] / base, 3)
     if args.py_spy:
         from router_http import top_frames
 

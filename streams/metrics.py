@@ -54,6 +54,9 @@ def export_invalid(topics: list[str]) -> None:
         for kind in REASON_KINDS:
             INVALID.labels(topic, kind)
 
+
+ASSIGNED = Gauge("hap_streams_assigned_partitions", "Partitions of each join input (`ranking`, `exposure`) "
+                 "this worker holds since the last rebalance", ["topic"])
 #: per table: what a start or rebalance read of its changelog (a worker on its own state directory reads
 #: only the records past what its local store holds; one on an empty directory, all of them)
 ROCKSDB_MEMORY = Gauge("hap_streams_rocksdb_memory_bytes",

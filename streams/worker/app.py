@@ -590,6 +590,9 @@ class StreamsWorker:
 
     async def _on_assigned(self, app: faust.App, assigned: Any, **kwargs: Any) -> None:
         self.lag.reassigned(assigned)
+        for name in JOIN_INPUTS:
+            topic = f"{self.cfg.topic_prefix}{name}"
+            metrics.ASSIGNED.labels(name).set(sum(tp.topic == topic for tp in assigned))
 
     async def export_lag(self) -> None:
         """Export the group's lag on its inputs, read from the broker on a thread of its own

@@ -61,6 +61,8 @@ def test_two_workers_see_the_whole_catalogue_and_one_sigkilled_loses_no_request(
         for worker, url in zip(workers, urls, strict=True):
             assert worker.wait_metric(url, "hap_streams_events_total", 200, timeout_s=120) >= 200, worker.log_tail()
             assert worker.wait_metric(url, "hap_streams_catalogue_records_total", 2000) >= 2000, worker.log_tail()
+        held = [scrape(url).total("hap_streams_assigned_partitions", topic="ranking") for url in urls]
+        assert min(held) > 0 and sum(held) == four_partitions, held  # the ranking partitions split between them
         rss = [_rss_mb(w) for w in workers]
         workers[0].kill()  # mid-stream: the simulator goes on for seconds, the survivor takes the partitions over
         assert sim.proc is not None and sim.proc.wait(180) == 0, sim.log_tail()
