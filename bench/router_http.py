@@ -6,7 +6,8 @@ user histories in the feature store's layout, starts `hap router --policy damr` 
 with wrk (Debian's package; installed with apt-get when missing, as root) with 8 rotating bodies
 per case: 1000/2000/5000 candidates, concurrency 1 and 4, ids only and with inline statistics.
 The router re-reads each item row once a minute, at its slot's phase of the minute
-(router.features.next_read_s), so the refreshes of a case's rows fall inside its runs. The same bodies are then scored in-process (decode + score + encode, no HTTP).
+(router.features.next_read_s), so the refreshes of a case's rows fall inside its runs. The same
+bodies are then scored in-process (decode + score + encode, no HTTP).
 With ``--compare DIR`` (a checkout of another revision, e.g. ``git archive HEAD~1``), that
 revision's router is measured the same way in the same run and ratios are printed.
 
