@@ -8,7 +8,9 @@ Reads ``<prefix>ranking`` and ``<prefix>exposure`` from the beginning (a fresh c
 until ``--records`` records, then prints one JSON line: {"faust_events_per_s",
 "faust_cpu_us_per_event"} (records/s from its first batch to the last; the process's CPU time
 over the same span, all threads). ``--stepped-drain``: with the worker's hand-over from Faust's
-consumer to its streams (:mod:`streams.worker.drain`) instead of Faust's own.
+consumer to its streams (:mod:`streams.worker.drain`) instead of Faust's own. ``--transport confluent``:
+Faust's librdkafka transport instead of aiokafka (it needs the ``confluent-kafka`` package, which the project
+does not install; on 2026-12-07 it consumed nothing: ``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def main() -> None:
     parser.add_argument("--prefix", required=True, help="topic prefix of the records to read")
     parser.add_argument("--records", type=int, required=True, help="stop after this many")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--transport", choices=("kafka", "confluent"), default="kafka",
+                        help="Faust's transport: aiokafka (the worker's) or librdkafka (`confluent://`, needs the "
+                             "confluent-kafka package)")
     parser.add_argument("--stepped-drain", action="store_true",
                         help="the worker's hand-over from the consumer to the streams (streams/worker/drain.py)")
     args = parser.parse_args()
@@ -45,7 +50,7 @@ def main() -> None:
         drain.install()
     s = Settings.load()
     datadir = tempfile.mkdtemp(prefix="hap-faust-ceiling-")  # Faust's own state: removed at the end
-    app = faust.App(f"hap-faust-ceiling-{uuid.uuid4().hex[:8]}", broker=f"kafka://{s.kafka_bootstrap}",
+    app = faust.App(f"hap-faust-ceiling-{uuid.uuid4().hex[:8]}", broker=f"{args.transport}://{s.kafka_bootstrap}",
                     store="memory://", web_enabled=False, consumer_auto_offset_reset="earliest", datadir=datadir,
                     consumer_max_fetch_size=FETCH_BYTES)
     raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": args.partitions}
