@@ -329,12 +329,14 @@ async def read_topics(bootstrap: str, topics: list[str]) -> list:
 
 async def copy_records(bootstrap: str, records: list, source: str, target: str) -> None:
     """``records`` (of topics named ``source`` + name) into the same partitions of ``target`` + name,
-    keys, values, headers and timestamps as they were, as fast as a plain producer sends them."""
+    keys, values, headers and timestamps as they were, as fast as a plain producer sends them, in the
+    order they were first produced (their timestamps: a consumer reads them back a partition at a time,
+    and a request's exposures copied before its ranking event would make other work for the join)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20,
                                 max_request_size=16 << 20)
     await producer.start()
     try:
-        for r in records:
+        for r in sorted(records, key=lambda r: (r.timestamp, not r.topic.endswith(".ranking"))):
             await producer.send(target + r.topic.removeprefix(source), r.value, key=r.key, partition=r.partition,
                                 timestamp_ms=r.timestamp, headers=list(r.headers) or None)
         await producer.flush()
