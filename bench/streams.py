@@ -63,7 +63,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import orjson
@@ -277,11 +277,10 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
             "worker_seconds": elapsed}
 
 
-async def consumer_rate(bootstrap: str, topics: list[str], total: int, decode: bool,
-                        keep: list | None = None) -> tuple[float, float]:
-    """Records/s of a plain aiokafka consumer reading ``topics`` from the beginning (its partitions
-    assigned, no group to join) until ``total`` records (``decode``: each parsed with orjson), and
-    its CPU time per record (this process's, over the same span). ``keep`` receives the records."""
+@contextlib.asynccontextmanager
+async def from_the_beginning(bootstrap: str, topics: list[str]) -> AsyncIterator[tuple[AIOKafkaConsumer, list]]:
+    """A plain aiokafka consumer of every partition of ``topics`` (assigned, no group to join), at their
+    beginning, and those partitions; stopped on the way out."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20)
     await consumer.start()
@@ -289,6 +288,17 @@ async def consumer_rate(bootstrap: str, topics: list[str], total: int, decode: b
         partitions = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
+        yield consumer, partitions
+    finally:
+        await consumer.stop()
+
+
+async def consumer_rate(bootstrap: str, topics: list[str], total: int, decode: bool,
+                        keep: list | None = None) -> tuple[float, float]:
+    """Records/s of a plain aiokafka consumer reading ``topics`` from the beginning (its partitions
+    assigned, no group to join) until ``total`` records (``decode``: each parsed with orjson), and
+    its CPU time per record (this process's, over the same span). ``keep`` receives the records."""
+    async with from_the_beginning(bootstrap, topics) as (consumer, _):
         count, started, cpu = 0, time.monotonic(), time.process_time()
         while count < total:
             batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
@@ -300,20 +310,12 @@ async def consumer_rate(bootstrap: str, topics: list[str], total: int, decode: b
                 if keep is not None:
                     keep += records
         elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
-    finally:
-        await consumer.stop()
     return count / elapsed, 1e6 * cpu / count
 
 
 async def read_topics(bootstrap: str, topics: list[str]) -> list:
     """Every record of ``topics``, as a plain consumer reads them (partitions assigned, no group)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+    async with from_the_beginning(bootstrap, topics) as (consumer, partitions):
         ends = await consumer.end_offsets(partitions)
         records: list = []
         left = {tp for tp, end in ends.items() if end > 0}
@@ -323,8 +325,6 @@ async def read_topics(bootstrap: str, topics: list[str]) -> list:
                 if batch[-1].offset + 1 >= ends[tp]:
                     left.discard(tp)
         return records
-    finally:
-        await consumer.stop()
 
 
 async def copy_records(bootstrap: str, records: list, source: str, target: str) -> None:
