@@ -206,8 +206,9 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
     ``workers``: their metrics summed); the workers' RSS (their ``process_resident_memory_bytes``), the
     highest while they worked the backlog off and at its end, and with ``settle`` :data:`SETTLE_S` after it
     too (what they keep of it). The input is there before the workers start, or, with ``backlog``,
-    produced by it once their group has formed (``formed_after_s``: how long that took), and the workers
-    are timed from when it is all there (what they took while it was produced is left out)."""
+    produced by it once their group has formed (``formed_after_s``: how long that took; ``backlog_s``: how
+    long producing it took), and the workers are timed from when it is all there (what they took while it
+    was produced is left out)."""
     urls = [metrics_url(env, n) for n in range(workers)]
     worker = Component("streams", ["streams", *WINDOW, "--workers", str(workers)], tmp, env).start()
     spy = None
@@ -217,7 +218,9 @@ def worker_rate(env: dict[str, str], total_events: int, tmp: Path, py_spy: Path 
             worker.wait_http(url)
         if backlog is not None:  # the polling below times the workers from when it is all there
             forming["formed_after_s"] = wait_formed(urls)
+            producing = time.monotonic()
             backlog()
+            forming["backlog_s"] = time.monotonic() - producing
         pids = worker_pids(worker, workers)
         pid = pids[0]
         if py_spy:
@@ -336,7 +339,7 @@ async def copy_records(bootstrap: str, records: list, source: str, target: str) 
                                 max_request_size=16 << 20)
     await producer.start()
     try:
-        for r in sorted(records, key=lambda r: (r.timestamp, not r.topic.endswith(".ranking"))):
+        for r in sorted(records, key=lambda r: (r.timestamp, r.topic != f"{source}ranking")):
             await producer.send(target + r.topic.removeprefix(source), r.value, key=r.key, partition=r.partition,
                                 timestamp_ms=r.timestamp, headers=list(r.headers) or None)
         await producer.flush()
@@ -524,11 +527,11 @@ def main() -> None:
             fresh_topics(env, s.kafka_bootstrap, "wsrc")
             scaled_report, _ = simulate(env, args.requests, 0)
             source = Settings.load(env).topic_prefix
-            backlog = asyncio.run(read_topics(s.kafka_bootstrap, [f"{source}{t}" for t in INPUTS]))
+            source_records = asyncio.run(read_topics(s.kafka_bootstrap, [f"{source}{t}" for t in INPUTS]))
             scaled_total = scaled_report["ranking"] + scaled_report["exposure"] + scaled_report["feedback"]
 
             def copy_backlog() -> None:
-                asyncio.run(copy_records(s.kafka_bootstrap, backlog, source, Settings.load(env).topic_prefix))
+                asyncio.run(copy_records(s.kafka_bootstrap, source_records, source, Settings.load(env).topic_prefix))
 
         for workers in args.workers or ():
             runs = {f"workers_{workers}": True}  # the group formed first, then the backlog
@@ -541,7 +544,7 @@ def main() -> None:
                 scaled = worker_rate(env, scaled_total, tmp, None, workers,
                                      backlog=copy_backlog if form_first else None)
                 scaling |= {f"{name}_{key}": round(scaled[key], 1)
-                            for key in ("events_per_s", "formed_after_s") if key in scaled}
+                            for key in ("events_per_s", "formed_after_s", "backlog_s") if key in scaled}
                 scaling[f"{name}_cpu_us_per_event"] = round(scaled["worker_cpu_us_per_event"], 1)
                 print(f"{name}: {scaled['events_per_s']:.0f} events/s", file=sys.stderr)
         if args.workers and len(args.workers) > 1:

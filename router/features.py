@@ -85,8 +85,8 @@ MIN_ROWS = 20_000
 REFRESH_BATCH = 256
 #: how long the refresh thread lets stale rows queue before it reads them: the rows of every request
 #: in that time go in one round trip instead of one each (issue 34: the round trip, not the rows, was
-#: most of the refresh's CPU at 30 rows per read). Rows come due spread over the minute (:func:`next_read_s`),
-#: ~700 a second for 40,000 rows in use: half a second gathers a read of about REFRESH_BATCH rows
+#: most of the refresh's CPU at 30 rows per read). Rows come due spread over the minute (:func:`next_read_s`):
+#: for 20,000 rows in use, ~330 a second, so half a second gathers ~170 rows per read where 20 ms gathered ~7
 REFRESH_GATHER_S = 0.5
 
 
