@@ -45,11 +45,12 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
 from feature_store.connection import RedisEndpoint
@@ -156,7 +157,12 @@ class InputLag:
     and the join took nothing from it for ``stall_s``. A partition's clock stands still while the join takes
     full batches (:data:`BATCH_RECORDS`): the stream then holds more records than one batch, and a partition's
     may wait behind the others' (a worker behind by seconds saw partitions "idle" for 6-13 s, read them
-    again, fell further behind on the copies, and crashed its consumer on one of the seeks). Faust's
+    again, fell further behind on the copies, and crashed its consumer on one of the seeks). It stands still
+    too while the consumer holds records of the partition that it fetched and has not handed over
+    (:meth:`fetched_unread`): aiokafka hands out a partition's fetched records only once every partition
+    fetched before it is drained, up to ``consumer_max_fetch_size`` each, so on a backlog a ranking
+    partition waited 7-40 s at a time behind the exposure partitions' while the join took partial batches
+    (read again ten times in a row: :data:`REFETCH_ATTEMPTS`, the most before :class:`InputGap`). Faust's
     consumer has been reported to stop fetching some of its partitions after a rebalance
     (faust-streaming issue 629); the worker then replaces itself (:meth:`StreamsWorker.check_progress`),
     as for a stall: a fresh consumer resumes from the commits.
@@ -170,6 +176,7 @@ class InputLag:
         self.assigned: set[TP] = set()  #: the partitions of the current assignment
         self.refetches: dict[TP, Refetch] = {}  #: per partition, the last time it was read again
         self.full_at = -math.inf  #: when the join last took a full batch
+        self.fetched_at: dict[TP, float] = {}  #: per partition, when the consumer last held records of it unread
 
     async def took(self, messages: list[Any]) -> list[Any]:
         """The records of ``messages`` the join takes, in order; a record of an input partition past
@@ -303,9 +310,21 @@ class InputLag:
                                                       f"to the join for {now - self.moved[tp]:.0f}s")
 
     def idle_since(self, tp: TP, now: float) -> float:
-        """Since when ``tp`` counts as giving the join nothing: its last record taken (or its clock's start), or
-        the join's last full batch if later (see the class)."""
-        return max(self.moved.setdefault(tp, now), self.full_at)
+        """Since when ``tp`` counts as giving the join nothing: its last record taken (or its clock's start),
+        the join's last full batch, or the last time the consumer held records of it unread, whichever is
+        latest (see the class)."""
+        if tp in self.fetched_unread():
+            self.fetched_at[tp] = now
+        return max(self.moved.setdefault(tp, now), self.full_at, self.fetched_at.get(tp, -math.inf))
+
+    def fetched_unread(self) -> Container[TP]:
+        """The partitions of which Faust's consumer holds fetched records it has not handed to the stream
+        yet (aiokafka's fetch buffer, read from the event loop's thread: a membership test of a dict the
+        consumer's thread changes); none before the consumer started."""
+        try:
+            return self.app.consumer._thread._ensure_consumer()._fetcher._records
+        except (AttributeError, ConsumerNotStarted):
+            return ()
 
     def reassigned(self, partitions: Any) -> None:
         """A new assignment: a partition this worker did not hold in the last one may have moved on
@@ -316,11 +335,13 @@ class InputLag:
         for tp in set(self.taken) - kept:
             self.taken.pop(tp, None)
             self.moved.pop(tp, None)
+            self.fetched_at.pop(tp, None)
             self.refetches.pop(tp, None)
 
     def restart_clocks(self) -> None:
         """Start every partition's clock now (while the tables recover, input partitions wait)."""
         self.moved.clear()
+        self.fetched_at.clear()
 
     async def stuck(self, stall_s: float) -> list[TP]:
         """The assigned input partitions that are stuck (see the class)."""

@@ -38,6 +38,7 @@ class Consumer:
         self.seeks: list[tuple[TP, int]] = []  # where the partitions were read again from
         self._unacked_messages: set[Message] = set()
         self._thread = self  # Faust's consumer thread: it calls the aiokafka consumer's methods
+        self._fetcher = Fetcher()  # the aiokafka consumer's (self, as its thread)
         self.on_thread = False  # in a call on that thread (call_thread)
 
     def _ensure_consumer(self) -> Consumer:
@@ -71,6 +72,13 @@ class Consumer:
         fetcher's drain of the partition (``KeyError`` in ``fetched_records``: Faust's fetcher crashed)."""
         assert self.on_thread, "seek on the consumer's thread, where aiokafka's fetcher runs"
         self.seeks.append((tp, offset))
+
+
+@dataclasses.dataclass
+class Fetcher:
+    """aiokafka's fetcher: per partition, the fetched records not handed out yet."""
+
+    _records: dict[TP, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -292,5 +300,33 @@ def test_a_partition_waiting_behind_full_batches_is_not_read_again():
     took(lag, left_out(EXPOSURE, full[0].offset))  # caught up, the exposures at their end
     consumer.ends[EXPOSURE] = full[0].offset + 1
     asyncio.run(asyncio.sleep(0.1))
+    asyncio.run(lag.refetch_idle(0.05))
+    assert consumer.seeks == [(RANKING, 24)]
+
+
+def test_a_partition_whose_fetched_records_wait_in_the_consumer_is_neither_read_again_nor_stuck():
+    """On a backlog aiokafka hands out a partition's fetched records only after every partition fetched
+    before it is drained: a ranking partition waited 7-40 s at a time behind the exposures while the join
+    took partial batches, and was read again ten times in a row. While the consumer holds records of it
+    unread its clock stands still; once it holds none, the clock runs from then."""
+    consumer = Consumer()
+    consumer._committed_offset[RANKING], consumer.ends[RANKING], consumer.positions[RANKING] = 24, 143, 60
+    consumer._committed_offset[EXPOSURE], consumer.ends[EXPOSURE] = 0, 5000
+    lag = InputLag(App(consumer), ["hap.ranking", "hap.exposure"])
+    lag.reassigned({RANKING, EXPOSURE})
+    asyncio.run(lag.refetch_idle(0.05))  # the clocks start now
+    consumer._fetcher._records[RANKING] = object()  # fetched, waiting behind the exposures
+    for offset in range(3):  # the join takes partial batches of exposures
+        asyncio.run(asyncio.sleep(0.04))
+        took(lag, left_out(EXPOSURE, offset))
+        asyncio.run(lag.refetch_idle(0.05))
+        assert asyncio.run(lag.stuck(0.05)) == []
+    assert consumer.seeks == []
+    del consumer._fetcher._records[RANKING]  # handed over, and the join never got it
+    consumer.ends[EXPOSURE] = 3  # the exposures caught up
+    asyncio.run(lag.refetch_idle(0.05))
+    assert consumer.seeks == []  # its clock runs from the last time it waited
+    asyncio.run(asyncio.sleep(0.1))
+    assert asyncio.run(lag.stuck(0.05)) == [RANKING]
     asyncio.run(lag.refetch_idle(0.05))
     assert consumer.seeks == [(RANKING, 24)]
