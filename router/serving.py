@@ -122,12 +122,25 @@ class LightTier:
 
 
 class ExpressiveTier:
-    """The cross tier with target attention over the user's history, plus the wide part."""
+    """The cross tier with target attention over the user's history, plus the wide part.
+
+    The first layer's input is the concatenation ``[user, attended, target, ctype, target * attended,
+    target * user, dense]``; served, its blocks that one request holds constant are folded out of the
+    per-candidate product: the user's block and the bias are one row for every candidate, the content
+    type's a row of a table made once per version, and ``target * user`` joins ``target``'s weights
+    (``W_target + diag(user) W_target_user``). Each candidate then multiplies 4 blocks (2 without a
+    history: the attention's blocks are zero) instead of 7: the same sums in another order.
+    """
 
     def __init__(self, tensors: Tensors, spec: dict) -> None:
         self.t, self.spec = tensors, spec
         self.prior = _has_wide(spec)
-        self._mlp = _layers(tensors, "mlp")
+        (first, self._bias), *self._rest = _layers(tensors, "mlp")
+        d = tensors["item_emb.weight"].shape[1]
+        self._w_user, self._w_target, self._w_target_user = first[:d], first[2 * d:3 * d], first[5 * d:6 * d]
+        self._w_ctype = tensors["ctype_emb.weight"] @ first[3 * d:4 * d]  # each content type's share
+        self._w_dense = np.ascontiguousarray(first[6 * d:])
+        self._w_history = np.concatenate([first[d:2 * d], first[4 * d:5 * d], first[6 * d:]])  # attended, its cross
 
     @classmethod
     def from_form(cls, tensors: Tensors, spec: dict) -> ExpressiveTier:
@@ -138,6 +151,8 @@ class ExpressiveTier:
         dim = emb.shape[1]
         hist = user.history[user.history > 0]
         target = emb[items.item_idx]  # (N, d)
+        user_vec = self.t["user_emb.weight"][user.user_idx]
+        w_target = self._w_target + user_vec[:, None] * self._w_target_user
         if len(hist):
             keys = emb[hist]  # (H, d)
             logits = target @ keys.T / dim**0.5
@@ -145,14 +160,13 @@ class ExpressiveTier:
             w = np.exp(logits)
             w /= w.sum(1, keepdims=True)
             attended = w @ keys
+            x = np.concatenate([target, attended, target * attended, items.dense], axis=1)
+            weights = np.concatenate([w_target, self._w_history])
         else:
-            attended = np.zeros_like(target)
-        n = len(items)
-        user_vec = np.broadcast_to(self.t["user_emb.weight"][user.user_idx], (n, dim))
-        x = np.concatenate(
-            [user_vec, attended, target, self.t["ctype_emb.weight"][items.ctype_idx], target * attended,
-             target * user_vec, items.dense], axis=1,
-        )
-        out = _mlp(self._mlp, x)
+            x, weights = np.concatenate([target, items.dense], axis=1), np.concatenate([w_target, self._w_dense])
+        hidden = x @ weights
+        hidden += self._w_ctype[items.ctype_idx]
+        hidden += self._bias + user_vec @ self._w_user
+        out = _mlp(self._rest, np.maximum(hidden, 0.0, out=hidden))
         score = out[:, 0] + _wide(self.t, items.dense) if self.prior else out[:, 0]
         return score - np.logaddexp(0.0, -out[:, 1]) if self.spec.get("gate") else score

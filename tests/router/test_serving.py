@@ -1,6 +1,7 @@
 """The router's numpy forward passes give the torch models' scores."""
 
 import numpy as np
+import pytest
 import torch
 
 from feature_store.featurize import featurize_items, featurize_user
@@ -58,3 +59,23 @@ def test_a_spec_published_before_the_non_linear_wide_part_is_a_linear_tier():
     rebuilt = LightTwoTower.from_spec(spec)
     assert rebuilt.dense_hidden == 0 and rebuilt.spec() == LightTwoTower(dim=8, dense_hidden=0).spec()
     assert LightTwoTower.from_spec(LightTwoTower(dim=8).spec()).dense_hidden == LightTwoTower(dim=8).dense_hidden > 0
+
+
+@pytest.mark.parametrize("history", [[], ["a", "b", "c", "d"]])
+@pytest.mark.parametrize("gate", [False, True])
+def test_the_expressive_tiers_folded_first_layer_gives_the_torch_scores(history, gate):
+    """The served first layer folds the request's constant blocks (user, content type, target x user) out of
+    the per-candidate product; with a history and without one (the attention's blocks are then skipped),
+    with the gate and without, the scores stay the model's."""
+    torch.manual_seed(2)
+    user = featurize_user("u3", {"history": history})
+    items = featurize_items([f"i{i}" for i in range(40)], ["video", "news", "unknown", "live"] * 10,
+                            [{"exp_1h": float(i), "ctr_1h": 0.05 * (i % 4), "user_seen": float(i % 2)}
+                             for i in range(40)])
+    model = ExpressiveCross(dim=8, hidden=32, gate=gate)
+    with torch.no_grad():
+        for emb in (model.item_emb, model.user_emb, model.ctype_emb):  # far from the near-zero init: folds matter
+            emb.weight.normal_()
+        model.mlp[0].weight.normal_(std=0.5)
+        expected = model(user_tensors([user]), item_tensors(items), torch.zeros(40, dtype=torch.long)).numpy()
+    np.testing.assert_allclose(ExpressiveTier.from_form(*model.export()).score(user, items), expected, atol=1e-4)
