@@ -279,16 +279,24 @@ def test_a_partition_with_records_the_join_never_got_is_read_again_once_idle():
     assert consumer.seeks[-1] == (RANKING, 26)
 
 
-def test_a_partition_waiting_behind_full_batches_is_not_read_again():
-    """A worker behind takes full batches: a partition's records can wait behind the others' in the stream for
-    longer than idle_s. Its clock stands still meanwhile (before: read again every idle_s, the copies made the
-    worker fall further behind); once the join takes less than a full batch, the clock runs from then."""
+def ranking_behind_exposures() -> tuple[Consumer, InputLag]:
+    """A ranking partition behind (the join expects offset 24, its end is 143) and 5,000 exposures to take, both
+    assigned; the partitions' clocks started."""
     consumer = Consumer()
-    consumer._committed_offset[RANKING], consumer._read_offset[RANKING], consumer.ends[RANKING] = 24, 143, 143
+    consumer._committed_offset[RANKING], consumer.ends[RANKING] = 24, 143
     consumer._committed_offset[EXPOSURE], consumer.ends[EXPOSURE] = 0, 5000
     lag = InputLag(App(consumer), ["hap.ranking", "hap.exposure"])
     lag.reassigned({RANKING, EXPOSURE})
     asyncio.run(lag.refetch_idle(0.05))  # the clocks start now
+    return consumer, lag
+
+
+def test_a_partition_waiting_behind_full_batches_is_not_read_again():
+    """A worker behind takes full batches: a partition's records can wait behind the others' in the stream for
+    longer than idle_s. Its clock stands still meanwhile (before: read again every idle_s, the copies made the
+    worker fall further behind); once the join takes less than a full batch, the clock runs from then."""
+    consumer, lag = ranking_behind_exposures()
+    consumer._read_offset[RANKING] = 143  # fetched to its end
     full = left_out(EXPOSURE, *range(app_module.BATCH_RECORDS))
     for _ in range(3):
         asyncio.run(asyncio.sleep(0.04))
@@ -309,12 +317,8 @@ def test_a_partition_whose_fetched_records_wait_in_the_consumer_is_neither_read_
     before it is drained: a ranking partition waited 7-40 s at a time behind the exposures while the join
     took partial batches, and was read again ten times in a row. While the consumer holds records of it
     unread its clock stands still; once it holds none, the clock runs from then."""
-    consumer = Consumer()
-    consumer._committed_offset[RANKING], consumer.ends[RANKING], consumer.positions[RANKING] = 24, 143, 60
-    consumer._committed_offset[EXPOSURE], consumer.ends[EXPOSURE] = 0, 5000
-    lag = InputLag(App(consumer), ["hap.ranking", "hap.exposure"])
-    lag.reassigned({RANKING, EXPOSURE})
-    asyncio.run(lag.refetch_idle(0.05))  # the clocks start now
+    consumer, lag = ranking_behind_exposures()
+    consumer.positions[RANKING] = 60  # fetched to 60: not at its end
     consumer._fetcher._records[RANKING] = object()  # fetched, waiting behind the exposures
     for offset in range(3):  # the join takes partial batches of exposures
         asyncio.run(asyncio.sleep(0.04))
