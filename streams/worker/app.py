@@ -45,7 +45,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -158,8 +158,8 @@ class InputLag:
     full batches (:data:`BATCH_RECORDS`): the stream then holds more records than one batch, and a partition's
     may wait behind the others' (a worker behind by seconds saw partitions "idle" for 6-13 s, read them
     again, fell further behind on the copies, and crashed its consumer on one of the seeks). It stands still
-    too while the consumer holds records of the partition that it fetched and has not handed over
-    (:meth:`fetched_unread`): aiokafka hands out a partition's fetched records only once every partition
+    too while the consumer holds fetched records of the partition, not handed over yet, that it will hand
+    over (:meth:`fetched_unread`): aiokafka hands out a partition's fetched records only once every partition
     fetched before it is drained, up to ``consumer_max_fetch_size`` each, so on a backlog a ranking
     partition waited 7-40 s at a time behind the exposure partitions' while the join took partial batches
     (read again ten times in a row: :data:`REFETCH_ATTEMPTS`, the most before :class:`InputGap`). Faust's
@@ -313,18 +313,23 @@ class InputLag:
         """Since when ``tp`` counts as giving the join nothing: its last record taken (or its clock's start),
         the join's last full batch, or the last time the consumer held records of it unread, whichever is
         latest (see the class)."""
-        if tp in self.fetched_unread():
+        if self.fetched_unread(tp):
             self.fetched_at[tp] = now
         return max(self.moved.setdefault(tp, now), self.full_at, self.fetched_at.get(tp, -math.inf))
 
-    def fetched_unread(self) -> Container[TP]:
-        """The partitions of which Faust's consumer holds fetched records it has not handed to the stream
-        yet (aiokafka's fetch buffer, read from the event loop's thread: a membership test of a dict the
-        consumer's thread changes); none before the consumer started."""
+    def fetched_unread(self, tp: TP) -> bool:
+        """Whether Faust's consumer holds fetched records of ``tp`` that it has not handed to the stream yet
+        and will hand over: they are in aiokafka's fetch buffer (a membership test, from the event loop's
+        thread, of a dict the consumer's thread changes) and ``tp`` is among the partitions Faust asks it
+        for, or held back by Faust's flow control until the stream's buffer drains. A partition Faust
+        neither asks for nor holds back (paused, or dropped from its active set) keeps its fetched records
+        in that buffer for ever: they are not waiting their turn, and the partition can be found stuck."""
+        consumer = self.app.consumer
         try:
-            return self.app.consumer._thread._ensure_consumer()._fetcher._records
-        except (AttributeError, ConsumerNotStarted):
-            return ()
+            buffered = consumer._thread._ensure_consumer()._fetcher._records
+        except (AttributeError, ConsumerNotStarted):  # not started yet
+            return False
+        return tp in buffered and (tp in consumer._get_active_partitions() or tp in consumer._buffered_partitions)
 
     def reassigned(self, partitions: Any) -> None:
         """A new assignment: a partition this worker did not hold in the last one may have moved on

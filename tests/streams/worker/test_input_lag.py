@@ -39,10 +39,16 @@ class Consumer:
         self._unacked_messages: set[Message] = set()
         self._thread = self  # Faust's consumer thread: it calls the aiokafka consumer's methods
         self._fetcher = Fetcher()  # the aiokafka consumer's (self, as its thread)
+        self.paused: set[TP] = set()  # partitions Faust no longer asks for
+        self._buffered_partitions: set[TP] = set()  # held back by Faust's flow control (its stream's buffer full)
         self.on_thread = False  # in a call on that thread (call_thread)
 
     def _ensure_consumer(self) -> Consumer:
         return self
+
+    def _get_active_partitions(self) -> set[TP]:
+        """The partitions Faust asks aiokafka for (all assigned but the paused ones)."""
+        return self.assignment() - self.paused
 
     async def call_thread(self, method: Any, *args: Any) -> Any:
         self.on_thread = True
@@ -334,3 +340,21 @@ def test_a_partition_whose_fetched_records_wait_in_the_consumer_is_neither_read_
     assert asyncio.run(lag.stuck(0.05)) == [RANKING]
     asyncio.run(lag.refetch_idle(0.05))
     assert consumer.seeks == [(RANKING, 24)]
+
+
+def test_a_partition_faust_no_longer_asks_for_is_stuck_though_its_fetched_records_wait():
+    """A partition Faust no longer asks aiokafka for keeps its fetched records in aiokafka's buffer for ever: stuck
+    after stall_s. One held back by Faust's flow control (the stream's buffer full) is asked for again once the
+    stream drains: its records wait their turn."""
+    consumer, lag = ranking_behind_exposures()
+    consumer.positions[RANKING] = 60
+    consumer.ends[EXPOSURE] = 0  # nothing else behind
+    consumer._fetcher._records[RANKING] = object()
+    consumer.paused.add(RANKING)
+    consumer._buffered_partitions.add(RANKING)
+    asyncio.run(asyncio.sleep(0.1))
+    assert asyncio.run(lag.stuck(0.05)) == []
+    consumer._buffered_partitions.clear()
+    assert asyncio.run(lag.stuck(0.05)) == []  # its clock ran from the last time it waited
+    asyncio.run(asyncio.sleep(0.1))
+    assert asyncio.run(lag.stuck(0.05)) == [RANKING]
