@@ -142,7 +142,7 @@ def summed(each: list[Metrics]) -> Metrics:
 
 
 def scrape_all(urls: list[str]) -> Metrics:
-    """The workers' metrics as one: each series summed over them."""
+    """:func:`summed` of :func:`scrape_each`."""
     return summed(scrape_each(urls))
 
 

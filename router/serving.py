@@ -139,7 +139,7 @@ class ExpressiveTier:
         d = tensors["item_emb.weight"].shape[1]
         self._w_user, self._w_target, self._w_target_user = first[:d], first[2 * d:3 * d], first[5 * d:6 * d]
         self._w_ctype = tensors["ctype_emb.weight"] @ first[3 * d:4 * d]  # each content type's share
-        self._w_dense = np.ascontiguousarray(first[6 * d:])
+        self._w_dense = first[6 * d:]
         self._w_history = np.concatenate([first[d:2 * d], first[4 * d:5 * d], first[6 * d:]])  # attended, its cross
 
     @classmethod

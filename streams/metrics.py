@@ -57,11 +57,11 @@ def export_invalid(topics: list[str]) -> None:
 
 ASSIGNED = Gauge("hap_streams_assigned_partitions", "Partitions of each join input (`ranking`, `exposure`) "
                  "this worker holds since the last rebalance", ["topic"])
-#: per table: what a start or rebalance read of its changelog (a worker on its own state directory reads
-#: only the records past what its local store holds; one on an empty directory, all of them)
 ROCKSDB_MEMORY = Gauge("hap_streams_rocksdb_memory_bytes",
                        "RocksDB memory of the worker process, all its tables' databases together: `cache` is "
                        "everything charged to its one block cache (memtables, index and filter blocks included), "
                        "`memtables` the write buffers alone", ["part"])
+#: per table: what a start or rebalance read of its changelog (a worker on its own state directory reads
+#: only the records past what its local store holds; one on an empty directory, all of them)
 CHANGELOG_RECOVERED = Counter("hap_streams_changelog_recovered_records",
                               "Changelog records the worker applied to its tables while recovering them", ["table"])
