@@ -460,6 +460,7 @@ class StreamsWorker:
         self.follower = CatalogueFollower(cfg.bootstrap, f"{t}items", _into_pool(self.joiner), cfg.kafka_security,
                                           max_bytes=record_limits(cfg.limits)[1])
         self.watchdog = Watchdog(cfg.stall_s)
+        self.recovering = True  # until the tables first recovered (again after each rebalance)
         self.group_lag: GroupLag | None = None  # connects at the first read
         self.rebuilt_at = float("-inf")
         metrics.RESTARTS.inc(restarts)
@@ -565,6 +566,7 @@ class StreamsWorker:
             app.log.exception("the join failed on a batch: exiting to be replaced")
             self.exit(BATCH_FAILED_EXIT)
             return False
+        self.watchdog.beat()  # joined: progress, however long a big batch took; its delivery gets a clock of its own
         if not await self.deliver():
             return False
         if stored is not None:  # the next batch may be joined now
@@ -657,6 +659,9 @@ class StreamsWorker:
         while the tables recover), or when an input partition is stuck (:meth:`InputLag.stuck`)."""
         app, lag = self.app, self.lag
         recovering = not app.tables.recovery.completed.is_set()  # tables replaying: the agent waits
+        if self.recovering and not recovering:  # the stall clock starts once the tables are ready, not at start-up
+            self.watchdog.beat()
+        self.recovering = recovering
         if self.watchdog.stalled(RECOVERY_GRACE if recovering else 1.0):
             app.log.error("no message handled for %.0fs (not even our own ticks)%s: exiting to be replaced",
                           time.monotonic() - self.watchdog.last, " while recovering" if recovering else "")

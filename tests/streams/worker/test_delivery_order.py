@@ -132,6 +132,12 @@ class Lag:
     def restart_clocks(self) -> None:
         pass
 
+    async def stuck(self, stall_s: float) -> set[TP]:
+        return set()
+
+    async def refetch_idle(self, idle_s: float) -> None:
+        pass
+
     def reassigned(self, partitions: Any) -> None:
         pass
 
@@ -272,6 +278,22 @@ def test_a_stall_exits(tmp_path: Path) -> None:
     asyncio.run(worker.check_progress())  # beaten at start: no stall
     assert log == []
     time.sleep(0.15)  # past stall_s x RECOVERY_GRACE: the tables never recovered here
+    with pytest.raises(Exited):
+        asyncio.run(worker.check_progress())
+    assert log == [f"exit {STALLED_EXIT}"]
+
+
+def test_the_stall_clock_starts_when_the_tables_have_recovered(tmp_path: Path) -> None:
+    """Start-up (connecting, the group's assignment, the tables' recovery) is not a stall: a worker whose
+    recovery ended after more than ``stall_s`` gets ``stall_s`` from then for its first batch."""
+    log = Log()
+    worker, _ = make_worker(tmp_path, log, stall_s=0.05)
+    time.sleep(0.1)  # longer than stall_s, within stall_s x RECOVERY_GRACE: still recovering
+    asyncio.run(worker.check_progress())
+    worker.app.tables.recovery.completed.set()
+    asyncio.run(worker.check_progress())  # recovered just now
+    assert log == []
+    time.sleep(0.1)  # then no batch for longer than stall_s
     with pytest.raises(Exited):
         asyncio.run(worker.check_progress())
     assert log == [f"exit {STALLED_EXIT}"]
