@@ -297,3 +297,25 @@ def test_the_stall_clock_starts_when_the_tables_have_recovered(tmp_path: Path) -
     with pytest.raises(Exited):
         asyncio.run(worker.check_progress())
     assert log == [f"exit {STALLED_EXIT}"]
+
+
+def test_a_join_longer_than_the_stall_timeout_is_progress_not_a_stall(tmp_path: Path) -> None:
+    """A batch whose join holds the event loop past ``stall_s`` (a big batch of a backlog) has made progress:
+    the stall check that runs while its delivery waits on the brokers (Faust's timer) finds none."""
+    log = Log()
+    worker, _ = make_worker(tmp_path, log, stall_s=0.05)
+    worker.app.tables.recovery.completed.set()
+    asyncio.run(worker.check_progress())  # recovered: the clock starts
+    process, deliver = worker.joiner.process, worker.producer.deliver
+
+    async def slow_join(messages: Sequence[Any]) -> None:
+        time.sleep(0.1)  # longer than stall_s, holding the loop
+        await process(messages)
+
+    async def checked_delivery(records: Sequence[Any]) -> dict[tuple[str, int], int]:
+        await worker.check_progress()
+        return await deliver(records)
+
+    worker.joiner.process, worker.producer.deliver = slow_join, checked_delivery  # type: ignore[method-assign]
+    run(worker, log, [ranking(1, "r1")])
+    assert f"exit {STALLED_EXIT}" not in log and log[-1] == "input acked 1"
